@@ -1,0 +1,28 @@
+"""Run every benchmark one after the other (never in parallel: 2 cores) and print JSON.
+
+    make bench        # or: python -m benchmarks.run_all
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import torch
+
+from benchmarks import demo_memory, federation_overhead, phantom_speed
+
+
+def main() -> None:
+    results = {
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+        "phantom": phantom_speed.measure(),
+        "federation_overhead": federation_overhead.measure("demo", repeats=2),
+        "demo_run": demo_memory.measure("demo"),
+    }
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The ``fedsct`` command (also ``python -m engine``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from engine.config import ConfigError, build_config
+
+EXAMPLES = """examples:
+  fedsct run --preset smoke
+  fedsct run --preset demo --set federation.aggregator=fedmedian --set federation.rounds=5
+  fedsct run --config my_experiment.yaml --out /data/fedsct-runs
+  fedsct presets
+  fedsct runs
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedsct",
+        description="FedSCT Security Lab: train a federated MRI→synthetic-CT U-Net, attack it, "
+        "defend it.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="run one experiment and write a run folder",
+                       description="Run one experiment headless. Settings are applied in "
+                       "order: defaults, --preset, --config, --set.")
+    r.add_argument("--preset", help="named preset (see `fedsct presets`)")
+    r.add_argument("--config", metavar="FILE.yaml", help="YAML/JSON experiment config")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one key, e.g. federation.rounds=5 (repeatable; YAML values)")
+    r.add_argument("--out", metavar="DIR",
+                   help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
+    r.add_argument("--quiet", action="store_true", help="print only the run folder path")
+    sub.add_parser("presets", help="list the named presets")
+    ls = sub.add_parser("runs", help="list the runs in the runs root")
+    ls.add_argument("--out", metavar="DIR", help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.experiment import execute
+    from engine.runs import create_run
+
+    try:
+        cfg = build_config(args.preset, args.config, args.sets)
+    except ConfigError as err:
+        print(f"fedsct: {err}", file=sys.stderr)
+        return 2
+    run = create_run(cfg, args.out, preset=args.preset)
+    if not args.quiet:
+        print(f"run {run.run_id} → {run.path}", file=sys.stderr)
+        _follow_rounds(run)
+    summary = execute(run)
+    status = run.status()
+    if summary is None:
+        print(f"fedsct: run {status['state']}: {status.get('error', '')} (see {run.path}/log.txt)",
+              file=sys.stderr)
+        return 1
+    if not args.quiet:
+        fin = summary["federation"]["final"]
+        print(f"done in {summary['timing']['wall_s']:.1f} s: MAE {fin['mae_hu']:.1f} HU, "
+              f"PSNR {fin['psnr_db']:.2f} dB, SSIM {fin['ssim']:.3f}", file=sys.stderr)
+    print(run.path)
+    return 0
+
+
+def _follow_rounds(run) -> None:  # noqa: ANN001 - RunFolder, imported lazily
+    """Echo each round's metrics to stderr as the run appends them."""
+    original = run.append_metrics
+    total = run.config().federation.rounds
+
+    def echo(record: dict) -> None:
+        original(record)
+        g = record.get("global")
+        text = (f"MAE {g['mae_hu']:7.1f} HU  PSNR {g['psnr_db']:5.2f} dB  SSIM {g['ssim']:.3f}"
+                if g else "(not evaluated)")
+        print(f"  round {record['round']:>3}/{total}  {text}  [{record['elapsed_s']:.1f} s]",
+              file=sys.stderr, flush=True)
+
+    run.append_metrics = echo
+
+
+def _cmd_presets() -> int:
+    from engine.presets import PRESETS
+
+    for name, p in PRESETS.items():
+        print(f"{name:<10} {p['description']}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from engine.runs import RunIndex
+
+    rows = RunIndex(args.out).list()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no runs yet; start one with `fedsct run --preset demo`")
+        return 0
+    print(f"{'run id':<44} {'state':<10} {'aggregator':<12} {'rounds':>6} {'MAE HU':>8}  created")
+    for r in rows:
+        mae = f"{r['final_mae_hu']:.1f}" if r["final_mae_hu"] is not None else "-"
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
+        print(f"{r['run_id']:<44} {r['state'] or '?':<10} {r['aggregator'] or '?':<12} "
+              f"{r['rounds'] or 0:>6} {mae:>8}  {created}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "presets":
+        return _cmd_presets()
+    return _cmd_runs(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The experiment config: one validated schema for the CLI, the dashboard and the presets.
+
+A bad value fails at validation with the key's dotted name, the value given and what is
+allowed (:class:`ConfigError`). Keys are a public interface: extend, never rename.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROBUST_AGGREGATORS = ("fedmedian", "trimmed_mean", "krum", "multikrum", "bulyan")
+AGGREGATORS = ("fedavg", "fedprox", *ROBUST_AGGREGATORS)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the federation's data come from and how slices are cut."""
+
+    source: Literal["phantom", "synthrad", "nifti"] = "phantom"
+    centers: int = Field(4, ge=1, le=16, description="training centers (hospitals)")
+    patients_per_center: int = Field(3, ge=1, le=64, description="training patients per center")
+    heldout_per_center: int = Field(
+        1, ge=1, le=64, description="held-out patients per center, never trained on"
+    )
+    slices_per_patient: int = Field(8, ge=1, le=128, description="axial slices per patient")
+    image_size: int = Field(64, ge=32, le=256, description="slice size in pixels (square)")
+    unseen_center: bool = Field(False, description="add a center that never trains (test only)")
+    unseen_patients: int = Field(2, ge=1, le=64)
+    lesion_probability: float = Field(0.3, ge=0.0, le=1.0, description="phantom lesion rate")
+    path: str | None = Field(None, description="SynthRAD2023 root or NIfTI folder")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.source != "phantom":
+            if not self.path:
+                raise ValueError(f"data.path is required when data.source = {self.source!r}")
+            if not Path(self.path).exists():
+                raise ValueError(f"data.path = {self.path!r} does not exist")
+        return self
+
+
+class ModelConfig(_Section):
+    """MONAI U-Net settings."""
+
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2,
+                                max_length=6)
+    norm: Literal["instance", "batch", "none"] = "instance"
+    num_res_units: int = Field(2, ge=0, le=4)
+
+    @model_validator(mode="after")
+    def _positive_channels(self) -> ModelConfig:
+        if any(c < 1 or c > 512 for c in self.channels):
+            raise ValueError(f"model.channels = {self.channels}: each must be in 1…512")
+        return self
+
+
+class FederationConfig(_Section):
+    """Rounds, local training and the server's aggregation rule."""
+
+    runtime: Literal["inprocess"] = "inprocess"
+    rounds: int = Field(10, ge=1, le=1000)
+    local_epochs: int = Field(1, ge=1, le=100)
+    batch_size: int = Field(8, ge=1, le=512)
+    lr: float = Field(2e-3, gt=0.0, le=1.0, description="local learning rate")
+    optimizer: Literal["adam", "sgd"] = "adam"
+    loss: Literal["l1", "mse"] = "l1"
+    aggregator: Literal[AGGREGATORS] = "fedavg"  # type: ignore[valid-type]
+    fedprox_mu: float = Field(0.0, ge=0.0, le=10.0, description="FedProx proximal weight μ")
+    trim_beta: float = Field(0.25, gt=0.0, lt=0.5, description="trimmed_mean: cut per side")
+    num_malicious: int = Field(1, ge=0, le=16, description="krum/multikrum/bulyan: f")
+    multikrum_m: int = Field(2, ge=1, le=16, description="multikrum: models averaged")
+    eval_every: int = Field(1, ge=1, le=1000, description="evaluate every k rounds (and last)")
+    server_view_rounds: Literal["all", "last", "none"] | list[int] = Field(
+        "all", description="rounds whose server view is stored"
+    )
+
+    @model_validator(mode="after")
+    def _prox(self) -> FederationConfig:
+        if self.aggregator == "fedprox" and self.fedprox_mu <= 0:
+            raise ValueError(
+                "federation.aggregator = 'fedprox' needs federation.fedprox_mu > 0 "
+                "(e.g. 0.01); with μ = 0 it is plain fedavg"
+            )
+        return self
+
+
+class DPConfig(_Section):
+    """Client-level differential privacy: each client clips its update and adds noise."""
+
+    enabled: bool = False
+    clip_norm: float = Field(1.0, gt=0.0, le=1e4, description="update L2 norm bound C")
+    noise_multiplier: float = Field(0.0, ge=0.0, le=100.0, description="σ; noise std = σ·C")
+
+
+class DefensesConfig(_Section):
+    secure_aggregation: bool = False
+    secagg_clipping_range: float = Field(
+        8.0, gt=0.0, le=1e4, description="SecAgg+ clips raw parameters to ±this before masking"
+    )
+    dp: DPConfig = Field(default_factory=DPConfig)
+
+
+class AttacksConfig(_Section):
+    """Attack settings (membership, inversion, poisoning) are added by their modules."""
+
+
+class ExperimentConfig(_Section):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    name: str = Field("", max_length=120, description="free label shown in run lists")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    defenses: DefensesConfig = Field(default_factory=DefensesConfig)
+    attacks: AttacksConfig = Field(default_factory=AttacksConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        fed, n = self.federation, self.data.centers
+        levels = len(self.model.channels) - 1
+        if self.data.image_size % (2**levels):
+            raise ValueError(
+                f"data.image_size = {self.data.image_size} must be divisible by "
+                f"{2**levels} for a U-Net with {len(self.model.channels)} levels"
+            )
+        if self.defenses.secure_aggregation and fed.aggregator in ROBUST_AGGREGATORS:
+            raise ValueError(
+                f"defenses.secure_aggregation = true cannot be combined with "
+                f"federation.aggregator = {fed.aggregator!r}: under secure aggregation the "
+                "server only learns the sum of the updates, never an individual one, so a "
+                "robust rule has nothing to compare and silently becomes plain averaging. "
+                "Use fedavg/fedprox with secure aggregation, or turn it off."
+            )
+        f = fed.num_malicious
+        if fed.aggregator in ("krum", "multikrum") and not n > 2 * f + 2:
+            raise ValueError(
+                f"federation.aggregator = {fed.aggregator!r} with federation.num_malicious = {f} "
+                f"needs data.centers > 2f+2 = {2 * f + 2}, got {n}"
+            )
+        if fed.aggregator == "multikrum" and fed.multikrum_m > n - f:
+            raise ValueError(
+                f"federation.multikrum_m = {fed.multikrum_m} must be ≤ centers − f = {n - f}"
+            )
+        if fed.aggregator == "bulyan" and not n >= 4 * f + 3:
+            raise ValueError(
+                f"federation.aggregator = 'bulyan' with federation.num_malicious = {f} needs "
+                f"data.centers ≥ 4f+3 = {4 * f + 3}, got {n}"
+            )
+        if fed.aggregator == "fedmedian" and n < 3:
+            raise ValueError(
+                f"federation.aggregator = 'fedmedian' needs data.centers ≥ 3 to outvote one "
+                f"center, got {n}"
+            )
+        if fed.aggregator == "trimmed_mean" and int(fed.trim_beta * n) < 1:
+            raise ValueError(
+                f"federation.trim_beta = {fed.trim_beta} trims nothing with {n} centers "
+                f"(β·n < 1); use β ≥ {1 / n:.2f} or more centers"
+            )
+        if isinstance(fed.server_view_rounds, list):
+            bad = [r for r in fed.server_view_rounds if not 1 <= r <= fed.rounds]
+            if bad:
+                raise ValueError(
+                    f"federation.server_view_rounds = {fed.server_view_rounds}: rounds {bad} "
+                    f"are outside 1…{fed.rounds}"
+                )
+        return self
+
+    def records_view(self, rnd: int) -> bool:
+        """Whether the server view of round ``rnd`` (1-based) is stored."""
+        rounds = self.federation.server_view_rounds
+        if rounds == "all":
+            return True
+        if rounds == "none":
+            return False
+        if rounds == "last":
+            return rnd == self.federation.rounds
+        return rnd in rounds
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message lists every bad key, value and rule."""
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (check the spelling; see `fedsct presets`)")
+        elif key and e["type"] != "value_error":
+            lines.append(f"{key} = {e.get('input')!r} is not allowed: {msg}")
+        else:
+            lines.append(msg)
+    return "invalid experiment config:\n  " + "\n  ".join(lines)
+
+
+def validate_config(data: dict[str, Any]) -> ExperimentConfig:
+    """Dict → :class:`ExperimentConfig`, or :class:`ConfigError` naming every bad key."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, the rest replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(expr: str) -> dict[str, Any]:
+    """``"federation.rounds=5"`` → ``{"federation": {"rounds": 5}}`` (value parsed as YAML)."""
+    if "=" not in expr:
+        raise ConfigError(f"--set {expr!r}: expected KEY.PATH=VALUE, e.g. federation.rounds=5")
+    key, raw = expr.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {expr!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {expr!r}: value is not valid YAML ({err})") from None
+    out: dict[str, Any] = {parts[-1]: value}
+    for p in reversed(parts[:-1]):
+        out = {p: out}
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML/JSON config file into a dict, with a clear error on bad syntax."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {p.name!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p.name!r} must hold a mapping of keys, not {type(data)}")
+    return data
+
+
+def build_config(preset: str | None = None, file: str | Path | None = None,
+                 sets: list[str] | tuple[str, ...] = (),
+                 overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults ← preset ← config file ← overrides ← ``--set`` expressions, then validate."""
+    from engine.presets import preset_overrides
+
+    data: dict[str, Any] = {}
+    if preset:
+        data = deep_merge(data, preset_overrides(preset))
+    if file:
+        data = deep_merge(data, load_config_file(file))
+    if overrides:
+        data = deep_merge(data, overrides)
+    for expr in sets:
+        data = deep_merge(data, parse_set(expr))
+    return validate_config(data)

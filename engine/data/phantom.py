@@ -1,0 +1,382 @@
+"""Multi-center brain MRI/CT phantoms with real anatomy.
+
+Anatomy comes from the MNI152 2009a maps bundled inside the nilearn wheel (GM, WM; no
+download). The template is skull-stripped, so the head around the brain is derived: the
+intracranial volume (ICV) is the brain closed and hole-filled; CSF fills the ICV where there
+is no GM/WM; skull tables, diploë, fat and skin are shells at a signed distance from the ICV
+surface. MNI152 template: Copyright (C) 1993–2009 Louis Collins, McConnell Brain Imaging
+Centre, Montreal Neurological Institute, McGill University (permissive notice in NOTICE).
+
+Each patient is the template under a random affine, a smooth elastic deformation,
+ventricle enlargement, cortical atrophy, skull/scalp thickness changes, a per-patient tissue
+texture shared by MRI and CT, and an optional lesion. Each center applies its own scanner
+profile: MRI gain, gamma, GM/WM contrast, bias field, Rician noise, blur, field of view and
+MR/CT misregistration; CT offset, noise and kernel blur. Everything is deterministic for a
+seed: a patient depends only on ``(seed, center, patient index)``.
+
+Units: MRI is normalised per patient to [0, 1] (robust min-max, as in FedSynthCT-Brain); CT
+is in HU with −1024 outside the body.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.data.preprocess import HU_MAX, HU_MIN, normalise_mri
+from engine.data.types import CenterData, Cohort, SliceSet
+
+# Valid axial range of the template without a skull base (MNI z, mm).
+Z_RANGE_MM = (-20.0, 70.0)
+# Brain centre in MNI space (mm), used for the ventricle warp and the field of view.
+BRAIN_CENTER_MM = np.array([0.0, -18.0, 18.0])
+
+# T1-weighted intensity (before the center profile) and CT value (HU) per tissue.
+TISSUES = ("air", "csf", "gm", "wm", "lesion", "cortical", "diploe", "fat", "skin")
+T1_VALUE = {
+    "air": 0.0, "csf": 0.18, "gm": 0.55, "wm": 0.85, "lesion": 0.35,
+    "cortical": 0.05, "diploe": 0.75, "fat": 1.0, "skin": 0.6,
+}
+CT_HU_VALUE = {
+    "air": -1000.0, "csf": 8.0, "gm": 38.0, "wm": 27.0, "lesion": 30.0,
+    "cortical": 1700.0, "diploe": 650.0, "fat": -95.0, "skin": 45.0,
+}
+# Shell thicknesses outside the ICV surface, inner to outer (mm).
+SHELLS_MM = (("cortical", 1.8), ("diploe", 2.8), ("cortical", 1.8), ("fat", 3.5), ("skin", 2.0))
+_CACHE_VERSION = "v1"
+
+
+# --------------------------------------------------------------------------- template
+
+
+@dataclass(frozen=True)
+class Template:
+    """Template fields on the 1 mm MNI grid, stored as ``(C, Z, Y, X)`` float32.
+
+    Channels: GM fraction, WM fraction, ICV fraction, signed distance to the ICV surface
+    (mm, positive outside). ``origin_mm`` is the MNI coordinate of voxel (0, 0, 0) in x, y, z.
+    """
+
+    fields: torch.Tensor
+    origin_mm: tuple[float, float, float]
+    shape_xyz: tuple[int, int, int]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FEDSCT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fedsct"
+    )
+    return Path(root)
+
+
+def _build_template_arrays() -> dict[str, np.ndarray]:
+    from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
+    from scipy import ndimage as ndi
+
+    gm_img = load_mni152_gm_template(resolution=1)
+    gm = gm_img.get_fdata(dtype=np.float32)
+    wm = load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
+    brain = (gm + wm) > 0.2
+    ball = ndi.iterate_structure(ndi.generate_binary_structure(3, 1), 6)
+    icv = ndi.binary_fill_holes(ndi.binary_closing(brain, structure=ball))
+    signed = ndi.distance_transform_edt(~icv) - ndi.distance_transform_edt(icv)
+    return {
+        "gm": gm.astype(np.float16),
+        "wm": wm.astype(np.float16),
+        "icv": icv.astype(np.float16),
+        "signed_mm": signed.astype(np.float16),
+        "origin_mm": gm_img.affine[:3, 3].astype(np.float64),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def load_template() -> Template:
+    """Derived MNI152 tissue fields; built once (~8 s) and cached on disk (``FEDSCT_CACHE``)."""
+    path = _cache_dir() / f"mni152_tissues_{_CACHE_VERSION}.npz"
+    arrays: dict[str, np.ndarray] | None = None
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):
+            arrays = None  # a damaged cache is rebuilt, never trusted
+    if arrays is None:
+        arrays = _build_template_arrays()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    stack = np.stack([arrays[k] for k in ("gm", "wm", "icv", "signed_mm")]).astype(np.float32)
+    # (C, X, Y, Z) → (C, Z, Y, X): grid_sample's (D, H, W) with grid (x, y, z) order.
+    fields = torch.from_numpy(np.ascontiguousarray(stack.transpose(0, 3, 2, 1)))
+    origin = tuple(float(v) for v in arrays["origin_mm"])
+    shape_xyz = tuple(int(s) for s in stack.shape[1:])
+    return Template(fields, origin, shape_xyz)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class CenterProfile:
+    """A hospital's scanner characteristics (what makes the federation heterogeneous)."""
+
+    mri_gain: float
+    mri_gamma: float
+    gm_wm_contrast: float
+    bias_amplitude: float
+    rician_sigma: float
+    mri_blur_mm: float
+    fov_mm: float
+    misregistration_mm: float
+    ct_offset_hu: float
+    ct_noise_hu: float
+    ct_blur_mm: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in asdict(self).items()}
+
+
+def center_profile(seed: int, center: int) -> CenterProfile:
+    """Deterministic scanner profile of ``center`` (0-based) for ``seed``."""
+    rng = np.random.default_rng([seed, 7919, center])
+    u = rng.uniform
+    return CenterProfile(
+        mri_gain=u(0.8, 1.2),
+        mri_gamma=u(0.85, 1.15),
+        gm_wm_contrast=u(0.8, 1.2),
+        bias_amplitude=u(0.0, 0.2),
+        rician_sigma=u(0.01, 0.04),
+        mri_blur_mm=u(0.0, 0.8),
+        fov_mm=u(220.0, 250.0),
+        misregistration_mm=u(0.0, 1.5),
+        ct_offset_hu=u(-15.0, 15.0),
+        ct_noise_hu=u(3.0, 12.0),
+        ct_blur_mm=u(0.0, 0.7),
+    )
+
+
+# --------------------------------------------------------------------------- one patient
+
+
+def _smooth_field(
+    gen: torch.Generator, channels: int, control: int, points_norm: torch.Tensor
+) -> torch.Tensor:
+    """Random smooth field sampled at ``points_norm`` ``(1, D, H, W, 3)`` in [-1, 1].
+
+    Returns ``(channels, D, H, W)`` with unit-ish amplitude; ``control`` sets the smoothness
+    (control points per axis, cubic-like via trilinear sampling of a blurred lattice).
+    """
+    lattice = torch.randn(1, channels, control, control, control, generator=gen)
+    lattice = F.avg_pool3d(F.pad(lattice, (1, 1, 1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    lattice = lattice / lattice.std().clamp_min(1e-6)
+    return F.grid_sample(lattice, points_norm, align_corners=True, padding_mode="border")[0]
+
+
+def _gaussian_blur2d(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Blur ``(N, 1, H, W)`` with an isotropic Gaussian of ``sigma_px`` pixels."""
+    if sigma_px < 0.15:
+        return x
+    radius = max(1, int(math.ceil(3 * sigma_px)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma_px**2))
+    k = (k / k.sum()).to(x.dtype)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+def _shell(distance_mm: torch.Tensor, inner: float, outer: float, soft: float) -> torch.Tensor:
+    return torch.sigmoid((distance_mm - inner) / soft) - torch.sigmoid((distance_mm - outer) / soft)
+
+
+def phantom_patient(
+    seed: int,
+    center: int,
+    patient: int,
+    *,
+    image_size: int,
+    n_slices: int,
+    profile: CenterProfile | None = None,
+    lesion_probability: float = 0.3,
+) -> SliceSet:
+    """Generate one patient's paired axial slices ``(n_slices, 1, S, S)``.
+
+    The patient id is ``"c{center}p{patient:03d}"``. MRI is normalised to [0, 1], CT in HU.
+    """
+    tpl = load_template()
+    profile = profile or center_profile(seed, center)
+    rng = np.random.default_rng([seed, center, patient])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    size = image_size
+    pid = f"c{center}p{patient:03d}"
+
+    # Output sampling points in patient space (mm): axial slices, anterior at the top.
+    z_lo, z_hi = Z_RANGE_MM
+    zs = np.linspace(z_lo, z_hi, n_slices + 2)[1:-1] if n_slices > 1 else np.array([25.0])
+    zs = zs + rng.uniform(-2.0, 2.0)
+    half = profile.fov_mm / 2
+    px = (np.arange(size) + 0.5) / size * profile.fov_mm - half
+    gx = torch.tensor(px, dtype=torch.float32).view(1, 1, -1).expand(len(zs), size, size)
+    gy = (BRAIN_CENTER_MM[1] - torch.tensor(px, dtype=torch.float32)).view(1, -1, 1)
+    gy = gy.expand(len(zs), size, size)
+    gz = torch.tensor(zs, dtype=torch.float32).view(-1, 1, 1).expand(len(zs), size, size)
+    pts = torch.stack([gx, gy, gz], dim=-1)  # (D, H, W, 3) mm, patient space
+
+    # Patient → template: affine about the brain centre, ventricle warp, elastic field.
+    c = torch.tensor(BRAIN_CENTER_MM, dtype=torch.float32)
+    ax, ay, az = np.deg2rad(rng.uniform([-4, -4, -8], [4, 4, 8]))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    scale = np.diag(1.0 / rng.uniform(0.9, 1.1, size=3))
+    a = torch.tensor(rz @ ry @ rx @ scale, dtype=torch.float32)
+    rel = pts - c
+    r2 = (rel**2).sum(-1, keepdim=True)
+    ventricle = float(rng.uniform(0.0, 0.25))
+    rel = rel * (1 - ventricle * torch.exp(-r2 / (2 * 25.0**2)))
+    tpl_pts = rel @ a.T + c + torch.tensor(rng.uniform(-3, 3, size=3), dtype=torch.float32)
+
+    extent = torch.tensor(
+        [tpl.shape_xyz[0] - 1, tpl.shape_xyz[1] - 1, tpl.shape_xyz[2] - 1], dtype=torch.float32
+    )
+    origin = torch.tensor(tpl.origin_mm, dtype=torch.float32)
+
+    def to_norm(p: torch.Tensor) -> torch.Tensor:
+        return ((p - origin) / extent * 2 - 1)[None]  # (1, D, H, W, 3)
+
+    norm = to_norm(tpl_pts)
+    elastic = _smooth_field(gen, 3, 6, norm).permute(1, 2, 3, 0) * float(rng.uniform(1.0, 3.0))
+    mri_pts = tpl_pts + elastic
+    shift_dir = rng.normal(size=3)
+    shift = shift_dir / np.linalg.norm(shift_dir) * profile.misregistration_mm
+    ct_pts = mri_pts + torch.tensor(shift, dtype=torch.float32)
+
+    both = torch.cat([to_norm(mri_pts), to_norm(ct_pts)], dim=1)  # (1, 2D, H, W, 3)
+    sampled = F.grid_sample(
+        tpl.fields[None], both, mode="bilinear", padding_mode="border", align_corners=True
+    )[0]  # (4, 2D, H, W)
+    d = len(zs)
+    texture = _smooth_field(gen, 2, 14, norm)  # per-patient tissue detail, shared by MRI/CT
+    thickness = float(rng.uniform(0.8, 1.25))
+    atrophy = float(rng.uniform(0.0, 0.2))
+    bone_density = float(rng.uniform(0.9, 1.1))
+    lesion_center = None
+    if rng.uniform() < lesion_probability:
+        lesion_center = torch.tensor(
+            rng.uniform([-40, -60, 0], [40, 40, 50]), dtype=torch.float32
+        )
+        lesion_radius = float(rng.uniform(6.0, 15.0))
+
+    def tissue_fractions(fields: torch.Tensor, at: torch.Tensor) -> dict[str, torch.Tensor]:
+        gm, wm, icv, signed = fields
+        gm = gm * (1 - atrophy)
+        frac = {"gm": gm, "wm": wm, "csf": (icv - gm - wm).clamp_min(0)}
+        if lesion_center is not None:
+            dist = (at - lesion_center).norm(dim=-1)
+            lesion = torch.sigmoid((lesion_radius - dist) / 1.5) * (gm + wm)
+            frac["gm"] = gm * (1 - lesion / (gm + wm).clamp_min(1e-6))
+            frac["wm"] = wm * (1 - lesion / (gm + wm).clamp_min(1e-6))
+            frac["lesion"] = lesion
+        outside = 1 - icv.clamp(0, 1)
+        edge = 0.0
+        for name, width in SHELLS_MM:
+            w = width * thickness
+            frac[name] = frac.get(name, 0) + _shell(signed, edge, edge + w, 0.4) * outside
+            edge += w
+        body = torch.sigmoid((edge - signed) / 0.4)
+        frac["air"] = (1 - body).clamp_min(0)
+        return frac, body
+
+    mri_frac, body = tissue_fractions(sampled[:, :d], mri_pts)
+    ct_frac, ct_body = tissue_fractions(sampled[:, d:], ct_pts)
+
+    # MRI: tissue intensities with the center's GM/WM contrast and the patient texture.
+    t1 = dict(T1_VALUE)
+    mid = (t1["gm"] + t1["wm"]) / 2
+    t1["gm"] = mid - (mid - t1["gm"]) * profile.gm_wm_contrast
+    t1["wm"] = mid + (t1["wm"] - mid) * profile.gm_wm_contrast
+    mri = sum(mri_frac[k] * t1[k] for k in mri_frac)
+    brainish = mri_frac["gm"] + mri_frac["wm"]
+    mri = mri * (1 + 0.06 * texture[0] * brainish)
+    ct = sum(ct_frac[k] * CT_HU_VALUE[k] * (bone_density if k in ("cortical", "diploe") else 1)
+             for k in ct_frac)
+    ct = ct + 6.0 * texture[1] * (ct_frac["gm"] + ct_frac["wm"])
+
+    # Scanner effects, MRI: bias field, gain, gamma, blur, Rician noise.
+    bias = _smooth_field(gen, 1, 3, norm)[0]
+    mri = mri * (1 + profile.bias_amplitude * bias.clamp(-2, 2))
+    mri = (mri.clamp_min(0) * profile.mri_gain) ** profile.mri_gamma
+    mm_per_px = profile.fov_mm / size
+    mri = _gaussian_blur2d(mri[:, None], profile.mri_blur_mm / mm_per_px)[:, 0]
+    sigma = profile.rician_sigma * profile.mri_gain
+    n1 = torch.randn(mri.shape, generator=gen) * sigma
+    n2 = torch.randn(mri.shape, generator=gen) * sigma
+    mri = torch.sqrt((mri + n1) ** 2 + n2**2)
+
+    # Scanner effects, CT: kernel blur, offset, noise (inside the body only).
+    ct = _gaussian_blur2d(ct[:, None], profile.ct_blur_mm / mm_per_px)[:, 0]
+    ct = ct + profile.ct_offset_hu + torch.randn(ct.shape, generator=gen) * profile.ct_noise_hu
+
+    mask = (ct_body > 0.5) & (body > 0.5)
+    mask_np = mask.numpy()
+    mri_np = normalise_mri(mri.numpy(), mask_np)
+    ct_np = np.where(mask_np, np.clip(ct.numpy(), HU_MIN, HU_MAX), HU_MIN).astype(np.float32)
+    ids = np.array([pid] * d, dtype=object)
+    return SliceSet(mri_np[:, None], ct_np[:, None], mask_np[:, None], ids)
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+def phantom_cohort(
+    seed: int,
+    *,
+    centers: int,
+    patients_per_center: int,
+    heldout_per_center: int,
+    slices_per_patient: int,
+    image_size: int,
+    unseen_center: bool = False,
+    unseen_patients: int = 2,
+    lesion_probability: float = 0.3,
+) -> Cohort:
+    """Build a federation's phantom data with a patient-level train/held-out split.
+
+    Patients ``0 … patients_per_center−1`` of each center are its training set, the next
+    ``heldout_per_center`` are held out (nobody trains on them), so a patient is never in
+    both. The optional unseen center (index ``centers``) only provides test patients.
+    """
+
+    def patients(center: int, first: int, count: int) -> SliceSet:
+        profile = center_profile(seed, center)
+        return SliceSet.concat([
+            phantom_patient(seed, center, p, image_size=image_size,
+                            n_slices=slices_per_patient, profile=profile,
+                            lesion_probability=lesion_probability)
+            for p in range(first, first + count)
+        ])
+
+    data = [
+        CenterData(
+            name=f"center-{c}",
+            train=patients(c, 0, patients_per_center),
+            test=patients(c, patients_per_center, heldout_per_center),
+        )
+        for c in range(centers)
+    ]
+    unseen = None
+    if unseen_center:
+        test = patients(centers, 0, unseen_patients)
+        unseen = CenterData(name="unseen", train=test.select(np.zeros(len(test), bool)), test=test)
+    return Cohort(
+        centers=data,
+        unseen=unseen,
+        description=f"MNI152 phantom, {centers} centers, seed {seed}",
+    )

@@ -1,0 +1,136 @@
+"""Execute one experiment into its run folder: data → federation → summary and artifacts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.config import ExperimentConfig
+from engine.data.cohort import load_cohort
+from engine.data.types import Cohort
+from engine.federation.client import predict_sct_hu
+from engine.federation.inprocess import Cancelled, FederationResult, build_model, run_federation
+from engine.model import count_parameters, select_device, set_parameters
+from engine.render import sample_row, save_png
+from engine.runs import RunFolder
+
+
+def versions() -> dict[str, str]:
+    import flwr
+    import monai
+
+    from engine import __version__
+
+    return {"fedsct": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "monai": monai.__version__, "flwr": flwr.__version__,
+            "numpy": np.__version__}
+
+
+def _save_samples(run: RunFolder, cfg: ExperimentConfig, cohort: Cohort,
+                  result: FederationResult) -> dict[str, str]:
+    """One held-out slice per center (middle of the first patient): npz for the UI + PNG."""
+    model = build_model(cfg)
+    set_parameters(model, result.final_params)
+    groups = [(c.name, c.test) for c in cohort.centers]
+    if cohort.unseen:
+        groups.append((cohort.unseen.name, cohort.unseen.test))
+    arrays, files = {}, {}
+    for name, data in groups:
+        first = data.for_patient(data.patients[0])
+        sl = first.select(np.array([len(first) // 2]))
+        sct = predict_sct_hu(model, sl)[0, 0]
+        arrays |= {f"{name}__mri": sl.mri[0, 0], f"{name}__ct_hu": sl.ct_hu[0, 0],
+                   f"{name}__sct_hu": sct, f"{name}__mask": sl.mask[0, 0]}
+        png = run.artifacts / f"sample_{name}.png"
+        save_png(sample_row(sl.mri[0, 0], sl.ct_hu[0, 0], sct, sl.mask[0, 0]), png,
+                 scale=max(1, 128 // cfg.data.image_size))
+        files[name] = str(png.relative_to(run.path))
+    np.savez_compressed(run.artifacts / "samples.npz", **arrays)
+    return files
+
+
+def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
+                  wall_s: float, data_s: float, n_params: int,
+                  samples: dict[str, str]) -> dict[str, Any]:
+    dp = cfg.defenses.dp
+    final = result.history[-1] if result.history else {}
+    return {
+        "config": cfg.model_dump(),
+        "federation": {
+            "rounds": cfg.federation.rounds,
+            "aggregator": cfg.federation.aggregator,
+            "secure_aggregation": cfg.defenses.secure_aggregation,
+            "dp": {"enabled": dp.enabled, "clip_norm": dp.clip_norm,
+                   "noise_multiplier": dp.noise_multiplier if dp.enabled else 0.0},
+            "history": result.history,
+            "final": {k: final[k] for k in ("mae_hu", "psnr_db", "ssim")} if final else None,
+            "per_center": result.per_center,
+            "unseen_center": result.unseen_center,
+            "local_steps": result.steps,
+        },
+        "data": {
+            "source": cfg.data.source,
+            "description": cohort.description,
+            "centers": {c.name: {"train_patients": len(c.train.patients),
+                                 "train_slices": len(c.train),
+                                 "heldout_patients": len(c.test.patients)}
+                        for c in cohort.centers},
+            "unseen_patients": len(cohort.unseen.test.patients) if cohort.unseen else 0,
+        },
+        "model": {"parameters": n_params, "norm": cfg.model.norm,
+                  "channels": cfg.model.channels},
+        "artifacts": {"samples": samples},
+        "timing": {"wall_s": round(wall_s, 3), "data_s": round(data_s, 3),
+                   "train_s": round(result.train_s, 3), "eval_s": round(result.eval_s, 3)},
+        "device": str(select_device()),
+        "versions": versions(),
+    }
+
+
+def execute(run: RunFolder) -> dict[str, Any] | None:
+    """Run the experiment stored in ``run`` and write its results there.
+
+    Status goes running → done | failed | cancelled; on failure the error is in
+    ``status.json`` and the traceback in ``log.txt``. Returns the summary when done.
+    """
+    t0 = time.perf_counter()
+    cfg = run.config()
+    run.set_status("running", pid=os.getpid(), started=time.time(), phase="data")
+    try:
+        run.log(f"device {select_device()}, torch threads {torch.get_num_threads()}")
+        cohort = load_cohort(cfg.data, cfg.seed, progress=run.log)
+        data_s = time.perf_counter() - t0
+        run.set_status("running", phase="training", data_s=round(data_s, 3))
+
+        def on_round(entry: dict[str, Any]) -> None:
+            run.append_metrics(entry)
+            g = entry.get("global") or {}
+            run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
+
+        result = run_federation(cfg, cohort, run_dir=run.path, on_round=on_round,
+                                should_stop=run.cancel_requested)
+        ckpt = run.path / "checkpoints"
+        ckpt.mkdir(exist_ok=True)
+        model = build_model(cfg)
+        set_parameters(model, result.final_params)
+        torch.save(model.state_dict(), ckpt / "final.pt")
+        samples = _save_samples(run, cfg, cohort, result)
+        summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
+                                count_parameters(model), samples)
+        run.write_summary(summary)
+        run.set_status("done", phase="done", finished=time.time())
+        return summary
+    except Cancelled as err:
+        run.log(str(err))
+        run.set_status("cancelled", phase="cancelled", finished=time.time())
+    except Exception as err:  # noqa: BLE001 - any failure must end in a readable status
+        run.log(traceback.format_exc())
+        run.set_status("failed", phase="failed", error=f"{type(err).__name__}: {err}",
+                       finished=time.time())
+    return None

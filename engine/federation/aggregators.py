@@ -1,0 +1,141 @@
+"""Aggregation rules: one small class per rule, the math in Flower's pure functions.
+
+Every rule maps ``[(client_parameters, num_examples), …]`` to the new global parameters.
+Median-type rules work coordinate-wise on the models; since all clients start from the same
+global model this equals global + the rule applied to the updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.server.strategy.aggregate import (
+    aggregate,
+    aggregate_bulyan,
+    aggregate_krum,
+    aggregate_median,
+    aggregate_trimmed_avg,
+)
+
+from engine.config import FederationConfig
+
+NDArrays = list[np.ndarray]
+Results = list[tuple[NDArrays, int]]
+
+
+def _as_float(results: Results) -> Results:
+    # Flower's rules average in the arrays' own dtype; integer buffers (BatchNorm's
+    # num_batches_tracked) would be truncated, so aggregate everything in float64.
+    return [([np.asarray(a, dtype=np.float64) for a in arrays], n) for arrays, n in results]
+
+
+def _restore_dtypes(out: NDArrays, like: NDArrays) -> NDArrays:
+    return [np.asarray(o).astype(ref.dtype, copy=False) for o, ref in zip(out, like, strict=True)]
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """Base class: ``__call__`` checks the number of clients and applies :meth:`rule`."""
+
+    name: str = "fedavg"
+    min_clients: int = 1
+
+    def __call__(self, results: Results) -> NDArrays:
+        if len(results) < self.min_clients:
+            raise ValueError(
+                f"aggregator {self.name!r} needs at least {self.min_clients} client results, "
+                f"got {len(results)}"
+            )
+        return _restore_dtypes(self.rule(_as_float(results)), results[0][0])
+
+    def rule(self, results: Results) -> NDArrays:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FedAvg(Aggregator):
+    """Weighted mean by number of examples (McMahan et al. 2017). FedProx aggregates alike."""
+
+    def rule(self, results: Results) -> NDArrays:
+        return aggregate(results)
+
+
+@dataclass(frozen=True)
+class FedMedian(Aggregator):
+    """Coordinate-wise median (Yin et al. 2018)."""
+
+    name: str = "fedmedian"
+    min_clients: int = 3
+
+    def rule(self, results: Results) -> NDArrays:
+        return aggregate_median(results)
+
+
+@dataclass(frozen=True)
+class TrimmedMean(Aggregator):
+    """Coordinate-wise mean after cutting a fraction ``beta`` of values at each end."""
+
+    name: str = "trimmed_mean"
+    beta: float = 0.25
+
+    def rule(self, results: Results) -> NDArrays:
+        return aggregate_trimmed_avg(results, self.beta)
+
+
+@dataclass(frozen=True)
+class Krum(Aggregator):
+    """Krum (Blanchard et al. 2017): the model closest to its n−f−2 neighbours.
+
+    With ``to_keep`` > 0 it is Multi-Krum: the mean of the ``to_keep`` best-scored models.
+    """
+
+    name: str = "krum"
+    num_malicious: int = 1
+    to_keep: int = 0
+
+    def __call__(self, results: Results) -> NDArrays:
+        n, f = len(results), self.num_malicious
+        if not n > 2 * f + 2:
+            raise ValueError(
+                f"{self.name} with f = {f} needs more than {2 * f + 2} clients, got {n}"
+            )
+        return super().__call__(results)
+
+    def rule(self, results: Results) -> NDArrays:
+        return aggregate_krum(results, self.num_malicious, self.to_keep)
+
+
+@dataclass(frozen=True)
+class Bulyan(Aggregator):
+    """Bulyan (El Mhamdi et al. 2018): Krum selection, then a trimmed mean around the median."""
+
+    name: str = "bulyan"
+    num_malicious: int = 1
+
+    def __call__(self, results: Results) -> NDArrays:
+        n, f = len(results), self.num_malicious
+        if not n >= 4 * f + 3:
+            raise ValueError(f"bulyan with f = {f} needs at least {4 * f + 3} clients, got {n}")
+        return super().__call__(results)
+
+    def rule(self, results: Results) -> NDArrays:
+        return aggregate_bulyan(results, self.num_malicious, aggregate_krum, to_keep=0)
+
+
+def make_aggregator(fed: FederationConfig) -> Aggregator:
+    """The aggregation rule named by ``federation.aggregator``."""
+    match fed.aggregator:
+        case "fedavg" | "fedprox":
+            return FedAvg(name=fed.aggregator)
+        case "fedmedian":
+            return FedMedian()
+        case "trimmed_mean":
+            return TrimmedMean(beta=fed.trim_beta)
+        case "krum":
+            return Krum(num_malicious=fed.num_malicious)
+        case "multikrum":
+            return Krum(name="multikrum", num_malicious=fed.num_malicious, to_keep=fed.multikrum_m)
+        case "bulyan":
+            return Bulyan(num_malicious=fed.num_malicious)
+    raise ValueError(f"federation.aggregator = {fed.aggregator!r} is unknown")

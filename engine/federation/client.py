@@ -1,0 +1,104 @@
+"""Local training and evaluation of one center: runtime-agnostic (in-process or Flower).
+
+Inputs and outputs are plain NumPy parameter lists in ``state_dict`` order, so any runtime
+can call these functions unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.data.preprocess import HU_MIN, hu_to_unit, unit_to_hu
+from engine.data.types import SliceSet
+from engine.metrics import sct_metrics
+from engine.model import NDArrays, get_parameters, set_parameters
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Knobs of one client's local training (see ``federation.*`` in the config)."""
+
+    loss: str = "l1"
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    local_epochs: int = 1
+    batch_size: int = 8
+    fedprox_mu: float = 0.0
+
+
+def training_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``l1`` (FedSynthCT-Brain) or ``mse`` on normalised CT units."""
+    return {"l1": F.l1_loss, "mse": F.mse_loss}[name]
+
+
+def as_tensors(data: SliceSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mri (N,1,H,W) in [0,1], ct (N,1,H,W) in normalised CT units)`` on ``device``."""
+    mri = torch.from_numpy(np.ascontiguousarray(data.mri)).to(device)
+    ct = torch.from_numpy(np.ascontiguousarray(hu_to_unit(data.ct_hu))).to(device)
+    return mri, ct
+
+
+def train_local(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
+                cfg: LocalTraining, *, seed: int,
+                device: torch.device | None = None) -> tuple[NDArrays, dict[str, float]]:
+    """Train ``model`` from ``global_params`` on ``data`` for ``cfg.local_epochs`` epochs.
+
+    Optimiser state starts fresh each round, as clients keep no state between rounds.
+    FedProx adds μ/2·‖w − w_global‖² to the loss. Returns the new parameters and
+    ``{"train_loss", "num_examples", "steps"}`` (loss in normalised CT units).
+    """
+    device = device or next(model.parameters()).device
+    set_parameters(model, global_params)
+    model.to(device).train()
+    mri, ct = as_tensors(data, device)
+    loss_fn = training_loss(cfg.loss)
+    params = list(model.parameters())
+    anchor = [p.detach().clone() for p in params] if cfg.fedprox_mu > 0 else None
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(data)
+    losses, steps = [], 0
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size].to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(mri[idx]), ct[idx])
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                loss = loss + cfg.fedprox_mu / 2 * prox
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            steps += 1
+    return get_parameters(model), {
+        "train_loss": float(np.mean(losses)), "num_examples": n, "steps": steps,
+    }
+
+
+@torch.no_grad()
+def predict_sct_hu(model: torch.nn.Module, data: SliceSet, batch_size: int = 32) -> np.ndarray:
+    """Synthetic CT ``(N, 1, H, W)`` in HU; −1024 HU outside the body mask (as the study)."""
+    device = next(model.parameters()).device
+    model.eval()
+    outs = []
+    for start in range(0, len(data), batch_size):
+        mri = torch.from_numpy(np.ascontiguousarray(data.mri[start : start + batch_size]))
+        outs.append(unit_to_hu(model(mri.to(device))).cpu().numpy())
+    sct = np.concatenate(outs) if outs else np.empty_like(data.ct_hu)
+    return np.where(data.mask, sct, HU_MIN).astype(np.float32)
+
+
+def evaluate(model: torch.nn.Module, params: NDArrays, data: SliceSet) -> dict[str, float]:
+    """SynthRAD2023 metrics of ``params`` on ``data`` (MAE HU, PSNR dB, SSIM)."""
+    set_parameters(model, params)
+    return sct_metrics(data.ct_hu, predict_sct_hu(model, data), data.mask, data.patient_ids)

@@ -1,0 +1,156 @@
+"""The in-process federation runner (default runtime).
+
+Each round: the server sends the global model; every center trains locally
+(:func:`engine.federation.client.train_local`), optionally privatises its update (client-level
+DP) and masks it (secure aggregation); the server aggregates, records its view, and the global
+model is evaluated on every center's held-out patients and on the unseen center.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.config import ExperimentConfig
+from engine.data.types import Cohort, SliceSet
+from engine.federation import server_view
+from engine.federation.aggregators import make_aggregator
+from engine.federation.client import LocalTraining, evaluate, train_local
+from engine.federation.dp import privatize_update
+from engine.model import NDArrays, build_unet, get_parameters, select_device
+
+
+class Cancelled(Exception):
+    """Raised inside the runner when the user asked to stop."""
+
+
+@dataclass
+class FederationResult:
+    """What a finished federation hands back (all metrics in HU / dB / unitless SSIM)."""
+
+    final_params: NDArrays
+    history: list[dict[str, Any]] = field(default_factory=list)
+    per_center: dict[str, dict[str, float]] = field(default_factory=dict)
+    unseen_center: dict[str, float] | None = None
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    steps: int = 0
+
+
+def local_training_of(cfg: ExperimentConfig) -> LocalTraining:
+    f = cfg.federation
+    return LocalTraining(loss=f.loss, optimizer=f.optimizer, lr=f.lr,
+                         local_epochs=f.local_epochs, batch_size=f.batch_size,
+                         fedprox_mu=f.fedprox_mu)
+
+
+def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
+    """The U-Net of ``cfg.model``, initialised from ``cfg.seed``, on the selected device."""
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    return build_unet(tuple(m.channels), m.norm, m.num_res_units).to(select_device())
+
+
+def _client_seed(seed: int, rnd: int, center: int) -> int:
+    return int(np.random.default_rng([seed, rnd, center]).integers(2**62))
+
+
+def evaluate_global(model: torch.nn.Module, params: NDArrays,
+                    cohort: Cohort) -> tuple[dict[str, float], dict[str, dict], dict | None]:
+    """Metrics of ``params``: pooled over all centers' held-out patients, per center, unseen."""
+    per_center = {c.name: evaluate(model, params, c.test) for c in cohort.centers}
+    pooled = evaluate(model, params, SliceSet.concat([c.test for c in cohort.centers]))
+    unseen = evaluate(model, params, cohort.unseen.test) if cohort.unseen else None
+    return pooled, per_center, unseen
+
+
+def run_federation(
+    cfg: ExperimentConfig,
+    cohort: Cohort,
+    *,
+    run_dir: Path | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> FederationResult:
+    """Train the federation described by ``cfg`` on ``cohort``.
+
+    Args:
+        run_dir: where the server view is stored (rounds chosen by
+            ``federation.server_view_rounds``); ``None`` stores nothing.
+        on_round: called after each round with a JSON-ready record
+            ``{"round", "global": {mae_hu, psnr_db, ssim} | None, "per_center", "unseen",
+            "clients": {id: metadata}, "elapsed_s"}``; round 0 is the untrained model.
+        should_stop: polled between clients; returning True raises :class:`Cancelled`.
+    """
+    fed, dp = cfg.federation, cfg.defenses.dp
+    model = build_model(cfg)
+    names = list(model.state_dict())
+    aggregator = make_aggregator(fed)
+    local = local_training_of(cfg)
+    global_params = get_parameters(model)
+    result = FederationResult(final_params=global_params)
+    t_start = time.perf_counter()
+
+    def record(rnd: int, clients: dict[str, dict], evaluate_now: bool) -> None:
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"round": rnd, "global": None, "per_center": None,
+                                 "unseen": None, "clients": clients}
+        if evaluate_now:
+            pooled, per_center, unseen = evaluate_global(model, global_params, cohort)
+            entry |= {"global": pooled, "per_center": per_center, "unseen": unseen}
+            result.history.append({"round": rnd, **pooled})
+            result.per_center, result.unseen_center = per_center, unseen
+        result.eval_s += time.perf_counter() - t0
+        entry["elapsed_s"] = round(time.perf_counter() - t_start, 3)
+        if on_round:
+            on_round(entry)
+
+    record(0, {}, evaluate_now=True)
+    for rnd in range(1, fed.rounds + 1):
+        t0 = time.perf_counter()
+        uploads: dict[str, NDArrays] = {}
+        weights: dict[str, int] = {}
+        metadata: dict[str, dict[str, Any]] = {}
+        for k, center in enumerate(cohort.centers):
+            if should_stop():
+                raise Cancelled(f"cancelled during round {rnd}")
+            params, meta = train_local(model, global_params, center.train, local,
+                                       seed=_client_seed(cfg.seed, rnd, k))
+            result.steps += int(meta["steps"])
+            if dp.enabled:
+                rng = np.random.default_rng([cfg.seed, rnd, k, 1])
+                params, dp_meta = privatize_update(params, global_params, dp.clip_norm,
+                                                   dp.noise_multiplier, rng)
+                meta |= dp_meta
+            uploads[center.name] = params
+            weights[center.name] = int(meta["num_examples"])
+            metadata[center.name] = meta
+        if cfg.defenses.secure_aggregation:
+            from engine.federation.secagg import secure_round
+
+            sent, new_params, encoding = secure_round(
+                uploads, weights, cfg.defenses.secagg_clipping_range,
+                seed=_client_seed(cfg.seed, rnd, 10_000),
+            )
+            new_params = [n.astype(g.dtype) for n, g in zip(new_params, global_params,
+                                                            strict=True)]
+        else:
+            sent = uploads
+            new_params = aggregator([(uploads[c], weights[c]) for c in uploads])
+            encoding = {"kind": "plain"}
+        if run_dir is not None and cfg.records_view(rnd):
+            server_view.write_round(run_dir, rnd, global_params=global_params, uploads=sent,
+                                    aggregate=new_params, metadata=metadata,
+                                    encoding=encoding, param_names=names)
+        global_params = new_params
+        result.train_s += time.perf_counter() - t0
+        last = rnd == fed.rounds
+        record(rnd, metadata, evaluate_now=last or rnd % fed.eval_every == 0)
+    result.final_params = global_params
+    return result

@@ -1,0 +1,75 @@
+"""sCT quality metrics with the SynthRAD2023 conventions (official ``image_metrics.py``).
+
+* MAE: mean |CT − sCT| over the body mask, in HU.
+* PSNR: both clipped to [−1024, 3000] HU, data range 4024, over the mask voxels only (dB).
+* SSIM: both clipped, voxels outside the mask set to −1024, shifted by +1024, skimage
+  ``structural_similarity(data_range=4024, full=True)``; the mean of the SSIM map inside the
+  mask after cropping 3 voxels from every border (skimage's default padding).
+
+Our data are 2-D slice stacks ``(N, 1, H, W)`` of one patient, so SSIM is computed per slice
+(2-D windows) and averaged over the mask pixels of all slices; MAE and PSNR pool the patient's
+mask voxels. Patient values are then averaged, as the challenge averages over patients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+from engine.data.preprocess import HU_MAX, HU_MIN, HU_RANGE
+
+SSIM_CROP = 3
+
+
+def mae_hu(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute error in HU over ``mask`` (any matching shapes)."""
+    return float(np.abs(ct_hu[mask].astype(np.float64) - sct_hu[mask]).mean())
+
+
+def psnr_db(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR in dB over ``mask`` after clipping both to [−1024, 3000] HU (range 4024)."""
+    a = np.clip(ct_hu[mask].astype(np.float64), HU_MIN, HU_MAX)
+    b = np.clip(sct_hu[mask].astype(np.float64), HU_MIN, HU_MAX)
+    mse = float(np.mean((a - b) ** 2))
+    if mse == 0:
+        return float("inf")
+    return float(10 * np.log10(HU_RANGE**2 / mse))
+
+
+def _ssim_map_sum(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
+    """Sum and count of the SSIM map inside ``mask`` for one 2-D slice ``(H, W)``."""
+    a = np.where(mask, np.clip(ct, HU_MIN, HU_MAX), HU_MIN).astype(np.float64) - HU_MIN
+    b = np.where(mask, np.clip(sct, HU_MIN, HU_MAX), HU_MIN).astype(np.float64) - HU_MIN
+    _, ssim_map = structural_similarity(a, b, data_range=HU_RANGE, full=True)
+    c = SSIM_CROP
+    inner = np.zeros_like(mask, dtype=bool)
+    inner[c:-c, c:-c] = mask[c:-c, c:-c]
+    return float(ssim_map[inner].sum()), int(inner.sum())
+
+
+def ssim(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Masked SSIM of slice stacks ``(N, 1, H, W)`` or ``(N, H, W)`` or one slice ``(H, W)``."""
+    ct_hu, sct_hu, mask = (np.asarray(x).reshape((-1,) + np.shape(x)[-2:])
+                           for x in (ct_hu, sct_hu, mask))
+    total, count = 0.0, 0
+    for a, b, m in zip(ct_hu, sct_hu, mask, strict=True):
+        s, n = _ssim_map_sum(a, b, m)
+        total, count = total + s, count + n
+    return total / count if count else float("nan")
+
+
+def sct_metrics(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray,
+                patient_ids: np.ndarray | None = None) -> dict[str, float]:
+    """MAE (HU), PSNR (dB) and SSIM of slice stacks ``(N, 1, H, W)``, averaged over patients.
+
+    Returns ``{"mae_hu", "psnr_db", "ssim"}``. Without ``patient_ids`` the stack is one patient.
+    """
+    if patient_ids is None:
+        patient_ids = np.zeros(len(ct_hu), dtype=object)
+    rows = []
+    for pid in dict.fromkeys(patient_ids.tolist()):
+        sel = patient_ids == pid
+        a, b, m = ct_hu[sel], sct_hu[sel], mask[sel]
+        rows.append((mae_hu(a, b, m), psnr_db(a, b, m), ssim(a, b, m)))
+    mae, psnr, ss = np.mean(rows, axis=0)
+    return {"mae_hu": float(mae), "psnr_db": float(psnr), "ssim": float(ss)}

@@ -1,0 +1,102 @@
+"""The in-process federation with real MONAI, Flower aggregation and SecAgg primitives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.config import build_config
+from engine.data.cohort import load_cohort
+from engine.federation.inprocess import run_federation
+from engine.federation.secagg import SecAggParams, quantization_error_bound
+from engine.federation.server_view import ServerView
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    return build_config("smoke")
+
+
+@pytest.fixture(scope="module")
+def smoke_cohort(smoke_cfg):
+    return load_cohort(smoke_cfg.data, smoke_cfg.seed)
+
+
+def test_smoke_preset_learns(smoke_cfg, smoke_cohort):
+    result = run_federation(smoke_cfg, smoke_cohort)
+    first, last = result.history[0], result.history[-1]
+    assert [h["round"] for h in result.history] == list(range(smoke_cfg.federation.rounds + 1))
+    assert last["mae_hu"] < 0.6 * first["mae_hu"], result.history
+    assert last["psnr_db"] > first["psnr_db"] + 3
+    assert set(result.per_center) == {c.name for c in smoke_cohort.centers}
+
+
+def test_same_seed_same_model_other_seed_differs(smoke_cohort):
+    cfg = build_config("smoke", sets=["federation.rounds=1"])
+    a = run_federation(cfg, smoke_cohort).final_params
+    b = run_federation(cfg, smoke_cohort).final_params
+    c = run_federation(build_config("smoke", sets=["federation.rounds=1", "seed=1"]),
+                       smoke_cohort).final_params
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def test_secure_aggregation_equals_fedavg_and_hides_uploads(tmp_path, smoke_cohort):
+    sets = ["federation.rounds=1"]
+    plain = run_federation(build_config("smoke", sets=sets), smoke_cohort, run_dir=tmp_path / "p")
+    secure = run_federation(build_config("smoke", sets=[*sets, "defenses.secure_aggregation=true"]),
+                            smoke_cohort, run_dir=tmp_path / "s")
+    pv, sv = ServerView(tmp_path / "p")[1], ServerView(tmp_path / "s")[1]
+    weights = [m["num_examples"] for m in sv.metadata.values()]
+    bound = quantization_error_bound(weights, SecAggParams())
+    for a, b in zip(plain.final_params, secure.final_params, strict=True):
+        assert np.abs(a.astype(np.float64) - b).max() <= bound + 1e-6
+    # Same local training, so the true uploads are the plain run's; the server holds noise.
+    for client in sv.clients:
+        true = np.concatenate([u.ravel() for u in pv.uploads[client]]).astype(np.float64)
+        seen = np.concatenate([u.ravel() for u in sv.client_params(client)])
+        assert abs(np.corrcoef(true, seen)[0, 1]) < 0.05
+        assert sv.uploads[client][0].dtype == np.int64
+    assert sv.encoding["kind"] == "secagg" and pv.encoding == {"kind": "plain"}
+
+
+def test_server_view_records_what_the_server_sees(tmp_path, smoke_cohort):
+    cfg = build_config("smoke", sets=["federation.rounds=2", "federation.server_view_rounds=last"])
+    result = run_federation(cfg, smoke_cohort, run_dir=tmp_path)
+    view = ServerView(tmp_path)
+    assert view.rounds == [2]
+    r = view[2]
+    assert r.clients == [c.name for c in smoke_cohort.centers]
+    for a, b in zip(r.aggregate, result.final_params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # FedAvg: the aggregate is the example-weighted mean of the uploads.
+    n = np.array([r.metadata[c]["num_examples"] for c in r.clients], dtype=np.float64)
+    uploads0 = [r.uploads[c][0].astype(np.float64) for c in r.clients]
+    mean0 = sum(w * u for w, u in zip(n, uploads0, strict=True)) / n.sum()
+    np.testing.assert_allclose(r.aggregate[0], mean0, rtol=1e-5, atol=1e-6)
+    assert r.client_update(r.clients[0])[0].shape == r.global_params[0].shape
+    with pytest.raises(KeyError, match="recorded rounds: \\[2\\]"):
+        view[1]
+
+
+def test_dp_noise_reaches_the_server_view(tmp_path, smoke_cohort):
+    cfg = build_config("smoke", sets=["federation.rounds=1", "defenses.dp.enabled=true",
+                                      "defenses.dp.clip_norm=0.5",
+                                      "defenses.dp.noise_multiplier=0.01"])
+    run_federation(cfg, smoke_cohort, run_dir=tmp_path)
+    r = ServerView(tmp_path)[1]
+    for c in r.clients:
+        norm = np.sqrt(sum((u**2).sum() for u in r.client_update(c)))
+        n_params = sum(u.size for u in r.global_params)
+        expected_noise = 0.01 * 0.5 * np.sqrt(n_params)
+        assert norm <= 0.5 + expected_noise * 1.2
+        assert r.metadata[c]["noise_std"] == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("aggregator", ["fedmedian", "trimmed_mean", "fedprox"])
+def test_other_aggregators_run(aggregator, smoke_cohort):
+    sets = ["federation.rounds=1", f"federation.aggregator={aggregator}",
+            "federation.fedprox_mu=0.01", "federation.trim_beta=0.34"]
+    result = run_federation(build_config("smoke", sets=sets), smoke_cohort)
+    assert np.isfinite(result.history[-1]["mae_hu"])
