@@ -254,13 +254,16 @@ class RunIndex:
         """All runs, newest first; live state is taken from each folder's status."""
         if not self.root.is_dir():
             return []
+        folders = {p.name for p in self.root.iterdir() if (p / "status.json").exists()}
         try:
             with self._connect() as con:
-                rows = con.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+                indexed = {r[0] for r in con.execute("SELECT run_id FROM runs")}
         except sqlite3.DatabaseError:
+            indexed = set()
+        if folders - indexed:  # folders copied in by hand, or a damaged index
             self.rebuild()
-            with self._connect() as con:
-                rows = con.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
         out = []
         for row in rows:
             rec = dict(zip(self.COLUMNS, row, strict=True))

@@ -113,3 +113,11 @@ def test_open_run_rejects_unknown_and_path_like_ids(runs_dir):
         open_run("nope")
     with pytest.raises(FileNotFoundError):
         open_run("../etc")
+
+
+def test_index_is_rebuilt_from_folders_when_damaged(runs_dir):
+    from engine.runs import create_run
+
+    run = create_run(build_config("smoke"))
+    (runs_dir / "index.sqlite").write_bytes(b"this is not a database")
+    assert [r["run_id"] for r in RunIndex().list()] == [run.run_id]

@@ -5,7 +5,7 @@ download). The template is skull-stripped, so the head around the brain is deriv
 intracranial volume (ICV) is the brain closed and hole-filled; CSF fills the ICV where there
 is no GM/WM; skull tables, diploë, fat and skin are shells at a signed distance from the ICV
 surface. MNI152 template: Copyright (C) 1993–2009 Louis Collins, McConnell Brain Imaging
-Centre, Montreal Neurological Institute, McGill University (permissive notice in NOTICE).
+Centre, Montreal Neurological Institute, McGill University (permissive notice in README.md).
 
 Each patient is the template under a random affine, a smooth elastic deformation,
 ventricle enlargement, cortical atrophy, skull/scalp thickness changes, a per-patient tissue

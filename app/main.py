@@ -1,0 +1,25 @@
+"""Entrypoint: ``streamlit run app/main.py`` from the repository root.
+
+Pages live in the top-level ``pages/`` folder and are registered with absolute paths:
+a ``pages/`` folder next to this file would switch Streamlit to its legacy multipage mode.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.ui import ASSETS_DIR, PAGES_DIR, sidebar
+from engine.runs import runs_root
+
+st.set_page_config(page_title="FedSCT Security Lab", page_icon="🧠", layout="wide")
+st.logo(str(ASSETS_DIR / "logo.svg"))
+css = ASSETS_DIR / "style.css"
+if css.is_file():
+    st.markdown(f"<style>{css.read_text()}</style>", unsafe_allow_html=True)
+
+page = st.navigation([
+    st.Page(str(PAGES_DIR / "home.py"), title="Home", icon=":material/home:", default=True),
+    st.Page(str(PAGES_DIR / "federation.py"), title="Federation", icon=":material/hub:"),
+])
+sidebar(runs_root())
+page.run()

@@ -1,0 +1,184 @@
+"""Small display helpers shared by the pages: plain-language text, charts, tables, images.
+
+Everything here only formats what the engine computed; no numbers are derived beyond
+differences for display.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from engine.config import ExperimentConfig
+from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES_DIR = ROOT / "pages"
+ASSETS_DIR = ROOT / "assets"
+UNSEEN_LABEL = "unseen hospital (never trained)"
+
+METRIC_HELP = {
+    "mae_hu": "MAE: average error of the synthetic CT in Hounsfield units (lower is better).",
+    "psnr_db": "PSNR: signal-to-noise ratio of the synthetic CT in decibels (higher is better).",
+    "ssim": "SSIM: how similar the structures look, from 0 to 1 (higher is better).",
+}
+
+AGGREGATOR_HELP = {
+    "fedavg": "Averages all hospitals' updates, weighted by how much data each has "
+              "(the standard rule).",
+    "fedprox": "Averages the updates but keeps each hospital close to the shared model; "
+               "helps when hospitals' scanners differ.",
+    "fedmedian": "Takes the middle value of the updates, so one misbehaving hospital "
+                 "cannot drag the model far.",
+    "trimmed_mean": "Drops the most extreme updates on both sides, then averages the rest.",
+    "krum": "Keeps only the single update most similar to the others and ignores outliers "
+            "(needs many hospitals).",
+    "multikrum": "Averages the few updates most similar to the others, ignoring outliers.",
+    "bulyan": "Combines Krum with trimming for the strongest protection against attackers "
+              "(needs the most hospitals).",
+}
+
+STATE_TEXT = {"queued": "waiting to start", "running": "running", "done": "finished",
+              "failed": "failed", "cancelled": "stopped"}
+
+PHASE_TEXT = {"data": "Preparing the hospitals' images…",
+              "training": "Hospitals are training the shared model…"}
+
+
+def sidebar(runs_folder: Path) -> None:
+    st.sidebar.caption(
+        "A safe sandbox: simulated hospitals jointly train a model that turns brain MRI "
+        "into synthetic CT, so you can see how attacks and defenses behave."
+    )
+    st.sidebar.caption(f"Runs folder: `{runs_folder}`")
+
+
+def describe_config(cfg: ExperimentConfig) -> str:
+    """One plain sentence summarising a run's settings."""
+    fed, dp = cfg.federation, cfg.defenses.dp
+    unseen = " + 1 unseen hospital" if cfg.data.unseen_center else ""
+    privacy = (f"privacy noise on (σ {dp.noise_multiplier:g}, clip {dp.clip_norm:g})"
+               if dp.enabled else "privacy noise off")
+    secagg = f"secure aggregation {'on' if cfg.defenses.secure_aggregation else 'off'}"
+    return (f"{cfg.data.centers} hospitals{unseen} · {fed.rounds} rounds · "
+            f"{fed.aggregator} · {secagg} · {privacy} · {cfg.data.image_size} px images")
+
+
+def run_label(rec: dict[str, Any]) -> str:
+    """A run-list row as one line: when, name, rule and result."""
+    when = time.strftime("%d %b %H:%M", time.localtime(rec["created"] or 0))
+    mae = f" · MAE {rec['final_mae_hu']:.0f} HU" if rec.get("final_mae_hu") is not None else ""
+    return f"{when} · {rec['name'] or 'run'} · {rec['aggregator']} · {rec['rounds']} rounds{mae}"
+
+
+def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Started": [time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
+                    for r in records],
+        "Name": [r["name"] or "run" for r in records],
+        "State": [STATE_TEXT.get(r["state"], r["state"]) for r in records],
+        "Aggregation rule": [r["aggregator"] for r in records],
+        "Rounds": [r["rounds"] for r in records],
+        "Secure aggregation": [bool(r["secure_aggregation"]) for r in records],
+        "Final MAE (HU)": [r["final_mae_hu"] for r in records],
+        "Run id": [r["run_id"] for r in records],
+    })
+
+
+def history_from_metrics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-round metric records → the summary's history format (rounds with an evaluation)."""
+    return [{"round": r["round"], **r["global"]} for r in records if r.get("global")]
+
+
+def history_figure(history: list[dict[str, Any]], total_rounds: int) -> go.Figure:
+    """MAE, PSNR and SSIM per round side by side (their scales differ too much to share)."""
+    titles = ("Average error, MAE (HU) — lower is better", "PSNR (dB) — higher is better",
+              "SSIM (0–1) — higher is better")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.08)
+    rounds = [h["round"] for h in history]
+    for col, key in enumerate(("mae_hu", "psnr_db", "ssim"), start=1):
+        fig.add_trace(go.Scatter(x=rounds, y=[h[key] for h in history], mode="lines+markers",
+                                 name=key, showlegend=False,
+                                 hovertemplate="round %{x}: %{y:.3g}<extra></extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(title_text="round (0 = untrained)", range=[-0.3, total_rounds + 0.3],
+                         dtick=max(1, total_rounds // 10), row=1, col=col)
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    fig.update_annotations(font_size=13)
+    return fig
+
+
+def metric_cards(history: list[dict[str, Any]], final: dict[str, float]) -> None:
+    """Final MAE/PSNR/SSIM with the change since the untrained model (round 0)."""
+    start = history[0] if history and history[0]["round"] == 0 else None
+    specs = (("Average error (MAE)", "mae_hu", "{:.0f} HU", "{:+.0f} HU", "inverse"),
+             ("Image quality (PSNR)", "psnr_db", "{:.2f} dB", "{:+.2f} dB", "normal"),
+             ("Structural similarity (SSIM)", "ssim", "{:.3f}", "{:+.3f}", "normal"))
+    for col, (label, key, fmt, dfmt, colour) in zip(st.columns(3), specs, strict=True):
+        # An ASCII sign on the delta string is what sets the arrow's direction.
+        delta = dfmt.format(final[key] - start[key]) if start is not None else None
+        col.metric(label, fmt.format(final[key]), delta=delta, delta_color=colour,
+                   delta_description="since the untrained model" if delta else None,
+                   help=METRIC_HELP[key], border=True)
+
+
+def center_table(per_center: dict[str, dict[str, float]],
+                 unseen: dict[str, float] | None) -> None:
+    rows = [{"Hospital": name, "Role": "trained with the federation", **m}
+            for name, m in per_center.items()]
+    if unseen:
+        rows.append({"Hospital": UNSEEN_LABEL, "Role": "test only: never shared any data",
+                     **unseen})
+    st.dataframe(
+        pd.DataFrame(rows), hide_index=True,
+        column_config={
+            "mae_hu": st.column_config.NumberColumn("MAE (HU) ↓", format="%.0f",
+                                                    help=METRIC_HELP["mae_hu"]),
+            "psnr_db": st.column_config.NumberColumn("PSNR (dB) ↑", format="%.2f",
+                                                     help=METRIC_HELP["psnr_db"]),
+            "ssim": st.column_config.NumberColumn("SSIM ↑", format="%.3f",
+                                                  help=METRIC_HELP["ssim"]),
+        },
+    )
+
+
+def _upscale(img: np.ndarray, target: int = 192) -> np.ndarray:
+    # Nearest-neighbour so each pixel stays a visible block instead of a blur.
+    k = max(1, target // img.shape[0])
+    return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+
+
+@st.cache_data(max_entries=32)
+def _load_samples(path: str, mtime: float) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def sample_images(npz: Path, trained: list[str]) -> None:
+    """One row per hospital: MRI | real CT | synthetic CT | error map, with units."""
+    if not npz.is_file():
+        st.info("This run has no sample images.")
+        return
+    arrays = _load_samples(str(npz), npz.stat().st_mtime)
+    names = list(dict.fromkeys(k.split("__")[0] for k in arrays))
+    lo, hi = CT_WINDOW_HU
+    captions = ["MRI (input)", f"Real CT ({lo:.0f} to {hi:.0f} HU)",
+                f"Synthetic CT ({lo:.0f} to {hi:.0f} HU)",
+                f"Error |CT − sCT| inside the head (0 to {ERROR_MAX_HU:.0f} HU, brighter = worse)"]
+    for name in names:
+        mri, ct, sct, mask = (arrays[f"{name}__{k}"] for k in ("mri", "ct_hu", "sct_hu", "mask"))
+        error = to_heat(np.where(mask, np.abs(ct - sct), 0), ERROR_MAX_HU)
+        panels = [to_gray(mri, 0, 1), to_gray(ct, lo, hi), to_gray(sct, lo, hi), error]
+        title = name
+        if name not in trained:
+            title = UNSEEN_LABEL if name == "unseen" else f"{UNSEEN_LABEL} ({name})"
+        st.markdown(f"**{title}** · one held-out slice")
+        for col, img, cap in zip(st.columns(4), panels, captions, strict=True):
+            col.image(_upscale(img), caption=cap, width="stretch")
