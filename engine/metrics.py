@@ -58,6 +58,25 @@ def ssim(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
     return total / count if count else float("nan")
 
 
+METRIC_KEYS = ("mae_hu", "psnr_db", "ssim")
+
+
+def patient_metrics(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray,
+                    patient_ids: np.ndarray) -> dict[str, dict[str, float]]:
+    """Patient id → ``{"mae_hu", "psnr_db", "ssim"}`` for slice stacks ``(N, 1, H, W)``."""
+    out = {}
+    for pid in dict.fromkeys(patient_ids.tolist()):
+        sel = patient_ids == pid
+        a, b, m = ct_hu[sel], sct_hu[sel], mask[sel]
+        out[pid] = {"mae_hu": mae_hu(a, b, m), "psnr_db": psnr_db(a, b, m), "ssim": ssim(a, b, m)}
+    return out
+
+
+def mean_over_patients(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Average per-patient metrics, as the challenge averages over patients."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
+
+
 def sct_metrics(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray,
                 patient_ids: np.ndarray | None = None) -> dict[str, float]:
     """MAE (HU), PSNR (dB) and SSIM of slice stacks ``(N, 1, H, W)``, averaged over patients.
@@ -66,10 +85,4 @@ def sct_metrics(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray,
     """
     if patient_ids is None:
         patient_ids = np.zeros(len(ct_hu), dtype=object)
-    rows = []
-    for pid in dict.fromkeys(patient_ids.tolist()):
-        sel = patient_ids == pid
-        a, b, m = ct_hu[sel], sct_hu[sel], mask[sel]
-        rows.append((mae_hu(a, b, m), psnr_db(a, b, m), ssim(a, b, m)))
-    mae, psnr, ss = np.mean(rows, axis=0)
-    return {"mae_hu": float(mae), "psnr_db": float(psnr), "ssim": float(ss)}
+    return mean_over_patients(list(patient_metrics(ct_hu, sct_hu, mask, patient_ids).values()))

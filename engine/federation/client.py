@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from engine.data.preprocess import HU_MIN, hu_to_unit, unit_to_hu
 from engine.data.types import SliceSet
-from engine.metrics import sct_metrics
+from engine.metrics import patient_metrics
 from engine.model import NDArrays, get_parameters, set_parameters
 
 
@@ -98,7 +98,8 @@ def predict_sct_hu(model: torch.nn.Module, data: SliceSet, batch_size: int = 32)
     return np.where(data.mask, sct, HU_MIN).astype(np.float32)
 
 
-def evaluate(model: torch.nn.Module, params: NDArrays, data: SliceSet) -> dict[str, float]:
-    """SynthRAD2023 metrics of ``params`` on ``data`` (MAE HU, PSNR dB, SSIM)."""
+def evaluate_patients(model: torch.nn.Module, params: NDArrays,
+                      data: SliceSet) -> dict[str, dict[str, float]]:
+    """Patient id → SynthRAD2023 metrics of ``params`` on ``data`` (MAE HU, PSNR dB, SSIM)."""
     set_parameters(model, params)
-    return sct_metrics(data.ct_hu, predict_sct_hu(model, data), data.mask, data.patient_ids)
+    return patient_metrics(data.ct_hu, predict_sct_hu(model, data), data.mask, data.patient_ids)

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from engine.config import ExperimentConfig
-from engine.data.types import Cohort, SliceSet
+from engine.data.types import Cohort
 from engine.federation import server_view
 from engine.federation.aggregators import make_aggregator
-from engine.federation.client import LocalTraining, evaluate, train_local
+from engine.federation.client import LocalTraining, evaluate_patients, train_local
 from engine.federation.dp import privatize_update
+from engine.metrics import mean_over_patients
 from engine.model import NDArrays, build_unet, get_parameters, select_device
 
 
@@ -63,10 +64,18 @@ def _client_seed(seed: int, rnd: int, center: int) -> int:
 
 def evaluate_global(model: torch.nn.Module, params: NDArrays,
                     cohort: Cohort) -> tuple[dict[str, float], dict[str, dict], dict | None]:
-    """Metrics of ``params``: pooled over all centers' held-out patients, per center, unseen."""
-    per_center = {c.name: evaluate(model, params, c.test) for c in cohort.centers}
-    pooled = evaluate(model, params, SliceSet.concat([c.test for c in cohort.centers]))
-    unseen = evaluate(model, params, cohort.unseen.test) if cohort.unseen else None
+    """Metrics of ``params``: pooled over all centers' held-out patients, per center, unseen.
+
+    Each patient is predicted and scored once; pooled = the mean over all held-out patients.
+    """
+    rows = {c.name: list(evaluate_patients(model, params, c.test).values())
+            for c in cohort.centers}
+    per_center = {name: mean_over_patients(r) for name, r in rows.items()}
+    pooled = mean_over_patients([r for center in rows.values() for r in center])
+    unseen = None
+    if cohort.unseen:
+        unseen = mean_over_patients(list(evaluate_patients(model, params,
+                                                           cohort.unseen.test).values()))
     return pooled, per_center, unseen
 
 
