@@ -18,7 +18,7 @@ def main() -> None:
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__},
         "phantom": phantom_speed.measure(),
-        "federation_overhead": federation_overhead.measure("demo", repeats=2),
+        "federation_overhead": federation_overhead.measure("demo", repeats=3),
         "demo_run": demo_memory.measure("demo"),
     }
     print(json.dumps(results, indent=1))
