@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   fedsct run --preset smoke
   fedsct run --preset demo --set federation.aggregator=fedmedian --set federation.rounds=5
   fedsct run --config my_experiment.yaml --out /data/fedsct-runs
+  fedsct sweep --preset mia-dp
   fedsct presets
   fedsct runs
 """
@@ -37,7 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR",
                    help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
     r.add_argument("--quiet", action="store_true", help="print only the run folder path")
-    sub.add_parser("presets", help="list the named presets")
+    sw = sub.add_parser("sweep", help="run or resume a sweep of experiments into one table",
+                        description="Run a named sweep; cells whose exact config already "
+                        "finished are reused, so rerunning the same command resumes it.")
+    sw.add_argument("--preset", required=True, help="sweep preset (see `fedsct presets`)")
+    sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override a key in every cell (repeatable)")
+    sw.add_argument("--out", metavar="DIR",
+                    help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
+    sub.add_parser("presets", help="list the named presets and sweeps")
     ls = sub.add_parser("runs", help="list the runs in the runs root")
     ls.add_argument("--out", metavar="DIR", help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -87,11 +96,34 @@ def _follow_rounds(run) -> None:  # noqa: ANN001 - RunFolder, imported lazily
     run.append_metrics = echo
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from engine.sweeps import run_sweep
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        folder = run_sweep(args.preset, root=args.out, sets=args.sets, progress=progress)
+    except ConfigError as err:
+        print(f"fedsct: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"fedsct: {err}", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
 def _cmd_presets() -> int:
     from engine.presets import PRESETS
+    from engine.sweeps import SWEEPS
 
+    print("experiment presets (fedsct run --preset NAME):")
     for name, p in PRESETS.items():
-        print(f"{name:<10} {p['description']}")
+        print(f"  {name:<11} {p['description']}")
+    print("sweep presets (fedsct sweep --preset NAME):")
+    for name, p in SWEEPS.items():
+        print(f"  {name:<11} {p['description']}")
     return 0
 
 
@@ -120,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args)
     if args.command == "presets":
         return _cmd_presets()
+    if args.command == "sweep":
+        return _cmd_sweep(args)
     return _cmd_runs(args)
 
 

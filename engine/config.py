@@ -108,8 +108,44 @@ class DefensesConfig(_Section):
     dp: DPConfig = Field(default_factory=DPConfig)
 
 
+class MembershipConfig(_Section):
+    """Membership inference by the curious server (FedMIA and baselines)."""
+
+    enabled: bool = False
+    variant: Literal["fedmia-i", "fedmia-ii"] = Field(
+        "fedmia-i", description="headline attack: loss (I) or gradient-cosine (II) signal"
+    )
+    score: Literal["phi", "phi_pooled", "log"] = Field(
+        "phi", description="headline score: per-sample σ, pooled σ, or non-saturating log"
+    )
+    variants: list[Literal["fedmia-i", "fedmia-ii"]] = Field(
+        default_factory=lambda: ["fedmia-i", "fedmia-ii"], min_length=1,
+        description="signals computed (all scores are reported for each)",
+    )
+    rounds: Literal["all", "last"] | str | list[int] = Field(
+        "all", description="recorded rounds attacked: all, last, last:K or a list"
+    )
+    level: Literal["slice", "patient"] = "slice"
+    balance: bool = Field(True, description="equal numbers of member/non-member patients")
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="resamples for the AUC CI")
+
+    @model_validator(mode="after")
+    def _checks(self) -> MembershipConfig:
+        if isinstance(self.rounds, str) and self.rounds not in ("all", "last"):
+            k = self.rounds.removeprefix("last:")
+            if not self.rounds.startswith("last:") or not k.isdigit() or int(k) < 1:
+                raise ValueError(f"attacks.membership.rounds = {self.rounds!r}: use all, last, "
+                                 "last:K (K ≥ 1) or a list of rounds")
+        if self.variant not in self.variants:
+            raise ValueError(f"attacks.membership.variant = {self.variant!r} must be one of "
+                             f"attacks.membership.variants = {self.variants}")
+        return self
+
+
 class AttacksConfig(_Section):
-    """Attack settings (membership, inversion, poisoning) are added by their modules."""
+    """Attack settings; each attack module reads its own section."""
+
+    membership: MembershipConfig = Field(default_factory=MembershipConfig)
 
 
 class ExperimentConfig(_Section):
@@ -163,6 +199,13 @@ class ExperimentConfig(_Section):
                 f"federation.trim_beta = {fed.trim_beta} trims nothing with {n} centers "
                 f"(β·n < 1); use β ≥ {1 / n:.2f} or more centers"
             )
+        if self.attacks.membership.enabled:
+            if fed.server_view_rounds == "none":
+                raise ValueError("attacks.membership.enabled needs a server view: set "
+                                 "federation.server_view_rounds to all, last or a list")
+            if n < 2:
+                raise ValueError("attacks.membership needs data.centers ≥ 2: the other "
+                                 "centers are FedMIA's non-member references")
         if isinstance(fed.server_view_rounds, list):
             bad = [r for r in fed.server_view_rounds if not 1 <= r <= fed.rounds]
             if bad:
@@ -182,6 +225,16 @@ class ExperimentConfig(_Section):
         if rounds == "last":
             return rnd == self.federation.rounds
         return rnd in rounds
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """Stable hash of everything that changes a run's result (the label ``name`` excluded)."""
+    import hashlib
+    import json
+
+    data = cfg.model_dump()
+    data.pop("name", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):

@@ -121,8 +121,15 @@ def execute(run: RunFolder) -> dict[str, Any] | None:
         set_parameters(model, result.final_params)
         torch.save(model.state_dict(), ckpt / "final.pt")
         samples = _save_samples(run, cfg, cohort, result)
+        attacks: dict[str, Any] = {}
+        if cfg.attacks.membership.enabled:
+            from engine.attacks.membership import run_membership
+
+            run.set_status("running", phase="membership inference")
+            run.log("membership inference on the server view")
+            attacks["mia"] = run_membership(run.path, cfg, cohort)
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
-                                count_parameters(model), samples)
+                                count_parameters(model), samples) | attacks
         run.write_summary(summary)
         run.set_status("done", phase="done", finished=time.time())
         return summary

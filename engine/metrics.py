@@ -86,3 +86,67 @@ def sct_metrics(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray,
     if patient_ids is None:
         patient_ids = np.zeros(len(ct_hu), dtype=object)
     return mean_over_patients(list(patient_metrics(ct_hu, sct_hu, mask, patient_ids).values()))
+
+
+# --------------------------------------------------------------------------- attack metrics
+
+FPR_LEVELS = (0.1, 0.01, 0.001)
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
+    """Highest TPR on the ROC curve whose FPR does not exceed ``level`` (no interpolation).
+
+    With n negatives the FPR moves in steps of 1/n, so levels below 1/n read the TPR at
+    FPR = 0, the strict reading that low-FPR membership inference asks for.
+    """
+    ok = fpr <= level + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def _auc_by_ranks(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUC of each row: Mann–Whitney U from tie-averaged ranks. ``pos (B, P)``, ``neg (B, Q)``."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    p, q = pos.shape[1], neg.shape[1]
+    return (ranks[:, :p].sum(axis=1) - p * (p + 1) / 2) / (p * q)
+
+
+def roc_summary(scores: np.ndarray, members: np.ndarray, *, bootstrap: int = 1000,
+                seed: int = 0) -> dict:
+    """ROC analysis of membership scores (higher = more likely a member).
+
+    Args:
+        scores: ``(N,)`` float scores; ties are handled as scikit-learn does (AUC counts
+            them as half).
+        members: ``(N,)`` bool, True for training members.
+        bootstrap: resamples (stratified) for the 95 % AUC interval; 0 disables it.
+
+    Returns ``{"auc", "auc_ci": [lo, hi], "tpr_at_fpr": {"0.1", "0.01", "0.001"},
+    "fpr": [...], "tpr": [...], "n_members", "n_nonmembers"}``.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    scores = np.asarray(scores, dtype=np.float64)
+    members = np.asarray(members, dtype=bool)
+    if members.all() or not members.any():
+        raise ValueError("membership ROC needs both members and non-members")
+    fpr, tpr, _ = roc_curve(members, scores)
+    auc = float(roc_auc_score(members, scores))
+    ci = [auc, auc]
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        pos, neg = np.flatnonzero(members), np.flatnonzero(~members)
+        pos_s = scores[rng.choice(pos, (bootstrap, len(pos)))]
+        neg_s = scores[rng.choice(neg, (bootstrap, len(neg)))]
+        aucs = _auc_by_ranks(pos_s, neg_s)
+        ci = [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
+    return {
+        "auc": auc,
+        "auc_ci": ci,
+        "tpr_at_fpr": {str(a): tpr_at_fpr(fpr, tpr, a) for a in FPR_LEVELS},
+        "fpr": fpr.tolist(),
+        "tpr": tpr.tolist(),
+        "n_members": int(members.sum()),
+        "n_nonmembers": int((~members).sum()),
+    }

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from engine.config import ExperimentConfig, validate_config
+from engine.config import ExperimentConfig, config_hash, validate_config
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -170,7 +170,8 @@ def create_run(cfg: ExperimentConfig, root: str | Path | None = None,
     (path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     run = RunFolder(path)
     write_json_atomic(path / "status.json", {"state": "queued", "created": time.time(),
-                                             "preset": preset})
+                                             "preset": preset,
+                                             "config_hash": config_hash(cfg)})
     RunIndex(base).upsert(run)
     return run
 

@@ -9,7 +9,8 @@ Centre, Montreal Neurological Institute, McGill University (permissive notice in
 
 Each patient is the template under a random affine, a smooth elastic deformation,
 ventricle enlargement, cortical atrophy, skull/scalp thickness changes, a per-patient tissue
-texture shared by MRI and CT, and an optional lesion. Each center applies its own scanner
+texture shared by MRI and CT, a bone-marrow density pattern and small calcifications that are
+strong on CT and faint on T1 MRI, and an optional lesion. Each center applies its own scanner
 profile: MRI gain, gamma, GM/WM contrast, bias field, Rician noise, blur, field of view and
 MR/CT misregistration; CT offset, noise and kernel blur. Everything is deterministic for a
 seed: a patient depends only on ``(seed, center, patient index)``.
@@ -267,6 +268,14 @@ def phantom_patient(
     thickness = float(rng.uniform(0.8, 1.25))
     atrophy = float(rng.uniform(0.0, 0.2))
     bone_density = float(rng.uniform(0.9, 1.1))
+    # Marrow/trabecular density and small calcifications differ between patients and barely
+    # show on T1: the part of a CT a network can only get right for patients it has seen.
+    bone_texture = _smooth_field(gen, 1, 28, norm)[0].clamp(-2.5, 2.5)
+    calcifications = [
+        (torch.tensor(rng.uniform([-35, -50, 0], [35, 35, 45]), dtype=torch.float32),
+         float(rng.uniform(1.5, 3.0)), float(rng.uniform(150.0, 600.0)))
+        for _ in range(int(rng.poisson(3)))
+    ]
     lesion_center = None
     if rng.uniform() < lesion_probability:
         lesion_center = torch.tensor(
@@ -304,10 +313,16 @@ def phantom_patient(
     t1["wm"] = mid + (t1["wm"] - mid) * profile.gm_wm_contrast
     mri = sum(mri_frac[k] * t1[k] for k in mri_frac)
     brainish = mri_frac["gm"] + mri_frac["wm"]
-    mri = mri * (1 + 0.06 * texture[0] * brainish)
-    ct = sum(ct_frac[k] * CT_HU_VALUE[k] * (bone_density if k in ("cortical", "diploe") else 1)
+    mri = mri * (1 + 0.06 * texture[0] * brainish) + 0.04 * bone_texture * mri_frac["diploe"]
+    bone = bone_density * (1 + 0.25 * bone_texture)
+    ct = sum(ct_frac[k] * CT_HU_VALUE[k] * (bone if k in ("cortical", "diploe") else 1)
              for k in ct_frac)
     ct = ct + 6.0 * texture[1] * (ct_frac["gm"] + ct_frac["wm"])
+    inside = 1 - ct_frac["air"]
+    for centre, radius, hu in calcifications:
+        spot = torch.sigmoid((radius - (ct_pts - centre).norm(dim=-1)) / 0.5)
+        ct = ct + hu * spot * inside
+        mri = mri * (1 - 0.12 * torch.sigmoid((radius - (mri_pts - centre).norm(dim=-1)) / 0.5))
 
     # Scanner effects, MRI: bias field, gain, gamma, blur, Rician noise.
     bias = _smooth_field(gen, 1, 3, norm)[0]
