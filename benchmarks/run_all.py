@@ -10,7 +10,7 @@ import platform
 
 import torch
 
-from benchmarks import demo_memory, federation_overhead, phantom_speed
+from benchmarks import demo_memory, federation_overhead, mia_scoring, phantom_speed
 
 
 def main() -> None:
@@ -20,6 +20,7 @@ def main() -> None:
         "phantom": phantom_speed.measure(),
         "federation_overhead": federation_overhead.measure("demo", repeats=3),
         "demo_run": demo_memory.measure("demo"),
+        "mia_per_sample_gradients": mia_scoring.gradient_speedup(),
     }
     print(json.dumps(results, indent=1))
 

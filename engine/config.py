@@ -142,10 +142,44 @@ class MembershipConfig(_Section):
         return self
 
 
+class InversionConfig(_Section):
+    """Gradient inversion of one client's upload by the curious server (DLG / IG)."""
+
+    enabled: bool = False
+    method: Literal["dlg", "ig"] = Field("ig", description="dlg: L-BFGS + L2; ig: Adam + cosine")
+    iterations: int = Field(1000, ge=1, le=100_000)
+    lr: float | None = Field(None, gt=0.0, le=100.0, description="default: dlg 1.0, ig 0.1")
+    restarts: int = Field(4, ge=1, le=64, description="independent starts, batched")
+    tv_weight: float | None = Field(None, ge=0.0, le=10.0, description="default: dlg 0, ig 0.01")
+    distance: Literal["l2", "cosine", "cosine_layers"] | None = Field(
+        None, description="default: dlg l2, ig cosine"
+    )
+    init: Literal["random", "mean"] = Field(
+        "random", description="mean: start from the attacker's population template"
+    )
+    target_round: Literal["first", "last"] | int = "first"
+    target_center: Literal["all"] | int = 0
+    batch_size: Literal["auto"] | int = Field(
+        "auto", description="images to rebuild; auto = the client's reported example count"
+    )
+    snapshot_every: int = Field(50, ge=0, le=100_000, description="0 = no snapshots")
+
+    @model_validator(mode="after")
+    def _checks(self) -> InversionConfig:
+        if isinstance(self.batch_size, int) and not 1 <= self.batch_size <= 64:
+            raise ValueError(f"attacks.inversion.batch_size = {self.batch_size} must be "
+                             "'auto' or 1…64")
+        if isinstance(self.target_round, int) and self.target_round < 1:
+            raise ValueError(f"attacks.inversion.target_round = {self.target_round} must be "
+                             "first, last or a round ≥ 1")
+        return self
+
+
 class AttacksConfig(_Section):
     """Attack settings; each attack module reads its own section."""
 
     membership: MembershipConfig = Field(default_factory=MembershipConfig)
+    inversion: InversionConfig = Field(default_factory=InversionConfig)
 
 
 class ExperimentConfig(_Section):
@@ -206,6 +240,17 @@ class ExperimentConfig(_Section):
             if n < 2:
                 raise ValueError("attacks.membership needs data.centers ≥ 2: the other "
                                  "centers are FedMIA's non-member references")
+        inv = self.attacks.inversion
+        if inv.enabled:
+            if fed.server_view_rounds == "none":
+                raise ValueError("attacks.inversion.enabled needs a server view: set "
+                                 "federation.server_view_rounds to all, last or a list")
+            if isinstance(inv.target_center, int) and inv.target_center >= n:
+                raise ValueError(f"attacks.inversion.target_center = {inv.target_center} "
+                                 f"does not exist; centers are 0…{n - 1}")
+            if isinstance(inv.target_round, int) and inv.target_round > fed.rounds:
+                raise ValueError(f"attacks.inversion.target_round = {inv.target_round} is "
+                                 f"after the last round ({fed.rounds})")
         if isinstance(fed.server_view_rounds, list):
             bad = [r for r in fed.server_view_rounds if not 1 <= r <= fed.rounds]
             if bad:

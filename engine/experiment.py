@@ -128,6 +128,11 @@ def execute(run: RunFolder) -> dict[str, Any] | None:
             run.set_status("running", phase="membership inference")
             run.log("membership inference on the server view")
             attacks["mia"] = run_membership(run.path, cfg, cohort)
+        if cfg.attacks.inversion.enabled:
+            from engine.attacks.inversion import run_inversion
+
+            run.set_status("running", phase="gradient inversion")
+            attacks["inversion"] = run_inversion(run.path, cfg, cohort, progress=run.log)
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
                                 count_parameters(model), samples) | attacks
         run.write_summary(summary)

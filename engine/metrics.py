@@ -13,6 +13,8 @@ mask voxels. Patient values are then averaged, as the challenge averages over pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from skimage.metrics import structural_similarity
 
@@ -150,3 +152,62 @@ def roc_summary(scores: np.ndarray, members: np.ndarray, *, bootstrap: int = 100
         "n_members": int(members.sum()),
         "n_nonmembers": int((~members).sum()),
     }
+
+
+# --------------------------------------------------------------------------- reconstruction
+
+
+def _ssim_pair(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> float:
+    """SSIM of two ``(H, W)`` images in [0, 1]; the map's mean inside ``mask`` if given."""
+    _, smap = structural_similarity(a.astype(np.float64), b.astype(np.float64),
+                                    data_range=1.0, full=True)
+    if mask is None:
+        return float(smap.mean())
+    return float(smap[mask].mean()) if mask.any() else float("nan")
+
+
+def _psnr_pair(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def reconstruction_metrics(mri: np.ndarray, ct_unit: np.ndarray, true_mri: np.ndarray,
+                           true_ct_unit: np.ndarray, mask: np.ndarray,
+                           blur_px: float = 2.0) -> dict[str, Any]:
+    """How well reconstructed slices match the originals (the shared inversion metric).
+
+    Args:
+        mri, true_mri: ``(N, 1, H, W)`` MRI in [0, 1].
+        ct_unit, true_ct_unit: ``(N, 1, H, W)`` CT in normalised units (HU range 4024 → 1).
+        mask: ``(N, 1, H, W)`` body mask of the originals.
+        blur_px: Gaussian σ for the coarse-structure score.
+
+    For N > 1 reconstructions are paired with originals by optimal matching (Hungarian on
+    MRI SSIM), since the order of a batch is unknown to the attacker. Returns means over the
+    pairs: ``ssim``, ``ssim_body``, ``psnr_db`` (MRI), ``ssim_ct``, ``ssim_ct_body``,
+    ``psnr_db_ct`` (CT), ``ssim_coarse`` (MRI SSIM after blurring both), and ``pairs``.
+    """
+    from scipy.ndimage import gaussian_filter
+    from scipy.optimize import linear_sum_assignment
+
+    rec_m, rec_c = mri[:, 0], ct_unit[:, 0]
+    tru_m, tru_c, msk = true_mri[:, 0], true_ct_unit[:, 0], mask[:, 0].astype(bool)
+    n = len(tru_m)
+    sim = np.array([[_ssim_pair(r, t, None) for t in tru_m] for r in rec_m])
+    rows, cols = linear_sum_assignment(-sim)
+    per = []
+    for i, j in zip(rows, cols, strict=True):
+        per.append({
+            "ssim": sim[i, j],
+            "ssim_body": _ssim_pair(rec_m[i], tru_m[j], msk[j]),
+            "psnr_db": _psnr_pair(rec_m[i], tru_m[j]),
+            "ssim_ct": _ssim_pair(rec_c[i], tru_c[j], None),
+            "ssim_ct_body": _ssim_pair(rec_c[i], tru_c[j], msk[j]),
+            "psnr_db_ct": _psnr_pair(rec_c[i], tru_c[j]),
+            "ssim_coarse": _ssim_pair(gaussian_filter(rec_m[i], blur_px),
+                                      gaussian_filter(tru_m[j], blur_px), None),
+        })
+    out: dict[str, Any] = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+    out["pairs"] = [[int(i), int(j)] for i, j in zip(rows, cols, strict=True)]
+    out["n"] = n
+    return out

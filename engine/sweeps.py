@@ -60,7 +60,9 @@ def sweep_spec(name: str) -> dict[str, Any]:
 
 
 def cell_label(sets: list[str]) -> str:
-    return ", ".join(s.split(".")[-1] for s in sets) or "baseline"
+    """``["defenses.dp.clip_norm=5.0"]`` → ``"clip_norm=5.0"``; no overrides → ``"baseline"``."""
+    return ", ".join(key.rsplit(".", 1)[-1] + "=" + value
+                     for key, value in (s.split("=", 1) for s in sets)) or "baseline"
 
 
 def table_row(label: str, sets: list[str], run: RunFolder) -> dict[str, Any]:

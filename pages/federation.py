@@ -69,8 +69,8 @@ def _custom_overrides(base: ExperimentConfig) -> dict[str, Any]:
         left, right = st.columns(2)
         dp["noise_multiplier"] = persisted(
             left.number_input, "Noise multiplier σ", "dp_noise",
-            base.defenses.dp.noise_multiplier, min_value=0.0, max_value=100.0, step=0.05,
-            format="%.2f", help="Noise strength relative to the update limit (0 = limit only).")
+            base.defenses.dp.noise_multiplier, min_value=0.0, max_value=100.0, step=0.001,
+            format="%.4f", help="Noise strength relative to the update limit (0 = limit only).")
         dp["clip_norm"] = persisted(
             right.number_input, "Update size limit (clip norm)", "dp_clip",
             base.defenses.dp.clip_norm, min_value=0.001, max_value=1e4, step=0.5,

@@ -1,0 +1,80 @@
+"""Membership scoring speed: vectorised per-sample gradients (torch.func) vs a per-sample
+backward loop (as the FedMIA reference code does), on the same inputs, in one run; plus the
+full scoring time of a finished `mia-paper` run if one is given.
+
+    python -m benchmarks.mia_scoring [--run RUN_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from engine.attacks.membership import per_sample_gradients, per_sample_gradients_loop
+from engine.config import build_config
+from engine.data.phantom import phantom_patient
+from engine.data.preprocess import hu_to_unit
+from engine.federation.inprocess import build_model
+
+
+def gradient_speedup(n_samples: int = 48, repeats: int = 3) -> dict:
+    """Seconds for ``n_samples`` per-sample gradients of the mia-paper U-Net, both ways."""
+    cfg = build_config("mia-paper")
+    model = build_model(cfg)
+    s = phantom_patient(0, 0, 0, image_size=cfg.data.image_size, n_slices=n_samples)
+    mri = torch.from_numpy(s.mri)
+    ct = torch.from_numpy(hu_to_unit(s.ct_hu))
+    chunk = 16
+
+    def vectorised() -> torch.Tensor:
+        return torch.cat([per_sample_gradients(model, mri[i : i + chunk], ct[i : i + chunk],
+                                               "l1") for i in range(0, n_samples, chunk)])
+
+    def loop() -> torch.Tensor:
+        return per_sample_gradients_loop(model, mri, ct, "l1")
+
+    torch.testing.assert_close(vectorised(), loop(), rtol=1e-3, atol=1e-6)  # same inputs
+    best = {"vectorised_s": float("inf"), "loop_s": float("inf")}
+    for _ in range(repeats):
+        for name, fn in (("loop_s", loop), ("vectorised_s", vectorised)):
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {"samples": n_samples, "image_size": cfg.data.image_size,
+            "torch_threads": torch.get_num_threads(),
+            **{k: round(v, 3) for k, v in best.items()},
+            "speedup": round(best["loop_s"] / best["vectorised_s"], 2)}
+
+
+def scoring_time(run_dir: str) -> dict:
+    """Wall time of the whole membership attack on a finished run (signals + ROC analysis)."""
+    from pathlib import Path
+
+    from engine.attacks.membership import run_membership
+    from engine.data.cohort import load_cohort
+    from engine.runs import RunFolder
+
+    run = RunFolder(Path(run_dir))
+    cfg = run.config()
+    cohort = load_cohort(cfg.data, cfg.seed)
+    t0 = time.perf_counter()
+    mia = run_membership(run.path, cfg, cohort)
+    return {"run": run.run_id, "rounds_attacked": len(mia["rounds"]),
+            "total_s": round(time.perf_counter() - t0, 2), "signals_s": mia["timing_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="a finished mia-paper run folder to time the full attack on")
+    args = ap.parse_args()
+    out = {"per_sample_gradients": gradient_speedup()}
+    if args.run:
+        out["mia_paper_scoring"] = scoring_time(args.run)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+"""Gradient inversion by a curious server: DLG and Inverting Gradients on the server view.
+
+Scenario and attack are separate (as in ``breaching``): :func:`inversion_payload` takes one
+client's upload in one recorded round — read through the server view, so under secure
+aggregation it is a masked upload — plus what the protocol makes public (architecture, the
+global model, the client's local training recipe, its reported number of examples). Every
+attack has the same shape, ``attack.reconstruct(payload) → InversionResult``.
+
+The attacker does not see the client's shuffling, so it simulates the client's local
+training on dummy data with a fixed batch order (as ``breaching`` does), differentiably with
+``torch.func``, and optimises the dummy MRI *and* dummy CT so that the simulated update
+matches the observed one. For a single local SGD step this is exactly gradient matching.
+
+With the L1 training loss the parameter gradient depends on the CT only through
+sign(f(x) − y), so a dummy CT gets exactly zero gradient; the attacker simulates training
+with a smooth surrogate ``sqrt(d² + ε)`` instead (and can recover the CT only through that
+sign pattern). Restarts are batched in one pass with ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from engine.federation.client import LocalTraining
+from engine.model import NDArrays
+
+SMOOTH_L1_EPS = 1e-4
+
+
+# --------------------------------------------------------------------------- payload
+
+
+@dataclass
+class InversionPayload:
+    """What the server holds about one client's upload (and nothing about its data).
+
+    Attributes:
+        model: the architecture (weights are replaced by ``global_params``).
+        param_names: ``state_dict`` names matching the arrays.
+        global_params: the global model sent at the start of the round.
+        client_params: the server's reading of the client's upload.
+        local: the client's local training recipe (public protocol).
+        num_examples: the count the client reported, i.e. how many slices to rebuild.
+        image_size: slice size in pixels.
+        prior_mri, prior_ct_unit: ``(H, W)`` the attacker's population template (mean images
+            of data it plausibly holds), for the ``mean`` initialisation and the floor.
+    """
+
+    model: torch.nn.Module
+    param_names: list[str]
+    global_params: NDArrays
+    client_params: NDArrays
+    local: LocalTraining
+    num_examples: int
+    image_size: int
+    prior_mri: np.ndarray
+    prior_ct_unit: np.ndarray
+    round: int = 0
+    client: str = ""
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class InversionResult:
+    """Best reconstruction and its history.
+
+    Attributes:
+        mri: ``(N, 1, H, W)`` reconstructed MRI in [0, 1].
+        ct_unit: ``(N, 1, H, W)`` reconstructed CT in normalised CT units.
+        losses: matching loss of the chosen restart per iteration.
+        snapshots_mri / snapshots_ct_unit: ``(S, N, 1, H, W)`` every ``snapshot_every`` its.
+        restart_losses: final matching loss of every restart (the best one is kept).
+    """
+
+    mri: np.ndarray
+    ct_unit: np.ndarray
+    losses: list[float] = field(default_factory=list)
+    snapshots_mri: np.ndarray | None = None
+    snapshots_ct_unit: np.ndarray | None = None
+    snapshot_iterations: list[int] = field(default_factory=list)
+    restart_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    iterations: int = 0
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def _training_loss(name: str):
+    if name == "mse":
+        return lambda pred, y: ((pred - y) ** 2).mean()
+    # L1 surrogate: differentiable in y almost everywhere, so the dummy CT can move.
+    return lambda pred, y: torch.sqrt((pred - y) ** 2 + SMOOTH_L1_EPS).mean()
+
+
+def simulate_update(model: torch.nn.Module, params: dict[str, torch.Tensor],
+                    buffers: dict[str, torch.Tensor], mri: torch.Tensor, ct: torch.Tensor,
+                    local: LocalTraining) -> dict[str, torch.Tensor]:
+    """The client's local training on ``(N, 1, H, W)`` dummies, differentiable in the data.
+
+    Batches are taken in a fixed order every epoch; SGD and Adam are simulated exactly
+    (fresh optimiser state, as clients keep none between rounds). Returns θ_end − θ_start.
+    """
+    loss_fn = _training_loss(local.loss)
+
+    def batch_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = loss_fn(functional_call(model, (p, buffers), (x,)), y)
+        if local.fedprox_mu > 0:
+            out = out + local.fedprox_mu / 2 * sum(((p[k] - params[k]) ** 2).sum() for k in p)
+        return out
+
+    p = dict(params)
+    m = {k: torch.zeros_like(v) for k, v in p.items()}
+    v2 = {k: torch.zeros_like(v) for k, v in p.items()}
+    step, n, bs = 0, len(mri), local.batch_size
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for _ in range(local.local_epochs):
+        for s in range(0, n, bs):
+            g = grad(batch_loss)(p, mri[s : s + bs], ct[s : s + bs])
+            step += 1
+            if local.optimizer == "sgd":
+                p = {k: p[k] - local.lr * g[k] for k in p}
+                continue
+            m = {k: b1 * m[k] + (1 - b1) * g[k] for k in p}
+            v2 = {k: b2 * v2[k] + (1 - b2) * g[k] ** 2 for k in p}
+            c1, c2 = 1 - b1**step, 1 - b2**step
+            # +eps inside the sqrt keeps its derivative finite where a gradient is exactly 0.
+            p = {k: p[k] - local.lr * (m[k] / c1) / (torch.sqrt(v2[k] / c2 + 1e-16) + eps)
+                 for k in p}
+    return {k: p[k] - params[k] for k in p}
+
+
+def update_distance(sim: dict[str, torch.Tensor], obs: dict[str, torch.Tensor],
+                    distance: str) -> torch.Tensor:
+    """``l2`` (DLG): Σ‖sim − obs‖²; ``cosine`` (IG): 1 − cos over all parameters;
+    ``cosine_layers``: mean over parameter tensors of 1 − cos (every layer counts alike)."""
+    if distance == "l2":
+        return sum(((sim[k] - obs[k]) ** 2).sum() for k in obs)
+    if distance == "cosine":
+        dot = sum((sim[k] * obs[k]).sum() for k in obs)
+        ns = torch.sqrt(sum((sim[k] ** 2).sum() for k in obs) + 1e-20)
+        no = torch.sqrt(sum((obs[k] ** 2).sum() for k in obs) + 1e-20)
+        return 1 - dot / (ns * no)
+    terms = [1 - (sim[k] * obs[k]).sum() / (sim[k].norm() * obs[k].norm() + 1e-20) for k in obs]
+    return torch.stack(terms).mean()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of ``(..., H, W)``."""
+    return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+            + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+@dataclass
+class GradientInversion:
+    """Optimisation-based inversion of one client's update (DLG and Inverting Gradients).
+
+    Args:
+        optimizer: ``lbfgs`` (DLG) or ``adam`` (Inverting Gradients).
+        distance: ``l2`` | ``cosine`` | ``cosine_layers``.
+        iterations: optimiser steps (L-BFGS: outer steps of ``max_iter=1``).
+        lr: step size (L-BFGS 1.0 as DLG; Adam 0.1 as IG).
+        restarts: independent starts optimised together; the lowest final loss wins.
+        tv_weight: total-variation prior on the dummy MRI and CT (0 = none).
+        init: ``random`` (uniform noise) or ``mean`` (the attacker's population template).
+        box: clamp the dummies to their valid range [0, 1] after each step.
+        batched: optimise restarts in one vmapped pass (False: one restart after another).
+        snapshot_every: keep the chosen restart's images every k iterations (0 = never).
+        seed: random initialisation seed.
+    """
+
+    optimizer: str = "adam"
+    distance: str = "cosine"
+    iterations: int = 1000
+    lr: float = 0.1
+    restarts: int = 4
+    tv_weight: float = 0.01
+    init: str = "random"
+    box: bool = True
+    batched: bool = True
+    snapshot_every: int = 0
+    seed: int = 0
+
+    def reconstruct(self, payload: InversionPayload) -> InversionResult:
+        t0 = time.perf_counter()
+        model = payload.model
+        device = next(model.parameters()).device
+        model.eval()  # InstanceNorm has no running statistics; BatchNorm uses the global ones
+        names = [n for n, _ in model.named_parameters()]
+        by_name = dict(zip(payload.param_names, payload.global_params, strict=True))
+        client = dict(zip(payload.param_names, payload.client_params, strict=True))
+        params = {n: torch.as_tensor(np.asarray(by_name[n], np.float32)).to(device)
+                  for n in names}
+        observed = {n: torch.as_tensor(np.nan_to_num(np.asarray(client[n], np.float64)
+                                                     - by_name[n]), dtype=torch.float32)
+                    .to(device) for n in names}
+        buffers = {n: torch.as_tensor(np.asarray(by_name[n])).to(device)
+                   for n, _ in model.named_buffers() if n in by_name}
+        shape = (self.restarts, payload.num_examples, 1, payload.image_size, payload.image_size)
+        mri, ct = self._init(shape, payload, device)
+
+        def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            sim = simulate_update(model, params, buffers, x, y, payload.local)
+            loss = update_distance(sim, observed, self.distance)
+            if self.tv_weight:
+                loss = loss + self.tv_weight * (total_variation(x) + total_variation(y))
+            return loss
+
+        if self.batched:
+            value_and_grads = vmap(_value_and_grad(objective))
+        else:
+            single = _value_and_grad(objective)
+
+            def value_and_grads(xs: torch.Tensor, ys: torch.Tensor):
+                outs = [single(x, y) for x, y in zip(xs, ys, strict=True)]
+                return (torch.stack([o[0] for o in outs]),
+                        (torch.stack([o[1][0] for o in outs]),
+                         torch.stack([o[1][1] for o in outs])))
+
+        mri.requires_grad_(True)
+        ct.requires_grad_(True)
+        opt = (torch.optim.LBFGS([mri, ct], lr=self.lr, max_iter=1, history_size=100,
+                                 line_search_fn="strong_wolfe")
+               if self.optimizer == "lbfgs" else torch.optim.Adam([mri, ct], lr=self.lr))
+        history: list[np.ndarray] = []
+        snaps_m, snaps_c, snap_its = [], [], []
+        last = torch.zeros(self.restarts)
+
+        def closure() -> torch.Tensor:
+            nonlocal last
+            opt.zero_grad(set_to_none=True)
+            values, (gx, gy) = value_and_grads(mri.detach(), ct.detach())
+            mri.grad, ct.grad = gx, gy
+            last = values.detach()
+            return values.sum()
+
+        for it in range(self.iterations):
+            opt.step(closure)
+            if self.box:
+                with torch.no_grad():
+                    mri.clamp_(0, 1)
+                    ct.clamp_(0, 1)
+            history.append(last.cpu().numpy().copy())
+            if self.snapshot_every and (it % self.snapshot_every == 0
+                                        or it == self.iterations - 1):
+                best_now = int(torch.nan_to_num(last, nan=np.inf).argmin())
+                snaps_m.append(mri[best_now].detach().cpu().numpy().copy())
+                snaps_c.append(ct[best_now].detach().cpu().numpy().copy())
+                snap_its.append(it)
+        with torch.no_grad():
+            final, _ = value_and_grads(mri.detach(), ct.detach())
+        final = torch.nan_to_num(final, nan=np.inf).cpu()
+        best = int(final.argmin())
+        losses = np.array(history)[:, best].tolist() if history else []
+        return InversionResult(
+            mri=mri[best].detach().cpu().numpy().clip(0, 1),
+            ct_unit=ct[best].detach().cpu().numpy().clip(0, 1),
+            losses=[float(v) for v in losses],
+            snapshots_mri=np.stack(snaps_m) if snaps_m else None,
+            snapshots_ct_unit=np.stack(snaps_c) if snaps_c else None,
+            snapshot_iterations=snap_its,
+            restart_losses=[float(v) for v in final],
+            seconds=time.perf_counter() - t0,
+            iterations=self.iterations,
+        )
+
+    def _init(self, shape: tuple[int, ...], payload: InversionPayload,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        if self.init == "mean":
+            noise = 0.05 * torch.randn(shape, generator=gen)
+            mri = torch.as_tensor(payload.prior_mri, dtype=torch.float32) + noise
+            ct = torch.as_tensor(payload.prior_ct_unit, dtype=torch.float32) + noise
+            return mri.clamp(0, 1).to(device), ct.clamp(0, 1).to(device)
+        return (torch.rand(shape, generator=gen).to(device),
+                torch.rand(shape, generator=gen).to(device))
+
+
+def _value_and_grad(objective):
+    """``(x, y) → (value, (∂/∂x, ∂/∂y))`` as a torch.func transform (vmappable)."""
+    from torch.func import grad_and_value
+
+    def fn(x: torch.Tensor, y: torch.Tensor):
+        grads, value = grad_and_value(objective, argnums=(0, 1))(x, y)
+        return value, grads
+
+    return fn
+
+
+def dlg(**overrides: Any) -> GradientInversion:
+    """DLG (Zhu et al. 2019): L-BFGS (lr 1), squared-L2 matching, random start, no prior."""
+    return GradientInversion(**({"optimizer": "lbfgs", "distance": "l2", "iterations": 300,
+                                 "lr": 1.0, "restarts": 1, "tv_weight": 0.0, "box": False}
+                                | overrides))
+
+
+def inverting_gradients(**overrides: Any) -> GradientInversion:
+    """Inverting Gradients (Geiping et al. 2020): cosine, Adam lr 0.1, TV prior, box, restarts."""
+    return GradientInversion(**({"optimizer": "adam", "distance": "cosine", "iterations": 1000,
+                                 "lr": 0.1, "restarts": 4, "tv_weight": 0.01, "box": True}
+                                | overrides))
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+def attacker_prior(cfg: Any, n_patients: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The attacker's population template ``(H, W)`` MRI and CT (normalised units).
+
+    Mean slices of phantom patients from a seed and a scanner profile that are not the
+    federation's: data of the same kind that an attacker plausibly holds (a public cohort).
+    """
+    from engine.data.phantom import phantom_patient
+    from engine.data.preprocess import hu_to_unit
+    from engine.data.types import SliceSet
+
+    d = cfg.data
+    slices = SliceSet.concat([
+        phantom_patient(cfg.seed + 1_000_003, 97, p, image_size=d.image_size,
+                        n_slices=d.slices_per_patient) for p in range(n_patients)
+    ])
+    return slices.mri.mean(axis=(0, 1)), hu_to_unit(slices.ct_hu).mean(axis=(0, 1))
+
+
+def pick_round(recorded: list[int], target: str | int) -> int:
+    if not recorded:
+        raise ValueError("the run has no server view to attack; record rounds with "
+                         "federation.server_view_rounds")
+    if target == "first":
+        return recorded[0]
+    if target == "last":
+        return recorded[-1]
+    if target not in recorded:
+        raise ValueError(f"attacks.inversion.target_round = {target} was not recorded; "
+                         f"recorded rounds: {recorded}")
+    return int(target)
+
+
+def inversion_payloads(run_dir: Any, cfg: Any) -> list[InversionPayload]:
+    """One payload per targeted client, read from the run's server view."""
+    from engine.federation.inprocess import build_model, local_training_of
+    from engine.federation.server_view import ServerView
+
+    inv = cfg.attacks.inversion
+    view = ServerView(run_dir)
+    rnd = view[pick_round(view.rounds, inv.target_round)]
+    clients = rnd.clients if inv.target_center == "all" else [rnd.clients[inv.target_center]]
+    prior_mri, prior_ct = attacker_prior(cfg)
+    payloads = []
+    for c in clients:
+        reported = int(rnd.metadata[c]["num_examples"])
+        payloads.append(InversionPayload(
+            model=build_model(cfg), param_names=rnd.param_names,
+            global_params=rnd.global_params, client_params=rnd.client_params(c),
+            local=local_training_of(cfg),
+            num_examples=reported if inv.batch_size == "auto" else inv.batch_size,
+            image_size=cfg.data.image_size, prior_mri=prior_mri, prior_ct_unit=prior_ct,
+            round=rnd.round, client=c,
+        ))
+    return payloads
+
+
+def attack_from_config(inv: Any, seed: int = 0) -> GradientInversion:
+    """The attack described by ``attacks.inversion`` (method defaults filled in)."""
+    factory = dlg if inv.method == "dlg" else inverting_gradients
+    knobs = {"iterations": inv.iterations, "restarts": inv.restarts, "init": inv.init,
+             "snapshot_every": inv.snapshot_every, "seed": seed}
+    knobs |= {k: v for k, v in (("lr", inv.lr), ("tv_weight", inv.tv_weight),
+                                ("distance", inv.distance)) if v is not None}
+    return factory(**knobs)
+
+
+def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
+                  progress: Any = lambda _msg: None) -> dict[str, Any]:
+    """Attack the targeted clients of a finished run; store images; return ``inversion``.
+
+    The originals (each client's training slices) are used only to score the result.
+    """
+    from pathlib import Path
+
+    from engine.data.preprocess import hu_to_unit
+    from engine.metrics import reconstruction_metrics
+    from engine.render import save_png, to_gray
+
+    inv = cfg.attacks.inversion
+    out = Path(run_dir) / "inversion"
+    out.mkdir(exist_ok=True)
+    attack = attack_from_config(inv, cfg.seed)
+    truth_by_name = {c.name: c.train for c in cohort.centers}
+    per_client: dict[str, Any] = {}
+    for payload in inversion_payloads(run_dir, cfg):
+        progress(f"inverting {payload.client}'s upload of round {payload.round} "
+                 f"({payload.num_examples} slices, {attack.iterations} iterations)")
+        result = attack.reconstruct(payload)
+        truth = truth_by_name[payload.client]
+        true_ct = hu_to_unit(truth.ct_hu)
+        metrics = reconstruction_metrics(result.mri, result.ct_unit, truth.mri, true_ct,
+                                         truth.mask)
+        n = len(truth)
+        floor = reconstruction_metrics(np.broadcast_to(payload.prior_mri, (n, 1) +
+                                                       payload.prior_mri.shape).copy(),
+                                       np.broadcast_to(payload.prior_ct_unit, (n, 1) +
+                                                       payload.prior_ct_unit.shape).copy(),
+                                       truth.mri, true_ct, truth.mask)
+        per_client[payload.client] = {
+            **{k: v for k, v in metrics.items() if k != "pairs"},
+            "floor_ssim": floor["ssim"], "floor_ssim_body": floor["ssim_body"],
+            "floor_ssim_ct": floor["ssim_ct"], "round": payload.round,
+            "seconds": round(result.seconds, 2), "final_loss": result.losses[-1],
+            "restart_losses": result.restart_losses,
+        }
+        pairs = metrics["pairs"]
+        order = [j for _, j in sorted(pairs)]
+        np.savez_compressed(
+            out / f"{payload.client}.npz", mri=result.mri, ct_unit=result.ct_unit,
+            true_mri=truth.mri[order], true_ct_unit=true_ct[order], mask=truth.mask[order],
+            prior_mri=payload.prior_mri, prior_ct_unit=payload.prior_ct_unit,
+            losses=np.array(result.losses),
+            snapshots_mri=(result.snapshots_mri if result.snapshots_mri is not None
+                           else np.zeros((0,))),
+            snapshots_ct_unit=(result.snapshots_ct_unit if result.snapshots_ct_unit is not None
+                               else np.zeros((0,))),
+            snapshot_iterations=np.array(result.snapshot_iterations),
+        )
+        i, j = pairs[0]
+        row = np.concatenate([to_gray(truth.mri[j, 0], 0, 1), to_gray(result.mri[i, 0], 0, 1),
+                              to_gray(true_ct[j, 0], 0.2, 0.5),
+                              to_gray(result.ct_unit[i, 0], 0.2, 0.5)], axis=1)
+        save_png(row, out / f"{payload.client}.png", scale=max(1, 128 // cfg.data.image_size))
+    keys = ("ssim", "ssim_body", "psnr_db", "ssim_ct", "psnr_db_ct", "ssim_coarse",
+            "floor_ssim", "floor_ssim_body")
+    return {
+        "method": inv.method,
+        **{k: float(np.mean([p[k] for p in per_client.values()])) for k in keys},
+        "per_client": per_client,
+        "iterations": attack.iterations,
+        "restarts": attack.restarts,
+    }
