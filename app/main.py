@@ -20,6 +20,8 @@ if css.is_file():
 page = st.navigation([
     st.Page(str(PAGES_DIR / "home.py"), title="Home", icon=":material/home:", default=True),
     st.Page(str(PAGES_DIR / "federation.py"), title="Federation", icon=":material/hub:"),
+    st.Page(str(PAGES_DIR / "membership.py"), title="Membership inference",
+            icon=":material/person_search:"),
 ])
 sidebar(runs_root())
 page.run()

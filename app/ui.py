@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from engine.config import ExperimentConfig
 from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
+from engine.runs import ACTIVE, open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES_DIR = ROOT / "pages"
@@ -49,7 +50,9 @@ STATE_TEXT = {"queued": "waiting to start", "running": "running", "done": "finis
               "failed": "failed", "cancelled": "stopped"}
 
 PHASE_TEXT = {"data": "Preparing the hospitals' images…",
-              "training": "Hospitals are training the shared model…"}
+              "training": "Hospitals are training the shared model…",
+              "membership inference": "Training done; the curious server is now testing "
+                                      "which patients each hospital trained on…"}
 
 
 def sidebar(runs_folder: Path) -> None:
@@ -58,6 +61,25 @@ def sidebar(runs_folder: Path) -> None:
         "into synthetic CT, so you can see how attacks and defenses behave."
     )
     st.sidebar.caption(f"Runs folder: `{runs_folder}`")
+
+
+@st.fragment(run_every=1.0)
+def job_progress(run_id: str, total_rounds: int) -> None:
+    """Progress bar of a background run; reruns the whole page once the run ends."""
+    try:
+        run = open_run(run_id)
+    except FileNotFoundError:
+        st.rerun(scope="app")
+    status = run.status()
+    if status.get("state") not in ACTIVE:
+        st.rerun(scope="app")
+    records = run.metrics()
+    done = records[-1]["round"] if records else 0
+    if status.get("state") == "queued":
+        text = "Waiting to start…"
+    else:
+        text = f"{PHASE_TEXT.get(status.get('phase'), 'Working…')} Round {done} of {total_rounds}."
+    st.progress(min(done / total_rounds, 1.0), text=text)
 
 
 def describe_config(cfg: ExperimentConfig) -> str:

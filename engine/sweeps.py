@@ -66,10 +66,20 @@ def cell_label(sets: list[str]) -> str:
 
 
 def table_row(label: str, sets: list[str], run: RunFolder) -> dict[str, Any]:
-    """One table row: the cell's overrides, final sCT metrics and every attack's AUCs."""
+    """One table row: the cell's settings, final sCT metrics and every attack's AUCs.
+
+    Settings that sweeps vary are columns of their own (``dp_enabled``, ``noise_multiplier``,
+    ``clip_norm``, ``secure_aggregation``, ``aggregator``), read from the run's config.
+    """
     s = run.summary() or {}
+    cfg = run.config()
     fin = (s.get("federation") or {}).get("final") or {}
     row: dict[str, Any] = {"cell": label, "overrides": " ".join(sets), "run_id": run.run_id,
+                           "dp_enabled": cfg.defenses.dp.enabled,
+                           "noise_multiplier": cfg.defenses.dp.noise_multiplier,
+                           "clip_norm": cfg.defenses.dp.clip_norm,
+                           "secure_aggregation": cfg.defenses.secure_aggregation,
+                           "aggregator": cfg.federation.aggregator,
                            "mae_hu": fin.get("mae_hu"), "psnr_db": fin.get("psnr_db"),
                            "ssim": fin.get("ssim")}
     mia = s.get("mia")

@@ -159,7 +159,11 @@ def test_live_progress_then_stop() -> None:
 
 
 def test_unseen_hospital_is_labelled() -> None:
-    cfg = build_config("demo", overrides={"federation": {"rounds": 1}})
+    # The demo's layout (an unseen hospital) at the smallest size: this test is about labels.
+    cfg = build_config("demo", overrides={
+        "federation": {"rounds": 1, "local_epochs": 1},
+        "data": {"patients_per_center": 1, "slices_per_patient": 4, "image_size": 32},
+    })
     run = start_job(cfg, preset="demo")
     deadline = time.monotonic() + 120
     while run.status()["state"] in ACTIVE and time.monotonic() < deadline:

@@ -1,0 +1,229 @@
+"""The Membership inference page, driven headless with AppTest on real run folders.
+
+Two tiny runs (no defense, secure aggregation) are trained once per module with the engine's
+own ``execute``; each test copies what it needs into a private runs root. No background job
+is started: the start button is tested with ``start_job`` replaced by a queued run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import engine.jobs
+from app.mia import dp_sentence, verdict
+from engine.config import build_config
+from engine.experiment import execute
+from engine.runs import RunFolder, create_run, open_run
+
+MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+MEMBERSHIP = "../pages/membership.py"  # relative to the entrypoint's folder (app/)
+TINY = ["data.centers=3", "data.patients_per_center=2", "data.heldout_per_center=2",
+        "data.slices_per_patient=4", "data.image_size=32", "model.channels=[8,16,32]",
+        "model.num_res_units=1", "federation.rounds=3", "federation.local_epochs=2",
+        "federation.server_view_rounds=[2,3]", "attacks.membership.bootstrap=100"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Run folders of a tiny mia-paper and mia-secagg run (a few seconds each)."""
+    root = tmp_path_factory.mktemp("mia-runs")
+    out = {}
+    for preset in ("mia-paper", "mia-secagg"):
+        run = create_run(build_config(preset, sets=TINY), root, preset=preset)
+        assert execute(run) is not None, run.status()
+        out[preset] = run.path
+    return out
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("FEDSCT_RUNS_DIR", str(root))
+    return root
+
+
+def _copy(src: Path, root: Path, run_id: str | None = None) -> RunFolder:
+    return RunFolder(Path(shutil.copytree(src, root / (run_id or src.name))))
+
+
+def _page(**params: str) -> AppTest:
+    at = AppTest.from_file(str(MAIN), default_timeout=60)
+    at.run()
+    at.switch_page(MEMBERSHIP)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Membership inference"
+    return at
+
+
+def _select(at: AppTest, label: str):  # noqa: ANN202 - AppTest's Selectbox
+    return next(s for s in at.selectbox if s.label == label)
+
+
+def _md(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_no_runs_shows_guidance(runs_dir: Path) -> None:
+    at = _page(mia_run="no-such-run")
+    assert any("can't be opened" in w.value for w in at.warning)
+    assert "mia_run" not in at.query_params
+    assert any("'mia-paper' preset" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+    for preset in ("mia-paper", "mia-secagg"):
+        assert not at.button(key=f"start_{preset}").disabled
+
+
+def test_run_shows_verdict_curves_and_tables(runs_dir: Path, trained: dict[str, Path]) -> None:
+    run = _copy(trained["mia-paper"], runs_dir)
+    mia = run.summary()["mia"]
+    at = _page()
+
+    worst = max(mia["auc"].values())
+    expected = "High risk" if worst >= 0.8 else "Moderate risk" if worst >= 0.6 else "Low risk"
+    assert expected in _md(at)
+    assert f"AUC **{worst:.2f}**" in _md(at)
+    assert _select(at, "Attacked run").value == run.run_id
+    assert len(at.get("plotly_chart")) == 1
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert titles == [*mia["auc"], "All hospitals"]  # one small chart per hospital + all
+
+    aucs, tprs = (d.value for d in at.dataframe)
+    assert list(aucs.columns) == ["Attack", *mia["auc"], "All hospitals"]
+    assert len(aucs) == len(mia["variants"])
+    assert aucs["Attack"].iloc[0] == "FedMIA-I (loss, per-sample σ) ★"
+    assert aucs["center-0"].iloc[0] == f"{mia['auc']['center-0']:.2f}"
+    assert tprs["Hospital"].tolist() == [*mia["auc"], "All hospitals"]
+
+    _select(at, "Attack to plot").select("global_loss").run()
+    assert not at.exception, at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    auc = mia["variants"]["global_loss"]["auc"]["center-0"]
+    assert f"AUC {auc:.2f}" in spec["data"][1]["hovertemplate"]
+
+
+def test_compare_with_secagg_run(runs_dir: Path, trained: dict[str, Path]) -> None:
+    paper = _copy(trained["mia-paper"], runs_dir)
+    secagg = _copy(trained["mia-secagg"], runs_dir)
+    at = _page(mia_run=paper.run_id)  # a reload: the URL picks the run
+    assert _select(at, "Attacked run").value == paper.run_id
+    _select(at, "Compare with").select(secagg.run_id).run()
+    assert not at.exception, at.exception
+    assert at.query_params["mia_compare"] == secagg.run_id
+
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    legend = {t["name"] for t in spec["data"] if t.get("showlegend")}
+    assert any("mia-paper" in n and "no defense" in n for n in legend)
+    assert any("mia-secagg" in n and "SecAgg" in n for n in legend)
+    assert {t["line"]["dash"] for t in spec["data"]} >= {"solid", "dash"}
+    assert "Compared run" in _md(at)
+    glob = secagg.summary()["mia"]["baselines"]["global_loss"]
+    assert f"still reaches AUC **{max(glob.values()):.2f}**" in _md(at)
+
+
+def test_degenerate_centers_are_labelled(runs_dir: Path, trained: dict[str, Path]) -> None:
+    run = _copy(trained["mia-paper"], runs_dir, "20991231-000000-flat-0000")
+    summary = run.summary()
+    mia = summary["mia"]
+    flags = {c: True for c in mia["auc"]}
+    mia["degenerate"] = flags
+    mia["variants"][mia["attack"]]["degenerate"] = flags
+    run.write_summary(summary)
+
+    at = _page()
+    assert "No signal: every hospital looked identical" in _md(at)
+    aucs, tprs = (d.value for d in at.dataframe)
+    assert set(aucs.iloc[0].drop("Attack")) == {"degenerate"}
+    assert "degenerate" not in set(aucs.iloc[-1])  # other attacks keep their numbers
+    assert (tprs.iloc[0].drop("Hospital") == "degenerate").all()
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "center-0 (no signal)" in [a["text"] for a in spec["layout"]["annotations"]]
+
+
+def test_verdict_uses_the_worst_non_degenerate_center() -> None:
+    mia = {"auc": {"a": 0.99, "b": 0.7, "c": 0.55}, "auc_ci": {"b": [0.6, 0.8]},
+           "degenerate": {"a": True, "b": False, "c": False}}
+    v = verdict(mia)
+    assert (v.colour, v.center, v.ci) == ("orange", "b", (0.6, 0.8))
+    mia["auc"]["b"] = 0.5
+    assert verdict(mia).colour == "green"
+
+
+def test_old_or_damaged_results_are_explained(runs_dir: Path, trained: dict[str, Path]) -> None:
+    old = _copy(trained["mia-paper"], runs_dir)
+    shutil.rmtree(old.path / "mia")  # an older engine stored no ROC points
+    at = _page()
+    assert any("no ROC curves" in i.value for i in at.info)
+
+    summary = old.summary()
+    summary["mia"] = {"attack": "fedmia-i/phi", "auc": {"center-0": "n/a"}}
+    old.write_summary(summary)
+    at = _page()
+    assert any("older format" in i.value for i in at.info)
+
+
+def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
+    rows = [{"cell": "baseline", "dp_enabled": False, "noise_multiplier": 0.0, "mae_hu": 100.0},
+            {"cell": "σ 0.001", "dp_enabled": True, "noise_multiplier": 0.001, "mae_hu": 110.0},
+            {"cell": "σ 0.01", "dp_enabled": True, "noise_multiplier": 0.01, "mae_hu": 160.0}]
+    for row, (a1, a2, g) in zip(rows, [(0.99, 0.97, 0.7), (0.8, 0.7, 0.62),
+                                       (0.52, 0.55, 0.5)], strict=True):
+        row |= {"auc_pooled[fedmia-i/phi]": a1, "auc_pooled[fedmia-ii/phi]": a2,
+                "auc_pooled[global_loss]": g, "auc[fedmia-i/phi][center-0]": a1}
+    folder = runs_dir / "sweeps" / "mia-dp-test"
+    folder.mkdir(parents=True)
+    (folder / "table.json").write_text(json.dumps(rows))
+    (folder / "sweep.json").write_text(json.dumps({"cells": [{}] * 4}))
+
+    at = _page()
+    assert "Privacy noise (DP) trade-off" in _md(at)
+    assert "From **σ 0.01** on" in _md(at)
+    assert "from 100 HU without privacy noise to 160 HU (+60 HU)" in _md(at)
+    assert any("3 of 4 noise levels" in c.value for c in at.caption)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["data"][0]["x"] == ["no DP", "σ 0.001", "σ 0.01"]
+    assert any(t.get("yaxis") == "y2" for t in spec["data"])  # MAE on the second axis
+
+
+def test_dp_sentence_while_the_sweep_is_young_or_noise_is_too_weak() -> None:
+    base = {"cell": "baseline", "dp_enabled": False, "mae_hu": 100.0,
+            "auc_pooled[global_loss]": 0.9}
+    assert "Only the run without privacy noise" in dp_sentence([base], ["global_loss"])
+    weak = {"cell": "noise_multiplier=0.001", "dp_enabled": True, "noise_multiplier": 0.001,
+            "mae_hu": 104.0, "auc_pooled[global_loss]": 0.8}
+    text = dp_sentence([base, weak], ["global_loss"])
+    assert "at the strongest, **σ 0.001**, Global model loss (Yeom) still reaches 0.80" in text
+    assert "(+4 HU)" in text
+
+
+def test_start_button_tracks_the_job(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = []
+
+    def fake_start(cfg, root=None, preset=None):  # noqa: ANN001, ANN202 - start_job's shape
+        run = create_run(cfg, root, preset=preset)  # stays queued: nothing trains
+        started.append((cfg.name, cfg.defenses.secure_aggregation))
+        return run
+
+    monkeypatch.setattr(engine.jobs, "start_job", fake_start)
+    at = _page()
+    at.button(key="start_mia-secagg").click().run()
+    assert not at.exception, at.exception
+    assert started == [("mia-secagg", True)]
+    assert at.query_params["mia_run"]
+    assert "Waiting to start" in at.get("progress")[0].proto.text
+    assert at.button(key="start_mia-paper").disabled
+    assert at.button(key="cancel")
+
+    open_run(at.query_params["mia_run"]).set_status("failed", error="RuntimeError: boom")
+    at.run()
+    assert any("boom" in e.value for e in at.error)
+    assert not at.button(key="start_mia-paper").disabled
