@@ -66,6 +66,12 @@ def sidebar(runs_folder: Path) -> None:
 @st.fragment(run_every=1.0)
 def job_progress(run_id: str, total_rounds: int) -> None:
     """Progress bar of a background run; reruns the whole page once the run ends."""
+    progress_bar(run_id, total_rounds)
+
+
+def progress_bar(run_id: str, total_rounds: int) -> list[dict[str, Any]]:
+    """Draw a run's progress and return its per-round records; once the run is no longer
+    active, rerun the whole page instead (call from inside a polling fragment)."""
     try:
         run = open_run(run_id)
     except FileNotFoundError:
@@ -80,6 +86,7 @@ def job_progress(run_id: str, total_rounds: int) -> None:
     else:
         text = f"{PHASE_TEXT.get(status.get('phase'), 'Working…')} Round {done} of {total_rounds}."
     st.progress(min(done / total_rounds, 1.0), text=text)
+    return records
 
 
 def describe_config(cfg: ExperimentConfig) -> str:

@@ -10,12 +10,12 @@ from app.state import current_run_id, forget, persisted, set_current_run
 from app.ui import (
     AGGREGATOR_HELP,
     METRIC_HELP,
-    PHASE_TEXT,
     center_table,
     describe_config,
     history_figure,
     history_from_metrics,
     metric_cards,
+    progress_bar,
     run_label,
     sample_images,
 )
@@ -123,20 +123,7 @@ def _earlier_runs(run_id: str | None) -> None:
 @st.fragment(run_every=1.0)
 def _live(run_id: str, total_rounds: int) -> None:
     """Progress of an active run; reruns the whole page once when the run ends."""
-    try:
-        run = open_run(run_id)
-    except FileNotFoundError:
-        st.rerun(scope="app")
-    status = run.status()
-    if status.get("state") not in ACTIVE:
-        st.rerun(scope="app")
-    records = run.metrics()
-    done = records[-1]["round"] if records else 0
-    if status.get("state") == "queued":
-        text = "Waiting to start…"
-    else:
-        text = f"{PHASE_TEXT.get(status.get('phase'), 'Working…')} Round {done} of {total_rounds}."
-    st.progress(min(done / total_rounds, 1.0), text=text)
+    records = progress_bar(run_id, total_rounds)
     history = history_from_metrics(records)
     if history:
         st.plotly_chart(history_figure(history, total_rounds))
