@@ -273,11 +273,15 @@ class ExperimentConfig(_Section):
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Stable hash of everything that changes a run's result (the label ``name`` excluded)."""
+    """Stable hash of everything that changes a run's result (the label ``name`` excluded).
+
+    Only values that differ from the defaults count, so a new config key (added with a
+    default that keeps the old behaviour) does not make every earlier run look different.
+    """
     import hashlib
     import json
 
-    data = cfg.model_dump()
+    data = cfg.model_dump(exclude_defaults=True)
     data.pop("name", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -51,3 +51,12 @@ def test_config_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("federation: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         build_config(file=tmp_path / "bad.yaml")
+
+
+def test_config_hash_ignores_the_label_and_default_values():
+    from engine.config import config_hash
+
+    a = build_config("smoke")
+    b = build_config("smoke", sets=["name=other", "federation.optimizer=adam"])  # the default
+    c = build_config("smoke", sets=["federation.optimizer=sgd"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
