@@ -27,7 +27,7 @@ def gradient_speedup(n_samples: int = 48, repeats: int = 3) -> dict:
     s = phantom_patient(0, 0, 0, image_size=cfg.data.image_size, n_slices=n_samples)
     mri = torch.from_numpy(s.mri)
     ct = torch.from_numpy(hu_to_unit(s.ct_hu))
-    chunk = 16
+    chunk = 32  # as engine.attacks.membership.gradient_signals
 
     def vectorised() -> torch.Tensor:
         return torch.cat([per_sample_gradients(model, mri[i : i + chunk], ct[i : i + chunk],
@@ -36,17 +36,31 @@ def gradient_speedup(n_samples: int = 48, repeats: int = 3) -> dict:
     def loop() -> torch.Tensor:
         return per_sample_gradients_loop(model, mri, ct, "l1")
 
-    torch.testing.assert_close(vectorised(), loop(), rtol=1e-3, atol=1e-6)  # same inputs
-    best = {"vectorised_s": float("inf"), "loop_s": float("inf")}
+    # Same inputs, same gradients: batched convolutions round differently (~1e-7), which can
+    # flip the sign of an L1 residual that is almost exactly 0, so compare directions.
+    agreement = float(torch.nn.functional.cosine_similarity(vectorised(), loop()).min())
+    if agreement < 0.999:
+        raise AssertionError(f"vectorised and looped gradients disagree (cosine {agreement})")
+    def one_batch_gradient() -> None:
+        # Not per-sample: one mean gradient of all samples, the floor no per-sample method
+        # can beat on the same hardware (same convolutions, one backward pass).
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.l1_loss(model(mri), ct).backward()
+
+    best = {"vectorised_s": float("inf"), "loop_s": float("inf"),
+            "batch_gradient_floor_s": float("inf")}
     for _ in range(repeats):
-        for name, fn in (("loop_s", loop), ("vectorised_s", vectorised)):
+        for name, fn in (("loop_s", loop), ("vectorised_s", vectorised),
+                         ("batch_gradient_floor_s", one_batch_gradient)):
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
     return {"samples": n_samples, "image_size": cfg.data.image_size,
             "torch_threads": torch.get_num_threads(),
             **{k: round(v, 3) for k, v in best.items()},
-            "speedup": round(best["loop_s"] / best["vectorised_s"], 2)}
+            "speedup": round(best["loop_s"] / best["vectorised_s"], 2),
+            "max_possible_speedup": round(best["loop_s"] / best["batch_gradient_floor_s"], 2),
+            "min_cosine_vectorised_vs_loop": round(agreement, 6)}
 
 
 def scoring_time(run_dir: str) -> dict:

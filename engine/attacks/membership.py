@@ -206,7 +206,7 @@ def per_sample_gradients_loop(model: torch.nn.Module, mri: torch.Tensor, ct: tor
 
 
 def gradient_signals(model: torch.nn.Module, rnd: RoundView, slices: SliceSet, loss: str,
-                     chunk: int = 16) -> np.ndarray:
+                     chunk: int = 32) -> np.ndarray:
     """``(C, N)`` cosine between each sample's gradient at the round's global model and each
     client's pseudo-gradient (−update) as the server reads it."""
     set_parameters(model, rnd.global_params)
