@@ -61,7 +61,7 @@ def test_dlg_inverts_a_single_sgd_step_of_an_invertible_model():
     m = score(result, truth)
     assert m["ssim"] >= 0.8, m
     assert m["ssim_ct"] >= 0.8, m
-    assert result.losses[-1] < 1e-3 * result.losses[0]
+    assert result.losses[-1] < 1e-2 * result.losses[0]  # the matching loss collapses
 
 
 def test_random_guess_is_far_from_the_original():
