@@ -104,8 +104,9 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
     folder = base / "sweeps" / f"{name}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
     state = {"name": name, "base": spec["base"], "description": spec["description"],
-             "cells": [{"label": cell_label(c), "overrides": c, "run_id": None,
-                        "reused": False} for c in cells],
+             "sets": list(sets),
+             "cells": [{"label": cell_label(list(own)), "overrides": c, "run_id": None,
+                        "reused": False} for own, c in zip(spec["cells"], cells, strict=True)],
              "started": time.time()}
     rows = []
     trained = 0

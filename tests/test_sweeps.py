@@ -1,0 +1,51 @@
+"""Sweeps: real runs collected into one table; finished cells are reused on a rerun."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from engine import sweeps
+from engine.config import ConfigError
+from engine.runs import RunIndex
+
+
+@pytest.fixture
+def tiny_sweep(monkeypatch):
+    spec = {"description": "two aggregators on the smoke federation", "base": "smoke",
+            "cells": [[], ["federation.aggregator=fedmedian"]]}
+    monkeypatch.setitem(sweeps.SWEEPS, "tiny", spec)
+    return spec
+
+
+def test_sweep_writes_table_and_resumes_without_retraining(runs_dir, tiny_sweep):
+    said: list[str] = []
+    sets = ["federation.rounds=1"]
+    folder = sweeps.run_sweep("tiny", sets=sets, progress=said.append)
+    rows = json.loads((folder / "table.json").read_text())
+    assert [r["cell"] for r in rows] == ["baseline", "aggregator=fedmedian"]
+    assert [r["aggregator"] for r in rows] == ["fedavg", "fedmedian"]
+    assert all(r["mae_hu"] > 0 for r in rows)
+    with open(folder / "table.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+    state = json.loads((folder / "sweep.json").read_text())
+    assert state["trained"] == 2 and state["cells_done"] == 2
+
+    said.clear()
+    again = sweeps.run_sweep("tiny", sets=sets, progress=said.append)
+    assert again == folder
+    assert all("reusing" in line for line in said), said
+    assert json.loads((folder / "sweep.json").read_text())["trained"] == 0
+    assert len(RunIndex().list()) == 2  # no new runs
+
+
+def test_unknown_sweep_and_bad_cell_fail_before_running(runs_dir, monkeypatch):
+    with pytest.raises(ConfigError, match="available: mia-dp"):
+        sweeps.run_sweep("nope")
+    monkeypatch.setitem(sweeps.SWEEPS, "broken", {"description": "", "base": "smoke",
+                                                  "cells": [[], ["federation.rounds=0"]]})
+    with pytest.raises(ConfigError, match="federation.rounds = 0"):
+        sweeps.run_sweep("broken")
+    assert RunIndex().list() == []
