@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from engine.config import ExperimentConfig
-from engine.runs import ACTIVE, RunFolder, create_run
+from engine.runs import ACTIVE, JOB_PID_FILE, RunFolder, create_run
 
 
 def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
@@ -29,7 +29,9 @@ def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
         start_new_session=True, cwd=os.getcwd(),
     )
     log.close()
-    run.set_status("queued", pid=proc.pid)
+    # A file of its own: writing status.json here could race with the child's own updates
+    # (a fast run may already be done, and "queued" would overwrite it).
+    (run.path / JOB_PID_FILE).write_text(str(proc.pid))
     return run
 
 

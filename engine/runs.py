@@ -10,6 +10,7 @@ One experiment = one folder under the runs root (``FEDSCT_RUNS_DIR``, default ``
     <run_id>/server_view/     what the server observed (see engine.federation.server_view)
     <run_id>/artifacts/       images for the dashboard and reports
     <run_id>/log.txt          the run's log
+    <run_id>/job.pid          process id of a background run (engine.jobs)
 
 The index (``<root>/index.sqlite``) is a cache of the folders for fast listing; it is rebuilt
 from the folders when missing or damaged, so the folders are the source of truth.
@@ -32,6 +33,7 @@ import yaml
 from engine.config import ExperimentConfig, config_hash, validate_config
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+JOB_PID_FILE = "job.pid"  # written by the process that launched a background run
 ACTIVE = ("queued", "running")
 
 
@@ -96,6 +98,11 @@ class RunFolder:
             status = json.loads((self.path / "status.json").read_text())
         except (OSError, json.JSONDecodeError):
             return {"state": "failed", "error": "status.json is missing or unreadable"}
+        if "pid" not in status:
+            try:
+                status["pid"] = int((self.path / JOB_PID_FILE).read_text())
+            except (OSError, ValueError):
+                pass
         if status.get("state") in ACTIVE and status.get("pid") and not _pid_alive(status["pid"]):
             status = status | {"state": "failed",
                                "error": "the run's process ended without finishing "

@@ -31,6 +31,8 @@ FedMIA-I signal without any reference, averaged over rounds).
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,8 +287,6 @@ class MembershipAttack:
     scores: tuple[str, ...] = SCORES
 
     def run(self, payload: MembershipPayload) -> MembershipResult:
-        import time
-
         model, loss = payload.model, payload.loss
         clients = payload.clients
         names = list(payload.candidates)
@@ -405,8 +405,6 @@ def membership_summary(evaluation: dict[str, Any], headline: str, level: str,
 
 def run_membership(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
     """Attack a finished run's server view; store ROC points and scores; return ``mia``."""
-    import json
-
     mia = cfg.attacks.membership
     payload = membership_payload(run_dir, cfg, cohort)
     result = MembershipAttack(variants=tuple(mia.variants)).run(payload)
