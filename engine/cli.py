@@ -65,8 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run = create_run(cfg, args.out, preset=args.preset)
     if not args.quiet:
         print(f"run {run.run_id} → {run.path}", file=sys.stderr)
-        _follow_rounds(run)
-    summary = execute(run)
+    summary = execute(run, on_round=None if args.quiet else _round_printer(
+        cfg.federation.rounds))
     status = run.status()
     if summary is None:
         print(f"fedsct: run {status['state']}: {status.get('error', '')} (see {run.path}/log.txt)",
@@ -80,20 +80,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow_rounds(run) -> None:  # noqa: ANN001 - RunFolder, imported lazily
-    """Echo each round's metrics to stderr as the run appends them."""
-    original = run.append_metrics
-    total = run.config().federation.rounds
+def _round_printer(total: int):  # noqa: ANN202 - a callback
+    """A callback that prints each round's metrics to stderr."""
 
     def echo(record: dict) -> None:
-        original(record)
         g = record.get("global")
         text = (f"MAE {g['mae_hu']:7.1f} HU  PSNR {g['psnr_db']:5.2f} dB  SSIM {g['ssim']:.3f}"
                 if g else "(not evaluated)")
         print(f"  round {record['round']:>3}/{total}  {text}  [{record['elapsed_s']:.1f} s]",
               file=sys.stderr, flush=True)
 
-    run.append_metrics = echo
+    return echo
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

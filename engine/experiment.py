@@ -6,6 +6,7 @@ import os
 import platform
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -93,11 +94,13 @@ def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResul
     }
 
 
-def execute(run: RunFolder) -> dict[str, Any] | None:
+def execute(run: RunFolder,
+            on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Run the experiment stored in ``run`` and write its results there.
 
     Status goes running → done | failed | cancelled; on failure the error is in
-    ``status.json`` and the traceback in ``log.txt``. Returns the summary when done.
+    ``status.json`` and the traceback in ``log.txt``. ``on_round`` also receives each
+    round's record (after it is written). Returns the summary when done.
     """
     t0 = time.perf_counter()
     cfg = run.config()
@@ -108,12 +111,14 @@ def execute(run: RunFolder) -> dict[str, Any] | None:
         data_s = time.perf_counter() - t0
         run.set_status("running", phase="training", data_s=round(data_s, 3))
 
-        def on_round(entry: dict[str, Any]) -> None:
+        def record(entry: dict[str, Any]) -> None:
             run.append_metrics(entry)
+            if on_round:
+                on_round(entry)
             g = entry.get("global") or {}
             run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
 
-        result = run_federation(cfg, cohort, run_dir=run.path, on_round=on_round,
+        result = run_federation(cfg, cohort, run_dir=run.path, on_round=record,
                                 should_stop=run.cancel_requested)
         ckpt = run.path / "checkpoints"
         ckpt.mkdir(exist_ok=True)
