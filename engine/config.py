@@ -200,6 +200,9 @@ class ExperimentConfig(_Section):
                 f"data.image_size = {self.data.image_size} must be divisible by "
                 f"{2**levels} for a U-Net with {len(self.model.channels)} levels"
             )
+        if self.defenses.secure_aggregation and n < 2:
+            raise ValueError("defenses.secure_aggregation = true needs data.centers ≥ 2: with "
+                             "one hospital the sum is that hospital's update")
         if self.defenses.secure_aggregation and fed.aggregator in ROBUST_AGGREGATORS:
             raise ValueError(
                 f"defenses.secure_aggregation = true cannot be combined with "

@@ -106,12 +106,11 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
 
 
 def _auc_by_ranks(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """AUC of each row: Mann–Whitney U from tie-averaged ranks. ``pos (B, P)``, ``neg (B, Q)``."""
-    from scipy.stats import rankdata
+    """AUC of each row (Mann–Whitney U / (P·Q), ties count half). ``pos (B, P)``, ``neg (B, Q)``."""
+    from scipy.stats import mannwhitneyu
 
-    ranks = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
-    p, q = pos.shape[1], neg.shape[1]
-    return (ranks[:, :p].sum(axis=1) - p * (p + 1) / 2) / (p * q)
+    return mannwhitneyu(pos, neg, axis=1, method="asymptotic").statistic / (
+        pos.shape[1] * neg.shape[1])
 
 
 def roc_summary(scores: np.ndarray, members: np.ndarray, *, bootstrap: int = 1000,
@@ -185,29 +184,46 @@ def reconstruction_metrics(mri: np.ndarray, ct_unit: np.ndarray, true_mri: np.nd
     For N > 1 reconstructions are paired with originals by optimal matching (Hungarian on
     MRI SSIM), since the order of a batch is unknown to the attacker. Returns means over the
     pairs: ``ssim``, ``ssim_body``, ``psnr_db`` (MRI), ``ssim_ct``, ``ssim_ct_body``,
-    ``psnr_db_ct`` (CT), ``ssim_coarse`` (MRI SSIM after blurring both), and ``pairs``.
+    ``psnr_db_ct`` (CT), ``ssim_coarse`` (MRI SSIM after blurring both), ``pairs``
+    (``[reconstruction, original]`` indices) and ``n`` (pairs; fewer than the
+    reconstructions when more were made than the client had slices).
     """
-    from scipy.ndimage import gaussian_filter
     from scipy.optimize import linear_sum_assignment
 
     rec_m, rec_c = mri[:, 0], ct_unit[:, 0]
     tru_m, tru_c, msk = true_mri[:, 0], true_ct_unit[:, 0], mask[:, 0].astype(bool)
-    n = len(tru_m)
     sim = np.array([[_ssim_pair(r, t, None) for t in tru_m] for r in rec_m])
     rows, cols = linear_sum_assignment(-sim)
-    per = []
-    for i, j in zip(rows, cols, strict=True):
-        per.append({
-            "ssim": sim[i, j],
-            "ssim_body": _ssim_pair(rec_m[i], tru_m[j], msk[j]),
-            "psnr_db": _psnr_pair(rec_m[i], tru_m[j]),
-            "ssim_ct": _ssim_pair(rec_c[i], tru_c[j], None),
-            "ssim_ct_body": _ssim_pair(rec_c[i], tru_c[j], msk[j]),
-            "psnr_db_ct": _psnr_pair(rec_c[i], tru_c[j]),
-            "ssim_coarse": _ssim_pair(gaussian_filter(rec_m[i], blur_px),
-                                      gaussian_filter(tru_m[j], blur_px), None),
-        })
+    per = [_pair_metrics(rec_m[i], rec_c[i], tru_m[j], tru_c[j], msk[j], blur_px)
+           for i, j in zip(rows, cols, strict=True)]
     out: dict[str, Any] = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
     out["pairs"] = [[int(i), int(j)] for i, j in zip(rows, cols, strict=True)]
-    out["n"] = n
+    out["n"] = len(per)
     return out
+
+
+def template_metrics(mri: np.ndarray, ct_unit: np.ndarray, true_mri: np.ndarray,
+                     true_ct_unit: np.ndarray, mask: np.ndarray,
+                     blur_px: float = 2.0) -> dict[str, float]:
+    """The metrics of :func:`reconstruction_metrics` for one guess ``(H, W)`` held against
+    every original (the trivial-guess floor: no matching needed, n comparisons)."""
+    per = [_pair_metrics(mri, ct_unit, tm, tc, m, blur_px)
+           for tm, tc, m in zip(true_mri[:, 0], true_ct_unit[:, 0], mask[:, 0].astype(bool),
+                                strict=True)]
+    return {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+
+
+def _pair_metrics(rec_m: np.ndarray, rec_c: np.ndarray, tru_m: np.ndarray, tru_c: np.ndarray,
+                  msk: np.ndarray, blur_px: float) -> dict[str, float]:
+    from scipy.ndimage import gaussian_filter
+
+    return {
+        "ssim": _ssim_pair(rec_m, tru_m, None),
+        "ssim_body": _ssim_pair(rec_m, tru_m, msk),
+        "psnr_db": _psnr_pair(rec_m, tru_m),
+        "ssim_ct": _ssim_pair(rec_c, tru_c, None),
+        "ssim_ct_body": _ssim_pair(rec_c, tru_c, msk),
+        "psnr_db_ct": _psnr_pair(rec_c, tru_c),
+        "ssim_coarse": _ssim_pair(gaussian_filter(rec_m, blur_px),
+                                  gaussian_filter(tru_m, blur_px), None),
+    }

@@ -18,12 +18,14 @@ from the folders when missing or damaged, so the folders are the source of truth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,14 +215,21 @@ class RunIndex:
         self.root = runs_root(root)
         self.db = self.root / "index.sqlite"
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on the index; the connection is closed afterwards (the dashboard
+        opens the index on every rerun)."""
         con = sqlite3.connect(self.db, timeout=10)
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created REAL, name TEXT,"
-            " preset TEXT, state TEXT, aggregator TEXT, rounds INTEGER,"
-            " secure_aggregation INTEGER, final_mae_hu REAL, wall_s REAL)"
-        )
-        return con
+        try:
+            with con:
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created REAL,"
+                    " name TEXT, preset TEXT, state TEXT, aggregator TEXT, rounds INTEGER,"
+                    " secure_aggregation INTEGER, final_mae_hu REAL, wall_s REAL)"
+                )
+                yield con
+        finally:
+            con.close()
 
     @staticmethod
     def _row(run: RunFolder) -> tuple:

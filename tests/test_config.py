@@ -22,6 +22,7 @@ def test_presets_validate(name):
         (["federation.aggregator=fedprox"], r"fedprox_mu > 0"),
         (["data.image_size=68"], r"divisible by 8"),
         (["data.source=synthrad"], r"data\.path is required"),
+        (["data.centers=1", "defenses.secure_aggregation=true"], r"needs data\.centers ≥ 2"),
         (["federation.roundz=3"], r"federation\.roundz: unknown key"),
         (["federation.server_view_rounds=[0, 99]"], r"outside 1…15"),
     ],

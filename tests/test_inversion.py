@@ -143,3 +143,27 @@ def test_run_folder_gets_inversion_summary_and_images(runs_dir):
         assert z["snapshots_mri"].shape == (3, 2, 1, 32, 32)
         assert len(z["losses"]) == 3
     assert (run.path / "inversion" / "center-1.png").stat().st_size > 100
+
+
+def test_floor_of_one_template_equals_matching_its_copies():
+    from engine.metrics import template_metrics
+
+    truth = phantom_patient(0, 2, 1, image_size=32, n_slices=3)
+    ct = hu_to_unit(truth.ct_hu)
+    guess_m, guess_c = truth.mri.mean(axis=(0, 1)), ct.mean(axis=(0, 1))
+    tiled = reconstruction_metrics(np.broadcast_to(guess_m, truth.mri.shape).copy(),
+                                   np.broadcast_to(guess_c, ct.shape).copy(),
+                                   truth.mri, ct, truth.mask)
+    floor = template_metrics(guess_m, guess_c, truth.mri, ct, truth.mask)
+    for key, value in floor.items():
+        assert value == pytest.approx(tiled[key])
+
+
+def test_more_reconstructions_than_slices_pair_only_the_originals():
+    truth = phantom_patient(0, 0, 2, image_size=32, n_slices=2)
+    ct = hu_to_unit(truth.ct_hu)
+    extra = np.concatenate([truth.mri, np.zeros_like(truth.mri)])
+    m = reconstruction_metrics(extra, np.concatenate([ct, np.zeros_like(ct)]), truth.mri, ct,
+                               truth.mask)
+    assert m["n"] == 2 and sorted(i for i, _ in m["pairs"]) == [0, 1]
+    assert m["ssim"] == pytest.approx(1.0)

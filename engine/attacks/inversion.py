@@ -402,7 +402,7 @@ def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
     from pathlib import Path
 
     from engine.data.preprocess import hu_to_unit
-    from engine.metrics import reconstruction_metrics
+    from engine.metrics import reconstruction_metrics, template_metrics
     from engine.render import save_png, to_gray
 
     inv = cfg.attacks.inversion
@@ -419,12 +419,8 @@ def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
         true_ct = hu_to_unit(truth.ct_hu)
         metrics = reconstruction_metrics(result.mri, result.ct_unit, truth.mri, true_ct,
                                          truth.mask)
-        n = len(truth)
-        floor = reconstruction_metrics(np.broadcast_to(payload.prior_mri, (n, 1) +
-                                                       payload.prior_mri.shape).copy(),
-                                       np.broadcast_to(payload.prior_ct_unit, (n, 1) +
-                                                       payload.prior_ct_unit.shape).copy(),
-                                       truth.mri, true_ct, truth.mask)
+        floor = template_metrics(payload.prior_mri, payload.prior_ct_unit, truth.mri, true_ct,
+                                 truth.mask)
         per_client[payload.client] = {
             **{k: v for k, v in metrics.items() if k != "pairs"},
             "floor_ssim": floor["ssim"], "floor_ssim_body": floor["ssim_body"],
@@ -433,10 +429,10 @@ def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
             "restart_losses": result.restart_losses,
         }
         pairs = metrics["pairs"]
-        order = [j for _, j in sorted(pairs)]
         np.savez_compressed(
             out / f"{payload.client}.npz", mri=result.mri, ct_unit=result.ct_unit,
-            true_mri=truth.mri[order], true_ct_unit=true_ct[order], mask=truth.mask[order],
+            true_mri=truth.mri, true_ct_unit=true_ct, mask=truth.mask,
+            pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2),
             prior_mri=payload.prior_mri, prior_ct_unit=payload.prior_ct_unit,
             losses=np.array(result.losses),
             snapshots_mri=(result.snapshots_mri if result.snapshots_mri is not None

@@ -43,9 +43,8 @@ from scipy.stats import norm
 from torch.func import functional_call, grad, vmap
 
 from engine.config import ExperimentConfig
-from engine.data.preprocess import hu_to_unit
 from engine.data.types import Cohort, SliceSet
-from engine.federation.client import training_loss
+from engine.federation.client import as_tensors, training_loss
 from engine.federation.server_view import RoundView, ServerView
 from engine.metrics import roc_summary
 from engine.model import NDArrays, build_unet, select_device, set_parameters
@@ -143,23 +142,16 @@ def membership_payload(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> 
 # --------------------------------------------------------------------------- signals
 
 
-def _tensors(slices: SliceSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mri = torch.from_numpy(np.ascontiguousarray(slices.mri)).to(device)
-    ct = torch.from_numpy(np.ascontiguousarray(hu_to_unit(slices.ct_hu))).to(device)
-    return mri, ct
-
-
 @torch.no_grad()
-def loss_signals(model: torch.nn.Module, params: NDArrays, slices: SliceSet, loss: str,
-                 batch_size: int = 64) -> np.ndarray:
-    """``(N,)`` float64 −per-sample loss of ``params`` (normalised CT units)."""
+def loss_signals(model: torch.nn.Module, params: NDArrays, mri: torch.Tensor,
+                 ct: torch.Tensor, loss: str, batch_size: int = 64) -> np.ndarray:
+    """``(N,)`` float64 −per-sample loss of ``params`` on ``mri``/``ct`` ``(N, 1, H, W)``
+    (normalised CT units, on the model's device)."""
     set_parameters(model, params)
     model.eval()
-    device = next(model.parameters()).device
-    mri, ct = _tensors(slices, device)
     per_sample = {"l1": lambda a, b: (a - b).abs(), "mse": lambda a, b: (a - b) ** 2}[loss]
     out = []
-    for i in range(0, len(slices), batch_size):
+    for i in range(0, len(mri), batch_size):
         pred = model(mri[i : i + batch_size]).double()
         out.append(per_sample(pred, ct[i : i + batch_size].double()).mean(dim=(1, 2, 3)))
     losses = torch.cat(out).cpu().numpy()
@@ -207,19 +199,17 @@ def per_sample_gradients_loop(model: torch.nn.Module, mri: torch.Tensor, ct: tor
     return torch.stack(rows)
 
 
-def gradient_signals(model: torch.nn.Module, rnd: RoundView, slices: SliceSet, loss: str,
-                     chunk: int = 32) -> np.ndarray:
+def gradient_signals(model: torch.nn.Module, rnd: RoundView, mri: torch.Tensor,
+                     ct: torch.Tensor, loss: str, chunk: int = 32) -> np.ndarray:
     """``(C, N)`` cosine between each sample's gradient at the round's global model and each
     client's pseudo-gradient (−update) as the server reads it."""
     set_parameters(model, rnd.global_params)
-    device = next(model.parameters()).device
     deltas = -torch.stack([_param_vector(model, rnd.param_names, rnd.client_update(c))
                            for c in rnd.clients])
     deltas = torch.nan_to_num(deltas.double(), nan=0.0, posinf=0.0, neginf=0.0)
     delta_norm = deltas.norm(dim=1).clamp_min(1e-30)
-    mri, ct = _tensors(slices, device)
     out = []
-    for i in range(0, len(slices), chunk):
+    for i in range(0, len(mri), chunk):
         g = per_sample_gradients(model, mri[i : i + chunk], ct[i : i + chunk], loss).double()
         cos = (g @ deltas.T) / (g.norm(dim=1, keepdim=True).clamp_min(1e-30) * delta_norm)
         out.append(cos.T)
@@ -242,7 +232,9 @@ def reference_scores(target: np.ndarray, refs: np.ndarray, score: str) -> tuple[
     target = target.astype(np.float64)
     refs = refs.astype(np.float64)
     finite = np.isfinite(refs)
-    # FedMIA drops references far above the rest (μ+3σ) before the final statistics.
+    # FedMIA drops references far above the rest (μ+3σ) before the final statistics. A value
+    # can sit at most √(K−1) population σ above the mean of K, so this needs K ≥ 11
+    # references (12+ centers) to ever drop one; it is kept for such federations.
     mu0 = np.nanmean(np.where(finite, refs, np.nan), axis=1, keepdims=True)
     sd0 = np.nanstd(np.where(finite, refs, np.nan), axis=1, keepdims=True)
     keep = finite & ~(refs > mu0 + 3 * sd0)
@@ -291,6 +283,8 @@ class MembershipAttack:
         clients = payload.clients
         names = list(payload.candidates)
         everything = SliceSet.concat([payload.candidates[n].slices for n in names])
+        # Candidates go to the device once; every round and client reuses them.
+        mri, ct = as_tensors(everything, next(model.parameters()).device)
         bounds = np.cumsum([0] + [len(payload.candidates[n].slices) for n in names])
         result = MembershipResult(rounds=[r.round for r in payload.rounds])
         for n in names:
@@ -301,18 +295,18 @@ class MembershipAttack:
         signals: dict[str, np.ndarray] = {}  # variant → (R, C, N_all)
         # FedMIA-I signals are always computed: the own_loss baseline is made of them.
         signals["fedmia-i"] = np.stack([
-            np.stack([loss_signals(model, r.client_params(c), everything, loss)
+            np.stack([loss_signals(model, r.client_params(c), mri, ct, loss)
                       for c in clients]) for r in payload.rounds
         ])
         result.timing_s["fedmia-i"] = time.perf_counter() - t0
         if "fedmia-ii" in self.variants:
             t0 = time.perf_counter()
             signals["fedmia-ii"] = np.stack([
-                gradient_signals(model, r, everything, loss) for r in payload.rounds
+                gradient_signals(model, r, mri, ct, loss) for r in payload.rounds
             ])
             result.timing_s["fedmia-ii"] = time.perf_counter() - t0
         newest = payload.rounds[-1].aggregate
-        global_signal = loss_signals(model, newest, everything, loss)
+        global_signal = loss_signals(model, newest, mri, ct, loss)
 
         for i, name in enumerate(names):
             sl = slice(bounds[i], bounds[i + 1])

@@ -85,8 +85,8 @@ def _fmt_spacing(affine: np.ndarray) -> str:
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    norms = np.linalg.norm(affine[:3, :3], axis=0)
-    return (float(norms[0]), float(norms[1]), float(norms[2]))
+    sx, sy, sz = nib.affines.voxel_sizes(affine)
+    return (float(sx), float(sy), float(sz))
 
 
 # --------------------------------------------------------------------------- reading bytes

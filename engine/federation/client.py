@@ -78,10 +78,10 @@ def train_local(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
                 loss = loss + cfg.fedprox_mu / 2 * prox
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # converted once at the end: no per-step sync
             steps += 1
     return get_parameters(model), {
-        "train_loss": float(np.mean(losses)), "num_examples": n, "steps": steps,
+        "train_loss": float(torch.stack(losses).mean()), "num_examples": n, "steps": steps,
     }
 
 
