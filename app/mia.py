@@ -44,23 +44,6 @@ def attack_name(attack: str) -> str:
     return ATTACK_NAMES.get(attack, attack)
 
 
-def remembered(param: str) -> str | None:
-    """A value kept in the URL (survives reloads) and the session (page switches drop the URL)."""
-    value = st.query_params.get(param) or st.session_state.get(f"qp_{param}")
-    remember(param, value)
-    return value or None
-
-
-def remember(param: str, value: str | None) -> None:
-    if value:
-        st.session_state[f"qp_{param}"] = value
-        if st.query_params.get(param) != value:
-            st.query_params[param] = value
-    else:
-        st.session_state.pop(f"qp_{param}", None)
-        st.query_params.pop(param, None)
-
-
 @st.cache_data(max_entries=256)
 def _read_json(path: str, mtime: float) -> Any:
     # mtime is part of the cache key so a rewritten file is read again.
@@ -120,11 +103,12 @@ class MiaRun:
 
 def mia_runs() -> list[MiaRun]:
     """Finished runs whose summary has a ``mia`` block, newest first."""
+    index = RunIndex()
     out = []
-    for rec in RunIndex().list():
+    for rec in index.list():
         if rec["state"] != "done":
             continue
-        run = RunFolder(RunIndex().root / rec["run_id"])
+        run = RunFolder(index.root / rec["run_id"])
         summary = read_json(run.path / "summary.json")
         if isinstance(summary, dict) and isinstance(summary.get("mia"), dict):
             out.append(MiaRun(run, rec["created"] or 0.0, summary))

@@ -13,7 +13,7 @@ from typing import Any
 import streamlit as st
 
 SETTINGS_KEY = "fed_settings"
-RUN_KEY = "current_run"
+REMEMBERED = "remembered"  # session-key prefix of values mirrored in the URL
 
 
 def persisted(widget: Callable[..., Any], label: str, name: str, default: Any,
@@ -39,19 +39,29 @@ def forget(*names: str) -> None:
         st.session_state.pop(f"w_{name}", None)
 
 
+def remembered(param: str) -> str | None:
+    """A value kept in the URL (``?param=``, survives reloads) and in the session (a page
+    switch drops the URL's parameters): the URL wins."""
+    value = st.query_params.get(param) or st.session_state.get(f"{REMEMBERED}_{param}")
+    remember(param, value)
+    return value or None
+
+
+def remember(param: str, value: str | None) -> None:
+    """Keep (or, with None, forget) ``value`` in both the URL and the session."""
+    if value:
+        st.session_state[f"{REMEMBERED}_{param}"] = value
+        if st.query_params.get(param) != value:
+            st.query_params[param] = value
+    else:
+        st.session_state.pop(f"{REMEMBERED}_{param}", None)
+        st.query_params.pop(param, None)
+
+
 def current_run_id() -> str | None:
-    """The run on display: the URL wins (reloads), else the session (page switches)."""
-    run_id = st.query_params.get("run") or st.session_state.get(RUN_KEY)
-    if run_id:
-        set_current_run(run_id)
-    return run_id or None
+    """The run on the Federation page (``?run=``)."""
+    return remembered("run")
 
 
 def set_current_run(run_id: str | None) -> None:
-    if run_id:
-        st.session_state[RUN_KEY] = run_id
-        if st.query_params.get("run") != run_id:
-            st.query_params["run"] = run_id
-    else:
-        st.session_state.pop(RUN_KEY, None)
-        st.query_params.pop("run", None)
+    remember("run", run_id)

@@ -17,14 +17,12 @@ from app.mia import (
     latest_dp_sweep,
     mia_runs,
     read_json,
-    remember,
-    remembered,
     roc_figure,
     tpr_table,
     verdict,
     verdict_detail,
 )
-from app.state import persisted
+from app.state import persisted, remember, remembered
 from app.ui import job_progress
 from engine.config import ConfigError, build_config
 from engine.jobs import cancel_job, start_job
