@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from engine.federation.client import LocalTraining
 from engine.model import NDArrays
@@ -300,8 +300,6 @@ class GradientInversion:
 
 def _value_and_grad(objective):
     """``(x, y) → (value, (∂/∂x, ∂/∂y))`` as a torch.func transform (vmappable)."""
-    from torch.func import grad_and_value
-
     def fn(x: torch.Tensor, y: torch.Tensor):
         grads, value = grad_and_value(objective, argnums=(0, 1))(x, y)
         return value, grads
