@@ -288,6 +288,8 @@ class RunIndex:
             if not path.is_dir():
                 continue
             if rec["state"] in ACTIVE:
-                rec["state"] = RunFolder(path).status().get("state")
+                # The row may predate the run's last writes (its process writes status.json
+                # first, then the index): read the whole row from the folder.
+                rec = dict(zip(self.COLUMNS, self._row(RunFolder(path)), strict=True))
             out.append(rec)
         return out

@@ -121,3 +121,18 @@ def test_index_is_rebuilt_from_folders_when_damaged(runs_dir):
     run = create_run(build_config("smoke"))
     (runs_dir / "index.sqlite").write_bytes(b"this is not a database")
     assert [r["run_id"] for r in RunIndex().list()] == [run.run_id]
+
+
+def test_listing_reads_a_run_that_finished_after_its_index_row(runs_dir):
+    """The runner writes status.json before the index; a listing in between must not show
+    the stale row (state done but no final MAE)."""
+    import json as _json
+
+    from engine.runs import create_run
+
+    run = create_run(build_config("smoke"))
+    run.write_summary({"federation": {"final": {"mae_hu": 321.0}}, "timing": {"wall_s": 1.0}})
+    status = _json.loads((run.path / "status.json").read_text()) | {"state": "done"}
+    (run.path / "status.json").write_text(_json.dumps(status))  # index not updated yet
+    row = RunIndex().list()[0]
+    assert row["state"] == "done" and row["final_mae_hu"] == 321.0
