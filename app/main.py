@@ -22,6 +22,8 @@ page = st.navigation([
     st.Page(str(PAGES_DIR / "federation.py"), title="Federation", icon=":material/hub:"),
     st.Page(str(PAGES_DIR / "membership.py"), title="Membership inference",
             icon=":material/person_search:"),
+    st.Page(str(PAGES_DIR / "inversion.py"), title="Gradient inversion", icon=":material/blur_on:"),
+    st.Page(str(PAGES_DIR / "poisoning.py"), title="Poisoning", icon=":material/coronavirus:"),
 ])
 sidebar(runs_root())
 page.run()

@@ -24,8 +24,10 @@ def persisted(widget: Callable[..., Any], label: str, name: str, default: Any,
     if key not in st.session_state:
         value = store.get(name, default)
         options = kwargs.get("options")
-        # A stored choice that is no longer offered would make the selectbox raise.
-        st.session_state[key] = default if options is not None and value not in options else value
+        # A stored choice that is no longer offered would make the widget raise.
+        offered = options is None or (all(v in options for v in value)
+                                      if isinstance(value, list) else value in options)
+        st.session_state[key] = value if offered else default
     value = widget(label, key=key, **kwargs)
     store[name] = value
     return value

@@ -52,7 +52,11 @@ STATE_TEXT = {"queued": "waiting to start", "running": "running", "done": "finis
 PHASE_TEXT = {"data": "Preparing the hospitals' images…",
               "training": "Hospitals are training the shared model…",
               "membership inference": "Training done; the curious server is now testing "
-                                      "which patients each hospital trained on…"}
+                                      "which patients each hospital trained on…",
+              "gradient inversion": "Training done; the curious server is now rebuilding "
+                                    "hospitals' images from their uploads…",
+              "poisoning baseline": "Training done; now training the same federation "
+                                    "without attackers, for comparison…"}
 
 
 def sidebar(runs_folder: Path) -> None:
@@ -178,7 +182,7 @@ def center_table(per_center: dict[str, dict[str, float]],
     )
 
 
-def _upscale(img: np.ndarray, target: int = 192) -> np.ndarray:
+def upscale(img: np.ndarray, target: int = 192) -> np.ndarray:
     # Nearest-neighbour so each pixel stays a visible block instead of a blur.
     k = max(1, target // img.shape[0])
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
@@ -210,4 +214,4 @@ def sample_images(npz: Path, trained: list[str]) -> None:
             title = UNSEEN_LABEL if name == "unseen" else f"{UNSEEN_LABEL} ({name})"
         st.markdown(f"**{title}** · one held-out slice")
         for col, img, cap in zip(st.columns(4), panels, captions, strict=True):
-            col.image(_upscale(img), caption=cap, width="stretch")
+            col.image(upscale(img), caption=cap, width="stretch")

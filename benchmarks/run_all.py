@@ -10,7 +10,13 @@ import platform
 
 import torch
 
-from benchmarks import demo_memory, federation_overhead, mia_scoring, phantom_speed
+from benchmarks import (
+    demo_memory,
+    federation_overhead,
+    inversion_speed,
+    mia_scoring,
+    phantom_speed,
+)
 
 
 def main() -> None:
@@ -21,6 +27,7 @@ def main() -> None:
         "federation_overhead": federation_overhead.measure("demo", repeats=3),
         "demo_run": demo_memory.measure("demo"),
         "mia_per_sample_gradients": mia_scoring.gradient_speedup(),
+        "inversion_restarts": inversion_speed.measure(),
     }
     print(json.dumps(results, indent=1))
 

@@ -106,6 +106,10 @@ class DefensesConfig(_Section):
         8.0, gt=0.0, le=1e4, description="SecAgg+ clips raw parameters to ±this before masking"
     )
     dp: DPConfig = Field(default_factory=DPConfig)
+    prune_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="each client zeroes this share of its update's smallest entries",
+    )
 
 
 class MembershipConfig(_Section):
@@ -157,6 +161,10 @@ class InversionConfig(_Section):
     init: Literal["random", "mean"] = Field(
         "random", description="mean: start from the attacker's population template"
     )
+    prior: Literal["none", "pca"] = Field(
+        "none", description="pca: search only slices spanned by the attacker's public cohort"
+    )
+    components: int = Field(40, ge=1, le=128, description="principal components (prior=pca)")
     target_round: Literal["first", "last"] | int = "first"
     target_center: Literal["all"] | int = 0
     batch_size: Literal["auto"] | int = Field(
@@ -175,11 +183,29 @@ class InversionConfig(_Section):
         return self
 
 
+class PoisoningConfig(_Section):
+    """Malicious centers that poison the federation (see engine/attacks/poisoning.py)."""
+
+    enabled: bool = False
+    kind: Literal["data_noise", "update_noise", "sign_flip", "scaling", "alie"] = Field(
+        "update_noise", description="noise on data or on the upload, or model poisoning"
+    )
+    malicious_centers: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                                         description="indices of the malicious centers")
+    noise_std: float = Field(0.1, ge=0.0, le=100.0,
+                             description="data_noise: normalised units; update_noise: absolute")
+    target: Literal["mri", "ct", "both"] = Field("both", description="data_noise: what is noised")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="data_noise: share of slices")
+    scale: float = Field(4.0, gt=0.0, le=1000.0, description="sign_flip / scaling factor")
+    z: float = Field(1.0, ge=0.0, le=10.0, description="alie: standard deviations shifted")
+
+
 class AttacksConfig(_Section):
     """Attack settings; each attack module reads its own section."""
 
     membership: MembershipConfig = Field(default_factory=MembershipConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
+    poisoning: PoisoningConfig = Field(default_factory=PoisoningConfig)
 
 
 class ExperimentConfig(_Section):
@@ -236,6 +262,17 @@ class ExperimentConfig(_Section):
                 f"federation.trim_beta = {fed.trim_beta} trims nothing with {n} centers "
                 f"(β·n < 1); use β ≥ {1 / n:.2f} or more centers"
             )
+        poison = self.attacks.poisoning
+        if poison.enabled:
+            bad = [c for c in poison.malicious_centers if not 0 <= c < n]
+            if bad or len(set(poison.malicious_centers)) != len(poison.malicious_centers):
+                raise ValueError(f"attacks.poisoning.malicious_centers = "
+                                 f"{poison.malicious_centers}: each must be a distinct center "
+                                 f"index in 0…{n - 1}")
+            if len(poison.malicious_centers) >= n:
+                raise ValueError(f"attacks.poisoning.malicious_centers = "
+                                 f"{poison.malicious_centers} leaves no honest center; at most "
+                                 f"{n - 1} of {n} may be malicious")
         if self.attacks.membership.enabled:
             if fed.server_view_rounds == "none":
                 raise ValueError("attacks.membership.enabled needs a server view: set "

@@ -69,6 +69,7 @@ def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResul
             "secure_aggregation": cfg.defenses.secure_aggregation,
             "dp": {"enabled": dp.enabled, "clip_norm": dp.clip_norm,
                    "noise_multiplier": dp.noise_multiplier if dp.enabled else 0.0},
+            "prune_fraction": cfg.defenses.prune_fraction,
             "history": result.history,
             "final": {k: final[k] for k in ("mae_hu", "psnr_db", "ssim")} if final else None,
             "per_center": result.per_center,
@@ -138,6 +139,13 @@ def execute(run: RunFolder,
 
             run.set_status("running", phase="gradient inversion")
             attacks["inversion"] = run_inversion(run.path, cfg, cohort, progress=run.log)
+        if cfg.attacks.poisoning.enabled:
+            from engine.attacks.poisoning import run_poisoning_report
+
+            run.set_status("running", phase="poisoning baseline")
+            attacks["poisoning"] = run_poisoning_report(run.path, cfg, cohort, result,
+                                                        progress=run.log,
+                                                        should_stop=run.cancel_requested)
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
                                 count_parameters(model), samples) | attacks
         run.write_summary(summary)

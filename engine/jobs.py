@@ -50,6 +50,65 @@ def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
         run.set_status("cancelled", phase="cancelled", finished=time.time())
 
 
+def start_sweep_job(name: str, sets: list[str] | tuple = (),
+                    root: str | Path | None = None) -> Path:
+    """Run (or resume) sweep ``name`` in a detached process; returns its folder, whose
+    ``sweep.json`` shows progress (``state``, ``cells_done``, ``current_run``)."""
+    from engine.runs import runs_root, write_json_atomic
+    from engine.sweeps import CANCEL_FILE, sweep_folder, sweep_spec
+
+    spec = sweep_spec(name)
+    folder = sweep_folder(name, sets, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CANCEL_FILE).unlink(missing_ok=True)  # a stale stop must not end the new job
+    # Visible at once, before the child has validated anything.
+    write_json_atomic(folder / "sweep.json", {"name": name, "base": spec["base"],
+                                              "state": "queued", "cells_done": 0,
+                                              "cells": [{} for _ in spec["cells"]]})
+    cmd = [sys.executable, "-m", "engine.cli", "sweep", "--preset", name,
+           "--out", str(runs_root(root))]
+    for s in sets:
+        cmd += ["--set", s]
+    log = open(folder / "log.txt", "a")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=os.getcwd())
+    log.close()
+    (folder / JOB_PID_FILE).write_text(str(proc.pid))
+    return folder
+
+
+def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
+    """Stop a background sweep and wait for its process to end: no new cell starts, the
+    running cell is cancelled; after ``grace_s`` the process group is terminated."""
+    import json
+
+    from engine.runs import pid_alive
+    from engine.sweeps import CANCEL_FILE
+
+    try:
+        pid: int | None = int((folder / JOB_PID_FILE).read_text())
+    except (OSError, ValueError):
+        pid = None
+    (folder / CANCEL_FILE).touch()
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        try:
+            current = json.loads((folder / "sweep.json").read_text()).get("current_run")
+        except (OSError, ValueError):
+            current = None
+        if current:
+            run = RunFolder(folder.parent.parent / current)
+            if run.path.is_dir() and run.status().get("state") in ACTIVE:
+                run.request_cancel()
+        if not pid_alive(pid):
+            return
+        time.sleep(0.3)
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine.experiment import execute
 

@@ -16,6 +16,39 @@ _MIA_BASE: dict[str, Any] = {
     "attacks": {"membership": {"enabled": True, "rounds": "all"}},
 }
 
+# The study's model and local training; each client uploads one local step on one slice (B=1),
+# the easiest target for gradient inversion. Round 1 is attacked.
+_STUDY_MODEL_B1: dict[str, Any] = {
+    "data": {"centers": 4, "patients_per_center": 1, "heldout_per_center": 1,
+             "slices_per_patient": 1, "image_size": 64},
+    "model": {"channels": [16, 32, 64, 128], "num_res_units": 2, "norm": "instance"},
+    "federation": {"rounds": 1, "local_epochs": 1, "batch_size": 1, "lr": 2e-3,
+                   "loss": "l1", "optimizer": "adam", "server_view_rounds": [1]},
+}
+
+_INVERSION_EASY: dict[str, Any] = {
+    "name": "inversion-easy",
+    "data": {"centers": 3, "patients_per_center": 1, "heldout_per_center": 1,
+             "slices_per_patient": 1, "image_size": 32},
+    "model": {"channels": [8, 16, 32], "num_res_units": 1, "norm": "none"},
+    "federation": {"rounds": 30, "local_epochs": 1, "batch_size": 1, "lr": 0.05,
+                   "loss": "mse", "optimizer": "sgd", "server_view_rounds": [1]},
+    "attacks": {"inversion": {"enabled": True, "method": "ig", "prior": "pca",
+                              "components": 40, "distance": "cosine_layers",
+                              "tv_weight": 0.0, "iterations": 1000, "restarts": 8,
+                              "target_round": "first", "target_center": "all"}},
+}
+
+# A federation small enough for a sweep of ~100 runs: 4 centers, 32 px, 10 rounds.
+POISON_BASE: dict[str, Any] = {
+    "name": "poison-base",
+    "data": {"centers": 4, "patients_per_center": 2, "heldout_per_center": 1,
+             "slices_per_patient": 8, "image_size": 32},
+    "model": {"channels": [8, 16, 32], "num_res_units": 1},
+    "federation": {"rounds": 10, "local_epochs": 2, "batch_size": 8, "lr": 1e-2,
+                   "server_view_rounds": "none"},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "description": (
@@ -73,6 +106,60 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "config": {**_MIA_BASE, "name": "mia-secagg",
                    "defenses": {"secure_aggregation": True}},
+    },
+    "dlg-paper": {
+        "description": (
+            "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
+            "uploads one step on one slice; L-BFGS gradient matching, 300 iterations "
+            "(about 3 min)."
+        ),
+        "config": {**_STUDY_MODEL_B1, "name": "dlg-paper",
+                   "attacks": {"inversion": {"enabled": True, "method": "dlg",
+                                             "iterations": 300, "restarts": 1,
+                                             "target_center": "all"}}},
+    },
+    "ig-strong": {
+        "description": (
+            "The strongest inversion found against the study's model (as dlg-paper, B=1, "
+            "no defense): Inverting Gradients with the attacker's anatomical prior, "
+            "layer-wise cosine, 4 restarts (about 5 min)."
+        ),
+        "config": {**_STUDY_MODEL_B1, "name": "ig-strong",
+                   "attacks": {"inversion": {**_INVERSION_EASY["attacks"]["inversion"],
+                                             "iterations": 400, "restarts": 4}}},
+    },
+    "inversion-easy": {
+        "description": (
+            "A design that leaks: no normalisation, MSE loss, plain SGD, one slice per "
+            "client (B=1), 32 px; the strongest attack rebuilds recognisable slices of "
+            "round 1 (about 2 min)."
+        ),
+        "config": _INVERSION_EASY,
+    },
+    "poison-base": {
+        "description": (
+            "The clean federation the poisoning presets and sweeps attack: 4 centers, 32 px, "
+            "L1, Adam, 10 rounds (about 10 s)."
+        ),
+        "config": POISON_BASE,
+    },
+    "poison-high": {
+        "description": (
+            "One malicious center adds strong noise (σ 0.1 per parameter) to the model it "
+            "uploads; plain averaging. The study's high-noise case (about 30 s)."
+        ),
+        "config": {**POISON_BASE, "name": "poison-high",
+                   "attacks": {"poisoning": {"enabled": True, "kind": "update_noise",
+                                             "malicious_centers": [0], "noise_std": 0.1}}},
+    },
+    "poison-low": {
+        "description": (
+            "One malicious center adds weak noise (σ 0.003 per parameter) to its upload: "
+            "small enough to hide among honest differences (about 30 s)."
+        ),
+        "config": {**POISON_BASE, "name": "poison-low",
+                   "attacks": {"poisoning": {"enabled": True, "kind": "update_noise",
+                                             "malicious_centers": [0], "noise_std": 0.003}}},
     },
 }
 

@@ -58,7 +58,8 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still runs (a zombie counts as ended)."""
     if not pid:
         return False
     try:
@@ -105,7 +106,7 @@ class RunFolder:
                 status["pid"] = int((self.path / JOB_PID_FILE).read_text())
             except (OSError, ValueError):
                 pass
-        if status.get("state") in ACTIVE and status.get("pid") and not _pid_alive(status["pid"]):
+        if status.get("state") in ACTIVE and status.get("pid") and not pid_alive(status["pid"]):
             status = status | {"state": "failed",
                                "error": "the run's process ended without finishing "
                                         "(killed or out of memory); see log.txt"}

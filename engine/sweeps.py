@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,62 @@ from typing import Any
 
 from engine.config import ConfigError, ExperimentConfig, build_config, config_hash
 from engine.runs import RunFolder, create_run, runs_root, write_json_atomic
+
+# Rules that run with 4 centers (Krum, Multi-Krum need > 2f+2 = 4 and Bulyan ≥ 4f+3 = 7
+# centers against one attacker, so they are left out of the 4-center study).
+POISON_AGGREGATORS: dict[str, list[str]] = {
+    "fedavg": [],
+    "fedprox": ["federation.aggregator=fedprox", "federation.fedprox_mu=0.01"],
+    "fedmedian": ["federation.aggregator=fedmedian"],
+    "trimmed_mean": ["federation.aggregator=trimmed_mean"],
+}
+# Low and high level of each noise kind: data noise in normalised units, update noise per
+# parameter in absolute units.
+POISON_LEVELS: dict[str, tuple[float, float]] = {"data_noise": (0.1, 1.0),
+                                                 "update_noise": (0.003, 0.1)}
+# Rules that tolerate two attackers out of four: none of the robust ones (the median and a
+# 25 % trim need a majority / more than one honest value per side), so pairs are run with
+# the averaging rules only, to show what two attackers do.
+PAIR_AGGREGATORS = ("fedavg", "fedprox")
+
+
+def _poison_cells() -> list[list[str]]:
+    cells = [list(a) for a in POISON_AGGREGATORS.values()]  # clean baselines first
+    singles = [[c] for c in range(4)]
+    pairs = [[a, b] for a in range(4) for b in range(a + 1, 4)]
+    for kind, levels in POISON_LEVELS.items():
+        for std in levels:
+            for name, agg in POISON_AGGREGATORS.items():
+                for bad in singles + (pairs if name in PAIR_AGGREGATORS else []):
+                    cells.append([*agg, "attacks.poisoning.enabled=true",
+                                  f"attacks.poisoning.kind={kind}",
+                                  f"attacks.poisoning.malicious_centers={bad}",
+                                  f"attacks.poisoning.noise_std={std}"])
+    return cells
+
+
+def _model_poison_cells() -> list[list[str]]:
+    cells = [list(a) for a in POISON_AGGREGATORS.values()]
+    for kind in ("sign_flip", "scaling", "alie"):
+        for agg in POISON_AGGREGATORS.values():
+            cells.append([*agg, "attacks.poisoning.enabled=true",
+                          f"attacks.poisoning.kind={kind}"])
+    return cells
+
+
+def _data_noise_cells() -> list[list[str]]:
+    cells = []
+    for loss in ("l1", "mse"):
+        for opt in ("adam", "sgd"):
+            train = [f"federation.loss={loss}", f"federation.optimizer={opt}"]
+            if opt == "sgd":
+                train.append("federation.lr=0.1")
+            cells.append(train)
+            cells += [[*train, "attacks.poisoning.enabled=true",
+                       "attacks.poisoning.kind=data_noise", f"attacks.poisoning.target={t}",
+                       "attacks.poisoning.noise_std=1.0"] for t in ("mri", "ct", "both")]
+    return cells
+
 
 SWEEPS: dict[str, dict[str, Any]] = {
     "mia-dp": {
@@ -35,7 +92,70 @@ SWEEPS: dict[str, dict[str, Any]] = {
                f"defenses.dp.noise_multiplier={s}"] for s in (0.0, 0.001, 0.003, 0.01, 0.03)],
         ],
     },
+    "inversion-factors": {
+        "description": (
+            "Why a design leaks: inversion-easy, then one factor changed at a time — L1 loss, "
+            "InstanceNorm, 4 slices per step, 4 local steps, a late round, 64 px; "
+            "reconstruction SSIM beside the mean-image floor (about 15 min)."
+        ),
+        "base": "inversion-easy",
+        "cells": [
+            [],
+            ["federation.loss=l1"],
+            ["model.norm=instance"],
+            ["data.slices_per_patient=4", "federation.batch_size=4"],
+            ["federation.local_epochs=4"],
+            ["federation.server_view_rounds=[30]", "attacks.inversion.target_round=last"],
+            ["data.image_size=64"],
+        ],
+    },
+    "inversion-defenses": {
+        "description": (
+            "Defenses against the inversion-easy leak: secure aggregation over 3 centers, "
+            "client-level DP, update pruning, 4 slices per step; reconstruction SSIM and "
+            "the cost in sCT MAE (about 15 min)."
+        ),
+        "base": "inversion-easy",
+        "cells": [
+            [],
+            ["defenses.secure_aggregation=true"],
+            *[["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.05",
+               f"defenses.dp.noise_multiplier={s}"] for s in (0.001, 0.01)],
+            *[[f"defenses.prune_fraction={f}"] for f in (0.9, 0.99)],
+            ["data.slices_per_patient=4", "federation.batch_size=4"],
+        ],
+    },
+    "poison-paper": {
+        "description": (
+            "The study's poisoning grid on poison-base: every single malicious center (and "
+            "every pair for the averaging rules) × noise on data or on the upload × a low "
+            "and a high level × FedAvg, FedProx, FedMedian, trimmed mean; clean baselines "
+            "first (about 25 min)."
+        ),
+        "base": "poison-base",
+        "cells": _poison_cells(),
+    },
+    "poison-model": {
+        "description": (
+            "Model poisoning beyond the study, 4 centers and 1 attacker: sign flip, scaling "
+            "(model replacement) and A Little Is Enough against each rule (about 3 min)."
+        ),
+        "base": "poison-base",
+        "cells": _model_poison_cells(),
+    },
+    "poison-data-factors": {
+        "description": (
+            "Which data noise hurts: strong noise (σ 1) on the MRI, the CT or both, with an "
+            "L1 or MSE loss and Adam or SGD local training; FedAvg (about 4 min)."
+        ),
+        "base": "poison-base",
+        "cells": _data_noise_cells(),
+    },
 }
+
+CANCEL_FILE = "cancel"
+INVERSION_COLUMNS = ("ssim_body", "floor_ssim_body", "ssim", "psnr_db", "ssim_ct",
+                     "psnr_db_ct", "ssim_coarse")
 
 
 def find_finished_run(cfg: ExperimentConfig, root: Path) -> RunFolder | None:
@@ -69,7 +189,10 @@ def table_row(label: str, sets: list[str], run: RunFolder) -> dict[str, Any]:
     """One table row: the cell's settings, final sCT metrics and every attack's AUCs.
 
     Settings that sweeps vary are columns of their own (``dp_enabled``, ``noise_multiplier``,
-    ``clip_norm``, ``secure_aggregation``, ``aggregator``), read from the run's config.
+    ``clip_norm``, ``secure_aggregation``, ``aggregator``, ``prune_fraction``, ``loss``,
+    ``norm``, ``batch_size``, ``local_epochs``, ``image_size``), read from the run's config.
+    Inversion results are ``inversion_<metric>`` (means over clients) and
+    ``inversion_ssim_body[<center>]``.
     """
     s = run.summary() or {}
     cfg = run.config()
@@ -80,6 +203,11 @@ def table_row(label: str, sets: list[str], run: RunFolder) -> dict[str, Any]:
                            "clip_norm": cfg.defenses.dp.clip_norm,
                            "secure_aggregation": cfg.defenses.secure_aggregation,
                            "aggregator": cfg.federation.aggregator,
+                           "prune_fraction": cfg.defenses.prune_fraction,
+                           "loss": cfg.federation.loss, "norm": cfg.model.norm,
+                           "batch_size": cfg.federation.batch_size,
+                           "local_epochs": cfg.federation.local_epochs,
+                           "image_size": cfg.data.image_size,
                            "mae_hu": fin.get("mae_hu"), "psnr_db": fin.get("psnr_db"),
                            "ssim": fin.get("ssim")}
     mia = s.get("mia")
@@ -88,34 +216,74 @@ def table_row(label: str, sets: list[str], run: RunFolder) -> dict[str, Any]:
             row[f"auc_pooled[{attack}]"] = v["pooled_auc"]
             for center, auc in v["auc"].items():
                 row[f"auc[{attack}][{center}]"] = auc
+    poison = s.get("poisoning")
+    row["optimizer"] = cfg.federation.optimizer
+    if poison:
+        cell = poison["cells"][0]
+        row |= {"poison_kind": poison["kind"], "malicious": " ".join(poison["malicious_names"]),
+                "noise_std": poison["noise_std"], "poison_target": poison["target"],
+                "baseline_mae_hu": poison["baseline"][cfg.federation.aggregator]["mae_hu"],
+                "mae_ratio": cell["mae_ratio"],
+                "detected": " ".join(poison["detection"]["detected"])}
+    inv = s.get("inversion")
+    if inv:
+        row["inversion_round"] = next(iter(inv["per_client"].values()))["round"]
+        row |= {f"inversion_{k}": inv[k] for k in INVERSION_COLUMNS}
+        for center, v in inv["per_client"].items():
+            row[f"inversion_ssim_body[{center}]"] = v["ssim_body"]
     return row
+
+
+def sweep_folder(name: str, sets: list[str] | tuple = (), root: str | Path | None = None) -> Path:
+    """``<runs root>/sweeps/<name>-<hash of the base and cells>/`` (not created)."""
+    spec = sweep_spec(name)
+    cells = [list(c) + list(sets) for c in spec["cells"]]
+    digest = hashlib.sha256(json.dumps([spec["base"], cells]).encode()).hexdigest()[:8]
+    return runs_root(root) / "sweeps" / f"{name}-{digest}"
 
 
 def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tuple = (),
               progress: Callable[[str], None] = print) -> Path:
-    """Run (or resume) sweep ``name``; returns the sweep folder."""
+    """Run (or resume) sweep ``name``; returns the sweep folder.
+
+    A ``cancel`` file in the folder (see :func:`engine.jobs.cancel_sweep`) stops the sweep
+    before its next cell and is consumed; finished cells stay and a rerun resumes from there.
+    """
     from engine.experiment import execute
 
     spec = sweep_spec(name)
     cells = [list(c) + list(sets) for c in spec["cells"]]
     configs = [build_config(spec["base"], sets=c) for c in cells]  # validate all first
     base = runs_root(root)
-    digest = hashlib.sha256(json.dumps([spec["base"], cells]).encode()).hexdigest()[:8]
-    folder = base / "sweeps" / f"{name}-{digest}"
+    folder = sweep_folder(name, sets, root)
     folder.mkdir(parents=True, exist_ok=True)
     state = {"name": name, "base": spec["base"], "description": spec["description"],
-             "sets": list(sets),
+             "sets": list(sets), "state": "running", "pid": os.getpid(),
+             "cells_done": 0, "trained": 0,
              "cells": [{"label": cell_label(list(own)), "overrides": c, "run_id": None,
                         "reused": False} for own, c in zip(spec["cells"], cells, strict=True)],
              "started": time.time()}
+    write_json_atomic(folder / "sweep.json", state)
     rows = []
+    curves: dict[str, Any] = {}
     trained = 0
     for i, (cell, cfg) in enumerate(zip(state["cells"], configs, strict=True)):
+        if (folder / CANCEL_FILE).exists():
+            (folder / CANCEL_FILE).unlink(missing_ok=True)
+            progress(f"cancelled after {i} of {len(cells)} cells")
+            write_json_atomic(folder / "sweep.json", state | {"state": "cancelled"})
+            return folder
         run = find_finished_run(cfg, base)
         if run is None:
             progress(f"[{i + 1}/{len(cells)}] {cell['label']}: training")
             run = create_run(cfg, base, preset=spec["base"])
+            write_json_atomic(folder / "sweep.json", state | {"current_run": run.run_id})
             if execute(run) is None:
+                if run.status().get("state") == "cancelled":
+                    (folder / CANCEL_FILE).unlink(missing_ok=True)
+                    write_json_atomic(folder / "sweep.json", state | {"state": "cancelled"})
+                    return folder
+                write_json_atomic(folder / "sweep.json", state | {"state": "failed"})
                 raise RuntimeError(f"sweep cell {cell['label']!r} failed: "
                                    f"{run.status().get('error')} (see {run.path}/log.txt)")
             trained += 1
@@ -124,9 +292,13 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
             progress(f"[{i + 1}/{len(cells)}] {cell['label']}: reusing {run.run_id}")
         cell["run_id"] = run.run_id
         rows.append(table_row(cell["label"], cell["overrides"], run))
+        curves[run.run_id] = ((run.summary() or {}).get("federation") or {}).get("history")
         state |= {"trained": trained, "cells_done": i + 1, "updated": time.time()}
         write_json_atomic(folder / "sweep.json", state)
         write_table(folder, rows)
+        write_json_atomic(folder / "curves.json", curves)
+    (folder / CANCEL_FILE).unlink(missing_ok=True)  # a stop that came too late
+    write_json_atomic(folder / "sweep.json", state | {"state": "done"})
     return folder
 
 

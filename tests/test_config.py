@@ -25,6 +25,9 @@ def test_presets_validate(name):
         (["data.centers=1", "defenses.secure_aggregation=true"], r"needs data\.centers ≥ 2"),
         (["federation.roundz=3"], r"federation\.roundz: unknown key"),
         (["federation.server_view_rounds=[0, 99]"], r"outside 1…15"),
+        (["defenses.prune_fraction=1.0"], r"defenses\.prune_fraction = 1\.0"),
+        (["attacks.inversion.prior=gan"], r"attacks\.inversion\.prior = 'gan'.*'pca'"),
+        (["attacks.inversion.components=0"], r"attacks\.inversion\.components = 0"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(sets, pattern):

@@ -49,3 +49,29 @@ def test_unknown_sweep_and_bad_cell_fail_before_running(runs_dir, monkeypatch):
     with pytest.raises(ConfigError, match="federation.rounds = 0"):
         sweeps.run_sweep("broken")
     assert RunIndex().list() == []
+
+
+@pytest.mark.parametrize("name", list(sweeps.SWEEPS))
+def test_every_sweep_cell_is_a_valid_config(name):
+    from engine.config import build_config
+
+    spec = sweeps.sweep_spec(name)
+    hashes = {sweeps.config_hash(build_config(spec["base"], sets=c)) for c in spec["cells"]}
+    assert len(hashes) == len(spec["cells"])  # no two cells are the same experiment
+
+
+def test_inversion_results_become_columns(runs_dir, monkeypatch):
+    monkeypatch.setitem(sweeps.SWEEPS, "tiny-inv", {
+        "description": "", "base": "smoke",
+        "cells": [["defenses.prune_fraction=0.5"]],
+    })
+    folder = sweeps.run_sweep("tiny-inv", sets=[
+        "federation.rounds=1", "attacks.inversion.enabled=true",
+        "attacks.inversion.iterations=2", "attacks.inversion.restarts=1",
+        "attacks.inversion.target_center=all"], progress=lambda _: None)
+    (row,) = json.loads((folder / "table.json").read_text())
+    summary = json.loads((runs_dir / row["run_id"] / "summary.json").read_text())["inversion"]
+    assert row["prune_fraction"] == 0.5 and row["inversion_round"] == 1
+    assert row["inversion_ssim_body"] == summary["ssim_body"]
+    assert row["inversion_floor_ssim_body"] == summary["floor_ssim_body"]
+    assert row["inversion_ssim_body[center-2]"] == summary["per_client"]["center-2"]["ssim_body"]

@@ -37,6 +37,36 @@ SMOOTH_L1_EPS = 1e-4
 
 
 @dataclass
+class AttackerPrior:
+    """Statistics of a public cohort the attacker holds (not the federation's patients).
+
+    Attributes:
+        mri, ct_unit: ``(H, W)`` mean slices (MRI in [0, 1], CT in normalised units).
+        components: ``(K, 2, H, W)`` principal components of the paired ``[MRI, CT]``
+            slices, largest first, each scaled by its standard deviation (so a plausible
+            slice is ``mean + Σ z_k · component_k`` with ``z ~ N(0, 1)``).
+    """
+
+    mri: np.ndarray
+    ct_unit: np.ndarray
+    components: np.ndarray
+
+    @classmethod
+    def from_slices(cls, mri: np.ndarray, ct_unit: np.ndarray,
+                    max_components: int = 128) -> AttackerPrior:
+        """Mean and principal components of ``(N, 1, H, W)`` paired slices."""
+        n, _, h, w = mri.shape
+        flat = np.concatenate([mri.reshape(n, -1), ct_unit.reshape(n, -1)], axis=1)
+        mean = flat.mean(axis=0)
+        _, sing, vt = np.linalg.svd(flat - mean, full_matrices=False)
+        k = min(max_components, len(sing))
+        comps = vt[:k] * (sing[:k, None] / np.sqrt(max(n - 1, 1)))
+        return cls(mri=mean[: h * w].reshape(h, w).astype(np.float32),
+                   ct_unit=mean[h * w:].reshape(h, w).astype(np.float32),
+                   components=comps.reshape(k, 2, h, w).astype(np.float32))
+
+
+@dataclass
 class InversionPayload:
     """What the server holds about one client's upload (and nothing about its data).
 
@@ -48,8 +78,8 @@ class InversionPayload:
         local: the client's local training recipe (public protocol).
         num_examples: the count the client reported, i.e. how many slices to rebuild.
         image_size: slice size in pixels.
-        prior_mri, prior_ct_unit: ``(H, W)`` the attacker's population template (mean images
-            of data it plausibly holds), for the ``mean`` initialisation and the floor.
+        prior: what the attacker learnt from data it plausibly holds (mean images for the
+            ``mean`` initialisation and the floor; principal components for ``prior=pca``).
     """
 
     model: torch.nn.Module
@@ -59,8 +89,7 @@ class InversionPayload:
     local: LocalTraining
     num_examples: int
     image_size: int
-    prior_mri: np.ndarray
-    prior_ct_unit: np.ndarray
+    prior: AttackerPrior
     round: int = 0
     client: str = ""
 
@@ -76,7 +105,8 @@ class InversionResult:
         mri: ``(N, 1, H, W)`` reconstructed MRI in [0, 1].
         ct_unit: ``(N, 1, H, W)`` reconstructed CT in normalised CT units.
         losses: matching loss of the chosen restart per iteration.
-        snapshots_mri / snapshots_ct_unit: ``(S, N, 1, H, W)`` every ``snapshot_every`` its.
+        snapshots_mri / snapshots_ct_unit: ``(S, N, 1, H, W)`` every ``snapshot_every`` its:
+            the restart with the lowest loss at that iteration; the last frame is the result.
         restart_losses: final matching loss of every restart (the best one is kept).
     """
 
@@ -175,7 +205,12 @@ class GradientInversion:
         lr: step size (L-BFGS 1.0 as DLG; Adam 0.1 as IG).
         restarts: independent starts optimised together; the lowest final loss wins.
         tv_weight: total-variation prior on the dummy MRI and CT (0 = none).
-        init: ``random`` (uniform noise) or ``mean`` (the attacker's population template).
+        init: ``random`` (uniform noise; with ``prior=pca`` random coefficients) or ``mean``
+            (the attacker's population template).
+        prior: ``none`` (search every pixel) or ``pca`` (search only slices spanned by the
+            first ``components`` principal components of the attacker's public cohort: a
+            linear generative prior, as GAN-prior attacks use a generator).
+        components: number of principal components searched with ``prior=pca`` (1…128).
         box: clamp the dummies to their valid range [0, 1] after each step.
         batched: optimise restarts in one vmapped pass (False: one restart after another).
         snapshot_every: keep the chosen restart's images every k iterations (0 = never).
@@ -191,6 +226,8 @@ class GradientInversion:
     restarts: int = 4
     tv_weight: float = 0.01
     init: str = "random"
+    prior: str = "none"
+    components: int = 40
     box: bool = True
     batched: bool = True
     snapshot_every: int = 0
@@ -213,32 +250,32 @@ class GradientInversion:
                     .to(device) for n in names}
         buffers = {n: torch.as_tensor(np.asarray(by_name[n])).to(device)
                    for n, _ in model.named_buffers() if n in by_name}
-        shape = (self.restarts, payload.num_examples, 1, payload.image_size, payload.image_size)
-        mri, ct = self._init(shape, payload, device)
+        images, variables = self._search_space(payload, device)
 
-        def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        def objective(*v: torch.Tensor) -> torch.Tensor:
+            x, y = images(*v)
             sim = simulate_update(model, params, buffers, x, y, payload.local)
             loss = update_distance(sim, observed, self.distance)
             if self.tv_weight:
                 loss = loss + self.tv_weight * (total_variation(x) + total_variation(y))
             return loss
 
+        argnums = tuple(range(len(variables)))
         if self.batched:
-            value_and_grads = vmap(_value_and_grad(objective))
+            value_and_grads = vmap(_value_and_grad(objective, argnums))
         else:
-            single = _value_and_grad(objective)
+            single = _value_and_grad(objective, argnums)
 
-            def value_and_grads(xs: torch.Tensor, ys: torch.Tensor):
-                outs = [single(x, y) for x, y in zip(xs, ys, strict=True)]
+            def value_and_grads(*vs: torch.Tensor):
+                outs = [single(*v) for v in zip(*vs, strict=True)]
                 return (torch.stack([o[0] for o in outs]),
-                        (torch.stack([o[1][0] for o in outs]),
-                         torch.stack([o[1][1] for o in outs])))
+                        tuple(torch.stack([o[1][i] for o in outs]) for i in argnums))
 
-        mri.requires_grad_(True)
-        ct.requires_grad_(True)
-        opt = (torch.optim.LBFGS([mri, ct], lr=self.lr, max_iter=1, history_size=100,
+        for v in variables:
+            v.requires_grad_(True)
+        opt = (torch.optim.LBFGS(variables, lr=self.lr, max_iter=1, history_size=100,
                                  line_search_fn="strong_wolfe")
-               if self.optimizer == "lbfgs" else torch.optim.Adam([mri, ct], lr=self.lr))
+               if self.optimizer == "lbfgs" else torch.optim.Adam(variables, lr=self.lr))
         milestones = [int(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         schedule = (torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
                     if self.decay and self.optimizer == "adam" else None)
@@ -249,34 +286,42 @@ class GradientInversion:
         def closure() -> torch.Tensor:
             nonlocal last
             opt.zero_grad(set_to_none=True)
-            values, (gx, gy) = value_and_grads(mri.detach(), ct.detach())
-            mri.grad, ct.grad = (gx.sign(), gy.sign()) if self.signed else (gx, gy)
+            values, grads = value_and_grads(*(v.detach() for v in variables))
+            for v, g in zip(variables, grads, strict=True):
+                v.grad = g.sign() if self.signed else g
             last = values.detach()
             return values.sum()
+
+        def current(restart: int) -> tuple[np.ndarray, np.ndarray]:
+            with torch.no_grad():
+                x, y = images(*(v[restart].detach() for v in variables))
+            return x.cpu().numpy().clip(0, 1), y.cpu().numpy().clip(0, 1)
 
         for it in range(self.iterations):
             opt.step(closure)
             if schedule is not None:
                 schedule.step()
-            if self.box:
+            if self.box and self.prior == "none":
                 with torch.no_grad():
-                    mri.clamp_(0, 1)
-                    ct.clamp_(0, 1)
+                    for v in variables:
+                        v.clamp_(0, 1)
             history.append(last.cpu().numpy().copy())
             if self.snapshot_every and (it % self.snapshot_every == 0
                                         or it == self.iterations - 1):
-                best_now = int(torch.nan_to_num(last, nan=np.inf).argmin())
-                snaps_m.append(mri[best_now].detach().cpu().numpy().copy())
-                snaps_c.append(ct[best_now].detach().cpu().numpy().copy())
+                snap_m, snap_c = current(int(torch.nan_to_num(last, nan=np.inf).argmin()))
+                snaps_m.append(snap_m)
+                snaps_c.append(snap_c)
                 snap_its.append(it)
         with torch.no_grad():
-            final, _ = value_and_grads(mri.detach(), ct.detach())
+            final, _ = value_and_grads(*(v.detach() for v in variables))
         final = torch.nan_to_num(final, nan=np.inf).cpu()
         best = int(final.argmin())
         losses = np.array(history)[:, best].tolist() if history else []
+        mri, ct = current(best)
+        if snaps_m:  # the last frame is the result, even if another restart led before
+            snaps_m[-1], snaps_c[-1] = mri, ct
         return InversionResult(
-            mri=mri[best].detach().cpu().numpy().clip(0, 1),
-            ct_unit=ct[best].detach().cpu().numpy().clip(0, 1),
+            mri=mri, ct_unit=ct,
             losses=[float(v) for v in losses],
             snapshots_mri=np.stack(snaps_m) if snaps_m else None,
             snapshots_ct_unit=np.stack(snaps_c) if snaps_c else None,
@@ -286,22 +331,42 @@ class GradientInversion:
             iterations=self.iterations,
         )
 
-    def _init(self, shape: tuple[int, ...], payload: InversionPayload,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search_space(self, payload: InversionPayload, device: torch.device):
+        """``(images, variables)``: the optimised leaf tensors (leading dim = restarts) and
+        the map from one restart's slice of them to ``(N, 1, H, W)`` dummy MRI and CT."""
         gen = torch.Generator().manual_seed(self.seed)
+        n, size = payload.num_examples, payload.image_size
+        prior = payload.prior
+        if self.prior == "pca":
+            k = min(self.components, len(prior.components))
+            basis = torch.as_tensor(prior.components[:k].reshape(k, -1)).to(device)
+            mean = torch.as_tensor(np.stack([prior.mri, prior.ct_unit]).reshape(-1)).to(device)
+            scale = 1.0 if self.init == "random" else 0.05
+            z = (scale * torch.randn((self.restarts, n, k), generator=gen)).to(device)
+
+            def decode(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                both = (mean + latent @ basis).clamp(0, 1).reshape(n, 2, size, size)
+                return both[:, :1], both[:, 1:]
+
+            return decode, [z]
+        shape = (self.restarts, n, 1, size, size)
         if self.init == "mean":
             noise = 0.05 * torch.randn(shape, generator=gen)
-            mri = torch.as_tensor(payload.prior_mri, dtype=torch.float32) + noise
-            ct = torch.as_tensor(payload.prior_ct_unit, dtype=torch.float32) + noise
-            return mri.clamp(0, 1).to(device), ct.clamp(0, 1).to(device)
-        return (torch.rand(shape, generator=gen).to(device),
-                torch.rand(shape, generator=gen).to(device))
+            mri = torch.as_tensor(prior.mri) + noise
+            ct = torch.as_tensor(prior.ct_unit) + noise
+            return _identity, [mri.clamp(0, 1).to(device), ct.clamp(0, 1).to(device)]
+        return _identity, [torch.rand(shape, generator=gen).to(device),
+                           torch.rand(shape, generator=gen).to(device)]
 
 
-def _value_and_grad(objective):
-    """``(x, y) → (value, (∂/∂x, ∂/∂y))`` as a torch.func transform (vmappable)."""
-    def fn(x: torch.Tensor, y: torch.Tensor):
-        grads, value = grad_and_value(objective, argnums=(0, 1))(x, y)
+def _identity(mri: torch.Tensor, ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return mri, ct
+
+
+def _value_and_grad(objective, argnums: tuple[int, ...]):
+    """``(*v) → (value, grads w.r.t. v)`` as a torch.func transform (vmappable)."""
+    def fn(*v: torch.Tensor):
+        grads, value = grad_and_value(objective, argnums=argnums)(*v)
         return value, grads
 
     return fn
@@ -325,22 +390,26 @@ def inverting_gradients(**overrides: Any) -> GradientInversion:
 # --------------------------------------------------------------------------- scenario
 
 
-def attacker_prior(cfg: Any, n_patients: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """The attacker's population template ``(H, W)`` MRI and CT (normalised units).
+def attacker_prior(cfg: Any, min_slices: int = 160) -> AttackerPrior:
+    """What the attacker learns from a public cohort: mean slices and principal components.
 
-    Mean slices of phantom patients from a seed and a scanner profile that are not the
-    federation's: data of the same kind that an attacker plausibly holds (a public cohort).
+    The cohort is phantom patients from another seed and four scanner profiles that are not
+    the federation's (data of the same kind that an attacker plausibly holds), sampled with
+    the federation's slice protocol; at least ``min_slices`` slices.
     """
     from engine.data.phantom import phantom_patient
     from engine.data.preprocess import hu_to_unit
     from engine.data.types import SliceSet
 
     d = cfg.data
+    profiles = 4
+    per_profile = max(2, -(-min_slices // (profiles * d.slices_per_patient)))
     slices = SliceSet.concat([
-        phantom_patient(cfg.seed + 1_000_003, 97, p, image_size=d.image_size,
-                        n_slices=d.slices_per_patient) for p in range(n_patients)
+        phantom_patient(cfg.seed + 1_000_003, 90 + c, p, image_size=d.image_size,
+                        n_slices=d.slices_per_patient)
+        for c in range(profiles) for p in range(per_profile)
     ])
-    return slices.mri.mean(axis=(0, 1)), hu_to_unit(slices.ct_hu).mean(axis=(0, 1))
+    return AttackerPrior.from_slices(slices.mri, hu_to_unit(slices.ct_hu))
 
 
 def pick_round(recorded: list[int], target: str | int) -> int:
@@ -366,7 +435,7 @@ def inversion_payloads(run_dir: Any, cfg: Any) -> list[InversionPayload]:
     view = ServerView(run_dir)
     rnd = view[pick_round(view.rounds, inv.target_round)]
     clients = rnd.clients if inv.target_center == "all" else [rnd.clients[inv.target_center]]
-    prior_mri, prior_ct = attacker_prior(cfg)
+    prior = attacker_prior(cfg)
     payloads = []
     for c in clients:
         reported = int(rnd.metadata[c]["num_examples"])
@@ -375,7 +444,7 @@ def inversion_payloads(run_dir: Any, cfg: Any) -> list[InversionPayload]:
             global_params=rnd.global_params, client_params=rnd.client_params(c),
             local=local_training_of(cfg),
             num_examples=reported if inv.batch_size == "auto" else inv.batch_size,
-            image_size=cfg.data.image_size, prior_mri=prior_mri, prior_ct_unit=prior_ct,
+            image_size=cfg.data.image_size, prior=prior,
             round=rnd.round, client=c,
         ))
     return payloads
@@ -385,6 +454,7 @@ def attack_from_config(inv: Any, seed: int = 0) -> GradientInversion:
     """The attack described by ``attacks.inversion`` (method defaults filled in)."""
     factory = dlg if inv.method == "dlg" else inverting_gradients
     knobs = {"iterations": inv.iterations, "restarts": inv.restarts, "init": inv.init,
+             "prior": inv.prior, "components": inv.components,
              "snapshot_every": inv.snapshot_every, "seed": seed}
     knobs |= {k: v for k, v in (("lr", inv.lr), ("tv_weight", inv.tv_weight),
                                 ("distance", inv.distance)) if v is not None}
@@ -417,7 +487,7 @@ def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
         true_ct = hu_to_unit(truth.ct_hu)
         metrics = reconstruction_metrics(result.mri, result.ct_unit, truth.mri, true_ct,
                                          truth.mask)
-        floor = template_metrics(payload.prior_mri, payload.prior_ct_unit, truth.mri, true_ct,
+        floor = template_metrics(payload.prior.mri, payload.prior.ct_unit, truth.mri, true_ct,
                                  truth.mask)
         per_client[payload.client] = {
             **{k: v for k, v in metrics.items() if k != "pairs"},
@@ -431,7 +501,7 @@ def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
             out / f"{payload.client}.npz", mri=result.mri, ct_unit=result.ct_unit,
             true_mri=truth.mri, true_ct_unit=true_ct, mask=truth.mask,
             pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2),
-            prior_mri=payload.prior_mri, prior_ct_unit=payload.prior_ct_unit,
+            prior_mri=payload.prior.mri, prior_ct_unit=payload.prior.ct_unit,
             losses=np.array(result.losses),
             snapshots_mri=(result.snapshots_mri if result.snapshots_mri is not None
                            else np.zeros((0,))),

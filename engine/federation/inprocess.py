@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.attacks.poisoning import malicious_upload, poison_slices, update_statistics
 from engine.config import ExperimentConfig
 from engine.data.types import Cohort
 from engine.federation import server_view
 from engine.federation.aggregators import make_aggregator
 from engine.federation.client import LocalTraining, evaluate_patients, train_local
 from engine.federation.dp import privatize_update
+from engine.federation.pruning import prune_update
 from engine.metrics import mean_over_patients
 from engine.model import NDArrays, build_unet, get_parameters, select_device
 
@@ -42,6 +44,7 @@ class FederationResult:
     train_s: float = 0.0
     eval_s: float = 0.0
     steps: int = 0
+    detection: list[dict[str, Any]] = field(default_factory=list)
 
 
 def local_training_of(cfg: ExperimentConfig) -> LocalTraining:
@@ -60,6 +63,45 @@ def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
 
 def _client_seed(seed: int, rnd: int, center: int) -> int:
     return int(np.random.default_rng([seed, rnd, center]).integers(2**62))
+
+
+def _training_data(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str]]:
+    """Every center's training slices (poisoned for ``data_noise`` attackers) and the names
+    of the malicious centers (empty without poisoning)."""
+    poison = cfg.attacks.poisoning
+    if not poison.enabled:
+        return [c.train for c in cohort.centers], set()
+    bad = set(poison.malicious_centers)
+    data = [poison_slices(c.train, poison.target, poison.noise_std, poison.fraction,
+                          np.random.default_rng([cfg.seed, k, 2]))
+            if k in bad and poison.kind == "data_noise" else c.train
+            for k, c in enumerate(cohort.centers)]
+    return data, {cohort.centers[k].name for k in bad}
+
+
+def _uploads(cfg: ExperimentConfig, rnd: int, trained: dict[str, NDArrays],
+             metadata: dict[str, dict], malicious: set[str],
+             global_params: NDArrays) -> dict[str, NDArrays]:
+    """What each center sends: honest centers apply the client-side defenses (pruning, DP);
+    malicious ones send their attack instead."""
+    dp = cfg.defenses.dp
+    uploads = {}
+    for k, (name, params) in enumerate(trained.items()):
+        rng = np.random.default_rng([cfg.seed, rnd, k, 1])
+        if name in malicious:
+            # ALIE is given every center's honestly trained update (its own included).
+            uploads[name] = malicious_upload(cfg.attacks.poisoning.kind, params,
+                                             list(trained.values()), global_params,
+                                             cfg.attacks.poisoning, rng)
+            continue
+        if cfg.defenses.prune_fraction:
+            params = prune_update(params, global_params, cfg.defenses.prune_fraction)
+        if dp.enabled:
+            params, dp_meta = privatize_update(params, global_params, dp.clip_norm,
+                                               dp.noise_multiplier, rng)
+            metadata[name] |= dp_meta
+        uploads[name] = params
+    return uploads
 
 
 def evaluate_global(model: torch.nn.Module, params: NDArrays,
@@ -97,19 +139,24 @@ def run_federation(
             "clients": {id: metadata}, "elapsed_s"}``; round 0 is the untrained model.
         should_stop: polled between clients; returning True raises :class:`Cancelled`.
     """
-    fed, dp = cfg.federation, cfg.defenses.dp
+    fed = cfg.federation
     model = build_model(cfg)
     names = list(model.state_dict())
     aggregator = make_aggregator(fed)
     local = local_training_of(cfg)
     global_params = get_parameters(model)
     result = FederationResult(final_params=global_params)
+    train_sets, malicious = _training_data(cfg, cohort)
     t_start = time.perf_counter()
 
-    def record(rnd: int, clients: dict[str, dict], evaluate_now: bool) -> None:
+    def record(rnd: int, clients: dict[str, dict], evaluate_now: bool,
+               detection: dict[str, dict] | None = None) -> None:
         t0 = time.perf_counter()
         entry: dict[str, Any] = {"round": rnd, "global": None, "per_center": None,
                                  "unseen": None, "clients": clients}
+        if detection is not None:
+            entry["detection"] = detection
+            result.detection.append({"round": rnd, "clients": detection})
         if evaluate_now:
             pooled, per_center, unseen = evaluate_global(model, global_params, cohort)
             entry |= {"global": pooled, "per_center": per_center, "unseen": unseen}
@@ -123,23 +170,17 @@ def run_federation(
     record(0, {}, evaluate_now=True)
     for rnd in range(1, fed.rounds + 1):
         t0 = time.perf_counter()
-        uploads: dict[str, NDArrays] = {}
-        weights: dict[str, int] = {}
+        trained: dict[str, NDArrays] = {}
         metadata: dict[str, dict[str, Any]] = {}
         for k, center in enumerate(cohort.centers):
             if should_stop():
                 raise Cancelled(f"cancelled during round {rnd}")
-            params, meta = train_local(model, global_params, center.train, local,
-                                       seed=_client_seed(cfg.seed, rnd, k))
-            result.steps += int(meta["steps"])
-            if dp.enabled:
-                rng = np.random.default_rng([cfg.seed, rnd, k, 1])
-                params, dp_meta = privatize_update(params, global_params, dp.clip_norm,
-                                                   dp.noise_multiplier, rng)
-                meta |= dp_meta
-            uploads[center.name] = params
-            weights[center.name] = int(meta["num_examples"])
-            metadata[center.name] = meta
+            trained[center.name], metadata[center.name] = train_local(
+                model, global_params, train_sets[k], local, seed=_client_seed(cfg.seed, rnd, k))
+            result.steps += int(metadata[center.name]["steps"])
+        uploads = _uploads(cfg, rnd, trained, metadata, malicious, global_params)
+        weights = {c: int(metadata[c]["num_examples"]) for c in uploads}
+        detection = None
         if cfg.defenses.secure_aggregation:
             from engine.federation.secagg import secure_round
 
@@ -153,6 +194,8 @@ def run_federation(
             sent = uploads
             new_params = aggregator([(uploads[c], weights[c]) for c in uploads])
             encoding = {"kind": "plain"}
+            if malicious:
+                detection = update_statistics(uploads, global_params)
         if run_dir is not None and cfg.records_view(rnd):
             server_view.write_round(run_dir, rnd, global_params=global_params, uploads=sent,
                                     aggregate=new_params, metadata=metadata,
@@ -160,6 +203,7 @@ def run_federation(
         global_params = new_params
         result.train_s += time.perf_counter() - t0
         last = rnd == fed.rounds
-        record(rnd, metadata, evaluate_now=last or rnd % fed.eval_every == 0)
+        record(rnd, metadata, evaluate_now=last or rnd % fed.eval_every == 0,
+               detection=detection)
     result.final_params = global_params
     return result

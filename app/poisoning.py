@@ -1,0 +1,579 @@
+"""Display helpers for the Poisoning page: run listing, verdict, curves, detection, sweep views.
+
+Only formats what the engine wrote (``summary.json``'s ``poisoning`` block and federation
+history, and the ``poison-paper`` / ``poison-model`` / ``poison-data-factors`` sweep folders
+found with :func:`engine.sweeps.sweep_folder`); the only numbers derived here are
+differences (the change in percent) for display.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+import yaml
+from plotly.subplots import make_subplots
+
+from app.mia import read_json
+from engine.config import ROBUST_AGGREGATORS
+from engine.runs import ACTIVE, JOB_PID_FILE, RunFolder, RunIndex, pid_alive
+from engine.sweeps import POISON_AGGREGATORS, POISON_LEVELS, sweep_folder, sweep_spec
+
+BASE_PRESET = "poison-base"
+SWEEP_COMMAND = "fedsct sweep --preset {name}"
+# Verdict thresholds on the attacked model's MAE over the same federation's clean MAE.
+USELESS = 2.0  # the error at least doubled
+PROTECTED = 1.25  # within 25 % of the clean error
+
+KIND_NAMES = {
+    "data_noise": "noise on the hospital's images",
+    "update_noise": "noise on the uploaded model",
+    "sign_flip": "reversed update",
+    "scaling": "amplified update (model replacement)",
+    "alie": "A Little Is Enough",
+}
+KIND_HELP = {
+    "data_noise": "The hospital trains on images spoilt with random noise (a broken scanner "
+                  "or a deliberate attack) and sends the resulting model as usual.",
+    "update_noise": "The hospital adds random noise to the model it sends back.",
+    "sign_flip": "The hospital sends the opposite of what it learnt, four times as strong, "
+                 "pushing the shared model the wrong way.",
+    "scaling": "The hospital multiplies its change by four so that its model outweighs "
+               "everyone else's (model replacement).",
+    "alie": "The attackers send a change that is slightly wrong but stays within the normal "
+            "spread of honest hospitals, so it is hard to spot (Baruch et al., 2019).",
+}
+NOISE_KINDS = tuple(POISON_LEVELS)
+RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
+              "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
+              "bulyan": "Bulyan"}
+RULE_COLOURS = {"fedavg": "#c0392b", "fedprox": "#e67e22", "fedmedian": "#2471a3",
+                "trimmed_mean": "#17a589", "krum": "#7d3c98", "multikrum": "#a04000",
+                "bulyan": "#2e4053"}
+METRICS = {"mae_hu": "Average error, MAE (HU) — lower is better",
+           "psnr_db": "Image quality, PSNR (dB) — higher is better",
+           "ssim": "Structural similarity, SSIM (0–1) — higher is better"}
+METRIC_SHORT = {"mae_hu": "MAE", "psnr_db": "PSNR", "ssim": "SSIM"}
+TARGET_NAMES = {"mri": "noise on the MRI only", "ct": "noise on the CT only",
+                "both": "noise on MRI and CT"}
+SWEEP_TEXT = {
+    "poison-paper": "every single attacking hospital (and every pair for the averaging "
+                    "rules), noise on images or on the upload at a low and a high level, "
+                    "against four rules",
+    "poison-model": "reversed, amplified and 'A Little Is Enough' updates from one hospital "
+                    "against each rule",
+    "poison-data-factors": "strong image noise on the MRI, the CT or both, with two losses "
+                           "and two local optimisers (FedAvg)",
+}
+SWEEP_MINUTES = {"poison-paper": 25, "poison-model": 3, "poison-data-factors": 4}
+
+
+def rule_name(rule: str) -> str:
+    return RULE_NAMES.get(rule, rule)
+
+
+def kind_name(kind: str) -> str:
+    return KIND_NAMES.get(kind, kind)
+
+
+def level_text(kind: str, std: float) -> str:
+    """``low (σ 0.1)`` for the study's levels, else ``σ 0.25``."""
+    levels = POISON_LEVELS.get(kind)
+    if levels and std in levels:
+        return f"{'low' if std == levels[0] else 'high'} (σ {std:g})"
+    return f"σ {std:g}"
+
+
+def hospitals_text(names: list[str]) -> str:
+    return ", ".join(names) if names else "none"
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def attack_sets(kind: str, malicious: list[int], rule: str,
+                noise_std: float | None = None) -> list[str]:
+    """``--set`` overrides of poison-base for one attack and rule, spelt like the sweeps'
+    cells so that a finished sweep cell with the same settings is found and reused."""
+    sets = list(POISON_AGGREGATORS.get(rule, [f"federation.aggregator={rule}"]))
+    sets += ["attacks.poisoning.enabled=true", f"attacks.poisoning.kind={kind}",
+             f"attacks.poisoning.malicious_centers={sorted(malicious)}"]
+    if kind in NOISE_KINDS and noise_std is not None:
+        sets.append(f"attacks.poisoning.noise_std={noise_std!r}")
+    return sets
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@st.cache_data(max_entries=256)
+def _read_yaml(path: str, mtime: float) -> Any:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _poisoning_enabled(run: RunFolder) -> bool:
+    """Whether the run's stored config asked for poisoning (False if unreadable)."""
+    path = run.path / "config.yaml"
+    try:
+        cfg = _read_yaml(str(path), path.stat().st_mtime)
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(cfg, dict):
+        return False
+    poison = (cfg.get("attacks") or {}).get("poisoning") or {}
+    return isinstance(poison, dict) and bool(poison.get("enabled"))
+
+
+# Settings that pick the rule; runs that differ only in these attacked the same federation.
+RULE_KEYS = ("aggregator", "fedprox_mu", "trim_beta", "num_malicious", "multikrum_m")
+
+
+@dataclass
+class PoisonRun:
+    """A finished run that carries poisoning results."""
+
+    run: RunFolder
+    created: float
+    summary: dict[str, Any]
+
+    @property
+    def poison(self) -> dict[str, Any]:
+        return self.summary["poisoning"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.summary.get("config") or {}
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name") or "run"
+
+    @property
+    def aggregator(self) -> str:
+        return str((self.summary.get("federation") or {}).get("aggregator")
+                   or (self.config.get("federation") or {}).get("aggregator") or "fedavg")
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return (self.summary.get("federation") or {}).get("history") or []
+
+    @property
+    def attack(self) -> str:
+        """The attack in a few words: kind, strength and attackers."""
+        p = self.poison
+        kind = p.get("kind", "")
+        words = kind_name(kind)
+        if kind in NOISE_KINDS:
+            words += f" {level_text(kind, float(p.get('noise_std', 0)))}"
+        elif kind in ("sign_flip", "scaling"):
+            words += f" ×{float(p.get('scale', 0)):g}"
+        elif kind == "alie":
+            words += f" z {float(p.get('z', 0)):g}"
+        return f"{words} from {hospitals_text(list(p.get('malicious_names') or []))}"
+
+    @property
+    def label(self) -> str:
+        when = time.strftime("%d %b %H:%M", time.localtime(self.created or 0))
+        return f"{self.name} · {when} · {rule_name(self.aggregator)} · {self.attack}"
+
+    @property
+    def attack_key(self) -> str:
+        """The run's settings without the rule: equal keys = same attack on the same
+        federation, so their curves can share a chart."""
+        cfg = json.loads(json.dumps(self.config))
+        cfg.pop("name", None)
+        for key in RULE_KEYS:
+            (cfg.get("federation") or {}).pop(key, None)
+        return json.dumps(cfg, sort_keys=True)
+
+
+def poisoning_runs() -> tuple[list[PoisonRun], list[Path]]:
+    """Finished runs whose summary has a ``poisoning`` block, newest first; and the summary
+    files of finished poisoning runs that are missing or unreadable."""
+    index = RunIndex()
+    out, damaged = [], []
+    for rec in index.list():
+        if rec["state"] != "done":
+            continue
+        run = RunFolder(index.root / rec["run_id"])
+        summary = read_json(run.path / "summary.json")
+        if isinstance(summary, dict) and isinstance(summary.get("poisoning"), dict):
+            out.append(PoisonRun(run, rec["created"] or 0.0, summary))
+        elif _poisoning_enabled(run):
+            damaged.append(run.path / "summary.json")
+    return out, damaged
+
+
+def same_attack(shown: PoisonRun, runs: list[PoisonRun]) -> list[PoisonRun]:
+    """The shown run and, per other rule, the newest run of the same attack (rule order)."""
+    picked = {shown.aggregator: shown}
+    key = shown.attack_key
+    for r in runs:
+        if r.aggregator not in picked and r.attack_key == key:
+            picked[r.aggregator] = r
+    order = list(RULE_NAMES)
+    return sorted(picked.values(), key=lambda r: order.index(r.aggregator)
+                  if r.aggregator in order else len(order))
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+@dataclass
+class Verdict:
+    colour: str
+    title: str
+    detail: str
+
+
+def verdict(poison: dict[str, Any], aggregator: str) -> Verdict:
+    """How much the attack hurt, from the final MAE against the same federation without
+    attackers (``mae_ratio``), and whether the rule is a robust one."""
+    cell = poison["cells"][0]
+    base = poison["baseline"][aggregator]
+    ratio = float(cell["mae_ratio"])
+    rule = rule_name(aggregator)
+    robust = aggregator in ROBUST_AGGREGATORS
+    if ratio >= USELESS:
+        colour = "red"
+        title = ("The federation was made useless: the shared model's error at least doubled"
+                 + (f" even though {rule} is meant to resist attackers" if robust else ""))
+    elif ratio <= PROTECTED:
+        colour = "green"
+        title = (f"The rule protected the federation: {rule} kept the error within 25 % of "
+                 "the clean federation's" if robust else
+                 f"The attack barely hurt the federation: under {rule} the error stayed within "
+                 "25 % of the clean federation's")
+    else:
+        colour = "orange"
+        title = ("The federation was damaged but still learns: the error rose by more than "
+                 "25 %, without doubling")
+    names = list(poison.get("malicious_names") or [])
+    who = (f"{len(names)} malicious hospital{'s' if len(names) != 1 else ''} "
+           f"({hospitals_text(names)})")
+    detail = (f"With {who} sending {kind_name(str(poison.get('kind')))}, **{rule}** ended with "
+              f"an average error of **{float(cell['mae_hu']):.0f} HU** against "
+              f"**{float(base['mae_hu']):.0f} HU** for the same federation without attackers: "
+              f"**{ratio:.2f}×** the clean error ({(ratio - 1) * 100:+.0f} %). "
+              f"PSNR {float(cell['psnr_db']):.1f} dB vs {float(base['psnr_db']):.1f} dB, "
+              f"SSIM {float(cell['ssim']):.3f} vs {float(base['ssim']):.3f}. "
+              f"Twice the clean error or more counts as useless; within 25 % as protected.")
+    return Verdict(colour, title, detail)
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _axis_title(metric: str) -> str:
+    return METRICS.get(metric, metric)
+
+
+def curves_figure(lines: list[tuple[str, list[dict[str, Any]] | None,
+                                    list[dict[str, Any]] | None]],
+                  metric: str) -> go.Figure:
+    """Per rule: the attacked federation (solid) and the same one without attackers
+    (dashed, same colour), ``metric`` per round."""
+    fig = go.Figure()
+    for rule, attacked, clean in lines:
+        colour = RULE_COLOURS.get(rule, "#555555")
+        for history, dash, who in ((attacked, "solid", "under attack"),
+                                   (clean, "dash", "without attackers")):
+            if not history:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[h["round"] for h in history], y=[h.get(metric) for h in history],
+                mode="lines+markers", name=f"{rule_name(rule)} {who}",
+                line={"color": colour, "dash": dash, "width": 3 if dash == "solid" else 2},
+                hovertemplate=f"{rule_name(rule)} {who}, round %{{x}}: %{{y:.3g}}"
+                              "<extra></extra>"))
+    fig.update_xaxes(title_text="round (0 = untrained)")
+    fig.update_yaxes(title_text=_axis_title(metric))
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 20, "b": 10},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def detection_figure(detection: dict[str, Any], malicious: list[str]) -> go.Figure:
+    """Each hospital's distance to the median upload ÷ the typical distance, per round;
+    attackers in red, the flag threshold dotted, flagged rounds marked with a cross."""
+    per_round = detection.get("per_round") or []
+    clients = list(per_round[0]["clients"]) if per_round else []
+    fig = go.Figure()
+    greys = ("#7f8c8d", "#95a5a6", "#5d6d7e", "#aab7b8", "#839192", "#4d5656")
+    honest = 0
+    for c in clients:
+        bad = c in malicious
+        colour = "#c0392b" if bad else greys[honest % len(greys)]
+        honest += 0 if bad else 1
+        fig.add_trace(go.Scatter(
+            x=[r["round"] for r in per_round],
+            y=[r["clients"][c]["distance_ratio"] for r in per_round],
+            mode="lines+markers", name=f"{c} (attacker)" if bad else f"{c} (honest)",
+            line={"color": colour, "width": 4 if bad else 1.5},
+            hovertemplate=f"{c}, round %{{x}}: %{{y:.2f}}× the typical distance<extra></extra>"))
+    flagged = [(r["round"], r["clients"][c]["distance_ratio"], c)
+               for r in per_round for c in clients if r["clients"][c]["flagged"]]
+    if flagged:
+        fig.add_trace(go.Scatter(
+            x=[f[0] for f in flagged], y=[f[1] for f in flagged],
+            customdata=[f[2] for f in flagged], mode="markers", name="flagged by the server",
+            marker={"symbol": "x", "size": 13, "color": "black"},
+            hovertemplate="%{customdata} flagged in round %{x}<extra></extra>"))
+    threshold = float(detection.get("flag_ratio") or 2.0)
+    fig.add_hline(y=threshold, line_dash="dot", line_color="black",
+                  annotation_text=f"flag threshold ({threshold:g}×)",
+                  annotation_position="top left")
+    fig.update_yaxes(type="log", title_text="distance to the median upload ÷ typical (log)")
+    fig.update_xaxes(title_text="round", dtick=1)
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 20, "b": 10},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def detection_sentence(detection: dict[str, Any], malicious: list[str]) -> str:
+    """Whether each attacker stood out from the honest hospitals, with the numbers."""
+    if not detection.get("per_round"):
+        return ("The server had no individual uploads to compare (secure aggregation hides "
+                "them), so it could not single out an attacker.")
+    rate = detection.get("flag_rate") or {}
+    ratio = detection.get("mean_distance_ratio") or {}
+    detected = set(detection.get("detected") or [])
+    parts = []
+    for c in malicious:
+        numbers = (f"flagged in {float(rate.get(c, 0)):.0%} of rounds, on average "
+                   f"{float(ratio.get(c, 0)):.1f}× as far from the median upload as a typical "
+                   "hospital")
+        if c in detected:
+            parts.append(f"The attacker **{c}** was visible: {numbers}.")
+        else:
+            parts.append(f"The attacker **{c}** hid among the honest hospitals: {numbers}, "
+                         "so a server watching for outliers would not have noticed it.")
+    false = sorted(detected - set(malicious))
+    if false:
+        parts.append(f"Honest hospital{'s' if len(false) > 1 else ''} "
+                     f"{hospitals_text(false)} {'were' if len(false) > 1 else 'was'} flagged "
+                     "in most rounds too (false alarms).")
+    return " ".join(parts)
+
+
+def ratio_heatmap(row_labels: list[str], col_labels: list[str],
+                  mae: list[list[float | None]], ratio: list[list[float | None]],
+                  x_title: str, y_title: str) -> go.Figure:
+    """A grid coloured by the error relative to the clean federation (green 1× … red ≥ 3×),
+    each cell labelled with the final MAE and that ratio."""
+    text = [[f"{m:.0f} HU<br>×{r:.2f}" if m is not None and r is not None else ""
+             for m, r in zip(mrow, rrow, strict=True)]
+            for mrow, rrow in zip(mae, ratio, strict=True)]
+    fig = go.Figure(go.Heatmap(
+        z=ratio, x=col_labels, y=row_labels, text=text, texttemplate="%{text}",
+        zmin=1.0, zmax=3.0, colorscale=[[0.0, "#1e8449"], [0.5, "#f4d03f"], [1.0, "#c0392b"]],
+        colorbar={"title": {"text": "× clean error"}},
+        hovertemplate="%{y} · %{x}: %{text}<extra></extra>", xgap=2, ygap=2))
+    fig.update_yaxes(title_text=y_title, autorange="reversed", type="category")
+    fig.update_xaxes(title_text=x_title, side="top", type="category")
+    fig.update_layout(height=max(220, 60 * len(row_labels) + 120),
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    return fig
+
+
+def grid(rows: list[dict[str, Any]], row_of: Any, col_of: Any,
+         row_order: list[str] | None = None, col_order: list[str] | None = None
+         ) -> tuple[list[str], list[str], list[list[Any]], list[list[Any]]]:
+    """Rows of a sweep table as a grid: labels, final MAE and ``mae_ratio`` per cell (None
+    where the study has no such cell). ``row_of``/``col_of`` give a row's labels."""
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        cells[(row_of(r), col_of(r))] = r
+    rlabels = list(dict.fromkeys(k[0] for k in cells))
+    clabels = list(dict.fromkeys(k[1] for k in cells))
+    if row_order:
+        rlabels = sorted(rlabels, key=lambda v: row_order.index(v) if v in row_order
+                         else len(row_order))
+    if col_order:
+        clabels = sorted(clabels, key=lambda v: col_order.index(v) if v in col_order
+                         else len(col_order))
+    mae = [[(cells.get((r, c)) or {}).get("mae_hu") for c in clabels] for r in rlabels]
+    ratio = [[(cells.get((r, c)) or {}).get("mae_ratio") for c in clabels] for r in rlabels]
+    return rlabels, clabels, mae, ratio
+
+
+def malicious_order(values: list[str]) -> list[str]:
+    """Attacker sets, single hospitals first."""
+    return sorted(set(values), key=lambda v: (len(v.split()), v))
+
+
+def poisoned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("poison_kind")]
+
+
+def clean_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The clean baseline row of each rule (first one wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if not r.get("poison_kind"):
+            out.setdefault(str(r.get("aggregator")), r)
+    return out
+
+
+def levels_of(rows: list[dict[str, Any]], kind: str) -> list[float]:
+    return sorted({float(r["noise_std"]) for r in poisoned(rows)
+                   if r.get("poison_kind") == kind and r.get("noise_std") is not None})
+
+
+def level_figure(rows: list[dict[str, Any]], malicious: str, metric: str) -> go.Figure:
+    """Final ``metric`` against the noise level, one panel per noise kind and one line per
+    rule, for one set of attackers; 'no attack' is the rule's clean run."""
+    kinds = [k for k in NOISE_KINDS if any(r.get("poison_kind") == k for r in rows)]
+    fig = make_subplots(rows=1, cols=max(1, len(kinds)), horizontal_spacing=0.1,
+                        subplot_titles=[kind_name(k) for k in kinds] or [""])
+    clean = clean_rows(rows)
+    rules = list(dict.fromkeys(str(r.get("aggregator")) for r in poisoned(rows)
+                               if r.get("malicious") == malicious))
+    rules.sort(key=lambda a: list(RULE_NAMES).index(a) if a in RULE_NAMES else 99)
+    for col, kind in enumerate(kinds, start=1):
+        levels = levels_of(rows, kind)
+        for rule in rules:
+            by_level = {float(r["noise_std"]): r for r in poisoned(rows)
+                        if r.get("poison_kind") == kind and r.get("aggregator") == rule
+                        and r.get("malicious") == malicious and r.get("noise_std") is not None}
+            x = ["no attack", *[level_text(kind, v) for v in levels]]
+            y = [(clean.get(rule) or {}).get(metric),
+                 *[(by_level.get(v) or {}).get(metric) for v in levels]]
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="lines+markers", name=rule_name(rule), legendgroup=rule,
+                showlegend=col == 1, line={"color": RULE_COLOURS.get(rule, "#555555")},
+                hovertemplate=f"{rule_name(rule)}, %{{x}}: %{{y:.3g}}<extra></extra>"),
+                row=1, col=col)
+        fig.update_yaxes(title_text=_axis_title(metric) if col == 1 else None, row=1, col=col)
+        fig.update_xaxes(type="category", row=1, col=col)
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.2})
+    fig.update_annotations(font_size=13)
+    return fig
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class Sweep:
+    """What a sweep folder holds: progress (``sweep.json``), rows (``table.json``) and
+    curves (``curves.json``); unreadable files are listed in ``damaged``."""
+
+    name: str
+    folder: Path
+    state: str | None = None  # None: never started
+    cells_done: int = 0
+    total: int = 0
+    current: str | None = None
+    rows: list[dict[str, Any]] | None = None
+    damaged: list[Path] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.folder / JOB_PID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def curves(self) -> dict[str, Any] | None:
+        """``curves.json`` ({run id: history}), or None when missing or damaged."""
+        data = read_json(self.folder / "curves.json")
+        return data if isinstance(data, dict) else None
+
+
+def read_sweep(name: str) -> Sweep:
+    """The state of sweep ``name`` in the runs root (its :func:`sweep_folder`)."""
+    folder = sweep_folder(name)
+    sweep = Sweep(name, folder, total=len(sweep_spec(name)["cells"]))
+    spec_path, table_path = folder / "sweep.json", folder / "table.json"
+    if spec_path.exists():
+        spec = read_json(spec_path)
+        try:
+            cells_done = int(spec.get("cells_done") or 0) if isinstance(spec, dict) else None
+        except (TypeError, ValueError):
+            cells_done = None
+        if isinstance(spec, dict) and cells_done is not None:
+            sweep.state = str(spec.get("state") or "running")
+            sweep.cells_done = cells_done
+            cells = spec.get("cells")
+            if isinstance(cells, list) and cells:
+                sweep.total = len(cells)
+                if sweep.cells_done < len(cells) and isinstance(cells[sweep.cells_done], dict):
+                    sweep.current = cells[sweep.cells_done].get("label")
+            # A background sweep whose process ended without saying so was killed.
+            if sweep.active and sweep.pid and not pid_alive(sweep.pid):
+                sweep.state = "ended"
+        else:
+            sweep.damaged.append(spec_path)
+    if table_path.exists():
+        rows = read_json(table_path)
+        if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+            sweep.rows = rows
+        else:
+            sweep.damaged.append(table_path)
+    return sweep
+
+
+def cell_words(label: str | None) -> str:
+    """A sweep cell label (``aggregator=fedmedian, kind=update_noise, …``) in plain words."""
+    if not label or label == "baseline":
+        return "clean FedAvg federation"
+    parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label) if "=" in p)
+    words = [rule_name(parts.get("aggregator", "fedavg"))]
+    if parts.get("enabled") == "true" or "kind" in parts:
+        kind = parts.get("kind", "update_noise")
+        words.append(kind_name(kind))
+        if "noise_std" in parts:
+            words.append(f"σ {parts['noise_std']}")
+        if "target" in parts:
+            words.append(TARGET_NAMES.get(parts["target"], parts["target"]))
+        if "malicious_centers" in parts:
+            words.append(f"attackers {parts['malicious_centers'].strip('[]')}")
+    else:
+        words.append("without attackers")
+    if "loss" in parts:
+        words.append(f"{parts['loss'].upper()} loss")
+    if "optimizer" in parts:
+        words.append(parts["optimizer"].upper() if parts["optimizer"] == "sgd" else "Adam")
+    return ", ".join(words)
+
+
+def sweep_state_text(sweep: Sweep) -> str:
+    n, done = sweep.total, sweep.cells_done
+    if sweep.state == "done":
+        return f"Finished: all {n} experiments are in the charts below."
+    if sweep.state == "cancelled":
+        return (f"Stopped after {done} of {n} experiments. Starting it again continues where it "
+                "stopped (finished experiments are kept).")
+    if sweep.state == "failed":
+        return (f"Failed after {done} of {n} experiments; `{sweep.folder / 'log.txt'}` says "
+                "why. Starting it again continues where it stopped.")
+    if sweep.state == "ended":
+        return (f"Its process ended without finishing, after {done} of {n} experiments (it was "
+                "killed or ran out of memory). Starting it again continues where it stopped.")
+    return f"Not run yet: {n} experiments, about {SWEEP_MINUTES.get(sweep.name, 10)} minutes."
+
+
+@st.fragment(run_every=2.0)
+def sweep_progress(name: str) -> None:
+    """Progress bar of a background sweep; reruns the whole page once it ends."""
+    sweep = read_sweep(name)
+    if not sweep.active:
+        st.rerun(scope="app")
+    if sweep.state == "queued":
+        text = "Starting the study…"
+    else:
+        text = (f"{sweep.cells_done} of {sweep.total} experiments finished. Now: "
+                f"{cell_words(sweep.current)}.")
+    st.progress(min(sweep.cells_done / max(sweep.total, 1), 1.0), text=text)

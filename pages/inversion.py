@@ -1,0 +1,331 @@
+"""Gradient inversion: can a curious server rebuild a patient's images from a hospital's
+update?"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app.inversion import (
+    STUDY_RESULT,
+    SWEEP_COMMAND,
+    InversionRun,
+    client_table,
+    defense_figure,
+    defense_table,
+    factor_figure,
+    has_snapshots,
+    inversion_runs,
+    latest_sweep,
+    load_npz,
+    loss_figure,
+    pair_panels,
+    snapshot_panels,
+    sweep_cells,
+    verdict,
+    verdict_detail,
+)
+from app.state import persisted, remember, remembered
+from app.ui import job_progress
+from engine.config import ConfigError, build_config
+from engine.jobs import cancel_job, start_job
+from engine.presets import preset_description
+from engine.runs import ACTIVE, open_run, runs_root
+from engine.sweeps import find_finished_run
+
+RUN_PARAM = "inv_run"
+FLASH = "inv_flash"  # a one-off message shown after the page reruns
+PRESETS = (("inversion-easy", "Attack a vulnerable design"),
+           ("dlg-paper", "The study's DLG attack"),
+           ("ig-strong", "Strongest attack on the study's model"))
+DEFENDED_PRESET = "inversion-easy"
+DP_LEVELS = {"off": None, "light (σ 0.001)": 0.001, "strong (σ 0.01)": 0.01}
+PRUNE_LEVELS = {"off": None, "90% of each update": 0.9, "99% of each update": 0.99}
+
+
+def _jobs() -> bool:
+    """Start buttons for the attack presets and the progress of the one started here;
+    returns whether a run is active (one at a time)."""
+    job, cfg = None, None
+    run_id = remembered(RUN_PARAM)
+    if run_id:
+        try:
+            job = open_run(run_id)
+            cfg = job.config()
+        except (FileNotFoundError, OSError, ConfigError):
+            st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing the "
+                       "newest inversion run instead.")
+            remember(RUN_PARAM, None)
+            job = None
+    status = job.status() if job else {}
+    active = status.get("state") in ACTIVE
+    with st.container(border=True):
+        st.markdown("**Run a new attack experiment** (2 to 5 minutes, in the background: you "
+                    "may leave this page and come back)")
+        for col, (preset, label) in zip(st.columns(3), PRESETS, strict=True):
+            if col.button(label, key=f"start_{preset}", disabled=active,
+                          help="One run at a time: wait for the current run or stop it."
+                          if active else preset_description(preset)):
+                try:
+                    remember(RUN_PARAM, start_job(build_config(preset), preset=preset).run_id)
+                except ConfigError as err:  # a preset the engine no longer accepts
+                    st.error(f"The '{preset}' preset can't be started: {err}")
+                else:
+                    st.rerun()
+        if job and cfg and active:
+            st.markdown(f"Running **{cfg.name or 'run'}** (run id `{job.run_id}`); its results "
+                        "appear below when it finishes.")
+            job_progress(job.run_id, cfg.federation.rounds)
+            st.caption("After the last round the server attacks the hospitals' uploads; that "
+                       "takes most of the time.")
+            if st.button("Stop this run", icon=":material/stop_circle:", key="cancel"):
+                with st.spinner("Stopping: the current step finishes first…"):
+                    cancel_job(job, grace_s=15)
+                st.rerun()
+        elif status.get("state") == "failed":
+            st.error(f"The last attack run failed: {status.get('error') or 'unknown error'}. "
+                     "Try the 'inversion-easy' preset again; the Federation page shows its log.")
+    return active
+
+
+def _pick(runs: list[InversionRun]) -> InversionRun:
+    """The run to show, kept in the URL (``?inv_run=``)."""
+    by_id = {r.run.run_id: r for r in runs}
+    ids = list(by_id)
+    wanted = remembered(RUN_PARAM)
+    # An active or failed run stays remembered (for its progress) while the newest is shown.
+    shown = wanted if wanted in by_id else ids[0]
+    picked = st.selectbox("Attacked run", ids, index=ids.index(shown),
+                          format_func=lambda rid: by_id[rid].label,
+                          help="Finished runs that include a gradient-inversion attack, "
+                               "newest first.")
+    if picked != shown:
+        remember(RUN_PARAM, picked)
+        st.rerun()
+    return by_id[shown]
+
+
+def _verdict(run: InversionRun) -> None:
+    v = verdict(run.inv)
+    with st.container(border=True):
+        st.markdown(f"#### :{v.colour}-background[{v.title}]")
+        st.markdown(verdict_detail(v, run.inv))
+        st.caption(STUDY_RESULT)
+        method = "DLG (L-BFGS gradient matching)" if run.inv.get("method") == "dlg" else \
+            "Inverting Gradients (cosine matching)"
+        st.caption(f"Attack: {method}, {run.inv.get('iterations')} iterations, "
+                   f"{run.inv.get('restarts')} random start(s). Run: {run.defenses}.")
+    if run.loss == "l1":
+        st.info("This federation trains with an L1 loss. With L1, a fake CT gets exactly zero "
+                "gradient, so the attacker simulates training with a smooth stand-in, "
+                "sqrt(d² + ε), and can learn the CT only through the signs of the errors.")
+
+
+def _table(run: InversionRun) -> None:
+    st.markdown("#### Per hospital: how close did the attacker get?")
+    table, config = client_table(run.inv)
+    st.dataframe(table, hide_index=True, column_config=config)
+    st.caption("Each row is one hospital whose update the server inverted; SSIM and PSNR "
+               "compare the rebuilt slices with the real ones (higher = more leaked), and the "
+               "floor is what the attacker's average brain already scores.")
+
+
+def _images(run: InversionRun) -> None:
+    st.markdown("#### What the attacker rebuilt")
+    centers = list(run.inv.get("per_client") or {})
+    if not centers:
+        st.info("This run stored no per-hospital results.")
+        return
+    rid = run.run.run_id
+    left, right = st.columns(2)
+    center = left.selectbox("Hospital", centers, key=f"inv_center_{rid}",
+                            help="The hospital whose update was attacked.")
+    path = run.npz(center)
+    arrays = load_npz(path)
+    if arrays is None:
+        st.warning(f"The images of {center} can't be shown: `{path}` is missing or damaged.")
+        return
+    pairs = arrays["pairs"]
+    pair = 0
+    if len(pairs) > 1:
+        pair = right.selectbox(
+            "Matched slice", range(len(pairs)), key=f"inv_pair_{rid}_{center}",
+            format_func=lambda k: f"patient slice {pairs[k][1] + 1} ↔ reconstruction "
+                                  f"{pairs[k][0] + 1}",
+            help="The attacker does not know the order of the slices, so each reconstruction "
+                 "is paired with the real slice it resembles most.")
+    st.caption("Left to right: the real slice, the attacker's reconstruction, the difference "
+               "between them, and the average brain the attacker knew before attacking (the "
+               "floor). The CT row uses a brain/bone window.")
+    try:
+        for row, panels in pair_panels(arrays, pair):
+            st.markdown(f"**{row}**")
+            for col, (img, caption) in zip(st.columns(4), panels, strict=True):
+                col.image(img, caption=caption, width="stretch")
+        _iterations(arrays, rid, center, int(pairs[pair][0]))
+    except (ValueError, IndexError, TypeError):  # arrays of an unexpected shape
+        st.warning(f"The images of {center} can't be shown: `{path}` is damaged.")
+
+
+def _iterations(arrays: dict[str, np.ndarray], rid: str, center: str, recon: int) -> None:
+    st.markdown("#### How the attack converged")
+    st.caption("The attacker repeatedly adjusts fake images so that the update they would "
+               "produce matches the hospital's real update; the curve is the remaining "
+               "mismatch.")
+    losses = arrays["losses"]
+    if not has_snapshots(arrays) or recon >= arrays["snapshots_mri"].shape[1]:
+        st.caption("No intermediate images were stored for this run "
+                   "(attacks.inversion.snapshot_every = 0).")
+        if len(losses):
+            st.plotly_chart(loss_figure(losses, None), key=f"inv_loss_{rid}_{center}")
+        return
+    its = [int(i) + 1 for i in arrays["snapshot_iterations"]]
+    if len(its) > 1:
+        shown = st.select_slider("Attack iteration", options=its, value=its[-1],
+                                 key=f"inv_iter_{rid}_{center}",
+                                 help="Slide to see the reconstruction at that iteration.")
+    else:
+        shown = its[0]
+    step = its.index(shown)
+    left, right = st.columns([1, 2])
+    with left:
+        for col, (img, caption) in zip(st.columns(2), snapshot_panels(arrays, step, recon),
+                                       strict=True):
+            col.image(img, caption=f"{caption} at iteration {shown}", width="stretch")
+    with right:
+        st.plotly_chart(loss_figure(losses, shown), key=f"inv_loss_{rid}_{center}")
+
+
+def _defenses(active: bool) -> None:
+    st.markdown("#### Try a defense")
+    st.caption("Switch on protections for the vulnerable design (inversion-easy) and run the "
+               "same attack again, to see what each one blocks.")
+    with st.container(border=True):
+        c1, c2, c3, c4 = st.columns(4)
+        with c1:
+            secagg = persisted(st.toggle, "Secure aggregation", "inv_secagg", False,
+                               help="Each hospital masks its upload; the server only learns "
+                                    "the sum of all hospitals' updates.")
+        with c2:
+            slices = persisted(st.toggle, "4 slices per step", "inv_slices4", False,
+                               help="Each update mixes 4 images instead of one, which is "
+                                    "harder to untangle.")
+        with c3:
+            dp = persisted(st.radio, "Privacy noise (DP)", "inv_dp", "off",
+                           options=list(DP_LEVELS),
+                           help="Each hospital clips its update (norm 0.05) and adds random "
+                                "noise before sending it.")
+        with c4:
+            prune = persisted(st.radio, "Pruning", "inv_prune", "off",
+                              options=list(PRUNE_LEVELS),
+                              help="Each hospital zeroes the smallest share of its update "
+                                   "before sending it.")
+        sets = []
+        if secagg:
+            sets.append("defenses.secure_aggregation=true")
+        if DP_LEVELS[dp] is not None:
+            sets += ["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.05",
+                     f"defenses.dp.noise_multiplier={DP_LEVELS[dp]}"]
+        if PRUNE_LEVELS[prune] is not None:
+            sets.append(f"defenses.prune_fraction={PRUNE_LEVELS[prune]}")
+        if slices:
+            sets += ["data.slices_per_patient=4", "federation.batch_size=4"]
+        try:
+            cfg = build_config(DEFENDED_PRESET, sets=sets)
+        except ConfigError as err:
+            st.error(f"These settings can't be combined: {err}")
+            return
+        found = find_finished_run(cfg, runs_root())
+        if found:
+            st.caption(f"A finished run with exactly these settings exists (`{found.run_id}`): "
+                       "the button shows it instead of training again.")
+        if st.button("Rerun the attack with these defenses", key="rerun_defended",
+                     icon=":material/shield:", disabled=active,
+                     help="One run at a time: wait for the current run or stop it." if active
+                     else "About 2 minutes in the background."):
+            if found:
+                remember(RUN_PARAM, found.run_id)
+                st.session_state[FLASH] = (f"Showing the finished run `{found.run_id}`, which "
+                                           "used exactly these settings.")
+            else:
+                remember(RUN_PARAM, start_job(cfg, preset=DEFENDED_PRESET).run_id)
+                st.session_state[FLASH] = ("Started the attack with these defenses; its "
+                                           "progress is shown at the top of the page.")
+            st.rerun()
+
+
+def _factor_study() -> None:
+    st.markdown("#### Why a design leaks: one factor changed at a time")
+    found = latest_sweep(runs_root(), "inversion-factors")
+    if not found:
+        st.info("The factor study has not been run yet: "
+                f"`{SWEEP_COMMAND.format(name='inversion-factors')}` produces it "
+                "(about 15 minutes).")
+        return
+    folder, rows = found
+    st.plotly_chart(factor_figure(rows), key="inv_factors")
+    st.caption("Each pair of bars starts from the vulnerable design and changes one thing; "
+               "red is how close the attacker's reconstruction gets (inside the head), grey "
+               "is its average brain, so red barely above grey means nothing leaked.")
+    cells = sweep_cells(folder, rows)
+    if cells > len(rows):
+        st.caption(f"{len(rows)} of {cells} settings finished so far (the sweep is still "
+                   "running, or was stopped).")
+
+
+def _defense_study() -> None:
+    st.markdown("#### Defenses: what they block and what they cost")
+    found = latest_sweep(runs_root(), "inversion-defenses")
+    if not found:
+        st.info("The defense study has not been run yet: "
+                f"`{SWEEP_COMMAND.format(name='inversion-defenses')}` produces it "
+                "(about 15 minutes).")
+        return
+    folder, rows = found
+    st.plotly_chart(defense_figure(rows), key="inv_defenses")
+    st.caption("Each point is one defense: lower means less of the patient's image leaks, "
+               "further right means the shared model's synthetic CT gets worse.")
+    st.dataframe(defense_table(rows), hide_index=True, column_config={
+        "Body SSIM of the reconstruction": st.column_config.NumberColumn(format="%.2f"),
+        "Floor body SSIM": st.column_config.NumberColumn(format="%.2f"),
+        "Model error, MAE (HU)": st.column_config.NumberColumn(format="%.0f"),
+        "Extra error (HU)": st.column_config.NumberColumn(format="%+.0f"),
+    })
+    cells = sweep_cells(folder, rows)
+    if cells > len(rows):
+        st.caption(f"{len(rows)} of {cells} defenses finished so far (the sweep is still "
+                   "running, or was stopped).")
+
+
+st.title("Gradient inversion")
+st.markdown(
+    "In a **gradient-inversion attack**, a curious server takes one hospital's model update and "
+    "searches for images that would have produced exactly that update, hoping to rebuild the "
+    "patients' scans. The result is compared with the real slices and with the attacker's "
+    "**average brain** (the floor): only what beats the floor was learnt from the hospital. "
+    "Pick a finished attack run below, or start one.")
+
+active = _jobs()
+flash = st.session_state.pop(FLASH, None)
+if flash:
+    st.success(flash)
+runs, damaged = inversion_runs()
+for path in damaged:
+    st.warning(f"`{path}` is missing or damaged, so that run's attack results can't be shown.")
+if not runs:
+    st.info("No gradient-inversion results yet. Start 'Attack a vulnerable design' above to "
+            "see a leak (about 2 minutes), then the study's DLG attack to see why the study "
+            "found none.")
+else:
+    shown = _pick(runs)
+    try:
+        _verdict(shown)
+        _table(shown)
+        _images(shown)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        # Results written by an older engine lack fields: explain instead of a traceback.
+        st.warning(f"`{shown.run.path / 'summary.json'}` has attack results in a format this "
+                   "page can't read. Run the 'inversion-easy' preset again.")
+_defenses(active)
+_factor_study()
+_defense_study()
