@@ -64,14 +64,14 @@ TARGET_NAMES = {"mri": "noise on the MRI only", "ct": "noise on the CT only",
                 "both": "noise on MRI and CT"}
 SWEEP_TEXT = {
     "poison-paper": "every single attacking hospital (and every pair for the averaging "
-                    "rules), noise on images or on the upload at a low and a high level, "
-                    "against four rules",
+                    "rules and the median), noise on images or on the upload at a low and a "
+                    "high level, against four rules",
     "poison-model": "reversed, amplified and 'A Little Is Enough' updates from one hospital "
                     "against each rule",
     "poison-data-factors": "strong image noise on the MRI, the CT or both, with two losses "
                            "and two local optimisers (FedAvg)",
 }
-SWEEP_MINUTES = {"poison-paper": 25, "poison-model": 3, "poison-data-factors": 4}
+SWEEP_MINUTES = {"poison-paper": 20, "poison-model": 2, "poison-data-factors": 2}
 
 
 def rule_name(rule: str) -> str:

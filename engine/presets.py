@@ -39,13 +39,13 @@ _INVERSION_EASY: dict[str, Any] = {
                               "target_round": "first", "target_center": "all"}},
 }
 
-# A federation small enough for a sweep of ~100 runs: 4 centers, 32 px, 10 rounds.
+# A federation small enough for a sweep of ~100 runs: 4 centers, 32 px, 20 rounds (~7 s).
 POISON_BASE: dict[str, Any] = {
     "name": "poison-base",
-    "data": {"centers": 4, "patients_per_center": 2, "heldout_per_center": 1,
+    "data": {"centers": 4, "patients_per_center": 3, "heldout_per_center": 1,
              "slices_per_patient": 8, "image_size": 32},
     "model": {"channels": [8, 16, 32], "num_res_units": 1},
-    "federation": {"rounds": 10, "local_epochs": 2, "batch_size": 8, "lr": 1e-2,
+    "federation": {"rounds": 20, "local_epochs": 4, "batch_size": 8, "lr": 1e-2,
                    "server_view_rounds": "none"},
 }
 
@@ -139,27 +139,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     "poison-base": {
         "description": (
             "The clean federation the poisoning presets and sweeps attack: 4 centers, 32 px, "
-            "L1, Adam, 10 rounds (about 10 s)."
+            "L1, Adam, 20 rounds (about 8 s)."
         ),
         "config": POISON_BASE,
     },
     "poison-high": {
         "description": (
-            "One malicious center adds strong noise (σ 0.1 per parameter) to the model it "
-            "uploads; plain averaging. The study's high-noise case (about 30 s)."
+            "One malicious center adds strong noise (σ 0.3 per parameter) to the model it "
+            "uploads; plain averaging. The study's high-noise case (about 15 s)."
         ),
         "config": {**POISON_BASE, "name": "poison-high",
                    "attacks": {"poisoning": {"enabled": True, "kind": "update_noise",
-                                             "malicious_centers": [0], "noise_std": 0.1}}},
+                                             "malicious_centers": [0], "noise_std": 0.3}}},
     },
     "poison-low": {
         "description": (
-            "One malicious center adds weak noise (σ 0.003 per parameter) to its upload: "
-            "small enough to hide among honest differences (about 30 s)."
+            "One malicious center adds weak noise (σ 0.03 per parameter) to its upload: "
+            "small enough to hide among honest differences (about 15 s)."
         ),
         "config": {**POISON_BASE, "name": "poison-low",
                    "attacks": {"poisoning": {"enabled": True, "kind": "update_noise",
-                                             "malicious_centers": [0], "noise_std": 0.003}}},
+                                             "malicious_centers": [0], "noise_std": 0.03}}},
     },
 }
 

@@ -342,7 +342,8 @@ def test_run_starts_one_rule_after_the_other(runs_dir: Path) -> None:
 def test_run_reuses_a_finished_run_and_refuses_impossible_rules(runs_dir: Path,
                                                                 built) -> None:
     root, ids = built
-    cfg = build_config("poison-base", sets=attack_sets("update_noise", [0], "fedavg", 0.1))
+    high = sweeps.POISON_LEVELS["update_noise"][1]  # the page's default level
+    cfg = build_config("poison-base", sets=attack_sets("update_noise", [0], "fedavg", high))
     old = RunFolder(Path(shutil.copytree(root / ids["fedavg"], runs_dir / ids["fedavg"])))
     (old.path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     status = json.loads((old.path / "status.json").read_text())
