@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install browser run test lint bench clean
 
 install: $(STAMP)
 
@@ -17,10 +17,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The browser tests drive Debian's chromium (never `playwright install`: it downloads).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing: 'sudo apt-get install -y chromium' enables the browser tests"; fi; }
+
 run: install
 	$(VENV)/bin/streamlit run app/main.py
 
-test: install
+test: install browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

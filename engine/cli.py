@@ -115,12 +115,13 @@ def _cmd_presets() -> int:
     from engine.presets import PRESETS
     from engine.sweeps import SWEEPS
 
+    width = max(map(len, [*PRESETS, *SWEEPS]))
     print("experiment presets (fedsct run --preset NAME):")
     for name, p in PRESETS.items():
-        print(f"  {name:<11} {p['description']}")
+        print(f"  {name:<{width}} {p['description']}")
     print("sweep presets (fedsct sweep --preset NAME):")
     for name, p in SWEEPS.items():
-        print(f"  {name:<11} {p['description']}")
+        print(f"  {name:<{width}} {p['description']}")
     return 0
 
 
