@@ -15,6 +15,10 @@ With the L1 training loss the parameter gradient depends on the CT only through
 sign(f(x) − y), so a dummy CT gets exactly zero gradient; the attacker simulates training
 with a smooth surrogate ``sqrt(d² + ε)`` instead (and can recover the CT only through that
 sign pattern). Restarts are batched in one pass with ``torch.func.vmap``.
+
+The attacker may hold a public cohort of the same kind (:class:`AttackerPrior`): its mean
+slices are the trivial-guess floor and the ``mean`` start; with ``prior="pca"`` the search runs
+over the coefficients of the cohort's principal components instead of over pixels.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The in-process federation runner (default runtime).
 
 Each round: the server sends the global model; every center trains locally
-(:func:`engine.federation.client.train_local`), optionally privatises its update (client-level
-DP) and masks it (secure aggregation); the server aggregates, records its view, and the global
-model is evaluated on every center's held-out patients and on the unseen center.
+(:func:`engine.federation.client.train_local`); honest centers optionally prune and privatise
+their update (client-level DP), malicious ones replace it with their attack
+(:mod:`engine.attacks.poisoning`); uploads are masked under secure aggregation; the server
+aggregates, records its view (and, with attackers present, its detection statistics), and the
+global model is evaluated on every center's held-out patients and on the unseen center.
 """
 
 from __future__ import annotations
