@@ -24,6 +24,7 @@ page = st.navigation([
             icon=":material/person_search:"),
     st.Page(str(PAGES_DIR / "inversion.py"), title="Gradient inversion", icon=":material/blur_on:"),
     st.Page(str(PAGES_DIR / "poisoning.py"), title="Poisoning", icon=":material/coronavirus:"),
+    st.Page(str(PAGES_DIR / "runs.py"), title="Runs", icon=":material/folder_open:"),
 ])
 sidebar(runs_root())
 page.run()

@@ -144,8 +144,12 @@ class RunFolder:
         return out
 
     def summary(self) -> dict[str, Any] | None:
-        p = self.path / "summary.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        """The run's results, or None when missing or unreadable (a damaged file must not
+        break listings; pages that show it say which file is damaged)."""
+        try:
+            return json.loads((self.path / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / "summary.json", summary)

@@ -1,0 +1,137 @@
+"""Runs: every experiment in the runs folder — list, open, delete and compare two."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.runs import (
+    RunRow,
+    compare_frame,
+    curves_figure,
+    detail_links,
+    filter_runs,
+    list_runs,
+    runs_frame,
+)
+from app.state import remember, remembered
+from app.ui import STATE_TEXT, describe_config, sample_images
+from engine.config import ConfigError
+from engine.runs import ACTIVE, STATES, delete_run, open_run, runs_root
+
+OPEN_PARAM, FIRST_PARAM, SECOND_PARAM = "runs_open", "runs_a", "runs_b"
+
+
+def _pick(label: str, rows: list[RunRow], param: str, key: str,
+          default: str | None = None) -> RunRow | None:
+    """A run chosen in a selectbox, kept in the URL as ``?param=``."""
+    by_id = {r.run_id: r for r in rows}
+    ids = list(by_id)
+    wanted = remembered(param) or default
+    shown = wanted if wanted in by_id else None
+    picked = st.selectbox(label, ids, index=ids.index(shown) if shown else None, key=key,
+                          format_func=lambda rid: by_id[rid].label, placeholder="Choose a run…")
+    if picked != shown:
+        remember(param, picked)
+        st.rerun()
+    return by_id.get(picked) if picked else None
+
+
+def _summary(row: RunRow) -> None:
+    try:
+        st.caption(f"{describe_config(open_run(row.run_id).config())} · run id `{row.run_id}`")
+    except (FileNotFoundError, OSError, ValueError, ConfigError):
+        st.warning(f"The settings file `config.yaml` of run `{row.run_id}` can't be read "
+                   "(missing or damaged).")
+    state = STATE_TEXT.get(row.state, row.state)
+    if row.final:
+        specs = (("Average error (MAE)", "{:.0f} HU", "mae_hu"),
+                 ("Image quality (PSNR)", "{:.2f} dB", "psnr_db"),
+                 ("Structural similarity (SSIM)", "{:.3f}", "ssim"))
+        for col, (label, fmt, key) in zip(st.columns(3), specs, strict=True):
+            value = row.final.get(key)
+            col.metric(label, fmt.format(value) if value is not None else "–", border=True)
+    elif row.state == "done":
+        st.warning(f"Run `{row.run_id}` finished but its results file `summary.json` is "
+                   "missing or damaged.")
+    else:
+        st.info(f"This run is {state}; results appear once it has finished.")
+    st.markdown("**See it in detail:**")
+    for page, label, params in detail_links(row):
+        st.page_link(str(page), label=label, query_params=params,
+                     icon=":material/open_in_new:")
+
+
+def _delete(row: RunRow) -> None:
+    with st.expander("Delete this run"):
+        if row.state in ACTIVE:
+            st.error(f"This run is {STATE_TEXT.get(row.state, row.state)}, so it can't be "
+                     "deleted. Stop it on the page that started it first.")
+            return
+        sure = st.checkbox("I understand this deletes the run folder", key="confirm_delete",
+                           help=f"Removes `{row.path}` and everything in it for good.")
+        if st.button("Delete run", type="primary", icon=":material/delete:", key="delete",
+                     disabled=not sure) and sure:
+            try:
+                delete_run(row.run_id)
+            except (FileNotFoundError, RuntimeError, OSError) as err:
+                st.error(f"The run could not be deleted: {err}")
+                return
+            remember(OPEN_PARAM, None)
+            st.session_state.pop("confirm_delete", None)
+            st.toast(f"Deleted run `{row.run_id}`.")
+            st.rerun()
+
+
+def _compare(rows: list[RunRow]) -> None:
+    done = [r for r in rows if r.final]
+    if len(done) < 2:
+        st.caption("Comparing needs two finished runs with readable results.")
+        return
+    left, right = st.columns(2)
+    with left:
+        a = _pick("First run", done, FIRST_PARAM, "compare_a", default=done[1].run_id)
+    with right:
+        b = _pick("Second run", done, SECOND_PARAM, "compare_b", default=done[0].run_id)
+    if not (a and b):
+        return
+    st.dataframe(compare_frame(a, b), hide_index=True, key="compare_table")
+    st.caption("Difference: a negative MAE difference, or a positive PSNR/SSIM difference, "
+               "means the second run's model is better.")
+    st.plotly_chart(curves_figure(a, b))
+    for tag, row in (("First run", a), ("Second run", b)):
+        st.markdown(f"#### {tag}: {row.name or 'run'} · example images")
+        sample_images(row.path / "artifacts" / "samples.npz",
+                      list(row.federation.get("per_center") or {}))
+
+
+st.title("Runs")
+st.caption("Every experiment kept in the runs folder: find one, open it, delete it, or put "
+           "two side by side.")
+
+runs = list_runs(runs_root())
+if not runs:
+    st.info("No runs yet. Start one on the Federation page.")
+    st.stop()
+
+for run in runs:
+    for problem in run.problems:
+        st.warning(f"Damaged run: {problem}. It is listed, but its results can't be shown.")
+
+left, right = st.columns([2, 3])
+states = left.multiselect("State", list(STATES), format_func=lambda s: STATE_TEXT.get(s, s),
+                          key="state_filter", placeholder="All states")
+text = right.text_input("Name contains", key="name_filter", placeholder="e.g. smoke")
+shown = filter_runs(runs, states, text)
+st.dataframe(runs_frame(shown), hide_index=True, key="runs_table",
+             column_config={"Final MAE (HU)": st.column_config.NumberColumn(format="%.0f")})
+if not shown:
+    st.info("No run matches these filters.")
+
+st.subheader("Open a run")
+opened = _pick("Run", shown or runs, OPEN_PARAM, "open_run")
+if opened:
+    _summary(opened)
+    _delete(opened)
+
+st.subheader("Compare two runs")
+_compare(runs)
