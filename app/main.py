@@ -19,12 +19,14 @@ if css.is_file():
 
 page = st.navigation([
     st.Page(str(PAGES_DIR / "home.py"), title="Home", icon=":material/home:", default=True),
+    st.Page(str(PAGES_DIR / "data.py"), title="Data & centers", icon=":material/database:"),
     st.Page(str(PAGES_DIR / "federation.py"), title="Federation", icon=":material/hub:"),
     st.Page(str(PAGES_DIR / "membership.py"), title="Membership inference",
             icon=":material/person_search:"),
     st.Page(str(PAGES_DIR / "inversion.py"), title="Gradient inversion", icon=":material/blur_on:"),
     st.Page(str(PAGES_DIR / "poisoning.py"), title="Poisoning", icon=":material/coronavirus:"),
     st.Page(str(PAGES_DIR / "runs.py"), title="Runs", icon=":material/folder_open:"),
+    st.Page(str(PAGES_DIR / "report.py"), title="Report", icon=":material/description:"),
 ])
 sidebar(runs_root())
 page.run()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.report import render_scorecards, scorecards
+from app.runs import list_runs
 from app.ui import PAGES_DIR, runs_table
-from engine.runs import RunIndex
+from engine.runs import RunIndex, runs_root
 
 st.title("FedSCT Security Lab")
 st.markdown(
@@ -23,6 +25,11 @@ st.markdown(
 )
 st.page_link(str(PAGES_DIR / "federation.py"), label="Train a federation",
              icon=":material/arrow_forward:")
+
+st.subheader("Scorecards")
+st.caption("Traffic lights from the latest finished runs: green = good, orange = watch, "
+           "red = concern.")
+render_scorecards(scorecards(list_runs(runs_root())), PAGES_DIR)
 
 st.subheader("Latest runs")
 runs = RunIndex().list()[:10]

@@ -1,0 +1,451 @@
+"""The run report (one self-contained HTML file) and the Home scorecards.
+
+``build_report`` is a plain function of a run folder: it reads what the engine wrote, reuses
+the pages' verdicts, tables and charts, and never raises on a missing or damaged file; the
+report says which file it could not use instead. Images are embedded as base64 PNG and
+plotly.js is inlined once, so the file opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import yaml
+
+from app import inversion as inv_ui
+from app import mia as mia_ui
+from app import poisoning as poi_ui
+from app.runs import RunRow
+from app.ui import UNSEEN_LABEL, history_figure
+from engine.runs import RunFolder
+
+# plotly.js names its map-data server as a default setting; the report draws no maps, so the
+# address is blanked out to keep the file free of any network reference.
+PLOTLY_CDN = "https://cdn.plot.ly/un/"
+QUALITY_FORMATS = (("Average error (MAE)", "mae_hu", "{:.0f} HU"),
+                   ("Image quality (PSNR)", "psnr_db", "{:.2f} dB"),
+                   ("Structural similarity (SSIM)", "ssim", "{:.3f}"))
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:4px 8px}
+th{background:#f4f4f4} .verdict{padding:.6em 1em;border-left:6px solid;margin:.8em 0}
+.red{border-color:#c0392b;background:#fdecea} .orange{border-color:#e67e22;background:#fef5e7}
+.green{border-color:#27ae60;background:#eafaf1} .gray{border-color:#888;background:#f4f4f4}
+.missing{color:#a04000} img{max-width:100%;image-rendering:pixelated} pre{background:#f7f7f7;
+padding:.6em;overflow-x:auto;font-size:12px}
+"""
+
+
+def fmt_mae(value: float) -> str:
+    """The final MAE as the pages show it."""
+    return f"{value:.0f} HU"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class RunFiles:
+    """What a run folder holds, read defensively; ``problems`` name the unusable files."""
+
+    path: Path
+    summary: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+
+def _json(path: Path) -> tuple[Any, str | None]:
+    try:
+        return json.loads(path.read_text()), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError):
+        return None, "damaged"
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    run = RunFiles(Path(run_dir))
+    summary, why = _json(run.path / "summary.json")
+    if isinstance(summary, dict):
+        run.summary = summary
+    else:
+        run.problems.append(f"`summary.json` is {why or 'damaged'}: no results to report")
+    status, _ = _json(run.path / "status.json")
+    run.status = status if isinstance(status, dict) else {}
+    try:
+        cfg = yaml.safe_load((run.path / "config.yaml").read_text())
+        run.config = cfg if isinstance(cfg, dict) else None
+    except (OSError, yaml.YAMLError):
+        run.config = None
+    if run.config is None:
+        run.config = (run.summary or {}).get("config")
+        if run.config is None:
+            run.problems.append("`config.yaml` is missing or damaged: settings unknown")
+    metrics_path = run.path / "metrics.jsonl"
+    if metrics_path.is_file():
+        for line in metrics_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                run.metrics.append(record)
+    else:
+        run.problems.append("`metrics.jsonl` is missing: no per-round table")
+    return run
+
+
+def metrics_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per round of ``metrics.jsonl``: round, mae_hu, psnr_db, ssim."""
+    rows = [{"round": r.get("round"), **{k: (r.get("global") or {}).get(k)
+                                         for k in ("mae_hu", "psnr_db", "ssim")}}
+            for r in records if "round" in r]
+    return pd.DataFrame(rows, columns=["round", "mae_hu", "psnr_db", "ssim"])
+
+
+def metrics_csv(run_dir: str | Path) -> str:
+    return metrics_frame(read_run(run_dir).metrics).to_csv(index=False)
+
+
+# --------------------------------------------------------------------------- HTML pieces
+
+
+def _md(text: str) -> str:
+    """Escaped text with the pages' **bold** kept."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, escape=True, na_rep="–", float_format=lambda v: f"{v:.3g}")
+
+
+def _png(path: Path, alt: str) -> str | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(b"\x89PNG"):
+        return None
+    return (f'<p>{html.escape(alt)}<br><img src="data:image/png;base64,'
+            f'{base64.b64encode(data).decode()}" alt="{html.escape(alt)}"></p>')
+
+
+class _Figures:
+    """Plotly figures as inline HTML; the first carries plotly.js, the others reuse it."""
+
+    def __init__(self) -> None:
+        self.bundled = False
+
+    def __call__(self, fig: go.Figure) -> str:
+        out = fig.to_html(full_html=False, include_plotlyjs=not self.bundled,
+                          config={"displaylogo": False})
+        self.bundled = True
+        return out.replace(PLOTLY_CDN, "")
+
+
+def _verdict_box(colour: str, title: str, detail: str) -> str:
+    return (f'<div class="verdict {colour}"><strong>{_md(title)}</strong>'
+            f"<br>{_md(detail)}</div>")
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">⚠ {_md(what)}</p>'
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _settings(run: RunFiles) -> str:
+    cfg = run.config or {}
+    s = run.summary or {}
+    timing = s.get("timing") or {}
+    versions = s.get("versions") or {}
+    rows = [("Run id", run.run_id), ("Name", cfg.get("name") or "run"),
+            ("Preset", run.status.get("preset") or "custom / not recorded"),
+            ("Seed", cfg.get("seed", "–")), ("Device", s.get("device", "–")),
+            ("State", run.status.get("state", "–"))]
+    rows += [(f"Time: {k.removesuffix('_s')}", f"{v:.1f} s") for k, v in timing.items()
+             if isinstance(v, int | float)]
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in rows)
+    vers = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in versions.items()) or "<tr><td>not recorded</td></tr>"
+    config = html.escape(yaml.safe_dump(cfg, sort_keys=False)) if cfg else "not available"
+    return (f"<h2>Settings</h2><table>{body}</table><h3>Software versions</h3>"
+            f"<table>{vers}</table><details><summary>Full configuration</summary>"
+            f"<pre>{config}</pre></details>")
+
+
+def _quality(run: RunFiles, figure: _Figures) -> str:
+    fed = (run.summary or {}).get("federation") or {}
+    final = fed.get("final") or {}
+    out = ["<h2>Synthetic CT quality</h2>"]
+    if not final:
+        return out[0] + _missing("No final quality: `summary.json` has no results.")
+    out.append("<table><tr>" + "".join(f"<th>{label}</th>" for label, _, _ in QUALITY_FORMATS)
+               + "</tr><tr>" + "".join(
+                   f"<td>{fmt.format(final[k]) if final.get(k) is not None else '–'}</td>"
+                   for _, k, fmt in QUALITY_FORMATS) + "</tr></table>")
+    rows = [{"Hospital": c, **m} for c, m in (fed.get("per_center") or {}).items()]
+    if fed.get("unseen_center"):
+        rows.append({"Hospital": UNSEEN_LABEL, **fed["unseen_center"]})
+    if rows:
+        out.append("<h3>Per hospital</h3>" + _table(pd.DataFrame(rows).rename(columns={
+            "mae_hu": "MAE (HU) ↓", "psnr_db": "PSNR (dB) ↑", "ssim": "SSIM ↑"})))
+    history = [h for h in fed.get("history") or [] if isinstance(h, dict) and "round" in h]
+    if history:
+        out.append("<h3>Learning curve</h3>" + figure(
+            history_figure(history, int(fed.get("rounds") or history[-1]["round"]))))
+    out.append("<h3>Example images (MRI | CT | synthetic CT | error)</h3>")
+    art = run.path / "artifacts"
+    if not (art / "samples.npz").is_file():
+        out.append(_missing("`artifacts/samples.npz` is missing: the sample images may be "
+                            "incomplete."))
+        run.problems.append("`artifacts/samples.npz` is missing")
+    pngs = sorted(art.glob("sample_*.png"))
+    for p in pngs:
+        img = _png(p, p.stem.removeprefix("sample_"))
+        if img:
+            out.append(img)
+        else:
+            out.append(_missing(f"`artifacts/{p.name}` is damaged."))
+            run.problems.append(f"`artifacts/{p.name}` is damaged")
+    if not pngs:
+        out.append(_missing("No `artifacts/sample_<hospital>.png` image in this run."))
+        run.problems.append("`artifacts/sample_<hospital>.png` images are missing")
+    return "".join(out)
+
+
+def _membership(run: RunFiles, mia: dict[str, Any], figure: _Figures) -> str:
+    v = mia_ui.verdict(mia)
+    out = ["<h2>Attack: membership inference</h2>",
+           _verdict_box(v.colour, v.title, mia_ui.verdict_detail(v, mia)),
+           "<h3>AUC per attack and hospital</h3>", _table(mia_ui.auc_table(mia)),
+           "<h3>Members caught at fixed false-alarm rates</h3>", _table(mia_ui.tpr_table(mia))]
+    roc, why = _json(run.path / "mia" / "roc.json")
+    attack = mia.get("attack", "")
+    if isinstance(roc, dict) and isinstance(roc.get(attack), dict):
+        panels = list(roc[attack])
+        entry = mia_ui.MiaRun(RunFolder(run.path), float(run.status.get("created") or 0.0),
+                              run.summary or {})
+        try:
+            out.append("<h3>ROC curves</h3>" + figure(
+                mia_ui.roc_figure(panels, [(entry, roc, "solid")], attack)))
+        except (KeyError, TypeError, ValueError):
+            out.append(_missing("`mia/roc.json` is damaged: no ROC chart."))
+            run.problems.append("`mia/roc.json` is damaged")
+    else:
+        out.append(_missing(f"`mia/roc.json` is {why or 'damaged'}: no ROC chart."))
+        run.problems.append(f"`mia/roc.json` is {why or 'damaged'}")
+    return "".join(out)
+
+
+def _inversion(run: RunFiles, inv: dict[str, Any]) -> str:
+    out = ["<h2>Attack: gradient inversion</h2>"]
+    try:
+        v = inv_ui.verdict(inv)
+        out.append(_verdict_box(v.colour, v.title, inv_ui.verdict_detail(v, inv)))
+    except (KeyError, TypeError, ValueError):
+        out.append(_missing("The inversion results in `summary.json` are incomplete."))
+    table, _ = inv_ui.client_table(inv)
+    out.append("<h3>Per hospital</h3>" + _table(table))
+    out.append("<h3>Original | reconstruction | error | attacker's average brain</h3>")
+    for center in inv.get("per_client") or {}:
+        img = _png(run.path / "inversion" / f"{center}.png", center)
+        if img:
+            out.append(img)
+        else:
+            out.append(_missing(f"`inversion/{center}.png` is missing or damaged."))
+            run.problems.append(f"`inversion/{center}.png` is missing or damaged")
+    return "".join(out)
+
+
+def _poisoning(run: RunFiles, poison: dict[str, Any], figure: _Figures) -> str:
+    fed = (run.summary or {}).get("federation") or {}
+    rule = str(fed.get("aggregator") or "fedavg")
+    out = ["<h2>Attack: poisoning</h2>"]
+    try:
+        v = poi_ui.verdict(poison, rule)
+        out.append(_verdict_box(v.colour, v.title, v.detail))
+    except (KeyError, IndexError, TypeError, ValueError):
+        out.append(_missing("The poisoning results in `summary.json` are incomplete."))
+    cells = pd.DataFrame(poison.get("cells") or [])
+    if not cells.empty:
+        out.append("<h3>Result against the clean federation</h3>" + _table(cells))
+    out.append("<h3>Average error per round</h3>" + figure(poi_ui.curves_figure(
+        [(rule, fed.get("history"), poison.get("baseline_history"))], "mae_hu")))
+    detection = poison.get("detection") or {}
+    if detection.get("per_round"):
+        names = list(poison.get("malicious_names") or [])
+        out.append("<h3>Did the server spot the attackers?</h3><p>"
+                   + _md(poi_ui.detection_sentence(detection, names)) + "</p>"
+                   + figure(poi_ui.detection_figure(detection, names)))
+    return "".join(out)
+
+
+@dataclass
+class Report:
+    html: str
+    problems: list[str]
+    attacks: list[str]
+
+
+def make_report(run_dir: str | Path) -> Report:
+    """The report of one run folder, and the files it could not use."""
+    run = read_run(run_dir)
+    figure = _Figures()
+    name = (run.config or {}).get("name") or "run"
+    parts = [f"<h1>FedSCT run report: {html.escape(name)}</h1>",
+             f"<p>Run id <code>{html.escape(run.run_id)}</code></p>",
+             _settings(run), _quality(run, figure)]
+    attacks = []
+    s = run.summary or {}
+    sections = (("mia", "membership inference", lambda b: _membership(run, b, figure)),
+                ("inversion", "gradient inversion", lambda b: _inversion(run, b)),
+                ("poisoning", "poisoning", lambda b: _poisoning(run, b, figure)))
+    for key, label, section in sections:
+        if isinstance(s.get(key), dict):
+            attacks.append(label)
+            parts.append(section(s[key]))
+    if not attacks and run.summary is not None:
+        parts.append("<h2>Attacks</h2><p>No attack ran in this run.</p>")
+    if run.problems:
+        parts.insert(2, "<h2>Missing or damaged files</h2><ul>" + "".join(
+            f"<li>{_md(p)}</li>" for p in run.problems) + "</ul>")
+    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+           f"<title>FedSCT report {html.escape(run.run_id)}</title><style>{CSS}</style>"
+           f"</head><body>{''.join(parts)}</body></html>")
+    return Report(doc, list(run.problems), attacks)
+
+
+def build_report(run_dir: str | Path) -> str:
+    """One self-contained HTML report of the run in ``run_dir`` (works offline)."""
+    return make_report(run_dir).html
+
+
+# --------------------------------------------------------------------------- Home scorecards
+
+
+@dataclass
+class Scorecard:
+    title: str
+    value: str | None  # None: no run yet
+    colour: str  # green / orange / red / gray
+    detail: str
+    run: str = ""  # "name (run id)"
+    page: str = ""  # where to start one, when missing
+
+
+def _light(value: float, green: float, orange: float, green_inclusive: bool = False) -> str:
+    if value < green or (green_inclusive and value <= green):
+        return "green"
+    return "orange" if value < orange else "red"
+
+
+def _latest(rows: list[RunRow], key: str | None) -> RunRow | None:
+    for row in rows:  # newest first
+        if row.state == "done" and row.summary is not None and (
+                key is None or isinstance(row.summary.get(key), dict)):
+            return row
+    return None
+
+
+def _who(row: RunRow) -> str:
+    return f"{row.name or 'run'} ({row.run_id})"
+
+
+def scorecards(rows: list[RunRow]) -> list[Scorecard]:
+    """Four traffic lights from the latest finished runs (``rows`` newest first)."""
+    cards = []
+    row = _latest(rows, "mia")
+    title = "Privacy risk (membership inference)"
+    if row is None:
+        cards.append(Scorecard(title, None, "gray", "No run yet: start one on the "
+                               "Membership inference page.", page="membership.py"))
+    else:
+        aucs = [a for a in (row.summary["mia"].get("auc") or {}).values()
+                if isinstance(a, int | float)]
+        auc = max(aucs) if aucs else None
+        cards.append(Scorecard(
+            title, f"AUC {auc:.2f}" if auc is not None else "no signal",
+            _light(auc, mia_ui.MODERATE, mia_ui.HIGH) if auc is not None else "gray",
+            f"Highest AUC over hospitals (0.5 = guessing). Green below {mia_ui.MODERATE}, "
+            f"orange below {mia_ui.HIGH}, red from {mia_ui.HIGH}.", _who(row)))
+    row = _latest(rows, "inversion")
+    title = "Reconstruction risk (gradient inversion)"
+    if row is None:
+        cards.append(Scorecard(title, None, "gray", "No run yet: start one on the Gradient "
+                               "inversion page.", page="inversion.py"))
+    else:
+        inv = row.summary["inversion"]
+        ssim, floor = inv.get("ssim_body"), inv.get("floor_ssim_body")
+        ok = isinstance(ssim, int | float) and isinstance(floor, int | float)
+        gain = ssim - floor if ok else None
+        cards.append(Scorecard(
+            title, f"body SSIM {ssim:.2f} vs floor {floor:.2f}" if ok else "unknown",
+            _light(gain, 0.05, 0.1, green_inclusive=True) if ok else "gray",
+            "SSIM of the rebuilt images inside the head, against the attacker's average "
+            "brain (the floor). Gain over the floor: green up to 0.05, orange below 0.10, "
+            "red from 0.10.", _who(row)))
+    row = _latest(rows, "poisoning")
+    title = "Poisoning robustness"
+    if row is None:
+        cards.append(Scorecard(title, None, "gray", "No run yet: start one on the Poisoning "
+                               "page.", page="poisoning.py"))
+    else:
+        cells = row.summary["poisoning"].get("cells") or [{}]
+        ratio = cells[0].get("mae_ratio")
+        ok = isinstance(ratio, int | float)
+        cards.append(Scorecard(
+            title, f"{ratio:.2f}× the clean error" if ok else "unknown",
+            _light(ratio, poi_ui.PROTECTED, poi_ui.USELESS, green_inclusive=True)
+            if ok else "gray",
+            f"Final MAE under attack ÷ MAE without attackers. Green up to "
+            f"{poi_ui.PROTECTED}×, orange below {poi_ui.USELESS:g}×, red from "
+            f"{poi_ui.USELESS:g}×.", _who(row)))
+    row = _latest(rows, None)
+    title = "Synthetic CT quality"
+    mae = ((row.final or {}).get("mae_hu") if row else None)
+    if row is None or not isinstance(mae, int | float):
+        cards.append(Scorecard(title, None, "gray", "No finished run yet: train one on the "
+                               "Federation page.", page="federation.py"))
+    else:
+        cards.append(Scorecard(
+            title, f"MAE {fmt_mae(mae)}", _light(mae, 100, 200),
+            "Average error of the synthetic CT (lower is better). Green below 100 HU, "
+            "orange below 200 HU, red from 200 HU.", _who(row)))
+    return cards
+
+
+LIGHT_WORDS = {"green": "good", "orange": "watch", "red": "concern", "gray": "no data"}
+
+
+def render_scorecards(cards: list[Scorecard], pages_dir: Path) -> None:
+    """The scorecards side by side, each a bordered box with its light, value and run."""
+    import streamlit as st  # only here: the report itself must build without Streamlit
+
+    for col, card in zip(st.columns(len(cards)), cards, strict=True):
+        box = col.container(border=True)
+        box.markdown(f"**{card.title}**")
+        if card.value is None:
+            box.caption(card.detail)
+            box.page_link(str(pages_dir / card.page), label="Open that page",
+                          icon=":material/arrow_forward:")
+            continue
+        box.markdown(f":{card.colour}[● **{card.value}**] · {LIGHT_WORDS[card.colour]}")
+        box.caption(f"{card.detail} Run: {card.run}.")

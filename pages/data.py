@@ -1,0 +1,134 @@
+"""Data & centers: what each simulated hospital's scans look like, checking and saving your own
+NIfTI MRI/CT pairs as a cohort folder, and where SynthRAD2023 data plug in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.data import (
+    LETTERS,
+    MIN_PATIENTS,
+    check_pair,
+    cohort_counts,
+    next_letter,
+    next_number,
+    patient_id,
+    phantom_preview,
+    run_command,
+    save_patient,
+    slice_viewer,
+    uploads_folder,
+    with_file_names,
+)
+from engine.config import DataConfig
+from engine.data.nifti import NiftiError
+from engine.data.synthrad import scan_synthrad
+from engine.runs import runs_root
+
+SAVED_KEY = "data_saved_message"
+
+st.title("Data & centers")
+
+st.header("The simulated hospitals")
+st.markdown(
+    "By default the lab uses artificial brain scans (phantoms). Every hospital has its own "
+    "scanners, so the same kind of head looks different from one hospital to the next: MRI "
+    "brightness and contrast, image noise, sharpness and the field of view all vary. This "
+    "difference between hospitals is what makes learning one shared model hard. Below: one "
+    "patient per hospital, MRI above its CT."
+)
+phantom_preview(DataConfig().centers)
+
+st.header("Use your own scans (NIfTI)")
+st.markdown(
+    "Upload one patient's **MRI** and **CT** as `.nii` or `.nii.gz`. Both must be on the same "
+    "voxel grid (registered to each other) and the CT must be in Hounsfield units. A body mask "
+    "(0 = background, 1 = body) is optional; without one it is derived from the CT."
+)
+c1, c2, c3 = st.columns(3)
+kinds = ["nii", "nii.gz", "gz"]
+mri_file = c1.file_uploader("MRI", type=kinds, key="up_mri")
+ct_file = c2.file_uploader("CT (Hounsfield units)", type=kinds, key="up_ct")
+mask_file = c3.file_uploader("Body mask (optional)", type=kinds, key="up_mask")
+
+pair = None
+if mri_file is None or ct_file is None:
+    st.caption("Choose both an MRI and a CT file to check and preview them.")
+else:
+    mri_bytes, ct_bytes = mri_file.getvalue(), ct_file.getvalue()
+    mask_bytes = mask_file.getvalue() if mask_file is not None else None
+    try:
+        pair = check_pair(mri_bytes, ct_bytes, mask_bytes)
+    except NiftiError as exc:
+        names = {"uploaded MRI": mri_file.name, "uploaded CT": ct_file.name}
+        if mask_file is not None:
+            names["uploaded mask"] = mask_file.name
+        st.error(f"These files cannot be used. {with_file_names(str(exc), names)}.",
+                 icon=":material/error:")
+if pair is not None:
+    st.success("The files are readable and belong together.", icon=":material/check_circle:")
+    slice_viewer(pair)
+
+    st.subheader("Add this patient to a hospital")
+    folder = uploads_folder(runs_root())
+    counts = cohort_counts(folder)
+    new = next_letter(counts)
+    options = [f"Hospital {x}" for x in counts] + ([f"New hospital {new}"] if new else [])
+    left, right = st.columns(2)
+    choice = left.selectbox("Hospital", options, key="save_center",
+                            help="Patients of one hospital share its scanners.")
+    letter = choice.split()[-1]
+    number = right.number_input("Patient number", 1, 999, next_number(folder, letter),
+                                key="save_number",
+                                help="Any number not used yet in this hospital.")
+    pid = patient_id(letter, int(number))
+    st.caption(f"Saved as `{folder / pid}` (`mr.nii.gz`, `ct.nii.gz`"
+               f"{', `mask.nii.gz`' if mask_file is not None else ''}). The third letter of the "
+               f"folder name ({letter}) tells the lab which hospital the patient belongs to.")
+    if st.button("Save this patient", key="save_upload", icon=":material/save:"):
+        try:
+            saved = save_patient(folder, letter, int(number), mri_bytes, ct_bytes, mask_bytes)
+        except FileExistsError:
+            st.error(f"Patient {pid} already exists in `{folder}`; nothing was changed. Choose "
+                     f"another patient number, or delete that folder first to replace it.")
+        except (NiftiError, OSError) as exc:
+            st.error(f"The patient could not be saved: {exc}.")
+        else:
+            # Rerun so the hospital list and the next free number include the new patient.
+            st.session_state[SAVED_KEY] = f"Saved patient {pid} to `{saved}`."
+            st.rerun()
+    if saved_message := st.session_state.pop(SAVED_KEY, None):
+        st.success(saved_message, icon=":material/check_circle:")
+
+    if counts:
+        st.markdown("**Your cohort folder:** " + ", ".join(
+            f"hospital {x}: {n} patient{'s' if n != 1 else ''}" for x, n in counts.items()))
+        command = run_command(folder, counts)
+        if command:
+            st.markdown("Train a federation on it from a terminal:")
+            st.code(command, language="bash")
+        else:
+            st.caption(f"Each hospital needs at least {MIN_PATIENTS} patients (one to train on, "
+                       f"one held out to test) before the folder can be used for training.")
+
+st.header("SynthRAD2023 brain data")
+st.markdown(
+    "If you have the public SynthRAD2023 challenge data (Task 1, brain), set "
+    "`data.source: synthrad` and `data.path` to the folder that directly holds the patient "
+    "folders (`1BA001/mr.nii.gz`, `ct.nii.gz`, `mask.nii.gz`, …). The third letter of each "
+    "patient ID (A, B, C) is its hospital. From a terminal: "
+    "`fedsct run --preset demo --set data.source=synthrad --set data.path=/path/to/Task1/brain`."
+)
+path = st.text_input("Check a SynthRAD2023 folder", key="synthrad_path",
+                     placeholder="/path/to/Task1/brain")
+if path.strip():
+    try:
+        groups = scan_synthrad(Path(path.strip()).expanduser())
+    except NiftiError as exc:
+        st.warning(f"{exc}.")
+    else:
+        found = ", ".join(f"hospital {x}: {len(v)} patients" for x, v in groups.items()
+                          if x in LETTERS)
+        st.success(f"Found {found}.")

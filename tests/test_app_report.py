@@ -1,0 +1,233 @@
+"""The Report page, its HTML builder and the Home scorecards, on real tiny runs.
+
+Once per module, four smoke runs (2 rounds) are trained with the engine's own ``execute``:
+plain, membership inference, gradient inversion and poisoning. Each test copies that runs
+root into its private one (``runs_dir``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
+
+from app import mia as mia_ui
+from app.report import build_report, fmt_mae, make_report, scorecards
+from app.runs import list_runs
+from engine.config import build_config
+from engine.experiment import execute
+from engine.runs import create_run
+
+MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+REPORT, HOME = "../pages/report.py", "../pages/home.py"  # relative to app/
+SHORT = ["federation.rounds=2"]
+KINDS = {
+    "plain": SHORT,
+    "mia": [*SHORT, "attacks.membership.enabled=true"],
+    "inversion": [*SHORT, "attacks.inversion.enabled=true", "attacks.inversion.iterations=2",
+                  "attacks.inversion.restarts=1"],
+    "poisoning": [*SHORT, "attacks.poisoning.enabled=true", "attacks.poisoning.noise_std=1.0"],
+}
+PLOTLY_BUNDLE = "* plotly.js v"  # the licence header that opens the inlined library
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("report-runs")
+    ids = {}
+    for kind, sets in KINDS.items():
+        run = create_run(build_config("smoke", sets=sets), root)
+        assert execute(run) is not None, run.status()
+        ids[kind] = run.run_id
+    return root, ids
+
+
+@pytest.fixture
+def runs(built: tuple[Path, dict[str, str]], runs_dir: Path) -> dict[str, Path]:
+    root, ids = built
+    shutil.copytree(root, runs_dir)
+    return {k: runs_dir / v for k, v in ids.items()}
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """The bytes behind each download button, by media file id (AppTest's media store is
+    dropped after each run)."""
+    store: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self, path_or_data, mimetype, kind, filename=None):  # noqa: ANN001
+        file_id = original(self, path_or_data, mimetype, kind, filename)
+        store[file_id] = (path_or_data.encode() if isinstance(path_or_data, str)
+                          else bytes(path_or_data))
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    return store
+
+
+def _summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def _page(page: str, **params: str) -> AppTest:
+    at = AppTest.from_file(str(MAIN), default_timeout=60).run()
+    at.switch_page(page)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _content(at: AppTest, label: str, store: dict[str, bytes]) -> bytes:
+    button = next(b for b in at.get("download_button") if b.proto.label == label)
+    return store[button.proto.url.rsplit("/", 1)[-1].split(".")[0]]
+
+
+# --------------------------------------------------------------------------- build_report
+
+
+def test_report_html_is_complete_and_offline(runs: dict[str, Path]) -> None:
+    for kind, path in runs.items():
+        text = build_report(path)
+        assert path.name in text
+        assert fmt_mae(_summary(path)["federation"]["final"]["mae_hu"]) in text
+        assert '<img src="data:image/png;base64,' in text
+        assert text.count(PLOTLY_BUNDLE) == 1, kind
+        assert "cdn.plot.ly" not in text
+        assert "Learning curve" in text
+        assert "torch" in text  # the versions table
+    sections = {"mia": "Attack: membership inference", "inversion": "Attack: gradient inversion",
+                "poisoning": "Attack: poisoning"}
+    for kind, title in sections.items():
+        text = build_report(runs[kind])
+        assert title in text
+        assert [t for k, t in sections.items() if k != kind and t in text] == []
+    assert "No attack ran" in build_report(runs["plain"])
+    mia = _summary(runs["mia"])["mia"]
+    assert mia_ui.verdict(mia).title.split(":")[0] in build_report(runs["mia"])
+    inversion = build_report(runs["inversion"])
+    assert inversion.count("data:image/png;base64,") > build_report(runs["plain"]).count(
+        "data:image/png;base64,")  # the reconstructions are embedded too
+
+
+def test_missing_and_damaged_files_are_named_not_raised(runs: dict[str, Path]) -> None:
+    path = runs["mia"]
+    (path / "artifacts" / "samples.npz").unlink()
+    for png in (path / "artifacts").glob("sample_*.png"):
+        png.write_bytes(b"not a png")
+    (path / "mia" / "roc.json").unlink()
+    report = make_report(path)
+    assert any("samples.npz" in p for p in report.problems)
+    assert any("sample_center-0.png" in p for p in report.problems)
+    assert any("roc.json" in p for p in report.problems)
+    assert "Attack: membership inference" in report.html  # the rest is still there
+
+    (runs["plain"] / "summary.json").write_text("{ half-writ")
+    report = make_report(runs["plain"])
+    assert any("summary.json" in p for p in report.problems)
+    assert "summary.json" in report.html and runs["plain"].name in report.html
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_page_offers_the_three_downloads(runs: dict[str, Path],
+                                         downloads: dict[str, bytes]) -> None:
+    run_id = runs["poisoning"].name
+    at = _page(REPORT, report_run=run_id)
+    assert at.title[0].value == "Report"
+    assert at.selectbox(key="report_pick").value == run_id
+    assert at.query_params["report_run"] == run_id
+    assert not at.warning
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Report (HTML)", "Results (summary.json)", "Metrics per round (CSV)"]
+
+    html_text = _content(at, "Report (HTML)", downloads).decode()
+    assert run_id in html_text and "Attack: poisoning" in html_text
+    assert json.loads(_content(at, "Results (summary.json)", downloads)) == _summary(
+        runs["poisoning"])
+    csv = pd.read_csv(io.BytesIO(_content(at, "Metrics per round (CSV)", downloads)))
+    records = [json.loads(line) for line in
+               (runs["poisoning"] / "metrics.jsonl").read_text().splitlines()]
+    assert list(csv.columns) == ["round", "mae_hu", "psnr_db", "ssim"]
+    assert csv["round"].tolist() == [r["round"] for r in records] == [0, 1, 2]
+    assert csv["mae_hu"].iloc[-1] == pytest.approx(records[-1]["global"]["mae_hu"])
+
+    # Another run picked in the box is remembered in the URL.
+    other = runs["mia"].name
+    at.selectbox(key="report_pick").select(other).run()
+    assert at.query_params["report_run"] == other
+
+
+def test_page_warns_on_damaged_runs(runs: dict[str, Path]) -> None:
+    (runs["inversion"] / "artifacts" / "samples.npz").unlink()
+    next((runs["inversion"] / "inversion").glob("*.png")).unlink()
+    at = _page(REPORT, report_run=runs["inversion"].name)
+    warnings = " ".join(w.value for w in at.warning)
+    assert "samples.npz" in warnings and "inversion/" in warnings
+
+    (runs["plain"] / "summary.json").write_text("not json")
+    at = _page(REPORT, report_run=runs["plain"].name)
+    assert any("summary.json" in w.value for w in at.warning)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Report (HTML)" in labels
+
+
+# --------------------------------------------------------------------------- Home
+
+
+def _cards(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_home_scorecards_show_the_latest_numbers_and_colours(runs: dict[str, Path]) -> None:
+    # Chosen values: AUC 0.72 → orange, gain over floor 0.03 → green, ratio 2.5 → red.
+    mia = _summary(runs["mia"])
+    mia["mia"]["auc"] = {"center-0": 0.55, "center-1": 0.72, "center-2": 0.61}
+    (runs["mia"] / "summary.json").write_text(json.dumps(mia))
+    inv = _summary(runs["inversion"])
+    inv["inversion"].update(ssim_body=0.41, floor_ssim_body=0.38)
+    (runs["inversion"] / "summary.json").write_text(json.dumps(inv))
+    poi = _summary(runs["poisoning"])
+    poi["poisoning"]["cells"][0]["mae_ratio"] = 2.5
+    (runs["poisoning"] / "summary.json").write_text(json.dumps(poi))
+
+    at = _page(HOME)
+    text = _cards(at)
+    assert ":orange[● **AUC 0.72**]" in text
+    assert ":green[● **body SSIM 0.41 vs floor 0.38**]" in text
+    assert ":red[● **2.50× the clean error**]" in text
+    # The newest finished run is the poisoning one (created last).
+    mae = poi["federation"]["final"]["mae_hu"]
+    assert f"● **MAE {fmt_mae(mae)}**" in text
+    captions = " ".join(c.value for c in at.caption)
+    assert runs["poisoning"].name in captions and runs["mia"].name in captions
+    assert at.dataframe  # the existing "Latest runs" table is still there
+
+
+def test_scorecard_thresholds(runs: dict[str, Path]) -> None:
+    def poison_colour(ratio: float) -> str:
+        poi = _summary(runs["poisoning"])
+        poi["poisoning"]["cells"][0]["mae_ratio"] = ratio
+        (runs["poisoning"] / "summary.json").write_text(json.dumps(poi))
+        return scorecards(list_runs(runs["poisoning"].parent))[2].colour
+
+    assert [poison_colour(r) for r in (1.0, 1.25, 1.5, 2.0, 3.0)] == [
+        "green", "green", "orange", "red", "red"]
+
+
+def test_home_without_runs_says_where_to_start(runs_dir: Path) -> None:
+    at = _page(HOME)
+    captions = " ".join(c.value for c in at.caption)
+    for page in ("Membership inference page", "Gradient inversion page", "Poisoning page",
+                 "Federation page"):
+        assert page in captions
+    assert "●" not in _cards(at)
