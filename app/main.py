@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import ASSETS_DIR, PAGES_DIR, sidebar
+from app.ui import ASSETS_DIR, PAGES_DIR, report_page_error, sidebar
 from engine.runs import runs_root
 
 st.set_page_config(page_title="FedSCT Security Lab", page_icon="🧠", layout="wide")
@@ -29,4 +29,11 @@ page = st.navigation([
     st.Page(str(PAGES_DIR / "report.py"), title="Report", icon=":material/description:"),
 ])
 sidebar(runs_root())
-page.run()
+try:
+    page.run()
+except Exception as err:  # noqa: BLE001 - last line of defence: never a traceback on screen
+    # st.rerun/st.stop raise BaseException subclasses, so they still pass through.
+    log = report_page_error(page.title, err)
+    st.error(f"Something went wrong on this page ({type(err).__name__}: {err}). Your runs are "
+             f"safe. Reload the page or open another one; if it happens again, the details "
+             f"are in `{log}`.")

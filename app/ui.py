@@ -215,3 +215,20 @@ def sample_images(npz: Path, trained: list[str]) -> None:
         st.markdown(f"**{title}** · one held-out slice")
         for col, img, cap in zip(st.columns(4), panels, captions, strict=True):
             col.image(upscale(img), caption=cap, width="stretch")
+
+
+def report_page_error(page_title: str, err: Exception) -> Path:
+    """Append ``err``'s traceback to ``<runs root>/dashboard-errors.log``; returns its path."""
+    import traceback
+
+    from engine.runs import runs_root
+
+    log = runs_root() / "dashboard-errors.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} page {page_title!r}\n")
+            fh.write("".join(traceback.format_exception(err)))
+    except OSError:
+        pass  # an unwritable runs folder must not turn the message into a traceback
+    return log

@@ -175,3 +175,17 @@ def test_unseen_hospital_is_labelled() -> None:
     assert hospitals[-1] == "unseen hospital (never trained)"
     assert len(at.get("image")) == 4 * len(hospitals)
     assert any(m.value.startswith("**unseen hospital (never trained)") for m in at.markdown)
+
+
+def test_an_error_inside_a_page_is_a_sentence_not_a_traceback(runs_dir, monkeypatch):
+    from engine.runs import RunIndex
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("index unreadable")
+
+    monkeypatch.setattr(RunIndex, "list", broken)
+    at = _app().run()
+    assert not at.exception
+    assert any("Something went wrong on this page" in e.value and "index unreadable" in e.value
+               for e in at.error)
+    assert "index unreadable" in (runs_dir / "dashboard-errors.log").read_text()
