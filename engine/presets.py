@@ -134,7 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "The strongest inversion found against the study's model (as dlg-paper, B=1, "
             "no defense): Inverting Gradients with the attacker's anatomical prior, "
-            "layer-wise cosine, 4 restarts (about 5 min)."
+            "layer-wise cosine, 4 restarts (about 4 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "ig-strong",
                    "attacks": {"inversion": {**_INVERSION_EASY["attacks"]["inversion"],
