@@ -18,13 +18,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-import yaml
 
-from app.mia import read_json
+from app.results import ResultRun, finished_runs_with, read_json
 from app.ui import upscale
 from engine.data.preprocess import unit_to_hu
 from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
-from engine.runs import RunFolder, RunIndex
 
 # Verdict thresholds on the body-mask SSIM of the MRI (0 = unrelated, 1 = identical).
 FLOOR_MARGIN = 0.05  # within this of the attacker's average brain = nothing learnt
@@ -41,43 +39,12 @@ SWEEP_COMMAND = "fedsct sweep --preset {name}"
 # --------------------------------------------------------------------------- runs
 
 
-@st.cache_data(max_entries=256)
-def _read_yaml(path: str, mtime: float) -> Any:
-    return yaml.safe_load(Path(path).read_text())
-
-
-def _inversion_enabled(run: RunFolder) -> bool:
-    """Whether the run's stored config asked for gradient inversion (False if unreadable)."""
-    path = run.path / "config.yaml"
-    try:
-        cfg = _read_yaml(str(path), path.stat().st_mtime)
-    except (OSError, yaml.YAMLError):
-        return False
-    if not isinstance(cfg, dict):
-        return False
-    inv = (cfg.get("attacks") or {}).get("inversion") or {}
-    return isinstance(inv, dict) and bool(inv.get("enabled"))
-
-
-@dataclass
-class InversionRun:
+class InversionRun(ResultRun):
     """A finished run that carries gradient-inversion results."""
-
-    run: RunFolder
-    created: float
-    summary: dict[str, Any]
 
     @property
     def inv(self) -> dict[str, Any]:
         return self.summary["inversion"]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.summary.get("config") or {}
-
-    @property
-    def name(self) -> str:
-        return self.config.get("name") or "run"
 
     @property
     def loss(self) -> str:
@@ -118,18 +85,8 @@ def defenses_text(config: dict[str, Any]) -> str:
 def inversion_runs() -> tuple[list[InversionRun], list[Path]]:
     """Finished runs whose summary has an ``inversion`` block, newest first; and the
     summary files of finished inversion runs that are missing or unreadable."""
-    index = RunIndex()
-    out, damaged = [], []
-    for rec in index.list():
-        if rec["state"] != "done":
-            continue
-        run = RunFolder(index.root / rec["run_id"])
-        summary = read_json(run.path / "summary.json")
-        if isinstance(summary, dict) and isinstance(summary.get("inversion"), dict):
-            out.append(InversionRun(run, rec["created"] or 0.0, summary))
-        elif _inversion_enabled(run):
-            damaged.append(run.path / "summary.json")
-    return out, damaged
+    runs, damaged = finished_runs_with("inversion", "inversion")
+    return [InversionRun(r.run, r.created, r.summary) for r in runs], damaged
 
 
 # --------------------------------------------------------------------------- verdict

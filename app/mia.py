@@ -7,7 +7,6 @@ main attack near chance, read straight off the table.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-import streamlit as st
 from plotly.subplots import make_subplots
 
-from engine.runs import RunFolder, RunIndex
+from app.results import ResultRun, finished_runs_with, read_json
 
 ATTACK_NAMES = {
     "fedmia-i/phi": "FedMIA-I (loss, per-sample σ)",
@@ -44,35 +42,12 @@ def attack_name(attack: str) -> str:
     return ATTACK_NAMES.get(attack, attack)
 
 
-@st.cache_data(max_entries=256)
-def _read_json(path: str, mtime: float) -> Any:
-    # mtime is part of the cache key so a rewritten file is read again.
-    return json.loads(Path(path).read_text())
-
-
-def read_json(path: Path) -> Any | None:
-    """A JSON file's content, or None when it is missing or unreadable (half-written, old)."""
-    try:
-        return _read_json(str(path), path.stat().st_mtime)
-    except (OSError, ValueError):
-        return None
-
-
-@dataclass
-class MiaRun:
+class MiaRun(ResultRun):
     """A finished run that carries membership-inference results."""
-
-    run: RunFolder
-    created: float
-    summary: dict[str, Any]
 
     @property
     def mia(self) -> dict[str, Any]:
         return self.summary["mia"]
-
-    @property
-    def name(self) -> str:
-        return (self.summary.get("config") or {}).get("name") or "run"
 
     @property
     def secagg(self) -> bool:
@@ -103,16 +78,8 @@ class MiaRun:
 
 def mia_runs() -> list[MiaRun]:
     """Finished runs whose summary has a ``mia`` block, newest first."""
-    index = RunIndex()
-    out = []
-    for rec in index.list():
-        if rec["state"] != "done":
-            continue
-        run = RunFolder(index.root / rec["run_id"])
-        summary = read_json(run.path / "summary.json")
-        if isinstance(summary, dict) and isinstance(summary.get("mia"), dict):
-            out.append(MiaRun(run, rec["created"] or 0.0, summary))
-    return out
+    runs, _ = finished_runs_with("mia", "membership")
+    return [MiaRun(r.run, r.created, r.summary) for r in runs]
 
 
 # --------------------------------------------------------------------------- verdict

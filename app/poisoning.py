@@ -17,12 +17,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 import streamlit as st
-import yaml
 from plotly.subplots import make_subplots
 
-from app.mia import read_json
+from app.results import ResultRun, finished_runs_with, read_json
 from engine.config import ROBUST_AGGREGATORS
-from engine.runs import ACTIVE, JOB_PID_FILE, RunFolder, RunIndex, pid_alive
+from engine.runs import ACTIVE, JOB_PID_FILE, pid_alive
 from engine.sweeps import POISON_AGGREGATORS, POISON_LEVELS, sweep_folder, sweep_spec
 
 BASE_PRESET = "poison-base"
@@ -112,47 +111,16 @@ def attack_sets(kind: str, malicious: list[int], rule: str,
 # --------------------------------------------------------------------------- runs
 
 
-@st.cache_data(max_entries=256)
-def _read_yaml(path: str, mtime: float) -> Any:
-    return yaml.safe_load(Path(path).read_text())
-
-
-def _poisoning_enabled(run: RunFolder) -> bool:
-    """Whether the run's stored config asked for poisoning (False if unreadable)."""
-    path = run.path / "config.yaml"
-    try:
-        cfg = _read_yaml(str(path), path.stat().st_mtime)
-    except (OSError, yaml.YAMLError):
-        return False
-    if not isinstance(cfg, dict):
-        return False
-    poison = (cfg.get("attacks") or {}).get("poisoning") or {}
-    return isinstance(poison, dict) and bool(poison.get("enabled"))
-
-
 # Settings that pick the rule; runs that differ only in these attacked the same federation.
 RULE_KEYS = ("aggregator", "fedprox_mu", "trim_beta", "num_malicious", "multikrum_m")
 
 
-@dataclass
-class PoisonRun:
+class PoisonRun(ResultRun):
     """A finished run that carries poisoning results."""
-
-    run: RunFolder
-    created: float
-    summary: dict[str, Any]
 
     @property
     def poison(self) -> dict[str, Any]:
         return self.summary["poisoning"]
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.summary.get("config") or {}
-
-    @property
-    def name(self) -> str:
-        return self.config.get("name") or "run"
 
     @property
     def aggregator(self) -> str:
@@ -196,18 +164,8 @@ class PoisonRun:
 def poisoning_runs() -> tuple[list[PoisonRun], list[Path]]:
     """Finished runs whose summary has a ``poisoning`` block, newest first; and the summary
     files of finished poisoning runs that are missing or unreadable."""
-    index = RunIndex()
-    out, damaged = [], []
-    for rec in index.list():
-        if rec["state"] != "done":
-            continue
-        run = RunFolder(index.root / rec["run_id"])
-        summary = read_json(run.path / "summary.json")
-        if isinstance(summary, dict) and isinstance(summary.get("poisoning"), dict):
-            out.append(PoisonRun(run, rec["created"] or 0.0, summary))
-        elif _poisoning_enabled(run):
-            damaged.append(run.path / "summary.json")
-    return out, damaged
+    runs, damaged = finished_runs_with("poisoning", "poisoning")
+    return [PoisonRun(r.run, r.created, r.summary) for r in runs], damaged
 
 
 def same_attack(shown: PoisonRun, runs: list[PoisonRun]) -> list[PoisonRun]:
