@@ -16,9 +16,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from engine.config import ExperimentConfig
+from app.state import remember, remembered
+from engine import jobs
+from engine.config import ConfigError, ExperimentConfig, build_config
+from engine.presets import preset_description
 from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
-from engine.runs import ACTIVE, open_run
+from engine.runs import ACTIVE, RunFolder, open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES_DIR = ROOT / "pages"
@@ -71,6 +74,62 @@ def sidebar(runs_folder: Path) -> None:
 def job_progress(run_id: str, total_rounds: int) -> None:
     """Progress bar of a background run; reruns the whole page once the run ends."""
     progress_bar(run_id, total_rounds)
+
+
+def remembered_run(param: str, instead: str) -> tuple[RunFolder | None,
+                                                    ExperimentConfig | None, dict[str, Any]]:
+    """The run remembered under ``param`` (URL and session), its config and status. One that
+    can't be opened is forgotten with a warning saying what is shown ``instead``."""
+    run_id = remembered(param)
+    if run_id:
+        try:
+            run = open_run(run_id)
+            cfg = run.config()
+        except (FileNotFoundError, OSError, ConfigError):
+            st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing "
+                       f"{instead}.")
+            remember(param, None)
+        else:
+            return run, cfg, run.status()
+    return None, None, {}
+
+
+def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str, kind: str,
+                retry: str, note: str | None = None) -> bool:
+    """Start buttons for attack presets (one background run at a time) and the progress,
+    stop button and failure of the run started here (remembered under ``param``).
+
+    Returns whether that run is active.
+    """
+    job, cfg, status = remembered_run(param, f"the newest {kind} run instead")
+    active = status.get("state") in ACTIVE
+    with st.container(border=True):
+        st.markdown(intro)
+        for col, (preset, label) in zip(st.columns(len(presets)), presets, strict=True):
+            if col.button(label, key=f"start_{preset}", disabled=active,
+                          help="One run at a time: wait for the current run or stop it."
+                          if active else preset_description(preset)):
+                try:
+                    remember(param, jobs.start_job(build_config(preset),
+                                                   preset=preset).run_id)
+                except ConfigError as err:  # a preset the engine no longer accepts
+                    st.error(f"The '{preset}' preset can't be started: {err}")
+                else:
+                    st.rerun()
+        if job and cfg and active:
+            st.markdown(f"Running **{cfg.name or 'run'}** (run id `{job.run_id}`); its results "
+                        "appear below when it finishes.")
+            job_progress(job.run_id, cfg.federation.rounds)
+            if note:
+                st.caption(note)
+            if st.button("Stop this run", icon=":material/stop_circle:", key="cancel"):
+                with st.spinner("Stopping: the current hospital finishes its step first…"):
+                    jobs.cancel_job(job, grace_s=15)
+                st.rerun()
+        elif status.get("state") == "failed":
+            st.error(f"The last attack run failed: {status.get('error') or 'unknown error'}. "
+                     f"Try the '{retry}' preset again; the Federation page shows its log.")
+    return active
 
 
 def progress_bar(run_id: str, total_rounds: int) -> list[dict[str, Any]]:

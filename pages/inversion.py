@@ -26,11 +26,10 @@ from app.inversion import (
     verdict_detail,
 )
 from app.state import persisted, remember, remembered
-from app.ui import job_progress
+from app.ui import preset_jobs
 from engine.config import ConfigError, build_config
-from engine.jobs import cancel_job, start_job
-from engine.presets import preset_description
-from engine.runs import ACTIVE, open_run, runs_root
+from engine.jobs import start_job
+from engine.runs import runs_root
 from engine.sweeps import find_finished_run
 
 RUN_PARAM = "inv_run"
@@ -41,51 +40,6 @@ PRESETS = (("inversion-easy", "Attack a vulnerable design"),
 DEFENDED_PRESET = "inversion-easy"
 DP_LEVELS = {"off": None, "light (σ 0.001)": 0.001, "strong (σ 0.01)": 0.01}
 PRUNE_LEVELS = {"off": None, "90% of each update": 0.9, "99% of each update": 0.99}
-
-
-def _jobs() -> bool:
-    """Start buttons for the attack presets and the progress of the one started here;
-    returns whether a run is active (one at a time)."""
-    job, cfg = None, None
-    run_id = remembered(RUN_PARAM)
-    if run_id:
-        try:
-            job = open_run(run_id)
-            cfg = job.config()
-        except (FileNotFoundError, OSError, ConfigError):
-            st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing the "
-                       "newest inversion run instead.")
-            remember(RUN_PARAM, None)
-            job = None
-    status = job.status() if job else {}
-    active = status.get("state") in ACTIVE
-    with st.container(border=True):
-        st.markdown("**Run a new attack experiment** (2 to 5 minutes, in the background: you "
-                    "may leave this page and come back)")
-        for col, (preset, label) in zip(st.columns(3), PRESETS, strict=True):
-            if col.button(label, key=f"start_{preset}", disabled=active,
-                          help="One run at a time: wait for the current run or stop it."
-                          if active else preset_description(preset)):
-                try:
-                    remember(RUN_PARAM, start_job(build_config(preset), preset=preset).run_id)
-                except ConfigError as err:  # a preset the engine no longer accepts
-                    st.error(f"The '{preset}' preset can't be started: {err}")
-                else:
-                    st.rerun()
-        if job and cfg and active:
-            st.markdown(f"Running **{cfg.name or 'run'}** (run id `{job.run_id}`); its results "
-                        "appear below when it finishes.")
-            job_progress(job.run_id, cfg.federation.rounds)
-            st.caption("After the last round the server attacks the hospitals' uploads; that "
-                       "takes most of the time.")
-            if st.button("Stop this run", icon=":material/stop_circle:", key="cancel"):
-                with st.spinner("Stopping: the current step finishes first…"):
-                    cancel_job(job, grace_s=15)
-                st.rerun()
-        elif status.get("state") == "failed":
-            st.error(f"The last attack run failed: {status.get('error') or 'unknown error'}. "
-                     "Try the 'inversion-easy' preset again; the Federation page shows its log.")
-    return active
 
 
 def _pick(runs: list[InversionRun]) -> InversionRun:
@@ -305,7 +259,12 @@ st.markdown(
     "**average brain** (the floor): only what beats the floor was learnt from the hospital. "
     "Pick a finished attack run below, or start one.")
 
-active = _jobs()
+active = preset_jobs(
+    RUN_PARAM, PRESETS, kind="inversion", retry="inversion-easy",
+    intro="**Run a new attack experiment** (2 to 5 minutes, in the background: you may leave "
+          "this page and come back)",
+    note="After the last round the server attacks the hospitals' uploads; that takes most "
+         "of the time.")
 flash = st.session_state.pop(FLASH, None)
 if flash:
     st.success(flash)

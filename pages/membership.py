@@ -23,56 +23,12 @@ from app.mia import (
     verdict_detail,
 )
 from app.state import persisted, remember, remembered
-from app.ui import job_progress
-from engine.config import ConfigError, build_config
-from engine.jobs import cancel_job, start_job
-from engine.presets import preset_description
-from engine.runs import ACTIVE, open_run, runs_root
+from app.ui import preset_jobs
+from engine.runs import runs_root
 
 RUN_PARAM, COMPARE_PARAM = "mia_run", "mia_compare"
 PRESETS = (("mia-paper", "Attack an undefended federation"),
            ("mia-secagg", "Attack with secure aggregation"))
-
-
-def _jobs() -> None:
-    """Start buttons for the attack presets, and the progress of the one started here."""
-    job, cfg = None, None
-    run_id = remembered(RUN_PARAM)
-    if run_id:
-        try:
-            job = open_run(run_id)
-            cfg = job.config()
-        except (FileNotFoundError, OSError, ConfigError):
-            st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing the "
-                       "newest attack run instead.")
-            remember(RUN_PARAM, None)
-            job = None
-    status = job.status() if job else {}
-    active = status.get("state") in ACTIVE
-    with st.container(border=True):
-        st.markdown("**Run a new attack experiment** (about 2 minutes each, in the background: "
-                    "you may leave this page and come back)")
-        for col, (preset, label) in zip(st.columns(2), PRESETS, strict=True):
-            if col.button(label, key=f"start_{preset}", disabled=active,
-                          help="One run at a time: wait for the current run or stop it."
-                          if active else preset_description(preset)):
-                try:
-                    remember(RUN_PARAM, start_job(build_config(preset), preset=preset).run_id)
-                except ConfigError as err:  # a preset the engine no longer accepts
-                    st.error(f"The '{preset}' preset can't be started: {err}")
-                else:
-                    st.rerun()
-        if job and cfg and active:
-            st.markdown(f"Running **{cfg.name}** (run id `{job.run_id}`); its results appear "
-                        "below when it finishes.")
-            job_progress(job.run_id, cfg.federation.rounds)
-            if st.button("Stop this run", icon=":material/stop_circle:", key="cancel"):
-                with st.spinner("Stopping: the current hospital finishes its step first…"):
-                    cancel_job(job, grace_s=15)
-                st.rerun()
-        elif status.get("state") == "failed":
-            st.error(f"The last attack run failed: {status.get('error') or 'unknown error'}. "
-                     "Try the 'mia-paper' preset again; the Federation page shows its log.")
 
 
 def _pick(runs: list[MiaRun]) -> tuple[MiaRun, MiaRun | None]:
@@ -219,7 +175,9 @@ st.markdown(
     "leaks: knowing that a patient was treated at a hospital (for example a cancer centre) is "
     "itself sensitive. Pick a finished attack run below, or start one.")
 
-_jobs()
+preset_jobs(RUN_PARAM, PRESETS, kind="attack", retry="mia-paper",
+            intro="**Run a new attack experiment** (about 2 minutes each, in the background: "
+                  "you may leave this page and come back)")
 runs = mia_runs()
 if not runs:
     st.info("No membership-inference results yet. Run the 'mia-paper' preset (button above) "

@@ -42,10 +42,10 @@ from app.poisoning import (
     verdict,
 )
 from app.state import persisted, remember, remembered
-from app.ui import AGGREGATOR_HELP, job_progress
+from app.ui import AGGREGATOR_HELP, job_progress, remembered_run
 from engine.config import AGGREGATORS, ConfigError, build_config
 from engine.jobs import cancel_job, cancel_sweep, start_job, start_sweep_job
-from engine.runs import ACTIVE, open_run, runs_root
+from engine.runs import ACTIVE, runs_root
 from engine.sweeps import POISON_LEVELS, find_finished_run
 
 RUN_PARAM = "poi_run"
@@ -141,18 +141,7 @@ def _start_next(queue: list[Any]) -> None:
 def _jobs(sweep_busy: bool) -> bool:
     """The attack controls, the Run button and the progress of the run started here;
     returns whether a run is active (one job at a time)."""
-    job, cfg = None, None
-    run_id = remembered(RUN_PARAM)
-    if run_id:
-        try:
-            job = open_run(run_id)
-            cfg = job.config()
-        except (FileNotFoundError, OSError, ConfigError):
-            st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing the "
-                       "newest poisoning run instead.")
-            remember(RUN_PARAM, None)
-            job = None
-    status = job.status() if job else {}
+    job, cfg, status = remembered_run(RUN_PARAM, "the newest poisoning run instead")
     state = status.get("state")
     queue = list(st.session_state.get(QUEUE) or [])
     if queue and state == "done":
