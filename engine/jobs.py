@@ -22,17 +22,21 @@ def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
               preset: str | None = None) -> RunFolder:
     """Create a run folder for ``cfg`` and execute it in a detached process."""
     run = create_run(cfg, root, preset=preset)
-    log = open(run.path / "log.txt", "a")  # noqa: SIM115 - handed to the child process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.jobs", str(run.path)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, cwd=os.getcwd(),
-    )
-    log.close()
-    # A file of its own: writing status.json here could race with the child's own updates
-    # (a fast run may already be done, and "queued" would overwrite it).
-    (run.path / JOB_PID_FILE).write_text(str(proc.pid))
+    _spawn([sys.executable, "-m", "engine.jobs", str(run.path)], run.path)
     return run
+
+
+def _spawn(cmd: list[str], folder: Path) -> None:
+    """Start ``cmd`` detached, logging to ``folder/log.txt``; its pid goes to ``job.pid``.
+
+    A file of its own: writing status.json here could race with the child's own updates
+    (a fast run may already be done, and "queued" would overwrite it).
+    """
+    log = open(folder / "log.txt", "a")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
+    log.close()
+    (folder / JOB_PID_FILE).write_text(str(proc.pid))
 
 
 def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
@@ -69,11 +73,7 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
            "--out", str(runs_root(root))]
     for s in sets:
         cmd += ["--set", s]
-    log = open(folder / "log.txt", "a")  # noqa: SIM115 - handed to the child process
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=os.getcwd())
-    log.close()
-    (folder / JOB_PID_FILE).write_text(str(proc.pid))
+    _spawn(cmd, folder)
     return folder
 
 

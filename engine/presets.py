@@ -61,6 +61,12 @@ _STUDY_DEMO: dict[str, Any] = {
     "attacks": {"membership": {"enabled": True, "rounds": "all", "bootstrap": 200}},
 }
 
+def _noisy_upload(noise_std: float) -> dict[str, Any]:
+    """``attacks`` overrides: center 0 adds N(0, noise_std²) to every uploaded parameter."""
+    return {"poisoning": {"enabled": True, "kind": "update_noise", "malicious_centers": [0],
+                          "noise_std": noise_std}}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "description": (
@@ -173,8 +179,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "config": {**_STUDY_DEMO, "name": "poisoned-hospital",
                    "federation": {**_STUDY_DEMO["federation"], "server_view_rounds": "none"},
-                   "attacks": {"poisoning": {"enabled": True, "kind": "update_noise",
-                                             "malicious_centers": [0], "noise_std": 0.3}}},
+                   "attacks": _noisy_upload(0.3)},
     },
     "poison-base": {
         "description": (
@@ -189,8 +194,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "uploads; plain averaging. The study's high-noise case (about 15 s)."
         ),
         "config": {**POISON_BASE, "name": "poison-high",
-                   "attacks": {"poisoning": {"enabled": True, "kind": "update_noise",
-                                             "malicious_centers": [0], "noise_std": 0.3}}},
+                   "attacks": _noisy_upload(0.3)},
     },
     "poison-low": {
         "description": (
@@ -198,8 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "small enough to hide among honest differences (about 15 s)."
         ),
         "config": {**POISON_BASE, "name": "poison-low",
-                   "attacks": {"poisoning": {"enabled": True, "kind": "update_noise",
-                                             "malicious_centers": [0], "noise_std": 0.03}}},
+                   "attacks": _noisy_upload(0.03)},
     },
 }
 

@@ -208,32 +208,39 @@ def _defenses(active: bool) -> None:
             st.rerun()
 
 
+def _study(name: str, what: str) -> tuple | None:
+    """The latest sweep ``name`` as ``(folder, rows)``, or None with the command to run it."""
+    found = latest_sweep(runs_root(), name)
+    if not found:
+        st.info(f"The {what} has not been run yet: `{SWEEP_COMMAND.format(name=name)}` "
+                "produces it (about 15 minutes).")
+    return found
+
+
+def _unfinished(folder, rows: list, noun: str) -> None:
+    cells = sweep_cells(folder, rows)
+    if cells > len(rows):
+        st.caption(f"{len(rows)} of {cells} {noun} finished so far (the sweep is still "
+                   "running, or was stopped).")
+
+
 def _factor_study() -> None:
     st.markdown("#### Why a design leaks: one factor changed at a time")
-    found = latest_sweep(runs_root(), "inversion-factors")
+    found = _study("inversion-factors", "factor study")
     if not found:
-        st.info("The factor study has not been run yet: "
-                f"`{SWEEP_COMMAND.format(name='inversion-factors')}` produces it "
-                "(about 15 minutes).")
         return
     folder, rows = found
     st.plotly_chart(factor_figure(rows), key="inv_factors")
     st.caption("Each pair of bars starts from the vulnerable design and changes one thing; "
                "red is how close the attacker's reconstruction gets (inside the head), grey "
                "is its average brain, so red barely above grey means nothing leaked.")
-    cells = sweep_cells(folder, rows)
-    if cells > len(rows):
-        st.caption(f"{len(rows)} of {cells} settings finished so far (the sweep is still "
-                   "running, or was stopped).")
+    _unfinished(folder, rows, "settings")
 
 
 def _defense_study() -> None:
     st.markdown("#### Defenses: what they block and what they cost")
-    found = latest_sweep(runs_root(), "inversion-defenses")
+    found = _study("inversion-defenses", "defense study")
     if not found:
-        st.info("The defense study has not been run yet: "
-                f"`{SWEEP_COMMAND.format(name='inversion-defenses')}` produces it "
-                "(about 15 minutes).")
         return
     folder, rows = found
     st.plotly_chart(defense_figure(rows), key="inv_defenses")
@@ -245,10 +252,7 @@ def _defense_study() -> None:
         "Model error, MAE (HU)": st.column_config.NumberColumn(format="%.0f"),
         "Extra error (HU)": st.column_config.NumberColumn(format="%+.0f"),
     })
-    cells = sweep_cells(folder, rows)
-    if cells > len(rows):
-        st.caption(f"{len(rows)} of {cells} defenses finished so far (the sweep is still "
-                   "running, or was stopped).")
+    _unfinished(folder, rows, "defenses")
 
 
 st.title("Gradient inversion")
