@@ -185,16 +185,16 @@ def cell_label(sets: list[str]) -> str:
                      for key, value in (s.split("=", 1) for s in sets)) or "baseline"
 
 
-def table_row(label: str, sets: list[str], run: RunFolder) -> dict[str, Any]:
+def table_row(label: str, sets: list[str], run: RunFolder,
+              s: dict[str, Any]) -> dict[str, Any]:
     """One table row: the cell's settings, final sCT metrics and every attack's AUCs.
 
     Settings that sweeps vary are columns of their own (``dp_enabled``, ``noise_multiplier``,
     ``clip_norm``, ``secure_aggregation``, ``aggregator``, ``prune_fraction``, ``loss``,
     ``norm``, ``batch_size``, ``local_epochs``, ``image_size``), read from the run's config.
     Inversion results are ``inversion_<metric>`` (means over clients) and
-    ``inversion_ssim_body[<center>]``.
+    ``inversion_ssim_body[<center>]``. ``s`` is the run's summary.
     """
-    s = run.summary() or {}
     cfg = run.config()
     fin = (s.get("federation") or {}).get("final") or {}
     row: dict[str, Any] = {"cell": label, "overrides": " ".join(sets), "run_id": run.run_id,
@@ -291,8 +291,9 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
             cell["reused"] = True
             progress(f"[{i + 1}/{len(cells)}] {cell['label']}: reusing {run.run_id}")
         cell["run_id"] = run.run_id
-        rows.append(table_row(cell["label"], cell["overrides"], run))
-        curves[run.run_id] = ((run.summary() or {}).get("federation") or {}).get("history")
+        summary = run.summary() or {}
+        rows.append(table_row(cell["label"], cell["overrides"], run, summary))
+        curves[run.run_id] = (summary.get("federation") or {}).get("history")
         state |= {"trained": trained, "cells_done": i + 1, "updated": time.time()}
         write_json_atomic(folder / "sweep.json", state)
         write_table(folder, rows)
