@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench clean
+.PHONY: install browser run test lint bench clean federation-up
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ run: install
 test: install browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# A real Flower deployment on this machine: SuperLink + one SuperNode per hospital, the
+# experiment, then every process stopped (PRESET=smoke by default).
+federation-up: install
+	$(VENV)/bin/fedsct run --preset $(or $(PRESET),smoke) --set federation.runtime=flower-deploy
 
 bench: install
 	$(PY) -m benchmarks.run_all

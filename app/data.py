@@ -10,16 +10,14 @@ letter, e.g. ``uploads/1BA001/mr.nii.gz`` is patient 1 of hospital A.
 from __future__ import annotations
 
 import shlex
-import shutil
 import string
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import streamlit as st
 
 from app.ui import upscale
-from engine.data.nifti import load_nifti_pair, load_volume
+from engine.data.nifti import load_nifti_pair, load_volume, save_patient_folder
 from engine.data.phantom import center_profile, phantom_patient
 from engine.data.types import PatientVolume
 from engine.render import CT_WINDOW_HU, to_gray
@@ -164,20 +162,7 @@ def save_patient(folder: Path, letter: str, number: int, mri: bytes, ct: bytes,
         raise FileExistsError(target)
     pv = check_pair(mri, ct, mask)
     _, affine = load_volume(mri, name="uploaded MRI")
-    # Written next to (not inside) the cohort folder: a half-written patient must never be
-    # picked up by the loader, which accepts any folder with a letter in third place.
-    tmp = folder.parent / f".{folder.name}-partial-{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    folder.mkdir(exist_ok=True)
-    try:
-        nib.save(nib.Nifti1Image(pv.mri, affine), tmp / "mr.nii.gz")
-        nib.save(nib.Nifti1Image(pv.ct_hu, affine), tmp / "ct.nii.gz")
-        if mask is not None:
-            nib.save(nib.Nifti1Image(pv.mask.astype(np.uint8), affine), tmp / "mask.nii.gz")
-        tmp.rename(target)  # fails rather than merging if someone saved the same ID meanwhile
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_patient_folder(pv, target, affine, with_mask=mask is not None)
     return target
 
 

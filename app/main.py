@@ -25,6 +25,8 @@ page = st.navigation([
             icon=":material/person_search:"),
     st.Page(str(PAGES_DIR / "inversion.py"), title="Gradient inversion", icon=":material/blur_on:"),
     st.Page(str(PAGES_DIR / "poisoning.py"), title="Poisoning", icon=":material/coronavirus:"),
+    st.Page(str(PAGES_DIR / "whatif.py"), title="What-if for a patient",
+            icon=":material/policy:"),
     st.Page(str(PAGES_DIR / "runs.py"), title="Runs", icon=":material/folder_open:"),
     st.Page(str(PAGES_DIR / "report.py"), title="Report", icon=":material/description:"),
 ])

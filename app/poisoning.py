@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app.results import ResultRun, finished_runs_with, read_json
+from app.results import ResultRun, Sweep, finished_runs_with, read_sweep
 from engine.config import ROBUST_AGGREGATORS
-from engine.runs import ACTIVE, JOB_PID_FILE, pid_alive
-from engine.sweeps import POISON_AGGREGATORS, POISON_LEVELS, sweep_folder, sweep_spec
+from engine.sweeps import POISON_AGGREGATORS, POISON_LEVELS
 
 BASE_PRESET = "poison-base"
 SWEEP_COMMAND = "fedsct sweep --preset {name}"
@@ -417,70 +416,6 @@ def level_figure(rows: list[dict[str, Any]], malicious: str, metric: str) -> go.
 
 
 # --------------------------------------------------------------------------- sweeps
-
-
-@dataclass
-class Sweep:
-    """What a sweep folder holds: progress (``sweep.json``), rows (``table.json``) and
-    curves (``curves.json``); unreadable files are listed in ``damaged``."""
-
-    name: str
-    folder: Path
-    state: str | None = None  # None: never started
-    cells_done: int = 0
-    total: int = 0
-    current: str | None = None
-    rows: list[dict[str, Any]] | None = None
-    damaged: list[Path] = field(default_factory=list)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
-
-    @property
-    def pid(self) -> int | None:
-        try:
-            return int((self.folder / JOB_PID_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def curves(self) -> dict[str, Any] | None:
-        """``curves.json`` ({run id: history}), or None when missing or damaged."""
-        data = read_json(self.folder / "curves.json")
-        return data if isinstance(data, dict) else None
-
-
-def read_sweep(name: str) -> Sweep:
-    """The state of sweep ``name`` in the runs root (its :func:`sweep_folder`)."""
-    folder = sweep_folder(name)
-    sweep = Sweep(name, folder, total=len(sweep_spec(name)["cells"]))
-    spec_path, table_path = folder / "sweep.json", folder / "table.json"
-    if spec_path.exists():
-        spec = read_json(spec_path)
-        try:
-            cells_done = int(spec.get("cells_done") or 0) if isinstance(spec, dict) else None
-        except (TypeError, ValueError):
-            cells_done = None
-        if isinstance(spec, dict) and cells_done is not None:
-            sweep.state = str(spec.get("state") or "running")
-            sweep.cells_done = cells_done
-            cells = spec.get("cells")
-            if isinstance(cells, list) and cells:
-                sweep.total = len(cells)
-                if sweep.cells_done < len(cells) and isinstance(cells[sweep.cells_done], dict):
-                    sweep.current = cells[sweep.cells_done].get("label")
-            # A background sweep whose process ended without saying so was killed.
-            if sweep.active and sweep.pid and not pid_alive(sweep.pid):
-                sweep.state = "ended"
-        else:
-            sweep.damaged.append(spec_path)
-    if table_path.exists():
-        rows = read_json(table_path)
-        if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
-            sweep.rows = rows
-        else:
-            sweep.damaged.append(table_path)
-    return sweep
 
 
 def cell_words(label: str | None) -> str:

@@ -159,8 +159,9 @@ def describe_config(cfg: ExperimentConfig) -> str:
     privacy = (f"privacy noise on (σ {dp.noise_multiplier:g}, clip {dp.clip_norm:g})"
                if dp.enabled else "privacy noise off")
     secagg = f"secure aggregation {'on' if cfg.defenses.secure_aggregation else 'off'}"
+    where = "" if fed.runtime == "inprocess" else f" · on {fed.runtime}"
     return (f"{cfg.data.centers} hospitals{unseen} · {fed.rounds} rounds · "
-            f"{fed.aggregator} · {secagg} · {privacy} · {cfg.data.image_size} px images")
+            f"{fed.aggregator} · {secagg} · {privacy} · {cfg.data.image_size} px images{where}")
 
 
 def run_label(rec: dict[str, Any]) -> str:

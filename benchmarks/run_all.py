@@ -13,6 +13,7 @@ import torch
 from benchmarks import (
     demo_memory,
     federation_overhead,
+    flower_runtimes,
     inversion_speed,
     mia_scoring,
     phantom_speed,
@@ -28,6 +29,7 @@ def main() -> None:
         "demo_run": demo_memory.measure("demo"),
         "mia_per_sample_gradients": mia_scoring.gradient_speedup(),
         "inversion_restarts": inversion_speed.measure(),
+        "flower_runtimes": flower_runtimes.measure(),
     }
     print(json.dumps(results, indent=1))
 

@@ -13,6 +13,9 @@ EXAMPLES = """examples:
   fedsct run --preset smoke
   fedsct run --preset demo --set federation.aggregator=fedmedian --set federation.rounds=5
   fedsct run --config my_experiment.yaml --out /data/fedsct-runs
+  fedsct run --preset smoke --set federation.runtime=flower-sim
+  fedsct run --preset smoke --set federation.runtime=flower-deploy   # SuperLink + SuperNodes
+  fedsct sweep --preset whatif --set data.whatif_patient=runs/uploads/1BA001
   fedsct sweep --preset mia-dp
   fedsct presets
   fedsct runs

@@ -36,9 +36,17 @@ class DataConfig(_Section):
     unseen_patients: int = Field(2, ge=1, le=64)
     lesion_probability: float = Field(0.3, ge=0.0, le=1.0, description="phantom lesion rate")
     path: str | None = Field(None, description="SynthRAD2023 root or NIfTI folder")
+    whatif_patient: str | None = Field(
+        None, description="patient folder {mr,ct[,mask]}.nii.gz added to one center's training "
+        "patients (the What-if page)")
+    whatif_center: int = Field(0, ge=0, le=15, description="center that trains on whatif_patient")
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
+        if self.whatif_patient is not None and not Path(self.whatif_patient).is_dir():
+            raise ValueError(f"data.whatif_patient = {self.whatif_patient!r} is not a folder; "
+                             "give a patient folder holding mr.nii.gz and ct.nii.gz (the Data "
+                             "page saves uploads in that layout)")
         if self.source != "phantom":
             if not self.path:
                 raise ValueError(f"data.path is required when data.source = {self.source!r}")
@@ -65,7 +73,19 @@ class ModelConfig(_Section):
 class FederationConfig(_Section):
     """Rounds, local training and the server's aggregation rule."""
 
-    runtime: Literal["inprocess"] = "inprocess"
+    runtime: Literal["inprocess", "flower-sim", "flower-deploy"] = Field(
+        "inprocess", description="inprocess (one process), flower-sim (Flower simulation) or "
+        "flower-deploy (a local SuperLink + one SuperNode per center)")
+    round_timeout_s: float = Field(
+        600.0, gt=0.0, le=86_400.0,
+        description="Flower runtimes: longest wait for the centers' replies in a round")
+    superlink: str | None = Field(
+        None, description="flower-deploy: a SuperLink connection in $FLWR_HOME/config.toml "
+        "to run on, instead of starting a local SuperLink and SuperNodes")
+    min_centers: int | None = Field(
+        None, ge=1, le=16, description="Flower runtimes: a round goes on with this many "
+        "replies (default: all centers); SecAgg+'s reconstruction threshold is this, at "
+        "least 2 and at most centers − 1")
     rounds: int = Field(10, ge=1, le=1000)
     local_epochs: int = Field(1, ge=1, le=100)
     batch_size: int = Field(8, ge=1, le=512)
@@ -226,6 +246,9 @@ class ExperimentConfig(_Section):
                 f"data.image_size = {self.data.image_size} must be divisible by "
                 f"{2**levels} for a U-Net with {len(self.model.channels)} levels"
             )
+        if self.data.whatif_patient is not None and self.data.whatif_center >= n:
+            raise ValueError(f"data.whatif_center = {self.data.whatif_center} does not exist; "
+                             f"centers are 0…{n - 1}")
         if self.defenses.secure_aggregation and n < 2:
             raise ValueError("defenses.secure_aggregation = true needs data.centers ≥ 2: with "
                              "one hospital the sum is that hospital's update")
@@ -262,7 +285,22 @@ class ExperimentConfig(_Section):
                 f"federation.trim_beta = {fed.trim_beta} trims nothing with {n} centers "
                 f"(β·n < 1); use β ≥ {1 / n:.2f} or more centers"
             )
+        if fed.min_centers is not None and fed.min_centers > n:
+            raise ValueError(f"federation.min_centers = {fed.min_centers} is more than "
+                             f"data.centers = {n}")
+        if fed.runtime != "inprocess" and self.defenses.secure_aggregation:
+            if n < 3:
+                raise ValueError(f"defenses.secure_aggregation on federation.runtime = "
+                                 f"{fed.runtime!r} is Flower's SecAgg+, which needs "
+                                 f"data.centers ≥ 3 (got {n})")
+            if (fed.min_centers or n) < 2:
+                raise ValueError("federation.min_centers = 1 with secure aggregation would "
+                                 "reveal a single center's update; use 2 or more")
         poison = self.attacks.poisoning
+        if poison.enabled and poison.kind == "alie" and fed.runtime != "inprocess":
+            raise ValueError(f"attacks.poisoning.kind = 'alie' needs every center's update "
+                             f"at the attacker, which only federation.runtime = 'inprocess' "
+                             f"simulates (got {fed.runtime!r})")
         if poison.enabled:
             bad = [c for c in poison.malicious_centers if not 0 <= c < n]
             if bad or len(set(poison.malicious_centers)) != len(poison.malicious_centers):
@@ -288,6 +326,12 @@ class ExperimentConfig(_Section):
             if isinstance(inv.target_center, int) and inv.target_center >= n:
                 raise ValueError(f"attacks.inversion.target_center = {inv.target_center} "
                                  f"does not exist; centers are 0…{n - 1}")
+            if (self.data.whatif_patient is not None and isinstance(inv.target_center, int)
+                    and inv.target_center != self.data.whatif_center):
+                raise ValueError(
+                    f"attacks.inversion.target_center = {inv.target_center} does not attack "
+                    f"the what-if patient's hospital (data.whatif_center = "
+                    f"{self.data.whatif_center}); set it to {self.data.whatif_center} or all")
             if isinstance(inv.target_round, int) and inv.target_round > fed.rounds:
                 raise ValueError(f"attacks.inversion.target_round = {inv.target_round} is "
                                  f"after the last round ({fed.rounds})")

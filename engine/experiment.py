@@ -119,8 +119,14 @@ def execute(run: RunFolder,
             g = entry.get("global") or {}
             run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
 
-        result = run_federation(cfg, cohort, run_dir=run.path, on_round=record,
-                                should_stop=run.cancel_requested)
+        if cfg.federation.runtime == "inprocess":
+            result = run_federation(cfg, cohort, run_dir=run.path, on_round=record,
+                                    should_stop=run.cancel_requested)
+        else:
+            from engine.federation.flower_runtime import run_flower
+
+            # Its ServerApp writes the round records and the log itself.
+            result = run_flower(cfg, run, on_round=on_round)
         ckpt = run.path / "checkpoints"
         ckpt.mkdir(exist_ok=True)
         model = build_model(cfg)
@@ -146,6 +152,10 @@ def execute(run: RunFolder,
             attacks["poisoning"] = run_poisoning_report(run.path, cfg, cohort, result,
                                                         progress=run.log,
                                                         should_stop=run.cancel_requested)
+        if cfg.data.whatif_patient is not None:
+            from engine.attacks.whatif import run_whatif
+
+            attacks["whatif"] = run_whatif(run.path, cfg, cohort)
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
                                 count_parameters(model), samples) | attacks
         run.write_summary(summary)

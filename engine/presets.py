@@ -61,6 +61,23 @@ _STUDY_DEMO: dict[str, Any] = {
     "attacks": {"membership": {"enabled": True, "rounds": "all", "bootstrap": 200}},
 }
 
+# The study-setup demo with one patient's attacks: membership of every patient (the what-if
+# patient's score is read from it) and a reconstruction attempt on the patient's hospital's
+# round-7 update. Its 15 local epochs make each attack iteration ~2 s on 2 CPUs, hence the
+# small budget (the page says so); the page sets data.whatif_patient and the target center.
+_WHATIF: dict[str, Any] = {
+    **_STUDY_DEMO, "name": "whatif",
+    "attacks": {"membership": _STUDY_DEMO["attacks"]["membership"],
+                "inversion": {"enabled": True, "method": "ig", "iterations": 50,
+                              "restarts": 1, "target_round": "first", "target_center": 0,
+                              "snapshot_every": 0}},
+}
+# What the What-if page compares against: the hardened demo's defenses.
+HARDENED_DEFENSES: dict[str, Any] = {"secure_aggregation": True,
+                                     "dp": {"enabled": True, "clip_norm": 5.0,
+                                            "noise_multiplier": 0.001}}
+
+
 def _noisy_upload(noise_std: float) -> dict[str, Any]:
     """``attacks`` overrides: center 0 adds N(0, noise_std²) to every uploaded parameter."""
     return {"poisoning": {"enabled": True, "kind": "update_noise", "malicious_centers": [0],
@@ -167,10 +184,15 @@ PRESETS: dict[str, dict[str, Any]] = {
             "Live demo — study-setup hardened with secure aggregation and client-level DP "
             "(clip 5, σ 0.001): the same attack on a masked server view (under a minute)."
         ),
-        "config": {**_STUDY_DEMO, "name": "hardened",
-                   "defenses": {"secure_aggregation": True,
-                                "dp": {"enabled": True, "clip_norm": 5.0,
-                                       "noise_multiplier": 0.001}}},
+        "config": {**_STUDY_DEMO, "name": "hardened", "defenses": HARDENED_DEFENSES},
+    },
+    "whatif": {
+        "description": (
+            "What-if for one patient: study-setup with data.whatif_patient among hospital "
+            "data.whatif_center's training patients; membership inference plus a short "
+            "reconstruction attempt (50 iterations) on that hospital's update (about 2 min)."
+        ),
+        "config": _WHATIF,
     },
     "poisoned-hospital": {
         "description": (

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, ExperimentConfig, build_config, config_hash
+from engine.presets import HARDENED_DEFENSES
 from engine.runs import RunFolder, create_run, runs_root, write_json_atomic
 
 # Rules that run with 4 centers (Krum, Multi-Krum need > 2f+2 = 4 and Bulyan ≥ 4f+3 = 7
@@ -38,6 +39,17 @@ POISON_LEVELS: dict[str, tuple[float, float]] = {"data_noise": (0.1, 1.0),
 # an honest majority; a 25 % trim of 4 values equals the median): pairs are run with the
 # averaging rules and the median, to show where robustness ends.
 PAIR_AGGREGATORS = ("fedavg", "fedprox", "fedmedian")
+
+
+def _as_sets(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": {"b": 1}}`` → ``["a.b=1"]`` (the ``--set`` form of a nested override)."""
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _as_sets(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
 
 
 def _poison_cells() -> list[list[str]]:
@@ -124,6 +136,16 @@ SWEEPS: dict[str, dict[str, Any]] = {
             *[[f"defenses.prune_fraction={f}"] for f in (0.9, 0.99)],
             ["data.slices_per_patient=4", "federation.batch_size=4"],
         ],
+    },
+    "whatif": {
+        "description": (
+            "One patient with and without defenses: the whatif preset as is, then hardened "
+            "with secure aggregation and client-level DP (clip 5, σ 0.001). Give the patient "
+            "with --set data.whatif_patient=FOLDER (about 5 min)."
+        ),
+        "base": "whatif",
+        "cells": [[], _as_sets({"defenses": HARDENED_DEFENSES})],
+        "requires": ["data.whatif_patient"],
     },
     "poison-paper": {
         "description": (
@@ -254,6 +276,10 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
     spec = sweep_spec(name)
     cells = [list(c) + list(sets) for c in spec["cells"]]
     configs = [build_config(spec["base"], sets=c) for c in cells]  # validate all first
+    for key in spec.get("requires", []):
+        section, field = key.split(".")
+        if getattr(getattr(configs[0], section), field) is None:
+            raise ConfigError(f"sweep {name!r} needs {key}: add --set {key}=...")
     base = runs_root(root)
     folder = sweep_folder(name, sets, root)
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,12 @@ from engine.jobs import cancel_job, start_job
 from engine.presets import preset_description, preset_names
 from engine.runs import ACTIVE, RunFolder, RunIndex, open_run
 
-CUSTOM = ("centers", "rounds", "aggregator", "fedprox_mu", "secagg", "dp", "dp_noise", "dp_clip")
+CUSTOM = ("centers", "rounds", "aggregator", "fedprox_mu", "secagg", "dp", "dp_noise", "dp_clip",
+          "runtime")
+RUNTIMES = {"inprocess": "In this process (fastest)",
+            "flower-sim": "Flower simulation (adds 10–35 s to start)",
+            "flower-deploy": "Flower: a real SuperLink + one SuperNode per hospital on this "
+                             "machine (slowest; what a real deployment runs)"}
 
 
 def _preset_changed() -> None:
@@ -75,6 +80,11 @@ def _custom_overrides(base: ExperimentConfig) -> dict[str, Any]:
             right.number_input, "Update size limit (clip norm)", "dp_clip",
             base.defenses.dp.clip_norm, min_value=0.001, max_value=1e4, step=0.5,
             format="%.3f", help="The largest update a hospital may send.")
+    fed["runtime"] = persisted(st.selectbox, "Where the federation runs", "runtime",
+                               base.federation.runtime, options=list(RUNTIMES),
+                               format_func=RUNTIMES.get,
+                               help="The same training, aggregation and attacks on every "
+                                    "runtime; Flower is the engine for real deployments.")
     return {"data": {"centers": int(centers)}, "federation": fed,
             "defenses": {"secure_aggregation": secagg, "dp": dp}}
 

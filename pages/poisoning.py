@@ -19,7 +19,6 @@ from app.poisoning import (
     SWEEP_TEXT,
     TARGET_NAMES,
     PoisonRun,
-    Sweep,
     attack_sets,
     clean_rows,
     curves_figure,
@@ -34,13 +33,13 @@ from app.poisoning import (
     poisoned,
     poisoning_runs,
     ratio_heatmap,
-    read_sweep,
     rule_name,
     same_attack,
     sweep_progress,
     sweep_state_text,
     verdict,
 )
+from app.results import Sweep, read_sweep
 from app.state import persisted, remember, remembered
 from app.ui import AGGREGATOR_HELP, job_progress, remembered_run
 from engine.config import AGGREGATORS, ConfigError, build_config

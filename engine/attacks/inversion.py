@@ -504,6 +504,7 @@ def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
         np.savez_compressed(
             out / f"{payload.client}.npz", mri=result.mri, ct_unit=result.ct_unit,
             true_mri=truth.mri, true_ct_unit=true_ct, mask=truth.mask,
+            patient_ids=truth.patient_ids.astype(str),
             pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2),
             prior_mri=payload.prior.mri, prior_ct_unit=payload.prior.ct_unit,
             losses=np.array(result.losses),

@@ -43,6 +43,7 @@ from scipy.stats import norm
 from torch.func import functional_call, grad, vmap
 
 from engine.config import ExperimentConfig
+from engine.data.cohort import whatif_patient_id
 from engine.data.types import Cohort, SliceSet
 from engine.federation.client import as_tensors, training_loss
 from engine.federation.server_view import RoundView, ServerView
@@ -87,12 +88,22 @@ class MembershipPayload:
         return self.rounds[0].clients
 
 
-def membership_candidates(cohort: Cohort, seed: int = 0,
-                          balance: bool = True) -> dict[str, Candidates]:
+def _subsample(patients: list[str], n: int, rng: np.random.Generator,
+               keep: set[str]) -> list[str]:
+    """``n`` of ``patients`` (seeded), always including those in ``keep``, in original order."""
+    kept = [p for p in patients if p in keep][:n]
+    rest = [p for p in patients if p not in keep]
+    chosen = set(kept) | set(rng.choice(rest, n - len(kept), replace=False).tolist())
+    return [p for p in patients if p in chosen]
+
+
+def membership_candidates(cohort: Cohort, seed: int = 0, balance: bool = True,
+                          keep: tuple[str, ...] = ()) -> dict[str, Candidates]:
     """Members = each center's training patients; non-members = its held-out patients.
 
     With ``balance`` the larger group is subsampled by whole patients (seeded) so both have
-    the same number of patients, as the study's evaluation does.
+    the same number of patients, as the study's evaluation does; patients in ``keep`` (the
+    what-if patient) are never left out.
     """
     rng = np.random.default_rng([seed, 0x3A1A])
     out = {}
@@ -100,8 +111,8 @@ def membership_candidates(cohort: Cohort, seed: int = 0,
         train, test = c.train.patients, c.test.patients
         if balance:
             n = min(len(train), len(test))
-            train = sorted(rng.choice(train, n, replace=False).tolist(), key=train.index)
-            test = sorted(rng.choice(test, n, replace=False).tolist(), key=test.index)
+            train = _subsample(train, n, rng, set(keep))
+            test = _subsample(test, n, rng, set(keep))
         parts = [c.train.for_patient(p) for p in train] + [c.test.for_patient(p) for p in test]
         slices = SliceSet.concat(parts)
         n_mem = sum(len(p) for p in parts[: len(train)])
@@ -135,7 +146,8 @@ def membership_payload(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> 
     rounds = [view[r] for r in select_rounds(view, mia.rounds)]
     m = cfg.model
     model = build_unet(tuple(m.channels), m.norm, m.num_res_units).to(select_device())
-    return MembershipPayload(rounds, membership_candidates(cohort, cfg.seed, mia.balance),
+    keep = tuple(p for p in [whatif_patient_id(cfg.data)] if p)
+    return MembershipPayload(rounds, membership_candidates(cohort, cfg.seed, mia.balance, keep),
                              model, cfg.federation.loss)
 
 
@@ -412,7 +424,8 @@ def run_membership(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict
     (out / "roc.json").write_text(json.dumps(roc))
     np.savez_compressed(out / "scores.npz", **{
         f"{a}__{c}": s for a, per in result.scores.items() for c, s in per.items()
-    }, **{f"members__{c}": m for c, m in result.members.items()})
+    }, **{f"members__{c}": m for c, m in result.members.items()},
+       **{f"patients__{c}": p.astype(str) for c, p in result.patient_ids.items()})
     summary = membership_summary(evaluation, f"{mia.variant}/{mia.score}", mia.level,
                                  result.rounds)
     summary["timing_s"] = {k: round(v, 3) for k, v in result.timing_s.items()}

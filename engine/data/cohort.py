@@ -12,10 +12,41 @@ from engine.data.phantom import phantom_cohort
 from engine.data.preprocess import volume_to_slices
 from engine.data.types import CenterData, Cohort, SliceSet
 
+WHATIF_PREFIX = "whatif-"
+
+
+def whatif_patient_id(data: DataConfig) -> str | None:
+    """The cohort's id of ``data.whatif_patient`` (its folder name, marked as added)."""
+    return None if data.whatif_patient is None else WHATIF_PREFIX + Path(data.whatif_patient).name
+
 
 def load_cohort(data: DataConfig, seed: int,
                 progress: Callable[[str], None] = lambda _msg: None) -> Cohort:
-    """The cohort described by ``data`` (``source``: phantom | synthrad | nifti)."""
+    """The cohort described by ``data`` (``source``: phantom | synthrad | nifti), with
+    ``data.whatif_patient`` (if set) added to center ``data.whatif_center``'s training set."""
+    cohort = _base_cohort(data, seed, progress)
+    if data.whatif_patient is not None:
+        _add_whatif_patient(cohort, data, progress)
+    return cohort
+
+
+def _add_whatif_patient(cohort: Cohort, data: DataConfig,
+                        progress: Callable[[str], None]) -> None:
+    """Append the what-if patient's slices (same size and count as everyone's) to the
+    training patients of center ``data.whatif_center``."""
+    from dataclasses import replace
+
+    from engine.data.synthrad import load_synthrad_patient
+
+    folder = Path(data.whatif_patient or "")
+    progress(f"loading the what-if patient {folder.name}")
+    volume = replace(load_synthrad_patient(folder), patient_id=whatif_patient_id(data))
+    center = cohort.centers[data.whatif_center]
+    center.train = SliceSet.concat(
+        [center.train, volume_to_slices(volume, data.image_size, data.slices_per_patient)])
+
+
+def _base_cohort(data: DataConfig, seed: int, progress: Callable[[str], None]) -> Cohort:
     if data.source == "phantom":
         progress("generating phantom patients")
         return phantom_cohort(
@@ -28,13 +59,27 @@ def load_cohort(data: DataConfig, seed: int,
     return _folder_cohort(data, progress)
 
 
+def folder_slices(folders: list[Path], data: DataConfig,
+                  progress: Callable[[str], None] = lambda _msg: None) -> SliceSet:
+    """The slices of the patient folders ``folders`` (``<ID>/{mr,ct[,mask]}.nii.gz``), cut
+    as ``data`` says."""
+    from engine.data.synthrad import load_synthrad_patient
+
+    parts = []
+    for f in folders:
+        progress(f"loading {f.name}")
+        parts.append(volume_to_slices(load_synthrad_patient(f), data.image_size,
+                                      data.slices_per_patient))
+    return SliceSet.concat(parts)
+
+
 def _folder_cohort(data: DataConfig, progress: Callable[[str], None]) -> Cohort:
     """SynthRAD2023 layout ``<root>/<ID>/{mr,ct,mask}.nii.gz``; center = ID's third letter.
 
     ``nifti`` uses the same layout (any folder names whose third character marks the center).
     The first ``centers`` center letters train; with ``unseen_center`` the next one is unseen.
     """
-    from engine.data.synthrad import load_synthrad_patient, scan_synthrad
+    from engine.data.synthrad import scan_synthrad
 
     groups = scan_synthrad(Path(data.path))
     letters = sorted(groups)
@@ -47,12 +92,7 @@ def _folder_cohort(data: DataConfig, progress: Callable[[str], None]) -> Cohort:
         )
 
     def slices(folders: list[Path]) -> SliceSet:
-        parts = []
-        for f in folders:
-            progress(f"loading {f.name}")
-            parts.append(volume_to_slices(load_synthrad_patient(f), data.image_size,
-                                          data.slices_per_patient))
-        return SliceSet.concat(parts)
+        return folder_slices(folders, data, progress)
 
     centers = []
     for letter in letters[: data.centers]:

@@ -561,3 +561,35 @@ __all__: list[str] = [
     "load_nifti_pair",
     "load_volume",
 ]
+
+
+def save_patient_folder(pv: PatientVolume, target: Path, affine: np.ndarray | None = None,
+                        *, with_mask: bool = True) -> Path:
+    """Write ``pv`` as ``<target>/{mr,ct[,mask]}.nii.gz`` (SynthRAD2023 layout).
+
+    Only the voxels and the affine are written, so no free-text header field (which may hold
+    a patient's name) is copied. ``affine`` defaults to a diagonal one from
+    ``pv.spacing_mm``. The files are written next to ``target`` and renamed into place, so a
+    half-written patient is never picked up by a loader. Raises FileExistsError if ``target``
+    exists.
+    """
+    import shutil
+
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(target)
+    if affine is None:
+        affine = np.diag([*pv.spacing_mm, 1.0])
+    tmp = target.parent.parent / f".{target.parent.name}-partial-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        nib.save(nib.Nifti1Image(pv.mri, affine), tmp / "mr.nii.gz")
+        nib.save(nib.Nifti1Image(pv.ct_hu, affine), tmp / "ct.nii.gz")
+        if with_mask:
+            nib.save(nib.Nifti1Image(pv.mask.astype(np.uint8), affine), tmp / "mask.nii.gz")
+        tmp.rename(target)  # fails rather than merging if someone saved the same ID meanwhile
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.preprocess import HU_MAX, HU_MIN, normalise_mri
-from engine.data.types import CenterData, Cohort, SliceSet
+from engine.data.types import CenterData, Cohort, PatientVolume, SliceSet
 
 # Valid axial range of the template without a skull base (MNI z, mm).
 Z_RANGE_MM = (-20.0, 70.0)
@@ -348,6 +348,27 @@ def phantom_patient(
 
 
 # --------------------------------------------------------------------------- cohort
+
+
+def example_patient_volume(seed: int, center: int, patient: int, *, image_size: int = 96,
+                           n_slices: int = 32) -> PatientVolume:
+    """A phantom patient of ``center`` as a co-registered volume, for what-if uploads.
+
+    Returns ``(X, Y, Z)`` RAS volumes (MRI in [0, 1], CT in HU) on a grid of
+    ``fov/image_size`` mm in-plane and ``Z_RANGE_MM / n_slices`` mm between slices: the
+    layout a scanner export has, so it goes through the same loading path as a real upload.
+    """
+    profile = center_profile(seed, center)
+    sl = phantom_patient(seed, center, patient, image_size=image_size, n_slices=n_slices,
+                         profile=profile)
+
+    def volume(a: np.ndarray) -> np.ndarray:  # inverse of the (Z, Y flipped, X) slice order
+        return np.ascontiguousarray(np.flip(a[:, 0], axis=1).transpose(2, 1, 0))
+
+    in_plane = profile.fov_mm / image_size
+    return PatientVolume(sl.patient_ids[0], volume(sl.mri).astype(np.float32),
+                         volume(sl.ct_hu).astype(np.float32), volume(sl.mask).astype(bool),
+                         (in_plane, in_plane, (Z_RANGE_MM[1] - Z_RANGE_MM[0]) / n_slices))
 
 
 def phantom_cohort(

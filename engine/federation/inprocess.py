@@ -21,7 +21,7 @@ import torch
 
 from engine.attacks.poisoning import malicious_upload, poison_slices, update_statistics
 from engine.config import ExperimentConfig
-from engine.data.types import Cohort
+from engine.data.types import Cohort, SliceSet
 from engine.federation import server_view
 from engine.federation.aggregators import make_aggregator
 from engine.federation.client import LocalTraining, evaluate_patients, train_local
@@ -67,7 +67,7 @@ def _client_seed(seed: int, rnd: int, center: int) -> int:
     return int(np.random.default_rng([seed, rnd, center]).integers(2**62))
 
 
-def _training_data(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str]]:
+def training_sets(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str]]:
     """Every center's training slices (poisoned for ``data_noise`` attackers) and the names
     of the malicious centers (empty without poisoning)."""
     poison = cfg.attacks.poisoning
@@ -81,29 +81,38 @@ def _training_data(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str
     return data, {cohort.centers[k].name for k in bad}
 
 
-def _uploads(cfg: ExperimentConfig, rnd: int, trained: dict[str, NDArrays],
-             metadata: dict[str, dict], malicious: set[str],
-             global_params: NDArrays) -> dict[str, NDArrays]:
-    """What each center sends: honest centers apply the client-side defenses (pruning, DP);
-    malicious ones send their attack instead."""
-    dp = cfg.defenses.dp
-    uploads = {}
-    for k, (name, params) in enumerate(trained.items()):
-        rng = np.random.default_rng([cfg.seed, rnd, k, 1])
-        if name in malicious:
-            # ALIE is given every center's honestly trained update (its own included).
-            uploads[name] = malicious_upload(cfg.attacks.poisoning.kind, params,
-                                             list(trained.values()), global_params,
-                                             cfg.attacks.poisoning, rng)
-            continue
-        if cfg.defenses.prune_fraction:
-            params = prune_update(params, global_params, cfg.defenses.prune_fraction)
-        if dp.enabled:
-            params, dp_meta = privatize_update(params, global_params, dp.clip_norm,
-                                               dp.noise_multiplier, rng)
-            metadata[name] |= dp_meta
-        uploads[name] = params
-    return uploads
+def client_update(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, center: int,
+                  data: SliceSet, global_params: NDArrays) -> tuple[NDArrays, dict[str, Any]]:
+    """Center ``center``'s local training in round ``rnd`` (seeded by both): the same on
+    every runtime. Returns its trained parameters and metadata."""
+    return train_local(model, global_params, data, local_training_of(cfg),
+                       seed=_client_seed(cfg.seed, rnd, center))
+
+
+def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArrays,
+                  metadata: dict[str, Any], global_params: NDArrays, malicious: bool,
+                  all_trained: list[NDArrays] | None = None, *, dp: bool = True) -> NDArrays:
+    """What center ``center`` sends after training: honest centers apply the client-side
+    defenses (pruning, then DP unless ``dp`` is False; DP's clip and noise go into
+    ``metadata``), malicious ones their attack. ``all_trained`` (every center's honest
+    model) is needed by ``alie`` only."""
+    rng = dp_rng(cfg, rnd, center)
+    if malicious:
+        # ALIE is given every center's honestly trained update (its own included).
+        return malicious_upload(cfg.attacks.poisoning.kind, trained, all_trained or [trained],
+                                global_params, cfg.attacks.poisoning, rng)
+    if cfg.defenses.prune_fraction:
+        trained = prune_update(trained, global_params, cfg.defenses.prune_fraction)
+    if dp and cfg.defenses.dp.enabled:
+        trained, dp_meta = privatize_update(trained, global_params, cfg.defenses.dp.clip_norm,
+                                            cfg.defenses.dp.noise_multiplier, rng)
+        metadata |= dp_meta
+    return trained
+
+
+def dp_rng(cfg: ExperimentConfig, rnd: int, center: int) -> np.random.Generator:
+    """The random stream of ``center``'s client-side noise in round ``rnd``."""
+    return np.random.default_rng([cfg.seed, rnd, center, 1])
 
 
 def evaluate_global(model: torch.nn.Module, params: NDArrays,
@@ -121,6 +130,43 @@ def evaluate_global(model: torch.nn.Module, params: NDArrays,
         unseen = mean_over_patients(list(evaluate_patients(model, params,
                                                            cohort.unseen.test).values()))
     return pooled, per_center, unseen
+
+
+class RoundRecorder:
+    """Evaluates the global model after a round and builds the round's record (the same
+    format on every runtime, see :func:`run_federation`)."""
+
+    def __init__(self, cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
+                 on_round: Callable[[dict[str, Any]], None] | None) -> None:
+        self.cfg, self.cohort, self.result, self.on_round = cfg, cohort, result, on_round
+        self.model = build_model(cfg)
+        self.t_start = time.perf_counter()
+
+    def evaluate_now(self, rnd: int) -> bool:
+        fed = self.cfg.federation
+        return rnd in (0, fed.rounds) or rnd % fed.eval_every == 0
+
+    def record(self, rnd: int, global_params: NDArrays, clients: dict[str, dict],
+               detection: dict[str, dict] | None = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = self.result
+        entry: dict[str, Any] = {"round": rnd, "global": None, "per_center": None,
+                                 "unseen": None, "clients": clients}
+        result.steps += sum(int(m.get("steps", 0)) for m in clients.values())
+        if detection is not None:
+            entry["detection"] = detection
+            result.detection.append({"round": rnd, "clients": detection})
+        if self.evaluate_now(rnd):
+            pooled, per_center, unseen = evaluate_global(self.model, global_params,
+                                                         self.cohort)
+            entry |= {"global": pooled, "per_center": per_center, "unseen": unseen}
+            result.history.append({"round": rnd, **pooled})
+            result.per_center, result.unseen_center = per_center, unseen
+        result.eval_s += time.perf_counter() - t0
+        entry["elapsed_s"] = round(time.perf_counter() - self.t_start, 3)
+        if self.on_round:
+            self.on_round(entry)
+        return entry
 
 
 def run_federation(
@@ -145,31 +191,11 @@ def run_federation(
     model = build_model(cfg)
     names = list(model.state_dict())
     aggregator = make_aggregator(fed)
-    local = local_training_of(cfg)
     global_params = get_parameters(model)
     result = FederationResult(final_params=global_params)
-    train_sets, malicious = _training_data(cfg, cohort)
-    t_start = time.perf_counter()
-
-    def record(rnd: int, clients: dict[str, dict], evaluate_now: bool,
-               detection: dict[str, dict] | None = None) -> None:
-        t0 = time.perf_counter()
-        entry: dict[str, Any] = {"round": rnd, "global": None, "per_center": None,
-                                 "unseen": None, "clients": clients}
-        if detection is not None:
-            entry["detection"] = detection
-            result.detection.append({"round": rnd, "clients": detection})
-        if evaluate_now:
-            pooled, per_center, unseen = evaluate_global(model, global_params, cohort)
-            entry |= {"global": pooled, "per_center": per_center, "unseen": unseen}
-            result.history.append({"round": rnd, **pooled})
-            result.per_center, result.unseen_center = per_center, unseen
-        result.eval_s += time.perf_counter() - t0
-        entry["elapsed_s"] = round(time.perf_counter() - t_start, 3)
-        if on_round:
-            on_round(entry)
-
-    record(0, {}, evaluate_now=True)
+    train_sets, malicious = training_sets(cfg, cohort)
+    recorder = RoundRecorder(cfg, cohort, result, on_round)
+    recorder.record(0, global_params, {})
     for rnd in range(1, fed.rounds + 1):
         t0 = time.perf_counter()
         trained: dict[str, NDArrays] = {}
@@ -177,10 +203,12 @@ def run_federation(
         for k, center in enumerate(cohort.centers):
             if should_stop():
                 raise Cancelled(f"cancelled during round {rnd}")
-            trained[center.name], metadata[center.name] = train_local(
-                model, global_params, train_sets[k], local, seed=_client_seed(cfg.seed, rnd, k))
-            result.steps += int(metadata[center.name]["steps"])
-        uploads = _uploads(cfg, rnd, trained, metadata, malicious, global_params)
+            trained[center.name], metadata[center.name] = client_update(
+                cfg, model, rnd, k, train_sets[k], global_params)
+        honest = list(trained.values())
+        uploads = {name: client_upload(cfg, rnd, k, params, metadata[name], global_params,
+                                       name in malicious, honest)
+                   for k, (name, params) in enumerate(trained.items())}
         weights = {c: int(metadata[c]["num_examples"]) for c in uploads}
         detection = None
         if cfg.defenses.secure_aggregation:
@@ -204,8 +232,6 @@ def run_federation(
                                     encoding=encoding, param_names=names)
         global_params = new_params
         result.train_s += time.perf_counter() - t0
-        last = rnd == fed.rounds
-        record(rnd, metadata, evaluate_now=last or rnd % fed.eval_every == 0,
-               detection=detection)
+        recorder.record(rnd, global_params, metadata, detection)
     result.final_params = global_params
     return result

@@ -1,0 +1,110 @@
+"""What-if for one patient: would a patient the federation trained on be exposed?
+
+A finished run whose config sets ``data.whatif_patient`` has that patient among the
+training patients of center ``data.whatif_center``. This module reads the run's attack
+outputs and answers for that one patient:
+
+* membership: the patient's score (the mean of its slices' scores under the run's headline
+  attack) ranked against the patients nobody trained on (every center's held-out patients);
+* reconstruction: how close the gradient-inversion attack's images, matched to the
+  patient's own slices, come to them (SSIM, unitless), beside the mean-image floor.
+
+Nothing here sees more than the attacks did: the scores and images are theirs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import ExperimentConfig
+from engine.data.cohort import whatif_patient_id
+from engine.data.types import Cohort
+
+# Share of never-trained patients the what-if patient must outrank to count as exposed.
+EXPOSED_RANK = 0.9
+
+
+def patient_scores(scores: np.ndarray, patient_ids: np.ndarray) -> dict[str, float]:
+    """Patient id → mean score of its slices. ``scores``, ``patient_ids``: ``(N,)``."""
+    ids = list(dict.fromkeys(patient_ids.tolist()))
+    return {p: float(np.mean(scores[patient_ids == p])) for p in ids}
+
+
+def patient_exposure(score: float, nonmember_scores: np.ndarray) -> dict[str, Any]:
+    """Where one patient's membership score falls among never-trained patients' scores.
+
+    Returns ``rank`` (share of non-members scored strictly lower, ties count half, in
+    [0, 1]), ``exposed`` (rank ≥ :data:`EXPOSED_RANK`) and the number of non-members.
+    """
+    ref = np.asarray(nonmember_scores, dtype=float)
+    if ref.size == 0:
+        raise ValueError("patient_exposure needs at least one non-member score")
+    rank = float(((ref < score).sum() + 0.5 * (ref == score).sum()) / ref.size)
+    return {"rank": rank, "exposed": rank >= EXPOSED_RANK, "nonmembers": int(ref.size)}
+
+
+def whatif_membership(run_dir: Path, cfg: ExperimentConfig, patient: str) -> dict[str, Any]:
+    """The what-if patient's membership score vs the non-member patients of every center."""
+    mia = cfg.attacks.membership
+    attack = f"{mia.variant}/{mia.score}"
+    with np.load(Path(run_dir) / "mia" / "scores.npz", allow_pickle=False) as z:
+        centers = [k.removeprefix("members__") for k in z.files if k.startswith("members__")]
+        own: float | None = None
+        members, nonmembers = [], []
+        for c in centers:
+            ids, is_member = z[f"patients__{c}"], z[f"members__{c}"]
+            per_patient = patient_scores(z[f"{attack}__{c}"], ids)
+            for p, s in per_patient.items():
+                member = bool(is_member[ids == p][0])
+                if p == patient:
+                    own = s
+                elif member:
+                    members.append(s)
+                else:
+                    nonmembers.append(s)
+    if own is None:
+        raise ValueError(f"the membership attack's scores hold no patient {patient!r}")
+    return {"attack": attack, "score": own, **patient_exposure(own, np.array(nonmembers)),
+            "member_scores": members, "nonmember_scores": nonmembers}
+
+
+def whatif_reconstruction(run_dir: Path, center: str, patient: str) -> dict[str, Any] | None:
+    """Inversion metrics of the reconstructions matched to the patient's own slices, or
+    ``None`` when the run did not attack the patient's center."""
+    from engine.metrics import reconstruction_metrics, template_metrics
+
+    path = Path(run_dir) / "inversion" / f"{center}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        pairs = z["pairs"]
+        own = [(int(i), int(j)) for i, j in pairs if z["patient_ids"][j] == patient]
+        if not own:  # more originals than reconstructions: none landed on this patient
+            return {"pairs": [], "n": 0}
+        rec = [i for i, _ in own]
+        tru = [j for _, j in own]
+        got = reconstruction_metrics(z["mri"][rec], z["ct_unit"][rec], z["true_mri"][tru],
+                                     z["true_ct_unit"][tru], z["mask"][tru])
+        floor = template_metrics(z["prior_mri"], z["prior_ct_unit"], z["true_mri"][tru],
+                                 z["true_ct_unit"][tru], z["mask"][tru])
+    return {"ssim": got["ssim"], "ssim_body": got["ssim_body"], "ssim_ct": got["ssim_ct"],
+            "psnr_db": got["psnr_db"], "floor_ssim": floor["ssim"],
+            "floor_ssim_body": floor["ssim_body"], "n": len(own), "pairs": own}
+
+
+def run_whatif(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
+    """The ``whatif`` block of ``summary.json`` for a run with ``data.whatif_patient``."""
+    patient = whatif_patient_id(cfg.data)
+    if patient is None:
+        raise ValueError("run_whatif needs data.whatif_patient")
+    center = cohort.centers[cfg.data.whatif_center].name
+    out: dict[str, Any] = {"patient": patient, "center": center,
+                           "membership": None, "reconstruction": None}
+    if cfg.attacks.membership.enabled:
+        out["membership"] = whatif_membership(run_dir, cfg, patient)
+    if cfg.attacks.inversion.enabled:
+        out["reconstruction"] = whatif_reconstruction(run_dir, center, patient)
+    return out
