@@ -23,6 +23,7 @@ import yaml
 from app import inversion as inv_ui
 from app import mia as mia_ui
 from app import poisoning as poi_ui
+from app import whatif as whatif_ui
 from app.runs import RunRow
 from app.ui import UNSEEN_LABEL, history_figure
 from engine.runs import RunFolder
@@ -178,6 +179,7 @@ def _settings(run: RunFiles) -> str:
     rows = [("Run id", run.run_id), ("Name", cfg.get("name") or "run"),
             ("Preset", run.status.get("preset") or "custom / not recorded"),
             ("Seed", cfg.get("seed", "–")), ("Device", s.get("device", "–")),
+            ("Runtime", (cfg.get("federation") or {}).get("runtime", "inprocess")),
             ("State", run.status.get("state", "–"))]
     rows += [(f"Time: {k.removesuffix('_s')}", f"{v:.1f} s") for k, v in timing.items()
              if isinstance(v, int | float)]
@@ -298,6 +300,18 @@ def _poisoning(run: RunFiles, poison: dict[str, Any], figure: _Figures) -> str:
     return "".join(out)
 
 
+def _whatif(run: RunFiles, whatif: dict[str, Any], figure: _Figures) -> str:
+    out = [f"<h2>What-if: patient {html.escape(str(whatif.get('patient')))} at "
+           f"{html.escape(str(whatif.get('center')))}</h2>"]
+    m = whatif.get("membership")
+    if isinstance(m, dict):
+        colour, title, detail = whatif_ui.membership_verdict(m)
+        out += [_verdict_box(colour, title, detail), figure(whatif_ui.score_figure(m))]
+    colour, title, detail = whatif_ui.reconstruction_verdict(whatif.get("reconstruction"))
+    out.append(_verdict_box(colour, title, detail))
+    return "".join(out)
+
+
 @dataclass
 class Report:
     html: str
@@ -317,7 +331,8 @@ def make_report(run_dir: str | Path) -> Report:
     s = run.summary or {}
     sections = (("mia", "membership inference", lambda b: _membership(run, b, figure)),
                 ("inversion", "gradient inversion", lambda b: _inversion(run, b)),
-                ("poisoning", "poisoning", lambda b: _poisoning(run, b, figure)))
+                ("poisoning", "poisoning", lambda b: _poisoning(run, b, figure)),
+                ("whatif", "what-if for one patient", lambda b: _whatif(run, b, figure)))
     for key, label, section in sections:
         if isinstance(s.get(key), dict):
             attacks.append(label)

@@ -217,3 +217,18 @@ def test_start_runs_the_study_in_the_background_and_shows_it(tmp_path, monkeypat
     assert not at.exception, at.exception
     assert "With secure aggregation + privacy noise" in [s.value for s in at.subheader]
     assert not any(b.key == "whatif_start" for b in at.button)  # done: nothing to start
+
+
+def test_report_of_a_whatif_run_answers_for_the_patient(finished):
+    import json
+
+    from app.report import make_report
+    from app.whatif import membership_verdict
+
+    run_id = json.loads((finished[1] / "sweep.json").read_text())["cells"][0]["run_id"]
+    report = make_report(finished[0] / run_id)
+    assert "what-if for one patient" in report.attacks and not report.problems
+    assert "What-if: patient whatif-1BA900 at center-1" in report.html
+    _, title, _ = membership_verdict(_summaries(finished[1])[0]["whatif"]["membership"])
+    assert f"<strong>{title}</strong>" in report.html
+    assert "Similarity inside the head" in report.html

@@ -297,8 +297,10 @@ def _submit(cfg: ExperimentConfig, run: RunFolder, connection: str, env: dict[st
             folder: Path) -> None:
     """``flwr run`` this app on ``connection`` and follow it to the end."""
     fed = cfg.federation
-    # Start-up, every round at its timeout, and the evaluation: a bound, not an estimate.
-    limit = 120 + fed.rounds * fed.round_timeout_s
+    # A bound, not an estimate: start-up, then per round the wait for SuperNodes and every
+    # message stage at its timeout (SecAgg+ has four).
+    stages = 4 if cfg.defenses.secure_aggregation else 1
+    limit = 120 + fed.rounds * fed.round_timeout_s * (1 + stages)
     cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(REPO_ROOT), connection,
            "--run-config", f"run-dir='{run.path}'", "--stream"]
     log_path = folder / "flwr-run.log"
@@ -309,8 +311,8 @@ def _submit(cfg: ExperimentConfig, run: RunFolder, connection: str, env: dict[st
                                   timeout=limit, check=False)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"the Flower run did not finish within {limit:g} s "
-                               f"(federation.round_timeout_s × rounds + start-up); see "
-                               f"{folder}") from None
+                               f"(start-up + rounds × federation.round_timeout_s × message "
+                               f"stages); see {folder}") from None
     if done.returncode != 0 and not (run.path / ERROR_FILE).is_file():
         tail = log_path.read_text(errors="replace")[-1500:]
         raise RuntimeError(f"`flwr run` failed ({done.returncode}):\n{tail}")
