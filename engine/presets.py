@@ -190,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "What-if for one patient: study-setup with data.whatif_patient among hospital "
             "data.whatif_center's training patients; membership inference plus a short "
-            "reconstruction attempt (50 iterations) on that hospital's update (about 2 min)."
+            "reconstruction attempt (50 iterations) on that hospital's update (about 2.5 min)."
         ),
         "config": _WHATIF,
     },
