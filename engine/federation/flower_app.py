@@ -73,6 +73,12 @@ TIMING = "flower_timing.json"
 
 
 @functools.lru_cache(maxsize=2)
+def _experiment(config_json: str) -> ExperimentConfig:
+    """The experiment sent with every round's instructions, parsed once per ClientApp."""
+    return ExperimentConfig.model_validate_json(config_json)
+
+
+@functools.lru_cache(maxsize=2)
 def _center_data(config_json: str, center: int, data_path: str) -> tuple[Any, bool]:
     """(training slices, malicious?) of ``center``; cached across rounds.
 
@@ -80,7 +86,7 @@ def _center_data(config_json: str, center: int, data_path: str) -> tuple[Any, bo
     phantom, or a shared SynthRAD folder). With it (a hospital's own SuperNode), every
     patient folder ``<data_path>/<ID>/{mr,ct[,mask]}.nii.gz`` is a training patient.
     """
-    cfg = ExperimentConfig.model_validate_json(config_json)
+    cfg = _experiment(config_json)
     if data_path:
         from engine.data.cohort import folder_slices
         from engine.data.synthrad import scan_synthrad
@@ -100,7 +106,7 @@ class CenterClient(NumPyClient):
 
     def fit(self, parameters: NDArrays, config: dict[str, Any]
             ) -> tuple[NDArrays, int, dict[str, Any]]:
-        cfg = ExperimentConfig.model_validate_json(str(config["experiment"]))
+        cfg = _experiment(str(config["experiment"]))
         if not 0 <= self.center < cfg.data.centers:
             raise ValueError(f"this SuperNode's partition-id = {self.center} is not a center "
                              f"of the experiment (0…{cfg.data.centers - 1}); start it with "
@@ -150,7 +156,7 @@ def _client_dp(msg: Message, ctxt: Context, call_next: Any) -> Message:
             msg.content.config_records:
         return call_next(msg, ctxt)
     fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    cfg = ExperimentConfig.model_validate_json(str(fit_ins.config["experiment"]))
+    cfg = _experiment(str(fit_ins.config["experiment"]))
     out = call_next(msg, ctxt)
     dp, center = cfg.defenses.dp, int(ctxt.node_config.get("partition-id", -1))
     malicious = (cfg.attacks.poisoning.enabled
@@ -190,9 +196,10 @@ class EngineStrategy(Strategy):
         self.result = FederationResult(final_params=[])
         self.recorder = RoundRecorder(cfg, self.cohort, self.result, self._write)
         self.param_names = list(self.recorder.model.state_dict())
-        self.global_params = get_parameters(build_model(cfg))
+        self.global_params = get_parameters(self.recorder.model)  # the seeded initial model
         self.aggregator = make_aggregator(cfg.federation)
-        self.malicious = training_sets(cfg, self.cohort)[1]
+        sets, self.malicious = training_sets(cfg, self.cohort)
+        self.most_examples = max(len(s) for s in sets)
         self.round_start = 0.0
         self.pending: dict[str, Any] = {}
         self.aggregated_round = 0
@@ -335,7 +342,7 @@ def serve(grid: Grid, context: Context, run_dir: Path) -> None:
         fit = _SecAggPlus(num_shares=n,
                           reconstruction_threshold=max(2, min(strategy.needed, n - 1)),
                           clipping_range=cfg.defenses.secagg_clipping_range,
-                          max_weight=float(max(1000, _most_examples(strategy))),
+                          max_weight=float(max(1000, strategy.most_examples)),
                           timeout=fed.round_timeout_s)
         workflow = DefaultWorkflow(fit_workflow=fit)
     else:
@@ -364,11 +371,6 @@ class _SecAggPlus(SecAggPlusWorkflow):
         ok = super().setup_stage(grid, context, state)
         state.sampled_node_ids = set(state.active_node_ids)
         return ok
-
-
-def _most_examples(strategy: EngineStrategy) -> int:
-    sets, _ = training_sets(strategy.cfg, strategy.cohort)
-    return max(len(s) for s in sets)
 
 
 def _fit_round(grid: Grid, context: LegacyContext, timeout: float) -> None:

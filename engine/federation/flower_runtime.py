@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.config import ExperimentConfig
 from engine.federation.inprocess import Cancelled, FederationResult
-from engine.runs import RunFolder
+from engine.runs import RunFolder, pid_alive
 
 ERROR_FILE = "flower_error.txt"  # written by the ServerApp when it fails
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml) lives here
@@ -159,19 +159,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited; its parent just has not collected it yet
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-
-
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -245,7 +232,7 @@ class LocalDeployment:
                 proc.kill()
                 proc.wait()
         while helpers and time.time() < deadline:
-            helpers = [pid for pid in helpers if _alive(pid)]
+            helpers = [pid for pid in helpers if pid_alive(pid)]
             time.sleep(0.1)
         _signal_all(helpers, signal.SIGKILL)
 

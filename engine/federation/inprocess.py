@@ -137,9 +137,10 @@ class RoundRecorder:
     format on every runtime, see :func:`run_federation`)."""
 
     def __init__(self, cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
-                 on_round: Callable[[dict[str, Any]], None] | None) -> None:
+                 on_round: Callable[[dict[str, Any]], None] | None,
+                 model: torch.nn.Module | None = None) -> None:
         self.cfg, self.cohort, self.result, self.on_round = cfg, cohort, result, on_round
-        self.model = build_model(cfg)
+        self.model = model or build_model(cfg)  # its weights are overwritten to evaluate
         self.t_start = time.perf_counter()
 
     def evaluate_now(self, rnd: int) -> bool:
@@ -194,7 +195,7 @@ def run_federation(
     global_params = get_parameters(model)
     result = FederationResult(final_params=global_params)
     train_sets, malicious = training_sets(cfg, cohort)
-    recorder = RoundRecorder(cfg, cohort, result, on_round)
+    recorder = RoundRecorder(cfg, cohort, result, on_round, model)
     recorder.record(0, global_params, {})
     for rnd in range(1, fed.rounds + 1):
         t0 = time.perf_counter()
