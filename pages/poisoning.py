@@ -287,36 +287,30 @@ def _detection(run: PoisonRun) -> None:
 # --------------------------------------------------------------------------- studies
 
 
-def _damaged(sweep: Sweep) -> None:
+def _has_rows(sweep: Sweep) -> bool:
+    """Warn about damaged files; say the study has not run (False) or how far it got."""
     for path in sweep.damaged:
         st.warning(f"`{path}` is damaged or unreadable, so this study's results can't be "
                    "shown in full. Starting the study again rewrites it (finished experiments "
                    "are reused).")
-
-
-def _not_run(sweep: Sweep) -> None:
-    if sweep.folder / "table.json" in sweep.damaged:
-        return
-    st.info(f"This study has not been run yet: start it above or run "
-            f"`{SWEEP_COMMAND.format(name=sweep.name)}` in a terminal (about "
-            f"{SWEEP_MINUTES[sweep.name]} minutes).")
-
-
-def _partial(sweep: Sweep) -> None:
     rows = sweep.rows or []
+    if not rows:
+        if sweep.folder / "table.json" not in sweep.damaged:
+            st.info(f"This study has not been run yet: start it above or run "
+                    f"`{SWEEP_COMMAND.format(name=sweep.name)}` in a terminal (about "
+                    f"{SWEEP_MINUTES[sweep.name]} minutes).")
+        return False
     if sweep.state != "done" and sweep.total > len(rows):
         st.caption(f"{len(rows)} of {sweep.total} experiments finished so far (the study is "
                    "still running, or was stopped).")
+    return True
 
 
 def _paper_study(sweep: Sweep, metric: str) -> None:
     st.markdown("### The study grid: every attacker, noise level and rule")
-    _damaged(sweep)
-    if not sweep.rows:
-        _not_run(sweep)
+    if not _has_rows(sweep):
         return
-    rows = sweep.rows
-    _partial(sweep)
+    rows = sweep.rows or []
     bad = poisoned(rows)
     kinds = [k for k in NOISE_KINDS if any(r.get("poison_kind") == k for r in bad)]
     if not kinds:
@@ -381,11 +375,8 @@ def _model_study(sweep: Sweep, busy: bool) -> None:
                "reversed, amplified (model replacement) or 'A Little Is Enough', against each "
                "rule.")
     _sweep_box(sweep, busy)
-    _damaged(sweep)
-    if not sweep.rows:
-        _not_run(sweep)
+    if not _has_rows(sweep):
         return
-    _partial(sweep)
     order = [kind_name(k) for k in ("sign_flip", "scaling", "alie")]
     rl, cl, mae, ratio = grid(poisoned(sweep.rows),
                               lambda r: kind_name(str(r.get("poison_kind"))),
@@ -403,11 +394,8 @@ def _factor_study(sweep: Sweep, busy: bool) -> None:
     st.caption("One hospital's images get strong noise (σ 1) on the MRI, the CT or both, "
                "with two training losses and two local optimisers, under FedAvg.")
     _sweep_box(sweep, busy)
-    _damaged(sweep)
-    if not sweep.rows:
-        _not_run(sweep)
+    if not _has_rows(sweep):
         return
-    _partial(sweep)
 
     def training(r: dict[str, Any]) -> str:
         opt = "SGD" if r.get("optimizer") == "sgd" else "Adam"
