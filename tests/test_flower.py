@@ -109,7 +109,7 @@ def _deploy_with_fault(root: Path, *sets: str, kill_after_round: int = 1) -> tup
     """A deployed run whose SuperNode 1 is killed once round ``kill_after_round`` is
     recorded; returns the run and its summary (None when it failed)."""
     run = create_run(build_config("smoke", sets=["federation.runtime=flower-deploy",
-                                                 "federation.round_timeout_s=20", *sets]),
+                                                 "federation.round_timeout_s=45", *sets]),
                      root)
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(summary=execute(run)))
