@@ -21,15 +21,20 @@ import streamlit as st
 
 from app.results import ResultRun, finished_runs_with, read_json
 from app.ui import upscale
+from engine.attacks.inversion import LEAK_MARGIN, beats_floor
 from engine.data.preprocess import unit_to_hu
 from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 
-# Verdict thresholds on the body-mask SSIM of the MRI (0 = unrelated, 1 = identical).
-FLOOR_MARGIN = 0.05  # within this of the attacker's average brain = nothing learnt
+# Verdict threshold on the body-mask SSIM of the MRI (0 = unrelated, 1 = identical); the leak
+# margin over the floor and the control's margin are the engine's.
 RECOGNISABLE = 0.6
 MRI_ERROR_MAX = 0.5  # |error| map of the MRI: 0 … half the intensity range
 STUDY_RESULT = ("For comparison, the study's DLG attack on its own model rebuilt nothing "
                 "recognisable: SSIM ≤ 0.16 and PSNR ≤ 11 dB.")
+ADAM_DECODED = ("The hospitals train with Adam, whose first step hides the size of the gradient "
+                "(every weight moves by almost exactly the learning rate). The attacker reads "
+                "the size back from how far each weight's move falls short of the learning "
+                "rate, then matches gradients.")
 NPZ_KEYS = ("mri", "ct_unit", "true_mri", "true_ct_unit", "mask", "pairs", "prior_mri",
             "prior_ct_unit", "losses", "snapshots_mri", "snapshots_ct_unit",
             "snapshot_iterations")
@@ -94,7 +99,7 @@ def inversion_runs() -> tuple[list[InversionRun], list[Path]]:
 
 @dataclass
 class Verdict:
-    level: int  # 0 no leak, 1 coarse anatomy, 2 recognisable
+    level: int  # 0 no leak, 1 coarse anatomy, 2 recognisable, -1 inconclusive
     colour: str
     title: str
     center: str | None = None
@@ -103,29 +108,34 @@ class Verdict:
 
 
 TITLES = (
-    ("green", "No leak beyond the attacker's average brain: the rebuilt images are no closer "
-              "to the patients' slices than an average brain the attacker already had"),
+    ("green", "No leak beyond the attacker's average brain at this attack budget: the rebuilt "
+              "images are no closer to the patients' slices than an average brain the "
+              "attacker already had, although the same attack rebuilds a slice of a design "
+              "known to leak"),
     ("orange", "Coarse anatomy only: the attacker learnt more than its average brain (such as "
                "head size and position), but not a recognisable slice"),
     ("red", "Recognisable slices: the attacker rebuilt patients' images from a hospital's "
             "update"),
 )
+INCONCLUSIVE = ("gray", "Inconclusive: nothing was rebuilt, but at this budget the attack "
+                        "could not rebuild a slice of a design known to leak either, so "
+                        "'nothing rebuilt' does not show that nothing leaks")
 
 
 def leak_level(ssim_body: float, floor: float) -> int:
-    if ssim_body <= floor + FLOOR_MARGIN:
+    if not beats_floor(ssim_body, floor):
         return 0
     return 2 if ssim_body >= RECOGNISABLE else 1
 
 
 def verdict(inv: dict[str, Any]) -> Verdict:
     """Risk at the hospital where the attack worked best (the worst case), from the body-mask
-    SSIM of the reconstructed MRI against the attacker's average brain (the floor)."""
+    SSIM of the reconstructed MRI against the attacker's average brain (the floor). "No leak"
+    only where the engine's verdict says so (its calibration control was rebuilt at the same
+    budget); runs without a verdict (older engine) are inconclusive unless they leaked."""
     per = inv.get("per_client") or {}
     if not per:
-        level = leak_level(float(inv["ssim_body"]), float(inv["floor_ssim_body"]))
-        return Verdict(level, *TITLES[level], None, float(inv["ssim_body"]),
-                       float(inv["floor_ssim_body"]))
+        per = {"": {"ssim_body": inv["ssim_body"], "floor_ssim_body": inv["floor_ssim_body"]}}
 
     def severity(center: str) -> tuple[int, float]:
         p = per[center]
@@ -134,8 +144,37 @@ def verdict(inv: dict[str, Any]) -> Verdict:
 
     center = max(per, key=severity)
     level = severity(center)[0]
-    return Verdict(level, *TITLES[level], center, float(per[center]["ssim_body"]),
-                   float(per[center]["floor_ssim_body"]))
+    worst = (center or None, float(per[center]["ssim_body"]),
+             float(per[center]["floor_ssim_body"]))
+    if level == 0 and inv.get("verdict") != "no_leak":
+        return Verdict(-1, *INCONCLUSIVE, *worst)
+    return Verdict(level, *TITLES[level], *worst)
+
+
+def budget_text(inv: dict[str, Any]) -> str:
+    """The attack and its budget in words, e.g. "DLG (L-BFGS, 300 steps × 20 iterations)"."""
+    its, restarts = inv.get("iterations"), inv.get("restarts")
+    if inv.get("method") == "dlg":
+        inner = inv.get("inner_iterations")
+        steps = f"{its} steps × {inner} iterations" if inner else f"{its} steps"
+        text = f"DLG (L-BFGS gradient matching, {steps}"
+    else:
+        text = f"Inverting Gradients (cosine matching, {its} iterations"
+    return text + f", {restarts} random start{'s' if restarts != 1 else ''})"
+
+
+def calibration_text(inv: dict[str, Any]) -> str:
+    """What the calibration control showed, or that the run has none."""
+    cal = inv.get("calibration")
+    if not cal:
+        return ("This run has no calibration control (it was made by an older version), so a "
+                "result without a leak cannot be read as safe.")
+    outcome = "rebuilt it" if cal.get("recovered") else "could not rebuild it"
+    return (f"Calibration: the same attack at the same budget, on a design known to leak "
+            f"({cal.get('design')}, {cal.get('image_size')} px), {outcome}: body SSIM "
+            f"{cal['ssim_body']:.2f} vs {cal['floor_ssim_body']:.2f} for its average brain "
+            f"(a slice counts as rebuilt from {LEAK_MARGIN:+.2f}, the rule that calls an "
+            "upload leaking).")
 
 
 def verdict_detail(v: Verdict, inv: dict[str, Any]) -> str:
@@ -144,11 +183,11 @@ def verdict_detail(v: Verdict, inv: dict[str, Any]) -> str:
             f"**{v.floor:.2f}** for its average brain (the floor), a difference of "
             f"**{v.ssim_body - v.floor:+.2f}**.")
     if v.center and len(inv.get("per_client") or {}) > 1:
-        text += (f" Averaged over all hospitals: {inv['ssim_body']:.2f} vs "
-                 f"{inv['floor_ssim_body']:.2f}.")
+        text += (f" Averaged over all {len(inv['per_client'])} hospitals: "
+                 f"{inv['ssim_body']:.2f} vs {inv['floor_ssim_body']:.2f}.")
     text += (f" Whole image: SSIM {inv['ssim']:.2f}, PSNR {inv['psnr_db']:.1f} dB. Body SSIM "
-             "compares structures inside the head (0 = unrelated, 1 = identical); up to "
-             f"{FLOOR_MARGIN} above the floor counts as no leak, {RECOGNISABLE} and clearly "
+             "compares structures inside the head (0 = unrelated, 1 = identical); from "
+             f"{LEAK_MARGIN} above the floor counts as a leak, {RECOGNISABLE} and clearly "
              "above the floor as recognisable.")
     return text
 
@@ -305,8 +344,23 @@ def _setting_label(key: str, value: str, keys: set[str]) -> str | None:
         return "secure aggregation" if v == "true" else "no secure aggregation"
     if key == "noise_multiplier":
         return f"DP σ {v}"
-    if key in ("enabled", "clip_norm"):
-        return None if "noise_multiplier" in keys else f"{key}={v}"
+    if key == "target_epsilon":
+        return f"DP ε {float(v):g}"
+    if key in ("enabled", "clip_norm", "level"):
+        return None if keys & {"noise_multiplier", "target_epsilon"} else f"{key}={v}"
+    if key == "optimizer":
+        return "Adam" if v == "adam" else "plain SGD"
+    if key == "lr":
+        return None if "optimizer" in keys else f"learning rate {v}"
+    if key == "adam":
+        return ("attacker differentiates through Adam's step" if v == "simulate"
+                else "attacker reads Adam's step back")
+    if key == "iterations":
+        return f"{int(v):,} iterations"
+    if key == "tv_weight":
+        return f"TV weight {v}"
+    if key == "target_center":
+        return None
     if key == "prune_fraction":
         return f"pruning {float(v):.0%}"
     return f"{key}={v}"

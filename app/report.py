@@ -262,6 +262,8 @@ def _inversion(run: RunFiles, inv: dict[str, Any]) -> str:
     try:
         v = inv_ui.verdict(inv)
         out.append(_verdict_box(v.colour, v.title, inv_ui.verdict_detail(v, inv)))
+        out.append(f"<p>{_md(inv_ui.calibration_text(inv))}</p>"
+                   f"<p>Attack: {_md(inv_ui.budget_text(inv))}.</p>")
     except (KeyError, TypeError, ValueError):
         out.append(_missing("The inversion results in `summary.json` are incomplete."))
     table, _ = inv_ui.client_table(inv)
@@ -393,14 +395,17 @@ def scorecards(rows: list[RunRow]) -> list[Scorecard]:
         cards.append(Scorecard(title, None, "gray", "No run yet: start one on the "
                                "Membership inference page.", page="membership.py"))
     else:
-        aucs = [a for a in (row.summary["mia"].get("auc") or {}).values()
-                if isinstance(a, int | float)]
-        auc = max(aucs) if aucs else None
+        v = mia_ui.verdict(row.summary["mia"])
+        risk = v.colour in ("red", "orange")
+        value = (f"patient-level AUC {v.auc:.2f} (interval {v.ci[0]:.2f}–{v.ci[1]:.2f})"
+                 if v.auc is not None and v.ci else "no signal")
         cards.append(Scorecard(
-            title, f"AUC {auc:.2f}" if auc is not None else "no signal",
-            _light(auc, mia_ui.MODERATE, mia_ui.HIGH) if auc is not None else "gray",
-            f"Highest AUC over hospitals (0.5 = guessing). Green below {mia_ui.MODERATE}, "
-            f"orange below {mia_ui.HIGH}, red from {mia_ui.HIGH}.", _who(row)))
+            title, value + (" · risk" if risk else " · no evidence" if v.auc is not None
+                            else ""),
+            v.colour if risk else "gray",
+            "The worst hospital's patient-level AUC (0.5 = guessing) with its 95% interval. "
+            f"Red or orange: better than chance (red from AUC {mia_ui.HIGH}); grey: no "
+            "evidence at this sample size, which is not the same as safe.", _who(row)))
     row = _latest(rows, "inversion")
     title = "Reconstruction risk (gradient inversion)"
     if row is None:
@@ -408,15 +413,19 @@ def scorecards(rows: list[RunRow]) -> list[Scorecard]:
                                "inversion page.", page="inversion.py"))
     else:
         inv = row.summary["inversion"]
-        ssim, floor = inv.get("ssim_body"), inv.get("floor_ssim_body")
-        ok = isinstance(ssim, int | float) and isinstance(floor, int | float)
-        gain = ssim - floor if ok else None
+        try:
+            v = inv_ui.verdict(inv)
+            value = (f"body SSIM {v.ssim_body:.2f} vs floor {v.floor:.2f}"
+                     + (" · inconclusive" if v.level < 0 else ""))
+            colour = {-1: "gray", 0: "green", 1: "orange", 2: "red"}[v.level]
+        except (KeyError, TypeError, ValueError):
+            value, colour = "unknown", "gray"
         cards.append(Scorecard(
-            title, f"body SSIM {ssim:.2f} vs floor {floor:.2f}" if ok else "unknown",
-            _light(gain, 0.05, 0.1, green_inclusive=True) if ok else "gray",
+            title, value, colour,
             "SSIM of the rebuilt images inside the head, against the attacker's average "
-            "brain (the floor). Gain over the floor: green up to 0.05, orange below 0.10, "
-            "red from 0.10.", _who(row)))
+            f"brain (the floor). Green only when the gain stays below {inv_ui.LEAK_MARGIN} and "
+            "the same attack rebuilt a slice of a design known to leak (else grey: "
+            "inconclusive); red for recognisable slices.", _who(row)))
     row = _latest(rows, "poisoning")
     title = "Poisoning robustness"
     if row is None:

@@ -63,6 +63,24 @@ class ResultRun:
     def name(self) -> str:
         return self.config.get("name") or "run"
 
+    @property
+    def dp_text(self) -> str:
+        """DP in a few words with its ε, or "" without DP."""
+        return dp_words((self.summary.get("federation") or {}).get("dp") or {})
+
+
+def dp_words(dp: dict[str, Any]) -> str:
+    """A ``federation.dp`` summary block in a few words: level and ε ("" without DP)."""
+    if not dp.get("enabled"):
+        return ""
+    unit = "patient-level DP" if dp.get("level") == "sample" else "hospital-level DP"
+    eps = dp.get("epsilon")
+    if "epsilon" not in dp:  # an older run: σ only, no accountant
+        return f"DP σ {dp.get('noise_multiplier', 0):g} (no ε computed)"
+    if eps is None:
+        return f"{unit}, ε = ∞"
+    return f"{unit}, ε = {eps:.3g}" + ("" if dp.get("meaningful") else " (no meaningful guarantee)")
+
 
 def finished_runs_with(key: str, attack: str) -> tuple[list[ResultRun], list[Path]]:
     """Finished runs whose summary has a ``key`` block, newest first; and the summary files

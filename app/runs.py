@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import yaml
 
+from app.results import dp_words
 from app.ui import PAGES_DIR, STATE_TEXT
 from engine.runs import RunFolder, RunIndex
 
@@ -78,7 +79,7 @@ class RunRow:
             parts.append("secure aggregation")
         dp = fed.get("dp") if isinstance(fed.get("dp"), dict) else {}
         if dp.get("enabled"):
-            parts.append(f"privacy noise σ {dp.get('noise_multiplier', 0):g}")
+            parts.append(dp_words(dp))
         if fed.get("prune_fraction"):
             parts.append(f"pruning {fed['prune_fraction']:.0%}")
         return ", ".join(parts) or ("none" if fed or self.state == "done" else "")

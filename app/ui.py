@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 from app.state import remember, remembered
 from engine import jobs
 from engine.config import ConfigError, ExperimentConfig, build_config
+from engine.federation.dp import epsilon_text, planned_epsilon
 from engine.presets import preset_description
 from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.runs import ACTIVE, RunFolder, open_run
@@ -156,8 +157,9 @@ def describe_config(cfg: ExperimentConfig) -> str:
     """One plain sentence summarising a run's settings."""
     fed, dp = cfg.federation, cfg.defenses.dp
     unseen = " + 1 unseen hospital" if cfg.data.unseen_center else ""
-    privacy = (f"privacy noise on (σ {dp.noise_multiplier:g}, clip {dp.clip_norm:g})"
-               if dp.enabled else "privacy noise off")
+    level = "patient-level" if dp.level == "sample" else "hospital-level"
+    privacy = (f"{level} differential privacy, {epsilon_text(planned_epsilon(cfg))}"
+               if dp.enabled else "no differential privacy")
     secagg = f"secure aggregation {'on' if cfg.defenses.secure_aggregation else 'off'}"
     where = "" if fed.runtime == "inprocess" else f" · on {fed.runtime}"
     return (f"{cfg.data.centers} hospitals{unseen} · {fed.rounds} rounds · "

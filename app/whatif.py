@@ -118,6 +118,11 @@ def reconstruction_verdict(r: dict[str, Any] | None) -> tuple[str, str, str]:
     detail = (f"Similarity inside the head {r['ssim_body']:.2f} vs {r['floor_ssim_body']:.2f} "
               f"for the attacker's average brain (1 = identical).")
     level = leak_level(r["ssim_body"], r["floor_ssim_body"])  # the Gradient inversion page's
+    if level == 0 and r.get("verdict") != "no_leak":
+        return "gray", "Inconclusive", (
+            "The rebuilt slices are no closer to the patient's than the attacker's average "
+            "brain, but this short attempt could not rebuild a slice of a design known to "
+            "leak either, so it does not show that the patient's images are safe. " + detail)
     if level == 2:
         return "red", "Recognisable", ("The rebuilt slices clearly resemble the patient's. "
                                        + detail)

@@ -22,7 +22,8 @@ import torch
 from engine.config import build_config
 from engine.data.cohort import load_cohort
 from engine.federation.client import as_tensors, training_loss
-from engine.federation.inprocess import build_model, run_federation
+from engine.federation.inprocess import run_federation
+from engine.model import build_model
 
 
 def bare_loop(cfg, cohort, steps: int) -> float:

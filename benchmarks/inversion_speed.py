@@ -19,8 +19,8 @@ from engine.attacks.inversion import AttackerPrior, InversionPayload, inverting_
 from engine.config import build_config
 from engine.data.phantom import phantom_patient
 from engine.data.preprocess import hu_to_unit
-from engine.federation.inprocess import build_model, local_training_of
-from engine.model import get_parameters
+from engine.federation.client import LocalTraining
+from engine.model import build_model, get_parameters
 
 
 def payload_at(size: int) -> InversionPayload:
@@ -35,7 +35,7 @@ def payload_at(size: int) -> InversionPayload:
     s = phantom_patient(0, 0, 0, image_size=size, n_slices=4)
     prior = AttackerPrior.from_slices(s.mri, hu_to_unit(s.ct_hu))
     return InversionPayload(model, list(model.state_dict()), start, uploaded,
-                            local_training_of(cfg), 1, size, prior)
+                            LocalTraining.from_config(cfg), 1, size, prior)
 
 
 def measure(sizes: tuple[int, ...] = (64, 128), restarts: int = 4, iterations: int = 10,

@@ -17,7 +17,7 @@ from engine.attacks.membership import per_sample_gradients, per_sample_gradients
 from engine.config import build_config
 from engine.data.phantom import phantom_patient
 from engine.data.preprocess import hu_to_unit
-from engine.federation.inprocess import build_model
+from engine.model import build_model
 
 
 def gradient_speedup(n_samples: int = 48, repeats: int = 3) -> dict:

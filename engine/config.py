@@ -113,11 +113,29 @@ class FederationConfig(_Section):
 
 
 class DPConfig(_Section):
-    """Client-level differential privacy: each client clips its update and adds noise."""
+    """Differential privacy applied by each hospital (see engine/federation/dp.py)."""
 
     enabled: bool = False
-    clip_norm: float = Field(1.0, gt=0.0, le=1e4, description="update L2 norm bound C")
+    level: Literal["client", "sample"] = Field(
+        "client", description="client: clip and noise each hospital's update; sample: "
+        "DP-SGD inside each hospital, one patient per unit")
+    clip_norm: float = Field(1.0, gt=0.0, le=1e4,
+                             description="C: update (client) or per-patient gradient (sample) "
+                             "L2 norm bound")
     noise_multiplier: float = Field(0.0, ge=0.0, le=100.0, description="σ; noise std = σ·C")
+    target_epsilon: float | None = Field(
+        None, gt=0.0, le=1e6, description="instead of noise_multiplier: the σ that gives this "
+        "ε after the last round")
+    delta: float = Field(1e-5, gt=0.0, le=1e-2, description="δ of the (ε, δ) guarantee")
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> DPConfig:
+        if self.target_epsilon is not None and self.noise_multiplier != 0.0:
+            raise ValueError(
+                f"defenses.dp.target_epsilon = {self.target_epsilon} and "
+                f"defenses.dp.noise_multiplier = {self.noise_multiplier} both set the noise; "
+                "give one of them")
+        return self
 
 
 class DefensesConfig(_Section):
@@ -185,6 +203,9 @@ class InversionConfig(_Section):
         "none", description="pca: search only slices spanned by the attacker's public cohort"
     )
     components: int = Field(40, ge=1, le=128, description="principal components (prior=pca)")
+    adam: Literal["decode", "simulate"] = Field(
+        "decode", description="one-step Adam uploads: decode (read the gradient back through "
+        "Adam's ε, then match gradients) or simulate (differentiate through Adam's step)")
     target_round: Literal["first", "last"] | int = "first"
     target_center: Literal["all"] | int = 0
     batch_size: Literal["auto"] | int = Field(
@@ -296,6 +317,12 @@ class ExperimentConfig(_Section):
             if (fed.min_centers or n) < 2:
                 raise ValueError("federation.min_centers = 1 with secure aggregation would "
                                  "reveal a single center's update; use 2 or more")
+        dp = self.defenses.dp
+        if dp.enabled and dp.level == "sample" and self.model.norm == "batch":
+            raise ValueError("defenses.dp.level = 'sample' cannot be combined with "
+                             "model.norm = 'batch': batch statistics mix patients, so one "
+                             "patient's gradient is not bounded by its own clipping; use "
+                             "model.norm = instance or none")
         poison = self.attacks.poisoning
         if poison.enabled and poison.kind == "alie" and fed.runtime != "inprocess":
             raise ValueError(f"attacks.poisoning.kind = 'alie' needs every center's update "

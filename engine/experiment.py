@@ -13,11 +13,18 @@ import numpy as np
 import torch
 
 from engine.config import ExperimentConfig
-from engine.data.cohort import load_cohort
+from engine.data.cohort import attacker_data, load_cohort
 from engine.data.types import Cohort
 from engine.federation.client import predict_sct_hu
-from engine.federation.inprocess import Cancelled, FederationResult, build_model, run_federation
-from engine.model import count_parameters, select_device, set_parameters
+from engine.federation.dp import MEANINGFUL_EPSILON, NEIGHBOURING
+from engine.federation.inprocess import (
+    Cancelled,
+    FederationResult,
+    dp_accountings,
+    dp_epsilon,
+    run_federation,
+)
+from engine.model import build_model, count_parameters, select_device, set_parameters
 from engine.render import sample_row, save_png
 from engine.runs import RunFolder
 
@@ -56,10 +63,33 @@ def _save_samples(run: RunFolder, cfg: ExperimentConfig, cohort: Cohort,
     return files
 
 
+def dp_summary(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
+    """``federation.dp``: the settings, the noise each DP center used and ε (null = ∞) after
+    the last round, from Opacus's RDP accountant."""
+    dp = cfg.defenses.dp
+    out: dict[str, Any] = {"enabled": dp.enabled, "clip_norm": dp.clip_norm,
+                           "noise_multiplier": 0.0, "level": dp.level, "delta": dp.delta,
+                           "target_epsilon": dp.target_epsilon, "epsilon": None,
+                           "neighbouring": NEIGHBOURING[dp.level], "meaningful": False}
+    accountings = dp_accountings(cfg, cohort)
+    if not dp.enabled or not accountings:
+        return out
+    rounds = cfg.federation.rounds
+    eps = dp_epsilon(accountings, rounds)
+    return out | {
+        "noise_multiplier": max(a.noise_multiplier for a in accountings.values()),
+        "epsilon": eps, "meaningful": eps is not None and eps <= MEANINGFUL_EPSILON,
+        "per_center": {c: {"noise_multiplier": a.noise_multiplier,
+                           "sample_rate": a.sample_rate,
+                           "steps": a.steps_per_round * rounds,
+                           "epsilon": dp_epsilon({c: a}, rounds)}
+                       for c, a in accountings.items()},
+    }
+
+
 def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
                   wall_s: float, data_s: float, n_params: int,
                   samples: dict[str, str]) -> dict[str, Any]:
-    dp = cfg.defenses.dp
     final = result.history[-1] if result.history else {}
     return {
         "config": cfg.model_dump(),
@@ -67,8 +97,7 @@ def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResul
             "rounds": cfg.federation.rounds,
             "aggregator": cfg.federation.aggregator,
             "secure_aggregation": cfg.defenses.secure_aggregation,
-            "dp": {"enabled": dp.enabled, "clip_norm": dp.clip_norm,
-                   "noise_multiplier": dp.noise_multiplier if dp.enabled else 0.0},
+            "dp": dp_summary(cfg, cohort),
             "prune_fraction": cfg.defenses.prune_fraction,
             "history": result.history,
             "final": {k: final[k] for k in ("mae_hu", "psnr_db", "ssim")} if final else None,
@@ -109,6 +138,9 @@ def execute(run: RunFolder,
     try:
         run.log(f"device {select_device()}, torch threads {torch.get_num_threads()}")
         cohort = load_cohort(cfg.data, cfg.seed, progress=run.log)
+        # Before training, so that a source without patients for the attacker fails at once.
+        attacker = (attacker_data(cfg.data, cfg.seed, progress=run.log)
+                    if cfg.attacks.inversion.enabled else None)
         data_s = time.perf_counter() - t0
         run.set_status("running", phase="training", data_s=round(data_s, 3))
 
@@ -144,7 +176,8 @@ def execute(run: RunFolder,
             from engine.attacks.inversion import run_inversion
 
             run.set_status("running", phase="gradient inversion")
-            attacks["inversion"] = run_inversion(run.path, cfg, cohort, progress=run.log)
+            attacks["inversion"] = run_inversion(run.path, cfg, cohort, attacker,
+                                                 progress=run.log)
         if cfg.attacks.poisoning.enabled:
             from engine.attacks.poisoning import run_poisoning_report
 
@@ -155,7 +188,7 @@ def execute(run: RunFolder,
         if cfg.data.whatif_patient is not None:
             from engine.attacks.whatif import run_whatif
 
-            attacks["whatif"] = run_whatif(run.path, cfg, cohort)
+            attacks["whatif"] = run_whatif(run.path, cfg, cohort, attacks.get("inversion"))
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
                                 count_parameters(model), samples) | attacks
         run.write_summary(summary)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from monai.networks.nets import UNet
 
+from engine.config import ExperimentConfig
+
 NDArrays = list[np.ndarray]
 NORMS = ("instance", "batch", "none")
 
@@ -47,6 +49,13 @@ def build_unet(channels: tuple[int, ...] = (16, 32, 64, 128), norm: str = "insta
         num_res_units=num_res_units,
         norm=None if norm == "none" else norm,
     )
+
+
+def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
+    """The U-Net of ``cfg.model``, initialised from ``cfg.seed``, on the selected device."""
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    return build_unet(tuple(m.channels), m.norm, m.num_res_units).to(select_device())
 
 
 def get_parameters(model: torch.nn.Module) -> NDArrays:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.config import ConfigError, ExperimentConfig, build_config, config_hash
 from engine.presets import HARDENED_DEFENSES
 from engine.runs import RunFolder, create_run, runs_root, write_json_atomic
@@ -39,6 +41,8 @@ POISON_LEVELS: dict[str, tuple[float, float]] = {"data_noise": (0.1, 1.0),
 # an honest majority; a 25 % trim of 4 values equals the median): pairs are run with the
 # averaging rules and the median, to show where robustness ends.
 PAIR_AGGREGATORS = ("fedavg", "fedprox", "fedmedian")
+# The privacy budgets of the DP studies (ε after the last round; no DP is ε = ∞).
+DP_EPSILONS = (64.0, 16.0, 4.0, 1.0)
 
 
 def _as_sets(tree: dict[str, Any], prefix: str = "") -> list[str]:
@@ -93,22 +97,28 @@ def _data_noise_cells() -> list[list[str]]:
 SWEEPS: dict[str, dict[str, Any]] = {
     "mia-dp": {
         "description": (
-            "Client-level DP against membership inference: mia-paper without DP, then with "
-            "updates clipped to norm 5 and noise multipliers 0 … 0.03; utility (MAE) beside "
-            "every attack's AUC (about 10 min)."
+            "Differential privacy against membership inference at meaningful ε: mia-paper "
+            "without DP (ε = ∞), then hospital-level DP (updates clipped to norm 5) and "
+            "patient-level DP-SGD (per-patient gradients clipped to norm 1) at ε 64, 16, 4 "
+            "and 1 (δ 1e-5); patient-level AUCs with intervals beside the model's MAE."
         ),
         "base": "mia-paper",
         "cells": [
             [],
-            *[["defenses.dp.enabled=true", "defenses.dp.clip_norm=5.0",
-               f"defenses.dp.noise_multiplier={s}"] for s in (0.0, 0.001, 0.003, 0.01, 0.03)],
+            *[["defenses.dp.enabled=true", "defenses.dp.level=client",
+               "defenses.dp.clip_norm=5.0", f"defenses.dp.target_epsilon={e}"]
+              for e in DP_EPSILONS],
+            *[["defenses.dp.enabled=true", "defenses.dp.level=sample",
+               "defenses.dp.clip_norm=1.0", f"defenses.dp.target_epsilon={e}"]
+              for e in DP_EPSILONS],
         ],
     },
     "inversion-factors": {
         "description": (
             "Why a design leaks: inversion-easy, then one factor changed at a time — L1 loss, "
-            "InstanceNorm, 4 slices per step, 4 local steps, a late round, 64 px; "
-            "reconstruction SSIM beside the mean-image floor (about 15 min)."
+            "InstanceNorm, 4 slices per step, 4 local steps, a late round, 64 px, Adam (one "
+            "step, attacked with and without reading Adam's step back; and 4 steps); "
+            "reconstruction SSIM beside the mean-image floor, calibrated verdicts."
         ),
         "base": "inversion-easy",
         "cells": [
@@ -119,20 +129,38 @@ SWEEPS: dict[str, dict[str, Any]] = {
             ["federation.local_epochs=4"],
             ["federation.server_view_rounds=[30]", "attacks.inversion.target_round=last"],
             ["data.image_size=64"],
+            ["federation.optimizer=adam", "federation.lr=0.002"],
+            ["federation.optimizer=adam", "federation.lr=0.002",
+             "attacks.inversion.adam=simulate"],
+            ["federation.optimizer=adam", "federation.lr=0.002", "federation.local_epochs=4"],
+        ],
+    },
+    "inversion-budget": {
+        "description": (
+            "How much attack is enough: ig-strong on hospital 0 with 400, 2,000 and 8,000 "
+            "iterations, and at 2,000 iterations with total-variation weights 0.001, 0.01 "
+            "and 0.1; matching loss, body SSIM and the calibration control at each budget."
+        ),
+        "base": "ig-strong",
+        "cells": [
+            *[["attacks.inversion.target_center=0", f"attacks.inversion.iterations={n}"]
+              for n in (400, 2000, 8000)],
+            *[["attacks.inversion.target_center=0", "attacks.inversion.iterations=2000",
+               f"attacks.inversion.tv_weight={w}"] for w in (0.001, 0.01, 0.1)],
         ],
     },
     "inversion-defenses": {
         "description": (
             "Defenses against the inversion-easy leak: secure aggregation over 3 centers, "
-            "client-level DP, update pruning, 4 slices per step; reconstruction SSIM and "
-            "the cost in sCT MAE (about 15 min)."
+            "hospital-level DP (ε 64 and 4), update pruning, 4 slices per step; "
+            "reconstruction SSIM and the cost in sCT MAE (about 15 min)."
         ),
         "base": "inversion-easy",
         "cells": [
             [],
             ["defenses.secure_aggregation=true"],
             *[["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.05",
-               f"defenses.dp.noise_multiplier={s}"] for s in (0.001, 0.01)],
+               f"defenses.dp.target_epsilon={e}"] for e in (64.0, 4.0)],
             *[[f"defenses.prune_fraction={f}"] for f in (0.9, 0.99)],
             ["data.slices_per_patient=4", "federation.batch_size=4"],
         ],
@@ -213,15 +241,20 @@ def table_row(label: str, sets: list[str], run: RunFolder,
 
     Settings that sweeps vary are columns of their own (``dp_enabled``, ``noise_multiplier``,
     ``clip_norm``, ``secure_aggregation``, ``aggregator``, ``prune_fraction``, ``loss``,
-    ``norm``, ``batch_size``, ``local_epochs``, ``image_size``), read from the run's config.
+    ``norm``, ``batch_size``, ``local_epochs``, ``image_size``, ``dp_level``), read from the
+    run's config, and the ε the run reached (``epsilon``, null = ∞).
     Inversion results are ``inversion_<metric>`` (means over clients) and
     ``inversion_ssim_body[<center>]``. ``s`` is the run's summary.
     """
     cfg = run.config()
     fin = (s.get("federation") or {}).get("final") or {}
+    dp = (s.get("federation") or {}).get("dp") or {}
     row: dict[str, Any] = {"cell": label, "overrides": " ".join(sets), "run_id": run.run_id,
                            "dp_enabled": cfg.defenses.dp.enabled,
-                           "noise_multiplier": cfg.defenses.dp.noise_multiplier,
+                           "dp_level": cfg.defenses.dp.level,
+                           "noise_multiplier": dp.get("noise_multiplier",
+                                                      cfg.defenses.dp.noise_multiplier),
+                           "epsilon": dp.get("epsilon") if cfg.defenses.dp.enabled else None,
                            "clip_norm": cfg.defenses.dp.clip_norm,
                            "secure_aggregation": cfg.defenses.secure_aggregation,
                            "aggregator": cfg.federation.aggregator,
@@ -238,6 +271,13 @@ def table_row(label: str, sets: list[str], run: RunFolder,
             row[f"auc_pooled[{attack}]"] = v["pooled_auc"]
             for center, auc in v["auc"].items():
                 row[f"auc[{attack}][{center}]"] = auc
+        verdict_attack = mia.get("verdict_attack") or mia["attack"]
+        pooled = ((mia["variants"].get(verdict_attack) or {}).get("patient") or {}).get(
+            "pooled") or {}
+        row |= {"mia_attack": mia.get("attack"), "patient_auc_pooled": pooled.get("auc"),
+                "patient_auc_ci_pooled": pooled.get("auc_ci"),
+                "mia_verdict": (mia.get("verdict") or {}).get("overall"),
+                "mia_verdict_attack": mia.get("verdict_attack")}
     poison = s.get("poisoning")
     row["optimizer"] = cfg.federation.optimizer
     if poison:
@@ -251,6 +291,16 @@ def table_row(label: str, sets: list[str], run: RunFolder,
     if inv:
         row["inversion_round"] = next(iter(inv["per_client"].values()))["round"]
         row |= {f"inversion_{k}": inv[k] for k in INVERSION_COLUMNS}
+        cal = inv.get("calibration") or {}
+        row |= {"inversion_verdict": inv.get("verdict"),
+                "inversion_final_loss": float(np.mean([v["final_loss"]
+                                                       for v in inv["per_client"].values()])),
+                "inversion_tv_weight": cfg.attacks.inversion.tv_weight,
+                "inversion_adam": cfg.attacks.inversion.adam,
+                "inversion_iterations": inv.get("iterations"),
+                "inversion_restarts": inv.get("restarts"),
+                "calibration_ssim_body": cal.get("ssim_body"),
+                "calibration_floor_ssim_body": cal.get("floor_ssim_body")}
         for center, v in inv["per_client"].items():
             row[f"inversion_ssim_body[{center}]"] = v["ssim_body"]
     return row

@@ -64,22 +64,29 @@ def _custom_overrides(base: ExperimentConfig) -> dict[str, Any]:
                        base.defenses.secure_aggregation,
                        help="Hospitals mask their updates so the server only learns their sum, "
                             "never one hospital's update.")
-    dp_on = persisted(st.toggle, "Differential privacy (noise on each update)", "dp",
-                      base.defenses.dp.enabled,
-                      help="Each hospital limits the size of its update and adds random noise, "
-                           "so no single patient can be singled out. More noise means more "
-                           "privacy and a less accurate model.")
+    dp_on = persisted(st.toggle, "Differential privacy", "dp", base.defenses.dp.enabled,
+                      help="Random noise with a provable bound (ε) on how much the model and "
+                           "its updates can reveal. Lower ε = more private and a less "
+                           "accurate model; above ε 10 the bound means little.")
     dp: dict[str, Any] = {"enabled": dp_on}
     if dp_on:
-        left, right = st.columns(2)
-        dp["noise_multiplier"] = persisted(
-            left.number_input, "Noise multiplier σ", "dp_noise",
-            base.defenses.dp.noise_multiplier, min_value=0.0, max_value=100.0, step=0.001,
-            format="%.4f", help="Noise strength relative to the update limit (0 = limit only).")
+        left, mid, right = st.columns(3)
+        dp["level"] = persisted(
+            left.radio, "What it protects", "dp_level", base.defenses.dp.level,
+            options=["client", "sample"],
+            format_func={"client": "a whole hospital", "sample": "each patient"}.get,
+            help="A whole hospital: each hospital clips and noises its update. Each patient: "
+                 "each hospital trains with DP-SGD, bounding every patient's influence.")
+        dp["target_epsilon"] = persisted(
+            mid.number_input, "Privacy budget ε", "dp_epsilon",
+            base.defenses.dp.target_epsilon or 8.0, min_value=0.1, max_value=1e6, step=1.0,
+            format="%.1f", help="The ε reached after the last round; the noise is chosen to "
+                                "match it (Opacus RDP accountant, δ = 1e-5).")
+        dp["noise_multiplier"] = 0.0
         dp["clip_norm"] = persisted(
-            right.number_input, "Update size limit (clip norm)", "dp_clip",
+            right.number_input, "Size limit (clip norm)", "dp_clip",
             base.defenses.dp.clip_norm, min_value=0.001, max_value=1e4, step=0.5,
-            format="%.3f", help="The largest update a hospital may send.")
+            format="%.3f", help="The largest update (or patient gradient) that counts.")
     fed["runtime"] = persisted(st.selectbox, "Where the federation runs", "runtime",
                                base.federation.runtime, options=list(RUNTIMES),
                                format_func=RUNTIMES.get,

@@ -7,9 +7,12 @@ import numpy as np
 import streamlit as st
 
 from app.inversion import (
+    ADAM_DECODED,
     STUDY_RESULT,
     SWEEP_COMMAND,
     InversionRun,
+    budget_text,
+    calibration_text,
     client_table,
     defense_figure,
     defense_table,
@@ -38,7 +41,7 @@ PRESETS = (("inversion-easy", "Attack a vulnerable design"),
            ("dlg-paper", "The study's DLG attack"),
            ("ig-strong", "Strongest attack on the study's model"))
 DEFENDED_PRESET = "inversion-easy"
-DP_LEVELS = {"off": None, "light (σ 0.001)": 0.001, "strong (σ 0.01)": 0.01}
+DP_LEVELS = {"off": None, "weak (ε 64)": 64.0, "strong (ε 4)": 4.0}
 PRUNE_LEVELS = {"off": None, "90% of each update": 0.9, "99% of each update": 0.99}
 
 
@@ -64,11 +67,11 @@ def _verdict(run: InversionRun) -> None:
     with st.container(border=True):
         st.markdown(f"#### :{v.colour}-background[{v.title}]")
         st.markdown(verdict_detail(v, run.inv))
-        st.caption(STUDY_RESULT)
-        method = "DLG (L-BFGS gradient matching)" if run.inv.get("method") == "dlg" else \
-            "Inverting Gradients (cosine matching)"
-        st.caption(f"Attack: {method}, {run.inv.get('iterations')} iterations, "
-                   f"{run.inv.get('restarts')} random start(s). Run: {run.defenses}.")
+        st.markdown(calibration_text(run.inv))
+        st.caption(f"Attack: {budget_text(run.inv)}. Run: {run.defenses}. {STUDY_RESULT}")
+        if any(p.get("objective") == "adam_decoded"
+               for p in (run.inv.get("per_client") or {}).values()):
+            st.caption(ADAM_DECODED)
     if run.loss == "l1":
         st.info("This federation trains with an L1 loss. With L1, a fake CT gets exactly zero "
                 "gradient, so the attacker simulates training with a smooth stand-in, "
@@ -165,10 +168,11 @@ def _defenses(active: bool) -> None:
                                help="Each update mixes 4 images instead of one, which is "
                                     "harder to untangle.")
         with c3:
-            dp = persisted(st.radio, "Privacy noise (DP)", "inv_dp", "off",
+            dp = persisted(st.radio, "Differential privacy", "inv_dp", "off",
                            options=list(DP_LEVELS),
-                           help="Each hospital clips its update (norm 0.05) and adds random "
-                                "noise before sending it.")
+                           help="Each hospital clips its update (norm 0.05) and adds the "
+                                "noise that gives this ε over the 30 rounds (lower ε = more "
+                                "private).")
         with c4:
             prune = persisted(st.radio, "Pruning", "inv_prune", "off",
                               options=list(PRUNE_LEVELS),
@@ -179,7 +183,7 @@ def _defenses(active: bool) -> None:
             sets.append("defenses.secure_aggregation=true")
         if DP_LEVELS[dp] is not None:
             sets += ["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.05",
-                     f"defenses.dp.noise_multiplier={DP_LEVELS[dp]}"]
+                     f"defenses.dp.target_epsilon={DP_LEVELS[dp]}"]
         if PRUNE_LEVELS[prune] is not None:
             sets.append(f"defenses.prune_fraction={PRUNE_LEVELS[prune]}")
         if slices:

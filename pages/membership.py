@@ -7,7 +7,6 @@ from typing import Any
 import streamlit as st
 
 from app.mia import (
-    MAIN_ATTACKS,
     POOLED,
     MiaRun,
     attack_name,
@@ -66,13 +65,14 @@ def _verdict(run: MiaRun, other: MiaRun | None) -> None:
         st.markdown(verdict_detail(v, run.mia))
         n = next(iter((run.mia.get("n_candidates") or {}).values()), None)
         if n:
-            st.caption(f"Tested per hospital: {n['members']} training {run.mia.get('level', '')}s "
-                       f"and {n['nonmembers']} held-out ones, over rounds "
+            st.caption(f"Tested per hospital: {n['members']} training and {n['nonmembers']} "
+                       f"held-out slices of {n.get('member_patients', '?')} and "
+                       f"{n.get('nonmember_patients', '?')} patients, over rounds "
                        f"{', '.join(map(str, run.mia.get('rounds', [])))}. Run: "
                        f"{run.defenses}.")
         if other:
             o = verdict(other.mia)
-            auc = f" (worst-case AUC {o.auc:.2f})" if o.auc is not None else ""
+            auc = f" (worst-case patient-level AUC {o.auc:.2f})" if o.auc is not None else ""
             st.markdown(f"Compared run, {other.legend()}: :{o.colour}[{o.title}]{auc}.")
 
 
@@ -132,9 +132,11 @@ def _secagg(run: MiaRun, other: MiaRun | None) -> None:
         st.markdown(
             "With **secure aggregation** each hospital masks its upload, so the server only "
             "learns the sum of all hospitals' updates, never one hospital's. Attacks that "
-            "study an individual hospital's update (FedMIA) then fall to chance. The final "
-            "shared model is still released to everyone, though, so an attack on the "
-            "**global model's loss** still works as well as it does without the defense.")
+            "study an individual hospital's update (FedMIA) then have nothing to work on: "
+            "whatever they compute from the masked uploads is noise, and the page labels them "
+            "as not applicable. The final shared model is still released to everyone, though, "
+            "so an attack on the **global model's loss** still works as well as it does "
+            "without the defense: that is what a secure-aggregation verdict rests on.")
         secagg = next((r for r in (run, other) if r and r.secagg), None)
         if secagg is None:
             st.caption("Neither run shown used secure aggregation: start the "
@@ -153,15 +155,18 @@ def _dp_tradeoff() -> None:
     if not found:
         return
     folder, rows = found
-    st.markdown("#### Privacy noise (DP) trade-off")
-    st.caption("Each hospital clips its update and adds random noise before sending it. More "
-               "noise hides patients better but makes the shared model less accurate.")
-    attacks = [a for a in MAIN_ATTACKS if any(f"auc_pooled[{a}]" in r for r in rows)]
-    if not attacks:
-        st.info("The privacy-noise sweep has no attack results yet.")
+    st.markdown("#### Differential privacy: how much ε protects patients, and what it costs")
+    st.caption("Hospital-level DP: each hospital clips its update and adds noise. "
+               "Patient-level DP: each hospital trains with DP-SGD, bounding every patient's "
+               "influence. ε comes from an RDP accountant (Opacus) at δ = 1e-5; lower ε = "
+               "more private, and above ε 10 the guarantee means little. Bars: 95% intervals "
+               "resampling patients, all hospitals together.")
+    if not any(r.get("patient_auc_pooled") is not None for r in rows):
+        st.info("This privacy sweep was made by an older version without patient-level "
+                "results: run `fedsct sweep --preset mia-dp` again.")
         return
-    st.plotly_chart(dp_figure(rows, attacks))
-    st.markdown(dp_sentence(rows, attacks))
+    st.plotly_chart(dp_figure(rows))
+    st.markdown(dp_sentence(rows))
     cells = len((read_json(folder / "sweep.json") or {}).get("cells") or rows)
     if cells > len(rows):
         st.caption(f"{len(rows)} of {cells} noise levels finished so far (the sweep is still "

@@ -11,11 +11,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 import engine.jobs
-from app.mia import dp_sentence, verdict
+from app.mia import dp_sentence, noise_label, verdict
 from engine.config import build_config
 from engine.experiment import execute
 from engine.runs import RunFolder, create_run, open_run
@@ -87,10 +88,15 @@ def test_run_shows_verdict_curves_and_tables(runs_dir: Path, trained: dict[str, 
     mia = run.summary()["mia"]
     at = _page()
 
-    worst = max(mia["auc"].values())
-    expected = "High risk" if worst >= 0.8 else "Moderate risk" if worst >= 0.6 else "Low risk"
-    assert expected in _md(at)
-    assert f"AUC **{worst:.2f}**" in _md(at)
+    # The engine's patient-level verdict, shown with the worst hospital's AUC and interval.
+    patient = mia["patient"]["auc"]
+    worst = max(patient.values())
+    if mia["verdict"]["overall"] == "risk":
+        assert ("High risk" if worst >= 0.8 else "Risk:") in _md(at)
+    else:
+        assert "No evidence of membership leakage at this sample size" in _md(at)
+    assert f"patient-level AUC **{worst:.2f}** (95% interval" in _md(at)
+    assert "resampling patients" in _md(at)
     assert _select(at, "Attacked run").value == run.run_id
     assert len(at.get("plotly_chart")) == 1
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -149,13 +155,19 @@ def test_degenerate_centers_are_labelled(runs_dir: Path, trained: dict[str, Path
     assert "center-0 (no signal)" in [a["text"] for a in spec["layout"]["annotations"]]
 
 
-def test_verdict_uses_the_worst_non_degenerate_center() -> None:
-    mia = {"auc": {"a": 0.99, "b": 0.7, "c": 0.55}, "auc_ci": {"b": [0.6, 0.8]},
-           "degenerate": {"a": True, "b": False, "c": False}}
+def test_verdict_follows_the_engine_and_skips_degenerate_centers() -> None:
+    mia = {"attack": "fedmia-i/phi", "verdict_attack": "fedmia-i/phi",
+           "verdict": {"a": "no_evidence", "b": "risk", "c": "no_evidence", "overall": "risk"},
+           "patient": {"auc": {"a": 0.99, "b": 0.7, "c": 0.55},
+                       "auc_ci": {"b": [0.6, 0.8]}},
+           "variants": {"fedmia-i/phi": {"degenerate": {"a": True, "b": False, "c": False}}}}
     v = verdict(mia)
     assert (v.colour, v.center, v.ci) == ("orange", "b", (0.6, 0.8))
-    mia["auc"]["b"] = 0.5
-    assert verdict(mia).colour == "green"
+    mia["verdict"] = {"a": "no_evidence", "b": "no_evidence", "c": "no_evidence",
+                      "overall": "no_evidence"}
+    v = verdict(mia)
+    assert v.colour == "blue" and v.title.startswith("No evidence") and v.center == "b"
+    assert verdict({"auc": {"a": 0.9}}).title.startswith("This run was made by an older")
 
 
 def test_old_or_damaged_results_are_explained(runs_dir: Path, trained: dict[str, Path]) -> None:
@@ -168,41 +180,47 @@ def test_old_or_damaged_results_are_explained(runs_dir: Path, trained: dict[str,
     summary["mia"] = {"attack": "fedmia-i/phi", "auc": {"center-0": "n/a"}}
     old.write_summary(summary)
     at = _page()
-    assert any("older format" in i.value for i in at.info)
+    assert (any("older format" in i.value for i in at.info)
+            or "made by an older version" in _md(at))
 
 
 def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
-    rows = [{"cell": "baseline", "dp_enabled": False, "noise_multiplier": 0.0, "mae_hu": 100.0},
-            {"cell": "σ 0.001", "dp_enabled": True, "noise_multiplier": 0.001, "mae_hu": 110.0},
-            {"cell": "σ 0.01", "dp_enabled": True, "noise_multiplier": 0.01, "mae_hu": 160.0}]
-    for row, (a1, a2, g) in zip(rows, [(0.99, 0.97, 0.7), (0.8, 0.7, 0.62),
-                                       (0.52, 0.55, 0.5)], strict=True):
-        row |= {"auc_pooled[fedmia-i/phi]": a1, "auc_pooled[fedmia-ii/phi]": a2,
-                "auc_pooled[global_loss]": g, "auc[fedmia-i/phi][center-0]": a1}
+    rows = [{"cell": "baseline", "dp_enabled": False, "epsilon": None, "mae_hu": 100.0,
+             "patient_auc_pooled": 0.95, "patient_auc_ci_pooled": [0.9, 1.0],
+             "mia_verdict": "risk"}]
+    for level, values in (("client", [(64.0, 0.9, "risk", 104.0), (4.0, 0.55, "no_evidence",
+                                                                     130.0)]),
+                          ("sample", [(64.0, 0.6, "no_evidence", 180.0)])):
+        for eps, auc, v, mae in values:
+            rows.append({"cell": f"{level} {eps}", "dp_enabled": True, "dp_level": level,
+                         "epsilon": eps, "mae_hu": mae, "patient_auc_pooled": auc,
+                         "patient_auc_ci_pooled": [auc - 0.1, auc + 0.1], "mia_verdict": v})
     folder = runs_dir / "sweeps" / "mia-dp-test"
     folder.mkdir(parents=True)
     (folder / "table.json").write_text(json.dumps(rows))
-    (folder / "sweep.json").write_text(json.dumps({"cells": [{}] * 4}))
+    (folder / "sweep.json").write_text(json.dumps({"cells": [{}] * 9}))
 
     at = _page()
-    assert "Privacy noise (DP) trade-off" in _md(at)
-    assert "From **σ 0.01** on" in _md(at)
-    assert "from 100 HU without privacy noise to 160 HU (+60 HU)" in _md(at)
-    assert any("3 of 4 noise levels" in c.value for c in at.caption)
+    text = _md(at)
+    assert "Differential privacy: how much ε protects patients" in text
+    assert ("With **hospital-level DP**, from **ε 4** on the attack shows no evidence at this "
+            "sample size. The model's average error goes from 100 HU without DP to 130 HU "
+            "(+30 HU).") in text
+    assert "With **patient-level DP**, from **ε 64** on" in text
+    assert any("4 of 9 noise levels" in c.value for c in at.caption)
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert spec["data"][0]["x"] == ["no DP", "σ 0.001", "σ 0.01"]
+    assert spec["data"][0]["x"] == ["ε 64", "ε 4"] and spec["data"][0]["y"] == [0.9, 0.55]
+    np.testing.assert_allclose(spec["data"][0]["error_y"]["array"], [0.1, 0.1])
     assert any(t.get("yaxis") == "y2" for t in spec["data"])  # MAE on the second axis
 
 
-def test_dp_sentence_while_the_sweep_is_young_or_noise_is_too_weak() -> None:
-    base = {"cell": "baseline", "dp_enabled": False, "mae_hu": 100.0,
-            "auc_pooled[global_loss]": 0.9}
-    assert "Only the run without privacy noise" in dp_sentence([base], ["global_loss"])
-    weak = {"cell": "noise_multiplier=0.001", "dp_enabled": True, "noise_multiplier": 0.001,
-            "mae_hu": 104.0, "auc_pooled[global_loss]": 0.8}
-    text = dp_sentence([base, weak], ["global_loss"])
-    assert "at the strongest, **σ 0.001**, Global model loss (Yeom) still reaches 0.80" in text
-    assert "(+4 HU)" in text
+def test_dp_sentence_while_the_sweep_is_young_or_dp_is_too_weak() -> None:
+    base = {"cell": "baseline", "dp_enabled": False, "mae_hu": 100.0}
+    assert "Only the run without privacy noise" in dp_sentence([base])
+    weak = {"dp_enabled": True, "dp_level": "client", "epsilon": 64.0, "mae_hu": 104.0,
+            "mia_verdict": "risk"}
+    assert "every budget tested still leaves evidence" in dp_sentence([base, weak])
+    assert noise_label(weak) == "hospital-level DP, ε 64"
 
 
 def test_start_button_tracks_the_job(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

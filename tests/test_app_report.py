@@ -189,12 +189,22 @@ def _cards(at: AppTest) -> str:
 
 
 def test_home_scorecards_show_the_latest_numbers_and_colours(runs: dict[str, Path]) -> None:
-    # Chosen values: AUC 0.72 → orange, gain over floor 0.03 → green, ratio 2.5 → red.
+    # Chosen values: a risk verdict at AUC 0.72 → orange; gain over the floor 0.03 with a
+    # recovered calibration → green; ratio 2.5 → red.
     mia = _summary(runs["mia"])
-    mia["mia"]["auc"] = {"center-0": 0.55, "center-1": 0.72, "center-2": 0.61}
+    mia["mia"]["verdict"] = {"center-0": "no_evidence", "center-1": "risk",
+                             "center-2": "no_evidence", "overall": "risk"}
+    mia["mia"]["verdict_attack"] = mia["mia"]["attack"]
+    mia["mia"]["patient"]["auc"] = {"center-0": 0.55, "center-1": 0.72, "center-2": 0.61}
+    mia["mia"]["patient"]["auc_ci"]["center-1"] = [0.61, 0.83]
+    for flags in (mia["mia"]["degenerate"], mia["mia"]["variants"][mia["mia"]["attack"]]
+                  ["degenerate"]):
+        flags.update(dict.fromkeys(flags, False))
     (runs["mia"] / "summary.json").write_text(json.dumps(mia))
     inv = _summary(runs["inversion"])
-    inv["inversion"].update(ssim_body=0.41, floor_ssim_body=0.38)
+    inv["inversion"].update(ssim_body=0.41, floor_ssim_body=0.38, verdict="no_leak")
+    inv["inversion"]["per_client"] = {"center-0": {"ssim_body": 0.41,
+                                                   "floor_ssim_body": 0.38}}
     (runs["inversion"] / "summary.json").write_text(json.dumps(inv))
     poi = _summary(runs["poisoning"])
     poi["poisoning"]["cells"][0]["mae_ratio"] = 2.5
@@ -202,7 +212,7 @@ def test_home_scorecards_show_the_latest_numbers_and_colours(runs: dict[str, Pat
 
     at = _page(HOME)
     text = _cards(at)
-    assert ":orange[● **AUC 0.72**]" in text
+    assert ":orange[● **patient-level AUC 0.72 (interval 0.61–0.83) · risk**]" in text
     assert ":green[● **body SSIM 0.41 vs floor 0.38**]" in text
     assert ":red[● **2.50× the clean error**]" in text
     # The newest finished run is the poisoning one (created last).

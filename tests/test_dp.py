@@ -1,6 +1,23 @@
-import numpy as np
+"""Differential privacy: clipping and noise, what a DP hospital reports, and ε from Opacus's
+RDP accountant."""
 
-from engine.federation.dp import privatize_update
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from engine.config import ConfigError, build_config
+from engine.federation.client import LocalTraining
+from engine.federation.dp import (
+    DP_PUBLIC_METADATA,
+    dp_accounting,
+    patient_gradients,
+    privatize_update,
+    train_local_dp_sgd,
+)
 
 
 def test_clipping_bound_holds_without_noise():
@@ -10,8 +27,8 @@ def test_clipping_bound_holds_without_noise():
     out, meta = privatize_update(local, glob, clip_norm=0.5, noise_multiplier=0.0, rng=rng)
     diffs = [o.astype(np.float64) - g for o, g in zip(out, glob, strict=True)]
     norm = np.sqrt(sum((d**2).sum() for d in diffs))
-    assert meta["clipped"] and meta["update_norm"] > 0.5
-    assert norm <= 0.5 + 1e-5
+    assert norm == pytest.approx(0.5, rel=1e-5)  # the raw update was far larger: clipped
+    assert meta == {"noise_std": 0.0}  # nothing about the raw update leaves the client
 
 
 def test_small_update_is_not_scaled_and_noise_has_sigma_c():
@@ -19,8 +36,7 @@ def test_small_update_is_not_scaled_and_noise_has_sigma_c():
     glob = [np.zeros(200_000, dtype=np.float32)]
     local = [np.full(200_000, 1e-4, dtype=np.float32)]
     out, meta = privatize_update(local, glob, clip_norm=2.0, noise_multiplier=0.5, rng=rng)
-    assert not meta["clipped"]
-    assert meta["noise_std"] == 1.0
+    assert meta == {"noise_std": 1.0}
     noise = out[0].astype(np.float64) - 1e-4
     assert abs(noise.std() - 1.0) < 0.01 and abs(noise.mean()) < 0.01
 
@@ -30,3 +46,117 @@ def test_integer_buffers_pass_through():
     local = [np.ones(3, np.float32), np.array(9, np.int64)]
     out, _ = privatize_update(local, glob, 1.0, 1.0, np.random.default_rng(0))
     assert out[1] == 9 and out[1].dtype == np.int64
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+@pytest.mark.parametrize(("sigma", "rounds", "delta", "expected"),
+                         [(1.0, 20, 1e-5, 30.1), (5.0, 20, 1e-5, 4.16), (0.03, 20, 1e-5, 1.23e4)])
+def test_client_level_epsilon_is_the_rdp_accountants(sigma, rounds, delta, expected):
+    dp = build_config(sets=["defenses.dp.enabled=true",
+                            f"defenses.dp.noise_multiplier={sigma}",
+                            f"defenses.dp.delta={delta}"]).defenses.dp
+    acc = dp_accounting(dp, rounds, LocalTraining(), num_examples=16)
+    reference = RDPAccountant()
+    for _ in range(rounds):
+        reference.step(noise_multiplier=sigma, sample_rate=1.0)
+    assert acc.epsilon(rounds) == pytest.approx(reference.get_epsilon(delta), rel=1e-9)
+    assert acc.epsilon(rounds) == pytest.approx(expected, rel=0.01)  # the published figures
+    assert acc.epsilon(1) < acc.epsilon(rounds // 2) < acc.epsilon(rounds)
+
+
+@pytest.mark.parametrize("level", ["client", "sample"])
+@pytest.mark.parametrize("target", [1.0, 4.0, 64.0])
+def test_target_epsilon_is_honoured(level, target):
+    cfg = build_config(sets=["defenses.dp.enabled=true", f"defenses.dp.level={level}",
+                             f"defenses.dp.target_epsilon={target}", "federation.rounds=12",
+                             "federation.local_epochs=3", "federation.batch_size=4"])
+    acc = dp_accounting(cfg.defenses.dp, 12, LocalTraining.from_config(cfg), num_examples=24)
+    assert acc.noise_multiplier > 0
+    assert acc.epsilon(12) == pytest.approx(target, rel=0.02)
+    assert acc.epsilon(12) <= target * 1.001  # never a weaker guarantee than asked for
+    if level == "sample":
+        assert acc.sample_rate == pytest.approx(4 / 24) and acc.steps_per_round == 3 * 6
+
+
+def test_noise_and_target_together_are_refused():
+    with pytest.raises(ConfigError, match=r"target_epsilon = 4.0 and .*noise_multiplier = 1.0"):
+        build_config(sets=["defenses.dp.noise_multiplier=1", "defenses.dp.target_epsilon=4"])
+    with pytest.raises(ConfigError, match=r"level = 'sample' cannot be combined with "
+                                          r"model.norm = 'batch'"):
+        build_config(sets=["defenses.dp.enabled=true", "defenses.dp.level=sample",
+                           "model.norm=batch"])
+
+
+def test_patient_gradients_average_each_patients_slices():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Conv2d(2, 1, 1))
+    x, y = torch.rand(5, 1, 8, 8), torch.rand(5, 1, 8, 8)
+    owner = torch.tensor([0, 0, 1, 1, 1])
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    got = patient_gradients(net, params, {}, x, y, owner, 2, "mse")
+    for patient, rows in ((0, [0, 1]), (1, [2, 3, 4])):
+        net.zero_grad()
+        loss = sum(torch.nn.functional.mse_loss(net(x[i : i + 1]), y[i : i + 1]) for i in rows)
+        (loss / len(rows)).backward()
+        want = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        torch.testing.assert_close(got[patient], want, rtol=1e-5, atol=1e-7)
+
+
+def test_dp_sgd_bounds_each_patients_influence():
+    """Without noise, one step of plain SGD (lr 1) moves the weights by at most C per sampled
+    patient, divided by the expected number of patients."""
+    from engine.data.phantom import phantom_patient
+    from engine.data.types import SliceSet
+    from engine.model import build_unet, get_parameters
+
+    torch.manual_seed(0)
+    net = build_unet((4, 8), "instance", 0)
+    data = SliceSet.concat([phantom_patient(0, 0, p, image_size=16, n_slices=3)
+                            for p in range(4)])
+    start = get_parameters(net)
+    local = LocalTraining(loss="l1", optimizer="sgd", lr=1.0, local_epochs=1, batch_size=12)
+    dp = build_config(sets=["defenses.dp.enabled=true", "defenses.dp.level=sample",
+                            "defenses.dp.clip_norm=0.01"]).defenses.dp
+    acc = dp_accounting(dp, 1, local, num_examples=len(data))
+    assert acc.sample_rate == 1.0 and acc.steps_per_round == 1
+    trained, meta = train_local_dp_sgd(net, start, data, local, acc, 0.01, seed=0)
+    names = [n for n, _ in net.named_parameters()]
+    state = list(net.state_dict())
+    moved = math.sqrt(sum(float(((trained[state.index(n)] - start[state.index(n)]) ** 2).sum())
+                          for n in names))
+    assert 0 < moved <= 0.01 * 4 / 4 + 1e-6  # 4 patients, each clipped to 0.01, ÷ 4
+    assert set(meta) <= set(DP_PUBLIC_METADATA)
+
+
+@pytest.mark.parametrize("level", ["client", "sample"])
+def test_dp_run_reports_epsilon_and_no_raw_quantity(runs_dir, level):
+    from engine.experiment import execute
+    from engine.federation.server_view import ServerView
+    from engine.runs import create_run
+
+    cfg = build_config("smoke", sets=["federation.rounds=2", "defenses.dp.enabled=true",
+                                      f"defenses.dp.level={level}",
+                                      "defenses.dp.target_epsilon=8",
+                                      "defenses.dp.clip_norm=0.5"])
+    run = create_run(cfg)
+    summary = execute(run)
+    assert summary is not None, (run.path / "log.txt").read_text()
+    dp = summary["federation"]["dp"]
+    assert dp["level"] == level and dp["delta"] == 1e-5
+    assert dp["epsilon"] == pytest.approx(8.0, rel=0.02) and dp["meaningful"]
+    assert dp["neighbouring"].startswith("add/remove one")
+    records = run.metrics()
+    eps = [r["dp_epsilon"] for r in records if r["round"] > 0]
+    assert eps[0] < eps[1] == pytest.approx(dp["epsilon"])
+    # No per-client quantity that depends on the raw update or data reaches the server.
+    for r in records:
+        for meta in r["clients"].values():
+            assert set(meta) <= set(DP_PUBLIC_METADATA), meta
+    view = ServerView(run.path)
+    for rnd in view.rounds:
+        for meta in view[rnd].metadata.values():
+            assert set(meta) <= set(DP_PUBLIC_METADATA), meta
+    text = (run.path / "metrics.jsonl").read_text() + json.dumps(
+        [json.loads(p.read_text()) for p in (run.path / "server_view").glob("*.json")])
+    for leak in ("update_norm", "clipped", "train_loss"):
+        assert leak not in text

@@ -13,6 +13,7 @@ from engine.attacks.membership import (
     MembershipPayload,
     evaluate_membership,
     membership_candidates,
+    membership_summary,
     per_sample_gradients,
     per_sample_gradients_loop,
     reference_scores,
@@ -81,7 +82,7 @@ SMALL = [
     "data.centers=3", "data.patients_per_center=2", "data.heldout_per_center=6",
     "data.slices_per_patient=6", "data.image_size=32", "model.channels=[8,16,32]",
     "model.num_res_units=1", "federation.rounds=6",
-    "federation.lr=5e-3", "federation.server_view_rounds=[4,5,6]", "federation.local_epochs=20",
+    "federation.lr=5e-3", "federation.server_view_rounds=[4,5,6]", "federation.local_epochs=30",
     "attacks.membership.enabled=true",
 ]
 
@@ -92,13 +93,17 @@ def small_cohort():
     return cfg, load_cohort(cfg.data, cfg.seed)
 
 
-def attack(run_dir, cfg, candidates):
+def attack(run_dir, cfg, candidates, bootstrap=0):
     view = ServerView(run_dir)
     m = cfg.model
     payload = MembershipPayload([view[r] for r in view.rounds], candidates,
                                 build_unet(tuple(m.channels), m.norm, m.num_res_units),
                                 cfg.federation.loss)
-    return evaluate_membership(MembershipAttack().run(payload), bootstrap=0)
+    result = MembershipAttack().run(payload)
+    evaluation = evaluate_membership(result, bootstrap=bootstrap)
+    return evaluation | {"summary": membership_summary(evaluation, "fedmia-i/phi", "slice",
+                                                       result.rounds,
+                                                       result.individual_uploads)}
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +135,16 @@ def test_secure_aggregation_hides_uploads_but_not_the_global_model(plain_and_sec
         plain["global_loss"]["pooled"]["auc"], abs=0.03)
 
 
+def test_secure_aggregation_verdict_never_rests_on_per_hospital_fedmia(plain_and_secure):
+    plain = plain_and_secure["plain"][1]["summary"]
+    secure = plain_and_secure["secagg"][1]["summary"]
+    assert plain["individual_uploads"] and plain["verdict_attack"] == "fedmia-i/phi"
+    assert not secure["individual_uploads"] and secure["verdict_attack"] == "global_loss"
+    assert secure["verdict"] == secure["verdicts"]["global_loss"]
+    for attack_name in ("fedmia-i/phi", "fedmia-ii/phi", "fedmia-i/log"):
+        assert set(secure["verdicts"][attack_name].values()) == {"not_applicable"}
+
+
 def test_control_without_members_gives_chance(plain_and_secure, small_cohort):
     """'Members' that nobody trained on must not be found: catches evaluation leaks."""
     cfg, cohort = small_cohort
@@ -141,9 +156,14 @@ def test_control_without_members_gives_chance(plain_and_secure, small_cohort):
         slices = SliceSet.concat(parts)
         fake_members = np.isin(slices.patient_ids, held[: len(held) // 2])
         control[c.name] = Candidates(slices, fake_members)
-    ev = attack(run_dir, cfg, control)
+    ev = attack(run_dir, cfg, control, bootstrap=500)
     for name in ("fedmia-i/phi", "fedmia-ii/phi", "global_loss", "own_loss"):
         assert abs(ev[name]["pooled"]["auc"] - 0.5) < 0.2, (name, ev[name]["pooled"]["auc"])
+        # Patient-level intervals resample patients: every one of them holds chance.
+        for row in [*ev[name]["patient"]["per_center"].values(), ev[name]["patient"]["pooled"]]:
+            lo, hi = row["auc_ci"]
+            assert lo <= 0.5 <= hi, (name, row["auc"], row["auc_ci"])
+        assert set(ev["summary"]["verdicts"][name].values()) == {"no_evidence"}
 
 
 def test_run_folder_gets_mia_summary_and_roc_points(runs_dir):
@@ -183,3 +203,42 @@ def test_membership_config_is_validated():
     with pytest.raises(ConfigError, match="must be one of"):
         build_config("mia-paper", sets=["attacks.membership.variant=fedmia-ii",
                                         "attacks.membership.variants=[fedmia-i]"])
+
+
+def test_intervals_resample_patients_not_slices():
+    """Two patients per side, 20 nearly identical slices each: slices look like evidence, but
+    resampling patients shows how little two patients can show."""
+    rng = np.random.default_rng(0)
+    patient_level_scores = [0.9, 0.3, 0.6, 0.2]  # members: p0, p1; non-members: p2, p3
+    scores = np.concatenate([v + 0.01 * rng.normal(size=20) for v in patient_level_scores])
+    members = np.repeat([True, True, False, False], 20)
+    groups = np.repeat(["p0", "p1", "p2", "p3"], 20)
+    by_slice = roc_summary(scores, members, bootstrap=2000)
+    by_patient = roc_summary(scores, members, groups=groups, bootstrap=2000)
+    assert by_slice["auc"] == by_patient["auc"] == pytest.approx(0.75)
+    width = by_patient["auc_ci"][1] - by_patient["auc_ci"][0]
+    assert width > 3 * (by_slice["auc_ci"][1] - by_slice["auc_ci"][0])
+    assert by_patient["auc_ci"][0] <= 0.5 <= by_patient["auc_ci"][1]
+    assert by_patient["n_member_groups"] == by_patient["n_nonmember_groups"] == 2
+
+
+def test_tpr_is_given_only_where_the_nonmembers_resolve_it():
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=36)
+    r = roc_summary(s, np.arange(36) < 20, bootstrap=0)  # 16 non-members
+    assert r["tpr_at_fpr"]["0.1"] is not None
+    assert r["tpr_at_fpr"]["0.01"] is None and r["tpr_at_fpr"]["0.001"] is None
+    assert r["tpr_min_nonmembers"] == {"0.1": 10, "0.01": 100, "0.001": 1000}
+
+
+def test_perfect_separation_of_two_patients_is_no_evidence():
+    """2 against 2 patients, perfectly separated: the bootstrap interval is [1, 1], but the
+    exact rank test knows that 1 in 6 labellings does that by chance."""
+    from engine.metrics import better_than_chance
+
+    two = roc_summary(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0], bool),
+                      bootstrap=500)
+    assert two["auc"] == 1.0 and two["auc_ci"] == [1.0, 1.0]
+    assert two["p_value"] == pytest.approx(1 / 6) and not better_than_chance(two)
+    eight = roc_summary(np.arange(16.0), np.arange(16) >= 8, bootstrap=500, family=5)
+    assert eight["p_value"] < 0.01 / 5 and better_than_chance(eight)

@@ -1,40 +1,71 @@
 """Gradient inversion by a curious server: DLG and Inverting Gradients on the server view.
 
-Scenario and attack are separate (as in ``breaching``): :func:`inversion_payload` takes one
+Scenario and attack are separate (as in ``breaching``): :func:`inversion_payloads` takes one
 client's upload in one recorded round — read through the server view, so under secure
 aggregation it is a masked upload — plus what the protocol makes public (architecture, the
-global model, the client's local training recipe, its reported number of examples). Every
-attack has the same shape, ``attack.reconstruct(payload) → InversionResult``.
+global model, the client's local training recipe, its reported number of examples) and what
+the attacker holds itself (:class:`AttackerPrior`). Every attack has the same shape,
+``attack.reconstruct(payload) → InversionResult``, split into the objective, the trial (the
+optimisation of all restarts) and the selection of the best restart.
 
 The attacker does not see the client's shuffling, so it simulates the client's local
 training on dummy data with a fixed batch order (as ``breaching`` does), differentiably with
-``torch.func``, and optimises the dummy MRI *and* dummy CT so that the simulated update
-matches the observed one. For a single local SGD step this is exactly gradient matching.
+``torch.func``, in the mode the client trained in (BatchNorm on batch statistics), and
+optimises the dummy MRI *and* dummy CT so that the simulated update matches the observed one.
+For a single local SGD step this is exactly gradient matching.
 
-With the L1 training loss the parameter gradient depends on the CT only through
-sign(f(x) − y), so a dummy CT gets exactly zero gradient; the attacker simulates training
-with a smooth surrogate ``sqrt(d² + ε)`` instead (and can recover the CT only through that
-sign pattern). Restarts are batched in one pass with ``torch.func.vmap``.
+Two properties of the study's recipe need an attacker that knows them:
 
-The attacker may hold a public cohort of the same kind (:class:`AttackerPrior`): its mean
-slices are the trivial-guess floor and the ``mean`` start; with ``prior="pca"`` the search runs
-over the coefficients of the cohort's principal components instead of over pixels.
+* **L1 loss**: the parameter gradient depends on the CT only through sign(f(x) − y), so a
+  dummy CT gets exactly zero gradient; the attacker simulates training with a smooth
+  surrogate ``sqrt(d² + ε)`` instead (and can recover the CT only through that sign pattern).
+* **Adam**: one fresh Adam step moves each parameter by −lr·g/(|g| + ε) ≈ −lr·sign(g), so
+  differentiating a simulated Adam step gives the dummies almost no gradient. But the size of
+  g survives in how far |Δ| falls short of lr (by lr·ε/|g|), which a float32 upload resolves
+  for most parameters: :func:`decode_adam_step` reads the gradient back, and the attack then
+  matches gradients on the coordinates it could read (``adam="decode"``, the default). With
+  several local Adam steps the update is simulated through every step instead.
+
+**Calibration.** A reconstruction no better than the attacker's average anatomy (the floor)
+shows a leak-free *target* only if the same attack, at the same budget, rebuilds a slice of a
+design known to leak (:func:`calibrate`); otherwise the verdict is ``inconclusive``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from engine.federation.client import LocalTraining
-from engine.model import NDArrays
+from engine.config import ExperimentConfig, InversionConfig
+from engine.data.cohort import AttackerData
+from engine.data.preprocess import hu_to_unit
+from engine.data.types import Cohort, SliceSet
+from engine.federation.client import ADAM_EPS, LocalTraining, train_local
+from engine.federation.server_view import ServerView
+from engine.metrics import reconstruction_metrics, template_metrics
+from engine.model import NDArrays, build_model, build_unet, get_parameters, select_device
+from engine.render import save_png, to_gray
 
 SMOOTH_L1_EPS = 1e-4
+# A client leaks when the body-mask SSIM of its reconstruction beats the attacker's average
+# anatomy (the floor) by this much; the calibration control must leak by the same rule.
+LEAK_MARGIN = 0.05
+VERDICTS = ("leak", "no_leak", "inconclusive")
+# Adam decoding trusts a coordinate when lr − |Δ| spans at least this many float32 spacings
+# of the uploaded parameter (the read-back size is then within ~25 %).
+DECODE_MIN_SPACINGS = 4.0
+# The known-vulnerable control: no normalisation, MSE, one plain SGD step on one slice.
+CONTROL_RECIPE = LocalTraining(loss="mse", optimizer="sgd", lr=0.05, local_epochs=1,
+                               batch_size=1)
+CONTROL_DESIGN = "no normalisation, MSE loss, one plain SGD step on one slice"
 
 
 # --------------------------------------------------------------------------- payload
@@ -68,6 +99,10 @@ class AttackerPrior:
         return cls(mri=mean[: h * w].reshape(h, w).astype(np.float32),
                    ct_unit=mean[h * w:].reshape(h, w).astype(np.float32),
                    components=comps.reshape(k, 2, h, w).astype(np.float32))
+
+    @classmethod
+    def from_data(cls, slices: SliceSet) -> AttackerPrior:
+        return cls.from_slices(slices.mri, hu_to_unit(slices.ct_hu))
 
 
 @dataclass
@@ -112,6 +147,12 @@ class InversionResult:
         snapshots_mri / snapshots_ct_unit: ``(S, N, 1, H, W)`` every ``snapshot_every`` its:
             the restart with the lowest loss at that iteration; the last frame is the result.
         restart_losses: final matching loss of every restart (the best one is kept).
+        evaluations: objective-and-gradient evaluations spent (per restart).
+        objective: ``simulated`` (the local training simulated step by step) or
+            ``adam_decoded`` (gradient matching against the gradient read back from a
+            one-step Adam update).
+        readable_fraction: share of the upload's coordinates the objective matched (below 1
+            when Adam decoding could not read a coordinate).
     """
 
     mri: np.ndarray
@@ -123,12 +164,15 @@ class InversionResult:
     restart_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     iterations: int = 0
+    evaluations: int = 0
+    objective: str = "simulated"
+    readable_fraction: float = 1.0
 
 
 # --------------------------------------------------------------------------- simulation
 
 
-def _training_loss(name: str):
+def _training_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name == "mse":
         return lambda pred, y: ((pred - y) ** 2).mean()
     # L1 surrogate: differentiable in y almost everywhere, so the dummy CT can move.
@@ -155,7 +199,7 @@ def simulate_update(model: torch.nn.Module, params: dict[str, torch.Tensor],
     m = {k: torch.zeros_like(v) for k, v in p.items()}
     v2 = {k: torch.zeros_like(v) for k, v in p.items()}
     step, n, bs = 0, len(mri), local.batch_size
-    b1, b2, eps = 0.9, 0.999, 1e-8
+    b1, b2 = 0.9, 0.999
     for _ in range(local.local_epochs):
         for s in range(0, n, bs):
             g = grad(batch_loss)(p, mri[s : s + bs], ct[s : s + bs])
@@ -166,17 +210,51 @@ def simulate_update(model: torch.nn.Module, params: dict[str, torch.Tensor],
             m = {k: b1 * m[k] + (1 - b1) * g[k] for k in p}
             v2 = {k: b2 * v2[k] + (1 - b2) * g[k] ** 2 for k in p}
             c1, c2 = 1 - b1**step, 1 - b2**step
-            # +eps inside the sqrt keeps its derivative finite where a gradient is exactly 0.
-            p = {k: p[k] - local.lr * (m[k] / c1) / (torch.sqrt(v2[k] / c2 + 1e-16) + eps)
+            # +1e-16 inside the sqrt keeps its derivative finite where a gradient is exactly 0.
+            p = {k: p[k] - local.lr * (m[k] / c1) / (torch.sqrt(v2[k] / c2 + 1e-16) + ADAM_EPS)
                  for k in p}
     return {k: p[k] - params[k] for k in p}
 
 
+def decode_adam_step(delta: np.ndarray, uploaded: np.ndarray, lr: float,
+                     eps: float = ADAM_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """The gradient a one-step Adam update was made from, read back through Adam's ε.
+
+    One fresh Adam step moves a parameter by Δ = −lr·g/(|g| + ε), so |g| = ε·|Δ|/(lr − |Δ|):
+    the size Adam normalises away survives in how far |Δ| falls short of lr.
+
+    Args:
+        delta: the observed update (uploaded − global), any shape, float64.
+        uploaded: the uploaded parameter values (their float32 spacing bounds how finely
+            lr − |Δ| can be read).
+        lr, eps: the client's Adam learning rate and ε (public recipe).
+
+    Returns ``(gradient, readable)``: the read-back gradient (same shape as ``delta``) and
+    a bool mask of the coordinates where lr − |Δ| exceeds :data:`DECODE_MIN_SPACINGS`
+    spacings of the uploaded value plus Adam's own float32 rounding; elsewhere the size is
+    only a lower bound and the gradient is set to 0.
+    """
+    delta = np.asarray(delta, np.float64)
+    shortfall = lr - np.abs(delta)
+    spacing = np.spacing(np.abs(np.asarray(uploaded, np.float32))).astype(np.float64)
+    resolution = spacing + 4 * 2.0**-24 * lr  # a few roundings of Adam's float32 arithmetic
+    readable = np.isfinite(shortfall) & (shortfall > DECODE_MIN_SPACINGS * resolution)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        size = eps * np.abs(delta) / shortfall
+    gradient = np.where(readable, -np.sign(delta) * size, 0.0)
+    return gradient, readable
+
+
 def update_distance(sim: dict[str, torch.Tensor], obs: dict[str, torch.Tensor],
-                    distance: str) -> torch.Tensor:
+                    distance: str,
+                    weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``l2`` (DLG): Σ‖sim − obs‖² / Σ‖obs‖² (DLG's squared L2, divided by a constant so that
     L-BFGS's unit step suits updates of any size); ``cosine`` (IG): 1 − cos over all
-    parameters; ``cosine_layers``: mean over parameter tensors of 1 − cos."""
+    parameters; ``cosine_layers``: mean over parameter tensors of 1 − cos. ``weights`` (0/1
+    per coordinate) leaves coordinates out of the comparison."""
+    if weights is not None:
+        sim = {k: sim[k] * weights[k] for k in obs}
+        obs = {k: obs[k] * weights[k] for k in obs}
     if distance == "l2":
         scale = sum((obs[k] ** 2).sum() for k in obs) + 1e-30
         return sum(((sim[k] - obs[k]) ** 2).sum() for k in obs) / scale
@@ -195,7 +273,56 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
             + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
 
 
-# --------------------------------------------------------------------------- attacks
+def training_mode_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` that computes as the client's did in training: BatchNorm on the
+    batch's own statistics (without updating running statistics), InstanceNorm unchanged."""
+    copied = copy.deepcopy(model).train()
+    for module in copied.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = module.num_batches_tracked = None
+    return copied
+
+
+# --------------------------------------------------------------------------- attack
+
+
+@dataclass
+class Observation:
+    """What the simulated training must reproduce.
+
+    Attributes:
+        target: per parameter, the update to match.
+        weights: 0/1 per coordinate (None = every coordinate counts).
+        local: the training the attacker simulates to produce a comparable update.
+        objective: ``simulated`` or ``adam_decoded`` (see :class:`InversionResult`).
+        readable_fraction: share of coordinates that count.
+    """
+
+    target: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor] | None
+    local: LocalTraining
+    objective: str
+    readable_fraction: float = 1.0
+
+
+@dataclass
+class _Trial:
+    """One optimisation of every restart: the leaf tensors and what was recorded."""
+
+    images: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    variables: list[torch.Tensor]
+    value_and_grads: Callable[..., Any]
+    history: list[np.ndarray] = field(default_factory=list)
+    snapshots_mri: list[np.ndarray] = field(default_factory=list)
+    snapshots_ct: list[np.ndarray] = field(default_factory=list)
+    snapshot_iterations: list[int] = field(default_factory=list)
+    evaluations: int = 0
+
+    def current(self, restart: int) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            x, y = self.images(*(v[restart].detach() for v in self.variables))
+        return x.cpu().numpy().clip(0, 1), y.cpu().numpy().clip(0, 1)
 
 
 @dataclass
@@ -205,7 +332,9 @@ class GradientInversion:
     Args:
         optimizer: ``lbfgs`` (DLG) or ``adam`` (Inverting Gradients).
         distance: ``l2`` | ``cosine`` | ``cosine_layers``.
-        iterations: optimiser steps (L-BFGS: outer steps of ``max_iter=1``).
+        iterations: optimiser steps (L-BFGS: outer steps of ``inner_iterations`` each).
+        inner_iterations: L-BFGS iterations per step, with a strong-Wolfe line search
+            (DLG: 20).
         lr: step size (L-BFGS 1.0 as DLG; Adam 0.1 as IG).
         restarts: independent starts optimised together; the lowest final loss wins.
         tv_weight: total-variation prior on the dummy MRI and CT (0 = none).
@@ -215,6 +344,9 @@ class GradientInversion:
             first ``components`` principal components of the attacker's public cohort: a
             linear generative prior, as GAN-prior attacks use a generator).
         components: number of principal components searched with ``prior=pca`` (1…128).
+        adam: ``decode`` (read a one-step Adam update's gradient back, then match gradients)
+            or ``simulate`` (differentiate through the simulated Adam step, whose normalised
+            step hides almost all of the gradient's size).
         box: clamp the dummies to their valid range [0, 1] after each step.
         batched: optimise restarts in one vmapped pass (False: one restart after another).
         snapshot_every: keep the chosen restart's images every k iterations (0 = never).
@@ -226,12 +358,14 @@ class GradientInversion:
     optimizer: str = "adam"
     distance: str = "cosine"
     iterations: int = 1000
+    inner_iterations: int = 20
     lr: float = 0.1
     restarts: int = 4
     tv_weight: float = 0.01
     init: str = "random"
     prior: str = "none"
     components: int = 40
+    adam: str = "decode"
     box: bool = True
     batched: bool = True
     snapshot_every: int = 0
@@ -239,31 +373,85 @@ class GradientInversion:
     signed: bool = False
     decay: bool = False
 
+    def __post_init__(self) -> None:
+        checks = {"optimizer": ("lbfgs", "adam"), "distance": ("l2", "cosine", "cosine_layers"),
+                  "init": ("random", "mean"), "prior": ("none", "pca"),
+                  "adam": ("decode", "simulate")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GradientInversion {name} = {getattr(self, name)!r}; "
+                                 f"choose one of {allowed}")
+        if self.iterations < 1 or self.inner_iterations < 1 or self.restarts < 1:
+            raise ValueError("GradientInversion needs iterations, inner_iterations and "
+                             f"restarts ≥ 1 (got {self.iterations}, {self.inner_iterations}, "
+                             f"{self.restarts})")
+
     def reconstruct(self, payload: InversionPayload) -> InversionResult:
         t0 = time.perf_counter()
-        model = payload.model
-        device = next(model.parameters()).device
-        model.eval()  # InstanceNorm has no running statistics; BatchNorm uses the global ones
-        names = [n for n, _ in model.named_parameters()]
-        by_name = dict(zip(payload.param_names, payload.global_params, strict=True))
-        client = dict(zip(payload.param_names, payload.client_params, strict=True))
-        params = {n: torch.as_tensor(np.asarray(by_name[n], np.float32)).to(device)
-                  for n in names}
-        observed = {n: torch.as_tensor(np.nan_to_num(np.asarray(client[n], np.float64)
-                                                     - by_name[n]), dtype=torch.float32)
-                    .to(device) for n in names}
-        buffers = {n: torch.as_tensor(np.asarray(by_name[n])).to(device)
-                   for n, _ in model.named_buffers() if n in by_name}
+        device = next(payload.model.parameters()).device
+        observation = self.observe(payload, device)
+        trial = self._run_trial(payload, observation, device)
+        return self._select_optimal_reconstruction(trial, observation, time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- objective
+
+    def observe(self, payload: InversionPayload, device: torch.device) -> Observation:
+        """The update the attack matches, read from the payload: the upload minus the global
+        model, or for a one-step Adam upload (``adam="decode"``) the gradient read back
+        from it, matched by a simulated plain gradient step."""
+        names = [n for n, _ in payload.model.named_parameters()]
+        start = dict(zip(payload.param_names, payload.global_params, strict=True))
+        sent = dict(zip(payload.param_names, payload.client_params, strict=True))
+        delta = {n: np.nan_to_num(np.asarray(sent[n], np.float64) - start[n]) for n in names}
+        local = payload.local
+        one_adam_step = (local.optimizer == "adam"
+                         and local.steps(payload.num_examples) == 1)
+        if not (one_adam_step and self.adam == "decode"):
+            return Observation({n: _tensor(d, device) for n, d in delta.items()}, None, local,
+                               "simulated")
+        decoded = {n: decode_adam_step(delta[n], sent[n], local.lr) for n in names}
+        readable = sum(int(r.sum()) for _, r in decoded.values())
+        total = sum(r.size for _, r in decoded.values())
+        # Matched against one plain step of lr 1 on every slice at once: −gradient.
+        return Observation(
+            target={n: _tensor(-g, device) for n, (g, _) in decoded.items()},
+            weights={n: _tensor(r, device) for n, (_, r) in decoded.items()},
+            local=LocalTraining(loss=local.loss, optimizer="sgd", lr=1.0, local_epochs=1,
+                                batch_size=max(payload.num_examples, 1)),
+            objective="adam_decoded", readable_fraction=readable / max(total, 1))
+
+    def _compute_objective(self, payload: InversionPayload, observation: Observation,
+                           device: torch.device
+                           ) -> Callable[[Callable[..., tuple]], Callable[..., torch.Tensor]]:
+        """``images → objective(*variables)``: the distance between the update simulated on
+        the dummies and the observation, plus the total-variation prior."""
+        model = training_mode_copy(payload.model)
+        start = dict(zip(payload.param_names, payload.global_params, strict=True))
+        params = {n: _tensor(start[n], device) for n, _ in model.named_parameters()}
+        buffers = {n: torch.as_tensor(np.asarray(start[n])).to(device)
+                   for n, _ in model.named_buffers() if n in start}
+
+        def build(images: Callable[..., tuple]) -> Callable[..., torch.Tensor]:
+            def objective(*v: torch.Tensor) -> torch.Tensor:
+                x, y = images(*v)
+                sim = simulate_update(model, params, buffers, x, y, observation.local)
+                loss = update_distance(sim, observation.target, self.distance,
+                                       observation.weights)
+                if self.tv_weight:
+                    loss = loss + self.tv_weight * (total_variation(x) + total_variation(y))
+                return loss
+
+            return objective
+
+        return build
+
+    # ---------------------------------------------------------------- trial
+
+    def _run_trial(self, payload: InversionPayload, observation: Observation,
+                   device: torch.device) -> _Trial:
+        """Optimise every restart for ``iterations`` steps, recording the loss per step."""
         images, variables = self._search_space(payload, device)
-
-        def objective(*v: torch.Tensor) -> torch.Tensor:
-            x, y = images(*v)
-            sim = simulate_update(model, params, buffers, x, y, payload.local)
-            loss = update_distance(sim, observed, self.distance)
-            if self.tv_weight:
-                loss = loss + self.tv_weight * (total_variation(x) + total_variation(y))
-            return loss
-
+        objective = self._compute_objective(payload, observation, device)(images)
         argnums = tuple(range(len(variables)))
         if self.batched:
             value_and_grads = vmap(_value_and_grad(objective, argnums))
@@ -275,31 +463,28 @@ class GradientInversion:
                 return (torch.stack([o[0] for o in outs]),
                         tuple(torch.stack([o[1][i] for o in outs]) for i in argnums))
 
+        trial = _Trial(images, variables, value_and_grads)
         for v in variables:
             v.requires_grad_(True)
-        opt = (torch.optim.LBFGS(variables, lr=self.lr, max_iter=1, history_size=100,
-                                 line_search_fn="strong_wolfe")
-               if self.optimizer == "lbfgs" else torch.optim.Adam(variables, lr=self.lr))
+        opt: torch.optim.Optimizer
+        if self.optimizer == "lbfgs":
+            opt = dlg_lbfgs(variables, self.lr, self.inner_iterations)
+        else:
+            opt = torch.optim.Adam(variables, lr=self.lr)
         milestones = [int(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         schedule = (torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
                     if self.decay and self.optimizer == "adam" else None)
-        history: list[np.ndarray] = []
-        snaps_m, snaps_c, snap_its = [], [], []
         last = torch.zeros(self.restarts)
 
         def closure() -> torch.Tensor:
             nonlocal last
             opt.zero_grad(set_to_none=True)
             values, grads = value_and_grads(*(v.detach() for v in variables))
+            trial.evaluations += 1
             for v, g in zip(variables, grads, strict=True):
                 v.grad = g.sign() if self.signed else g
             last = values.detach()
             return values.sum()
-
-        def current(restart: int) -> tuple[np.ndarray, np.ndarray]:
-            with torch.no_grad():
-                x, y = images(*(v[restart].detach() for v in variables))
-            return x.cpu().numpy().clip(0, 1), y.cpu().numpy().clip(0, 1)
 
         for it in range(self.iterations):
             opt.step(closure)
@@ -309,30 +494,38 @@ class GradientInversion:
                 with torch.no_grad():
                     for v in variables:
                         v.clamp_(0, 1)
-            history.append(last.cpu().numpy().copy())
+            trial.history.append(last.cpu().numpy().copy())
             if self.snapshot_every and (it % self.snapshot_every == 0
                                         or it == self.iterations - 1):
-                snap_m, snap_c = current(int(torch.nan_to_num(last, nan=np.inf).argmin()))
-                snaps_m.append(snap_m)
-                snaps_c.append(snap_c)
-                snap_its.append(it)
+                mri, ct = trial.current(int(torch.nan_to_num(last, nan=np.inf).argmin()))
+                trial.snapshots_mri.append(mri)
+                trial.snapshots_ct.append(ct)
+                trial.snapshot_iterations.append(it)
+        return trial
+
+    # ---------------------------------------------------------------- selection
+
+    def _select_optimal_reconstruction(self, trial: _Trial, observation: Observation,
+                                       seconds: float) -> InversionResult:
+        """The restart with the lowest final matching loss."""
         with torch.no_grad():
-            final, _ = value_and_grads(*(v.detach() for v in variables))
+            final, _ = trial.value_and_grads(*(v.detach() for v in trial.variables))
         final = torch.nan_to_num(final, nan=np.inf).cpu()
         best = int(final.argmin())
-        losses = np.array(history)[:, best].tolist() if history else []
-        mri, ct = current(best)
-        if snaps_m:  # the last frame is the result, even if another restart led before
-            snaps_m[-1], snaps_c[-1] = mri, ct
+        losses = np.array(trial.history)[:, best].tolist() if trial.history else []
+        mri, ct = trial.current(best)
+        if trial.snapshots_mri:  # the last frame is the result, even if another restart led
+            trial.snapshots_mri[-1], trial.snapshots_ct[-1] = mri, ct
         return InversionResult(
             mri=mri, ct_unit=ct,
             losses=[float(v) for v in losses],
-            snapshots_mri=np.stack(snaps_m) if snaps_m else None,
-            snapshots_ct_unit=np.stack(snaps_c) if snaps_c else None,
-            snapshot_iterations=snap_its,
+            snapshots_mri=np.stack(trial.snapshots_mri) if trial.snapshots_mri else None,
+            snapshots_ct_unit=np.stack(trial.snapshots_ct) if trial.snapshots_ct else None,
+            snapshot_iterations=trial.snapshot_iterations,
             restart_losses=[float(v) for v in final],
-            seconds=time.perf_counter() - t0,
-            iterations=self.iterations,
+            seconds=seconds, iterations=self.iterations, evaluations=trial.evaluations,
+            objective=observation.objective,
+            readable_fraction=observation.readable_fraction,
         )
 
     def _search_space(self, payload: InversionPayload, device: torch.device):
@@ -363,11 +556,25 @@ class GradientInversion:
                            torch.rand(shape, generator=gen).to(device)]
 
 
+def dlg_lbfgs(variables: list[torch.Tensor], lr: float = 1.0,
+              inner_iterations: int = 20) -> torch.optim.LBFGS:
+    """DLG's optimiser: L-BFGS with ``inner_iterations`` iterations per ``step`` and a
+    strong-Wolfe line search. torch gives each step ``max_eval = max_iter·5/4`` evaluations:
+    with one iteration per step that leaves the line search none, so the first trial step
+    that raises the loss is taken as 0 and the optimiser never moves again."""
+    return torch.optim.LBFGS(variables, lr=lr, max_iter=inner_iterations, history_size=100,
+                             line_search_fn="strong_wolfe")
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array, np.float32)).to(device)
+
+
 def _identity(mri: torch.Tensor, ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mri, ct
 
 
-def _value_and_grad(objective, argnums: tuple[int, ...]):
+def _value_and_grad(objective: Callable[..., torch.Tensor], argnums: tuple[int, ...]):
     """``(*v) → (value, grads w.r.t. v)`` as a torch.func transform (vmappable)."""
     def fn(*v: torch.Tensor):
         grads, value = grad_and_value(objective, argnums=argnums)(*v)
@@ -377,10 +584,11 @@ def _value_and_grad(objective, argnums: tuple[int, ...]):
 
 
 def dlg(**overrides: Any) -> GradientInversion:
-    """DLG (Zhu et al. 2019): L-BFGS (lr 1), squared-L2 matching, random start, no prior."""
+    """DLG (Zhu et al. 2019): L-BFGS (lr 1, 20 iterations per step), squared-L2 matching,
+    random start, no prior."""
     return GradientInversion(**({"optimizer": "lbfgs", "distance": "l2", "iterations": 300,
-                                 "lr": 1.0, "restarts": 1, "tv_weight": 0.0, "box": False}
-                                | overrides))
+                                 "inner_iterations": 20, "lr": 1.0, "restarts": 1,
+                                 "tv_weight": 0.0, "box": False} | overrides))
 
 
 def inverting_gradients(**overrides: Any) -> GradientInversion:
@@ -391,29 +599,18 @@ def inverting_gradients(**overrides: Any) -> GradientInversion:
                                  "signed": True, "decay": True} | overrides))
 
 
+def attack_from_config(inv: InversionConfig, seed: int = 0) -> GradientInversion:
+    """The attack described by ``attacks.inversion`` (method defaults filled in)."""
+    factory = dlg if inv.method == "dlg" else inverting_gradients
+    knobs = {"iterations": inv.iterations, "restarts": inv.restarts, "init": inv.init,
+             "prior": inv.prior, "components": inv.components, "adam": inv.adam,
+             "snapshot_every": inv.snapshot_every, "seed": seed}
+    knobs |= {k: v for k, v in (("lr", inv.lr), ("tv_weight", inv.tv_weight),
+                                ("distance", inv.distance)) if v is not None}
+    return factory(**knobs)
+
+
 # --------------------------------------------------------------------------- scenario
-
-
-def attacker_prior(cfg: Any, min_slices: int = 160) -> AttackerPrior:
-    """What the attacker learns from a public cohort: mean slices and principal components.
-
-    The cohort is phantom patients from another seed and four scanner profiles that are not
-    the federation's (data of the same kind that an attacker plausibly holds), sampled with
-    the federation's slice protocol; at least ``min_slices`` slices.
-    """
-    from engine.data.phantom import phantom_patient
-    from engine.data.preprocess import hu_to_unit
-    from engine.data.types import SliceSet
-
-    d = cfg.data
-    profiles = 4
-    per_profile = max(2, -(-min_slices // (profiles * d.slices_per_patient)))
-    slices = SliceSet.concat([
-        phantom_patient(cfg.seed + 1_000_003, 90 + c, p, image_size=d.image_size,
-                        n_slices=d.slices_per_patient)
-        for c in range(profiles) for p in range(per_profile)
-    ])
-    return AttackerPrior.from_slices(slices.mri, hu_to_unit(slices.ct_hu))
 
 
 def pick_round(recorded: list[int], target: str | int) -> int:
@@ -430,23 +627,20 @@ def pick_round(recorded: list[int], target: str | int) -> int:
     return int(target)
 
 
-def inversion_payloads(run_dir: Any, cfg: Any) -> list[InversionPayload]:
+def inversion_payloads(run_dir: Path, cfg: ExperimentConfig,
+                       prior: AttackerPrior) -> list[InversionPayload]:
     """One payload per targeted client, read from the run's server view."""
-    from engine.federation.inprocess import build_model, local_training_of
-    from engine.federation.server_view import ServerView
-
     inv = cfg.attacks.inversion
     view = ServerView(run_dir)
     rnd = view[pick_round(view.rounds, inv.target_round)]
     clients = rnd.clients if inv.target_center == "all" else [rnd.clients[inv.target_center]]
-    prior = attacker_prior(cfg)
     payloads = []
     for c in clients:
         reported = int(rnd.metadata[c]["num_examples"])
         payloads.append(InversionPayload(
             model=build_model(cfg), param_names=rnd.param_names,
             global_params=rnd.global_params, client_params=rnd.client_params(c),
-            local=local_training_of(cfg),
+            local=LocalTraining.from_config(cfg),
             num_examples=reported if inv.batch_size == "auto" else inv.batch_size,
             image_size=cfg.data.image_size, prior=prior,
             round=rnd.round, client=c,
@@ -454,71 +648,108 @@ def inversion_payloads(run_dir: Any, cfg: Any) -> list[InversionPayload]:
     return payloads
 
 
-def attack_from_config(inv: Any, seed: int = 0) -> GradientInversion:
-    """The attack described by ``attacks.inversion`` (method defaults filled in)."""
-    factory = dlg if inv.method == "dlg" else inverting_gradients
-    knobs = {"iterations": inv.iterations, "restarts": inv.restarts, "init": inv.init,
-             "prior": inv.prior, "components": inv.components,
-             "snapshot_every": inv.snapshot_every, "seed": seed}
-    knobs |= {k: v for k, v in (("lr", inv.lr), ("tv_weight", inv.tv_weight),
-                                ("distance", inv.distance)) if v is not None}
-    return factory(**knobs)
+def control_slice(control: SliceSet, prior: AttackerPrior) -> SliceSet:
+    """The control patient's typical slice: the one whose floor (similarity to the attacker's
+    average anatomy) is the median of the patient's slices, neither the easiest nor the
+    hardest to tell apart from the average."""
+    floors = [template_metrics(prior.mri, prior.ct_unit, control.mri[i : i + 1],
+                               hu_to_unit(control.ct_hu[i : i + 1]),
+                               control.mask[i : i + 1])["ssim_body"]
+              for i in range(len(control))]
+    return control.select(np.array([int(np.argsort(floors)[len(floors) // 2])]))
 
 
-def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
-                  progress: Any = lambda _msg: None) -> dict[str, Any]:
-    """Attack the targeted clients of a finished run; store images; return ``inversion``.
+def control_payload(one: SliceSet, prior: AttackerPrior, image_size: int,
+                    seed: int) -> InversionPayload:
+    """The known-vulnerable control: slice ``one`` uploaded after :data:`CONTROL_RECIPE` by a
+    small U-Net without normalisation (3 levels, 2 where ``image_size`` is not divisible by
+    4), through the real client code."""
+    torch.manual_seed(seed)
+    channels = (8, 16, 32) if image_size % 4 == 0 else (8, 16)
+    model = build_unet(channels, "none", 1).to(select_device())
+    start = get_parameters(model)
+    trained, _ = train_local(model, start, one, CONTROL_RECIPE, seed=seed)
+    return InversionPayload(model, list(model.state_dict()), start, trained, CONTROL_RECIPE,
+                            1, image_size, prior, round=1, client="control")
+
+
+def score_reconstruction(result: InversionResult, truth: SliceSet,
+                         prior: AttackerPrior) -> dict[str, Any]:
+    """Metrics of a reconstruction against the originals and the floor (the prior's mean)."""
+    true_ct = hu_to_unit(truth.ct_hu)
+    metrics = reconstruction_metrics(result.mri, result.ct_unit, truth.mri, true_ct, truth.mask)
+    floor = template_metrics(prior.mri, prior.ct_unit, truth.mri, true_ct, truth.mask)
+    return metrics | {"floor_ssim": floor["ssim"], "floor_ssim_body": floor["ssim_body"],
+                      "floor_ssim_ct": floor["ssim_ct"]}
+
+
+def calibrate(attack: GradientInversion, control: SliceSet, prior: AttackerPrior,
+              image_size: int, seed: int) -> dict[str, Any]:
+    """The same attack, same budget, on the known-vulnerable control.
+
+    Returns ``{"ssim_body", "floor_ssim_body", "gain", "recovered", "design",
+    "image_size", "iterations", "restarts", "seconds"}``; ``recovered`` when the body SSIM
+    beats the floor by :data:`LEAK_MARGIN`, the rule that calls a target's upload leaking.
+    """
+    truth = control_slice(control, prior)
+    result = attack.reconstruct(control_payload(truth, prior, image_size, seed))
+    scored = score_reconstruction(result, truth, prior)
+    s, f = scored["ssim_body"], scored["floor_ssim_body"]
+    return {"ssim_body": s, "floor_ssim_body": f, "gain": s - f,
+            "recovered": beats_floor(s, f),
+            "design": CONTROL_DESIGN, "image_size": image_size,
+            "iterations": attack.iterations, "restarts": attack.restarts,
+            "seconds": round(result.seconds, 2)}
+
+
+def beats_floor(ssim_body: float, floor_ssim_body: float) -> bool:
+    """Whether a reconstruction's body-mask SSIM beats the floor by :data:`LEAK_MARGIN`."""
+    return ssim_body - floor_ssim_body >= LEAK_MARGIN
+
+
+def inversion_verdict(per_client: dict[str, dict[str, Any]],
+                      calibration: dict[str, Any] | None) -> str:
+    """``leak`` when some client's reconstruction beats its floor by :data:`LEAK_MARGIN`;
+    ``no_leak`` only when none does *and* the calibration control was recovered at the same
+    budget; otherwise ``inconclusive`` (the attack is too weak at this budget to tell)."""
+    if any(beats_floor(p["ssim_body"], p["floor_ssim_body"]) for p in per_client.values()):
+        return "leak"
+    return "no_leak" if calibration and calibration.get("recovered") else "inconclusive"
+
+
+def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker: AttackerData,
+                  progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+    """Attack the targeted clients of a finished run; calibrate; store images; return the
+    ``inversion`` block of ``summary.json``.
 
     The originals (each client's training slices) are used only to score the result.
     """
-    from pathlib import Path
-
-    from engine.data.preprocess import hu_to_unit
-    from engine.metrics import reconstruction_metrics, template_metrics
-    from engine.render import save_png, to_gray
-
     inv = cfg.attacks.inversion
     out = Path(run_dir) / "inversion"
     out.mkdir(exist_ok=True)
     attack = attack_from_config(inv, cfg.seed)
+    prior = AttackerPrior.from_data(attacker.public)
     truth_by_name = {c.name: c.train for c in cohort.centers}
     per_client: dict[str, Any] = {}
-    for payload in inversion_payloads(run_dir, cfg):
-        progress(f"inverting {payload.client}'s upload of round {payload.round} "
-                 f"({payload.num_examples} slices, {attack.iterations} iterations)")
+    payloads = inversion_payloads(run_dir, cfg, prior)
+    for k, payload in enumerate(payloads):
+        progress(f"inverting {payload.client}'s upload of round {payload.round} (hospital "
+                 f"{k + 1} of {len(payloads)}, {payload.num_examples} slices, "
+                 f"{attack.iterations} iterations)")
         result = attack.reconstruct(payload)
         truth = truth_by_name[payload.client]
-        true_ct = hu_to_unit(truth.ct_hu)
-        metrics = reconstruction_metrics(result.mri, result.ct_unit, truth.mri, true_ct,
-                                         truth.mask)
-        floor = template_metrics(payload.prior.mri, payload.prior.ct_unit, truth.mri, true_ct,
-                                 truth.mask)
+        scored = score_reconstruction(result, truth, prior)
         per_client[payload.client] = {
-            **{k: v for k, v in metrics.items() if k != "pairs"},
-            "floor_ssim": floor["ssim"], "floor_ssim_body": floor["ssim_body"],
-            "floor_ssim_ct": floor["ssim_ct"], "round": payload.round,
-            "seconds": round(result.seconds, 2), "final_loss": result.losses[-1],
-            "restart_losses": result.restart_losses,
+            **{k: v for k, v in scored.items() if k != "pairs"},
+            "round": payload.round, "seconds": round(result.seconds, 2),
+            "final_loss": result.losses[-1], "restart_losses": result.restart_losses,
+            "evaluations": result.evaluations, "objective": result.objective,
+            "readable_fraction": result.readable_fraction,
         }
-        pairs = metrics["pairs"]
-        np.savez_compressed(
-            out / f"{payload.client}.npz", mri=result.mri, ct_unit=result.ct_unit,
-            true_mri=truth.mri, true_ct_unit=true_ct, mask=truth.mask,
-            patient_ids=truth.patient_ids.astype(str),
-            pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2),
-            prior_mri=payload.prior.mri, prior_ct_unit=payload.prior.ct_unit,
-            losses=np.array(result.losses),
-            snapshots_mri=(result.snapshots_mri if result.snapshots_mri is not None
-                           else np.zeros((0,))),
-            snapshots_ct_unit=(result.snapshots_ct_unit if result.snapshots_ct_unit is not None
-                               else np.zeros((0,))),
-            snapshot_iterations=np.array(result.snapshot_iterations),
-        )
-        i, j = pairs[0]
-        row = np.concatenate([to_gray(truth.mri[j, 0], 0, 1), to_gray(result.mri[i, 0], 0, 1),
-                              to_gray(true_ct[j, 0], 0.2, 0.5),
-                              to_gray(result.ct_unit[i, 0], 0.2, 0.5)], axis=1)
-        save_png(row, out / f"{payload.client}.png", scale=max(1, 128 // cfg.data.image_size))
+        _save_client(out, payload, result, truth, scored["pairs"], cfg.data.image_size)
+    progress(f"calibrating: the same attack ({attack.iterations} iterations) on a design "
+             f"known to leak ({CONTROL_DESIGN})")
+    calibration = calibrate(attack, attacker.control, prior, cfg.data.image_size, cfg.seed)
     keys = ("ssim", "ssim_body", "psnr_db", "ssim_ct", "psnr_db_ct", "ssim_coarse",
             "floor_ssim", "floor_ssim_body")
     return {
@@ -527,4 +758,34 @@ def run_inversion(run_dir: Any, cfg: Any, cohort: Any,
         "per_client": per_client,
         "iterations": attack.iterations,
         "restarts": attack.restarts,
+        "inner_iterations": attack.inner_iterations if attack.optimizer == "lbfgs" else None,
+        "evaluations": max(p["evaluations"] for p in per_client.values()),
+        "verdict": inversion_verdict(per_client, calibration),
+        "calibration": calibration,
+        "leak_margin": LEAK_MARGIN,
     }
+
+
+def _save_client(out: Path, payload: InversionPayload, result: InversionResult,
+                 truth: SliceSet, pairs: list[list[int]], image_size: int) -> None:
+    """``<client>.npz`` (reconstruction, originals, pairs, floor, loss curve, snapshots) and
+    a PNG of the first matched pair (MRI and CT, original | reconstruction)."""
+    true_ct = hu_to_unit(truth.ct_hu)
+    np.savez_compressed(
+        out / f"{payload.client}.npz", mri=result.mri, ct_unit=result.ct_unit,
+        true_mri=truth.mri, true_ct_unit=true_ct, mask=truth.mask,
+        patient_ids=truth.patient_ids.astype(str),
+        pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2),
+        prior_mri=payload.prior.mri, prior_ct_unit=payload.prior.ct_unit,
+        losses=np.array(result.losses),
+        snapshots_mri=(result.snapshots_mri if result.snapshots_mri is not None
+                       else np.zeros((0,))),
+        snapshots_ct_unit=(result.snapshots_ct_unit if result.snapshots_ct_unit is not None
+                           else np.zeros((0,))),
+        snapshot_iterations=np.array(result.snapshot_iterations),
+    )
+    i, j = pairs[0]
+    row = np.concatenate([to_gray(truth.mri[j, 0], 0, 1), to_gray(result.mri[i, 0], 0, 1),
+                          to_gray(true_ct[j, 0], 0.2, 0.5),
+                          to_gray(result.ct_unit[i, 0], 0.2, 0.5)], axis=1)
+    save_png(row, out / f"{payload.client}.png", scale=max(1, 128 // image_size))

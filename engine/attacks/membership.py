@@ -47,7 +47,7 @@ from engine.data.cohort import whatif_patient_id
 from engine.data.types import Cohort, SliceSet
 from engine.federation.client import as_tensors, training_loss
 from engine.federation.server_view import RoundView, ServerView
-from engine.metrics import roc_summary
+from engine.metrics import better_than_chance, roc_summary
 from engine.model import NDArrays, build_unet, select_device, set_parameters
 
 SCORES = ("phi", "phi_pooled", "log")
@@ -276,6 +276,7 @@ class MembershipResult:
     patient_ids: dict[str, np.ndarray] = field(default_factory=dict)
     rounds: list[int] = field(default_factory=list)
     timing_s: dict[str, float] = field(default_factory=dict)
+    individual_uploads: bool = True
 
 
 @dataclass
@@ -298,7 +299,9 @@ class MembershipAttack:
         # Candidates go to the device once; every round and client reuses them.
         mri, ct = as_tensors(everything, next(model.parameters()).device)
         bounds = np.cumsum([0] + [len(payload.candidates[n].slices) for n in names])
-        result = MembershipResult(rounds=[r.round for r in payload.rounds])
+        result = MembershipResult(rounds=[r.round for r in payload.rounds],
+                                  individual_uploads=all(r.individual_uploads
+                                                         for r in payload.rounds))
         for n in names:
             result.members[n] = payload.candidates[n].members
             result.patient_ids[n] = payload.candidates[n].slices.patient_ids
@@ -358,39 +361,82 @@ def patient_level(scores: np.ndarray, members: np.ndarray,
 
 def evaluate_membership(result: MembershipResult, *, level: str = "slice",
                         bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """ROC analysis of every attack: per center and pooled over centers.
+    """ROC analysis of every attack: per center and pooled over centers, at slice and at
+    patient level; every interval resamples patients (see :func:`engine.metrics.roc_summary`)
+    and is also given Bonferroni-corrected for the hospitals and the pooled test together.
 
-    Returns ``{attack: {"per_center": {center: roc_summary}, "pooled": roc_summary,
-    "degenerate": {center: bool}}}``. A degenerate center's scores all tie (AUC 0.5).
+    Returns ``{attack: {"per_center": {center: roc_summary}, "pooled": roc_summary (both at
+    ``level``), "slice": {...}, "patient": {"per_center", "pooled"}, "degenerate":
+    {center: bool}}}``. A degenerate center's scores all tie (AUC 0.5).
     """
+    family = len(result.members) + 1
     out: dict[str, Any] = {}
     for attack, per_center in result.scores.items():
-        rows, pooled_s, pooled_m = {}, [], []
+        levels: dict[str, dict[str, Any]] = {"slice": {}, "patient": {}}
+        pooled: dict[str, list] = {"slice": [], "patient": []}
         for center, scores in per_center.items():
-            members = result.members[center]
-            if level == "patient":
-                scores, members = patient_level(scores, members, result.patient_ids[center])
-            rows[center] = roc_summary(scores, members, bootstrap=bootstrap, seed=seed)
-            pooled_s.append(scores)
-            pooled_m.append(members)
-        out[attack] = {
-            "per_center": rows,
-            "pooled": roc_summary(np.concatenate(pooled_s), np.concatenate(pooled_m),
-                                  bootstrap=bootstrap, seed=seed),
-            "degenerate": result.degenerate[attack],
-        }
+            members, ids = result.members[center], result.patient_ids[center]
+            groups = np.array([f"{center}/{p}" for p in ids.tolist()])
+            levels["slice"][center] = roc_summary(scores, members, groups=groups,
+                                                  bootstrap=bootstrap, seed=seed, family=family)
+            ps, pm = patient_level(scores, members, ids)
+            levels["patient"][center] = roc_summary(ps, pm, bootstrap=bootstrap, seed=seed,
+                                                    family=family)
+            pooled["slice"].append((scores, members, groups))
+            pooled["patient"].append((ps, pm, np.array([f"{center}/{p}" for p in
+                                                        dict.fromkeys(ids.tolist())])))
+        entry: dict[str, Any] = {"degenerate": result.degenerate[attack]}
+        for lvl, rows in levels.items():
+            s, m, g = (np.concatenate(parts) for parts in zip(*pooled[lvl], strict=True))
+            entry[lvl] = {"per_center": rows,
+                          "pooled": roc_summary(s, m, groups=g, bootstrap=bootstrap, seed=seed,
+                                                family=family)}
+        entry |= entry[level]
+        out[attack] = entry
+    return out
+
+
+def attack_verdicts(evaluation: dict[str, Any], individual_uploads: bool) -> dict[str, Any]:
+    """Attack → {center: verdict, "overall": verdict} at patient level.
+
+    ``risk``: better than chance (the Bonferroni-corrected patient-level interval lies above
+    0.5 and the exact rank test agrees); ``no_evidence``: not shown at this sample size;
+    ``not_applicable``: a per-hospital FedMIA attack when the server holds no individual
+    update (secure aggregation), whatever it computed from the masked uploads.
+    """
+    out: dict[str, Any] = {}
+    for attack, e in evaluation.items():
+        rows = e["patient"]["per_center"]
+        if attack.startswith("fedmia") and not individual_uploads:
+            out[attack] = dict.fromkeys([*rows, "overall"], "not_applicable")
+            continue
+        flat = e["degenerate"]
+        verdicts = {c: "risk" if not flat.get(c) and better_than_chance(r) else "no_evidence"
+                    for c, r in rows.items()}
+        pooled_risk = not all(flat.values()) and better_than_chance(e["patient"]["pooled"])
+        verdicts["overall"] = ("risk" if pooled_risk or "risk" in verdicts.values()
+                               else "no_evidence")
+        out[attack] = verdicts
     return out
 
 
 def membership_summary(evaluation: dict[str, Any], headline: str, level: str,
-                       rounds: list[int]) -> dict[str, Any]:
-    """The ``mia`` block of ``summary.json`` (ROC points are stored separately)."""
+                       rounds: list[int], individual_uploads: bool = True) -> dict[str, Any]:
+    """The ``mia`` block of ``summary.json`` (ROC points are stored separately).
+
+    The verdict rests on the headline attack when the server holds every hospital's upload,
+    and on the global-model attack (which secure aggregation does not hide) when it holds
+    only masked uploads or their sum.
+    """
     main = evaluation[headline]
     per = main["per_center"]
 
     def aucs(attack: str) -> dict[str, float]:
         return {c: r["auc"] for c, r in evaluation[attack]["per_center"].items()}
 
+    verdicts = attack_verdicts(evaluation, individual_uploads)
+    verdict_attack = headline if individual_uploads else "global_loss"
+    patient = {a: patient_block(e["patient"]) for a, e in evaluation.items()}
     return {
         "attack": headline,
         "level": level,
@@ -398,15 +444,38 @@ def membership_summary(evaluation: dict[str, Any], headline: str, level: str,
         "auc": {c: r["auc"] for c, r in per.items()},
         "auc_ci": {c: r["auc_ci"] for c, r in per.items()},
         "tpr_at_fpr": {c: r["tpr_at_fpr"] for c, r in per.items()},
+        "tpr_min_nonmembers": next(iter(per.values()))["tpr_min_nonmembers"],
         "degenerate": main["degenerate"],
         "pooled": {k: main["pooled"][k] for k in ("auc", "auc_ci", "tpr_at_fpr")},
+        "patient": patient[headline],
+        "family": next(iter(per.values()))["family"],
+        "individual_uploads": individual_uploads,
+        "verdict": verdicts[verdict_attack],
+        "verdict_attack": verdict_attack,
+        "verdicts": verdicts,
         "baselines": {b: aucs(b) for b in BASELINES},
         "variants": {a: {"auc": aucs(a), "pooled_auc": e["pooled"]["auc"],
-                         "degenerate": e["degenerate"]}
+                         "patient": patient[a], "degenerate": e["degenerate"]}
                      for a, e in evaluation.items()},
-        "n_candidates": {c: {"members": r["n_members"], "nonmembers": r["n_nonmembers"]}
-                         for c, r in per.items()},
+        "n_candidates": {c: {"members": r["n_members"], "nonmembers": r["n_nonmembers"],
+                             "member_patients": r["n_member_groups"],
+                             "nonmember_patients": r["n_nonmember_groups"]}
+                         for c, r in main["slice"]["per_center"].items()},
     }
+
+
+def patient_block(patient: dict[str, Any]) -> dict[str, Any]:
+    """Patient-level figures of one attack: AUC, 95 % and family-corrected intervals, the
+    rank test's p-value and the patients per side, per center and pooled."""
+    keys = ("auc", "auc_ci", "auc_ci_family", "p_value")
+    rows = patient["per_center"]
+    pooled = patient["pooled"]
+    return {**{k: {c: r[k] for c, r in rows.items()} for k in keys},
+            "n": {c: {"members": r["n_members"], "nonmembers": r["n_nonmembers"]}
+                  for c, r in rows.items()},
+            "pooled": {**{k: pooled[k] for k in keys},
+                       "n": {"members": pooled["n_members"],
+                             "nonmembers": pooled["n_nonmembers"]}}}
 
 
 def run_membership(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
@@ -427,6 +496,6 @@ def run_membership(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict
     }, **{f"members__{c}": m for c, m in result.members.items()},
        **{f"patients__{c}": p.astype(str) for c, p in result.patient_ids.items()})
     summary = membership_summary(evaluation, f"{mia.variant}/{mia.score}", mia.level,
-                                 result.rounds)
+                                 result.rounds, result.individual_uploads)
     summary["timing_s"] = {k: round(v, 3) for k, v in result.timing_s.items()}
     return summary

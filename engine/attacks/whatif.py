@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.attacks.inversion import inversion_verdict
 from engine.config import ExperimentConfig
 from engine.data.cohort import whatif_patient_id
 from engine.data.types import Cohort
+from engine.metrics import reconstruction_metrics, template_metrics
 
 # Share of never-trained patients the what-if patient must outrank to count as exposed.
 EXPOSED_RANK = 0.9
@@ -71,11 +73,11 @@ def whatif_membership(run_dir: Path, cfg: ExperimentConfig, patient: str) -> dic
             "member_scores": members, "nonmember_scores": nonmembers}
 
 
-def whatif_reconstruction(run_dir: Path, center: str, patient: str) -> dict[str, Any] | None:
-    """Inversion metrics of the reconstructions matched to the patient's own slices, or
-    ``None`` when the run did not attack the patient's center."""
-    from engine.metrics import reconstruction_metrics, template_metrics
-
+def whatif_reconstruction(run_dir: Path, center: str, patient: str,
+                          calibration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Inversion metrics of the reconstructions matched to the patient's own slices and their
+    verdict (``leak`` / ``no_leak`` / ``inconclusive``, with the run's calibration control),
+    or ``None`` when the run did not attack the patient's center."""
     path = Path(run_dir) / "inversion" / f"{center}.npz"
     if not path.is_file():
         return None
@@ -90,13 +92,17 @@ def whatif_reconstruction(run_dir: Path, center: str, patient: str) -> dict[str,
                                      z["true_ct_unit"][tru], z["mask"][tru])
         floor = template_metrics(z["prior_mri"], z["prior_ct_unit"], z["true_mri"][tru],
                                  z["true_ct_unit"][tru], z["mask"][tru])
-    return {"ssim": got["ssim"], "ssim_body": got["ssim_body"], "ssim_ct": got["ssim_ct"],
-            "psnr_db": got["psnr_db"], "floor_ssim": floor["ssim"],
-            "floor_ssim_body": floor["ssim_body"], "n": len(own), "pairs": own}
+    out = {"ssim": got["ssim"], "ssim_body": got["ssim_body"], "ssim_ct": got["ssim_ct"],
+           "psnr_db": got["psnr_db"], "floor_ssim": floor["ssim"],
+           "floor_ssim_body": floor["ssim_body"], "n": len(own), "pairs": own}
+    return out | {"verdict": inversion_verdict({patient: out}, calibration)}
 
 
-def run_whatif(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
-    """The ``whatif`` block of ``summary.json`` for a run with ``data.whatif_patient``."""
+def run_whatif(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort,
+               inversion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``whatif`` block of ``summary.json`` for a run with ``data.whatif_patient``;
+    ``inversion`` is the run's ``inversion`` block (its calibration decides whether "not
+    rebuilt" may be read as "no leak")."""
     patient = whatif_patient_id(cfg.data)
     if patient is None:
         raise ValueError("run_whatif needs data.whatif_patient")
@@ -106,5 +112,6 @@ def run_whatif(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict[str
     if cfg.attacks.membership.enabled:
         out["membership"] = whatif_membership(run_dir, cfg, patient)
     if cfg.attacks.inversion.enabled:
-        out["reconstruction"] = whatif_reconstruction(run_dir, center, patient)
+        out["reconstruction"] = whatif_reconstruction(
+            run_dir, center, patient, (inversion or {}).get("calibration"))
     return out

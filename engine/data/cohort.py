@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from engine.config import DataConfig
-from engine.data.phantom import phantom_cohort
+from engine.data.phantom import phantom_cohort, phantom_patient
 from engine.data.preprocess import volume_to_slices
+from engine.data.synthrad import load_synthrad_patient, scan_synthrad
 from engine.data.types import CenterData, Cohort, SliceSet
 
 WHATIF_PREFIX = "whatif-"
@@ -34,10 +36,6 @@ def _add_whatif_patient(cohort: Cohort, data: DataConfig,
                         progress: Callable[[str], None]) -> None:
     """Append the what-if patient's slices (same size and count as everyone's) to the
     training patients of center ``data.whatif_center``."""
-    from dataclasses import replace
-
-    from engine.data.synthrad import load_synthrad_patient
-
     folder = Path(data.whatif_patient or "")
     progress(f"loading the what-if patient {folder.name}")
     volume = replace(load_synthrad_patient(folder), patient_id=whatif_patient_id(data))
@@ -63,8 +61,6 @@ def folder_slices(folders: list[Path], data: DataConfig,
                   progress: Callable[[str], None] = lambda _msg: None) -> SliceSet:
     """The slices of the patient folders ``folders`` (``<ID>/{mr,ct[,mask]}.nii.gz``), cut
     as ``data`` says."""
-    from engine.data.synthrad import load_synthrad_patient
-
     parts = []
     for f in folders:
         progress(f"loading {f.name}")
@@ -73,15 +69,30 @@ def folder_slices(folders: list[Path], data: DataConfig,
     return SliceSet.concat(parts)
 
 
-def _folder_cohort(data: DataConfig, progress: Callable[[str], None]) -> Cohort:
+@dataclass
+class FolderSplit:
+    """Which patient folders of a SynthRAD2023/NIfTI root the federation uses, and which not.
+
+    Attributes:
+        centers: ``(letter, training folders, held-out folders)`` per training center.
+        unseen: ``(letter, folders)`` of the unseen center, if any.
+        unused: every other patient folder (nobody in the federation has them), sorted.
+    """
+
+    centers: list[tuple[str, list[Path], list[Path]]]
+    unseen: tuple[str, list[Path]] | None
+    unused: list[Path]
+
+
+def split_folders(data: DataConfig) -> FolderSplit:
     """SynthRAD2023 layout ``<root>/<ID>/{mr,ct,mask}.nii.gz``; center = ID's third letter.
 
     ``nifti`` uses the same layout (any folder names whose third character marks the center).
-    The first ``centers`` center letters train; with ``unseen_center`` the next one is unseen.
+    The first ``centers`` center letters train (the first ``patients_per_center`` folders of
+    each, then ``heldout_per_center`` held out); with ``unseen_center`` the next letter is
+    unseen. Raises ``ValueError`` when there are too few centers or patients.
     """
-    from engine.data.synthrad import scan_synthrad
-
-    groups = scan_synthrad(Path(data.path))
+    groups = scan_synthrad(Path(data.path or ""))
     letters = sorted(groups)
     need = data.centers + int(data.unseen_center)
     if len(letters) < need:
@@ -90,10 +101,7 @@ def _folder_cohort(data: DataConfig, progress: Callable[[str], None]) -> Cohort:
             f"{data.centers}{' plus an unseen center' if data.unseen_center else ''} "
             f"needs {need}; lower data.centers"
         )
-
-    def slices(folders: list[Path]) -> SliceSet:
-        return folder_slices(folders, data, progress)
-
+    used: set[Path] = set()
     centers = []
     for letter in letters[: data.centers]:
         folders = groups[letter]
@@ -103,12 +111,98 @@ def _folder_cohort(data: DataConfig, progress: Callable[[str], None]) -> Cohort:
                 f"center {letter} has {len(folders)} patients, fewer than "
                 f"data.patients_per_center + data.heldout_per_center = {n_train + n_test}"
             )
-        centers.append(CenterData(name=f"center-{letter}", train=slices(folders[:n_train]),
-                                  test=slices(folders[n_train : n_train + n_test])))
+        centers.append((letter, folders[:n_train], folders[n_train : n_train + n_test]))
+        used.update(folders[: n_train + n_test])
     unseen = None
     if data.unseen_center:
         letter = letters[data.centers]
-        test = slices(groups[letter][: data.unseen_patients])
+        unseen = (letter, groups[letter][: data.unseen_patients])
+        used.update(unseen[1])
+    if data.whatif_patient is not None:
+        used.add(Path(data.whatif_patient))
+    taken = {p.resolve() for p in used}
+    unused = sorted(p for folders in groups.values() for p in folders
+                    if p.resolve() not in taken)
+    return FolderSplit(centers, unseen, unused)
+
+
+def _folder_cohort(data: DataConfig, progress: Callable[[str], None]) -> Cohort:
+    """The federation's cohort from a SynthRAD2023/NIfTI root (see :func:`split_folders`)."""
+    split = split_folders(data)
+
+    def slices(folders: list[Path]) -> SliceSet:
+        return folder_slices(folders, data, progress)
+
+    centers = [CenterData(name=f"center-{letter}", train=slices(train), test=slices(test))
+               for letter, train, test in split.centers]
+    unseen = None
+    if split.unseen:
+        letter, folders = split.unseen
+        test = slices(folders)
         unseen = CenterData(name=f"unseen-{letter}",
                             train=test.select(np.zeros(len(test), bool)), test=test)
     return Cohort(centers, unseen, description=f"SynthRAD2023 folder {data.path}")
+
+
+# --------------------------------------------------------------------------- the attacker's data
+
+# Phantom patients the attacker holds come from another seed and four scanner profiles that
+# no hospital has (centers are 0 … 16), sampled with the federation's slice protocol.
+ATTACKER_SEED_OFFSET = 1_000_003
+ATTACKER_PROFILES = (90, 91, 92, 93)
+# Two patients for the average anatomy and its principal components, one for the control.
+MIN_ATTACKER_PATIENTS = 3
+# Slices of the control patient to choose the calibration slice from.
+CONTROL_SLICES = 8
+
+
+@dataclass
+class AttackerData:
+    """Patients an attacker plausibly holds: the federation's kind of data, none of its
+    patients.
+
+    Attributes:
+        public: ``(N, 1, H, W)`` slices of the attacker's public cohort (its average anatomy
+            and principal components come from these).
+        control: one more patient, kept out of ``public``: the calibration control's slices.
+    """
+
+    public: SliceSet
+    control: SliceSet
+
+
+def attacker_data(data: DataConfig, seed: int, min_slices: int = 160,
+                  progress: Callable[[str], None] = lambda _msg: None) -> AttackerData:
+    """The attacker's patients from the same source as the federation's data.
+
+    ``phantom``: patients of another seed and scanner profiles (at least two per profile and
+    ``min_slices`` slices). ``synthrad`` / ``nifti``: the patient folders under ``data.path``
+    that no hospital trains on or holds out and that are not the unseen center's or the
+    what-if patient (at least :data:`MIN_ATTACKER_PATIENTS`; the last is the control).
+    Raises ``ValueError`` naming the shortfall when there are too few.
+    """
+    spp = data.slices_per_patient
+    if data.source == "phantom":
+        per_profile = max(2, -(-min_slices // (len(ATTACKER_PROFILES) * spp)))
+
+        def patient(profile: int, index: int, n_slices: int = spp) -> SliceSet:
+            return phantom_patient(seed + ATTACKER_SEED_OFFSET, profile, index,
+                                   image_size=data.image_size, n_slices=n_slices)
+
+        public = SliceSet.concat([patient(c, p) for c in ATTACKER_PROFILES
+                                  for p in range(per_profile)])
+        return AttackerData(public, patient(ATTACKER_PROFILES[0], per_profile,
+                                            CONTROL_SLICES))
+    unused = split_folders(data).unused
+    if len(unused) < MIN_ATTACKER_PATIENTS:
+        raise ValueError(
+            f"gradient inversion needs patients the attacker holds: {len(unused)} patient "
+            f"folder(s) under data.path = {data.path!r} belong to no hospital, at least "
+            f"{MIN_ATTACKER_PATIENTS} are needed ({MIN_ATTACKER_PATIENTS - 1} for the "
+            "attacker's average anatomy, 1 for the calibration control); add patient "
+            "folders or lower data.patients_per_center / data.heldout_per_center")
+    wanted = max(MIN_ATTACKER_PATIENTS - 1, -(-min_slices // spp))
+    public = unused[: min(wanted, len(unused) - 1)]
+    control = data.model_copy(update={"slices_per_patient": CONTROL_SLICES})
+    return AttackerData(folder_slices(public, data, progress),
+                        folder_slices([unused[len(public)]], control, progress))

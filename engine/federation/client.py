@@ -13,10 +13,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.config import ExperimentConfig
 from engine.data.preprocess import HU_MIN, hu_to_unit, unit_to_hu
 from engine.data.types import SliceSet
 from engine.metrics import patient_metrics
 from engine.model import NDArrays, get_parameters, set_parameters
+
+# Adam's ε, public like the rest of the recipe: an attacker that knows it can read the size of
+# a one-step Adam update's gradient back from the update (engine.attacks.inversion).
+ADAM_EPS = 1e-8
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,16 @@ class LocalTraining:
     local_epochs: int = 1
     batch_size: int = 8
     fedprox_mu: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> LocalTraining:
+        f = cfg.federation
+        return cls(loss=f.loss, optimizer=f.optimizer, lr=f.lr, local_epochs=f.local_epochs,
+                   batch_size=f.batch_size, fedprox_mu=f.fedprox_mu)
+
+    def steps(self, num_examples: int) -> int:
+        """Optimiser steps of one round on ``num_examples`` slices."""
+        return self.local_epochs * -(-num_examples // self.batch_size)
 
 
 def training_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -61,7 +76,7 @@ def train_local(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
     anchor = [p.detach().clone() for p in params] if cfg.fedprox_mu > 0 else None
     opt: torch.optim.Optimizer
     if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = torch.optim.Adam(params, lr=cfg.lr, eps=ADAM_EPS)
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)

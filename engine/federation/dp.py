@@ -1,17 +1,152 @@
-"""Client-level differential privacy applied by each client before upload.
+"""Differential privacy applied by each hospital, and its accounting.
 
-The client clips its update Δ = local − global to L2 norm ``C`` (Flower's FlatClip helper)
-and adds Gaussian noise of standard deviation σ·C to every coordinate. Noise is added on
-the client (local DP) because the threat is a curious server: noise the server adds itself
-would not hide anything from it.
+Two levels (``defenses.dp.level``), both applied on the client because the threat is a curious
+server (noise the server added itself would hide nothing from it):
+
+* ``client``: the hospital clips its update Δ = local − global to L2 norm ``C`` (Flower's
+  FlatClip helper) and adds N(0, (σC)²) to every coordinate. Neighbouring datasets: one
+  hospital's whole contribution added or removed; every hospital takes part in every round.
+* ``sample``: the hospital trains with DP-SGD whose unit is one **patient**: each step samples
+  every patient with probability q (Poisson), averages each sampled patient's slice gradients,
+  clips that to norm ``C``, adds N(0, (σC)²) and divides by the expected number of patients.
+  Neighbouring datasets: one patient's slices added to or removed from one hospital. (Opacus's
+  DP-SGD clips per slice; a patient has several slices, so its guarantee would cover a patient
+  only through group privacy. Per-patient clipping gives the patient-level guarantee that
+  membership inference is about, with ``torch.func`` per-sample gradients.)
+
+ε comes from Opacus's RDP accountant (the subsampled Gaussian mechanism, composed over every
+step of every round), at the configured δ. ``defenses.dp.target_epsilon`` picks σ for a
+target ε with Opacus's ``get_noise_multiplier``.
+
+Nothing a DP hospital reports depends on its raw update or data beyond what the guarantee
+covers: no pre-clip norm, no clipped flag, no training loss.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv, get_norm
+import functools
+import math
+import warnings
+from dataclasses import dataclass
 
-NDArrays = list[np.ndarray]
+import numpy as np
+import torch
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.utils import get_noise_multiplier
+from torch.func import functional_call, grad, vmap
+
+from engine.config import DPConfig, ExperimentConfig
+from engine.data.types import SliceSet
+from engine.federation.client import ADAM_EPS, LocalTraining, as_tensors, training_loss
+from engine.model import NDArrays, get_parameters, set_parameters
+
+NEIGHBOURING = {
+    "client": "add/remove one hospital's whole contribution (every hospital in every round)",
+    "sample": "add/remove one patient's slices at one hospital",
+}
+# Above this ε the noise gives no meaningful guarantee (pages and reports say so).
+MEANINGFUL_EPSILON = 10.0
+# Client metadata a DP hospital may report: public protocol values only.
+DP_PUBLIC_METADATA = ("num_examples", "steps", "noise_std")
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+@dataclass(frozen=True)
+class DPAccounting:
+    """One hospital's privacy bookkeeping.
+
+    Attributes:
+        level: ``client`` or ``sample``.
+        noise_multiplier: σ (noise std = σ·C).
+        sample_rate: q, the probability that a unit takes part in a step (1 for ``client``).
+        steps_per_round: noisy releases per round (1 for ``client``).
+        delta: δ of the (ε, δ) guarantee.
+    """
+
+    level: str
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    delta: float
+
+    def epsilon(self, rounds: int) -> float:
+        """ε after ``rounds`` rounds (``inf`` without noise)."""
+        return _epsilon(self.noise_multiplier, self.sample_rate,
+                        self.steps_per_round * rounds, self.delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    if noise_multiplier <= 0:
+        return math.inf
+    if steps <= 0:
+        return 0.0
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps,
+                      orders=orders)
+    with warnings.catch_warnings():  # "optimal order is the smallest alpha": huge ε, still ε
+        warnings.simplefilter("ignore", UserWarning)
+        eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+@functools.lru_cache(maxsize=1024)
+def _noise_for(target_epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
+    with warnings.catch_warnings():  # the search passes through huge ε on its way
+        warnings.simplefilter("ignore", UserWarning)
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps,
+                                          accountant="rdp"))
+
+
+def dp_accounting(dp: DPConfig, rounds: int, local: LocalTraining,
+                  num_examples: int) -> DPAccounting:
+    """The accounting of a hospital with ``num_examples`` training slices (``sample`` level:
+    q = batch_size / num_examples, ``local_epochs · ⌈1/q⌉`` steps per round); σ is
+    ``dp.noise_multiplier`` or, with ``dp.target_epsilon``, the σ that reaches it after
+    ``rounds`` rounds."""
+    if dp.level == "client":
+        q, per_round = 1.0, 1
+    else:
+        q = min(1.0, local.batch_size / max(num_examples, 1))
+        per_round = local.local_epochs * math.ceil(1 / q)
+    sigma = (dp.noise_multiplier if dp.target_epsilon is None
+             else _noise_for(dp.target_epsilon, q, per_round * rounds, dp.delta))
+    return DPAccounting(dp.level, sigma, q, per_round, dp.delta)
+
+
+def planned_accounting(cfg: ExperimentConfig) -> DPAccounting:
+    """The accounting of a hospital of the config's nominal size (``patients_per_center ×
+    slices_per_patient`` slices), known before any data is loaded: what a settings page can
+    show. The run reports each hospital's own (``federation.dp.per_center``)."""
+    d = cfg.data
+    return dp_accounting(cfg.defenses.dp, cfg.federation.rounds, LocalTraining.from_config(cfg),
+                         d.patients_per_center * d.slices_per_patient)
+
+
+def planned_epsilon(cfg: ExperimentConfig) -> float | None:
+    """ε after the last round for :func:`planned_accounting` (None: ∞ or no DP)."""
+    if not cfg.defenses.dp.enabled:
+        return None
+    eps = planned_accounting(cfg).epsilon(cfg.federation.rounds)
+    return eps if math.isfinite(eps) else None
+
+
+def epsilon_text(epsilon: float | None) -> str:
+    """ε in words for pages and reports."""
+    if epsilon is None or not math.isfinite(epsilon):
+        return "ε = ∞ (no noise: no privacy guarantee)"
+    text = f"ε = {epsilon:.3g}"
+    if epsilon > MEANINGFUL_EPSILON:
+        text += " — noise without a meaningful privacy guarantee"
+    return text
+
+
+# --------------------------------------------------------------------------- client level
 
 
 def privatize_update(local: NDArrays, global_params: NDArrays, clip_norm: float,
@@ -19,16 +154,105 @@ def privatize_update(local: NDArrays, global_params: NDArrays, clip_norm: float,
     """Clip ``local − global`` to ``clip_norm`` and add N(0, (σ·C)²) noise.
 
     Float arrays only are privatised; integer buffers are passed through unchanged.
-    Returns the privatised parameters and ``{"update_norm", "clipped", "noise_std"}``.
+    Returns the privatised parameters and ``{"noise_std"}`` (public: nothing that depends on
+    the raw update, such as its norm or whether it was clipped, leaves the client).
     """
     floats = [i for i, a in enumerate(local) if np.issubdtype(a.dtype, np.floating)]
     loc = [local[i].astype(np.float64) for i in floats]
     glob = [global_params[i].astype(np.float64) for i in floats]
-    norm = get_norm([a - b for a, b in zip(loc, glob, strict=True)])
     compute_clip_model_update(loc, glob, clip_norm)
     std = compute_stdv(noise_multiplier, clip_norm, 1)
     out = [a.copy() for a in local]
     for i, arr in zip(floats, loc, strict=True):
         noisy = arr + rng.normal(0.0, std, arr.shape) if std > 0 else arr
         out[i] = noisy.astype(local[i].dtype)
-    return out, {"update_norm": norm, "clipped": bool(norm > clip_norm), "noise_std": std}
+    return out, {"noise_std": std}
+
+
+def public_metadata(metadata: dict) -> dict:
+    """What a DP hospital reports: the public protocol values of ``metadata`` only."""
+    return {k: v for k, v in metadata.items() if k in DP_PUBLIC_METADATA}
+
+
+# --------------------------------------------------------------------------- sample level
+
+
+def patient_gradients(model: torch.nn.Module, params: dict[str, torch.Tensor],
+                      buffers: dict[str, torch.Tensor], mri: torch.Tensor, ct: torch.Tensor,
+                      owner: torch.Tensor, patients: int, loss: str,
+                      chunk: int = 32) -> torch.Tensor:
+    """``(patients, P)``: each patient's mean slice gradient, flattened.
+
+    ``mri``/``ct`` ``(N, 1, H, W)``; ``owner (N,)`` the patient index of each slice
+    (0 … patients−1). Per-slice gradients come from ``torch.func`` (in training mode, so a
+    model with batch statistics must not be used: the config refuses BatchNorm here).
+    """
+    loss_fn = training_loss(loss)
+
+    def one(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_fn(functional_call(model, (p, buffers), (x[None],)), y[None])
+
+    total = torch.zeros(patients, sum(v.numel() for v in params.values()),
+                        device=mri.device)
+    for s in range(0, len(mri), chunk):
+        g = vmap(grad(one), in_dims=(None, 0, 0))(params, mri[s : s + chunk], ct[s : s + chunk])
+        flat = torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], dim=1)
+        total.index_add_(0, owner[s : s + chunk], flat)
+    counts = torch.bincount(owner, minlength=patients).clamp_min(1).to(total.dtype)
+    return total / counts[:, None]
+
+
+def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
+                       cfg: LocalTraining, accounting: DPAccounting, clip_norm: float, *,
+                       seed: int) -> tuple[NDArrays, dict[str, float]]:
+    """Local training with patient-level DP-SGD (see the module docstring).
+
+    Each of ``accounting.steps_per_round`` steps samples every patient with probability
+    ``accounting.sample_rate`` (Poisson, seeded), clips each sampled patient's mean slice
+    gradient to ``clip_norm``, adds N(0, (σ·clip_norm)²) and divides by the expected number of
+    patients; Adam or SGD then steps on that noisy gradient (post-processing). The FedProx
+    term's gradient does not depend on the data and is added after the noise. Returns the
+    new parameters and ``{"num_examples", "steps", "noise_std"}``.
+    """
+    device = next(model.parameters()).device
+    set_parameters(model, global_params)
+    model.to(device).train()
+    params = dict(model.named_parameters())
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    anchor = {k: v.detach().clone() for k, v in params.items()}
+    mri, ct = as_tensors(data, device)
+    ids = data.patients
+    owner_all = torch.as_tensor([ids.index(p) for p in data.patient_ids.tolist()],
+                                device=device)
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(params.values(), lr=cfg.lr, eps=ADAM_EPS) if cfg.optimizer == "adam"
+        else torch.optim.SGD(params.values(), lr=cfg.lr))
+    gen = torch.Generator().manual_seed(seed)
+    q, sigma = accounting.sample_rate, accounting.noise_multiplier
+    expected = q * len(ids)
+    for _ in range(accounting.steps_per_round):
+        chosen = (torch.rand(len(ids), generator=gen) < q).nonzero().flatten().tolist()
+        total = torch.zeros(sum(v.numel() for v in params.values()), device=device)
+        if chosen:
+            rows = torch.isin(owner_all, torch.as_tensor(chosen, device=device))
+            remap = {p: i for i, p in enumerate(chosen)}
+            owner = torch.as_tensor([remap[int(o)] for o in owner_all[rows]], device=device)
+            detached = {k: v.detach() for k, v in params.items()}
+            per = patient_gradients(model, detached, buffers, mri[rows], ct[rows], owner,
+                                    len(chosen), cfg.loss)
+            factor = (clip_norm / (per.norm(dim=1) + 1e-12)).clamp(max=1.0)
+            total = (per * factor[:, None]).sum(dim=0)
+        noise = torch.randn(total.shape, generator=gen).to(device) * sigma * clip_norm
+        noisy = (total + noise) / expected
+        opt.zero_grad(set_to_none=True)
+        offset = 0
+        for k, p in params.items():
+            g = noisy[offset : offset + p.numel()].view_as(p)
+            if cfg.fedprox_mu > 0:
+                g = g + cfg.fedprox_mu * (p.detach() - anchor[k])
+            p.grad = g.clone()
+            offset += p.numel()
+        opt.step()
+    return get_parameters(model), {"num_examples": len(data),
+                                   "steps": accounting.steps_per_round,
+                                   "noise_std": sigma * clip_norm}

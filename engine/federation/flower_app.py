@@ -57,12 +57,11 @@ from engine.federation.inprocess import (
     Cancelled,
     FederationResult,
     RoundRecorder,
-    build_model,
     client_update,
     client_upload,
     training_sets,
 )
-from engine.model import NDArrays, get_parameters
+from engine.model import NDArrays, build_model, get_parameters
 from engine.runs import RunFolder
 
 FINAL_PARAMS = "flower_final.npz"  # in the run folder: the ServerApp's last global model
@@ -149,7 +148,8 @@ def _client_dp(msg: Message, ctxt: Context, call_next: Any) -> Message:
     import flwr.compat.common.recorddict_compat as compat
     from flwr.app.message_type import MessageType
 
-    from engine.federation.dp import privatize_update
+    from engine.federation.client import LocalTraining
+    from engine.federation.dp import dp_accounting, privatize_update
     from engine.federation.inprocess import dp_rng
 
     if msg.metadata.message_type != MessageType.TRAIN or "fitins.config" not in \
@@ -161,13 +161,14 @@ def _client_dp(msg: Message, ctxt: Context, call_next: Any) -> Message:
     dp, center = cfg.defenses.dp, int(ctxt.node_config.get("partition-id", -1))
     malicious = (cfg.attacks.poisoning.enabled
                  and center in cfg.attacks.poisoning.malicious_centers)
-    if out.has_error() or not dp.enabled or malicious:
+    if out.has_error() or not dp.enabled or dp.level != "client" or malicious:
         return out
     res = compat.recorddict_to_fitres(out.content, keep_input=True)
+    sigma = dp_accounting(dp, cfg.federation.rounds, LocalTraining.from_config(cfg),
+                          int(res.num_examples)).noise_multiplier
     noised, meta = privatize_update(parameters_to_ndarrays(res.parameters),
                                     parameters_to_ndarrays(fit_ins.parameters), dp.clip_norm,
-                                    dp.noise_multiplier,
-                                    dp_rng(cfg, int(fit_ins.config["round"]), center))
+                                    sigma, dp_rng(cfg, int(fit_ins.config["round"]), center))
     res.parameters = ndarrays_to_parameters(noised)
     res.metrics = dict(res.metrics) | {k: float(v) for k, v in meta.items()}
     out.content = compat.fitres_to_recorddict(res, keep_input=True)

@@ -10,6 +10,7 @@ global model is evaluated on every center's held-out patients and on the unseen 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,10 +26,16 @@ from engine.data.types import Cohort, SliceSet
 from engine.federation import server_view
 from engine.federation.aggregators import make_aggregator
 from engine.federation.client import LocalTraining, evaluate_patients, train_local
-from engine.federation.dp import privatize_update
+from engine.federation.dp import (
+    DPAccounting,
+    dp_accounting,
+    privatize_update,
+    public_metadata,
+    train_local_dp_sgd,
+)
 from engine.federation.pruning import prune_update
 from engine.metrics import mean_over_patients
-from engine.model import NDArrays, build_unet, get_parameters, select_device
+from engine.model import NDArrays, build_model, get_parameters
 
 
 class Cancelled(Exception):
@@ -49,20 +56,6 @@ class FederationResult:
     detection: list[dict[str, Any]] = field(default_factory=list)
 
 
-def local_training_of(cfg: ExperimentConfig) -> LocalTraining:
-    f = cfg.federation
-    return LocalTraining(loss=f.loss, optimizer=f.optimizer, lr=f.lr,
-                         local_epochs=f.local_epochs, batch_size=f.batch_size,
-                         fedprox_mu=f.fedprox_mu)
-
-
-def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
-    """The U-Net of ``cfg.model``, initialised from ``cfg.seed``, on the selected device."""
-    torch.manual_seed(cfg.seed)
-    m = cfg.model
-    return build_unet(tuple(m.channels), m.norm, m.num_res_units).to(select_device())
-
-
 def _client_seed(seed: int, rnd: int, center: int) -> int:
     return int(np.random.default_rng([seed, rnd, center]).integers(2**62))
 
@@ -81,12 +74,32 @@ def training_sets(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str]
     return data, {cohort.centers[k].name for k in bad}
 
 
+def is_malicious(cfg: ExperimentConfig, center: int) -> bool:
+    poison = cfg.attacks.poisoning
+    return poison.enabled and center in poison.malicious_centers
+
+
+def honest_dp(cfg: ExperimentConfig, center: int) -> bool:
+    """Whether ``center`` applies DP (malicious centers skip client-side defenses)."""
+    return cfg.defenses.dp.enabled and not is_malicious(cfg, center)
+
+
 def client_update(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, center: int,
                   data: SliceSet, global_params: NDArrays) -> tuple[NDArrays, dict[str, Any]]:
     """Center ``center``'s local training in round ``rnd`` (seeded by both): the same on
-    every runtime. Returns its trained parameters and metadata."""
-    return train_local(model, global_params, data, local_training_of(cfg),
-                       seed=_client_seed(cfg.seed, rnd, center))
+    every runtime. Patient-level DP trains with DP-SGD. Returns its trained parameters and
+    the metadata it reports (a DP hospital reports public protocol values only)."""
+    local, seed = LocalTraining.from_config(cfg), _client_seed(cfg.seed, rnd, center)
+    if not honest_dp(cfg, center):
+        return train_local(model, global_params, data, local, seed=seed)
+    dp = cfg.defenses.dp
+    if dp.level == "sample":
+        accounting = dp_accounting(dp, cfg.federation.rounds, local, len(data))
+        trained, meta = train_local_dp_sgd(model, global_params, data, local, accounting,
+                                           dp.clip_norm, seed=seed)
+    else:
+        trained, meta = train_local(model, global_params, data, local, seed=seed)
+    return trained, public_metadata(meta)
 
 
 def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArrays,
@@ -103,11 +116,27 @@ def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArray
                                 global_params, cfg.attacks.poisoning, rng)
     if cfg.defenses.prune_fraction:
         trained = prune_update(trained, global_params, cfg.defenses.prune_fraction)
-    if dp and cfg.defenses.dp.enabled:
-        trained, dp_meta = privatize_update(trained, global_params, cfg.defenses.dp.clip_norm,
-                                            cfg.defenses.dp.noise_multiplier, rng)
+    dp_cfg = cfg.defenses.dp
+    if dp and dp_cfg.enabled and dp_cfg.level == "client":
+        sigma = dp_accounting(dp_cfg, cfg.federation.rounds, LocalTraining.from_config(cfg),
+                              int(metadata["num_examples"])).noise_multiplier
+        trained, dp_meta = privatize_update(trained, global_params, dp_cfg.clip_norm, sigma,
+                                            rng)
         metadata |= dp_meta
     return trained
+
+
+def dp_accountings(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, DPAccounting]:
+    """Center name → its DP accounting, for the centers that apply DP (empty without DP)."""
+    local = LocalTraining.from_config(cfg)
+    return {c.name: dp_accounting(cfg.defenses.dp, cfg.federation.rounds, local, len(c.train))
+            for k, c in enumerate(cohort.centers) if honest_dp(cfg, k)}
+
+
+def dp_epsilon(accountings: dict[str, DPAccounting], rounds: int) -> float | None:
+    """The weakest (largest) ε over the DP centers after ``rounds`` rounds; None for ∞."""
+    eps = max((a.epsilon(rounds) for a in accountings.values()), default=math.inf)
+    return eps if math.isfinite(eps) else None
 
 
 def dp_rng(cfg: ExperimentConfig, rnd: int, center: int) -> np.random.Generator:
@@ -141,6 +170,7 @@ class RoundRecorder:
                  model: torch.nn.Module | None = None) -> None:
         self.cfg, self.cohort, self.result, self.on_round = cfg, cohort, result, on_round
         self.model = model or build_model(cfg)  # its weights are overwritten to evaluate
+        self.accountings = dp_accountings(cfg, cohort)
         self.t_start = time.perf_counter()
 
     def evaluate_now(self, rnd: int) -> bool:
@@ -154,6 +184,8 @@ class RoundRecorder:
         entry: dict[str, Any] = {"round": rnd, "global": None, "per_center": None,
                                  "unseen": None, "clients": clients}
         result.steps += sum(int(m.get("steps", 0)) for m in clients.values())
+        if self.accountings and rnd > 0:
+            entry["dp_epsilon"] = dp_epsilon(self.accountings, rnd)
         if detection is not None:
             entry["detection"] = detection
             result.detection.append({"round": rnd, "clients": detection})

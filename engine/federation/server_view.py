@@ -86,6 +86,11 @@ class RoundView:
     def clients(self) -> list[str]:
         return list(self.uploads)
 
+    @property
+    def individual_uploads(self) -> bool:
+        """Whether the server holds each client's own upload (not masked, not only a sum)."""
+        return self.encoding.get("kind") == "plain"
+
     def client_params(self, client: str) -> NDArrays:
         """The server's best reading of ``client``'s upload as model parameters.
 
