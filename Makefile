@@ -29,6 +29,7 @@ run: install
 
 test: install browser
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # A real Flower deployment on this machine: SuperLink + one SuperNode per hospital, the

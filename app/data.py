@@ -17,10 +17,10 @@ import numpy as np
 import streamlit as st
 
 from app.ui import upscale
+from engine.core.render import CT_WINDOW_HU, to_gray
 from engine.data.nifti import load_nifti_pair, load_volume, save_patient_folder
 from engine.data.phantom import center_profile, phantom_patient
 from engine.data.types import PatientVolume
-from engine.render import CT_WINDOW_HU, to_gray
 
 PREVIEW_SEED = 0
 PREVIEW_SIZE = 128

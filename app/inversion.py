@@ -22,8 +22,8 @@ import streamlit as st
 from app.results import ResultRun, finished_runs_with, read_json
 from app.ui import upscale
 from engine.attacks.inversion import LEAK_MARGIN, beats_floor
-from engine.data.preprocess import unit_to_hu
-from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
+from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
+from engine.core.units import unit_to_hu
 
 # Verdict threshold on the body-mask SSIM of the MRI (0 = unrelated, 1 = identical); the leak
 # margin over the floor and the control's margin are the engine's.

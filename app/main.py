@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import ASSETS_DIR, PAGES_DIR, report_page_error, sidebar
-from engine.runs import runs_root
+from engine.orchestration.store import runs_root
 
 st.set_page_config(page_title="FedSCT Security Lab", page_icon="🧠", layout="wide")
 st.logo(str(ASSETS_DIR / "logo.svg"))

@@ -2,7 +2,7 @@
 
 Only formats what the engine wrote (``summary.json``'s ``poisoning`` block and federation
 history, and the ``poison-paper`` / ``poison-model`` / ``poison-data-factors`` sweep folders
-found with :func:`engine.sweeps.sweep_folder`); the only numbers derived here are
+found with :func:`engine.orchestration.sweeps.sweep_folder`); the only numbers derived here are
 differences (the change in percent) for display.
 """
 
@@ -20,8 +20,8 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.results import ResultRun, Sweep, finished_runs_with, read_sweep
-from engine.config import ROBUST_AGGREGATORS
-from engine.sweeps import POISON_AGGREGATORS, POISON_LEVELS
+from engine.core.config import ROBUST_AGGREGATORS
+from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS
 
 BASE_PRESET = "poison-base"
 SWEEP_COMMAND = "fedsct sweep --preset {name}"

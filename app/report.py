@@ -26,7 +26,7 @@ from app import poisoning as poi_ui
 from app import whatif as whatif_ui
 from app.runs import RunRow
 from app.ui import UNSEEN_LABEL, history_figure
-from engine.runs import RunFolder
+from engine.core.run_folder import RunFolder
 
 # plotly.js names its map-data server as a default setting; the report draws no maps, so the
 # address is blanked out to keep the file free of any network reference.

@@ -11,8 +11,10 @@ from typing import Any
 import streamlit as st
 import yaml
 
-from engine.runs import ACTIVE, JOB_PID_FILE, RunFolder, RunIndex, pid_alive
-from engine.sweeps import sweep_folder, sweep_spec
+from engine.core.run_folder import ACTIVE, JOB_PID_FILE, RunFolder, pid_alive
+from engine.orchestration.presets import sweep_spec
+from engine.orchestration.store import RunIndex
+from engine.orchestration.sweeps import sweep_folder
 
 
 @st.cache_data(max_entries=256)
@@ -133,7 +135,7 @@ class Sweep:
 
 def read_sweep(name: str, sets: tuple[str, ...] = ()) -> Sweep:
     """The state of sweep ``name`` run with ``sets`` in the runs root (its
-    :func:`engine.sweeps.sweep_folder`)."""
+    :func:`engine.orchestration.sweeps.sweep_folder`)."""
     folder = sweep_folder(name, sets)
     sweep = Sweep(name, folder, total=len(sweep_spec(name)["cells"]))
     spec_path, table_path = folder / "sweep.json", folder / "table.json"

@@ -19,7 +19,8 @@ import yaml
 
 from app.results import dp_words
 from app.ui import PAGES_DIR, STATE_TEXT
-from engine.runs import RunFolder, RunIndex
+from engine.core.run_folder import RunFolder
+from engine.orchestration.store import RunIndex
 
 ATTACKS = {"mia": "membership", "inversion": "inversion", "poisoning": "poisoning"}
 # Summary key → (page, URL parameter that page reads the run id from, link label).

@@ -17,12 +17,13 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.state import remember, remembered
-from engine import jobs
-from engine.config import ConfigError, ExperimentConfig, build_config
-from engine.federation.dp import epsilon_text, planned_epsilon
-from engine.presets import preset_description
-from engine.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
-from engine.runs import ACTIVE, RunFolder, open_run
+from engine.clients.dp import epsilon_text, planned_epsilon
+from engine.core.config import ConfigError, ExperimentConfig
+from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
+from engine.core.run_folder import ACTIVE, RunFolder
+from engine.orchestration import jobs
+from engine.orchestration.presets import build_config, preset_description
+from engine.orchestration.store import open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES_DIR = ROOT / "pages"
@@ -283,7 +284,7 @@ def report_page_error(page_title: str, err: Exception) -> Path:
     """Append ``err``'s traceback to ``<runs root>/dashboard-errors.log``; returns its path."""
     import traceback
 
-    from engine.runs import runs_root
+    from engine.orchestration.store import runs_root
 
     log = runs_root() / "dashboard-errors.log"
     try:

@@ -19,12 +19,12 @@ from app.data import uploads_folder
 from app.inversion import leak_level, load_npz
 from app.results import Sweep, read_json, read_sweep
 from app.ui import PHASE_TEXT, upscale
-from engine.attacks.whatif import EXPOSED_RANK
+from engine.analyses.whatif import EXPOSED_RANK
+from engine.core.render import CT_WINDOW_HU, to_gray
+from engine.core.run_folder import RunFolder
+from engine.core.units import unit_to_hu
 from engine.data.nifti import save_patient_folder
 from engine.data.phantom import example_patient_volume
-from engine.data.preprocess import unit_to_hu
-from engine.render import CT_WINDOW_HU, to_gray
-from engine.runs import RunFolder
 
 SWEEP = "whatif"
 EXAMPLES = "whatif-examples"

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from engine.config import build_config
 from engine.data.cohort import load_cohort
-from engine.federation.client import as_tensors, training_loss
 from engine.federation.inprocess import run_federation
-from engine.model import build_model
+from engine.learning.local import as_tensors, training_loss
+from engine.learning.model import build_model
+from engine.orchestration.presets import build_config
 
 
 def bare_loop(cfg, cohort, steps: int) -> float:

@@ -38,7 +38,8 @@ def _rss_mib(pids: list[int]) -> float:
 
 
 def run_once(preset: str, sets: list[str], out: Path) -> dict:
-    cmd = [sys.executable, "-m", "engine.cli", "run", "--preset", preset, "--out", str(out)]
+    cmd = [sys.executable, "-m", "engine.orchestration.cli", "run", "--preset", preset,
+           "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()

@@ -16,11 +16,11 @@ import time
 import numpy as np
 
 from engine.attacks.inversion import AttackerPrior, InversionPayload, inverting_gradients
-from engine.config import build_config
+from engine.core.units import hu_to_unit
 from engine.data.phantom import phantom_patient
-from engine.data.preprocess import hu_to_unit
-from engine.federation.client import LocalTraining
-from engine.model import build_model, get_parameters
+from engine.learning.local import LocalTraining
+from engine.learning.model import build_model, get_parameters
+from engine.orchestration.presets import build_config
 
 
 def payload_at(size: int) -> InversionPayload:

@@ -14,10 +14,10 @@ import time
 import torch
 
 from engine.attacks.membership import per_sample_gradients, per_sample_gradients_loop
-from engine.config import build_config
+from engine.core.units import hu_to_unit
 from engine.data.phantom import phantom_patient
-from engine.data.preprocess import hu_to_unit
-from engine.model import build_model
+from engine.learning.model import build_model
+from engine.orchestration.presets import build_config
 
 
 def gradient_speedup(n_samples: int = 48, repeats: int = 3) -> dict:
@@ -68,8 +68,8 @@ def scoring_time(run_dir: str) -> dict:
     from pathlib import Path
 
     from engine.attacks.membership import run_membership
+    from engine.core.run_folder import RunFolder
     from engine.data.cohort import load_cohort
-    from engine.runs import RunFolder
 
     run = RunFolder(Path(run_dir))
     cfg = run.config()

@@ -22,10 +22,10 @@ from app.data import (
     uploads_folder,
     with_file_names,
 )
-from engine.config import DataConfig
+from engine.core.config import DataConfig
 from engine.data.nifti import NiftiError
 from engine.data.synthrad import scan_synthrad
-from engine.runs import runs_root
+from engine.orchestration.store import runs_root
 
 SAVED_KEY = "data_saved_message"
 

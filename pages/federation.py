@@ -19,10 +19,11 @@ from app.ui import (
     run_label,
     sample_images,
 )
-from engine.config import AGGREGATORS, ConfigError, ExperimentConfig, build_config
-from engine.jobs import cancel_job, start_job
-from engine.presets import preset_description, preset_names
-from engine.runs import ACTIVE, RunFolder, RunIndex, open_run
+from engine.core.config import AGGREGATORS, ConfigError, ExperimentConfig
+from engine.core.run_folder import ACTIVE, RunFolder
+from engine.orchestration.jobs import cancel_job, start_job
+from engine.orchestration.presets import build_config, preset_description, preset_names
+from engine.orchestration.store import RunIndex, open_run
 
 CUSTOM = ("centers", "rounds", "aggregator", "fedprox_mu", "secagg", "dp", "dp_noise", "dp_clip",
           "runtime")

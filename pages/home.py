@@ -7,7 +7,7 @@ import streamlit as st
 from app.report import render_scorecards, scorecards
 from app.runs import list_runs
 from app.ui import PAGES_DIR, runs_table
-from engine.runs import RunIndex, runs_root
+from engine.orchestration.store import RunIndex, runs_root
 
 st.title("FedSCT Security Lab")
 st.markdown(

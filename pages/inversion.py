@@ -30,10 +30,10 @@ from app.inversion import (
 )
 from app.state import persisted, remember, remembered
 from app.ui import preset_jobs
-from engine.config import ConfigError, build_config
-from engine.jobs import start_job
-from engine.runs import runs_root
-from engine.sweeps import find_finished_run
+from engine.core.config import ConfigError
+from engine.orchestration.jobs import start_job
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import find_finished_run, runs_root
 
 RUN_PARAM = "inv_run"
 FLASH = "inv_flash"  # a one-off message shown after the page reruns

@@ -23,7 +23,7 @@ from app.mia import (
 )
 from app.state import persisted, remember, remembered
 from app.ui import preset_jobs
-from engine.runs import runs_root
+from engine.orchestration.store import runs_root
 
 RUN_PARAM, COMPARE_PARAM = "mia_run", "mia_compare"
 PRESETS = (("mia-paper", "Attack an undefended federation"),

@@ -42,10 +42,11 @@ from app.poisoning import (
 from app.results import Sweep, read_sweep
 from app.state import persisted, remember, remembered
 from app.ui import AGGREGATOR_HELP, job_progress, remembered_run
-from engine.config import AGGREGATORS, ConfigError, build_config
-from engine.jobs import cancel_job, cancel_sweep, start_job, start_sweep_job
-from engine.runs import ACTIVE, runs_root
-from engine.sweeps import POISON_LEVELS, find_finished_run
+from engine.core.config import AGGREGATORS, ConfigError
+from engine.core.run_folder import ACTIVE
+from engine.orchestration.jobs import cancel_job, cancel_sweep, start_job, start_sweep_job
+from engine.orchestration.presets import POISON_LEVELS, build_config
+from engine.orchestration.store import find_finished_run, runs_root
 
 RUN_PARAM = "poi_run"
 FLASH = "poi_flash"

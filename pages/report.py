@@ -7,7 +7,7 @@ import streamlit as st
 from app.report import make_report, metrics_csv
 from app.runs import list_runs
 from app.state import remember, remembered
-from engine.runs import runs_root
+from engine.orchestration.store import runs_root
 
 PARAM = "report_run"
 

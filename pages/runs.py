@@ -15,8 +15,9 @@ from app.runs import (
 )
 from app.state import remember, remembered
 from app.ui import STATE_TEXT, describe_config, sample_images
-from engine.config import ConfigError
-from engine.runs import ACTIVE, STATES, delete_run, open_run, runs_root
+from engine.core.config import ConfigError
+from engine.core.run_folder import ACTIVE, STATES
+from engine.orchestration.store import delete_run, open_run, runs_root
 
 OPEN_PARAM, FIRST_PARAM, SECOND_PARAM = "runs_open", "runs_a", "runs_b"
 

@@ -18,9 +18,9 @@ from app.whatif import (
     whatif_progress,
     whatif_sets,
 )
-from engine.config import build_config
-from engine.jobs import cancel_sweep, start_sweep_job
-from engine.runs import runs_root
+from engine.orchestration.jobs import cancel_sweep, start_sweep_job
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import runs_root
 
 PATIENT_PARAM = "patient"
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.config import FederationConfig
+from engine.core.config import FederationConfig
 from engine.federation.aggregators import (
     Bulyan,
     FedAvg,

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.config import build_config
-from engine.jobs import start_job
-from engine.runs import ACTIVE, RunIndex, create_run, open_run
+from engine.core.run_folder import ACTIVE
+from engine.orchestration.jobs import start_job
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import RunIndex, create_run, open_run
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 # switch_page paths are relative to the entrypoint's folder (app/); pages/ is its sibling.
@@ -178,7 +179,7 @@ def test_unseen_hospital_is_labelled() -> None:
 
 
 def test_an_error_inside_a_page_is_a_sentence_not_a_traceback(runs_dir, monkeypatch):
-    from engine.runs import RunIndex
+    from engine.orchestration.store import RunIndex
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("index unreadable")

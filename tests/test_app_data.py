@@ -11,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.data import cohort_counts, run_command
-from engine.config import build_config
 from engine.data.cohort import load_cohort
+from engine.orchestration.presets import build_config
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 DATA = "../pages/data.py"

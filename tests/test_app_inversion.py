@@ -18,11 +18,13 @@ from streamlit.testing.v1 import AppTest
 
 from app.inversion import RECOGNISABLE, cell_text, leak_level, verdict
 from engine.attacks.inversion import LEAK_MARGIN
-from engine.config import build_config, config_hash
-from engine.experiment import execute
-from engine.jobs import cancel_job
-from engine.runs import ACTIVE, RunFolder, RunIndex, create_run, open_run
-from engine.sweeps import SWEEPS, cell_label
+from engine.core.config import config_hash
+from engine.core.run_folder import ACTIVE, RunFolder
+from engine.orchestration.experiment import execute
+from engine.orchestration.jobs import cancel_job
+from engine.orchestration.presets import SWEEPS, build_config
+from engine.orchestration.store import RunIndex, create_run, open_run
+from engine.orchestration.sweeps import cell_label
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 INVERSION = "../pages/inversion.py"  # relative to the entrypoint's folder (app/)

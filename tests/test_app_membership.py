@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import engine.jobs
+import engine.orchestration.jobs
 from app.mia import dp_sentence, noise_label, verdict
-from engine.config import build_config
-from engine.experiment import execute
-from engine.runs import RunFolder, create_run, open_run
+from engine.core.run_folder import RunFolder
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run, open_run
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 MEMBERSHIP = "../pages/membership.py"  # relative to the entrypoint's folder (app/)
@@ -231,7 +232,7 @@ def test_start_button_tracks_the_job(runs_dir: Path, monkeypatch: pytest.MonkeyP
         started.append((cfg.name, cfg.defenses.secure_aggregation))
         return run
 
-    monkeypatch.setattr(engine.jobs, "start_job", fake_start)
+    monkeypatch.setattr(engine.orchestration.jobs, "start_job", fake_start)
     at = _page()
     at.button(key="start_mia-secagg").click().run()
     assert not at.exception, at.exception

@@ -26,20 +26,14 @@ from app.poisoning import (
     detection_sentence,
     verdict,
 )
-from engine import sweeps
-from engine.config import build_config, config_hash
-from engine.experiment import execute
-from engine.jobs import cancel_job, cancel_sweep
-from engine.runs import (
-    ACTIVE,
-    JOB_PID_FILE,
-    RunFolder,
-    RunIndex,
-    create_run,
-    open_run,
-    pid_alive,
-)
-from engine.sweeps import run_sweep, sweep_folder
+from engine.core.config import config_hash
+from engine.core.run_folder import ACTIVE, JOB_PID_FILE, RunFolder, pid_alive
+from engine.orchestration import presets, sweeps
+from engine.orchestration.experiment import execute
+from engine.orchestration.jobs import cancel_job, cancel_sweep
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import RunIndex, create_run, open_run
+from engine.orchestration.sweeps import run_sweep, sweep_folder
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 POISONING = "../pages/poisoning.py"  # relative to the entrypoint's folder (app/)
@@ -67,7 +61,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
         assert execute(run) is not None, run.status()
         ids[key] = run.run_id
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sweeps.SWEEPS, "poison-paper", TINY_PAPER)
+        mp.setitem(presets.SWEEPS, "poison-paper", TINY_PAPER)
         run_sweep("poison-paper", root=root, progress=lambda _msg: None)
     return root, ids
 
@@ -75,7 +69,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
 @pytest.fixture
 def paper(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny sweep stands in for poison-paper (so its folder name is the tiny one's)."""
-    monkeypatch.setitem(sweeps.SWEEPS, "poison-paper", TINY_PAPER)
+    monkeypatch.setitem(presets.SWEEPS, "poison-paper", TINY_PAPER)
 
 
 def _copy(built: tuple[Path, dict[str, str]], runs_dir: Path) -> dict[str, RunFolder]:
@@ -315,7 +309,7 @@ def test_run_starts_one_rule_after_the_other(runs_dir: Path) -> None:
             (True, "data_noise", 0.1, [1, 2])
         # Spelt like the study's cell, so a finished study experiment would be reused.
         cells = {config_hash(build_config("poison-base", sets=c))
-                 for c in sweeps.SWEEPS["poison-paper"]["cells"]}
+                 for c in presets.SWEEPS["poison-paper"]["cells"]}
         assert config_hash(cfg) in cells
         assert first.status()["state"] in ACTIVE
         assert at.get("progress")
@@ -388,7 +382,7 @@ def test_study_button_starts_and_stops_the_sweep(runs_dir: Path) -> None:
         assert not at.exception, at.exception
         state = json.loads((folder / "sweep.json").read_text())
         assert state["state"] in ACTIVE
-        total = len(sweeps.SWEEPS["poison-paper"]["cells"])
+        total = len(presets.SWEEPS["poison-paper"]["cells"])
         assert len(state["cells"]) == total
         assert at.get("progress")
         assert at.button(key="poi_start").disabled

@@ -20,9 +20,9 @@ from streamlit.testing.v1 import AppTest
 from app import mia as mia_ui
 from app.report import build_report, fmt_mae, make_report, scorecards
 from app.runs import list_runs
-from engine.config import build_config
-from engine.experiment import execute
-from engine.runs import create_run
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 REPORT, HOME = "../pages/report.py", "../pages/home.py"  # relative to app/

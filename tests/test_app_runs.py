@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.config import build_config
-from engine.experiment import execute
-from engine.runs import RunFolder, create_run
+from engine.core.run_folder import RunFolder
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 RUNS = "../pages/runs.py"  # relative to the entrypoint's folder (app/)

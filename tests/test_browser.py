@@ -204,9 +204,9 @@ def test_upload_a_broken_nifti_shows_a_readable_error(server, page, tmp_path):
 
 
 def test_download_the_report_of_a_finished_run(server, page, tmp_path):
-    from engine.config import build_config
-    from engine.experiment import execute
-    from engine.runs import create_run
+    from engine.orchestration.experiment import execute
+    from engine.orchestration.presets import build_config
+    from engine.orchestration.store import create_run
 
     run = create_run(build_config("smoke", sets=["federation.rounds=1"]), RUNS["root"])
     assert execute(run) is not None

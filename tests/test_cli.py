@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from engine.config import build_config
+from engine.core.run_folder import RunFolder
 from engine.federation.server_view import ServerView
-from engine.jobs import cancel_job, start_job
-from engine.runs import RunFolder, RunIndex, delete_run, open_run
+from engine.orchestration.jobs import cancel_job, start_job
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import RunIndex, delete_run, open_run
 
 
 def fedsct(*args, env_root=None):
@@ -116,7 +117,7 @@ def test_open_run_rejects_unknown_and_path_like_ids(runs_dir):
 
 
 def test_index_is_rebuilt_from_folders_when_damaged(runs_dir):
-    from engine.runs import create_run
+    from engine.orchestration.store import create_run
 
     run = create_run(build_config("smoke"))
     (runs_dir / "index.sqlite").write_bytes(b"this is not a database")
@@ -128,7 +129,7 @@ def test_listing_reads_a_run_that_finished_after_its_index_row(runs_dir):
     the stale row (state done but no final MAE)."""
     import json as _json
 
-    from engine.runs import create_run
+    from engine.orchestration.store import create_run
 
     run = create_run(build_config("smoke"))
     run.write_summary({"federation": {"final": {"mae_hu": 321.0}}, "timing": {"wall_s": 1.0}})

@@ -1,7 +1,7 @@
 import pytest
 
-from engine.config import ConfigError, build_config, parse_set
-from engine.presets import PRESETS
+from engine.core.config import ConfigError, parse_set
+from engine.orchestration.presets import PRESETS, build_config
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -58,7 +58,7 @@ def test_config_file(tmp_path):
 
 
 def test_config_hash_ignores_the_label_and_default_values():
-    from engine.config import config_hash
+    from engine.core.config import config_hash
 
     a = build_config("smoke")
     b = build_config("smoke", sets=["name=other", "federation.optimizer=adam"])  # the default

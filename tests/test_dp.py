@@ -9,15 +9,16 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from engine.config import ConfigError, build_config
-from engine.federation.client import LocalTraining
-from engine.federation.dp import (
+from engine.clients.dp import (
     DP_PUBLIC_METADATA,
     dp_accounting,
     patient_gradients,
     privatize_update,
     train_local_dp_sgd,
 )
+from engine.core.config import ConfigError
+from engine.learning.local import LocalTraining
+from engine.orchestration.presets import build_config
 
 
 def test_clipping_bound_holds_without_noise():
@@ -107,7 +108,7 @@ def test_dp_sgd_bounds_each_patients_influence():
     patient, divided by the expected number of patients."""
     from engine.data.phantom import phantom_patient
     from engine.data.types import SliceSet
-    from engine.model import build_unet, get_parameters
+    from engine.learning.model import build_unet, get_parameters
 
     torch.manual_seed(0)
     net = build_unet((4, 8), "instance", 0)
@@ -130,9 +131,9 @@ def test_dp_sgd_bounds_each_patients_influence():
 
 @pytest.mark.parametrize("level", ["client", "sample"])
 def test_dp_run_reports_epsilon_and_no_raw_quantity(runs_dir, level):
-    from engine.experiment import execute
     from engine.federation.server_view import ServerView
-    from engine.runs import create_run
+    from engine.orchestration.experiment import execute
+    from engine.orchestration.store import create_run
 
     cfg = build_config("smoke", sets=["federation.rounds=2", "defenses.dp.enabled=true",
                                       f"defenses.dp.level={level}",

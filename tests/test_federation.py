@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import build_config
 from engine.data.cohort import load_cohort
 from engine.federation.inprocess import run_federation
 from engine.federation.secagg import SecAggParams, quantization_error_bound
 from engine.federation.server_view import ServerView
+from engine.orchestration.presets import build_config
 
 
 @pytest.fixture(scope="module")

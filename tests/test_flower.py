@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config import ConfigError, build_config
-from engine.experiment import execute
+from engine.core.config import ConfigError
+from engine.core.run_folder import RunFolder
 from engine.federation.flower_app import EngineStrategy, failure_text
 from engine.federation.secagg import SecAggParams, quantization_error_bound
 from engine.federation.server_view import ServerView
-from engine.runs import RunFolder, create_run
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 pytestmark = pytest.mark.slow
 SMALL = ["federation.rounds=2", "federation.round_timeout_s=60"]

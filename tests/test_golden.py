@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from engine.config import build_config
-from engine.experiment import execute
-from engine.runs import create_run
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 GOLDEN = Path(__file__).parent / "golden" / "summary_figures.json"
 RTOL = 1e-6

@@ -16,10 +16,10 @@ from engine.attacks.inversion import (
     simulate_update,
     update_distance,
 )
+from engine.core.metrics import reconstruction_metrics
+from engine.core.units import hu_to_unit
 from engine.data.phantom import phantom_patient
-from engine.data.preprocess import hu_to_unit
-from engine.federation.client import LocalTraining
-from engine.metrics import reconstruction_metrics
+from engine.learning.local import LocalTraining
 
 SIZE = 16
 
@@ -123,9 +123,9 @@ def test_matching_pairs_batch_members_in_any_order():
 def test_run_folder_gets_inversion_summary_and_images(runs_dir):
     import json
 
-    from engine.config import build_config
-    from engine.experiment import execute
-    from engine.runs import create_run
+    from engine.orchestration.experiment import execute
+    from engine.orchestration.presets import build_config
+    from engine.orchestration.store import create_run
 
     cfg = build_config(sets=[
         "data.centers=3", "data.patients_per_center=1", "data.heldout_per_center=1",
@@ -156,7 +156,7 @@ def test_run_folder_gets_inversion_summary_and_images(runs_dir):
 
 
 def test_floor_of_one_template_equals_matching_its_copies():
-    from engine.metrics import template_metrics
+    from engine.core.metrics import template_metrics
 
     truth = phantom_patient(0, 2, 1, image_size=32, n_slices=3)
     ct = hu_to_unit(truth.ct_hu)
@@ -236,8 +236,8 @@ def smooth_unet_sgd_payload(size: int = 16):
     as DLG requires) on one phantom slice, uploaded through the real client code."""
     from monai.networks.nets import UNet
 
-    from engine.federation.client import train_local
-    from engine.model import get_parameters
+    from engine.learning.local import train_local
+    from engine.learning.model import get_parameters
 
     torch.manual_seed(0)
     net = UNet(2, 1, 1, (4, 8, 16), (2, 2), num_res_units=1, act="tanh", norm="instance")
@@ -264,8 +264,8 @@ def test_dlg_matching_loss_keeps_falling_on_a_unet_after_20_steps():
 def adam_client_payload():
     """The invertible conv+FC model after one real local Adam step (torch's Adam, the
     client code) on one slice: the upload is ≈ −lr·sign(gradient)."""
-    from engine.federation.client import train_local
-    from engine.model import get_parameters
+    from engine.learning.local import train_local
+    from engine.learning.model import get_parameters
 
     torch.manual_seed(0)
     net = ShallowNet()
@@ -313,8 +313,8 @@ def test_batchnorm_is_simulated_in_training_mode():
     """A BatchNorm model's simulated SGD step equals the real client's step (which trains on
     batch statistics), not the step on the global running statistics."""
     from engine.attacks.inversion import simulate_update, training_mode_copy
-    from engine.federation.client import train_local
-    from engine.model import build_unet, get_parameters
+    from engine.learning.local import train_local
+    from engine.learning.model import build_unet, get_parameters
 
     torch.manual_seed(4)
     net = build_unet((4, 8), "batch", 0)
@@ -348,8 +348,8 @@ def _folder_root(tmp_path, names: list[str]):
 
 
 def test_attacker_data_come_from_the_federations_source_and_no_hospital(tmp_path):
-    from engine.config import build_config
     from engine.data.cohort import attacker_data, load_cohort
+    from engine.orchestration.presets import build_config
 
     names = ["1BA001", "1BA002", "1BA003", "1BB001", "1BB002", "1BC001", "1BC002"]
     root = _folder_root(tmp_path, names)
@@ -375,14 +375,14 @@ def test_attacker_data_come_from_the_federations_source_and_no_hospital(tmp_path
 
 
 def test_phantom_attacker_patients_are_none_of_the_federations():
-    from engine.config import build_config
-    from engine.data.cohort import attacker_data, load_cohort
+    from engine.data.cohort import CONTROL_SLICES, attacker_data, load_cohort
+    from engine.orchestration.presets import build_config
 
     cfg = build_config("smoke")
     cohort = load_cohort(cfg.data, cfg.seed)
     federation = {p for c in cohort.centers for p in (*c.train.patients, *c.test.patients)}
     attacker = attacker_data(cfg.data, cfg.seed)
-    assert len(attacker.public) >= 160 and len(attacker.control) == 6
+    assert len(attacker.public) >= 160 and len(attacker.control) == CONTROL_SLICES
     assert not (set(attacker.public.patients) | set(attacker.control.patients)) & federation
     assert not set(attacker.control.patients) & set(attacker.public.patients)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.metrics import mae_hu, psnr_db, sct_metrics, ssim
+from engine.core.metrics import mae_hu, psnr_db, sct_metrics, ssim
 
 
 def head(n=2, size=48):

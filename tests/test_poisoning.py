@@ -8,17 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from engine.attacks.poisoning import (
+from engine.clients.malicious import (
     alie_upload,
     noisy_upload,
     poison_slices,
     scaled_upload,
     sign_flipped_upload,
-    update_statistics,
 )
-from engine.config import ConfigError, build_config
+from engine.core.config import ConfigError
+from engine.core.units import hu_to_unit
 from engine.data.phantom import phantom_patient
-from engine.data.preprocess import hu_to_unit
+from engine.federation.detection import update_statistics
+from engine.orchestration.presets import build_config
 
 GLOBAL = [np.array([1.0, 2.0, 3.0], np.float32), np.array(4, np.int64)]
 LOCALS = [[np.array([2.0, 2.0, 1.0], np.float32), np.array(9, np.int64)],
@@ -81,8 +82,8 @@ def test_impossible_poisoning_is_refused(sets, pattern):
 
 
 def _run(sets: list[str]) -> dict:
-    from engine.experiment import execute
-    from engine.runs import create_run
+    from engine.orchestration.experiment import execute
+    from engine.orchestration.store import create_run
 
     run = create_run(build_config("smoke", sets=["federation.rounds=4", *sets]))
     assert execute(run) is not None, (run.path / "log.txt").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.federation.pruning import prune_update
+from engine.clients.pruning import prune_update
 
 
 def test_keeps_the_largest_update_entries_of_each_tensor():
@@ -39,10 +39,10 @@ def test_rejects_fractions_outside_unit_interval(fraction):
 
 
 def test_server_view_holds_the_pruned_upload(runs_dir):
-    from engine.config import build_config
     from engine.data.cohort import load_cohort
     from engine.federation.inprocess import run_federation
     from engine.federation.server_view import ServerView
+    from engine.orchestration.presets import build_config
 
     cfg = build_config("smoke", sets=["federation.rounds=1", "defenses.prune_fraction=0.9"])
     run_federation(cfg, load_cohort(cfg.data, cfg.seed), run_dir=runs_dir)

@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from engine import sweeps
-from engine.config import ConfigError
-from engine.runs import RunIndex
+from engine.core.config import ConfigError, config_hash
+from engine.orchestration import presets, sweeps
+from engine.orchestration.store import RunIndex
 
 
 @pytest.fixture
 def tiny_sweep(monkeypatch):
     spec = {"description": "two aggregators on the smoke federation", "base": "smoke",
             "cells": [[], ["federation.aggregator=fedmedian"]]}
-    monkeypatch.setitem(sweeps.SWEEPS, "tiny", spec)
+    monkeypatch.setitem(presets.SWEEPS, "tiny", spec)
     return spec
 
 
@@ -44,24 +44,24 @@ def test_sweep_writes_table_and_resumes_without_retraining(runs_dir, tiny_sweep)
 def test_unknown_sweep_and_bad_cell_fail_before_running(runs_dir, monkeypatch):
     with pytest.raises(ConfigError, match="available: mia-dp"):
         sweeps.run_sweep("nope")
-    monkeypatch.setitem(sweeps.SWEEPS, "broken", {"description": "", "base": "smoke",
+    monkeypatch.setitem(presets.SWEEPS, "broken", {"description": "", "base": "smoke",
                                                   "cells": [[], ["federation.rounds=0"]]})
     with pytest.raises(ConfigError, match="federation.rounds = 0"):
         sweeps.run_sweep("broken")
     assert RunIndex().list() == []
 
 
-@pytest.mark.parametrize("name", list(sweeps.SWEEPS))
+@pytest.mark.parametrize("name", list(presets.SWEEPS))
 def test_every_sweep_cell_is_a_valid_config(name):
-    from engine.config import build_config
+    from engine.orchestration.presets import build_config
 
     spec = sweeps.sweep_spec(name)
-    hashes = {sweeps.config_hash(build_config(spec["base"], sets=c)) for c in spec["cells"]}
+    hashes = {config_hash(build_config(spec["base"], sets=c)) for c in spec["cells"]}
     assert len(hashes) == len(spec["cells"])  # no two cells are the same experiment
 
 
 def test_inversion_results_become_columns(runs_dir, monkeypatch):
-    monkeypatch.setitem(sweeps.SWEEPS, "tiny-inv", {
+    monkeypatch.setitem(presets.SWEEPS, "tiny-inv", {
         "description": "", "base": "smoke",
         "cells": [["defenses.prune_fraction=0.5"]],
     })

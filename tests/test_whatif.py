@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from engine.analyses.whatif import EXPOSED_RANK, patient_exposure, patient_scores
 from engine.attacks.membership import membership_candidates
-from engine.attacks.whatif import EXPOSED_RANK, patient_exposure, patient_scores
-from engine.config import ConfigError, build_config
+from engine.core.config import ConfigError
+from engine.core.run_folder import RunFolder
 from engine.data.cohort import load_cohort, whatif_patient_id
 from engine.data.nifti import save_patient_folder
 from engine.data.phantom import example_patient_volume, phantom_cohort
 from engine.data.synthrad import load_synthrad_patient
-from engine.runs import RunFolder
-from engine.sweeps import run_sweep
+from engine.orchestration.presets import build_config
+from engine.orchestration.sweeps import run_sweep
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 WHATIF = "../pages/whatif.py"

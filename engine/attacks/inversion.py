@@ -44,15 +44,16 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from engine.config import ExperimentConfig, InversionConfig
+from engine.core.config import ExperimentConfig, InversionConfig
+from engine.core.metrics import reconstruction_metrics, template_metrics
+from engine.core.render import save_png, to_gray
+from engine.core.types import NDArrays
+from engine.core.units import hu_to_unit
 from engine.data.cohort import AttackerData
-from engine.data.preprocess import hu_to_unit
 from engine.data.types import Cohort, SliceSet
-from engine.federation.client import ADAM_EPS, LocalTraining, train_local
 from engine.federation.server_view import ServerView
-from engine.metrics import reconstruction_metrics, template_metrics
-from engine.model import NDArrays, build_model, build_unet, get_parameters, select_device
-from engine.render import save_png, to_gray
+from engine.learning.local import ADAM_EPS, LocalTraining, train_local
+from engine.learning.model import build_model, build_unet, get_parameters, select_device
 
 SMOOTH_L1_EPS = 1e-4
 # A client leaks when the body-mask SSIM of its reconstruction beats the attacker's average

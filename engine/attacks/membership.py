@@ -42,13 +42,14 @@ import torch
 from scipy.stats import norm
 from torch.func import functional_call, grad, vmap
 
-from engine.config import ExperimentConfig
+from engine.core.config import ExperimentConfig
+from engine.core.metrics import better_than_chance, roc_summary
+from engine.core.types import NDArrays
 from engine.data.cohort import whatif_patient_id
 from engine.data.types import Cohort, SliceSet
-from engine.federation.client import as_tensors, training_loss
 from engine.federation.server_view import RoundView, ServerView
-from engine.metrics import better_than_chance, roc_summary
-from engine.model import NDArrays, build_unet, select_device, set_parameters
+from engine.learning.local import as_tensors, training_loss
+from engine.learning.model import build_unet, select_device, set_parameters
 
 SCORES = ("phi", "phi_pooled", "log")
 VARIANTS = ("fedmia-i", "fedmia-ii")
@@ -362,7 +363,7 @@ def patient_level(scores: np.ndarray, members: np.ndarray,
 def evaluate_membership(result: MembershipResult, *, level: str = "slice",
                         bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """ROC analysis of every attack: per center and pooled over centers, at slice and at
-    patient level; every interval resamples patients (see :func:`engine.metrics.roc_summary`)
+    patient level; every interval resamples patients (see :func:`engine.core.metrics.roc_summary`)
     and is also given Bonferroni-corrected for the hospitals and the pooled test together.
 
     Returns ``{attack: {"per_center": {center: roc_summary}, "pooled": roc_summary (both at

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import DataConfig
+from engine.core.config import DataConfig
 from engine.data.phantom import phantom_cohort, phantom_patient
 from engine.data.preprocess import volume_to_slices
 from engine.data.synthrad import load_synthrad_patient, scan_synthrad

@@ -15,6 +15,7 @@ import gzip
 import io
 import math
 import os
+import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -573,8 +574,6 @@ def save_patient_folder(pv: PatientVolume, target: Path, affine: np.ndarray | No
     half-written patient is never picked up by a loader. Raises FileExistsError if ``target``
     exists.
     """
-    import shutil
-
     target = Path(target)
     if target.exists():
         raise FileExistsError(target)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.data.preprocess import HU_MAX, HU_MIN, normalise_mri
+from engine.core.units import HU_MAX, HU_MIN
+from engine.data.preprocess import normalise_mri
 from engine.data.types import CenterData, Cohort, PatientVolume, SliceSet
 
 # Valid axial range of the template without a skull base (MNI z, mm).
@@ -78,6 +79,7 @@ def _cache_dir() -> Path:
 
 
 def _build_template_arrays() -> dict[str, np.ndarray]:
+    # Deliberately lazy: nilearn is only needed once, to build the cached template.
     from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
     from scipy import ndimage as ndi
 

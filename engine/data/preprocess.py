@@ -1,8 +1,8 @@
 """Preprocessing as in FedSynthCT-Brain.
 
 * MRI: robust min-max (percentiles) to [0, 1].
-* CT: clipped to [−1024, 3000] HU and scaled to normalised CT units in [0, 1]
-  (``unit = (hu + 1024) / 4024``); background is −1024 HU (unit 0).
+* CT: clipped to [−1024, 3000] HU, background −1024 HU; the network sees normalised CT
+  units (:mod:`engine.core.units`).
 * Slices: axial, padded to a square field of view and resampled to ``image_size``².
 """
 
@@ -12,25 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.core.units import HU_MAX, HU_MIN
 from engine.data.types import PatientVolume, SliceSet
-
-HU_MIN = -1024.0
-HU_MAX = 3000.0
-HU_RANGE = HU_MAX - HU_MIN  # 4024, the SynthRAD2023 data range
-
-
-def hu_to_unit(ct_hu: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """HU → normalised CT units in [0, 1] (clipped to [−1024, 3000] HU first)."""
-    if isinstance(ct_hu, torch.Tensor):
-        return (ct_hu.clamp(HU_MIN, HU_MAX) - HU_MIN) / HU_RANGE
-    return (np.clip(ct_hu, HU_MIN, HU_MAX) - HU_MIN) / HU_RANGE
-
-
-def unit_to_hu(ct_unit: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """Normalised CT units → HU, clipped to [−1024, 3000]."""
-    if isinstance(ct_unit, torch.Tensor):
-        return ct_unit.clamp(0.0, 1.0) * HU_RANGE + HU_MIN
-    return np.clip(ct_unit, 0.0, 1.0) * HU_RANGE + HU_MIN
 
 
 def normalise_mri(

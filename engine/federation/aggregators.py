@@ -18,9 +18,9 @@ from flwr.server.strategy.aggregate import (
     aggregate_trimmed_avg,
 )
 
-from engine.config import FederationConfig
+from engine.core.config import FederationConfig
+from engine.core.types import NDArrays
 
-NDArrays = list[np.ndarray]
 Results = list[tuple[NDArrays, int]]
 
 

@@ -23,15 +23,19 @@ Entry points (``pyproject.toml`` → ``[tool.flwr.app.components]``): :data:`ser
 from __future__ import annotations
 
 import functools
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
+from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import (
+    Code,
     Context,
     FitIns,
     FitRes,
@@ -46,26 +50,38 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import ServerApp
 
-from engine.attacks.poisoning import update_statistics
-from engine.config import ExperimentConfig
-from engine.data.cohort import load_cohort
-from engine.federation import server_view
-from engine.federation.aggregators import make_aggregator
-from engine.federation.inprocess import (
-    Cancelled,
-    FederationResult,
-    RoundRecorder,
+from engine.clients.behaviour import (
     client_update,
     client_upload,
+    dp_rng,
+    is_malicious,
     training_sets,
 )
-from engine.model import NDArrays, build_model, get_parameters
-from engine.runs import RunFolder
+from engine.clients.dp import dp_accounting, privatize_update
+from engine.core.config import ExperimentConfig
+from engine.core.run_folder import RunFolder, write_json_atomic
+from engine.core.types import NDArrays
+from engine.data.cohort import folder_slices, load_cohort
+from engine.data.synthrad import scan_synthrad
+from engine.federation import protocol
+from engine.federation.aggregators import make_aggregator
+from engine.federation.protocol import (
+    Cancelled,
+    FederationResult,
+    RoundOutcome,
+    RoundRecorder,
+    close_round,
+)
+from engine.learning.local import LocalTraining
+from engine.learning.model import build_model, get_parameters
 
-FINAL_PARAMS = "flower_final.npz"  # in the run folder: the ServerApp's last global model
+# Files the ServerApp writes into the run folder, which the runtime reads back.
+FINAL_PARAMS = "flower_final.npz"  # the last global model
 TIMING = "flower_timing.json"
+ERROR_FILE = "flower_error.txt"  # written when the ServerApp fails
 
 
 # --------------------------------------------------------------------------- client
@@ -87,9 +103,6 @@ def _center_data(config_json: str, center: int, data_path: str) -> tuple[Any, bo
     """
     cfg = _experiment(config_json)
     if data_path:
-        from engine.data.cohort import folder_slices
-        from engine.data.synthrad import scan_synthrad
-
         folders = [f for group in scan_synthrad(data_path).values() for f in group]
         return folder_slices(folders, cfg.data), False
     cohort = load_cohort(cfg.data, cfg.seed)
@@ -145,13 +158,6 @@ def _client_dp(msg: Message, ctxt: Context, call_next: Any) -> Message:
     own ``LocalDpMod`` is parameterised by (ε, δ), draws unseeded noise and also noises
     integer buffers, so it could not reproduce an in-process run.
     """
-    import flwr.compat.common.recorddict_compat as compat
-    from flwr.app.message_type import MessageType
-
-    from engine.federation.client import LocalTraining
-    from engine.federation.dp import dp_accounting, privatize_update
-    from engine.federation.inprocess import dp_rng
-
     if msg.metadata.message_type != MessageType.TRAIN or "fitins.config" not in \
             msg.content.config_records:
         return call_next(msg, ctxt)
@@ -159,9 +165,7 @@ def _client_dp(msg: Message, ctxt: Context, call_next: Any) -> Message:
     cfg = _experiment(str(fit_ins.config["experiment"]))
     out = call_next(msg, ctxt)
     dp, center = cfg.defenses.dp, int(ctxt.node_config.get("partition-id", -1))
-    malicious = (cfg.attacks.poisoning.enabled
-                 and center in cfg.attacks.poisoning.malicious_centers)
-    if out.has_error() or not dp.enabled or dp.level != "client" or malicious:
+    if out.has_error() or not dp.enabled or dp.level != "client" or is_malicious(cfg, center):
         return out
     res = compat.recorddict_to_fitres(out.content, keep_input=True)
     sigma = dp_accounting(dp, cfg.federation.rounds, LocalTraining.from_config(cfg),
@@ -247,28 +251,21 @@ class EngineStrategy(Strategy):
         order = [n for n in self.names if n in got]  # centers in cohort order, as in-process
         uploads = {n: parameters_to_ndarrays(got[n].parameters) for n in order}
         metadata = {n: _metadata(got[n].metrics, got[n].num_examples) for n in order}
-        detection = None
         if self.cfg.defenses.secure_aggregation:
             # SecAgg+ hands every result the same unmasked sum: that is all the server has.
-            new_params = next(iter(uploads.values()))
-            encoding = {"kind": "secaggplus",
-                        "clipping_range": self.cfg.defenses.secagg_clipping_range}
+            outcome = RoundOutcome(uploads, next(iter(uploads.values())),
+                                   {"kind": "secaggplus",
+                                    "clipping_range": self.cfg.defenses.secagg_clipping_range})
         else:
-            new_params = self.aggregator([(uploads[n], metadata[n]["num_examples"])
-                                          for n in order])
-            encoding = {"kind": "plain"}
-            if self.malicious:
-                detection = update_statistics(uploads, self.global_params)
-        new_params = [p.astype(g.dtype) for p, g in zip(new_params, self.global_params,
-                                                        strict=True)]
-        if self.cfg.records_view(server_round):
-            server_view.write_round(self.run.path, server_round,
-                                    global_params=self.global_params, uploads=uploads,
-                                    aggregate=new_params, metadata=metadata,
-                                    encoding=encoding, param_names=self.param_names)
+            weights = {n: int(metadata[n]["num_examples"]) for n in order}
+            # The protocol's server step (Flower names its round argument server_round too).
+            outcome = protocol.server_round(self.cfg, server_round, uploads, weights,
+                                            self.global_params, self.aggregator, self.malicious)
+        new_params = close_round(self.cfg, self.run.path, server_round, self.global_params,
+                                 outcome, metadata, self.param_names)
         self.global_params = new_params
         self.result.train_s += time.perf_counter() - self.round_start
-        self.pending = {"clients": metadata, "detection": detection}
+        self.pending = {"clients": metadata, "detection": outcome.detection}
         self.aggregated_round = server_round
         return ndarrays_to_parameters(new_params), {}
 
@@ -291,8 +288,6 @@ class EngineStrategy(Strategy):
         return float(last.get("mae_hu", 0.0)), {}
 
     def _finish(self) -> None:
-        from engine.runs import write_json_atomic
-
         tmp = self.run.path / f".{FINAL_PARAMS}"
         with open(tmp, "wb") as fh:
             np.savez(fh, *self.global_params)
@@ -312,8 +307,6 @@ class EngineStrategy(Strategy):
 def failure_text(failure: Any) -> str:
     """The exception line of a failed reply (Flower wraps a ClientApp's traceback, with
     colour codes, in its error reason), e.g. ``ValueError: bad input``."""
-    import re
-
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(failure))
     lines = [ln.strip(" '\">)") for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", ln)]
@@ -352,8 +345,6 @@ def serve(grid: Grid, context: Context, run_dir: Path) -> None:
     try:
         workflow(grid, legacy)
     except BaseException as err:  # the runtime reads this: Flower itself only logs it
-        from engine.federation.flower_runtime import ERROR_FILE
-
         (run.path / ERROR_FILE).write_text(f"{type(err).__name__}: {err}")
         raise
 
@@ -377,11 +368,6 @@ class _SecAggPlus(SecAggPlusWorkflow):
 def _fit_round(grid: Grid, context: LegacyContext, timeout: float) -> None:
     """Flower's default fit round, but replies are awaited at most ``timeout`` seconds, so a
     lost SuperNode cannot hang the run (the strategy then decides if enough replied)."""
-    import flwr.compat.common.recorddict_compat as compat
-    from flwr.app.message_type import MessageType
-    from flwr.common import Code
-    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-
     rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
     parameters = compat.arrayrecord_to_parameters(
         context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)

@@ -3,7 +3,7 @@ SuperLink plus one SuperNode per center, started and stopped here).
 
 Either way the ServerApp of :mod:`engine.federation.flower_app` writes the run folder itself
 (round records, server view, final model), so :func:`run_flower` only starts Flower, waits,
-and reads the result back into a :class:`~engine.federation.inprocess.FederationResult`.
+and reads the result back into a :class:`~engine.federation.protocol.FederationResult`.
 A failure inside Flower (a client's exception, too few replies) ends as an exception with
 Flower's own message, never as a silently empty run.
 """
@@ -25,12 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from engine.config import ExperimentConfig
-from engine.federation.inprocess import Cancelled, FederationResult
-from engine.runs import RunFolder, pid_alive
+from engine.core.config import ExperimentConfig
+from engine.core.run_folder import RunFolder, pid_alive
+from engine.federation.flower_app import (
+    ERROR_FILE,
+    FINAL_PARAMS,
+    TIMING,
+    client_app,
+    server_app_for,
+)
+from engine.federation.protocol import Cancelled, FederationResult
 
-ERROR_FILE = "flower_error.txt"  # written by the ServerApp when it fails
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml) lives here
 FEDERATION = "fedsct-local"  # SuperLink connection name written for `flwr run`
 
@@ -84,10 +91,8 @@ def _follow(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None,
 
 
 def _simulate(cfg: ExperimentConfig, run: RunFolder) -> None:
-    import torch
+    # Deliberately lazy: Flower's simulation imports Ray, which only flower-sim needs.
     from flwr.simulation import run_simulation
-
-    from engine.federation.flower_app import client_app, server_app_for
 
     cpus = os.cpu_count() or 1
     gpus = 1.0 / cfg.data.centers if torch.cuda.is_available() else 0.0
@@ -102,8 +107,6 @@ def _simulate(cfg: ExperimentConfig, run: RunFolder) -> None:
 
 def collect(cfg: ExperimentConfig, run: RunFolder) -> FederationResult:
     """The finished Flower run's result, read from what its ServerApp wrote."""
-    from engine.federation.flower_app import FINAL_PARAMS, TIMING
-
     error = run.path / ERROR_FILE
     if error.is_file():
         message = error.read_text().strip()

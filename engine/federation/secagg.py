@@ -95,7 +95,7 @@ from flwr.supercore.primitives.asymmetric import (
     public_key_to_bytes,
 )
 
-NDArrays = list[np.ndarray]
+from engine.core.types import NDArrays
 
 __all__ = [
     "NDArrays",

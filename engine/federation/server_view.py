@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-NDArrays = list[np.ndarray]
+from engine.core.types import NDArrays
+from engine.federation.secagg import decode_single_upload
+
 VIEW_DIR = "server_view"
 
 
@@ -100,8 +102,6 @@ class RoundView:
         """
         upload = self.uploads[client]
         if self.encoding.get("kind") == "secagg":
-            from engine.federation.secagg import decode_single_upload
-
             return decode_single_upload(upload, self.encoding, self.global_params)
         return upload
 

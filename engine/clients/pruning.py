@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NDArrays = list[np.ndarray]
+from engine.core.types import NDArrays, is_float
 
 
 def prune_update(local: NDArrays, global_params: NDArrays, fraction: float) -> NDArrays:
@@ -26,7 +26,7 @@ def prune_update(local: NDArrays, global_params: NDArrays, fraction: float) -> N
         raise ValueError(f"prune fraction {fraction} must be in [0, 1)")
     out = []
     for loc, glob in zip(local, global_params, strict=True):
-        if fraction == 0.0 or not np.issubdtype(loc.dtype, np.floating) or loc.size == 0:
+        if fraction == 0.0 or not is_float(loc) or loc.size == 0:
             out.append(loc)
             continue
         delta = loc.astype(np.float64) - glob

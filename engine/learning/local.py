@@ -13,11 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import ExperimentConfig
-from engine.data.preprocess import HU_MIN, hu_to_unit, unit_to_hu
+from engine.core.config import ExperimentConfig
+from engine.core.metrics import patient_metrics
+from engine.core.types import NDArrays
+from engine.core.units import HU_MIN, hu_to_unit, unit_to_hu
 from engine.data.types import SliceSet
-from engine.metrics import patient_metrics
-from engine.model import NDArrays, get_parameters, set_parameters
+from engine.learning.model import get_parameters, set_parameters
 
 # Adam's ε, public like the rest of the recipe: an attacker that knows it can read the size of
 # a one-step Adam update's gradient back from the update (engine.attacks.inversion).

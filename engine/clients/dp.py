@@ -37,10 +37,11 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 from torch.func import functional_call, grad, vmap
 
-from engine.config import DPConfig, ExperimentConfig
+from engine.core.config import DPConfig, ExperimentConfig
+from engine.core.types import NDArrays, is_float
 from engine.data.types import SliceSet
-from engine.federation.client import ADAM_EPS, LocalTraining, as_tensors, training_loss
-from engine.model import NDArrays, get_parameters, set_parameters
+from engine.learning.local import ADAM_EPS, LocalTraining, as_tensors, training_loss
+from engine.learning.model import get_parameters, set_parameters
 
 NEIGHBOURING = {
     "client": "add/remove one hospital's whole contribution (every hospital in every round)",
@@ -157,7 +158,7 @@ def privatize_update(local: NDArrays, global_params: NDArrays, clip_norm: float,
     Returns the privatised parameters and ``{"noise_std"}`` (public: nothing that depends on
     the raw update, such as its norm or whether it was clipped, leaves the client).
     """
-    floats = [i for i, a in enumerate(local) if np.issubdtype(a.dtype, np.floating)]
+    floats = [i for i, a in enumerate(local) if is_float(a)]
     loc = [local[i].astype(np.float64) for i in floats]
     glob = [global_params[i].astype(np.float64) for i in floats]
     compute_clip_model_update(loc, glob, clip_norm)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from monai.networks.nets import UNet
 
-from engine.config import ExperimentConfig
+from engine.core.config import ExperimentConfig
+from engine.core.types import NDArrays
 
-NDArrays = list[np.ndarray]
 NORMS = ("instance", "batch", "none")
 
 

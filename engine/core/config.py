@@ -7,6 +7,8 @@ allowed (:class:`ConfigError`). Keys are a public interface: extend, never renam
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -389,9 +391,6 @@ def config_hash(cfg: ExperimentConfig) -> str:
     Only values that differ from the defaults count, so a new config key (added with a
     default that keeps the old behaviour) does not make every earlier run look different.
     """
-    import hashlib
-    import json
-
     data = cfg.model_dump(exclude_defaults=True)
     data.pop("name", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -466,15 +465,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(preset: str | None = None, file: str | Path | None = None,
-                 sets: list[str] | tuple[str, ...] = (),
-                 overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Defaults ← preset ← config file ← overrides ← ``--set`` expressions, then validate."""
-    from engine.presets import preset_overrides
-
-    data: dict[str, Any] = {}
-    if preset:
-        data = deep_merge(data, preset_overrides(preset))
+def config_from(base: dict[str, Any] | None = None, file: str | Path | None = None,
+                sets: list[str] | tuple[str, ...] = (),
+                overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults ← ``base`` (e.g. a preset's overrides) ← config file ← overrides ← ``--set``
+    expressions, then validate (:func:`engine.orchestration.presets.build_config` starts
+    from a named preset)."""
+    data: dict[str, Any] = copy.deepcopy(base or {})
     if file:
         data = deep_merge(data, load_config_file(file))
     if overrides:

@@ -16,9 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import mannwhitneyu
 from skimage.metrics import structural_similarity
+from sklearn.metrics import roc_curve
 
-from engine.data.preprocess import HU_MAX, HU_MIN, HU_RANGE
+from engine.core.units import HU_MAX, HU_MIN, HU_RANGE
 
 SSIM_CROP = 3
 
@@ -137,8 +141,6 @@ def bootstrap_aucs(scores: np.ndarray, members: np.ndarray, groups: np.ndarray,
 def rank_test_p(pos: np.ndarray, neg: np.ndarray) -> float:
     """One-sided p-value of "members score higher" (Mann–Whitney U; exact for small samples,
     so that a handful of patients cannot look significant)."""
-    from scipy.stats import mannwhitneyu
-
     method = "exact" if max(len(pos), len(neg)) <= 50 else "asymptotic"
     return float(mannwhitneyu(pos, neg, alternative="greater", method=method).pvalue)
 
@@ -162,8 +164,6 @@ def roc_summary(scores: np.ndarray, members: np.ndarray, *, groups: np.ndarray |
     can resolve), "tpr_min_nonmembers": {level: n}, "fpr", "tpr", "n_members",
     "n_nonmembers", "n_member_groups", "n_nonmember_groups", "family"}``.
     """
-    from sklearn.metrics import roc_curve
-
     scores = np.asarray(scores, dtype=np.float64)
     members = np.asarray(members, dtype=bool)
     if members.all() or not members.any():
@@ -242,8 +242,6 @@ def reconstruction_metrics(mri: np.ndarray, ct_unit: np.ndarray, true_mri: np.nd
     (``[reconstruction, original]`` indices) and ``n`` (pairs; fewer than the
     reconstructions when more were made than the client had slices).
     """
-    from scipy.optimize import linear_sum_assignment
-
     rec_m, rec_c = mri[:, 0], ct_unit[:, 0]
     tru_m, tru_c, msk = true_mri[:, 0], true_ct_unit[:, 0], mask[:, 0].astype(bool)
     sim = np.array([[_ssim_pair(r, t, None) for t in tru_m] for r in rec_m])
@@ -269,8 +267,6 @@ def template_metrics(mri: np.ndarray, ct_unit: np.ndarray, true_mri: np.ndarray,
 
 def _pair_metrics(rec_m: np.ndarray, rec_c: np.ndarray, tru_m: np.ndarray, tru_c: np.ndarray,
                   msk: np.ndarray, blur_px: float) -> dict[str, float]:
-    from scipy.ndimage import gaussian_filter
-
     return {
         "ssim": _ssim_pair(rec_m, tru_m, None),
         "ssim_body": _ssim_pair(rec_m, tru_m, msk),

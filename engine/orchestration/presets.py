@@ -1,10 +1,18 @@
-"""Named experiment presets. Names are a public interface (`fedsct run --preset NAME`)."""
+"""The catalogue: named experiment presets and sweeps, and building a config from a preset.
+
+Names are a public interface (``fedsct run --preset NAME``, ``fedsct sweep --preset NAME``).
+A sweep is a base preset plus a list of cells, each a list of ``--set`` overrides; running
+one is :mod:`engine.orchestration.sweeps`.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError
+from engine.core.config import ConfigError, ExperimentConfig, config_from
 
 _MIA_BASE: dict[str, Any] = {
     "name": "mia-paper",
@@ -260,10 +268,203 @@ def preset_overrides(name: str) -> dict[str, Any]:
     """The config overrides of preset ``name`` (a fresh copy)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    import copy
-
     return copy.deepcopy(PRESETS[name]["config"])
+
+
+def build_config(preset: str | None = None, file: str | Path | None = None,
+                 sets: list[str] | tuple[str, ...] = (),
+                 overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults ← preset ← config file ← overrides ← ``--set`` expressions, then validate;
+    :class:`~engine.core.config.ConfigError` names every bad key."""
+    return config_from(preset_overrides(preset) if preset else None, file, sets, overrides)
 
 
 def preset_description(name: str) -> str:
     return PRESETS[name]["description"]
+
+
+# --------------------------------------------------------------------------- sweeps
+
+# Rules that run with 4 centers (Krum, Multi-Krum need > 2f+2 = 4 and Bulyan ≥ 4f+3 = 7
+# centers against one attacker, so they are left out of the 4-center study).
+POISON_AGGREGATORS: dict[str, list[str]] = {
+    "fedavg": [],
+    "fedprox": ["federation.aggregator=fedprox", "federation.fedprox_mu=0.01"],
+    "fedmedian": ["federation.aggregator=fedmedian"],
+    "trimmed_mean": ["federation.aggregator=trimmed_mean"],
+}
+# Low and high level of each noise kind: data noise in normalised units, update noise per
+# parameter in absolute units.
+POISON_LEVELS: dict[str, tuple[float, float]] = {"data_noise": (0.1, 1.0),
+                                                 "update_noise": (0.03, 0.3)}
+# Two attackers out of four are beyond what any robust rule here tolerates (the median needs
+# an honest majority; a 25 % trim of 4 values equals the median): pairs are run with the
+# averaging rules and the median, to show where robustness ends.
+PAIR_AGGREGATORS = ("fedavg", "fedprox", "fedmedian")
+# The privacy budgets of the DP studies (ε after the last round; no DP is ε = ∞).
+DP_EPSILONS = (64.0, 16.0, 4.0, 1.0)
+
+
+def _as_sets(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": {"b": 1}}`` → ``["a.b=1"]`` (the ``--set`` form of a nested override)."""
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _as_sets(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def _poison_cells() -> list[list[str]]:
+    cells = [list(a) for a in POISON_AGGREGATORS.values()]  # clean baselines first
+    singles = [[c] for c in range(4)]
+    pairs = [[a, b] for a in range(4) for b in range(a + 1, 4)]
+    for kind, levels in POISON_LEVELS.items():
+        for std in levels:
+            for name, agg in POISON_AGGREGATORS.items():
+                for bad in singles + (pairs if name in PAIR_AGGREGATORS else []):
+                    cells.append([*agg, "attacks.poisoning.enabled=true",
+                                  f"attacks.poisoning.kind={kind}",
+                                  f"attacks.poisoning.malicious_centers={bad}",
+                                  f"attacks.poisoning.noise_std={std}"])
+    return cells
+
+
+def _model_poison_cells() -> list[list[str]]:
+    cells = [list(a) for a in POISON_AGGREGATORS.values()]
+    for kind in ("sign_flip", "scaling", "alie"):
+        for agg in POISON_AGGREGATORS.values():
+            cells.append([*agg, "attacks.poisoning.enabled=true",
+                          f"attacks.poisoning.kind={kind}"])
+    return cells
+
+
+def _data_noise_cells() -> list[list[str]]:
+    cells = []
+    for loss in ("l1", "mse"):
+        for opt in ("adam", "sgd"):
+            train = [f"federation.loss={loss}", f"federation.optimizer={opt}"]
+            if opt == "sgd":
+                train.append("federation.lr=0.1")
+            cells.append(train)
+            cells += [[*train, "attacks.poisoning.enabled=true",
+                       "attacks.poisoning.kind=data_noise", f"attacks.poisoning.target={t}",
+                       "attacks.poisoning.noise_std=1.0"] for t in ("mri", "ct", "both")]
+    return cells
+
+
+SWEEPS: dict[str, dict[str, Any]] = {
+    "mia-dp": {
+        "description": (
+            "Differential privacy against membership inference at meaningful ε: mia-paper "
+            "without DP (ε = ∞), then hospital-level DP (updates clipped to norm 5) and "
+            "patient-level DP-SGD (per-patient gradients clipped to norm 1) at ε 64, 16, 4 "
+            "and 1 (δ 1e-5); patient-level AUCs with intervals beside the model's MAE."
+        ),
+        "base": "mia-paper",
+        "cells": [
+            [],
+            *[["defenses.dp.enabled=true", "defenses.dp.level=client",
+               "defenses.dp.clip_norm=5.0", f"defenses.dp.target_epsilon={e}"]
+              for e in DP_EPSILONS],
+            *[["defenses.dp.enabled=true", "defenses.dp.level=sample",
+               "defenses.dp.clip_norm=1.0", f"defenses.dp.target_epsilon={e}"]
+              for e in DP_EPSILONS],
+        ],
+    },
+    "inversion-factors": {
+        "description": (
+            "Why a design leaks: inversion-easy, then one factor changed at a time — L1 loss, "
+            "InstanceNorm, 4 slices per step, 4 local steps, a late round, 64 px, Adam (one "
+            "step, attacked with and without reading Adam's step back; and 4 steps); "
+            "reconstruction SSIM beside the mean-image floor, calibrated verdicts."
+        ),
+        "base": "inversion-easy",
+        "cells": [
+            [],
+            ["federation.loss=l1"],
+            ["model.norm=instance"],
+            ["data.slices_per_patient=4", "federation.batch_size=4"],
+            ["federation.local_epochs=4"],
+            ["federation.server_view_rounds=[30]", "attacks.inversion.target_round=last"],
+            ["data.image_size=64"],
+            ["federation.optimizer=adam", "federation.lr=0.002"],
+            ["federation.optimizer=adam", "federation.lr=0.002",
+             "attacks.inversion.adam=simulate"],
+            ["federation.optimizer=adam", "federation.lr=0.002", "federation.local_epochs=4"],
+        ],
+    },
+    "inversion-budget": {
+        "description": (
+            "How much attack is enough: ig-strong on hospital 0 with 400, 2,000 and 8,000 "
+            "iterations, and at 2,000 iterations with total-variation weights 0.001, 0.01 "
+            "and 0.1; matching loss, body SSIM and the calibration control at each budget."
+        ),
+        "base": "ig-strong",
+        "cells": [
+            *[["attacks.inversion.target_center=0", f"attacks.inversion.iterations={n}"]
+              for n in (400, 2000, 8000)],
+            *[["attacks.inversion.target_center=0", "attacks.inversion.iterations=2000",
+               f"attacks.inversion.tv_weight={w}"] for w in (0.001, 0.01, 0.1)],
+        ],
+    },
+    "inversion-defenses": {
+        "description": (
+            "Defenses against the inversion-easy leak: secure aggregation over 3 centers, "
+            "hospital-level DP (ε 64 and 4), update pruning, 4 slices per step; "
+            "reconstruction SSIM and the cost in sCT MAE (about 15 min)."
+        ),
+        "base": "inversion-easy",
+        "cells": [
+            [],
+            ["defenses.secure_aggregation=true"],
+            *[["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.05",
+               f"defenses.dp.target_epsilon={e}"] for e in (64.0, 4.0)],
+            *[[f"defenses.prune_fraction={f}"] for f in (0.9, 0.99)],
+            ["data.slices_per_patient=4", "federation.batch_size=4"],
+        ],
+    },
+    "whatif": {
+        "description": (
+            "One patient with and without defenses: the whatif preset as is, then hardened "
+            "with secure aggregation and client-level DP (clip 5, σ 0.001). Give the patient "
+            "with --set data.whatif_patient=FOLDER (about 5 min)."
+        ),
+        "base": "whatif",
+        "cells": [[], _as_sets({"defenses": HARDENED_DEFENSES})],
+        "requires": ["data.whatif_patient"],
+    },
+    "poison-paper": {
+        "description": (
+            "The study's poisoning grid on poison-base: every single malicious center (and "
+            "every pair for FedAvg, FedProx, FedMedian) × noise on data or on the upload × a "
+            "low and a high level × FedAvg, FedProx, FedMedian, trimmed mean; clean baselines "
+            "first (about 20 min)."
+        ),
+        "base": "poison-base",
+        "cells": _poison_cells(),
+    },
+    "poison-model": {
+        "description": (
+            "Model poisoning beyond the study, 4 centers and 1 attacker: sign flip, scaling "
+            "(model replacement) and A Little Is Enough against each rule (about 2 min)."
+        ),
+        "base": "poison-base",
+        "cells": _model_poison_cells(),
+    },
+    "poison-data-factors": {
+        "description": (
+            "Which data noise hurts: strong noise (σ 1) on the MRI, the CT or both, with an "
+            "L1 or MSE loss and Adam or SGD local training; FedAvg (about 2 min)."
+        ),
+        "base": "poison-base",
+        "cells": _data_noise_cells(),
+    },
+}
+
+
+def sweep_spec(name: str) -> dict[str, Any]:
+    if name not in SWEEPS:
+        raise ConfigError(f"unknown sweep preset {name!r}; available: {', '.join(SWEEPS)}")
+    return SWEEPS[name]

@@ -7,7 +7,9 @@ import json
 import sys
 import time
 
-from engine.config import ConfigError, build_config
+from engine.core.config import ConfigError
+from engine.orchestration.presets import PRESETS, SWEEPS, build_config
+from engine.orchestration.store import RunIndex, create_run
 
 EXAMPLES = """examples:
   fedsct run --preset smoke
@@ -57,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from engine.experiment import execute
-    from engine.runs import create_run
+    # Deliberately lazy: torch and MONAI load only once the config is valid, so a bad
+    # setting is refused at once.
+    from engine.orchestration.experiment import execute
 
     try:
         cfg = build_config(args.preset, args.config, args.sets)
@@ -97,7 +100,7 @@ def _round_printer(total: int):  # noqa: ANN202 - a callback
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from engine.sweeps import run_sweep
+    from engine.orchestration.sweeps import run_sweep  # lazy, as in _cmd_run
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -115,9 +118,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets() -> int:
-    from engine.presets import PRESETS
-    from engine.sweeps import SWEEPS
-
     width = max(map(len, [*PRESETS, *SWEEPS]))
     print("experiment presets (fedsct run --preset NAME):")
     for name, p in PRESETS.items():
@@ -129,8 +129,6 @@ def _cmd_presets() -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from engine.runs import RunIndex
-
     rows = RunIndex(args.out).list()
     if args.json:
         print(json.dumps(rows, indent=1))

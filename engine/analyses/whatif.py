@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from engine.attacks.inversion import inversion_verdict
-from engine.config import ExperimentConfig
+from engine.core.config import ExperimentConfig
+from engine.core.metrics import reconstruction_metrics, template_metrics
 from engine.data.cohort import whatif_patient_id
 from engine.data.types import Cohort
-from engine.metrics import reconstruction_metrics, template_metrics
 
 # Share of never-trained patients the what-if patient must outrank to count as exposed.
 EXPOSED_RANK = 0.9

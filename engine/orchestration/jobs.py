@@ -7,6 +7,7 @@ between clients, and the process group is terminated if it does not stop in time
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,15 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-from engine.config import ExperimentConfig
-from engine.runs import ACTIVE, JOB_PID_FILE, RunFolder, create_run
+from engine.core.config import ExperimentConfig
+from engine.core.run_folder import ACTIVE, JOB_PID_FILE, RunFolder, pid_alive, write_json_atomic
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import sweep_spec
+from engine.orchestration.store import create_run, runs_root
+from engine.orchestration.sweeps import CANCEL_FILE, sweep_folder
 
 
 def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
               preset: str | None = None) -> RunFolder:
     """Create a run folder for ``cfg`` and execute it in a detached process."""
     run = create_run(cfg, root, preset=preset)
-    _spawn([sys.executable, "-m", "engine.jobs", str(run.path)], run.path)
+    _spawn([sys.executable, "-m", "engine.orchestration.jobs", str(run.path)], run.path)
     return run
 
 
@@ -58,9 +63,6 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
                     root: str | Path | None = None) -> Path:
     """Run (or resume) sweep ``name`` in a detached process; returns its folder, whose
     ``sweep.json`` shows progress (``state``, ``cells_done``, ``current_run``)."""
-    from engine.runs import runs_root, write_json_atomic
-    from engine.sweeps import CANCEL_FILE, sweep_folder, sweep_spec
-
     spec = sweep_spec(name)
     folder = sweep_folder(name, sets, root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +71,7 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
     write_json_atomic(folder / "sweep.json", {"name": name, "base": spec["base"],
                                               "state": "queued", "cells_done": 0,
                                               "cells": [{} for _ in spec["cells"]]})
-    cmd = [sys.executable, "-m", "engine.cli", "sweep", "--preset", name,
+    cmd = [sys.executable, "-m", "engine.orchestration.cli", "sweep", "--preset", name,
            "--out", str(runs_root(root))]
     for s in sets:
         cmd += ["--set", s]
@@ -80,11 +82,6 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
 def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
     """Stop a background sweep and wait for its process to end: no new cell starts, the
     running cell is cancelled; after ``grace_s`` the process group is terminated."""
-    import json
-
-    from engine.runs import pid_alive
-    from engine.sweeps import CANCEL_FILE
-
     try:
         pid: int | None = int((folder / JOB_PID_FILE).read_text())
     except (OSError, ValueError):
@@ -110,8 +107,6 @@ def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.experiment import execute
-
     args = argv if argv is not None else sys.argv[1:]
     run = RunFolder(Path(args[0]))
     return 0 if execute(run) is not None or run.status()["state"] == "cancelled" else 1

@@ -1,0 +1,120 @@
+"""What one hospital does in a round, the same on every runtime (in process and Flower).
+
+Honest hospitals train (:mod:`engine.learning.local`; with patient-level DP, DP-SGD) and then
+apply the client-side defenses in order: prune the update, clip and noise it (hospital-level
+DP); masking for secure aggregation is the protocol's (:mod:`engine.federation.secagg`).
+Malicious hospitals train on their (possibly poisoned) data and send their attack instead
+(:mod:`engine.clients.malicious`). Every random choice is drawn from a stream seeded by the
+experiment's seed, the round and the hospital, so a runtime cannot change the result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.clients.dp import (
+    DPAccounting,
+    dp_accounting,
+    privatize_update,
+    public_metadata,
+    train_local_dp_sgd,
+)
+from engine.clients.malicious import malicious_upload, poison_slices
+from engine.clients.pruning import prune_update
+from engine.core.config import ExperimentConfig
+from engine.core.types import NDArrays
+from engine.data.types import Cohort, SliceSet
+from engine.learning.local import LocalTraining, train_local
+
+
+def client_seed(seed: int, rnd: int, center: int) -> int:
+    """The seed of ``center``'s local training in round ``rnd`` (its batch order)."""
+    return int(np.random.default_rng([seed, rnd, center]).integers(2**62))
+
+
+def training_sets(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str]]:
+    """Every center's training slices (poisoned for ``data_noise`` attackers) and the names
+    of the malicious centers (empty without poisoning)."""
+    poison = cfg.attacks.poisoning
+    if not poison.enabled:
+        return [c.train for c in cohort.centers], set()
+    bad = set(poison.malicious_centers)
+    data = [poison_slices(c.train, poison.target, poison.noise_std, poison.fraction,
+                          np.random.default_rng([cfg.seed, k, 2]))
+            if k in bad and poison.kind == "data_noise" else c.train
+            for k, c in enumerate(cohort.centers)]
+    return data, {cohort.centers[k].name for k in bad}
+
+
+def is_malicious(cfg: ExperimentConfig, center: int) -> bool:
+    poison = cfg.attacks.poisoning
+    return poison.enabled and center in poison.malicious_centers
+
+
+def honest_dp(cfg: ExperimentConfig, center: int) -> bool:
+    """Whether ``center`` applies DP (malicious centers skip client-side defenses)."""
+    return cfg.defenses.dp.enabled and not is_malicious(cfg, center)
+
+
+def client_update(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, center: int,
+                  data: SliceSet, global_params: NDArrays) -> tuple[NDArrays, dict[str, Any]]:
+    """Center ``center``'s local training in round ``rnd`` (seeded by both): the same on
+    every runtime. Patient-level DP trains with DP-SGD. Returns its trained parameters and
+    the metadata it reports (a DP hospital reports public protocol values only)."""
+    local, seed = LocalTraining.from_config(cfg), client_seed(cfg.seed, rnd, center)
+    if not honest_dp(cfg, center):
+        return train_local(model, global_params, data, local, seed=seed)
+    dp = cfg.defenses.dp
+    if dp.level == "sample":
+        accounting = dp_accounting(dp, cfg.federation.rounds, local, len(data))
+        trained, meta = train_local_dp_sgd(model, global_params, data, local, accounting,
+                                           dp.clip_norm, seed=seed)
+    else:
+        trained, meta = train_local(model, global_params, data, local, seed=seed)
+    return trained, public_metadata(meta)
+
+
+def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArrays,
+                  metadata: dict[str, Any], global_params: NDArrays, malicious: bool,
+                  all_trained: list[NDArrays] | None = None, *, dp: bool = True) -> NDArrays:
+    """What center ``center`` sends after training: honest centers apply the client-side
+    defenses (pruning, then DP unless ``dp`` is False; DP's clip and noise go into
+    ``metadata``), malicious ones their attack. ``all_trained`` (every center's honest
+    model) is needed by ``alie`` only."""
+    rng = dp_rng(cfg, rnd, center)
+    if malicious:
+        # ALIE is given every center's honestly trained update (its own included).
+        return malicious_upload(cfg.attacks.poisoning.kind, trained, all_trained or [trained],
+                                global_params, cfg.attacks.poisoning, rng)
+    if cfg.defenses.prune_fraction:
+        trained = prune_update(trained, global_params, cfg.defenses.prune_fraction)
+    dp_cfg = cfg.defenses.dp
+    if dp and dp_cfg.enabled and dp_cfg.level == "client":
+        sigma = dp_accounting(dp_cfg, cfg.federation.rounds, LocalTraining.from_config(cfg),
+                              int(metadata["num_examples"])).noise_multiplier
+        trained, dp_meta = privatize_update(trained, global_params, dp_cfg.clip_norm, sigma,
+                                            rng)
+        metadata |= dp_meta
+    return trained
+
+
+def dp_accountings(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, DPAccounting]:
+    """Center name → its DP accounting, for the centers that apply DP (empty without DP)."""
+    local = LocalTraining.from_config(cfg)
+    return {c.name: dp_accounting(cfg.defenses.dp, cfg.federation.rounds, local, len(c.train))
+            for k, c in enumerate(cohort.centers) if honest_dp(cfg, k)}
+
+
+def dp_epsilon(accountings: dict[str, DPAccounting], rounds: int) -> float | None:
+    """The weakest (largest) ε over the DP centers after ``rounds`` rounds; None for ∞."""
+    eps = max((a.epsilon(rounds) for a in accountings.values()), default=math.inf)
+    return eps if math.isfinite(eps) else None
+
+
+def dp_rng(cfg: ExperimentConfig, rnd: int, center: int) -> np.random.Generator:
+    """The random stream of ``center``'s client-side noise in round ``rnd``."""
+    return np.random.default_rng([cfg.seed, rnd, center, 1])

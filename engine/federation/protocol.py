@@ -1,0 +1,154 @@
+"""The federation protocol around the hospitals: one server round and one round's record.
+
+:func:`server_round` is what the server does with the uploads it receives (secure
+aggregation, or the aggregation rule and the detection view), :func:`close_round` stores what
+the server saw and returns the new global model, and :class:`RoundRecorder` evaluates the
+global model and writes the round's record. The in-process runner and the Flower ServerApp
+both use them, so every runtime stores the same server view and records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.clients.behaviour import client_seed, dp_accountings, dp_epsilon
+from engine.core.config import ExperimentConfig
+from engine.core.metrics import mean_over_patients
+from engine.core.types import NDArrays
+from engine.data.types import Cohort
+from engine.federation import server_view
+from engine.federation.detection import update_statistics
+from engine.federation.secagg import secure_round
+from engine.learning.local import evaluate_patients
+from engine.learning.model import build_model
+
+
+class Cancelled(Exception):
+    """Raised inside the runner when the user asked to stop."""
+
+
+@dataclass
+class FederationResult:
+    """What a finished federation hands back (all metrics in HU / dB / unitless SSIM)."""
+
+    final_params: NDArrays
+    history: list[dict[str, Any]] = field(default_factory=list)
+    per_center: dict[str, dict[str, float]] = field(default_factory=dict)
+    unseen_center: dict[str, float] | None = None
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    steps: int = 0
+    detection: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RoundOutcome:
+    """What the server holds after receiving a round's uploads.
+
+    Attributes:
+        sent: client → its upload as the server received it (masked under SecAgg, or the
+            sum for every client under Flower's SecAgg+).
+        aggregate: the new global model the server computed.
+        encoding: how uploads are encoded (public protocol parameters only).
+        detection: the detection view when attackers are present and uploads are plain.
+    """
+
+    sent: dict[str, NDArrays]
+    aggregate: NDArrays
+    encoding: dict[str, Any]
+    detection: dict[str, dict] | None = None
+
+
+def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
+                 weights: dict[str, int], global_params: NDArrays,
+                 aggregator: Callable[[list[tuple[NDArrays, int]]], NDArrays],
+                 malicious: set[str]) -> RoundOutcome:
+    """The server's step for ``uploads`` (client → parameters) weighted by ``weights``:
+    SecAgg+ in process (the server receives masked uploads and unmasks only their weighted
+    mean), else the aggregation rule, plus the detection view when attackers are present."""
+    if cfg.defenses.secure_aggregation:
+        sent, new_params, encoding = secure_round(
+            uploads, weights, cfg.defenses.secagg_clipping_range,
+            seed=client_seed(cfg.seed, rnd, 10_000))
+        return RoundOutcome(sent, new_params, encoding)
+    new_params = aggregator([(uploads[c], weights[c]) for c in uploads])
+    detection = update_statistics(uploads, global_params) if malicious else None
+    return RoundOutcome(uploads, new_params, {"kind": "plain"}, detection)
+
+
+def close_round(cfg: ExperimentConfig, run_dir: Path | None, rnd: int,
+                global_params: NDArrays, outcome: RoundOutcome,
+                metadata: dict[str, dict[str, Any]], param_names: list[str]) -> NDArrays:
+    """Store the round's server view (when ``federation.server_view_rounds`` asks) and return
+    the new global model in the global model's dtypes."""
+    new_params = [p.astype(g.dtype) for p, g in zip(outcome.aggregate, global_params,
+                                                    strict=True)]
+    if run_dir is not None and cfg.records_view(rnd):
+        server_view.write_round(run_dir, rnd, global_params=global_params,
+                                uploads=outcome.sent, aggregate=new_params, metadata=metadata,
+                                encoding=outcome.encoding, param_names=param_names)
+    return new_params
+
+
+def evaluate_global(model: torch.nn.Module, params: NDArrays,
+                    cohort: Cohort) -> tuple[dict[str, float], dict[str, dict], dict | None]:
+    """Metrics of ``params``: pooled over all centers' held-out patients, per center, unseen.
+
+    Each patient is predicted and scored once; pooled = the mean over all held-out patients.
+    """
+    rows = {c.name: list(evaluate_patients(model, params, c.test).values())
+            for c in cohort.centers}
+    per_center = {name: mean_over_patients(r) for name, r in rows.items()}
+    pooled = mean_over_patients([r for center in rows.values() for r in center])
+    unseen = None
+    if cohort.unseen:
+        unseen = mean_over_patients(list(evaluate_patients(model, params,
+                                                           cohort.unseen.test).values()))
+    return pooled, per_center, unseen
+
+
+class RoundRecorder:
+    """Evaluates the global model after a round and builds the round's record (the same
+    format on every runtime, see :func:`run_federation`)."""
+
+    def __init__(self, cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
+                 on_round: Callable[[dict[str, Any]], None] | None,
+                 model: torch.nn.Module | None = None) -> None:
+        self.cfg, self.cohort, self.result, self.on_round = cfg, cohort, result, on_round
+        self.model = model or build_model(cfg)  # its weights are overwritten to evaluate
+        self.accountings = dp_accountings(cfg, cohort)
+        self.t_start = time.perf_counter()
+
+    def evaluate_now(self, rnd: int) -> bool:
+        fed = self.cfg.federation
+        return rnd in (0, fed.rounds) or rnd % fed.eval_every == 0
+
+    def record(self, rnd: int, global_params: NDArrays, clients: dict[str, dict],
+               detection: dict[str, dict] | None = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = self.result
+        entry: dict[str, Any] = {"round": rnd, "global": None, "per_center": None,
+                                 "unseen": None, "clients": clients}
+        result.steps += sum(int(m.get("steps", 0)) for m in clients.values())
+        if self.accountings and rnd > 0:
+            entry["dp_epsilon"] = dp_epsilon(self.accountings, rnd)
+        if detection is not None:
+            entry["detection"] = detection
+            result.detection.append({"round": rnd, "clients": detection})
+        if self.evaluate_now(rnd):
+            pooled, per_center, unseen = evaluate_global(self.model, global_params,
+                                                         self.cohort)
+            entry |= {"global": pooled, "per_center": per_center, "unseen": unseen}
+            result.history.append({"round": rnd, **pooled})
+            result.per_center, result.unseen_center = per_center, unseen
+        result.eval_s += time.perf_counter() - t0
+        entry["elapsed_s"] = round(time.perf_counter() - self.t_start, 3)
+        if self.on_round:
+            self.on_round(entry)
+        return entry

@@ -1,0 +1,175 @@
+"""Execute one experiment into its run folder: data → federation → attacks → summary.
+
+The attacks run in the order of :data:`ATTACKS`, a registry of steps: each says when it is
+enabled and how it runs, and writes its own block of ``summary.json``. A new attack is one
+more :class:`AttackStep`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.analyses.poisoning import baseline_config, poisoning_report
+from engine.analyses.summary import build_summary
+from engine.analyses.whatif import run_whatif
+from engine.attacks.inversion import run_inversion
+from engine.attacks.membership import run_membership
+from engine.core.config import ExperimentConfig
+from engine.core.render import sample_row, save_png
+from engine.core.run_folder import RunFolder
+from engine.data.cohort import AttackerData, attacker_data, load_cohort
+from engine.data.types import Cohort
+from engine.federation.flower_runtime import run_flower
+from engine.federation.inprocess import run_federation
+from engine.federation.protocol import Cancelled, FederationResult
+from engine.learning.local import predict_sct_hu
+from engine.learning.model import build_model, count_parameters, select_device, set_parameters
+from engine.orchestration.store import find_finished_run
+
+
+@dataclass
+class RunContext:
+    """What an attack step gets: the run, its data and federation, and what earlier steps
+    wrote (by summary key)."""
+
+    run: RunFolder
+    cfg: ExperimentConfig
+    cohort: Cohort
+    result: FederationResult
+    attacker: AttackerData | None
+    done: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttackStep:
+    """One analysis after training: its ``summary.json`` key, the status phase shown while it
+    runs, when it is enabled, and how it runs."""
+
+    key: str
+    phase: str
+    enabled: Callable[[ExperimentConfig], bool]
+    run: Callable[[RunContext], dict[str, Any]]
+
+
+def _poisoning(ctx: RunContext) -> dict[str, Any]:
+    """The poisoning report against the clean baseline: a finished identical clean run in the
+    same runs root, else the clean federation trained now (nothing of it stored but its
+    learning curve)."""
+    clean = baseline_config(ctx.cfg)
+    found = find_finished_run(clean, ctx.run.root)
+    if found is not None:
+        ctx.run.log(f"baseline: reusing the clean run {found.run_id}")
+        history = (found.summary() or {})["federation"]["history"]
+    else:
+        ctx.run.log("baseline: training the same federation without attackers")
+        history = run_federation(clean, ctx.cohort,
+                                 should_stop=ctx.run.cancel_requested).history
+    return poisoning_report(ctx.cfg, ctx.cohort, ctx.result, history,
+                            found.run_id if found is not None else None)
+
+
+ATTACKS: tuple[AttackStep, ...] = (
+    AttackStep("mia", "membership inference",
+               lambda cfg: cfg.attacks.membership.enabled,
+               lambda ctx: run_membership(ctx.run.path, ctx.cfg, ctx.cohort)),
+    AttackStep("inversion", "gradient inversion",
+               lambda cfg: cfg.attacks.inversion.enabled,
+               lambda ctx: run_inversion(ctx.run.path, ctx.cfg, ctx.cohort, ctx.attacker,
+                                         progress=ctx.run.log)),
+    AttackStep("poisoning", "poisoning baseline",
+               lambda cfg: cfg.attacks.poisoning.enabled, _poisoning),
+    AttackStep("whatif", "what-if",
+               lambda cfg: cfg.data.whatif_patient is not None,
+               lambda ctx: run_whatif(ctx.run.path, ctx.cfg, ctx.cohort,
+                                      ctx.done.get("inversion"))),
+)
+
+
+def _save_samples(run: RunFolder, cfg: ExperimentConfig, cohort: Cohort,
+                  result: FederationResult) -> dict[str, str]:
+    """One held-out slice per center (middle of the first patient): npz for the UI + PNG."""
+    model = build_model(cfg)
+    set_parameters(model, result.final_params)
+    groups = [(c.name, c.test) for c in cohort.centers]
+    if cohort.unseen:
+        groups.append((cohort.unseen.name, cohort.unseen.test))
+    arrays, files = {}, {}
+    for name, data in groups:
+        first = data.for_patient(data.patients[0])
+        sl = first.select(np.array([len(first) // 2]))
+        sct = predict_sct_hu(model, sl)[0, 0]
+        arrays |= {f"{name}__mri": sl.mri[0, 0], f"{name}__ct_hu": sl.ct_hu[0, 0],
+                   f"{name}__sct_hu": sct, f"{name}__mask": sl.mask[0, 0]}
+        png = run.artifacts / f"sample_{name}.png"
+        save_png(sample_row(sl.mri[0, 0], sl.ct_hu[0, 0], sct, sl.mask[0, 0]), png,
+                 scale=max(1, 128 // cfg.data.image_size))
+        files[name] = str(png.relative_to(run.path))
+    np.savez_compressed(run.artifacts / "samples.npz", **arrays)
+    return files
+
+
+def execute(run: RunFolder,
+            on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """Run the experiment stored in ``run`` and write its results there.
+
+    Status goes running → done | failed | cancelled; on failure the error is in
+    ``status.json`` and the traceback in ``log.txt``. ``on_round`` also receives each
+    round's record (after it is written). Returns the summary when done.
+    """
+    t0 = time.perf_counter()
+    cfg = run.config()
+    run.set_status("running", pid=os.getpid(), started=time.time(), phase="data")
+    try:
+        run.log(f"device {select_device()}, torch threads {torch.get_num_threads()}")
+        cohort = load_cohort(cfg.data, cfg.seed, progress=run.log)
+        # Before training, so that a source without patients for the attacker fails at once.
+        attacker = (attacker_data(cfg.data, cfg.seed, progress=run.log)
+                    if cfg.attacks.inversion.enabled else None)
+        data_s = time.perf_counter() - t0
+        run.set_status("running", phase="training", data_s=round(data_s, 3))
+
+        def record(entry: dict[str, Any]) -> None:
+            run.append_metrics(entry)
+            if on_round:
+                on_round(entry)
+            g = entry.get("global") or {}
+            run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
+
+        if cfg.federation.runtime == "inprocess":
+            result = run_federation(cfg, cohort, run_dir=run.path, on_round=record,
+                                    should_stop=run.cancel_requested)
+        else:  # its ServerApp writes the round records and the log itself
+            result = run_flower(cfg, run, on_round=on_round)
+        ckpt = run.path / "checkpoints"
+        ckpt.mkdir(exist_ok=True)
+        model = build_model(cfg)
+        set_parameters(model, result.final_params)
+        torch.save(model.state_dict(), ckpt / "final.pt")
+        samples = _save_samples(run, cfg, cohort, result)
+        ctx = RunContext(run, cfg, cohort, result, attacker)
+        for step in ATTACKS:
+            if step.enabled(cfg):
+                run.set_status("running", phase=step.phase)
+                run.log(f"{step.phase}: starting")
+                ctx.done[step.key] = step.run(ctx)
+        summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
+                                count_parameters(model), samples) | ctx.done
+        run.write_summary(summary)
+        run.set_status("done", phase="done", finished=time.time())
+        return summary
+    except Cancelled as err:
+        run.log(str(err))
+        run.set_status("cancelled", phase="cancelled", finished=time.time())
+    except Exception as err:  # noqa: BLE001 - any failure must end in a readable status
+        run.log(traceback.format_exc())
+        run.set_status("failed", phase="failed", error=f"{type(err).__name__}: {err}",
+                       finished=time.time())
+    return None
