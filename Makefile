@@ -25,7 +25,7 @@ browser:
 	  else echo "chromium is missing: 'sudo apt-get install -y chromium' enables the browser tests"; fi; }
 
 run: install
-	$(VENV)/bin/streamlit run app/main.py
+	$(VENV)/bin/fedsct dashboard
 
 test: install browser
 	$(PY) -m ruff check .

@@ -1,18 +1,26 @@
-"""Entrypoint: ``streamlit run app/main.py`` from the repository root.
+"""Entrypoint of the dashboard, served by ``fedsct dashboard`` (:mod:`app.serve`).
 
 Pages live in the top-level ``pages/`` folder and are registered with absolute paths:
 a ``pages/`` folder next to this file would switch Streamlit to its legacy multipage mode.
+When sign-in is configured (``fedsct dashboard --auth-config``), nothing but the sign-in
+screen is shown until the user has signed in.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import ASSETS_DIR, PAGES_DIR, report_page_error, sidebar
+from app.views.common import ASSETS_DIR, PAGES_DIR
+from app.widgets import job_banner, report_page_error, sidebar, sign_in_required
 from engine.orchestration.store import runs_root
 
 st.set_page_config(page_title="FedSCT Security Lab", page_icon="🧠", layout="wide")
 st.logo(str(ASSETS_DIR / "logo.svg"))
+if sign_in_required():
+    st.title("FedSCT Security Lab")
+    st.markdown("This dashboard holds patients' data: sign in to continue.")
+    st.button("Sign in", on_click=st.login, icon=":material/login:")
+    st.stop()
 css = ASSETS_DIR / "style.css"
 if css.is_file():
     st.markdown(f"<style>{css.read_text()}</style>", unsafe_allow_html=True)
@@ -31,6 +39,7 @@ page = st.navigation([
     st.Page(str(PAGES_DIR / "report.py"), title="Report", icon=":material/description:"),
 ])
 sidebar(runs_root())
+job_banner()
 try:
     page.run()
 except Exception as err:  # noqa: BLE001 - last line of defence: never a traceback on screen

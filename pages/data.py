@@ -7,27 +7,61 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.data import (
+from app.data import check_pair, phantom_preview, save_patient, slice_viewer
+from app.state import remember
+from app.views.common import PAGES_DIR
+from app.views.data import (
+    COHORT_PRESET,
+    DATA_ROOTS_ENV,
     LETTERS,
     MIN_PATIENTS,
-    check_pair,
+    allowed_data_path,
     cohort_counts,
+    cohort_sets,
+    data_roots,
     next_letter,
     next_number,
     patient_id,
-    phantom_preview,
     run_command,
-    save_patient,
-    slice_viewer,
     uploads_folder,
     with_file_names,
 )
+from app.widgets import queued_behind
 from engine.core.config import DataConfig
 from engine.data.nifti import NiftiError
 from engine.data.synthrad import scan_synthrad
+from engine.orchestration.jobs import start_job
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
 
 SAVED_KEY = "data_saved_message"
+
+
+def _cohort(folder: Path) -> None:
+    """The saved patients per hospital and the button that trains a federation on them."""
+    counts = cohort_counts(folder)
+    if not counts:
+        return
+    st.subheader("Your cohort")
+    st.markdown(f"In `{folder}`: " + ", ".join(
+        f"hospital {x}: {n} patient{'s' if n != 1 else ''}" for x, n in counts.items()))
+    sets = cohort_sets(folder, counts)
+    if sets is None:
+        st.caption(f"Each hospital needs at least {MIN_PATIENTS} patients (one to train on, one "
+                   "held out to test) before a federation can train on the cohort.")
+        return
+    behind = queued_behind()
+    if st.button("Train a federation on these patients", key="train_cohort",
+                 icon=":material/play_arrow:",
+                 help=(f"Queued behind {behind}: it starts when that job ends. " if behind
+                       else "") + "Each hospital trains on all its patients but one, which is "
+                       "held out to test the shared model (about a minute)."):
+        run = start_job(build_config(COHORT_PRESET, sets=sets), preset=COHORT_PRESET)
+        remember("run", run.run_id)
+        st.switch_page(str(PAGES_DIR / "federation.py"), query_params={"run": run.run_id})
+    st.caption("The same from a terminal:")
+    st.code(run_command(folder, counts) or "", language="bash")
+
 
 st.title("Data & centers")
 
@@ -97,21 +131,12 @@ if pair is not None:
             st.error(f"The patient could not be saved: {exc}.")
         else:
             # Rerun so the hospital list and the next free number include the new patient.
-            st.session_state[SAVED_KEY] = f"Saved patient {pid} to `{saved}`."
+            st.session_state[SAVED_KEY] = f"Saved patient {saved.name} to `{saved}`."
             st.rerun()
-    if saved_message := st.session_state.pop(SAVED_KEY, None):
-        st.success(saved_message, icon=":material/check_circle:")
+if saved_message := st.session_state.pop(SAVED_KEY, None):
+    st.success(saved_message, icon=":material/check_circle:")
 
-    if counts:
-        st.markdown("**Your cohort folder:** " + ", ".join(
-            f"hospital {x}: {n} patient{'s' if n != 1 else ''}" for x, n in counts.items()))
-        command = run_command(folder, counts)
-        if command:
-            st.markdown("Train a federation on it from a terminal:")
-            st.code(command, language="bash")
-        else:
-            st.caption(f"Each hospital needs at least {MIN_PATIENTS} patients (one to train on, "
-                       f"one held out to test) before the folder can be used for training.")
+_cohort(uploads_folder(runs_root()))
 
 st.header("SynthRAD2023 brain data")
 st.markdown(
@@ -121,12 +146,15 @@ st.markdown(
     "patient ID (A, B, C) is its hospital. From a terminal: "
     "`fedsct run --preset demo --set data.source=synthrad --set data.path=/path/to/Task1/brain`."
 )
+roots = data_roots(runs_root())
 path = st.text_input("Check a SynthRAD2023 folder", key="synthrad_path",
-                     placeholder="/path/to/Task1/brain")
+                     placeholder=str(roots[0] / "Task1" / "brain"),
+                     help="Only folders inside " + ", ".join(f"`{r}`" for r in roots)
+                          + f" can be read here (set {DATA_ROOTS_ENV} to change that).")
 if path.strip():
     try:
-        groups = scan_synthrad(Path(path.strip()).expanduser())
-    except NiftiError as exc:
+        groups = scan_synthrad(allowed_data_path(path, roots))
+    except ValueError as exc:  # a NiftiError too
         st.warning(f"{exc}.")
     else:
         found = ", ".join(f"hospital {x}: {len(v)} patients" for x, v in groups.items()

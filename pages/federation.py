@@ -7,26 +7,40 @@ from typing import Any
 import streamlit as st
 
 from app.state import current_run_id, forget, persisted, set_current_run
-from app.ui import (
+from app.views.common import (
     AGGREGATOR_HELP,
     METRIC_HELP,
-    center_table,
+    PAGES_DIR,
     describe_config,
     history_figure,
     history_from_metrics,
+)
+from app.views.inversion import verdict as inversion_verdict
+from app.views.mia import verdict as mia_verdict
+from app.views.poisoning import poison_words
+from app.views.results import RunRow, list_runs
+from app.views.runs import DETAIL_PAGES
+from app.widgets import (
+    center_table,
     metric_cards,
     progress_bar,
-    run_label,
+    queued_behind,
+    run_picker,
     sample_images,
 )
 from engine.core.config import AGGREGATORS, ConfigError, ExperimentConfig
 from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration.jobs import cancel_job, start_job
-from engine.orchestration.presets import build_config, preset_description, preset_names
-from engine.orchestration.store import RunIndex, open_run
+from engine.orchestration.presets import (
+    build_config,
+    preset_description,
+    preset_names,
+    preset_title,
+)
+from engine.orchestration.store import open_run
 
-CUSTOM = ("centers", "rounds", "aggregator", "fedprox_mu", "secagg", "dp", "dp_noise", "dp_clip",
-          "runtime")
+CUSTOM = ("centers", "rounds", "aggregator", "fedprox_mu", "secagg", "dp", "dp_level",
+          "dp_epsilon", "dp_clip", "runtime")
 RUNTIMES = {"inprocess": "In this process (fastest)",
             "flower-sim": "Flower simulation (adds 10–35 s to start)",
             "flower-deploy": "Flower: a real SuperLink + one SuperNode per hospital on this "
@@ -97,11 +111,18 @@ def _custom_overrides(base: ExperimentConfig) -> dict[str, Any]:
             "defenses": {"secure_aggregation": secagg, "dp": dp}}
 
 
-def _settings() -> tuple[ExperimentConfig | None, str]:
-    """Preset + optional custom settings → a validated config, or None with the error shown."""
+def _settings(run_preset: str | None) -> tuple[ExperimentConfig | None, str]:
+    """Preset + optional custom settings → a validated config, or None with the error shown.
+    A run opened by a link selects its own preset."""
     names = preset_names()
+    if run_preset in names and st.session_state.get("fed_deep_link") != run_preset:
+        # A deep link (?run=) or a picked run: show the settings that produced it.
+        st.session_state["fed_deep_link"] = run_preset
+        forget("preset", *CUSTOM)
+        st.session_state.setdefault("fed_settings", {})["preset"] = run_preset
     preset = persisted(st.selectbox, "Experiment", "preset", "smoke" if "smoke" in names
-                       else names[0], options=names, on_change=_preset_changed)
+                       else names[0], options=names, on_change=_preset_changed,
+                       format_func=lambda n: f"{preset_title(n)} ({n})")
     st.caption(preset_description(preset))
     customise = persisted(st.toggle, "Customise these settings", "custom", False)
     try:
@@ -116,26 +137,11 @@ def _settings() -> tuple[ExperimentConfig | None, str]:
     return cfg, preset
 
 
-def _start_help(cfg: ExperimentConfig | None, active: bool) -> str:
-    if active:
-        return "One run at a time: wait for the current run or stop it."
-    if cfg is None:
-        return "Fix the settings first (see the red message)."
-    return "Trains in the background: you may leave this page and come back."
-
-
-def _earlier_runs(run_id: str | None) -> None:
-    done = [r for r in RunIndex().list() if r["state"] == "done"]
-    if not done:
-        return
-    ids = [r["run_id"] for r in done]
-    labels = {r["run_id"]: run_label(r) for r in done}
-    picked = st.selectbox("Open an earlier run", ids, index=ids.index(run_id) if run_id in ids
-                          else None, format_func=lambda rid: labels.get(rid, rid),
-                          placeholder="Choose a finished run…")
-    if picked and picked != run_id:
-        set_current_run(picked)
-        st.rerun()
+def _earlier_runs(rows: list[RunRow]) -> None:
+    done = [r for r in rows if r.state == "done"]
+    if done:
+        run_picker(done, "run", "Open an earlier run", optional=True,
+                   help="A finished run: its results, its attacks and their verdicts.")
 
 
 @st.fragment(run_every=1.0)
@@ -149,26 +155,63 @@ def _live(run_id: str, total_rounds: int) -> None:
         st.caption("The chart starts once the untrained model has been measured (round 0).")
 
 
-def _results(run: RunFolder) -> None:
-    summary = run.summary()
-    fed = (summary or {}).get("federation") or {}
-    if not fed.get("final"):
+def _results(row: RunRow) -> None:
+    s = row.summary
+    fed = s.federation if s else None
+    if fed is None or fed.final is None:
         st.warning("This run finished but wrote no results; start it again.")
         return
+    poison = s.poisoning if s else None
     st.markdown("#### How good is the shared model?")
     st.caption(" · ".join(METRIC_HELP.values()))
-    metric_cards(fed["history"], fed["final"])
+    if poison is not None and fed.aggregator in poison.baseline:
+        attack = poison_words(poison)
+        st.error(f"**This federation was attacked:** {attack}. The numbers below compare the "
+                 "shared model with the same federation trained without attackers, not with "
+                 "the untrained model; the striped or blotchy synthetic CTs further down are "
+                 "what the attack did to it.")
+        st.page_link(str(PAGES_DIR / "poisoning.py"), label="See the attack in detail",
+                     query_params={"poi_run": row.run_id}, icon=":material/coronavirus:")
+        metric_cards(fed.final, poison.baseline[fed.aggregator],
+                     "than the same federation without attackers")
+    else:
+        start = fed.history[0] if fed.history and fed.history[0].round == 0 else None
+        metric_cards(fed.final, start, "since the untrained model")
+    _attacks(row)
     st.markdown("#### Per hospital")
     st.caption("Measured on each hospital's held-out patients, which were never used for "
                "training.")
-    center_table(fed["per_center"], fed.get("unseen_center"))
+    center_table(fed.per_center, fed.unseen_center,
+                 poison.malicious_names if poison else [], poison_words(poison) if poison
+                 else "")
     st.markdown("#### Learning curve")
-    st.plotly_chart(history_figure(fed["history"], fed["rounds"]))
+    st.plotly_chart(history_figure([h.model_dump() for h in fed.history], fed.rounds))
     st.markdown("#### Example images")
-    sample_images(run.path / "artifacts" / "samples.npz", list(fed["per_center"]))
+    sample_images(row.path / "artifacts" / "samples.npz", list(fed.per_center))
 
 
-def _show_run(run: RunFolder, cfg: ExperimentConfig, status: dict[str, Any]) -> None:
+def _attacks(row: RunRow) -> None:
+    """The run's attacks and their verdicts, each with a link to its page."""
+    s = row.summary
+    if s is None or not row.attacks:
+        st.caption("No attack ran in this run: the attack pages start runs that include one.")
+        return
+    st.markdown("#### What the attacks in this run found")
+    for key, verdict in (("mia", lambda: mia_verdict(s.mia)),
+                         ("inversion", lambda: inversion_verdict(s.inversion))):
+        if getattr(s, key) is None:
+            continue
+        page, param, label = DETAIL_PAGES[key]
+        v = verdict()
+        with st.container(border=True):
+            st.markdown(f"**{label}** — :{v.colour}[{v.title}]" + (f" ({v.figure})"
+                                                                    if v.figure else ""))
+            st.page_link(str(page), label="Open it", query_params={param: row.run_id},
+                         icon=":material/open_in_new:")
+
+
+def _show_run(run: RunFolder, cfg: ExperimentConfig, status: dict[str, Any],
+              row: RunRow | None) -> None:
     st.subheader(f"Run: {cfg.name or 'custom'}")
     st.caption(f"{describe_config(cfg)} · run id `{run.run_id}`")
     state = status.get("state")
@@ -178,16 +221,17 @@ def _show_run(run: RunFolder, cfg: ExperimentConfig, status: dict[str, Any]) -> 
                 cancel_job(run, grace_s=15)
             st.rerun()
         _live(run.run_id, cfg.federation.rounds)
-    elif state == "done":
-        _results(run)
-    elif state == "failed":
-        st.error(f"This run failed: {status.get('error') or 'unknown error'}\n\n"
-                 "What to do: try again with the smoke preset; if it fails again, send the "
-                 "technical log below to the lab's maintainers.")
+    elif state == "done" and row is not None:
+        _results(row)
+    elif state in ("failed", "interrupted"):
+        st.error(f"This run did not finish: {status.get('error') or 'unknown error'}\n\n"
+                 "What to do: resume it on the Runs page, or start it again; if it fails "
+                 "again, send the technical log below to the lab's maintainers.")
         log = run.path / "log.txt"
         if log.is_file():
             with st.expander("Technical log"):
-                st.code("\n".join(log.read_text().splitlines()[-40:]), language=None)
+                st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]),
+                        language=None)
     else:
         st.info("This run was stopped before it finished. Start a new one above.")
 
@@ -196,6 +240,7 @@ st.title("Federation")
 st.caption("Simulated hospitals train one shared MRI → synthetic-CT model without sharing "
            "their images. Pick an experiment, start it, and watch the model learn.")
 
+rows = list_runs()
 run_id = current_run_id()
 run: RunFolder | None = None
 run_cfg: ExperimentConfig | None = None
@@ -208,18 +253,20 @@ if run_id:
         set_current_run(None)
         run = None
 status = run.status() if run else {}
-active = status.get("state") in ACTIVE
 
 with st.container(border=True):
-    cfg, preset = _settings()
-    start = st.button("Start training", type="primary", key="start",
-                      disabled=cfg is None or active,
-                      help=_start_help(cfg, active))
-if start and cfg is not None and not active:
+    cfg, preset = _settings(status.get("preset"))
+    behind = queued_behind()
+    start = st.button("Queue training" if behind else "Start training", type="primary",
+                      key="start", disabled=cfg is None,
+                      help="Fix the settings first (see the red message)." if cfg is None else
+                      f"Queued behind {behind}: it starts when that job ends." if behind else
+                      "Trains in the background: you may leave this page and come back.")
+if start and cfg is not None:
     set_current_run(start_job(cfg, preset=preset).run_id)
     st.rerun()
 
-_earlier_runs(run.run_id if run else None)
+_earlier_runs(rows)
 
 if run and run_cfg:
-    _show_run(run, run_cfg, status)
+    _show_run(run, run_cfg, status, next((r for r in rows if r.run_id == run.run_id), None))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.report import render_scorecards, scorecards
-from app.runs import list_runs
-from app.ui import PAGES_DIR, runs_table
-from engine.orchestration.store import RunIndex, runs_root
+from app.views.common import PAGES_DIR, runs_table
+from app.views.report import scorecards
+from app.views.results import list_runs
+from app.widgets import render_scorecards, run_picker
+from engine.orchestration.store import RunIndex
 
 st.title("FedSCT Security Lab")
 st.markdown(
@@ -26,10 +27,20 @@ st.markdown(
 st.page_link(str(PAGES_DIR / "federation.py"), label="Train a federation",
              icon=":material/arrow_forward:")
 
-st.subheader("Scorecards")
-st.caption("Traffic lights from the latest finished runs: green = good, orange = watch, "
-           "red = concern.")
-render_scorecards(scorecards(list_runs(runs_root())), PAGES_DIR)
+rows = list_runs()
+st.subheader("Scorecards of one run")
+done = [r for r in rows if r.state == "done" and r.summary is not None]
+if not done:
+    st.caption("No finished run yet: start one on the Federation page (the three live demos "
+               "there take a minute or two each), or an attack from the cards below.")
+    render_scorecards(scorecards(None), PAGES_DIR)
+else:
+    row = run_picker(done, "home_run", "Run", help="The scorecards describe this one run: "
+                     "its model and the attacks it ran. Newest first.")
+    assert row is not None
+    st.caption("Traffic lights of this run: green = shown to be safe or good, orange = watch, "
+               "red = concern, grey = not measured here or inconclusive.")
+    render_scorecards(scorecards(row.summary), PAGES_DIR)
 
 st.subheader("Latest runs")
 runs = RunIndex().list()[:10]

@@ -6,33 +6,40 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app.inversion import (
+from app.state import persisted, remember
+from app.views.common import hospital_name
+from app.views.inversion import (
     ADAM_DECODED,
     STUDY_RESULT,
-    SWEEP_COMMAND,
     InversionRun,
+    budget_figure,
+    budget_table,
     budget_text,
-    calibration_text,
+    cell_words,
     client_table,
     defense_figure,
     defense_table,
     factor_figure,
     has_snapshots,
     inversion_runs,
-    latest_sweep,
     load_npz,
     loss_figure,
     pair_panels,
     snapshot_panels,
-    sweep_cells,
     verdict,
-    verdict_detail,
 )
-from app.state import persisted, remember, remembered
-from app.ui import preset_jobs
+from app.views.results import Sweep, list_runs, read_sweep
+from app.widgets import (
+    number_table,
+    preset_jobs,
+    queued_behind,
+    run_picker,
+    study_box,
+    verdict_box,
+)
 from engine.core.config import ConfigError
 from engine.orchestration.jobs import start_job
-from engine.orchestration.presets import build_config
+from engine.orchestration.presets import build_config, sweep_spec
 from engine.orchestration.store import find_finished_run, runs_root
 
 RUN_PARAM = "inv_run"
@@ -45,33 +52,11 @@ DP_LEVELS = {"off": None, "weak (ε 64)": 64.0, "strong (ε 4)": 4.0}
 PRUNE_LEVELS = {"off": None, "90% of each update": 0.9, "99% of each update": 0.99}
 
 
-def _pick(runs: list[InversionRun]) -> InversionRun:
-    """The run to show, kept in the URL (``?inv_run=``)."""
-    by_id = {r.run.run_id: r for r in runs}
-    ids = list(by_id)
-    wanted = remembered(RUN_PARAM)
-    # An active or failed run stays remembered (for its progress) while the newest is shown.
-    shown = wanted if wanted in by_id else ids[0]
-    picked = st.selectbox("Attacked run", ids, index=ids.index(shown),
-                          format_func=lambda rid: by_id[rid].label,
-                          help="Finished runs that include a gradient-inversion attack, "
-                               "newest first.")
-    if picked != shown:
-        remember(RUN_PARAM, picked)
-        st.rerun()
-    return by_id[shown]
-
-
 def _verdict(run: InversionRun) -> None:
-    v = verdict(run.inv)
-    with st.container(border=True):
-        st.markdown(f"#### :{v.colour}-background[{v.title}]")
-        st.markdown(verdict_detail(v, run.inv))
-        st.markdown(calibration_text(run.inv))
-        st.caption(f"Attack: {budget_text(run.inv)}. Run: {run.defenses}. {STUDY_RESULT}")
-        if any(p.get("objective") == "adam_decoded"
-               for p in (run.inv.get("per_client") or {}).values()):
-            st.caption(ADAM_DECODED)
+    adam = any(p.objective == "adam_decoded" for p in run.inv.per_client.values())
+    verdict_box(verdict(run.inv),
+                f"Attack: {budget_text(run.inv)}. Run: {run.short_defenses}. {STUDY_RESULT}",
+                ADAM_DECODED if adam else "")
     if run.loss == "l1":
         st.info("This federation trains with an L1 loss. With L1, a fake CT gets exactly zero "
                 "gradient, so the attacker simulates training with a smooth stand-in, "
@@ -80,8 +65,8 @@ def _verdict(run: InversionRun) -> None:
 
 def _table(run: InversionRun) -> None:
     st.markdown("#### Per hospital: how close did the attacker get?")
-    table, config = client_table(run.inv)
-    st.dataframe(table, hide_index=True, column_config=config)
+    table, columns = client_table(run.inv)
+    number_table(table, columns)
     st.caption("Each row is one hospital whose update the server inverted; SSIM and PSNR "
                "compare the rebuilt slices with the real ones (higher = more leaked), and the "
                "floor is what the attacker's average brain already scores.")
@@ -89,13 +74,14 @@ def _table(run: InversionRun) -> None:
 
 def _images(run: InversionRun) -> None:
     st.markdown("#### What the attacker rebuilt")
-    centers = list(run.inv.get("per_client") or {})
+    centers = list(run.inv.per_client)
     if not centers:
         st.info("This run stored no per-hospital results.")
         return
-    rid = run.run.run_id
+    rid = run.run_id
     left, right = st.columns(2)
     center = left.selectbox("Hospital", centers, key=f"inv_center_{rid}",
+                            format_func=hospital_name,
                             help="The hospital whose update was attacked.")
     path = run.npz(center)
     arrays = load_npz(path)
@@ -153,7 +139,7 @@ def _iterations(arrays: dict[str, np.ndarray], rid: str, center: str, recon: int
         st.plotly_chart(loss_figure(losses, shown), key=f"inv_loss_{rid}_{center}")
 
 
-def _defenses(active: bool) -> None:
+def _defenses() -> None:
     st.markdown("#### Try a defense")
     st.caption("Switch on protections for the vulnerable design (inversion-easy) and run the "
                "same attack again, to see what each one blocks.")
@@ -197,9 +183,10 @@ def _defenses(active: bool) -> None:
         if found:
             st.caption(f"A finished run with exactly these settings exists (`{found.run_id}`): "
                        "the button shows it instead of training again.")
+        behind = queued_behind()
         if st.button("Rerun the attack with these defenses", key="rerun_defended",
-                     icon=":material/shield:", disabled=active,
-                     help="One run at a time: wait for the current run or stop it." if active
+                     icon=":material/shield:",
+                     help=f"Queued behind {behind}: it starts when that job ends." if behind
                      else "About 2 minutes in the background."):
             if found:
                 remember(RUN_PARAM, found.run_id)
@@ -212,51 +199,63 @@ def _defenses(active: bool) -> None:
             st.rerun()
 
 
-def _study(name: str, what: str) -> tuple | None:
-    """The latest sweep ``name`` as ``(folder, rows)``, or None with the command to run it."""
-    found = latest_sweep(runs_root(), name)
-    if not found:
-        st.info(f"The {what} has not been run yet: `{SWEEP_COMMAND.format(name=name)}` "
-                "produces it (about 15 minutes).")
-    return found
-
-
-def _unfinished(folder, rows: list, noun: str) -> None:
-    cells = sweep_cells(folder, rows)
-    if cells > len(rows):
-        st.caption(f"{len(rows)} of {cells} {noun} finished so far (the sweep is still "
-                   "running, or was stopped).")
+def _study(name: str, title: str) -> Sweep | None:
+    """Heading, start/stop controls and progress of study ``name``; the study when it has
+    results to show."""
+    st.markdown(f"#### {title}")
+    try:
+        sweep = read_sweep(name)
+    except ConfigError as err:  # a study the engine no longer offers
+        st.warning(f"The '{name}' study can't be shown: {err}")
+        return None
+    st.caption(sweep_spec(name)["description"])
+    study_box(sweep, cell_words)
+    for path in sweep.damaged:
+        st.warning(f"`{path}` is damaged or unreadable; starting the study again rewrites it "
+                   "(finished experiments are reused).")
+    if not sweep.rows:
+        return None
+    if sweep.state != "done" and sweep.total > len(sweep.rows):
+        st.caption(f"{len(sweep.rows)} of {sweep.total} experiments finished so far.")
+    return sweep
 
 
 def _factor_study() -> None:
-    st.markdown("#### Why a design leaks: one factor changed at a time")
-    found = _study("inversion-factors", "factor study")
-    if not found:
-        return
-    folder, rows = found
-    st.plotly_chart(factor_figure(rows), key="inv_factors")
-    st.caption("Each pair of bars starts from the vulnerable design and changes one thing; "
-               "red is how close the attacker's reconstruction gets (inside the head), grey "
-               "is its average brain, so red barely above grey means nothing leaked.")
-    _unfinished(folder, rows, "settings")
+    sweep = _study("inversion-factors", "Why a design leaks: one factor changed at a time")
+    if sweep and sweep.rows:
+        st.plotly_chart(factor_figure(sweep.rows), key="inv_factors")
+        st.caption("Each pair of bars starts from the vulnerable design and changes one thing; "
+                   "red is how close the attacker's reconstruction gets (inside the head), "
+                   "grey is its average brain, so red barely above grey means nothing leaked.")
+
+
+def _budget_study() -> None:
+    sweep = _study("inversion-budget", "How much attack is enough: the budget study")
+    if sweep and sweep.rows:
+        st.plotly_chart(budget_figure(sweep.rows), key="inv_budget")
+        st.caption("Left: red is the strongest attack on the study's model, blue the same "
+                   "attack at the same budget on a design known to leak (the calibration "
+                   "control); dotted lines are what each attacker's average brain already "
+                   "gets. A verdict of 'no leak' needs blue clearly above its dotted line "
+                   "while red stays on its own. Right: how well the attack matched the "
+                   "upload.")
+        st.dataframe(budget_table(sweep.rows), hide_index=True, column_config={
+            k: st.column_config.NumberColumn(format="%.3f")
+            for k in ("Body SSIM", "Floor", "Control body SSIM", "Control floor")})
 
 
 def _defense_study() -> None:
-    st.markdown("#### Defenses: what they block and what they cost")
-    found = _study("inversion-defenses", "defense study")
-    if not found:
-        return
-    folder, rows = found
-    st.plotly_chart(defense_figure(rows), key="inv_defenses")
-    st.caption("Each point is one defense: lower means less of the patient's image leaks, "
-               "further right means the shared model's synthetic CT gets worse.")
-    st.dataframe(defense_table(rows), hide_index=True, column_config={
-        "Body SSIM of the reconstruction": st.column_config.NumberColumn(format="%.2f"),
-        "Floor body SSIM": st.column_config.NumberColumn(format="%.2f"),
-        "Model error, MAE (HU)": st.column_config.NumberColumn(format="%.0f"),
-        "Extra error (HU)": st.column_config.NumberColumn(format="%+.0f"),
-    })
-    _unfinished(folder, rows, "defenses")
+    sweep = _study("inversion-defenses", "Defenses: what they block and what they cost")
+    if sweep and sweep.rows:
+        st.plotly_chart(defense_figure(sweep.rows), key="inv_defenses")
+        st.caption("Each point is one defense: lower means less of the patient's image "
+                   "leaks, further right means the shared model's synthetic CT gets worse.")
+        st.dataframe(defense_table(sweep.rows), hide_index=True, column_config={
+            "Body SSIM of the reconstruction": st.column_config.NumberColumn(format="%.2f"),
+            "Floor body SSIM": st.column_config.NumberColumn(format="%.2f"),
+            "Model error, MAE (HU)": st.column_config.NumberColumn(format="%.0f"),
+            "Extra error (HU)": st.column_config.NumberColumn(format="%+.0f"),
+        })
 
 
 st.title("Gradient inversion")
@@ -267,7 +266,7 @@ st.markdown(
     "**average brain** (the floor): only what beats the floor was learnt from the hospital. "
     "Pick a finished attack run below, or start one.")
 
-active = preset_jobs(
+preset_jobs(
     RUN_PARAM, PRESETS, kind="inversion", retry="inversion-easy",
     intro="**Run a new attack experiment** (2 to 5 minutes, in the background: you may leave "
           "this page and come back)",
@@ -276,7 +275,7 @@ active = preset_jobs(
 flash = st.session_state.pop(FLASH, None)
 if flash:
     st.success(flash)
-runs, damaged = inversion_runs()
+runs, damaged = inversion_runs(list_runs())
 for path in damaged:
     st.warning(f"`{path}` is missing or damaged, so that run's attack results can't be shown.")
 if not runs:
@@ -284,15 +283,14 @@ if not runs:
             "see a leak (about 2 minutes), then the study's DLG attack to see why the study "
             "found none.")
 else:
-    shown = _pick(runs)
-    try:
-        _verdict(shown)
-        _table(shown)
-        _images(shown)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        # Results written by an older engine lack fields: explain instead of a traceback.
-        st.warning(f"`{shown.run.path / 'summary.json'}` has attack results in a format this "
-                   "page can't read. Run the 'inversion-easy' preset again.")
-_defenses(active)
+    shown = run_picker(runs, RUN_PARAM, "Attacked run",
+                       help="Finished runs that include a gradient-inversion attack, newest "
+                            "first.")
+    assert shown is not None
+    _verdict(shown)
+    _table(shown)
+    _images(shown)
+_defenses()
 _factor_study()
+_budget_study()
 _defense_study()

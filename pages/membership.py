@@ -6,24 +6,25 @@ from typing import Any
 
 import streamlit as st
 
-from app.mia import (
+from app.state import persisted
+from app.views.common import hospital_name
+from app.views.mia import (
     POOLED,
     MiaRun,
     attack_name,
     auc_table,
+    cell_words,
     dp_figure,
     dp_sentence,
-    latest_dp_sweep,
     mia_runs,
-    read_json,
     roc_figure,
     tpr_table,
     verdict,
-    verdict_detail,
 )
-from app.state import persisted, remember, remembered
-from app.ui import preset_jobs
-from engine.orchestration.store import runs_root
+from app.views.results import list_runs, read_sweep
+from app.widgets import preset_jobs, run_picker, study_box, verdict_box
+from engine.core.config import ConfigError
+from engine.orchestration.presets import sweep_spec
 
 RUN_PARAM, COMPARE_PARAM = "mia_run", "mia_compare"
 PRESETS = (("mia-paper", "Attack an undefended federation"),
@@ -32,48 +33,29 @@ PRESETS = (("mia-paper", "Attack an undefended federation"),
 
 def _pick(runs: list[MiaRun]) -> tuple[MiaRun, MiaRun | None]:
     """The run to show and an optional one to overlay, both kept in the URL."""
-    by_id = {r.run.run_id: r for r in runs}
-    ids = list(by_id)
-    wanted = remembered(RUN_PARAM)
-    # An active or failed run stays remembered (for its progress) while the newest is shown.
-    shown = wanted if wanted in by_id else ids[0]
     left, right = st.columns(2)
-    picked = left.selectbox("Attacked run", ids, index=ids.index(shown),
-                            format_func=lambda rid: by_id[rid].label,
-                            help="Finished runs that include a membership-inference attack.")
-    if picked != shown:
-        remember(RUN_PARAM, picked)
-        st.rerun()
-    others: list[str | None] = [None, *(i for i in ids if i != shown)]
-    wanted_cmp = remembered(COMPARE_PARAM)
-    cmp_shown = wanted_cmp if wanted_cmp in others else None
-    compare = right.selectbox("Compare with", others, index=others.index(cmp_shown),
-                              format_func=lambda rid: "nothing" if rid is None
-                              else by_id[rid].label,
-                              help="Overlay a second run, e.g. the same federation with "
-                                   "secure aggregation.")
-    if compare != cmp_shown:
-        remember(COMPARE_PARAM, compare)
-        st.rerun()
-    return by_id[shown], by_id[compare] if compare else None
+    shown = run_picker(runs, RUN_PARAM, "Attacked run", column=left,
+                       help="Finished runs that include a membership-inference attack.")
+    assert shown is not None
+    other = run_picker(runs, COMPARE_PARAM, "Compare with", column=right, optional=True,
+                       exclude=shown.run_id,
+                       help="Overlay a second run, e.g. the same federation with secure "
+                            "aggregation.")
+    return shown, other
 
 
 def _verdict(run: MiaRun, other: MiaRun | None) -> None:
-    v = verdict(run.mia)
-    with st.container(border=True):
-        st.markdown(f"#### :{v.colour}-background[{v.title}]")
-        st.markdown(verdict_detail(v, run.mia))
-        n = next(iter((run.mia.get("n_candidates") or {}).values()), None)
-        if n:
-            st.caption(f"Tested per hospital: {n['members']} training and {n['nonmembers']} "
-                       f"held-out slices of {n.get('member_patients', '?')} and "
-                       f"{n.get('nonmember_patients', '?')} patients, over rounds "
-                       f"{', '.join(map(str, run.mia.get('rounds', [])))}. Run: "
-                       f"{run.defenses}.")
-        if other:
-            o = verdict(other.mia)
-            auc = f" (worst-case patient-level AUC {o.auc:.2f})" if o.auc is not None else ""
-            st.markdown(f"Compared run, {other.legend()}: :{o.colour}[{o.title}]{auc}.")
+    mia = run.mia
+    n = next(iter(mia.n_candidates.values()), None)
+    tested = (f"Tested per hospital: {n.members} training and {n.nonmembers} held-out slices "
+              f"of {n.member_patients or '?'} and {n.nonmember_patients or '?'} patients, over "
+              f"rounds {', '.join(map(str, mia.rounds))}. Run: {run.defenses or 'no defense'}."
+              if n else "")
+    verdict_box(verdict(mia), tested)
+    if other:
+        o = verdict(other.mia)
+        figure = f" ({o.figure})" if o.figure else ""
+        st.markdown(f"Compared run, {other.legend()}: :{o.colour}[{o.title}]{figure}.")
 
 
 def _curves(run: MiaRun, other: MiaRun | None) -> None:
@@ -85,7 +67,7 @@ def _curves(run: MiaRun, other: MiaRun | None) -> None:
         return
     attacks = list(roc)
     attack = persisted(st.selectbox, "Attack to plot", "mia_attack",
-                       run.mia.get("attack", attacks[0]), options=attacks,
+                       run.mia.attack or attacks[0], options=attacks,
                        format_func=attack_name)
     curves: list[tuple[MiaRun, dict[str, Any], str]] = [(run, roc, "solid")]
     other_roc = other.roc() if other else None
@@ -106,7 +88,7 @@ def _tables(run: MiaRun) -> None:
     st.dataframe(auc_table(run.mia), hide_index=True)
     st.caption("★ the run's headline attack. \"degenerate\": the server saw the same thing "
                "from every hospital, so the attack could not rank anyone (not a measurement).")
-    st.markdown(f"**{attack_name(run.mia.get('attack', ''))}: patients caught at a fixed rate "
+    st.markdown(f"**{attack_name(run.mia.attack)}: patients caught at a fixed rate "
                 "of false alarms**")
     st.dataframe(tpr_table(run.mia), hide_index=True)
     st.caption("E.g. \"caught at 1% false alarms\": the share of training patients the server "
@@ -137,40 +119,48 @@ def _secagg(run: MiaRun, other: MiaRun | None) -> None:
             "as not applicable. The final shared model is still released to everyone, though, "
             "so an attack on the **global model's loss** still works as well as it does "
             "without the defense: that is what a secure-aggregation verdict rests on.")
-        secagg = next((r for r in (run, other) if r and r.secagg), None)
+        secagg = next((r for r in (run, other) if r and r.secure_aggregation), None)
         if secagg is None:
             st.caption("Neither run shown used secure aggregation: start the "
                        "'mia-secagg' preset and compare it with this one.")
             return
-        glob = (secagg.mia.get("baselines") or {}).get("global_loss") or {}
+        glob = secagg.mia.baselines.get("global_loss") or {}
         if glob:
-            center = max(glob, key=glob.get)
+            center = max(glob, key=glob.__getitem__)
             st.markdown(f"In **{secagg.legend()}**, the attack on the global model still "
-                        f"reaches AUC **{glob[center]:.2f}** at {center} ("
-                        + ", ".join(f"{c} {a:.2f}" for c, a in glob.items()) + ").")
+                        f"reaches AUC **{glob[center]:.2f}** at {hospital_name(center)} ("
+                        + ", ".join(f"{hospital_name(c)} {a:.2f}" for c, a in glob.items())
+                        + ", slice level).")
 
 
 def _dp_tradeoff() -> None:
-    found = latest_dp_sweep(runs_root())
-    if not found:
-        return
-    folder, rows = found
     st.markdown("#### Differential privacy: how much ε protects patients, and what it costs")
+    try:
+        sweep = read_sweep("mia-dp")
+    except ConfigError as err:  # a study the engine no longer offers
+        st.warning(f"The 'mia-dp' study can't be shown: {err}")
+        return
     st.caption("Hospital-level DP: each hospital clips its update and adds noise. "
                "Patient-level DP: each hospital trains with DP-SGD, bounding every patient's "
                "influence. ε comes from an RDP accountant (Opacus) at δ = 1e-5; lower ε = "
-               "more private, and above ε 10 the guarantee means little. Bars: 95% intervals "
-               "resampling patients, all hospitals together.")
+               "more private, and above ε 10 the guarantee means little. "
+               + sweep_spec("mia-dp")["description"])
+    study_box(sweep, cell_words)
+    for path in sweep.damaged:
+        st.warning(f"`{path}` is damaged or unreadable; starting the study again rewrites it "
+                   "(finished experiments are reused).")
+    rows = sweep.rows or []
+    if not rows:
+        return
     if not any(r.get("patient_auc_pooled") is not None for r in rows):
-        st.info("This privacy sweep was made by an older version without patient-level "
-                "results: run `fedsct sweep --preset mia-dp` again.")
+        st.info("This privacy study was made by an older version without patient-level "
+                "results: start it again.")
         return
     st.plotly_chart(dp_figure(rows))
+    st.caption("Bars: 95% intervals resampling patients, all hospitals together.")
     st.markdown(dp_sentence(rows))
-    cells = len((read_json(folder / "sweep.json") or {}).get("cells") or rows)
-    if cells > len(rows):
-        st.caption(f"{len(rows)} of {cells} noise levels finished so far (the sweep is still "
-                   "running, or was stopped).")
+    if sweep.state != "done" and sweep.total > len(rows):
+        st.caption(f"{len(rows)} of {sweep.total} noise levels finished so far.")
 
 
 st.title("Membership inference")
@@ -183,20 +173,18 @@ st.markdown(
 preset_jobs(RUN_PARAM, PRESETS, kind="attack", retry="mia-paper",
             intro="**Run a new attack experiment** (about 2 minutes each, in the background: "
                   "you may leave this page and come back)")
-runs = mia_runs()
+runs, damaged = mia_runs(list_runs())
+for path in damaged:
+    st.warning(f"`{path}` is missing or damaged, so that run's attack results can't be "
+               "shown. Run the preset again.")
 if not runs:
     st.info("No membership-inference results yet. Run the 'mia-paper' preset (button above) "
             "to attack an undefended federation, then 'mia-secagg' to see what secure "
             "aggregation changes.")
 else:
     shown, compare = _pick(runs)
-    try:
-        _verdict(shown, compare)
-        _curves(shown, compare)
-        _tables(shown)
-        _secagg(shown, compare)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        # Results written by an older engine lack fields: explain instead of a traceback.
-        st.info("This run's attack results are in an older format this page can't read. "
-                "Run the 'mia-paper' preset again.")
+    _verdict(shown, compare)
+    _curves(shown, compare)
+    _tables(shown)
+    _secagg(shown, compare)
 _dp_tradeoff()

@@ -6,7 +6,9 @@ from typing import Any
 
 import streamlit as st
 
-from app.poisoning import (
+from app.state import persisted, remember
+from app.views.common import AGGREGATOR_HELP, STATE_TEXT, hospital_name
+from app.views.poisoning import (
     BASE_PRESET,
     KIND_HELP,
     KIND_NAMES,
@@ -15,16 +17,17 @@ from app.poisoning import (
     NOISE_KINDS,
     RULE_NAMES,
     SWEEP_COMMAND,
-    SWEEP_MINUTES,
     SWEEP_TEXT,
     TARGET_NAMES,
     PoisonRun,
     attack_sets,
+    cell_words,
     clean_rows,
     curves_figure,
     detection_figure,
     detection_sentence,
     grid,
+    history_curves,
     kind_name,
     level_figure,
     level_text,
@@ -35,30 +38,33 @@ from app.poisoning import (
     ratio_heatmap,
     rule_name,
     same_attack,
-    sweep_progress,
-    sweep_state_text,
     verdict,
 )
-from app.results import Sweep, read_sweep
-from app.state import persisted, remember, remembered
-from app.ui import AGGREGATOR_HELP, job_progress, remembered_run
+from app.views.results import Sweep, list_runs, read_sweep, sweep_minutes
+from app.widgets import (
+    job_progress,
+    queued_behind,
+    remembered_run,
+    run_picker,
+    study_box,
+    verdict_box,
+)
 from engine.core.config import AGGREGATORS, ConfigError
 from engine.core.run_folder import ACTIVE
-from engine.orchestration.jobs import cancel_job, cancel_sweep, start_job, start_sweep_job
+from engine.orchestration.jobs import cancel_job, start_job
 from engine.orchestration.presets import POISON_LEVELS, build_config
 from engine.orchestration.store import find_finished_run, runs_root
 
 RUN_PARAM = "poi_run"
 FLASH = "poi_flash"
-QUEUE = "poi_queue"  # [rule, overrides] still to run after the current job, in order
 SWEEP_NAMES = ("poison-paper", "poison-model", "poison-data-factors")
 HOSPITALS = [0, 1, 2, 3]
 STUDY_RULES = ("fedavg", "fedprox", "fedmedian", "trimmed_mean")
 
 
 def _attackers(value: str) -> str:
-    """``"center-0 center-2"`` (a sweep table's attackers) → ``"center-0 + center-2"``."""
-    return " + ".join(str(value).split()) or "none"
+    """``"center-0 center-2"`` (a sweep table's attackers) → ``"Hospital A + Hospital C"``."""
+    return " + ".join(hospital_name(c) for c in str(value).split()) or "none"
 
 
 # --------------------------------------------------------------------------- jobs
@@ -96,7 +102,7 @@ def _controls() -> tuple[list[tuple[str, list[str]]], bool]:
     with left:
         malicious = persisted(st.multiselect, "Malicious hospital(s)", "poi_malicious", [0],
                               options=HOSPITALS,
-                              format_func=lambda k: f"center-{k}",
+                              format_func=lambda k: hospital_name(f"center-{k}"),
                               help="The federation has 4 hospitals; at least one must stay "
                                    "honest.")
     with right:
@@ -122,151 +128,75 @@ def _controls() -> tuple[list[tuple[str, list[str]]], bool]:
     return plans, ok
 
 
-def _start_next(queue: list[Any]) -> None:
-    """Start the next rule of the queue that has no finished run yet."""
-    while queue:
-        _rule, sets = queue.pop(0)
-        try:
-            cfg = build_config(BASE_PRESET, sets=sets)
-        except ConfigError:
-            continue
-        if find_finished_run(cfg, runs_root()) is not None:
-            continue
-        st.session_state[QUEUE] = queue
-        remember(RUN_PARAM, start_job(cfg, preset=BASE_PRESET).run_id)
-        st.rerun()
-    st.session_state.pop(QUEUE, None)
-
-
-def _jobs(sweep_busy: bool) -> bool:
-    """The attack controls, the Run button and the progress of the run started here;
-    returns whether a run is active (one job at a time)."""
+def _jobs() -> None:
+    """The attack controls, the Run button (one run per rule, through the job queue) and the
+    progress of the run started here."""
     job, cfg, status = remembered_run(RUN_PARAM, "the newest poisoning run instead")
-    state = status.get("state")
-    queue = list(st.session_state.get(QUEUE) or [])
-    if queue and state == "done":
-        _start_next(queue)
-    elif queue and state not in ACTIVE:  # stopped or failed: the rest is dropped
-        st.session_state.pop(QUEUE, None)
-        queue = []
-    active = state in ACTIVE
+    active = status.get("state") in ACTIVE
     with st.container(border=True):
         st.markdown("**Attack the federation** (4 hospitals, about 30 seconds per rule, in the "
                     "background: you may leave this page and come back)")
         plans, ok = _controls()
-        found = {}
-        for rule, sets in plans:
-            found[rule] = find_finished_run(build_config(BASE_PRESET, sets=sets), runs_root())
+        found = {rule: find_finished_run(build_config(BASE_PRESET, sets=sets), runs_root())
+                 for rule, sets in plans}
         reused = [f"{rule_name(r)} (`{f.run_id}`)" for r, f in found.items() if f]
         if reused:
             st.caption("Finished runs with exactly these settings exist for "
                        + ", ".join(reused) + ": Run shows them instead of training again.")
-        busy = active or sweep_busy
+        behind = queued_behind()
         if st.button("Run", key="poi_start", type="primary", icon=":material/play_arrow:",
-                     disabled=busy or not ok,
-                     help="One job at a time: wait for the current run or study, or stop it."
-                     if busy else "One run per rule, one after the other."):
+                     disabled=not ok,
+                     help=f"Queued behind {behind}: it starts when that job ends." if behind
+                     else "One run per rule, one after the other, in the job queue."):
             todo = [(r, s) for r, s in plans if found[r] is None]
-            if not todo:
-                remember(RUN_PARAM, found[plans[0][0]].run_id)
-                st.session_state[FLASH] = ("Showing the finished runs with these settings; "
-                                           "nothing had to be trained.")
-            else:
-                rule, sets = todo[0]
-                job = start_job(build_config(BASE_PRESET, sets=sets), preset=BASE_PRESET)
-                remember(RUN_PARAM, job.run_id)
-                st.session_state[QUEUE] = [[r, s] for r, s in todo[1:]]
-                st.session_state[FLASH] = (f"Started the attack under {rule_name(rule)}; its "
-                                           "progress is shown above.")
+            started = [start_job(build_config(BASE_PRESET, sets=sets), preset=BASE_PRESET)
+                       for _, sets in todo]
+            remember(RUN_PARAM, started[0].run_id if started else found[plans[0][0]].run_id)
+            st.session_state[FLASH] = (
+                "Showing the finished runs with these settings; nothing had to be trained."
+                if not started else
+                f"Queued the attack under {', '.join(rule_name(r) for r, _ in todo)}: the runs "
+                "go one after the other" + (f", after {behind}" if behind else "")
+                + "; the banner at the top shows their progress.")
             st.rerun()
         if job and cfg and active:
-            st.markdown(f"Running the attack under **{rule_name(cfg.federation.aggregator)}** "
-                        f"(run id `{job.run_id}`); its results appear below when it finishes.")
-            if queue:
-                st.caption("Then, one after the other: "
-                           + ", ".join(rule_name(r) for r, _ in queue) + ".")
+            st.markdown(f"The attack under **{rule_name(cfg.federation.aggregator)}** (run id "
+                        f"`{job.run_id}`) is {STATE_TEXT[status['state']]}; its results appear "
+                        "below when it finishes.")
             job_progress(job.run_id, cfg.federation.rounds)
             st.caption("After the last round the same federation is trained again without "
                        "attackers (or a finished clean run is reused), for comparison.")
             if st.button("Stop this run", icon=":material/stop_circle:", key="poi_cancel"):
                 with st.spinner("Stopping: the current hospital finishes its step first…"):
                     cancel_job(job, grace_s=15)
-                st.session_state.pop(QUEUE, None)
                 st.rerun()
-        elif state == "failed":
-            st.error(f"The last attack run failed: {status.get('error') or 'unknown error'}. "
-                     "The Federation page shows its log.")
-    return active
-
-
-def _sweep_box(sweep: Sweep, busy: bool) -> None:
-    """Start / stop buttons of a background study and its progress."""
-    name = sweep.name
-    if sweep.active:
-        sweep_progress(name)
-        if st.button("Stop the study", key=f"sweep_stop_{name}", icon=":material/stop_circle:"):
-            with st.spinner("Stopping: the experiment in progress is cancelled first…"):
-                cancel_sweep(sweep.folder)
-            st.rerun()
-        st.caption("You may leave this page; the study goes on in the background.")
-        return
-    text = sweep_state_text(sweep)
-    if sweep.state in ("failed", "ended"):
-        st.error(text)
-    else:
-        st.caption(text)
-    if sweep.state != "done":
-        label = "Continue the study" if sweep.cells_done else "Start the study in the background"
-        if st.button(label, key=f"sweep_start_{name}", icon=":material/play_arrow:",
-                     disabled=busy,
-                     help="One job at a time: wait for the current run or study, or stop it."
-                     if busy else f"The same as `{SWEEP_COMMAND.format(name=name)}` in a "
-                                  "terminal; finished experiments are reused."):
-            start_sweep_job(name)
-            st.rerun()
+        elif status.get("state") in ("failed", "interrupted"):
+            st.error(f"The last attack run did not finish: "
+                     f"{status.get('error') or 'unknown error'}. The Runs page can resume it; "
+                     "the Federation page shows its log.")
 
 
 # --------------------------------------------------------------------------- one run
 
 
-def _pick(runs: list[PoisonRun]) -> PoisonRun:
-    """The run to show, kept in the URL (``?poi_run=``)."""
-    by_id = {r.run.run_id: r for r in runs}
-    ids = list(by_id)
-    wanted = remembered(RUN_PARAM)
-    # An active or failed run stays remembered (for its progress) while the newest is shown.
-    shown = wanted if wanted in by_id else ids[0]
-    picked = st.selectbox("Poisoned run", ids, index=ids.index(shown),
-                          format_func=lambda rid: by_id[rid].label,
-                          help="Finished runs with malicious hospitals, newest first.")
-    if picked != shown:
-        remember(RUN_PARAM, picked)
-        st.rerun()
-    return by_id[shown]
-
-
 def _verdict(run: PoisonRun) -> None:
-    v = verdict(run.poison, run.aggregator)
-    with st.container(border=True):
-        st.markdown(f"#### :{v.colour}-background[{v.title}]")
-        st.markdown(v.detail)
-        base = run.poison.get("baseline_run")
-        st.caption("The clean comparison is "
-                   + (f"the finished run `{base}`" if base else
-                      "the same federation trained without attackers for this run (not "
-                      "stored as a run of its own)")
-                   + f". Attack: {run.attack}.")
+    base = run.poison.baseline_run
+    verdict_box(verdict(run.poison, run.rule),
+                "The clean comparison is "
+                + (f"the finished run `{base}`" if base else
+                   "the same federation trained without attackers for this run (not stored as "
+                   "a run of its own)") + f". Attack: {run.attack}.")
 
 
 def _curves(run: PoisonRun, runs: list[PoisonRun], metric: str) -> None:
     st.markdown("#### How the shared model fared, round by round")
     group = same_attack(run, runs)
-    lines = [(r.aggregator, r.history, r.poison.get("baseline_history")) for r in group]
+    lines = [(r.rule, r.history, r.poison.baseline_history) for r in group]
     st.plotly_chart(curves_figure(lines, metric), key="poi_curves")
     st.caption(f"Solid lines: the shared model's {METRIC_SHORT[metric]} under this attack, one "
                "line per rule; dashed lines of the same colour: the same federation without "
                "attackers, so the gap between a pair is the harm done.")
-    have = {r.aggregator for r in group}
+    have = {r.rule for r in group}
     missing = [rule_name(a) for a in STUDY_RULES if a not in have]
     if missing:
         st.caption(f"No finished run of this attack under {', '.join(missing)} yet: choose the "
@@ -275,9 +205,9 @@ def _curves(run: PoisonRun, runs: list[PoisonRun], metric: str) -> None:
 
 def _detection(run: PoisonRun) -> None:
     st.markdown("#### Could the server spot the attacker?")
-    det = run.poison.get("detection") or {}
-    names = list(run.poison.get("malicious_names") or [])
-    if det.get("per_round"):
+    det = run.poison.detection
+    names = run.poison.malicious_names
+    if det.per_round:
         st.plotly_chart(detection_figure(det, names), key="poi_detection")
         st.caption("Each line is one hospital: how far its upload lies from the middle "
                    "(coordinate-wise median) of all uploads, compared with a typical hospital's "
@@ -299,7 +229,7 @@ def _has_rows(sweep: Sweep) -> bool:
         if sweep.folder / "table.json" not in sweep.damaged:
             st.info(f"This study has not been run yet: start it above or run "
                     f"`{SWEEP_COMMAND.format(name=sweep.name)}` in a terminal (about "
-                    f"{SWEEP_MINUTES[sweep.name]} minutes).")
+                    f"{sweep_minutes(sweep.name)} minutes).")
         return False
     if sweep.state != "done" and sweep.total > len(rows):
         st.caption(f"{len(rows)} of {sweep.total} experiments finished so far (the study is "
@@ -343,7 +273,7 @@ def _paper_study(sweep: Sweep, metric: str) -> None:
                "that is (green = unharmed, red = three times or worse); empty cells were not "
                "run, because the robust rules cannot outvote two attackers out of four.")
 
-    curves = sweep.curves()
+    curves = history_curves(sweep.curves())
     if curves is None:
         st.warning(f"`{sweep.folder / 'curves.json'}` is missing or damaged, so the study's "
                    "round-by-round curves can't be shown.")
@@ -370,12 +300,12 @@ def _paper_study(sweep: Sweep, metric: str) -> None:
                "line means the rule shrugged the noise off.")
 
 
-def _model_study(sweep: Sweep, busy: bool) -> None:
+def _model_study(sweep: Sweep, _metric: str) -> None:
     st.markdown("### Model poisoning: crafted updates instead of noise")
     st.caption("One hospital sends an update crafted to do harm rather than a noisy one: "
                "reversed, amplified (model replacement) or 'A Little Is Enough', against each "
                "rule.")
-    _sweep_box(sweep, busy)
+    study_box(sweep, cell_words)
     if not _has_rows(sweep):
         return
     order = [kind_name(k) for k in ("sign_flip", "scaling", "alie")]
@@ -390,11 +320,11 @@ def _model_study(sweep: Sweep, busy: bool) -> None:
                "is (green = unharmed, red = three times or worse).")
 
 
-def _factor_study(sweep: Sweep, busy: bool) -> None:
+def _factor_study(sweep: Sweep, _metric: str) -> None:
     st.markdown("### Which image noise hurts: MRI, CT or both")
     st.caption("One hospital's images get strong noise (σ 1) on the MRI, the CT or both, "
                "with two training losses and two local optimisers, under FedAvg.")
-    _sweep_box(sweep, busy)
+    study_box(sweep, cell_words)
     if not _has_rows(sweep):
         return
 
@@ -431,20 +361,18 @@ for sweep_name in SWEEP_NAMES:
         sweeps[sweep_name] = read_sweep(sweep_name)
     except ConfigError as err:  # a study the engine no longer offers
         st.warning(f"The '{sweep_name}' study can't be shown: {err}")
-sweep_busy = any(s.active for s in sweeps.values())
-run_active = _jobs(sweep_busy)
-busy = run_active or sweep_busy
+_jobs()
 if "poison-paper" in sweeps:
     with st.container(border=True):
         st.markdown(f"**The study grid** (`poison-paper`): {SWEEP_TEXT['poison-paper']}.")
-        _sweep_box(sweeps["poison-paper"], busy)
+        study_box(sweeps["poison-paper"], cell_words)
 flash = st.session_state.pop(FLASH, None)
 if flash:
     st.success(flash)
 
 metric = persisted(st.radio, "Quality measure in the charts", "poi_metric", "mae_hu",
                    options=list(METRICS), format_func=lambda m: METRICS[m], horizontal=True)
-runs, damaged = poisoning_runs()
+runs, damaged = poisoning_runs(list_runs())
 for path in damaged:
     st.warning(f"`{path}` is missing or damaged, so that run's poisoning results can't be "
                "shown.")
@@ -452,22 +380,18 @@ if not runs:
     st.info("No poisoning results yet. Choose an attack above and press Run (about 30 seconds "
             "per rule), or start the study grid.")
 else:
-    shown = _pick(runs)
-    try:
-        _verdict(shown)
-        _curves(shown, runs, metric)
-        _detection(shown)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        # Results written by an older engine lack fields: explain instead of a traceback.
-        st.warning(f"`{shown.run.path / 'summary.json'}` has poisoning results in a format this "
-                   "page can't read. Run the attack again.")
-for sweep_name, render, arg in (("poison-paper", _paper_study, metric),
-                                 ("poison-model", _model_study, busy),
-                                 ("poison-data-factors", _factor_study, busy)):
+    shown = run_picker(runs, RUN_PARAM, "Poisoned run",
+                       help="Finished runs with malicious hospitals, newest first.")
+    assert shown is not None
+    _verdict(shown)
+    _curves(shown, runs, metric)
+    _detection(shown)
+for sweep_name, render in (("poison-paper", _paper_study), ("poison-model", _model_study),
+                           ("poison-data-factors", _factor_study)):
     if sweep_name not in sweeps:
         continue
     try:
-        render(sweeps[sweep_name], arg)
+        render(sweeps[sweep_name], metric)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         # A table written by an older engine lacks columns: explain instead of a traceback.
         st.warning(f"`{sweeps[sweep_name].folder / 'table.json'}` has results in a format this "

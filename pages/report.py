@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.report import make_report, metrics_csv
-from app.runs import list_runs
-from app.state import remember, remembered
-from engine.orchestration.store import runs_root
+from app.views.report import make_report, metrics_csv
+from app.views.results import list_runs
+from app.widgets import run_picker
 
 PARAM = "report_run"
 
@@ -16,21 +15,12 @@ st.caption("One self-contained file per run: settings, software versions, synthe
            "quality with its learning curve, and every attack that ran with its verdict, "
            "tables and images. It opens in any browser, offline.")
 
-rows = [r for r in list_runs(runs_root()) if r.state == "done"]
+rows = [r for r in list_runs() if r.state == "done"]
 if not rows:
     st.info("No finished run yet: train one on the Federation page.")
     st.stop()
-by_id = {r.run_id: r for r in rows}
-ids = list(by_id)
-wanted = remembered(PARAM)
-shown = wanted if wanted in by_id else ids[0]
-picked = st.selectbox("Run", ids, index=ids.index(shown), key="report_pick",
-                      format_func=lambda rid: f"{by_id[rid].label} · {rid}")
-if picked != wanted:
-    remember(PARAM, picked)
-    if wanted:  # a choice in the box: rerun so the URL and the box agree
-        st.rerun()
-row = by_id[picked]
+row = run_picker(rows, PARAM, "Run", help="A finished run, newest first.")
+assert row is not None
 
 report = make_report(row.path)
 for problem in report.problems:

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.runs import (
-    RunRow,
+from app.state import remember
+from app.views.common import STATE_TEXT, describe_config
+from app.views.results import RunRow, list_runs
+from app.views.runs import (
     compare_frame,
     curves_figure,
     detail_links,
     filter_runs,
-    list_runs,
     runs_frame,
 )
-from app.state import remember, remembered
-from app.ui import STATE_TEXT, describe_config, sample_images
+from app.widgets import queued_behind, run_picker, sample_images
 from engine.core.config import ConfigError
 from engine.core.run_folder import ACTIVE, STATES
-from engine.orchestration.store import delete_run, open_run, runs_root
+from engine.orchestration.jobs import resume_job
+from engine.orchestration.store import RESUMABLE, delete_run, open_run
 
 OPEN_PARAM, FIRST_PARAM, SECOND_PARAM = "runs_open", "runs_a", "runs_b"
-
-
-def _pick(label: str, rows: list[RunRow], param: str, key: str,
-          default: str | None = None) -> RunRow | None:
-    """A run chosen in a selectbox, kept in the URL as ``?param=``."""
-    by_id = {r.run_id: r for r in rows}
-    ids = list(by_id)
-    wanted = remembered(param) or default
-    shown = wanted if wanted in by_id else None
-    picked = st.selectbox(label, ids, index=ids.index(shown) if shown else None, key=key,
-                          format_func=lambda rid: by_id[rid].label, placeholder="Choose a run…")
-    if picked != shown:
-        remember(param, picked)
-        st.rerun()
-    return by_id.get(picked) if picked else None
 
 
 def _summary(row: RunRow) -> None:
@@ -49,17 +35,37 @@ def _summary(row: RunRow) -> None:
                  ("Image quality (PSNR)", "{:.2f} dB", "psnr_db"),
                  ("Structural similarity (SSIM)", "{:.3f}", "ssim"))
         for col, (label, fmt, key) in zip(st.columns(3), specs, strict=True):
-            value = row.final.get(key)
-            col.metric(label, fmt.format(value) if value is not None else "–", border=True)
+            col.metric(label, fmt.format(getattr(row.final, key)), border=True)
     elif row.state == "done":
         st.warning(f"Run `{row.run_id}` finished but its results file `summary.json` is "
                    "missing or damaged.")
     else:
         st.info(f"This run is {state}; results appear once it has finished.")
+    if row.state in RESUMABLE:
+        _resume(row)
     st.markdown("**See it in detail:**")
     for page, label, params in detail_links(row):
         st.page_link(str(page), label=label, query_params=params,
                      icon=":material/open_in_new:")
+
+
+def _resume(row: RunRow) -> None:
+    """Resume a run that ended without finishing, from its last checkpoint."""
+    st.warning(f"This run is {STATE_TEXT.get(row.state, row.state)}"
+               + (f": {row.run.status().get('error')}" if row.run.status().get("error")
+                  else "") + ".")
+    behind = queued_behind()
+    if st.button("Resume from the last checkpoint", icon=":material/resume:", key="resume",
+                 help=(f"Queued behind {behind}. " if behind else "")
+                 + "Training goes on from the last round it saved and ends as an "
+                   "uninterrupted run would have."):
+        try:
+            resume_job(row.run)
+        except (ValueError, ConfigError, FileNotFoundError) as err:
+            st.error(f"This run can't be resumed: {err}")
+            return
+        st.toast(f"Resuming run `{row.run_id}` in the background.")
+        st.rerun()
 
 
 def _delete(row: RunRow) -> None:
@@ -89,27 +95,28 @@ def _compare(rows: list[RunRow]) -> None:
         st.caption("Comparing needs two finished runs with readable results.")
         return
     left, right = st.columns(2)
-    with left:
-        a = _pick("First run", done, FIRST_PARAM, "compare_a", default=done[1].run_id)
-    with right:
-        b = _pick("Second run", done, SECOND_PARAM, "compare_b", default=done[0].run_id)
+    a = run_picker(done, FIRST_PARAM, "First run", column=left, default=done[1].run_id,
+                   help="The run to compare from.")
+    b = run_picker(done, SECOND_PARAM, "Second run", column=right, default=done[0].run_id,
+                   help="The run to compare with it.")
     if not (a and b):
         return
     st.dataframe(compare_frame(a, b), hide_index=True, key="compare_table")
-    st.caption("Difference: a negative MAE difference, or a positive PSNR/SSIM difference, "
-               "means the second run's model is better.")
+    st.caption("Change: a negative MAE change, or a positive PSNR/SSIM change, means the "
+               "second run's model is better; for the attacks, a lower AUC, body-SSIM gain "
+               "or error ratio means the second run leaks or suffers less.")
     st.plotly_chart(curves_figure(a, b))
     for tag, row in (("First run", a), ("Second run", b)):
         st.markdown(f"#### {tag}: {row.name or 'run'} · example images")
         sample_images(row.path / "artifacts" / "samples.npz",
-                      list(row.federation.get("per_center") or {}))
+                      list(row.federation.per_center) if row.federation else [])
 
 
 st.title("Runs")
 st.caption("Every experiment kept in the runs folder: find one, open it, delete it, or put "
            "two side by side.")
 
-runs = list_runs(runs_root())
+runs = list_runs()
 if not runs:
     st.info("No runs yet. Start one on the Federation page.")
     st.stop()
@@ -129,7 +136,8 @@ if not shown:
     st.info("No run matches these filters.")
 
 st.subheader("Open a run")
-opened = _pick("Run", shown or runs, OPEN_PARAM, "open_run")
+opened = run_picker(shown or runs, OPEN_PARAM, "Run", optional=True,
+                    help="A run to open: its results, links to its pages, resume or delete.")
 if opened:
     _summary(opened)
     _delete(opened)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.state import persisted, remember, remembered
-from app.ui import PAGES_DIR
-from app.whatif import (
+from app.views.common import PAGES_DIR, hospital_name
+from app.views.whatif import (
     add_example_patient,
     finished_cells,
     membership_verdict,
@@ -15,9 +15,10 @@ from app.whatif import (
     read_whatif,
     reconstruction_verdict,
     score_figure,
-    whatif_progress,
+    whatif_progress_text,
     whatif_sets,
 )
+from app.widgets import queued_behind, sweep_progress
 from engine.orchestration.jobs import cancel_sweep, start_sweep_job
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
@@ -40,29 +41,33 @@ patients = patient_folders(root)
 with st.container(border=True):
     left, right = st.columns(2)
     center = persisted(right.selectbox, "Hospital that trains on the patient", "whatif_center",
-                       0, options=list(range(centers)), format_func=lambda c: f"center-{c}")
+                       0, options=list(range(centers)),
+                       format_func=lambda c: hospital_name(f"center-{c}"))
     if not patients:
         left.info("No patient to ask about yet: upload an MRI + CT pair on **Data & centers**, "
                   "or add an example patient.")
         patient = None
     else:
         labels = list(patients)
+        # The URL holds the patient's label (e.g. "1BA002 (uploaded)"), never a server path.
         wanted = remembered(PATIENT_PARAM)
-        shown = next((k for k, p in patients.items() if str(p) == wanted), labels[-1])
+        shown = wanted if wanted in patients else labels[-1]
         label = left.selectbox("Patient", labels, index=labels.index(shown),
                                help="Uploaded patients (Data & centers) and example patients.")
         patient = patients[label]
-        if str(patient) != wanted:
-            remember(PATIENT_PARAM, str(patient))
+        if label != wanted:
+            remember(PATIENT_PARAM, label)
     if st.button("Add an example patient", icon=":material/person_add:", key="whatif_example",
                  help="An artificial patient scanned at the chosen hospital, saved like an "
                       "upload (nobody has trained on it yet)."):
         with st.spinner("Creating an artificial patient…"):
-            remember(PATIENT_PARAM, str(add_example_patient(root, center)))
+            added = add_example_patient(root, center)
+            remember(PATIENT_PARAM, next(k for k, p in patient_folders(root).items()
+                                         if p == added))
         st.rerun()
     sweep = read_whatif(patient, center) if patient else None
     if sweep and sweep.active:
-        whatif_progress(patient, center)
+        sweep_progress(lambda: read_whatif(patient, center), whatif_progress_text)
         st.caption("You may leave this page; the experiments go on in the background.")
         if st.button("Stop", icon=":material/stop_circle:", key="whatif_stop"):
             with st.spinner("Stopping: the experiment in progress is cancelled first…"):
@@ -73,10 +78,12 @@ with st.container(border=True):
             st.error("The last attempt did not finish "
                      f"(`{sweep.folder / 'log.txt'}` says why). Starting again keeps what "
                      "finished.")
+        behind = queued_behind()
         if st.button("Run the what-if (about 5 minutes)", icon=":material/play_arrow:",
                      type="primary", key="whatif_start",
-                     help="Two experiments, one after the other; one that already ran with "
-                          "the same settings is reused."):
+                     help=(f"Queued behind {behind}: it starts when that job ends. "
+                           if behind else "") + "Two experiments, one after the other; one "
+                          "that already ran with the same settings is reused."):
             start_sweep_job("whatif", whatif_sets(patient, center))
             st.rerun()
 
@@ -94,19 +101,19 @@ for col, cell in zip(st.columns(2), cells, strict=True):
             continue
         st.subheader(cell.title)
         w = cell.whatif
-        m = w.get("membership")
-        if m:
+        m = w.membership
+        if m is not None:
             with st.container(border=True):
-                colour, title, detail = membership_verdict(m)
-                st.markdown(f"#### :{colour}-background[{title}]")
-                st.markdown("**Was this patient used?** (membership inference) " + detail)
+                v = membership_verdict(m)
+                st.markdown(f"#### :{v.colour}-background[{v.title}]")
+                st.markdown("**Was this patient used?** (membership inference) " + v.detail)
                 st.plotly_chart(score_figure(m), key=f"scores_{cell.run.run_id}")
-        r = w.get("reconstruction")
+        r = w.reconstruction
         with st.container(border=True):
-            colour, title, detail = reconstruction_verdict(r)
-            st.markdown(f"#### :{colour}-background[{title}]")
-            st.markdown("**Can their images be rebuilt?** (gradient inversion) " + detail)
-            if r and r.get("n"):
+            v = reconstruction_verdict(r)
+            st.markdown(f"#### :{v.colour}-background[{v.title}]")
+            st.markdown("**Can their images be rebuilt?** (gradient inversion) " + v.detail)
+            if r and r.n:
                 st.caption("A short attempt (50 iterations of Inverting Gradients on the "
                            "hospital's first recorded update); the Gradient inversion page has "
                            "stronger ones.")
@@ -116,7 +123,7 @@ for col, cell in zip(st.columns(2), cells, strict=True):
                 b.image(rec_mri, caption="Rebuilt MRI", width="stretch")
                 c.image(orig_ct, caption="Patient's CT", width="stretch")
                 d.image(rec_ct, caption="Rebuilt CT", width="stretch")
-        final = ((cell.summary.get("federation") or {}).get("final") or {})
+        final = cell.summary.federation.final
         if final:
-            st.caption(f"Shared model's synthetic-CT error (MAE) {final['mae_hu']:.0f} HU · "
+            st.caption(f"Shared model's synthetic-CT error (MAE) {final.mae_hu:.0f} HU · "
                        f"run `{cell.run.run_id}`")

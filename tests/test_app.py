@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.core.run_folder import ACTIVE
 from engine.orchestration.jobs import start_job
-from engine.orchestration.presets import build_config
+from engine.orchestration.presets import build_config, preset_title
 from engine.orchestration.store import RunIndex, create_run, open_run
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
@@ -72,7 +72,7 @@ def test_home_lists_runs_and_a_row_opens_one() -> None:
 def test_federation_page_has_settings_and_start() -> None:
     at = _federation()
     preset = at.selectbox(key="w_preset")
-    assert {"smoke", "demo", "paper"} <= set(preset.options)
+    assert {preset_title(p) for p in ("smoke", "demo", "paper")} <= set(preset.options)
     assert at.button(key="start").label == "Start training"
     assert not at.button(key="start").disabled
 
@@ -179,7 +179,6 @@ def test_unseen_hospital_is_labelled() -> None:
 
 
 def test_an_error_inside_a_page_is_a_sentence_not_a_traceback(runs_dir, monkeypatch):
-    from engine.orchestration.store import RunIndex
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("index unreadable")

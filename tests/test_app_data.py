@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.data import cohort_counts, run_command
+from app.views.data import cohort_counts, run_command
+from engine.core.run_folder import ACTIVE
 from engine.data.cohort import load_cohort
+from engine.orchestration.jobs import cancel_job
 from engine.orchestration.presets import build_config
+from engine.orchestration.store import RunIndex, open_run
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 DATA = "../pages/data.py"
@@ -141,13 +144,22 @@ def test_saving_builds_a_loadable_cohort_and_refuses_overwrites(runs_dir: Path) 
     command = at.code[0].value
     assert "--set data.source=nifti" in command and f"data.path={folder}" in command
 
-    cfg = build_config("smoke", sets=[
-        "data.source=nifti", f"data.path={folder}", "data.centers=1",
-        "data.patients_per_center=1", "data.heldout_per_center=1", "data.image_size=32",
-        "data.slices_per_patient=4", "data.unseen_center=false"])
+    # The button trains the same federation as the command, through the job queue.
+    at.button(key="train_cohort").click().run()
+    assert not at.exception, at.exception
+    run = open_run(next(r["run_id"] for r in RunIndex(runs_dir).list()
+                        if r["name"] == "uploaded-cohort"))
+    try:
+        cfg = run.config()
+        assert run.status()["state"] in ACTIVE
+    finally:
+        cancel_job(run, grace_s=0)
+    assert (cfg.data.source, cfg.data.path, cfg.data.centers) == ("nifti", str(folder), 1)
+    assert (cfg.data.patients_per_center, cfg.data.heldout_per_center) == (1, 1)
+    assert cfg == build_config("smoke", sets=[x.strip() for x in command.split("--set ")[1:]])
     cohort = load_cohort(cfg.data, seed=0)
     assert [c.name for c in cohort.centers] == ["center-A"]
-    assert cohort.centers[0].train.mri.shape == (4, 1, 32, 32)
+    assert cohort.centers[0].train.mri.shape == (cfg.data.slices_per_patient, 1, 32, 32)
     assert set(cohort.centers[0].test.patient_ids) == {"1BA002"}
 
 
@@ -172,12 +184,26 @@ def test_run_command_needs_two_patients_everywhere(counts, usable, tmp_path: Pat
         assert "data.centers=2" in cmd and "data.patients_per_center=1" in cmd
 
 
-def test_synthrad_path_check(runs_dir: Path, tmp_path: Path) -> None:
+def test_synthrad_path_check(runs_dir: Path, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDSCT_DATA_ROOTS", f"{tmp_path / 'elsewhere'}:{tmp_path / 'data'}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "escape").symlink_to("/etc")
     at = _data_page()
-    at.text_input(key="synthrad_path").set_value(str(tmp_path / "missing")).run()
+    at.text_input(key="synthrad_path").set_value(str(tmp_path / "data" / "missing")).run()
     assert not at.exception, at.exception
     assert any("does not exist" in w.value for w in at.warning)
-    root = tmp_path / "brain"
+    # Outside the data roots: one refusal, the same whether the folder exists or not.
+    refusals = []
+    for outside in ("/etc", "/no/such/folder", f"{tmp_path}/data/../..",
+                    f"{tmp_path}/data/escape", "~root"):
+        at.text_input(key="synthrad_path").set_value(outside).run()
+        assert not at.exception and not at.success, outside
+        refusals.append([w.value for w in at.warning])
+    assert all(r == refusals[0] for r in refusals) and len(refusals[0]) == 1, refusals
+    assert "only reads data inside" in refusals[0][0] and "FEDSCT_DATA_ROOTS" in refusals[0][0]
+    assert str(tmp_path / "data") in refusals[0][0]
+    root = tmp_path / "data" / "brain"
     for pid in ("1BA001", "1BB001"):
         (root / pid).mkdir(parents=True)
         for stem, data in zip(("mr", "ct"), head_pair(), strict=True):

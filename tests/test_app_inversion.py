@@ -16,7 +16,9 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from app.inversion import RECOGNISABLE, cell_text, leak_level, verdict
+from app.views.common import hospital_name
+from app.views.inversion import RECOGNISABLE, cell_text, leak_level, verdict
+from engine.analyses.results import InversionSummary
 from engine.attacks.inversion import LEAK_MARGIN
 from engine.core.config import config_hash
 from engine.core.run_folder import ACTIVE, RunFolder
@@ -24,7 +26,7 @@ from engine.orchestration.experiment import execute
 from engine.orchestration.jobs import cancel_job
 from engine.orchestration.presets import SWEEPS, build_config
 from engine.orchestration.store import RunIndex, create_run, open_run
-from engine.orchestration.sweeps import cell_label
+from engine.orchestration.sweeps import cell_label, sweep_folder
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 INVERSION = "../pages/inversion.py"  # relative to the entrypoint's folder (app/)
@@ -79,8 +81,12 @@ def test_empty_runs_folder_explains_and_offers_presets(runs_dir: Path) -> None:
     assert any("can't be opened" in w.value for w in at.warning)
     assert "inv_run" not in at.query_params
     assert any("No gradient-inversion results yet" in i.value for i in at.info)
-    assert any("`fedsct sweep --preset inversion-factors`" in i.value for i in at.info)
-    assert any("`fedsct sweep --preset inversion-defenses`" in i.value for i in at.info)
+    for name in ("inversion-factors", "inversion-budget", "inversion-defenses"):
+        button = at.button(key=f"sweep_start_{name}")
+        assert button.label == "Start the study in the background" and not button.disabled
+        assert f"fedsct sweep --preset {name}" in button.help
+    not_run = [c.value for c in at.caption if c.value.startswith("Not run yet")]
+    assert len(not_run) == 3 and "10 experiments, about 30 minutes" in not_run[0], not_run
     assert not at.image and not at.get("plotly_chart") and not at.select_slider
     for preset in ("inversion-easy", "dlg-paper", "ig-strong"):
         assert not at.button(key=f"start_{preset}").disabled
@@ -106,7 +112,7 @@ def test_run_shows_verdict_table_images_and_slider(runs_dir: Path, tiny: Path) -
     assert "Calibration: the same attack at the same budget" in _md(at)
     assert any("Inverting Gradients (cosine matching, 3 iterations, 2 random starts)"
                in c.value for c in at.caption)
-    assert f"Worst-case hospital **{worst}**: body SSIM **{s:.2f}**" in _md(at)
+    assert f"Worst-case hospital **{hospital_name(worst)}**: body SSIM **{s:.2f}**" in _md(at)
     assert f"**{f:.2f}** for its average brain" in _md(at)
     assert any("SSIM ≤ 0.16 and PSNR ≤ 11 dB" in c.value for c in at.caption)
     assert any("L1 loss" in i.value and "sqrt(d² + ε)" in i.value for i in at.info)
@@ -114,7 +120,7 @@ def test_run_shows_verdict_table_images_and_slider(runs_dir: Path, tiny: Path) -
 
     # Per-hospital numbers are summary.json's.
     table = at.dataframe[0].value
-    assert table["Hospital"].tolist() == list(per)
+    assert table["Hospital"].tolist() == [hospital_name(c) for c in per]
     for key in ("ssim", "ssim_body", "psnr_db", "ssim_ct", "psnr_db_ct", "floor_ssim_body",
                 "round"):
         np.testing.assert_allclose(table[key].to_numpy(float), [per[c][key] for c in per])
@@ -173,7 +179,8 @@ def test_damaged_files_give_warnings(runs_dir: Path, tiny: Path) -> None:
     summary["inversion"]["per_client"]["center-0"] = {"ssim": "n/a"}
     broken.write_summary(summary)
     at = _page(inv_run=broken.run_id)
-    assert any(f"{broken.path / 'summary.json'}" in w.value and "can't read" in w.value
+    # A summary that does not read as a run summary is named as damaged, never a traceback.
+    assert any(f"{broken.path / 'summary.json'}" in w.value and "damaged" in w.value
                for w in at.warning)
 
     (broken.path / "summary.json").write_text("{half-written")
@@ -182,17 +189,20 @@ def test_damaged_files_give_warnings(runs_dir: Path, tiny: Path) -> None:
 
 
 def test_verdict_levels() -> None:
-    def inv(s: float, f: float, engine_verdict: str | None = None) -> dict:
-        out = {"per_client": {"a": {"ssim_body": s, "floor_ssim_body": f},
-                              "b": {"ssim_body": 0.1, "floor_ssim_body": 0.4}}}
-        return out | ({"verdict": engine_verdict} if engine_verdict else {})
+    def inv(s: float, f: float, engine_verdict: str | None = None) -> InversionSummary:
+        def client(body: float, floor: float) -> dict:
+            return {"ssim_body": body, "floor_ssim_body": floor, "ssim": body, "psnr_db": 10.0}
+
+        out = {"per_client": {"center-0": client(s, f), "center-1": client(0.1, 0.4)}}
+        return InversionSummary.model_validate(
+            out | ({"verdict": engine_verdict} if engine_verdict else {}))
 
     # Within 0.05 of the floor: safe only where the engine's calibration said so.
     assert verdict(inv(0.44, 0.40, "no_leak")).colour == "green"
     assert verdict(inv(0.44, 0.40, "inconclusive")).colour == "gray"
     assert verdict(inv(0.44, 0.40)).colour == "gray"  # an older run without a calibration
     v = verdict(inv(0.50, 0.40, "leak"))
-    assert (v.colour, v.center, v.ssim_body) == ("orange", "a", 0.50)
+    assert v.colour == "orange" and "**Hospital A**: body SSIM **0.50**" in v.detail
     assert verdict(inv(0.85, 0.40, "leak")).colour == "red"
     assert verdict(inv(0.62, 0.60, "no_leak")).colour == "green"  # the floor is as high
 
@@ -216,11 +226,20 @@ def test_defense_rerun_starts_a_defended_job(runs_dir: Path) -> None:
         assert cfg.federation.batch_size == 1
         assert job.status()["state"] in ACTIVE
         assert at.get("progress")
-        assert at.button(key="rerun_defended").disabled
-        assert at.button(key="start_inversion-easy").disabled
+        # One job runs at a time; the buttons stay usable and say the next one queues.
+        for key in ("rerun_defended", "start_inversion-easy"):
+            button = at.button(key=key)
+            assert not button.disabled and "Queued behind" in button.help, (key, button.help)
+        at.button(key="start_inversion-easy").click().run()
+        assert not at.exception, at.exception
+        second = open_run(at.query_params["inv_run"])
+        assert second.run_id != job.run_id
+        assert second.status()["state"] == "queued"  # behind the defended run
     finally:
         cancel_job(job, grace_s=0)
     assert job.status()["state"] == "cancelled"
+    cancel_job(second, grace_s=0)
+    assert second.status()["state"] == "cancelled"
 
 
 def test_defense_rerun_reuses_an_identical_finished_run(runs_dir: Path, tiny: Path) -> None:
@@ -258,11 +277,24 @@ def test_sweep_charts_use_plain_labels(runs_dir: Path) -> None:
                                          (0.5, 0.4, 85)])
     defenses = rows("inversion-defenses", [(0.9, 0.4, 90.0), (0.41, 0.4, 90.0),
                                            (0.8, 0.4, 100.0)])
-    for name, table in (("inversion-factors", factors), ("inversion-defenses", defenses)):
-        folder = runs_dir / "sweeps" / f"{name}-test"
+    budget = [{"cell": cell_label(cell), "run_id": f"b{i}", "inversion_iterations": it,
+               "inversion_restarts": 4, "inversion_tv_weight": tv, "inversion_final_loss": loss,
+               "inversion_ssim_body": 0.1, "inversion_floor_ssim_body": 0.3,
+               "calibration_ssim_body": cal, "calibration_floor_ssim_body": 0.18,
+               "inversion_verdict": verdict}
+              for i, (cell, (it, tv, loss, cal, verdict)) in enumerate(zip(
+                  SWEEPS["inversion-budget"]["cells"],
+                  [(400, 1e-4, 0.5, 0.2, "inconclusive"), (2000, 1e-4, 0.3, 0.3, "no_leak"),
+                   (8000, 1e-4, 0.2, 0.4, "no_leak"), (2000, 1e-3, 0.3, 0.3, "no_leak")],
+                  strict=False))]
+    for name, table in (("inversion-factors", factors), ("inversion-budget", budget),
+                        ("inversion-defenses", defenses)):
+        folder = sweep_folder(name)
         folder.mkdir(parents=True)
         (folder / "table.json").write_text(json.dumps(table))
-        (folder / "sweep.json").write_text(json.dumps({"cells": SWEEPS[name]["cells"]}))
+        (folder / "sweep.json").write_text(json.dumps({
+            "state": "cancelled", "cells_done": len(table),
+            "cells": [{"label": cell_label(c)} for c in SWEEPS[name]["cells"]]}))
 
     at = _page()
     bars = _spec(at, 0)["data"]
@@ -272,10 +304,19 @@ def test_sweep_charts_use_plain_labels(runs_dir: Path) -> None:
                             "Adam + 4 local steps"]
     assert bars[0]["y"] == [0.9, 0.5, 0.45, 0.6, 0.7, 0.42, 0.8, 0.6, 0.3, 0.5]
     assert bars[1]["y"] == [0.4] * 10
-    points = _spec(at, 1)["data"][0]
+    curves = {t["name"]: t for t in _spec(at, 1)["data"] if t.get("name")}
+    # Only the default TV weight's cells, in budget order, on a log axis of iterations.
+    assert curves["study's model: reconstruction"]["x"] == [400, 2000, 8000]
+    assert curves["vulnerable control: reconstruction"]["y"] == [0.2, 0.3, 0.4]
+    budget_rows = at.dataframe[0].value
+    assert budget_rows["TV weight"].tolist() == [1e-4, 1e-4, 1e-4, 1e-3]
+    assert budget_rows["Verdict"].tolist() == ["inconclusive", "no leak", "no leak", "no leak"]
+    points = _spec(at, 2)["data"][0]
     assert points["text"] == ["no defense", "secure aggregation", "DP ε 64"]
     assert points["x"] == [90.0, 90.0, 100.0]
-    table = at.dataframe[0].value
+    table = at.dataframe[1].value
     assert table["Extra error (HU)"].tolist() == [0.0, 0.0, 10.0]
-    assert any("3 of 7 defenses finished" in c.value for c in at.caption)
+    assert any("3 of 7 experiments finished so far" in c.value for c in at.caption)
+    assert any(c.value.startswith("Stopped after 3 of 7") for c in at.caption)
+    assert at.button(key="sweep_start_inversion-defenses").label == "Continue the study"
     assert cell_text({"cell": "prune_fraction=0.99"}, "x") == "pruning 99%"

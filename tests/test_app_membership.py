@@ -16,11 +16,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import engine.orchestration.jobs
-from app.mia import dp_sentence, noise_label, verdict
+from app.views.common import hospital_name
+from app.views.mia import dp_sentence, noise_label, verdict
+from engine.analyses.results import MiaSummary
 from engine.core.run_folder import RunFolder
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run, open_run
+from engine.orchestration.sweeps import sweep_folder
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 MEMBERSHIP = "../pages/membership.py"  # relative to the entrypoint's folder (app/)
@@ -102,14 +105,16 @@ def test_run_shows_verdict_curves_and_tables(runs_dir: Path, trained: dict[str, 
     assert len(at.get("plotly_chart")) == 1
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     titles = [a["text"] for a in spec["layout"]["annotations"]]
-    assert titles == [*mia["auc"], "All hospitals"]  # one small chart per hospital + all
+    names = [hospital_name(c) for c in mia["auc"]]  # center-0 → Hospital A, on every page
+    assert names[0] == "Hospital A"
+    assert titles == [*names, "All hospitals"]  # one small chart per hospital + all
 
     aucs, tprs = (d.value for d in at.dataframe)
-    assert list(aucs.columns) == ["Attack", *mia["auc"], "All hospitals"]
+    assert list(aucs.columns) == ["Attack", *names, "All hospitals"]
     assert len(aucs) == len(mia["variants"])
     assert aucs["Attack"].iloc[0] == "FedMIA-I (loss, per-sample σ) ★"
-    assert aucs["center-0"].iloc[0] == f"{mia['auc']['center-0']:.2f}"
-    assert tprs["Hospital"].tolist() == [*mia["auc"], "All hospitals"]
+    assert aucs["Hospital A"].iloc[0] == f"{mia['auc']['center-0']:.2f}"
+    assert tprs["Hospital"].tolist() == [*names, "All hospitals"]
 
     _select(at, "Attack to plot").select("global_loss").run()
     assert not at.exception, at.exception
@@ -153,22 +158,26 @@ def test_degenerate_centers_are_labelled(runs_dir: Path, trained: dict[str, Path
     assert "degenerate" not in set(aucs.iloc[-1])  # other attacks keep their numbers
     assert (tprs.iloc[0].drop("Hospital") == "degenerate").all()
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert "center-0 (no signal)" in [a["text"] for a in spec["layout"]["annotations"]]
+    assert "Hospital A (no signal)" in [a["text"] for a in spec["layout"]["annotations"]]
 
 
 def test_verdict_follows_the_engine_and_skips_degenerate_centers() -> None:
-    mia = {"attack": "fedmia-i/phi", "verdict_attack": "fedmia-i/phi",
-           "verdict": {"a": "no_evidence", "b": "risk", "c": "no_evidence", "overall": "risk"},
-           "patient": {"auc": {"a": 0.99, "b": 0.7, "c": 0.55},
-                       "auc_ci": {"b": [0.6, 0.8]}},
-           "variants": {"fedmia-i/phi": {"degenerate": {"a": True, "b": False, "c": False}}}}
-    v = verdict(mia)
-    assert (v.colour, v.center, v.ci) == ("orange", "b", (0.6, 0.8))
-    mia["verdict"] = {"a": "no_evidence", "b": "no_evidence", "c": "no_evidence",
-                      "overall": "no_evidence"}
-    v = verdict(mia)
-    assert v.colour == "blue" and v.title.startswith("No evidence") and v.center == "b"
-    assert verdict({"auc": {"a": 0.9}}).title.startswith("This run was made by an older")
+    data = {"attack": "fedmia-i/phi", "verdict_attack": "fedmia-i/phi",
+            "verdict": {"center-0": "no_evidence", "center-1": "risk",
+                        "center-2": "no_evidence", "overall": "risk"},
+            "patient": {"auc": {"center-0": 0.99, "center-1": 0.7, "center-2": 0.55},
+                        "auc_ci": {"center-1": [0.6, 0.8]}},
+            "variants": {"fedmia-i/phi": {"degenerate": {"center-0": True, "center-1": False,
+                                                         "center-2": False}}}}
+    v = verdict(MiaSummary.model_validate(data))
+    assert v.colour == "orange" and "**Hospital B**" in v.detail  # not the degenerate A
+    assert "AUC **0.70** (95% interval 0.60–0.80" in v.detail
+    data["verdict"] = dict.fromkeys(data["verdict"], "no_evidence")
+    v = verdict(MiaSummary.model_validate(data))
+    assert v.colour == "blue" and v.title.startswith("No evidence")
+    assert "**Hospital B**" in v.detail
+    old = verdict(MiaSummary.model_validate({"auc": {"center-0": 0.9}}))
+    assert old.title.startswith("This run was made by an older")
 
 
 def test_old_or_damaged_results_are_explained(runs_dir: Path, trained: dict[str, Path]) -> None:
@@ -181,8 +190,8 @@ def test_old_or_damaged_results_are_explained(runs_dir: Path, trained: dict[str,
     summary["mia"] = {"attack": "fedmia-i/phi", "auc": {"center-0": "n/a"}}
     old.write_summary(summary)
     at = _page()
-    assert (any("older format" in i.value for i in at.info)
-            or "made by an older version" in _md(at))
+    assert any(str(old.path / "summary.json") in w.value and "damaged" in w.value
+               for w in at.warning)
 
 
 def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
@@ -196,10 +205,11 @@ def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
             rows.append({"cell": f"{level} {eps}", "dp_enabled": True, "dp_level": level,
                          "epsilon": eps, "mae_hu": mae, "patient_auc_pooled": auc,
                          "patient_auc_ci_pooled": [auc - 0.1, auc + 0.1], "mia_verdict": v})
-    folder = runs_dir / "sweeps" / "mia-dp-test"
+    folder = sweep_folder("mia-dp")
     folder.mkdir(parents=True)
     (folder / "table.json").write_text(json.dumps(rows))
-    (folder / "sweep.json").write_text(json.dumps({"cells": [{}] * 9}))
+    (folder / "sweep.json").write_text(json.dumps({"state": "cancelled", "cells_done": 4,
+                                                   "cells": [{}] * 9}))
 
     at = _page()
     text = _md(at)
@@ -209,6 +219,8 @@ def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
             "(+30 HU).") in text
     assert "With **patient-level DP**, from **ε 64** on" in text
     assert any("4 of 9 noise levels" in c.value for c in at.caption)
+    assert any(c.value.startswith("Stopped after 4 of 9 experiments") for c in at.caption)
+    assert at.button(key="sweep_start_mia-dp").label == "Continue the study"
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec["data"][0]["x"] == ["ε 64", "ε 4"] and spec["data"][0]["y"] == [0.9, 0.55]
     np.testing.assert_allclose(spec["data"][0]["error_y"]["array"], [0.1, 0.1])
@@ -238,8 +250,8 @@ def test_start_button_tracks_the_job(runs_dir: Path, monkeypatch: pytest.MonkeyP
     assert not at.exception, at.exception
     assert started == [("mia-secagg", True)]
     assert at.query_params["mia_run"]
-    assert "Waiting to start" in at.get("progress")[0].proto.text
-    assert at.button(key="start_mia-paper").disabled
+    assert "Waiting for its turn in the job queue" in at.get("progress")[0].proto.text
+    assert not at.button(key="start_mia-paper").disabled  # a second job would queue
     assert at.button(key="cancel")
 
     open_run(at.query_params["mia_run"]).set_status("failed", error="RuntimeError: boom")

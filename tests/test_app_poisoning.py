@@ -8,10 +8,12 @@ one. Background jobs started by the page are stopped at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +21,23 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from app.poisoning import (
+from app.views.common import hospital_name
+from app.views.poisoning import (
     PROTECTED,
     USELESS,
     attack_sets,
     detection_sentence,
+    poisoning_runs,
     verdict,
 )
+from app.views.results import list_runs
+from engine.analyses.results import Detection, PoisoningSummary
 from engine.core.config import config_hash
-from engine.core.run_folder import ACTIVE, JOB_PID_FILE, RunFolder, pid_alive
-from engine.orchestration import presets, sweeps
+from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
+from engine.orchestration import presets, queue
 from engine.orchestration.experiment import execute
 from engine.orchestration.jobs import cancel_job, cancel_sweep
-from engine.orchestration.presets import build_config
+from engine.orchestration.presets import POISON_LEVELS, build_config
 from engine.orchestration.store import RunIndex, create_run, open_run
 from engine.orchestration.sweeps import run_sweep, sweep_folder
 
@@ -165,16 +171,17 @@ def test_verdict_curves_and_detection_match_the_summary(runs_dir: Path, built) -
 
     # Detection: the attacker's line, the threshold and the flagged points are the summary's.
     det = p["detection"]
-    attacker = _trace(detection, "center-0 (attacker)")
+    attacker = _trace(detection, f"{hospital_name('center-0')} (attacker)")
     np.testing.assert_allclose(attacker["y"], [r["clients"]["center-0"]["distance_ratio"]
                                                for r in det["per_round"]])
-    flagged = [(r["round"], c) for r in det["per_round"] for c, v in r["clients"].items()
-               if v["flagged"]]
+    flagged = [(r["round"], hospital_name(c)) for r in det["per_round"]
+               for c, v in r["clients"].items() if v["flagged"]]
     marks = _trace(detection, "flagged by the server")
     assert list(zip(marks["x"], marks["customdata"], strict=True)) == flagged
-    assert set(marks["customdata"]) == set(det["detected"]) == {"center-0"}
+    assert det["detected"] == ["center-0"]
+    assert set(marks["customdata"]) == {hospital_name(c) for c in det["detected"]}
     assert detection["layout"]["shapes"][0]["y0"] == det["flag_ratio"] == 2.0
-    assert "The attacker **center-0** was visible" in _md(at)
+    assert f"The attacker **{hospital_name('center-0')}** was visible" in _md(at)
     assert f"flagged in {det['flag_rate']['center-0']:.0%} of rounds" in _md(at)
 
     # Another quality measure redraws the curves from the same histories.
@@ -185,7 +192,9 @@ def test_verdict_curves_and_detection_match_the_summary(runs_dir: Path, built) -
 
     # The FedMedian run: its own verdict, a robust rule.
     picker = next(s for s in at.selectbox if s.label == "Poisoned run")
-    picker.select(runs["fedmedian"].run_id).run()
+    ids = [r.run_id for r in poisoning_runs(list_runs())[0]]  # the picker's order, newest first
+    assert len(ids) == len(picker.options)
+    picker.select_index(ids.index(runs["fedmedian"].run_id)).run()
     assert not at.exception, at.exception
     assert at.query_params["poi_run"] == runs["fedmedian"].run_id
     mp = median["poisoning"]
@@ -204,13 +213,14 @@ def test_study_grid_matches_table_json(runs_dir: Path, built, paper) -> None:
 
     # Heat-map: rows = attackers, columns = rules; each cell is table.json's MAE and ratio.
     heat = _heatmaps(at)[0]
-    assert heat["y"] == ["center-0", "center-0 + center-1"]
+    assert heat["y"] == [hospital_name("center-0"),
+                         f"{hospital_name('center-0')} + {hospital_name('center-1')}"]
     assert heat["x"] == ["FedAvg", "FedMedian"]
     names = {"fedavg": "FedAvg", "fedmedian": "FedMedian"}
     attacked = [r for r in table if r.get("poison_kind")]
     assert len(attacked) == 3
     for r in attacked:
-        i = heat["y"].index(" + ".join(r["malicious"].split()))
+        i = heat["y"].index(" + ".join(hospital_name(c) for c in r["malicious"].split()))
         j = heat["x"].index(names[r["aggregator"]])
         assert heat["z"][i][j] == pytest.approx(r["mae_ratio"])
         assert heat["text"][i][j] == f"{r['mae_hu']:.0f} HU<br>×{r['mae_ratio']:.2f}"
@@ -275,13 +285,17 @@ def test_damaged_files_give_warnings(runs_dir: Path, built, paper) -> None:
     assert any(str(folder / "table.json") in w.value and "can't read" in w.value
                for w in at.warning)
 
+    # A poisoning block with no attacked cell gives no verdict, and one that does not read as
+    # a run summary gives nothing: either way the file is named as damaged, never a traceback.
     broken = runs["fedmedian"]
     summary = broken.summary()
-    summary["poisoning"]["cells"] = []
-    broken.write_summary(summary)
-    at = _page(poi_run=broken.run_id)
-    assert any(str(broken.path / "summary.json") in w.value and "can't read" in w.value
-               for w in at.warning)
+    for cells in ([], [{"mae_hu": "n/a"}]):
+        summary["poisoning"]["cells"] = cells
+        broken.write_summary(summary)
+        at = _page(poi_run=broken.run_id)
+        assert any(str(broken.path / "summary.json") in w.value and "damaged" in w.value
+                   for w in at.warning), cells
+        assert not at.error, [e.value for e in at.error]
 
     (runs["fedavg"].path / "summary.json").write_text("{half-written")
     (broken.path / "summary.json").unlink()
@@ -290,7 +304,20 @@ def test_damaged_files_give_warnings(runs_dir: Path, built, paper) -> None:
         assert any(str(run.path / "summary.json") in w.value for w in at.warning)
 
 
-def test_run_starts_one_rule_after_the_other(runs_dir: Path) -> None:
+def _stop(run: RunFolder) -> None:
+    """Cancel a background run: a waiting one leaves the queue; a started one is terminated
+    and its process reaped (it is this process's child), so no training is left behind."""
+    pid, start = read_job_pid(run.path)  # written when the queue starts it
+    cancel_job(run, grace_s=0)
+    if pid is not None:
+        if pid_alive(pid, start):  # asked to stop before it had recorded its own pid
+            os.killpg(pid, signal.SIGTERM)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        assert not pid_alive(pid, start)
+
+
+def test_run_queues_one_rule_after_the_other(runs_dir: Path) -> None:
     at = _page()
     at.selectbox(key="w_poi_kind").select("data_noise").run()
     at.radio(key="w_poi_level").set_value("low")
@@ -300,7 +327,12 @@ def test_run_starts_one_rule_after_the_other(runs_dir: Path) -> None:
     at.button(key="poi_start").click().run()
     assert not at.exception, at.exception
     first = open_run(at.query_params["poi_run"])
+    started = [RunFolder(runs_dir / r["run_id"]) for r in RunIndex(runs_dir).list()]
+    second = next(r for r in started if r.run_id != first.run_id)
+    sweep = sweep_folder("poison-paper")
+    more: list[RunFolder] = []
     try:
+        assert len(started) == 2  # one run per rule, both queued at once
         cfg = first.config()
         poison = cfg.attacks.poisoning
         assert (cfg.name, cfg.federation.aggregator, cfg.federation.fedprox_mu) == \
@@ -313,30 +345,54 @@ def test_run_starts_one_rule_after_the_other(runs_dir: Path) -> None:
         assert config_hash(cfg) in cells
         assert first.status()["state"] in ACTIVE
         assert at.get("progress")
-        assert at.button(key="poi_start").disabled
-        assert at.button(key="sweep_start_poison-paper").disabled
-        assert any("Then, one after the other: FedMedian" in c.value for c in at.caption)
-    finally:
-        cancel_job(first, grace_s=0)
-    # Pretend it finished: the page starts the next rule.
-    first.set_status("done")
-    at.run()
-    assert not at.exception, at.exception
-    second = open_run(at.query_params["poi_run"])
-    try:
-        assert second.run_id != first.run_id
+        # The next rule waits in the engine's queue behind the first: the same attack.
         assert second.config().federation.aggregator == "fedmedian"
+        assert second.config().attacks.poisoning == poison
+        assert second.status()["state"] == "queued"
+        assert [(Path(j.folder), j.state) for j in queue.jobs(runs_dir)] == [
+            (first.path, "running"), (second.path, "waiting")]
+        assert any("Queued the attack under FedProx, FedMedian: the runs go one after the "
+                   "other" in s.value for s in at.success)
+        # The start buttons stay usable while they run; what they start queues behind them.
+        for key in ("poi_start", "sweep_start_poison-paper"):
+            button = at.button(key=key)
+            assert not button.disabled, key
+            assert button.help == ("Queued behind poison-base and 1 more: it starts when "
+                                   "that job ends."), (key, button.help)
+        at.button(key="sweep_start_poison-paper").click().run()
+        assert not at.exception, at.exception
+        assert json.loads((sweep / "sweep.json").read_text())["state"] == "queued"
+        at.button(key="poi_start").click().run()
+        assert not at.exception, at.exception
+        more = [RunFolder(runs_dir / r["run_id"]) for r in RunIndex(runs_dir).list()
+                if r["run_id"] not in (first.run_id, second.run_id)]
+        assert at.query_params["poi_run"] in [r.run_id for r in more]
+        assert sorted(r.config().federation.aggregator for r in more) == ["fedmedian",
+                                                                           "fedprox"]
+        assert [r.status()["state"] for r in more] == ["queued", "queued"]
+        waiting = {Path(j.folder) for j in queue.jobs(runs_dir) if j.state == "waiting"}
+        assert {sweep, *(r.path for r in more)} <= waiting
     finally:
-        cancel_job(second, grace_s=0)
-    at.run()  # stopped: nothing more starts
+        # The waiting jobs first: ending the running one would start the next.
+        for run in more:
+            _stop(run)
+        if (sweep / "sweep.json").exists():
+            cancel_sweep(sweep, grace_s=0)
+        _stop(second)
+        _stop(first)
+    assert json.loads((sweep / "sweep.json").read_text())["state"] == "cancelled"
+    assert [r.status()["state"] for r in more] == ["cancelled", "cancelled"]
+    at.run()  # stopped: nothing more starts, and nothing is queued behind any more
     assert not at.exception, at.exception
-    assert len(RunIndex(runs_dir).list()) == 2
+    assert queue.jobs(runs_dir) == []
+    assert len(RunIndex(runs_dir).list()) == 4
+    assert "Queued behind" not in at.button(key="poi_start").help
 
 
 def test_run_reuses_a_finished_run_and_refuses_impossible_rules(runs_dir: Path,
                                                                 built) -> None:
     root, ids = built
-    high = sweeps.POISON_LEVELS["update_noise"][1]  # the page's default level
+    high = POISON_LEVELS["update_noise"][1]  # the page's default level
     cfg = build_config("poison-base", sets=attack_sets("update_noise", [0], "fedavg", high))
     old = RunFolder(Path(shutil.copytree(root / ids["fedavg"], runs_dir / ids["fedavg"])))
     (old.path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
@@ -364,20 +420,23 @@ def test_run_reuses_a_finished_run_and_refuses_impossible_rules(runs_dir: Path,
 
 def _end(folder: Path, timeout_s: float = 60.0) -> None:
     """Cancel a background sweep and wait until its process has ended (killed at the end)."""
-    pid = int((folder / JOB_PID_FILE).read_text())
+    pid, start = read_job_pid(folder)
+    assert pid is not None
     cancel_sweep(folder, grace_s=timeout_s)
     try:
         os.waitpid(pid, 0)  # it is this process's child: reap it
     except ChildProcessError:
         pass
-    assert not pid_alive(pid)
+    assert not pid_alive(pid, start)
 
 
 def test_study_button_starts_and_stops_the_sweep(runs_dir: Path) -> None:
     at = _page()
     folder = sweep_folder("poison-paper")
+    model = sweep_folder("poison-model")
     assert not (folder / "sweep.json").exists()
     at.button(key="sweep_start_poison-paper").click().run()
+    queued: list[RunFolder] = []
     try:
         assert not at.exception, at.exception
         state = json.loads((folder / "sweep.json").read_text())
@@ -385,19 +444,48 @@ def test_study_button_starts_and_stops_the_sweep(runs_dir: Path) -> None:
         total = len(presets.SWEEPS["poison-paper"]["cells"])
         assert len(state["cells"]) == total
         assert at.get("progress")
-        assert at.button(key="poi_start").disabled
-        assert at.button(key="sweep_start_poison-model").disabled
-        pid = int((folder / JOB_PID_FILE).read_text())
+        # The other start buttons stay usable while the study runs; what they start waits in
+        # the queue behind it.
+        for key in ("poi_start", "sweep_start_poison-model"):
+            button = at.button(key=key)
+            assert not button.disabled, key
+            assert button.help == ("Queued behind the poison-paper study: it starts when that "
+                                   "job ends."), (key, button.help)
+        at.button(key="sweep_start_poison-model").click().run()
+        assert not at.exception, at.exception
+        assert json.loads((model / "sweep.json").read_text())["state"] == "queued"
+        at.button(key="poi_start").click().run()
+        assert not at.exception, at.exception
+        jobs_now = queue.jobs(runs_dir)
+        queued = [RunFolder(Path(j.folder)) for j in jobs_now if j.kind == "run"]
+        assert [(Path(j.folder), j.state) for j in jobs_now] == [
+            (folder, "running"), (model, "waiting"), *((r.path, "waiting") for r in queued)]
+        assert queued[0].run_id == at.query_params["poi_run"]
+        assert [r.config().federation.aggregator for r in queued] == ["fedavg", "fedmedian"]
+        assert [r.status()["state"] for r in queued] == ["queued", "queued"]
+        for run in queued:
+            cancel_job(run, grace_s=0)
+            assert run.status()["state"] == "cancelled"
+        cancel_sweep(model, grace_s=0)
+        assert json.loads((model / "sweep.json").read_text())["state"] == "cancelled"
+
+        pid, start = read_job_pid(folder)
         at.button(key="sweep_stop_poison-paper").click().run()
         assert not at.exception, at.exception
-        assert not pid_alive(pid)
+        assert not pid_alive(pid, start)
     finally:
+        for run in queued:
+            cancel_job(run, grace_s=0)
+        if (model / "sweep.json").exists():
+            cancel_sweep(model, grace_s=0)
         _end(folder)
     texts = [c.value for c in at.caption] + [e.value for e in at.error]
-    assert any(re.search(r"Stopped after \d+ of \d+", t) or "ended without finishing" in t
+    assert any(re.search(rf"Stopped after \d+ of {total} ", t) or "ended without finishing" in t
                for t in texts)
-    assert not at.button(key="poi_start").disabled
-    assert not at.button(key="sweep_start_poison-paper").disabled
+    assert queue.jobs(runs_dir) == []
+    for key in ("poi_start", "sweep_start_poison-paper"):  # nothing left to queue behind
+        button = at.button(key=key)
+        assert not button.disabled and "Queued behind" not in button.help, (key, button.help)
 
 
 def test_model_and_factor_studies_are_drawn_from_their_tables(runs_dir: Path) -> None:
@@ -434,11 +522,12 @@ def test_model_and_factor_studies_are_drawn_from_their_tables(runs_dir: Path) ->
 
 
 def test_verdict_levels_and_detection_sentences() -> None:
-    def poison(ratio: float, rule: str) -> dict:
-        return {"kind": "update_noise", "malicious_names": ["center-0"],
-                "baseline": {rule: {"mae_hu": 100.0, "psnr_db": 20.0, "ssim": 0.5}},
-                "cells": [{"mae_hu": 100.0 * ratio, "psnr_db": 18.0, "ssim": 0.4,
-                           "mae_ratio": ratio}]}
+    def poison(ratio: float, rule: str) -> PoisoningSummary:
+        return PoisoningSummary.model_validate({
+            "kind": "update_noise", "malicious_names": ["center-0"],
+            "baseline": {rule: {"mae_hu": 100.0, "psnr_db": 20.0, "ssim": 0.5}},
+            "cells": [{"mae_hu": 100.0 * ratio, "psnr_db": 18.0, "ssim": 0.4,
+                       "mae_ratio": ratio}]})
 
     useless = verdict(poison(2.0, "fedavg"), "fedavg")
     assert useless.colour == "red"
@@ -451,20 +540,22 @@ def test_verdict_levels_and_detection_sentences() -> None:
     assert verdict(poison(1.2, "fedavg"), "fedavg").title.startswith("The attack barely hurt")
     assert verdict(poison(1.5, "fedprox"), "fedprox").colour == "orange"
 
-    def det(flagged: dict[str, bool]) -> dict:
+    def det(flagged: dict[str, bool]) -> Detection:
         clients = {c: {"distance_ratio": 3.0 if f else 1.0, "flagged": f}
                    for c, f in flagged.items()}
-        return {"per_round": [{"round": 1, "clients": clients}],
-                "flag_rate": {c: float(f) for c, f in flagged.items()},
-                "mean_distance_ratio": {c: v["distance_ratio"] for c, v in clients.items()},
-                "detected": [c for c, f in flagged.items() if f], "flag_ratio": 2.0}
+        return Detection.model_validate({
+            "per_round": [{"round": 1, "clients": clients}],
+            "flag_rate": {c: float(f) for c, f in flagged.items()},
+            "mean_distance_ratio": {c: v["distance_ratio"] for c, v in clients.items()},
+            "detected": [c for c, f in flagged.items() if f], "flag_ratio": 2.0})
 
     hidden = detection_sentence(det({"center-0": False, "center-1": True, "center-2": False}),
                                 ["center-0"])
-    assert "**center-0** hid among the honest hospitals" in hidden
+    assert f"**{hospital_name('center-0')}** hid among the honest hospitals" in hidden
     assert "flagged in 0% of rounds" in hidden
-    assert "center-1 was flagged in most rounds too (false alarms)" in hidden
-    assert "secure aggregation" in detection_sentence({"per_round": []}, ["center-0"])
+    assert f"{hospital_name('center-1')} was flagged in most rounds too (false alarms)" in hidden
+    assert "secure aggregation" in detection_sentence(Detection.model_validate({"per_round": []}),
+                                                      ["center-0"])
 
 
 def test_attack_settings_survive_a_page_switch(runs_dir: Path) -> None:

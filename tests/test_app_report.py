@@ -17,9 +17,10 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from app import mia as mia_ui
-from app.report import build_report, fmt_mae, make_report, scorecards
-from app.runs import list_runs
+from app.views import mia as mia_ui
+from app.views.report import build_report, fmt_mae, make_report, scorecards
+from app.views.results import list_runs
+from engine.analyses.results import read_summary
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
@@ -111,7 +112,7 @@ def test_report_html_is_complete_and_offline(runs: dict[str, Path]) -> None:
         assert title in text
         assert [t for k, t in sections.items() if k != kind and t in text] == []
     assert "No attack ran" in build_report(runs["plain"])
-    mia = _summary(runs["mia"])["mia"]
+    mia = read_summary(runs["mia"] / "summary.json").mia
     assert mia_ui.verdict(mia).title.split(":")[0] in build_report(runs["mia"])
     inversion = build_report(runs["inversion"])
     assert inversion.count("data:image/png;base64,") > build_report(runs["plain"]).count(
@@ -144,7 +145,7 @@ def test_page_offers_the_three_downloads(runs: dict[str, Path],
     run_id = runs["poisoning"].name
     at = _page(REPORT, report_run=run_id)
     assert at.title[0].value == "Report"
-    assert at.selectbox(key="report_pick").value == run_id
+    assert next(b for b in at.selectbox if b.label == "Run").value == run_id
     assert at.query_params["report_run"] == run_id
     assert not at.warning
     labels = [b.proto.label for b in at.get("download_button")]
@@ -163,7 +164,7 @@ def test_page_offers_the_three_downloads(runs: dict[str, Path],
 
     # Another run picked in the box is remembered in the URL.
     other = runs["mia"].name
-    at.selectbox(key="report_pick").select(other).run()
+    next(b for b in at.selectbox if b.label == "Run").select(other).run()
     assert at.query_params["report_run"] == other
 
 
@@ -182,6 +183,12 @@ def test_page_warns_on_damaged_runs(runs: dict[str, Path]) -> None:
 
 
 # --------------------------------------------------------------------------- Home
+
+
+def _pick(at: AppTest, run: Path) -> None:
+    """Choose ``run`` in the page's "Run" box (newest first, finished runs only)."""
+    ids = [r.run_id for r in list_runs(run.parent) if r.state == "done"]
+    next(b for b in at.selectbox if b.label == "Run").select_index(ids.index(run.name)).run()
 
 
 def _cards(at: AppTest) -> str:
@@ -203,23 +210,34 @@ def test_home_scorecards_show_the_latest_numbers_and_colours(runs: dict[str, Pat
     (runs["mia"] / "summary.json").write_text(json.dumps(mia))
     inv = _summary(runs["inversion"])
     inv["inversion"].update(ssim_body=0.41, floor_ssim_body=0.38, verdict="no_leak")
-    inv["inversion"]["per_client"] = {"center-0": {"ssim_body": 0.41,
-                                                   "floor_ssim_body": 0.38}}
+    first = next(iter(inv["inversion"]["per_client"].values()))
+    inv["inversion"]["per_client"] = {"center-0": first | {"ssim_body": 0.41,
+                                                           "floor_ssim_body": 0.38}}
     (runs["inversion"] / "summary.json").write_text(json.dumps(inv))
     poi = _summary(runs["poisoning"])
     poi["poisoning"]["cells"][0]["mae_ratio"] = 2.5
     (runs["poisoning"] / "summary.json").write_text(json.dumps(poi))
 
+    # The newest finished run (poisoning, created last) is shown first; its cards are its
+    # own: its MAE and its attack, the attacks it did not run say where to start one.
     at = _page(HOME)
+    assert at.query_params.get("home_run") is None
     text = _cards(at)
-    assert ":orange[● **patient-level AUC 0.72 (interval 0.61–0.83) · risk**]" in text
-    assert ":green[● **body SSIM 0.41 vs floor 0.38**]" in text
     assert ":red[● **2.50× the clean error**]" in text
-    # The newest finished run is the poisoning one (created last).
-    mae = poi["federation"]["final"]["mae_hu"]
-    assert f"● **MAE {fmt_mae(mae)}**" in text
-    captions = " ".join(c.value for c in at.caption)
-    assert runs["poisoning"].name in captions and runs["mia"].name in captions
+    assert f"● **MAE {fmt_mae(poi['federation']['final']['mae_hu'])}**" in text
+    assert "patient-level AUC" not in text and "body SSIM" not in text
+    assert sum("Not attacked in this run" in c.value for c in at.caption) == 2
+    # Each other run, picked in the box (kept in the URL), shows its own numbers only.
+    for run, wanted in (("mia", ":orange[● **patient-level AUC 0.72 (interval 0.61–0.83)**] "
+                                "· watch"),
+                        ("inversion", ":green[● **body SSIM 0.41 vs floor 0.38**]")):
+        _pick(at, runs[run])
+        assert at.query_params["home_run"] == runs[run].name
+        text = _cards(at)
+        assert wanted in text, text
+        assert "clean error" not in text
+        mae = _summary(runs[run])["federation"]["final"]["mae_hu"]
+        assert f"● **MAE {fmt_mae(mae)}**" in text
     assert at.dataframe  # the existing "Latest runs" table is still there
 
 
@@ -228,7 +246,9 @@ def test_scorecard_thresholds(runs: dict[str, Path]) -> None:
         poi = _summary(runs["poisoning"])
         poi["poisoning"]["cells"][0]["mae_ratio"] = ratio
         (runs["poisoning"] / "summary.json").write_text(json.dumps(poi))
-        return scorecards(list_runs(runs["poisoning"].parent))[2].colour
+        row = next(r for r in list_runs(runs["poisoning"].parent)
+                   if r.run_id == runs["poisoning"].name)
+        return scorecards(row.summary)[3].colour
 
     assert [poison_colour(r) for r in (1.0, 1.25, 1.5, 2.0, 3.0)] == [
         "green", "green", "orange", "red", "red"]
@@ -237,7 +257,8 @@ def test_scorecard_thresholds(runs: dict[str, Path]) -> None:
 def test_home_without_runs_says_where_to_start(runs_dir: Path) -> None:
     at = _page(HOME)
     captions = " ".join(c.value for c in at.caption)
-    for page in ("Membership inference page", "Gradient inversion page", "Poisoning page",
-                 "Federation page"):
+    assert "Federation page" in captions
+    for page in ("Membership inference page", "Gradient inversion page", "Poisoning page"):
         assert page in captions
     assert "●" not in _cards(at)
+    assert len(at.get("page_link")) >= 5  # the intro's link and one per card

@@ -99,7 +99,7 @@ def test_lists_runs_with_mae_and_filters(runs: dict[str, RunFolder]) -> None:
 def test_open_shows_summary_and_detail_link(runs: dict[str, RunFolder]) -> None:
     run = runs["alpha"]
     at = _page(runs_open=run.run_id)
-    assert at.selectbox(key="open_run").value == run.run_id
+    assert next(b for b in at.selectbox if b.label == "Run").value == run.run_id
     assert at.metric[0].value == f"{_final(run)['mae_hu']:.0f} HU"
     assert at.metric[1].value == f"{_final(run)['psnr_db']:.2f} dB"
     assert any("1 rounds" in c.value and run.run_id in c.value for c in at.caption)
@@ -125,10 +125,14 @@ def test_compare_two_runs(runs: dict[str, RunFolder]) -> None:
     at = _page(runs_a=a.run_id, runs_b=b.run_id)
     table = at.dataframe[-1].value
     fa, fb = _final(a), _final(b)
-    assert table["First run"][0] == round(fa["mae_hu"])
-    assert table["Second run"][0] == round(fb["mae_hu"])
-    assert table["Difference (second − first)"][0] == round(fb["mae_hu"] - fa["mae_hu"])
-    assert table["Second run"][2] == pytest.approx(fb["ssim"], abs=1e-3)
+    assert table["First run"][0] == f"{fa['mae_hu']:.0f}"
+    assert table["Second run"][0] == f"{fb['mae_hu']:.0f}"
+    assert table["Change (second − first)"][0] == f"{fb['mae_hu'] - fa['mae_hu']:+.0f}"
+    assert float(table["Second run"][2]) == pytest.approx(fb["ssim"], abs=1e-3)
+    # Below the metrics, every security result either run has, with its change.
+    security = dict(zip(table["Measure"], zip(table["First run"], table["Second run"],
+                                              strict=True), strict=True))
+    assert security["Differential privacy"] == ("off", "off")
 
     charts = at.get("plotly_chart")
     assert len(charts) == 1

@@ -17,7 +17,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+from playwright.sync_api import sync_playwright
+
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output" / "browser"
@@ -82,7 +89,6 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -148,8 +154,6 @@ def test_smoke_run_from_the_browser_shows_its_learning_curve(server, page):
 
 def _head_nifti(folder: Path, shape: tuple[int, int, int] = (32, 32, 8)) -> tuple[Path, Path]:
     """A tiny ball-shaped head as mri.nii.gz (scanner units) and ct.nii.gz (HU)."""
-    import nibabel as nib
-    import numpy as np
 
     x, y, z = np.meshgrid(*(np.arange(s) - (s - 1) / 2 for s in shape), indexing="ij")
     r = np.sqrt(x**2 + y**2 + (z * 2) ** 2)
@@ -204,9 +208,6 @@ def test_upload_a_broken_nifti_shows_a_readable_error(server, page, tmp_path):
 
 
 def test_download_the_report_of_a_finished_run(server, page, tmp_path):
-    from engine.orchestration.experiment import execute
-    from engine.orchestration.presets import build_config
-    from engine.orchestration.store import create_run
 
     run = create_run(build_config("smoke", sets=["federation.rounds=1"]), RUNS["root"])
     assert execute(run) is not None

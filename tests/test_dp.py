@@ -17,8 +17,14 @@ from engine.clients.dp import (
     train_local_dp_sgd,
 )
 from engine.core.config import ConfigError
+from engine.data.phantom import phantom_patient
+from engine.data.types import SliceSet
+from engine.federation.server_view import ServerView
 from engine.learning.local import LocalTraining
+from engine.learning.model import build_unet, get_parameters
+from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 
 def test_clipping_bound_holds_without_noise():
@@ -106,9 +112,6 @@ def test_patient_gradients_average_each_patients_slices():
 def test_dp_sgd_bounds_each_patients_influence():
     """Without noise, one step of plain SGD (lr 1) moves the weights by at most C per sampled
     patient, divided by the expected number of patients."""
-    from engine.data.phantom import phantom_patient
-    from engine.data.types import SliceSet
-    from engine.learning.model import build_unet, get_parameters
 
     torch.manual_seed(0)
     net = build_unet((4, 8), "instance", 0)
@@ -131,9 +134,6 @@ def test_dp_sgd_bounds_each_patients_influence():
 
 @pytest.mark.parametrize("level", ["client", "sample"])
 def test_dp_run_reports_epsilon_and_no_raw_quantity(runs_dir, level):
-    from engine.federation.server_view import ServerView
-    from engine.orchestration.experiment import execute
-    from engine.orchestration.store import create_run
 
     cfg = build_config("smoke", sets=["federation.rounds=2", "defenses.dp.enabled=true",
                                       f"defenses.dp.level={level}",

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +205,6 @@ def test_impossible_flower_configs_are_refused(sets, pattern):
 
 
 def test_flower_run_config_and_components_are_in_pyproject():
-    import tomllib
 
     app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     app = app["tool"]["flwr"]["app"]

@@ -3,23 +3,36 @@ weak result on the study's U-Net is a finding, not a bug."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from monai.networks.nets import UNet
 
 from engine.attacks.inversion import (
     AttackerPrior,
     InversionPayload,
+    decode_adam_step,
     dlg,
     dlg_lbfgs,
+    inversion_verdict,
     inverting_gradients,
     simulate_update,
+    training_mode_copy,
     update_distance,
 )
-from engine.core.metrics import reconstruction_metrics
+from engine.core.metrics import reconstruction_metrics, template_metrics
 from engine.core.units import hu_to_unit
-from engine.data.phantom import phantom_patient
-from engine.learning.local import LocalTraining
+from engine.data.cohort import CONTROL_SLICES, attacker_data, load_cohort
+from engine.data.nifti import save_patient_folder
+from engine.data.phantom import example_patient_volume, phantom_patient
+from engine.learning.local import LocalTraining, train_local
+from engine.learning.model import build_unet, get_parameters
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 SIZE = 16
 
@@ -121,11 +134,7 @@ def test_matching_pairs_batch_members_in_any_order():
 
 
 def test_run_folder_gets_inversion_summary_and_images(runs_dir):
-    import json
 
-    from engine.orchestration.experiment import execute
-    from engine.orchestration.presets import build_config
-    from engine.orchestration.store import create_run
 
     cfg = build_config(sets=[
         "data.centers=3", "data.patients_per_center=1", "data.heldout_per_center=1",
@@ -156,7 +165,6 @@ def test_run_folder_gets_inversion_summary_and_images(runs_dir):
 
 
 def test_floor_of_one_template_equals_matching_its_copies():
-    from engine.core.metrics import template_metrics
 
     truth = phantom_patient(0, 2, 1, image_size=32, n_slices=3)
     ct = hu_to_unit(truth.ct_hu)
@@ -234,10 +242,7 @@ def test_dlg_lbfgs_solves_rosenbrock_where_one_iteration_per_step_sticks():
 def smooth_unet_sgd_payload(size: int = 16):
     """One plain SGD step of a small MONAI U-Net (tanh, InstanceNorm: twice differentiable,
     as DLG requires) on one phantom slice, uploaded through the real client code."""
-    from monai.networks.nets import UNet
 
-    from engine.learning.local import train_local
-    from engine.learning.model import get_parameters
 
     torch.manual_seed(0)
     net = UNet(2, 1, 1, (4, 8, 16), (2, 2), num_res_units=1, act="tanh", norm="instance")
@@ -264,8 +269,6 @@ def test_dlg_matching_loss_keeps_falling_on_a_unet_after_20_steps():
 def adam_client_payload():
     """The invertible conv+FC model after one real local Adam step (torch's Adam, the
     client code) on one slice: the upload is ≈ −lr·sign(gradient)."""
-    from engine.learning.local import train_local
-    from engine.learning.model import get_parameters
 
     torch.manual_seed(0)
     net = ShallowNet()
@@ -280,7 +283,6 @@ def adam_client_payload():
 
 
 def test_adam_decoding_reads_the_gradient_back_from_a_torch_adam_step():
-    from engine.attacks.inversion import decode_adam_step
 
     torch.manual_seed(3)
     w = torch.nn.Parameter(0.05 * torch.randn(5000))
@@ -312,9 +314,6 @@ def test_adam_aware_inversion_rebuilds_a_one_step_adam_upload():
 def test_batchnorm_is_simulated_in_training_mode():
     """A BatchNorm model's simulated SGD step equals the real client's step (which trains on
     batch statistics), not the step on the global running statistics."""
-    from engine.attacks.inversion import simulate_update, training_mode_copy
-    from engine.learning.local import train_local
-    from engine.learning.model import build_unet, get_parameters
 
     torch.manual_seed(4)
     net = build_unet((4, 8), "batch", 0)
@@ -334,10 +333,7 @@ def test_batchnorm_is_simulated_in_training_mode():
 
 def _folder_root(tmp_path, names: list[str]):
     """A SynthRAD2023-layout root of small phantom patients named ``names``."""
-    from dataclasses import replace
 
-    from engine.data.nifti import save_patient_folder
-    from engine.data.phantom import example_patient_volume
 
     root = tmp_path / "brain"
     for k, name in enumerate(names):
@@ -348,8 +344,6 @@ def _folder_root(tmp_path, names: list[str]):
 
 
 def test_attacker_data_come_from_the_federations_source_and_no_hospital(tmp_path):
-    from engine.data.cohort import attacker_data, load_cohort
-    from engine.orchestration.presets import build_config
 
     names = ["1BA001", "1BA002", "1BA003", "1BB001", "1BB002", "1BC001", "1BC002"]
     root = _folder_root(tmp_path, names)
@@ -375,8 +369,6 @@ def test_attacker_data_come_from_the_federations_source_and_no_hospital(tmp_path
 
 
 def test_phantom_attacker_patients_are_none_of_the_federations():
-    from engine.data.cohort import CONTROL_SLICES, attacker_data, load_cohort
-    from engine.orchestration.presets import build_config
 
     cfg = build_config("smoke")
     cohort = load_cohort(cfg.data, cfg.seed)
@@ -390,7 +382,6 @@ def test_phantom_attacker_patients_are_none_of_the_federations():
 @pytest.mark.parametrize("gain", [-0.3, 0.0, 0.049])
 @pytest.mark.parametrize("calibration", [None, {"recovered": False}, {"recovered": True}])
 def test_no_leak_needs_a_recovered_control(gain, calibration):
-    from engine.attacks.inversion import inversion_verdict
 
     per = {"center-0": {"ssim_body": 0.3 + gain, "floor_ssim_body": 0.3},
            "center-1": {"ssim_body": 0.1, "floor_ssim_body": 0.3}}

@@ -3,6 +3,8 @@ attack end to end on a small federation (plain, SecAgg, and a control without me
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -18,13 +20,16 @@ from engine.attacks.membership import (
     per_sample_gradients_loop,
     reference_scores,
 )
-from engine.core.metrics import roc_summary, tpr_at_fpr
+from engine.core.config import ConfigError
+from engine.core.metrics import better_than_chance, roc_summary, tpr_at_fpr
 from engine.data.cohort import load_cohort
 from engine.data.types import SliceSet
 from engine.federation.inprocess import run_federation
 from engine.federation.server_view import ServerView
 from engine.learning.model import build_unet
+from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 
 def test_reference_scores_rank_members_above_nonmembers():
@@ -167,10 +172,7 @@ def test_control_without_members_gives_chance(plain_and_secure, small_cohort):
 
 
 def test_run_folder_gets_mia_summary_and_roc_points(runs_dir):
-    import json
 
-    from engine.orchestration.experiment import execute
-    from engine.orchestration.store import create_run
 
     cfg = build_config("mia-paper", sets=[*SMALL, "federation.local_epochs=2",
                                           "data.heldout_per_center=2",
@@ -194,7 +196,6 @@ def test_run_folder_gets_mia_summary_and_roc_points(runs_dir):
 
 
 def test_membership_config_is_validated():
-    from engine.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="needs a server view"):
         build_config("mia-paper", sets=["federation.server_view_rounds=none"])
@@ -234,7 +235,6 @@ def test_tpr_is_given_only_where_the_nonmembers_resolve_it():
 def test_perfect_separation_of_two_patients_is_no_evidence():
     """2 against 2 patients, perfectly separated: the bootstrap interval is [1, 1], but the
     exact rank test knows that 1 in 6 labellings does that by chance."""
-    from engine.core.metrics import better_than_chance
 
     two = roc_summary(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0], bool),
                       bootstrap=500)

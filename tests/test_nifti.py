@@ -11,7 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.data.nifti import NiftiError, NiftiLimits, load_nifti_pair, load_volume
+from engine.data.nifti import (
+    NiftiError,
+    NiftiLimits,
+    load_affine,
+    load_nifti_pair,
+    load_volume,
+    save_patient_folder,
+)
 from engine.data.preprocess import volume_to_slices
 from engine.data.synthrad import load_synthrad_patient, scan_synthrad
 from engine.data.types import PatientVolume
@@ -243,14 +250,22 @@ def test_garbage_bytes(tmp_path: Path) -> None:
         load_volume(b"", name="empty")
 
 
-def test_gzip_bomb_is_stopped(tmp_path: Path) -> None:
-    limits = NiftiLimits(max_decompressed_bytes=1024**2)
+def test_gzip_bomb_is_stopped_at_the_size_its_header_declares(tmp_path: Path) -> None:
     small = nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), _affine()).to_bytes()
     bomb = tmp_path / "bomb.nii.gz"
     bomb.write_bytes(gzip.compress(small + bytes(16 * 1024**2), compresslevel=1))
     assert bomb.stat().st_size < 100_000
-    with pytest.raises(NiftiError, match=r"'bomb\.nii\.gz'.*decompresses to more than 1\.0 MiB"):
-        load_volume(bomb, limits=limits)
+    pattern = (
+        r"'bomb\.nii\.gz'.*decompresses to more than the 1,376 bytes its header declares "
+        r"\(8×8×8 int16 voxels after 352 bytes\).*bomb"
+    )
+    with pytest.raises(NiftiError, match=pattern):
+        load_volume(bomb)
+    # Trailing bytes are refused too, uncompressed or gzip, however few.
+    with pytest.raises(NiftiError, match=r"'x': decompresses to more than the 1,376 bytes"):
+        load_volume(gzip.compress(small + b"\0"), name="x")
+    with pytest.raises(NiftiError, match=r"'x': file is 1,377 bytes but its header declares 1,376"):
+        load_volume(small + b"\0", name="x")
 
 
 def test_header_size_claims_are_checked_before_reading(tmp_path: Path) -> None:
@@ -262,9 +277,13 @@ def test_header_size_claims_are_checked_before_reading(tmp_path: Path) -> None:
     claim = tmp_path / "claim.nii"
     claim.write_bytes(hdr.binaryblock + bytes(4))  # header only: data never read
     with pytest.raises(NiftiError, match=r"'claim\.nii'.*header promises .* more than"):
-        load_volume(claim, limits=NiftiLimits(max_decompressed_bytes=64 * 1024**2))
+        load_volume(claim, limits=NiftiLimits(max_voxels=10**9,
+                                              max_decompressed_bytes=64 * 1024**2))
     with pytest.raises(NiftiError, match=r"'claim\.nii'.*64,000,000 voxels.*crop or resample"):
         load_volume(claim, limits=NiftiLimits(max_voxels=1_000_000))
+    # The default limit is 256³ voxels and says so.
+    with pytest.raises(NiftiError, match=r"more than the 16,777,216 \(256³\) allowed"):
+        load_volume(claim)
 
 
 def test_file_size_limit(tmp_path: Path) -> None:
@@ -272,6 +291,35 @@ def test_file_size_limit(tmp_path: Path) -> None:
     path = _save(mri, tmp_path / "big.nii")
     with pytest.raises(NiftiError, match=r"'big\.nii'.*more than the 1\.0 KiB allowed"):
         load_volume(path, limits=NiftiLimits(max_file_bytes=1024))
+
+
+def test_default_limits_are_stated_in_the_refusal(tmp_path: Path) -> None:
+    limits = NiftiLimits()
+    assert limits.max_voxels == 256**3 and limits.max_file_bytes == 130 * 1024**2
+    big = tmp_path / "big.nii.gz"
+    with big.open("wb") as f:
+        f.truncate(131 * 1024**2)  # sparse: nothing is written, nothing is read
+    with pytest.raises(NiftiError, match=r"'big\.nii\.gz'.*131\.0 MiB, more than the 130\.0 MiB "
+                       r"allowed.*16,777,216 \(256³\) voxels"):
+        load_volume(big)
+
+
+def test_load_affine_reads_only_the_header() -> None:
+    raw = (NIB_DATA / "anatomical.nii").read_bytes()
+    _, affine = load_volume(raw, name="anat")
+    np.testing.assert_array_equal(load_affine(raw[:352], name="anat"), affine)  # no voxels
+
+
+def test_save_patient_folder_is_all_or_nothing(tmp_path: Path) -> None:
+    mri, ct, mask = _head()
+    pv = PatientVolume("P", mri, ct, mask.astype(bool), SPACING)
+    target = save_patient_folder(pv, tmp_path / "cohort" / "1BA001")
+    assert sorted(p.name for p in target.iterdir()) == ["ct.nii.gz", "mask.nii.gz", "mr.nii.gz"]
+    with pytest.raises(FileExistsError, match="1BA001"):
+        save_patient_folder(pv, target)
+    assert [p.name for p in target.parent.iterdir()] == ["1BA001"]  # no temporary left
+    np.testing.assert_array_equal(load_nifti_pair(target / "mr.nii.gz", target / "ct.nii.gz",
+                                                  patient_id="P").ct_hu, ct)
 
 
 def test_huge_header_extensions(tmp_path: Path) -> None:

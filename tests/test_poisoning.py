@@ -19,7 +19,9 @@ from engine.core.config import ConfigError
 from engine.core.units import hu_to_unit
 from engine.data.phantom import phantom_patient
 from engine.federation.detection import update_statistics
+from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
 
 GLOBAL = [np.array([1.0, 2.0, 3.0], np.float32), np.array(4, np.int64)]
 LOCALS = [[np.array([2.0, 2.0, 1.0], np.float32), np.array(9, np.int64)],
@@ -82,8 +84,6 @@ def test_impossible_poisoning_is_refused(sets, pattern):
 
 
 def _run(sets: list[str]) -> dict:
-    from engine.orchestration.experiment import execute
-    from engine.orchestration.store import create_run
 
     run = create_run(build_config("smoke", sets=["federation.rounds=4", *sets]))
     assert execute(run) is not None, (run.path / "log.txt").read_text()

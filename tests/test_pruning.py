@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from engine.clients.pruning import prune_update
+from engine.data.cohort import load_cohort
+from engine.federation.inprocess import run_federation
+from engine.federation.server_view import ServerView
+from engine.orchestration.presets import build_config
 
 
 def test_keeps_the_largest_update_entries_of_each_tensor():
@@ -39,10 +43,6 @@ def test_rejects_fractions_outside_unit_interval(fraction):
 
 
 def test_server_view_holds_the_pruned_upload(runs_dir):
-    from engine.data.cohort import load_cohort
-    from engine.federation.inprocess import run_federation
-    from engine.federation.server_view import ServerView
-    from engine.orchestration.presets import build_config
 
     cfg = build_config("smoke", sets=["federation.rounds=1", "defenses.prune_fraction=0.9"])
     run_federation(cfg, load_cohort(cfg.data, cfg.seed), run_dir=runs_dir)

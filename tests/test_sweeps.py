@@ -9,6 +9,7 @@ import pytest
 
 from engine.core.config import ConfigError, config_hash
 from engine.orchestration import presets, sweeps
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex
 
 
@@ -53,7 +54,6 @@ def test_unknown_sweep_and_bad_cell_fail_before_running(runs_dir, monkeypatch):
 
 @pytest.mark.parametrize("name", list(presets.SWEEPS))
 def test_every_sweep_cell_is_a_valid_config(name):
-    from engine.orchestration.presets import build_config
 
     spec = sweeps.sweep_spec(name)
     hashes = {config_hash(build_config(spec["base"], sets=c)) for c in spec["cells"]}

@@ -3,12 +3,18 @@ federation with an added NIfTI patient) and the What-if page over it (AppTest)."
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import app.views.whatif
+from app.views.common import hospital_name
+from app.views.report import make_report
+from app.views.whatif import membership_verdict
 from engine.analyses.whatif import EXPOSED_RANK, patient_exposure, patient_scores
 from engine.attacks.membership import membership_candidates
 from engine.core.config import ConfigError
@@ -117,7 +123,6 @@ def finished(patient, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _summaries(folder: Path) -> list[dict]:
-    import json
 
     cells = json.loads((folder / "sweep.json").read_text())["cells"]
     return [RunFolder(folder.parent.parent / c["run_id"]).summary() for c in cells]
@@ -170,7 +175,6 @@ def test_page_without_patients_offers_an_example(tmp_path, monkeypatch):
 
 
 def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatch):
-    import app.whatif
 
     root, _ = finished
     uploads = root / "uploads"
@@ -179,7 +183,7 @@ def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatc
     if not link.exists():
         link.symlink_to(patient, target_is_directory=True)
     # The page asks the tiny study for the patient as the sweep was run.
-    monkeypatch.setattr(app.whatif, "whatif_sets", lambda p, c: _sets(patient, c))
+    monkeypatch.setattr(app.views.whatif, "whatif_sets", lambda p, c: _sets(patient, c))
     at = _page(root, monkeypatch)
     next(s for s in at.selectbox if s.label.startswith("Hospital")).select(1).run()
     assert not at.exception, at.exception
@@ -194,13 +198,10 @@ def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatc
 
 
 def test_start_runs_the_study_in_the_background_and_shows_it(tmp_path, monkeypatch):
-    import json
-    import time
 
-    import app.whatif
 
     root = tmp_path / "runs"
-    monkeypatch.setattr(app.whatif, "whatif_sets",
+    monkeypatch.setattr(app.views.whatif, "whatif_sets",
                         lambda p, c: (*TINY, f"data.whatif_patient={p}",
                                       f"data.whatif_center={c}",
                                       f"attacks.inversion.target_center={c}"))
@@ -221,15 +222,12 @@ def test_start_runs_the_study_in_the_background_and_shows_it(tmp_path, monkeypat
 
 
 def test_report_of_a_whatif_run_answers_for_the_patient(finished):
-    import json
 
-    from app.report import make_report
-    from app.whatif import membership_verdict
 
     run_id = json.loads((finished[1] / "sweep.json").read_text())["cells"][0]["run_id"]
     report = make_report(finished[0] / run_id)
     assert "what-if for one patient" in report.attacks and not report.problems
-    assert "What-if: patient whatif-1BA900 at center-1" in report.html
+    assert f"What-if: patient whatif-1BA900 at {hospital_name('center-1')}" in report.html
     _, title, _ = membership_verdict(_summaries(finished[1])[0]["whatif"]["membership"])
     assert f"<strong>{title}</strong>" in report.html
     assert "Similarity inside the head" in report.html

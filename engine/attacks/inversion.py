@@ -387,11 +387,13 @@ class GradientInversion:
                              f"restarts ≥ 1 (got {self.iterations}, {self.inner_iterations}, "
                              f"{self.restarts})")
 
-    def reconstruct(self, payload: InversionPayload) -> InversionResult:
+    def reconstruct(self, payload: InversionPayload,
+                    on_step: Callable[[int], None] | None = None) -> InversionResult:
+        """Rebuild the payload's slices; ``on_step(i)`` is called after iteration i."""
         t0 = time.perf_counter()
         device = next(payload.model.parameters()).device
         observation = self.observe(payload, device)
-        trial = self._run_trial(payload, observation, device)
+        trial = self._run_trial(payload, observation, device, on_step)
         return self._select_optimal_reconstruction(trial, observation, time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- objective
@@ -449,7 +451,8 @@ class GradientInversion:
     # ---------------------------------------------------------------- trial
 
     def _run_trial(self, payload: InversionPayload, observation: Observation,
-                   device: torch.device) -> _Trial:
+                   device: torch.device, on_step: Callable[[int], None] | None = None
+                   ) -> _Trial:
         """Optimise every restart for ``iterations`` steps, recording the loss per step."""
         images, variables = self._search_space(payload, device)
         objective = self._compute_objective(payload, observation, device)(images)
@@ -502,6 +505,8 @@ class GradientInversion:
                 trial.snapshots_mri.append(mri)
                 trial.snapshots_ct.append(ct)
                 trial.snapshot_iterations.append(it)
+            if on_step is not None:
+                on_step(it + 1)
         return trial
 
     # ---------------------------------------------------------------- selection
@@ -685,7 +690,8 @@ def score_reconstruction(result: InversionResult, truth: SliceSet,
 
 
 def calibrate(attack: GradientInversion, control: SliceSet, prior: AttackerPrior,
-              image_size: int, seed: int) -> dict[str, Any]:
+              image_size: int, seed: int,
+              on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The same attack, same budget, on the known-vulnerable control.
 
     Returns ``{"ssim_body", "floor_ssim_body", "gain", "recovered", "design",
@@ -693,7 +699,7 @@ def calibrate(attack: GradientInversion, control: SliceSet, prior: AttackerPrior
     beats the floor by :data:`LEAK_MARGIN`, the rule that calls a target's upload leaking.
     """
     truth = control_slice(control, prior)
-    result = attack.reconstruct(control_payload(truth, prior, image_size, seed))
+    result = attack.reconstruct(control_payload(truth, prior, image_size, seed), on_step)
     scored = score_reconstruction(result, truth, prior)
     s, f = scored["ssim_body"], scored["floor_ssim_body"]
     return {"ssim_body": s, "floor_ssim_body": f, "gain": s - f,
@@ -719,9 +725,12 @@ def inversion_verdict(per_client: dict[str, dict[str, Any]],
 
 
 def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker: AttackerData,
-                  progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+                  log: Callable[[str], None] = lambda _msg: None,
+                  progress: Callable[[int, int, str], None] = lambda *_: None
+                  ) -> dict[str, Any]:
     """Attack the targeted clients of a finished run; calibrate; store images; return the
-    ``inversion`` block of ``summary.json``.
+    ``inversion`` block of ``summary.json``. ``progress(done, total, detail)`` counts
+    iterations over every attacked hospital and the calibration control.
 
     The originals (each client's training slices) are used only to score the result.
     """
@@ -733,11 +742,17 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
     truth_by_name = {c.name: c.train for c in cohort.centers}
     per_client: dict[str, Any] = {}
     payloads = inversion_payloads(run_dir, cfg, prior)
+    total = (len(payloads) + 1) * attack.iterations  # the hospitals and the control
+
+    def steps(k: int, what: str) -> Callable[[int], None]:
+        return lambda i: progress(k * attack.iterations + i, total,
+                                  f"{what}, iteration {i:,} of {attack.iterations:,}")
+
     for k, payload in enumerate(payloads):
-        progress(f"inverting {payload.client}'s upload of round {payload.round} (hospital "
-                 f"{k + 1} of {len(payloads)}, {payload.num_examples} slices, "
-                 f"{attack.iterations} iterations)")
-        result = attack.reconstruct(payload)
+        log(f"inverting {payload.client}'s upload of round {payload.round} (hospital "
+            f"{k + 1} of {len(payloads)}, {payload.num_examples} slices, "
+            f"{attack.iterations} iterations)")
+        result = attack.reconstruct(payload, steps(k, f"hospital {k + 1} of {len(payloads)}"))
         truth = truth_by_name[payload.client]
         scored = score_reconstruction(result, truth, prior)
         per_client[payload.client] = {
@@ -748,9 +763,10 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
             "readable_fraction": result.readable_fraction,
         }
         _save_client(out, payload, result, truth, scored["pairs"], cfg.data.image_size)
-    progress(f"calibrating: the same attack ({attack.iterations} iterations) on a design "
-             f"known to leak ({CONTROL_DESIGN})")
-    calibration = calibrate(attack, attacker.control, prior, cfg.data.image_size, cfg.seed)
+    log(f"calibrating: the same attack ({attack.iterations} iterations) on a design known "
+        f"to leak ({CONTROL_DESIGN})")
+    calibration = calibrate(attack, attacker.control, prior, cfg.data.image_size, cfg.seed,
+                            steps(len(payloads), "calibration control"))
     keys = ("ssim", "ssim_body", "psnr_db", "ssim_ct", "psnr_db_ct", "ssim_coarse",
             "floor_ssim", "floor_ssim_body")
     return {

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,7 +293,10 @@ class MembershipAttack:
     variants: tuple[str, ...] = VARIANTS
     scores: tuple[str, ...] = SCORES
 
-    def run(self, payload: MembershipPayload) -> MembershipResult:
+    def run(self, payload: MembershipPayload,
+            progress: Callable[[int, int, str], None] = lambda *_: None) -> MembershipResult:
+        """Scores of every attack; ``progress(done, total, detail)`` counts recorded rounds
+        (once per signal computed)."""
         model, loss = payload.model, payload.loss
         clients = payload.clients
         names = list(payload.candidates)
@@ -307,19 +311,30 @@ class MembershipAttack:
             result.members[n] = payload.candidates[n].members
             result.patient_ids[n] = payload.candidates[n].slices.patient_ids
 
+        rounds = payload.rounds
+        passes = 1 + ("fedmia-ii" in self.variants)
+        total = passes * len(rounds)
+
+        def each_round(signal: Callable[[RoundView], np.ndarray], what: str,
+                       offset: int) -> np.ndarray:
+            out = []
+            for k, r in enumerate(rounds):
+                out.append(signal(r))
+                progress(offset + k + 1, total, f"{what}, round {r.round}")
+            return np.stack(out)
+
         t0 = time.perf_counter()
         signals: dict[str, np.ndarray] = {}  # variant → (R, C, N_all)
         # FedMIA-I signals are always computed: the own_loss baseline is made of them.
-        signals["fedmia-i"] = np.stack([
-            np.stack([loss_signals(model, r.client_params(c), mri, ct, loss)
-                      for c in clients]) for r in payload.rounds
-        ])
+        signals["fedmia-i"] = each_round(
+            lambda r: np.stack([loss_signals(model, r.client_params(c), mri, ct, loss)
+                                for c in clients]), "losses (FedMIA-I)", 0)
         result.timing_s["fedmia-i"] = time.perf_counter() - t0
         if "fedmia-ii" in self.variants:
             t0 = time.perf_counter()
-            signals["fedmia-ii"] = np.stack([
-                gradient_signals(model, r, mri, ct, loss) for r in payload.rounds
-            ])
+            signals["fedmia-ii"] = each_round(
+                lambda r: gradient_signals(model, r, mri, ct, loss),
+                "gradients (FedMIA-II)", len(rounds))
             result.timing_s["fedmia-ii"] = time.perf_counter() - t0
         newest = payload.rounds[-1].aggregate
         global_signal = loss_signals(model, newest, mri, ct, loss)
@@ -479,11 +494,13 @@ def patient_block(patient: dict[str, Any]) -> dict[str, Any]:
                              "nonmembers": pooled["n_nonmembers"]}}}
 
 
-def run_membership(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
+def run_membership(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort,
+                   progress: Callable[[int, int, str], None] = lambda *_: None
+                   ) -> dict[str, Any]:
     """Attack a finished run's server view; store ROC points and scores; return ``mia``."""
     mia = cfg.attacks.membership
     payload = membership_payload(run_dir, cfg, cohort)
-    result = MembershipAttack(variants=tuple(mia.variants)).run(payload)
+    result = MembershipAttack(variants=tuple(mia.variants)).run(payload, progress)
     evaluation = evaluate_membership(result, level=mia.level, bootstrap=mia.bootstrap,
                                      seed=cfg.seed)
     out = Path(run_dir) / "mia"

@@ -1,14 +1,23 @@
 """The experiment config: one validated schema for the CLI, the dashboard and the presets.
 
 A bad value fails at validation with the key's dotted name, the value given and what is
-allowed (:class:`ConfigError`). Keys are a public interface: extend, never rename.
+allowed (:class:`ConfigError`, one short line). Keys are a public interface: extend, never
+rename.
+
+Types are strict (true is not 1, "5" is not 5). Config files and ``--set`` values are read as
+YAML 1.2 with limits checked while parsing: no anchors, aliases or tags, no duplicate keys,
+bounded size, depth and number of values (see :class:`_ConfigLoader`).
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import os
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,9 +27,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 ROBUST_AGGREGATORS = ("fedmedian", "trimmed_mean", "krum", "multikrum", "bulyan")
 AGGREGATORS = ("fedavg", "fedprox", *ROBUST_AGGREGATORS)
 
+# Limits on config input. A full config is about 3 KB, ~300 YAML nodes and 4 levels deep;
+# these bounds are far above that and keep a hostile file from costing more than a fraction
+# of a second or a few MB (the YAML parser is pure Python: ~40 µs per node).
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_SET_CHARS = 64 * 1024
+MAX_DEPTH = 20
+MAX_NODES = 5_000
+# Echoed input is cut to this many characters, so a message stays one short line.
+MAX_ECHO = 80
+# A data root is scanned for a patient folder up to this many entries (a cheap check, not
+# a load: the run reads the images).
+MAX_SCANNED_ENTRIES = 10_000
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Strict: YAML and widgets must not coerce silently (true is not 1, "5" is not 5); an int
+    # is still accepted where a float is expected. inf/nan are never a meaningful setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -37,23 +62,29 @@ class DataConfig(_Section):
     unseen_center: bool = Field(False, description="add a center that never trains (test only)")
     unseen_patients: int = Field(2, ge=1, le=64)
     lesion_probability: float = Field(0.3, ge=0.0, le=1.0, description="phantom lesion rate")
-    path: str | None = Field(None, description="SynthRAD2023 root or NIfTI folder")
+    path: str | None = Field(None, max_length=4096,
+                             description="SynthRAD2023 root or NIfTI folder")
     whatif_patient: str | None = Field(
-        None, description="patient folder {mr,ct[,mask]}.nii.gz added to one center's training "
-        "patients (the What-if page)")
+        None, max_length=4096, description="patient folder {mr,ct[,mask]}.nii.gz added to one "
+        "center's training patients (the What-if page)")
     whatif_center: int = Field(0, ge=0, le=15, description="center that trains on whatif_patient")
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.whatif_patient is not None and not Path(self.whatif_patient).is_dir():
-            raise ValueError(f"data.whatif_patient = {self.whatif_patient!r} is not a folder; "
-                             "give a patient folder holding mr.nii.gz and ct.nii.gz (the Data "
-                             "page saves uploads in that layout)")
+        # Checked here, not when the run loads the data: a wrong folder must fail before a run
+        # folder is made, and without listing what the folder holds.
+        if self.whatif_patient is not None:
+            problem = _patient_folder_problem(self.whatif_patient)
+            if problem:
+                raise ValueError(f"data.whatif_patient = {_show(self.whatif_patient)} {problem}; "
+                                 "give a patient folder holding mr.nii.gz and ct.nii.gz (the "
+                                 "Data page saves uploads in that layout)")
         if self.source != "phantom":
             if not self.path:
                 raise ValueError(f"data.path is required when data.source = {self.source!r}")
-            if not Path(self.path).exists():
-                raise ValueError(f"data.path = {self.path!r} does not exist")
+            problem = _data_root_problem(self.path)
+            if problem:
+                raise ValueError(f"data.path = {_show(self.path)} {problem}")
         return self
 
 
@@ -68,7 +99,7 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _positive_channels(self) -> ModelConfig:
         if any(c < 1 or c > 512 for c in self.channels):
-            raise ValueError(f"model.channels = {self.channels}: each must be in 1…512")
+            raise ValueError(f"model.channels = {_show(self.channels)}: each must be in 1…512")
         return self
 
 
@@ -100,6 +131,9 @@ class FederationConfig(_Section):
     num_malicious: int = Field(1, ge=0, le=16, description="krum/multikrum/bulyan: f")
     multikrum_m: int = Field(2, ge=1, le=16, description="multikrum: models averaged")
     eval_every: int = Field(1, ge=1, le=1000, description="evaluate every k rounds (and last)")
+    checkpoint_every: int = Field(
+        1, ge=0, le=1000, description="keep the global model every k rounds (and after the "
+        "last) so an interrupted run can be resumed; 0: never")
     server_view_rounds: Literal["all", "last", "none"] | list[int] = Field(
         "all", description="rounds whose server view is stored"
     )
@@ -176,13 +210,15 @@ class MembershipConfig(_Section):
     @model_validator(mode="after")
     def _checks(self) -> MembershipConfig:
         if isinstance(self.rounds, str) and self.rounds not in ("all", "last"):
+            # ASCII digits only: str.isdigit() also passes "²", which int() refuses.
             k = self.rounds.removeprefix("last:")
-            if not self.rounds.startswith("last:") or not k.isdigit() or int(k) < 1:
-                raise ValueError(f"attacks.membership.rounds = {self.rounds!r}: use all, last, "
-                                 "last:K (K ≥ 1) or a list of rounds")
+            if (not self.rounds.startswith("last:") or not re.fullmatch(r"[0-9]{1,6}", k)
+                    or int(k) < 1):
+                raise ValueError(f"attacks.membership.rounds = {_show(self.rounds)}: use all, "
+                                 "last, last:K (K ≥ 1) or a list of rounds")
         if self.variant not in self.variants:
             raise ValueError(f"attacks.membership.variant = {self.variant!r} must be one of "
-                             f"attacks.membership.variants = {self.variants}")
+                             f"attacks.membership.variants = {_show(self.variants)}")
         return self
 
 
@@ -262,6 +298,11 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
+        # The label is printed in run lists and terminals: no control characters (an escape
+        # sequence in a name could rewrite what `fedsct runs` shows).
+        if _has_control_chars(self.name):
+            raise ValueError(f"name = {_show(self.name)} holds a control character; use "
+                             "printable text")
         fed, n = self.federation, self.data.centers
         levels = len(self.model.channels) - 1
         if self.data.image_size % (2**levels):
@@ -334,12 +375,12 @@ class ExperimentConfig(_Section):
             bad = [c for c in poison.malicious_centers if not 0 <= c < n]
             if bad or len(set(poison.malicious_centers)) != len(poison.malicious_centers):
                 raise ValueError(f"attacks.poisoning.malicious_centers = "
-                                 f"{poison.malicious_centers}: each must be a distinct center "
-                                 f"index in 0…{n - 1}")
+                                 f"{_show(poison.malicious_centers)}: each must be a distinct "
+                                 f"center index in 0…{n - 1}")
             if len(poison.malicious_centers) >= n:
                 raise ValueError(f"attacks.poisoning.malicious_centers = "
-                                 f"{poison.malicious_centers} leaves no honest center; at most "
-                                 f"{n - 1} of {n} may be malicious")
+                                 f"{_show(poison.malicious_centers)} leaves no honest center; "
+                                 f"at most {n - 1} of {n} may be malicious")
         if self.attacks.membership.enabled:
             if fed.server_view_rounds == "none":
                 raise ValueError("attacks.membership.enabled needs a server view: set "
@@ -368,8 +409,8 @@ class ExperimentConfig(_Section):
             bad = [r for r in fed.server_view_rounds if not 1 <= r <= fed.rounds]
             if bad:
                 raise ValueError(
-                    f"federation.server_view_rounds = {fed.server_view_rounds}: rounds {bad} "
-                    f"are outside 1…{fed.rounds}"
+                    f"federation.server_view_rounds = {_show(fed.server_view_rounds)}: "
+                    f"rounds {_show(bad)} are outside 1…{fed.rounds}"
                 )
         return self
 
@@ -386,36 +427,218 @@ class ExperimentConfig(_Section):
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Stable hash of everything that changes a run's result (the label ``name`` excluded).
+    """Stable hash of everything that changes a run's result (the label ``name`` and
+    ``federation.checkpoint_every`` excluded).
 
     Only values that differ from the defaults count, so a new config key (added with a
     default that keeps the old behaviour) does not make every earlier run look different.
     """
     data = cfg.model_dump(exclude_defaults=True)
     data.pop("name", None)
+    # How often the model is checkpointed changes where a resume starts, not the result.
+    data.get("federation", {}).pop("checkpoint_every", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):
-    """An invalid experiment config; the message lists every bad key, value and rule."""
+    """An invalid experiment config; the message is one line naming each bad key, the value
+    given (cut to :data:`MAX_ECHO` characters) and what is allowed."""
+
+
+# --------------------------------------------------------------------------- echoing input
+
+# Longest message: a few rule sentences, never a dump of the input.
+MAX_MESSAGE = 500
+
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = _ECHO.maxother = MAX_ECHO
+_ECHO.maxlist = _ECHO.maxtuple = 12
+_ECHO.maxdict = 6
+_ECHO.maxlevel = 3
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clip(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` on one line of at most ``limit`` characters."""
+    text = " ".join(text[: limit * 4].split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _show(value: Any) -> str:
+    """A value as a user would write it, cut short: echoing a hostile input in full (a huge
+    string or structure) would make the error itself the problem."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _clip(_ECHO.repr(value))
+
+
+def _key_text(key: Any) -> str:
+    """A key as written when it is a short printable name, else quoted and cut short."""
+    if isinstance(key, str) and len(key) <= MAX_ECHO and key.isprintable():
+        return key
+    return _show(key)
+
+
+def _has_control_chars(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+# --------------------------------------------------------------------------- data folders
+
+_IMAGES = (("mr.nii.gz", "mr.nii"), ("ct.nii.gz", "ct.nii"))
+
+
+def _missing_images(folder: Path) -> list[str]:
+    return [names[0] for names in _IMAGES if not any((folder / n).is_file() for n in names)]
+
+
+def _patient_folder_problem(path: str) -> str | None:
+    """Why ``path`` is not a patient folder holding ``{mr,ct}.nii(.gz)``, or None. Only
+    names are checked; the run reads the images."""
+    if _has_control_chars(path):
+        return "holds a control character"
+    folder = Path(path)
+    try:
+        if not folder.is_dir():
+            return "is not a folder"
+        missing = _missing_images(folder)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or type(err).__name__})"
+    return f"lacks {' and '.join(missing)}" if missing else None
+
+
+def _data_root_problem(path: str) -> str | None:
+    """Why ``path`` is not a SynthRAD2023-layout root ``<path>/<ID>/{mr,ct}.nii(.gz)`` (the
+    ID's third character is the center letter), or None. A cheap scan that stops at the
+    first patient folder; incomplete folders are the run's to report."""
+    if _has_control_chars(path):
+        return "holds a control character"
+    root = Path(path)
+    try:
+        if not root.exists():
+            return "does not exist"
+        if not root.is_dir():
+            return "is not a folder"
+        with os.scandir(root) as entries:
+            for k, entry in enumerate(entries):
+                if k >= MAX_SCANNED_ENTRIES:
+                    return (f"holds no patient folder among its first {MAX_SCANNED_ENTRIES} "
+                            "entries")
+                name = entry.name
+                if (len(name) >= 3 and name[2].isalpha() and entry.is_dir()
+                        and not _missing_images(Path(entry.path))):
+                    return None
+        hint = "; did you mean its brain subfolder?" if (root / "brain").is_dir() else ""
+    except OSError as err:
+        return f"cannot be read ({err.strerror or type(err).__name__})"
+    return ("holds no patient folder: expected <path>/<ID>/mr.nii.gz and ct.nii.gz (or .nii), "
+            f"IDs like 1BA001 with the center letter third{hint}")
+
+
+# --------------------------------------------------------------------------- validation
+
+# What a field expects, by pydantic error type (strict mode), in the config's words.
+_EXPECTED = {
+    "int_type": "a whole number", "int_parsing": "a whole number",
+    "int_from_float": "a whole number", "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "text",
+    "list_type": "a list", "model_type": "a mapping of keys", "dict_type": "a mapping of keys",
+    "finite_number": "a finite number (not .inf or .nan)",
+}
+_NUMBER_WANTED = {"a whole number", "a number", "a finite number (not .inf or .nan)"}
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _error_key(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
+    """A pydantic error location → the dotted config key, and the section that holds it
+    (pydantic's names of union members, e.g. ``list[int]``, are not keys and are dropped)."""
+    model: type[BaseModel] | None = ExperimentConfig
+    holder: type[BaseModel] | None = None
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            if parts:
+                parts[-1] += f"[{part}]"
+        elif model is not None:
+            holder = model
+            parts.append(_key_text(part))
+            field = model.model_fields.get(part)
+            model = _submodel(field.annotation) if field else None
+    return ".".join(parts), holder
+
+
+def _unknown_key(key: str, name: Any, holder: type[BaseModel] | None) -> str:
+    fields = list(holder.model_fields) if holder else []
+    close = difflib.get_close_matches(str(name)[:MAX_ECHO], fields, n=1)
+    if close:
+        return f"{key}: unknown key (did you mean {close[0]}?)"
+    return f"{key}: unknown key (allowed here: {_clip(', '.join(fields), 160)})"
+
+
+def _type_hint(value: Any, wanted: set[str]) -> str:
+    if isinstance(value, bool) and wanted & _NUMBER_WANTED:
+        return " (true/false is not a number)"
+    if isinstance(value, str) and wanted & _NUMBER_WANTED:
+        return " (text is not a number; write e.g. 16 or 0.003)"
+    if isinstance(value, int | float) and not isinstance(value, bool) and "text" in wanted:
+        return " (quote it to give text)"
+    return ""
+
+
+def _field_message(key: str, errors: list[dict[str, Any]]) -> str:
+    """One field's errors (several for a union type) as one sentence."""
+    rules: list[str] = []
+    wanted: set[str] = set()
+    for e in errors:
+        if e["type"] in _EXPECTED:
+            wanted.add(_EXPECTED[e["type"]])
+            rule = f"should be {_EXPECTED[e['type']]}"
+        else:
+            msg = _clip(e["msg"].removeprefix("Value error, "), 160)
+            rule = ("should be " + msg.removeprefix("Input should be ")
+                    if msg.startswith("Input should be ") else msg[:1].lower() + msg[1:])
+        if rule not in rules:
+            rules.append(rule)
+    if all(r.startswith("should be ") for r in rules):
+        text = "should be " + ", or ".join(r.removeprefix("should be ") for r in rules)
+    else:
+        text = "; ".join(rules)
+    value = errors[0].get("input")
+    return f"{key} = {_show(value)} is not allowed: {text}{_type_hint(value, wanted)}"
 
 
 def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
+    fields: dict[str, list[dict[str, Any]]] = {}
+    messages: list[str] = []
+    for e in err.errors(include_url=False):
+        key, holder = _error_key(e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (check the spelling; see `fedsct presets`)")
-        elif key and e["type"] != "value_error":
-            lines.append(f"{key} = {e.get('input')!r} is not allowed: {msg}")
+            messages.append(_unknown_key(key, e["loc"][-1], holder))
+        elif e["type"] == "value_error" or not key:
+            messages.append(_clip(e["msg"].removeprefix("Value error, "), MAX_MESSAGE))
         else:
-            lines.append(msg)
-    return "invalid experiment config:\n  " + "\n  ".join(lines)
+            if key not in fields:
+                messages.append(key)  # placeholder, filled in below, keeps the order
+            fields.setdefault(key, []).append(e)
+    # A list given to a "name or list" field (server_view_rounds) fails both ways; when its
+    # items are what is wrong, the "should be 'all', 'last' or 'none'" half is noise.
+    messages = [m for m in messages if not (m in fields and any(
+        k.startswith(m + "[") for k in fields))]
+    messages = [_field_message(m, fields[m]) if m in fields else m for m in messages]
+    shown = "; ".join(messages[:3])
+    more = f" (and {len(messages) - 3} more)" if len(messages) > 3 else ""
+    return _clip(f"invalid experiment config: {shown}{more}", MAX_MESSAGE)
 
 
 def validate_config(data: dict[str, Any]) -> ExperimentConfig:
-    """Dict → :class:`ExperimentConfig`, or :class:`ConfigError` naming every bad key."""
+    """Dict → :class:`ExperimentConfig`, or :class:`ConfigError` naming the bad keys."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
@@ -433,18 +656,163 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def parse_set(expr: str) -> dict[str, Any]:
-    """``"federation.rounds=5"`` → ``{"federation": {"rounds": 5}}`` (value parsed as YAML)."""
-    if "=" not in expr:
-        raise ConfigError(f"--set {expr!r}: expected KEY.PATH=VALUE, e.g. federation.rounds=5")
-    key, raw = expr.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"--set {expr!r}: empty key")
+# --------------------------------------------------------------------------- reading YAML
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_BOOLS = frozenset({"true", "True", "TRUE", "false", "False", "FALSE"})
+# At most 18 digits: Python refuses to parse very long integers (a ValueError, not YAML's).
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})\Z")
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][-+]?[0-9]+)?\Z")
+_SPECIAL_FLOAT = re.compile(r"[-+]?\.(?:inf|Inf|INF)\Z|\.(?:nan|NaN|NAN)\Z")
+
+
+def _plain_scalar_tag(value: str) -> str:
+    """The type of an unquoted YAML value, as YAML 1.2 reads it: null, true/false, a decimal
+    integer, a float (``3e-3`` included) or text. YAML 1.1 (PyYAML's default) would read
+    ``0x10`` as 16, ``010`` as 8, ``1:30`` as 90 and ``no`` as false; here they stay text, so
+    a number or true/false field refuses them instead of taking a surprising value."""
+    if value in _NULLS:
+        return "tag:yaml.org,2002:null"
+    if value in _BOOLS:
+        return "tag:yaml.org,2002:bool"
+    if _INT.match(value):
+        return "tag:yaml.org,2002:int"
+    if _FLOAT.match(value) or _SPECIAL_FLOAT.match(value):
+        return "tag:yaml.org,2002:float"
+    return _STR_TAG
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML construct a config has no use for, found while composing."""
+
+
+def _refused(problem: str, at: yaml.Event | yaml.Node) -> _Refused:
+    return _Refused(problem=problem, problem_mark=at.start_mark)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the checks made while composing, so that nothing big is
+    built: no anchors or aliases (a few hundred bytes of them expand to gigabytes), no tags,
+    keys are unique names, at most :data:`MAX_DEPTH` levels and :data:`MAX_NODES` values.
+    Plain values are typed by :func:`_plain_scalar_tag`."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._keys: list[str] = []
+
+    def resolve(self, kind: type[yaml.Node], value: str | None,
+                implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0] and value is not None:
+            return _plain_scalar_tag(value)
+        return super().resolve(kind, value, implicit)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _refused("anchors and aliases (&name, *name) are not allowed in a config",
+                           event)
+        if getattr(event, "tag", None) is not None:
+            raise _refused(f"YAML tags ({_clip(event.tag, 40)}) are not allowed in a config",
+                           event)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _refused(f"more than {MAX_NODES} values (a config has a few hundred)",
+                           event)
+        if isinstance(event, yaml.ScalarEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _refused(f"nested more than {MAX_DEPTH} levels deep", event)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        start = self.get_event()
+        node = yaml.MappingNode(self.resolve(yaml.MappingNode, None, start.implicit), [],
+                                start.start_mark, None, flow_style=start.flow_style)
+        first_seen: dict[str, yaml.Mark] = {}
+        while not self.check_event(yaml.MappingEndEvent):
+            key = self.compose_node(node, None)
+            if not isinstance(key, yaml.ScalarNode) or key.tag != _STR_TAG:
+                raise _refused("a key must be a name (not a number, true/false, null, list "
+                               "or mapping)", key)
+            path = _key_text(".".join([*self._keys, key.value]))
+            if key.value in first_seen:
+                raise _refused(f"duplicate key {path} (first given on line "
+                               f"{first_seen[key.value].line + 1})", key)
+            first_seen[key.value] = key.start_mark
+            self._keys.append(key.value)
+            try:
+                value = self.compose_node(node, key)
+            finally:
+                self._keys.pop()
+            node.value.append((key, value))
+        node.end_mark = self.get_event().end_mark
+        return node
+
+
+def _load_yaml(text: str) -> Any:
+    """One YAML document → Python values, through :class:`_ConfigLoader`."""
+    loader = _ConfigLoader(text)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {expr!r}: value is not valid YAML ({err})") from None
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(err: Exception, where: bool = True) -> str:
+    """A YAML error as one short line (PyYAML's own message spans several and quotes input)."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        text = err.problem or err.context or "invalid YAML"
+        if err.problem and err.context:
+            text = f"{err.problem} ({err.context})"
+        mark = err.problem_mark or err.context_mark
+        if where and mark is not None:
+            text += f" at line {mark.line + 1}, column {mark.column + 1}"
+        return _clip(text, 200)
+    if isinstance(err, yaml.reader.ReaderError):
+        char = err.character if isinstance(err.character, str) else chr(err.character)
+        return f"unacceptable character {char!r} at position {err.position}"
+    return _clip(str(err), 200)
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "a list", str: "text", int: "a number", float: "a number",
+            bool: "true/false"}.get(type(value), type(value).__name__)
+
+
+_KEY_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_set(expr: str) -> dict[str, Any]:
+    """``"federation.rounds=5"`` → ``{"federation": {"rounds": 5}}`` (the value is YAML, read
+    as :func:`load_config_file` reads a file)."""
+    if len(expr) > MAX_SET_CHARS:
+        raise ConfigError(f"--set {_show(expr)}: {len(expr)} characters, at most "
+                          f"{MAX_SET_CHARS} are allowed")
+    if "=" not in expr:
+        raise ConfigError(f"--set {_show(expr)}: expected KEY.PATH=VALUE, e.g. "
+                          "federation.rounds=5")
+    key, raw = expr.split("=", 1)
+    parts = key.strip().split(".")
+    if not key.strip():
+        raise ConfigError(f"--set {_show(expr)}: empty key")
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(f"--set {_show(key)}: more than {MAX_DEPTH} levels of keys")
+    bad = next((p for p in parts if not _KEY_PART.match(p)), None)
+    if bad is not None:
+        raise ConfigError(f"--set {_show(key.strip())}: {_show(bad)} is not a key name "
+                          "(letters, digits and _, joined by dots)")
+    try:
+        value = _load_yaml(raw) if raw.strip() else ""
+    except (yaml.YAMLError, ValueError) as err:
+        raise ConfigError(f"--set {_show(expr)}: value is not valid YAML "
+                          f"({_yaml_problem(err, where=False)})") from None
     out: dict[str, Any] = {parts[-1]: value}
     for p in reversed(parts[:-1]):
         out = {p: out}
@@ -452,16 +820,41 @@ def parse_set(expr: str) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML/JSON config file into a dict, with a clear error on bad syntax."""
+    """Read a YAML/JSON config file into a dict; a clear one-line error on anything else
+    (size over :data:`MAX_CONFIG_BYTES`, not UTF-8, bad or refused YAML, not a mapping)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+    name = _show(str(p))
+    if "\x00" in str(p):
+        raise ConfigError(f"config file {name} is not a usable path (a NUL character)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {p.name!r} is not valid YAML: {err}") from None
+        problem = ("does not exist" if not p.exists() else
+                   "is not a regular file" if not p.is_file() else None)
+        if problem is None:
+            with open(p, "rb") as fh:  # at most one byte past the limit, whatever it holds
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"config file {name} cannot be read "
+                          f"({err.strerror or type(err).__name__})") from None
+    if problem is not None:
+        raise ConfigError(f"config file {name} {problem}")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {name} is larger than {MAX_CONFIG_BYTES // 1024} KiB; "
+                          "a config is a few KB of keys")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {name} is not UTF-8 text (byte "
+                          f"0x{raw[err.start]:02x} at offset {err.start})") from None
+    try:
+        data = _load_yaml(text)
+    except (yaml.YAMLError, ValueError) as err:
+        raise ConfigError(f"config file {name} is not valid YAML: {_yaml_problem(err)}") from None
+    if data is None:
+        raise ConfigError(f"config file {name} is empty; give a mapping of keys, e.g. "
+                          "federation: {rounds: 5}")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p.name!r} must hold a mapping of keys, not {type(data)}")
+        raise ConfigError(f"config file {name} must hold a mapping of keys (e.g. federation: "
+                          f"{{rounds: 5}}), not {_yaml_kind(data)}")
     return data
 
 

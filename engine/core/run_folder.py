@@ -20,22 +20,28 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from engine.core.config import ExperimentConfig, validate_config
+from engine.core.config import ConfigError, ExperimentConfig, validate_config
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 JOB_PID_FILE = "job.pid"  # written by the process that launched a background run
 ACTIVE = ("queued", "running")
+# A run whose process ended without finishing: it can be resumed from its last checkpoint.
+INTERRUPTED = "interrupted"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place:
+    a reader sees the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=_json_default))
     os.replace(tmp, path)
 
@@ -48,22 +54,50 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` still runs (a zombie counts as ended)."""
-    if not pid:
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22):
+    with the pid, it identifies the process even after the pid is reused. None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[-1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int | None, start: int | None = None) -> bool:
+    """Whether process ``pid`` still runs (a zombie counts as ended) and, when its recorded
+    ``start`` is given, is the same process (not another one that got the pid later)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as gone.
+        pass  # exists, owned by someone else
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
+            fields = fh.read().rsplit(")", 1)[-1].split()
     except OSError:
-        return True
+        return start is None  # no /proc: cannot tell a reused pid apart
+    if fields[0] == "Z":  # a zombie child still answers kill(0)
+        return False
+    return start is None or fields[19] == str(start)
+
+
+def process_identity(pid: int | None = None) -> dict[str, int | None]:
+    """``{"pid", "pid_start"}`` of ``pid`` (default: this process), as runs record it."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "pid_start": process_start(pid)}
+
+
+def read_job_pid(folder: Path) -> tuple[int | None, int | None]:
+    """(pid, start) from a ``job.pid`` file ("PID START", or "PID" from older versions)."""
+    try:
+        parts = (folder / JOB_PID_FILE).read_text().split()
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else None
+    except (OSError, ValueError, IndexError):
+        return None, None
 
 
 @dataclass
@@ -82,36 +116,74 @@ class RunFolder:
 
     # -- config -----------------------------------------------------------------
     def config(self) -> ExperimentConfig:
-        return validate_config(yaml.safe_load((self.path / "config.yaml").read_text()))
+        """The run's validated config; :class:`ConfigError` when it is unreadable or invalid
+        (e.g. edited by hand, or not UTF-8)."""
+        path = self.path / "config.yaml"
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path} cannot be read: {type(err).__name__}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} does not hold a config")
+        return validate_config(data)
 
     # -- status -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Current status; a 'running' run whose process died is reported as failed."""
+        """Current status. An active run whose process is gone (killed, out of memory, the
+        machine restarted, or its pid now belongs to another process) becomes
+        ``interrupted`` on disk, so that it can be resumed and is never shown as running."""
         try:
             status = json.loads((self.path / "status.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return {"state": "failed", "error": "status.json is missing or unreadable"}
-        if "pid" not in status:
-            try:
-                status["pid"] = int((self.path / JOB_PID_FILE).read_text())
-            except (OSError, ValueError):
-                pass
-        if status.get("state") in ACTIVE and status.get("pid") and not pid_alive(status["pid"]):
-            status = status | {"state": "failed",
-                               "error": "the run's process ended without finishing "
-                                        "(killed or out of memory); see log.txt"}
+        if not isinstance(status, dict) or status.get("state") not in STATES:
+            return {"state": "failed", "error": "status.json is damaged"}
+        pid, start = status.get("pid"), status.get("pid_start")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            pid, start = read_job_pid(self.path)
+            status = status | {"pid": pid, "pid_start": start}
+        if status["state"] in ACTIVE and pid is not None and not pid_alive(pid, start):
+            status = status | {"state": INTERRUPTED, "finished": time.time(),
+                               "error": "the run's process ended without finishing (killed, "
+                                        "out of memory or a restart); it can be resumed "
+                                        "from its last checkpoint"}
+            write_json_atomic(self.path / "status.json", status)
         return status
 
     def set_status(self, state: str, **extra: Any) -> None:
         if state not in STATES:
             raise ValueError(f"unknown run state {state!r}")
-        old = {}
+        old: Any = {}
         try:
             old = json.loads((self.path / "status.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass
-        status = old | extra | {"state": state, "updated": time.time()}
+        status = (old if isinstance(old, dict) else {}) | extra | {"state": state,
+                                                                   "updated": time.time()}
+        if "phase" in extra and extra["phase"] != (old or {}).get("phase"):
+            status["progress"] = None  # a new phase reports its own progress
         write_json_atomic(self.path / "status.json", status)
+
+    def progress(self, phase: str, unit: str,
+                 min_interval_s: float = 0.5) -> Callable[[int, int, str], None]:
+        """A callback ``(done, total, detail)`` that records the progress of ``phase`` in
+        ``status.json`` (``progress``: phase, done, total, unit, detail and the seconds left
+        at the phase's speed so far), at most every ``min_interval_s`` and always at the
+        end."""
+        started = time.time()
+        last = [0.0]
+
+        def report(done: int, total: int, detail: str = "") -> None:
+            now = time.time()
+            if now - last[0] < min_interval_s and done < total:
+                return
+            last[0] = now
+            eta = (now - started) / done * (total - done) if done else None
+            self.set_status("running", progress={
+                "phase": phase, "done": done, "total": total, "unit": unit,
+                "detail": detail, "eta_s": round(eta, 1) if eta is not None else None})
+
+        return report
 
     # -- progress ---------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -120,25 +192,37 @@ class RunFolder:
             fh.flush()
 
     def metrics(self) -> list[dict[str, Any]]:
-        """Per-round records written so far (a half-written last line is skipped)."""
+        """Per-round records written so far (a half-written or damaged line is skipped)."""
         p = self.path / "metrics.jsonl"
-        if not p.exists():
+        try:
+            lines = p.read_text(errors="replace").splitlines()
+        except OSError:
             return []
         out = []
-        for line in p.read_text().splitlines():
+        for line in lines:
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict) and isinstance(record.get("round"), int):
+                out.append(record)
         return out
 
+    def keep_metrics_until(self, last_round: int) -> None:
+        """Drop the records after ``last_round`` (a resumed run recomputes them)."""
+        kept = [r for r in self.metrics() if r["round"] <= last_round]
+        tmp = self.path / f".metrics.jsonl.{secrets.token_hex(4)}.tmp"
+        tmp.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+        os.replace(tmp, self.path / "metrics.jsonl")
+
     def summary(self) -> dict[str, Any] | None:
-        """The run's results, or None when missing or unreadable (a damaged file must not
-        break listings; pages that show it say which file is damaged)."""
+        """The run's results, or None when missing, unreadable or not a JSON object (a
+        damaged file must not break listings; pages that show it say which file)."""
         try:
-            return json.loads((self.path / "summary.json").read_text())
+            summary = json.loads((self.path / "summary.json").read_text())
         except (OSError, ValueError):
             return None
+        return summary if isinstance(summary, dict) else None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / "summary.json", summary)
@@ -153,6 +237,10 @@ class RunFolder:
 
     def cancel_requested(self) -> bool:
         return (self.path / "cancel").exists()
+
+    def clear_cancel(self) -> None:
+        """Forget an earlier stop request (before a resume: it must not end the new job)."""
+        (self.path / "cancel").unlink(missing_ok=True)
 
     @property
     def artifacts(self) -> Path:

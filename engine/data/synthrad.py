@@ -37,6 +37,8 @@ def _missing(folder: Path) -> list[str]:
 
 def _looks_like_patient(folder: Path) -> bool:
     name = folder.name
+    if name.startswith("."):
+        return False  # hidden: e.g. a save still in progress (nifti.save_patient_folder)
     if _STRICT_ID.match(name):
         return True
     # Lenient: renamed/extra cohorts still count if the center letter and images are there.
@@ -54,8 +56,8 @@ def scan_synthrad(root: str | Path) -> dict[str, list[Path]]:
 
     Raises:
         NiftiError: root missing, no patient folder, or a patient folder without
-            ``mr.nii.gz``/``ct.nii.gz``. Folders that are not patients (e.g. ``overview``)
-            are skipped.
+            ``mr.nii.gz``/``ct.nii.gz``. Folders that are not patients (e.g. ``overview``,
+            or hidden ones such as a save still in progress) are skipped.
     """
     root = Path(root)
     if not root.is_dir():

@@ -121,14 +121,7 @@ def collect(cfg: ExperimentConfig, run: RunFolder) -> FederationResult:
                            f"see {run.path / 'log.txt'} for Flower's log")
     with np.load(final) as z:
         params = [z[f"arr_{i}"] for i in range(len(z.files))]
-    result = FederationResult(final_params=params)
-    for entry in run.metrics():
-        result.steps += sum(int(m.get("steps", 0)) for m in entry["clients"].values())
-        if entry.get("global"):
-            result.history.append({"round": entry["round"], **entry["global"]})
-            result.per_center, result.unseen_center = entry["per_center"], entry["unseen"]
-        if entry.get("detection") is not None:
-            result.detection.append({"round": entry["round"], "clients": entry["detection"]})
+    result = FederationResult.from_records(run.metrics(), params)
     timing = json.loads((run.path / TIMING).read_text())
     result.train_s, result.eval_s = timing["train_s"], timing["eval_s"]
     return result

@@ -24,6 +24,7 @@ from engine.federation.protocol import (
     FederationResult,
     RoundRecorder,
     close_round,
+    save_checkpoint,
     server_round,
 )
 from engine.learning.model import build_model, get_parameters
@@ -36,6 +37,7 @@ def run_federation(
     run_dir: Path | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    start: tuple[int, NDArrays, list[dict[str, Any]]] | None = None,
 ) -> FederationResult:
     """Train the federation described by ``cfg`` on ``cohort``.
 
@@ -46,17 +48,29 @@ def run_federation(
             ``{"round", "global": {mae_hu, psnr_db, ssim} | None, "per_center", "unseen",
             "clients": {id: metadata}, "elapsed_s"}``; round 0 is the untrained model.
         should_stop: polled between clients; returning True raises :class:`Cancelled`.
+        start: ``(round, global model after it, the records up to it)`` to resume from a
+            checkpoint; the rounds after it then run exactly as they would have.
+
+    With ``run_dir``, the global model is checkpointed every ``federation.checkpoint_every``
+    rounds (and after the last).
     """
     fed = cfg.federation
     model = build_model(cfg)
     names = list(model.state_dict())
     aggregator = make_aggregator(fed)
-    global_params = get_parameters(model)
-    result = FederationResult(final_params=global_params)
     train_sets, malicious = training_sets(cfg, cohort)
-    recorder = RoundRecorder(cfg, cohort, result, on_round, model)
-    recorder.record(0, global_params, {})
-    for rnd in range(1, fed.rounds + 1):
+    if start is None:
+        global_params, first = get_parameters(model), 1
+        result = FederationResult(final_params=global_params)
+        recorder = RoundRecorder(cfg, cohort, result, on_round, model)
+        recorder.record(0, global_params, {})
+    else:
+        done, global_params, records = start
+        first = done + 1
+        result = FederationResult.from_records(records, global_params)
+        recorder = RoundRecorder(cfg, cohort, result, on_round, model)
+    every = fed.checkpoint_every
+    for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()
         trained: dict[str, NDArrays] = {}
         metadata: dict[str, dict[str, Any]] = {}
@@ -75,5 +89,8 @@ def run_federation(
         global_params = close_round(cfg, run_dir, rnd, global_params, outcome, metadata, names)
         result.train_s += time.perf_counter() - t0
         recorder.record(rnd, global_params, metadata, outcome.detection)
+        # After the record: a resumed run drops records newer than its checkpoint.
+        if run_dir is not None and every and (rnd % every == 0 or rnd == fed.rounds):
+            save_checkpoint(run_dir, rnd, global_params)
     result.final_params = global_params
     return result

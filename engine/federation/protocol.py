@@ -9,12 +9,16 @@ both use them, so every runtime stores the same server view and records.
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.clients.behaviour import client_seed, dp_accountings, dp_epsilon
@@ -27,6 +31,8 @@ from engine.federation.detection import update_statistics
 from engine.federation.secagg import secure_round
 from engine.learning.local import evaluate_patients
 from engine.learning.model import build_model
+
+CHECKPOINT_DIR = "checkpoints"
 
 
 class Cancelled(Exception):
@@ -45,6 +51,21 @@ class FederationResult:
     eval_s: float = 0.0
     steps: int = 0
     detection: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]],
+                     final_params: NDArrays) -> FederationResult:
+        """The result that rounds' records (``metrics.jsonl``) describe, as
+        :class:`RoundRecorder` built it while they ran (timings excepted)."""
+        result = cls(final_params=final_params)
+        for entry in records:
+            result.steps += sum(int(m.get("steps", 0)) for m in entry["clients"].values())
+            if entry.get("global"):
+                result.history.append({"round": entry["round"], **entry["global"]})
+                result.per_center, result.unseen_center = entry["per_center"], entry["unseen"]
+            if entry.get("detection") is not None:
+                result.detection.append({"round": entry["round"], "clients": entry["detection"]})
+        return result
 
 
 @dataclass
@@ -94,6 +115,31 @@ def close_round(cfg: ExperimentConfig, run_dir: Path | None, rnd: int,
                                 uploads=outcome.sent, aggregate=new_params, metadata=metadata,
                                 encoding=outcome.encoding, param_names=param_names)
     return new_params
+
+
+def save_checkpoint(run_dir: Path, rnd: int, params: NDArrays) -> None:
+    """Keep the global model after round ``rnd`` in ``checkpoints/latest.npz`` (atomically).
+
+    It is all a resumed run needs: clients start a fresh optimiser every round, the server's
+    rules keep no state between rounds, and every random draw (batch order, DP noise, attacks,
+    secure-aggregation masks) comes from a stream seeded by (seed, round, hospital).
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".latest.{secrets.token_hex(4)}.npz"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, round=np.array(rnd), **{f"p{i}": a for i, a in enumerate(params)})
+    os.replace(tmp, folder / "latest.npz")
+
+
+def load_checkpoint(run_dir: Path) -> tuple[int, NDArrays] | None:
+    """(round, global model) of the last checkpoint, or None (none yet, or unreadable)."""
+    try:
+        with np.load(Path(run_dir) / CHECKPOINT_DIR / "latest.npz") as z:
+            count = len(z.files) - 1
+            return int(z["round"]), [z[f"p{i}"] for i in range(count)]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def evaluate_global(model: torch.nn.Module, params: NDArrays,

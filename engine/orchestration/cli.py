@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from engine.core.config import ConfigError
-from engine.orchestration.presets import PRESETS, SWEEPS, build_config
-from engine.orchestration.store import RunIndex, create_run
+from engine.core.config import MAX_MESSAGE, ConfigError
+from engine.core.run_folder import RunFolder
+from engine.orchestration.presets import PRESETS, SWEEPS, build_config, sweep_spec
+from engine.orchestration.store import RunIndex, check_resumable, create_run, open_run, runs_root
 
 EXAMPLES = """examples:
   fedsct run --preset smoke
   fedsct run --preset demo --set federation.aggregator=fedmedian --set federation.rounds=5
   fedsct run --config my_experiment.yaml --out /data/fedsct-runs
   fedsct run --preset smoke --set federation.runtime=flower-sim
+  fedsct run --resume 20261127-101500-demo-1a2b   # go on after a crash or a stop
   fedsct run --preset smoke --set federation.runtime=flower-deploy   # SuperLink + SuperNodes
   fedsct sweep --preset whatif --set data.whatif_patient=runs/uploads/1BA001
   fedsct sweep --preset mia-dp
@@ -42,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override one key, e.g. federation.rounds=5 (repeatable; YAML values)")
     r.add_argument("--out", metavar="DIR",
                    help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
+    r.add_argument("--resume", metavar="RUN_ID",
+                   help="go on with an interrupted, failed or cancelled run from its last "
+                        "checkpoint (federation.checkpoint_every) instead of starting a new one; "
+                        "it ends as the uninterrupted run would have")
     r.add_argument("--quiet", action="store_true", help="print only the run folder path")
     sw = sub.add_parser("sweep", help="run or resume a sweep of experiments into one table",
                         description="Run a named sweep; cells whose exact config already "
@@ -52,33 +61,127 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", metavar="DIR",
                     help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
     sub.add_parser("presets", help="list the named presets and sweeps")
+    sub.add_parser("dashboard", add_help=False,
+                   help="serve the dashboard on http://127.0.0.1:8501 (see `fedsct dashboard "
+                        "--help`)")
     ls = sub.add_parser("runs", help="list the runs in the runs root")
     ls.add_argument("--out", metavar="DIR", help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
+def _refuse(message: object) -> int:
+    """Print an invalid-input error as one bounded line; exit code 2."""
+    text = " ".join(str(message).split())
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 1] + "…"
+    print(f"fedsct: {text}", file=sys.stderr)
+    return 2
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``text`` quoted and cut to ``limit`` characters: echoed input stays one short line."""
+    text = repr(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_name(name: str, catalogue: dict, kind: str) -> None:
+    """A preset or sweep name that exists; checked here so that the refusal echoes only a
+    short piece of what was typed."""
+    if name not in catalogue:
+        raise ConfigError(f"unknown {kind} {_short(name, 40)}; available: {', '.join(catalogue)}")
+
+
+def _usable_runs_root(out: str | None) -> Path:
+    """The runs root, checked before anything runs: a folder (or a path that can become one)
+    where this process can write. Raises :class:`ConfigError` with one line otherwise."""
+    env = os.environ.get("FEDSCT_RUNS_DIR")
+    label = f"--out {_short(out)}" if out else f"$FEDSCT_RUNS_DIR {_short(env)}" if env else ""
+    try:
+        root = runs_root(out)
+        label = label or _short(str(root))
+        probe = root
+        while not probe.exists():  # the nearest existing folder is where mkdir will write
+            probe = probe.parent
+        if not probe.is_dir():
+            where = "is a file" if probe == root else f"is under a file ({_short(str(probe))})"
+            raise ConfigError(f"runs root {label} {where}; give a folder")
+        # Writing is the only reliable test (permissions, ACLs, read-only mounts, root).
+        os.rmdir(tempfile.mkdtemp(prefix=".fedsct-write-test-", dir=probe))
+    except (OSError, ValueError, RuntimeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        reason = (getattr(err, "strerror", None)
+                  or ("not a usable path" if isinstance(err, ValueError) else type(err).__name__))
+        raise ConfigError(f"runs root {label or 'runs'} is not a writable folder "
+                          f"({reason})") from None
+    return root
+
+
+def _open_resumable(args: argparse.Namespace) -> RunFolder:
+    """The run ``--resume`` names, checked before torch is imported. Raises
+    :class:`ConfigError` with one line when it can't be resumed."""
+    if args.preset is not None or args.config is not None or args.sets:
+        raise ConfigError("--resume goes on with the run's own settings: drop --preset, "
+                          "--config and --set")
+    root = _usable_runs_root(args.out)
+    try:
+        run = open_run(args.resume, root)
+        check_resumable(run)
+    except (FileNotFoundError, ValueError) as err:  # ConfigError too: its config is damaged
+        raise ConfigError(f"can't resume {_short(args.resume, 60)}: {err}") from None
+    return run
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    # Deliberately lazy: torch and MONAI load only once the config is valid, so a bad
-    # setting is refused at once.
+    if args.resume is not None:
+        try:
+            run = _open_resumable(args)
+        except ConfigError as err:
+            return _refuse(err)
+        from engine.orchestration.experiment import execute  # lazy, as below
+
+        if not args.quiet:
+            print(f"resuming run {run.run_id} → {run.path}", file=sys.stderr)
+        run.clear_cancel()  # the stop that ended it must not end the resumed run
+        cfg = run.config()
+        summary = execute(run, on_round=None if args.quiet else _round_printer(
+            cfg.federation.rounds), resume=True)
+        return _finish(run, summary, args.quiet)
+    try:
+        if args.preset is not None:
+            _check_name(args.preset, PRESETS, "preset")
+        cfg = build_config(args.preset, args.config, args.sets)
+        root = _usable_runs_root(args.out)
+    except ConfigError as err:
+        return _refuse(err)
+    # Deliberately lazy: torch and MONAI load only once the config and the runs root are
+    # valid, so a bad setting is refused at once (validation alone takes a fraction of a
+    # second; importing torch takes seconds). Imported before the run folder is made, so a
+    # broken install leaves no run queued forever.
     from engine.orchestration.experiment import execute
 
     try:
-        cfg = build_config(args.preset, args.config, args.sets)
-    except ConfigError as err:
-        print(f"fedsct: {err}", file=sys.stderr)
-        return 2
-    run = create_run(cfg, args.out, preset=args.preset)
+        run = create_run(cfg, root, preset=args.preset)
+    except OSError as err:  # the runs root changed since it was checked
+        return _refuse(f"cannot create a run folder under {_short(str(root))} "
+                       f"({err.strerror or type(err).__name__})")
     if not args.quiet:
         print(f"run {run.run_id} → {run.path}", file=sys.stderr)
     summary = execute(run, on_round=None if args.quiet else _round_printer(
         cfg.federation.rounds))
+    return _finish(run, summary, args.quiet)
+
+
+def _finish(run: RunFolder, summary: dict | None, quiet: bool) -> int:
+    """Report how a run ended (stderr) and print its folder (stdout); exit code 1 if it did
+    not finish."""
     status = run.status()
     if summary is None:
         print(f"fedsct: run {status['state']}: {status.get('error', '')} (see {run.path}/log.txt)",
               file=sys.stderr)
         return 1
-    if not args.quiet:
+    if not quiet:
         fin = summary["federation"]["final"]
         print(f"done in {summary['timing']['wall_s']:.1f} s: MAE {fin['mae_hu']:.1f} HU, "
               f"PSNR {fin['psnr_db']:.2f} dB, SSIM {fin['ssim']:.3f}", file=sys.stderr)
@@ -99,7 +202,24 @@ def _round_printer(total: int):  # noqa: ANN202 - a callback
     return echo
 
 
+def _check_sweep(name: str, sets: list[str]) -> None:
+    """Every cell's config and the sweep's required keys, as :func:`run_sweep` checks them
+    again, but before torch is imported. Raises :class:`ConfigError`."""
+    spec = sweep_spec(name)
+    configs = [build_config(spec["base"], sets=[*cell, *sets]) for cell in spec["cells"]]
+    for key in spec.get("requires", []):
+        section, field = key.split(".")
+        if configs and getattr(getattr(configs[0], section), field) is None:
+            raise ConfigError(f"sweep {name!r} needs {key}: add --set {key}=...")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    try:
+        _check_name(args.preset, SWEEPS, "sweep preset")
+        _check_sweep(args.preset, args.sets)
+        _usable_runs_root(args.out)
+    except ConfigError as err:
+        return _refuse(err)
     from engine.orchestration.sweeps import run_sweep  # lazy, as in _cmd_run
 
     def progress(msg: str) -> None:
@@ -108,8 +228,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     try:
         folder = run_sweep(args.preset, root=args.out, sets=args.sets, progress=progress)
     except ConfigError as err:
-        print(f"fedsct: {err}", file=sys.stderr)
-        return 2
+        return _refuse(err)
     except RuntimeError as err:
         print(f"fedsct: {err}", file=sys.stderr)
         return 1
@@ -145,7 +264,17 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(rest: list[str]) -> int:
+    """Hand over to the dashboard's own launcher (the engine does not import the dashboard):
+    ``python -m app.serve`` with the remaining arguments, in this process's place."""
+    os.execv(sys.executable, [sys.executable, "-m", "app.serve", *rest])
+    return 0  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dashboard"]:
+        return _cmd_dashboard(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)

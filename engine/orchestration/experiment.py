@@ -7,7 +7,6 @@ more :class:`AttackStep`.
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -24,12 +23,12 @@ from engine.attacks.inversion import run_inversion
 from engine.attacks.membership import run_membership
 from engine.core.config import ExperimentConfig
 from engine.core.render import sample_row, save_png
-from engine.core.run_folder import RunFolder
+from engine.core.run_folder import RunFolder, process_identity
 from engine.data.cohort import AttackerData, attacker_data, load_cohort
 from engine.data.types import Cohort
 from engine.federation.flower_runtime import run_flower
 from engine.federation.inprocess import run_federation
-from engine.federation.protocol import Cancelled, FederationResult
+from engine.federation.protocol import Cancelled, FederationResult, load_checkpoint
 from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, count_parameters, select_device, set_parameters
 from engine.orchestration.store import find_finished_run
@@ -45,7 +44,12 @@ class RunContext:
     cohort: Cohort
     result: FederationResult
     attacker: AttackerData | None
+    phase: str = ""
     done: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self, unit: str) -> Callable[[int, int, str], None]:
+        """Progress of the current step, in ``unit``s (see :meth:`RunFolder.progress`)."""
+        return self.run.progress(self.phase, unit)
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,9 @@ def _poisoning(ctx: RunContext) -> dict[str, Any]:
         history = (found.summary() or {})["federation"]["history"]
     else:
         ctx.run.log("baseline: training the same federation without attackers")
-        history = run_federation(clean, ctx.cohort,
-                                 should_stop=ctx.run.cancel_requested).history
+        progress, rounds = ctx.progress("round"), clean.federation.rounds
+        history = run_federation(clean, ctx.cohort, should_stop=ctx.run.cancel_requested,
+                                 on_round=lambda e: progress(e["round"], rounds, "")).history
     return poisoning_report(ctx.cfg, ctx.cohort, ctx.result, history,
                             found.run_id if found is not None else None)
 
@@ -79,11 +84,12 @@ def _poisoning(ctx: RunContext) -> dict[str, Any]:
 ATTACKS: tuple[AttackStep, ...] = (
     AttackStep("mia", "membership inference",
                lambda cfg: cfg.attacks.membership.enabled,
-               lambda ctx: run_membership(ctx.run.path, ctx.cfg, ctx.cohort)),
+               lambda ctx: run_membership(ctx.run.path, ctx.cfg, ctx.cohort,
+                                          progress=ctx.progress("round"))),
     AttackStep("inversion", "gradient inversion",
                lambda cfg: cfg.attacks.inversion.enabled,
                lambda ctx: run_inversion(ctx.run.path, ctx.cfg, ctx.cohort, ctx.attacker,
-                                         progress=ctx.run.log)),
+                                         log=ctx.run.log, progress=ctx.progress("iteration"))),
     AttackStep("poisoning", "poisoning baseline",
                lambda cfg: cfg.attacks.poisoning.enabled, _poisoning),
     AttackStep("whatif", "what-if",
@@ -116,17 +122,32 @@ def _save_samples(run: RunFolder, cfg: ExperimentConfig, cohort: Cohort,
     return files
 
 
-def execute(run: RunFolder,
-            on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+def _resume_point(run: RunFolder) -> tuple[int, Any, list[dict[str, Any]]] | None:
+    """Where a resumed run goes on: its last checkpoint and the records up to it (records
+    written after the checkpoint are dropped and recomputed); None: from the start."""
+    checkpoint = load_checkpoint(run.path)
+    run.keep_metrics_until(checkpoint[0] if checkpoint else -1)
+    if checkpoint is None:
+        run.log("resuming: no checkpoint, starting from round 0")
+        return None
+    run.log(f"resuming after round {checkpoint[0]}")
+    return checkpoint[0], checkpoint[1], run.metrics()
+
+
+def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = None,
+            resume: bool = False) -> dict[str, Any] | None:
     """Run the experiment stored in ``run`` and write its results there.
 
     Status goes running → done | failed | cancelled; on failure the error is in
     ``status.json`` and the traceback in ``log.txt``. ``on_round`` also receives each
-    round's record (after it is written). Returns the summary when done.
+    round's record (after it is written). With ``resume``, training goes on from the run's
+    last checkpoint (see :func:`engine.orchestration.store.check_resumable`) and ends as an
+    uninterrupted run would have. Returns the summary when done.
     """
     t0 = time.perf_counter()
     cfg = run.config()
-    run.set_status("running", pid=os.getpid(), started=time.time(), phase="data")
+    run.set_status("running", **process_identity(), started=time.time(), phase="data",
+                   error=None)
     try:
         run.log(f"device {select_device()}, torch threads {torch.get_num_threads()}")
         cohort = load_cohort(cfg.data, cfg.seed, progress=run.log)
@@ -135,17 +156,22 @@ def execute(run: RunFolder,
                     if cfg.attacks.inversion.enabled else None)
         data_s = time.perf_counter() - t0
         run.set_status("running", phase="training", data_s=round(data_s, 3))
+        training = run.progress("training", "round")
 
         def record(entry: dict[str, Any]) -> None:
             run.append_metrics(entry)
+            training(entry["round"], cfg.federation.rounds, "")
             if on_round:
                 on_round(entry)
             g = entry.get("global") or {}
             run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
 
-        if cfg.federation.runtime == "inprocess":
+        start = _resume_point(run) if resume else None
+        if start is not None and start[0] >= cfg.federation.rounds:  # only attacks were left
+            result = FederationResult.from_records(start[2], start[1])
+        elif cfg.federation.runtime == "inprocess":
             result = run_federation(cfg, cohort, run_dir=run.path, on_round=record,
-                                    should_stop=run.cancel_requested)
+                                    should_stop=run.cancel_requested, start=start)
         else:  # its ServerApp writes the round records and the log itself
             result = run_flower(cfg, run, on_round=on_round)
         ckpt = run.path / "checkpoints"
@@ -157,6 +183,7 @@ def execute(run: RunFolder,
         ctx = RunContext(run, cfg, cohort, result, attacker)
         for step in ATTACKS:
             if step.enabled(cfg):
+                ctx.phase = step.phase
                 run.set_status("running", phase=step.phase)
                 run.log(f"{step.phase}: starting")
                 ctx.done[step.key] = step.run(ctx)

@@ -1,8 +1,10 @@
-"""Background jobs: a run executes in a detached subprocess that writes its run folder.
+"""Background jobs: runs and sweeps execute in detached processes that write their folders.
 
 The dashboard starts a job and returns at once; the job survives page changes and reloads
-(the page finds it again through its run id). Cancelling writes a flag the runner polls
-between clients, and the process group is terminated if it does not stop in time.
+(the page finds it again through its run id or sweep folder). Every job goes through the one
+queue (:mod:`engine.orchestration.queue`): it waits while another heavy job runs. Cancelling
+a waiting job takes it off the queue; a running one gets a flag it polls between clients,
+and its process group is terminated if it does not stop in time.
 """
 
 from __future__ import annotations
@@ -10,59 +12,83 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from engine.core.config import ExperimentConfig
-from engine.core.run_folder import ACTIVE, JOB_PID_FILE, RunFolder, pid_alive, write_json_atomic
+from engine.core.run_folder import (
+    ACTIVE,
+    JOB_PID_FILE,
+    RunFolder,
+    pid_alive,
+    read_job_pid,
+    write_json_atomic,
+)
+from engine.orchestration import queue
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import sweep_spec
-from engine.orchestration.store import create_run, runs_root
-from engine.orchestration.sweeps import CANCEL_FILE, sweep_folder
+from engine.orchestration.store import check_resumable, create_run, runs_root
+from engine.orchestration.sweeps import CANCEL_FILE, run_sweep, sweep_folder
+
+JOBS_MODULE = "engine.orchestration.jobs"
 
 
 def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
               preset: str | None = None) -> RunFolder:
-    """Create a run folder for ``cfg`` and execute it in a detached process."""
+    """Create a run folder for ``cfg`` and queue its execution in a detached process."""
     run = create_run(cfg, root, preset=preset)
-    _spawn([sys.executable, "-m", "engine.orchestration.jobs", str(run.path)], run.path)
+    queue.submit(run.root, kind="run", label=cfg.name or preset or "run", folder=run.path,
+                 cmd=queue.python_module(JOBS_MODULE, str(run.path)))
     return run
 
 
-def _spawn(cmd: list[str], folder: Path) -> None:
-    """Start ``cmd`` detached, logging to ``folder/log.txt``; its pid goes to ``job.pid``.
+def resume_job(run: RunFolder) -> RunFolder:
+    """Queue an interrupted, failed or cancelled run to go on from its last checkpoint
+    (``ValueError`` when it cannot be resumed, see :func:`check_resumable`)."""
+    check_resumable(run)
+    run.clear_cancel()
+    # The ended process's identity would make the waiting run look interrupted again.
+    (run.path / JOB_PID_FILE).unlink(missing_ok=True)
+    run.set_status("queued", phase="resuming", error=None, pid=None, pid_start=None,
+                   finished=None)
+    queue.submit(run.root, kind="run", label=f"{run.config().name or 'run'} (resumed)",
+                 folder=run.path, cmd=queue.python_module(JOBS_MODULE, str(run.path),
+                                                           "--resume"))
+    return run
 
-    A file of its own: writing status.json here could race with the child's own updates
-    (a fast run may already be done, and "queued" would overwrite it).
-    """
-    log = open(folder / "log.txt", "a")  # noqa: SIM115 - handed to the child process
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    log.close()
-    (folder / JOB_PID_FILE).write_text(str(proc.pid))
 
-
-def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
-    """Ask the run to stop; terminate its process group if it is still alive after grace_s."""
-    run.request_cancel()
-    pid = run.status().get("pid")
-    deadline = time.time() + grace_s
-    while time.time() < deadline and run.status().get("state") in ACTIVE:
-        time.sleep(0.2)
-    if run.status().get("state") in ACTIVE and pid:
+def _terminate(pid: int | None, start: int | None) -> None:
+    """SIGTERM the process group of ``pid``, only if it is still the recorded process."""
+    if pid is not None and pid_alive(pid, start):
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
+    """Stop a run: a waiting one leaves the queue at once; a running one is asked to stop and
+    its process group is terminated if it is still alive after ``grace_s``."""
+    if queue.withdraw(run.root, run.path):
+        run.set_status("cancelled", phase="cancelled", finished=time.time())
+        return
+    run.request_cancel()
+    status = run.status()
+    deadline = time.time() + grace_s
+    while time.time() < deadline and run.status().get("state") in ACTIVE:
+        time.sleep(0.2)
+    if run.status().get("state") in ACTIVE:
+        _terminate(status.get("pid"), status.get("pid_start"))
         run.set_status("cancelled", phase="cancelled", finished=time.time())
 
 
 def start_sweep_job(name: str, sets: list[str] | tuple = (),
                     root: str | Path | None = None) -> Path:
-    """Run (or resume) sweep ``name`` in a detached process; returns its folder, whose
-    ``sweep.json`` shows progress (``state``, ``cells_done``, ``current_run``)."""
+    """Queue sweep ``name`` (run or resume it) in a detached process; returns its folder,
+    whose ``sweep.json`` shows progress (``state``, ``cells_done``, ``current_run``)."""
     spec = sweep_spec(name)
     folder = sweep_folder(name, sets, root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,21 +97,23 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
     write_json_atomic(folder / "sweep.json", {"name": name, "base": spec["base"],
                                               "state": "queued", "cells_done": 0,
                                               "cells": [{} for _ in spec["cells"]]})
-    cmd = [sys.executable, "-m", "engine.orchestration.cli", "sweep", "--preset", name,
-           "--out", str(runs_root(root))]
+    args = ["--sweep", name, "--out", str(runs_root(root))]
     for s in sets:
-        cmd += ["--set", s]
-    _spawn(cmd, folder)
+        args += ["--set", s]
+    queue.submit(runs_root(root), kind="sweep", label=f"the {name} study", folder=folder,
+                 cmd=queue.python_module(JOBS_MODULE, *args))
     return folder
 
 
 def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
     """Stop a background sweep and wait for its process to end: no new cell starts, the
-    running cell is cancelled; after ``grace_s`` the process group is terminated."""
-    try:
-        pid: int | None = int((folder / JOB_PID_FILE).read_text())
-    except (OSError, ValueError):
-        pid = None
+    running cell is cancelled; after ``grace_s`` the process group is terminated. A sweep
+    still waiting for its turn just leaves the queue."""
+    if queue.withdraw(folder.parent.parent, folder):
+        write_json_atomic(folder / "sweep.json",
+                          {**_read_json(folder / "sweep.json"), "state": "cancelled"})
+        return
+    pid, start = read_job_pid(folder)
     (folder / CANCEL_FILE).touch()
     deadline = time.time() + grace_s
     while time.time() < deadline:
@@ -97,19 +125,37 @@ def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
             run = RunFolder(folder.parent.parent / current)
             if run.path.is_dir() and run.status().get("state") in ACTIVE:
                 run.request_cancel()
-        if not pid_alive(pid):
+        if not pid_alive(pid, start):
             return
         time.sleep(0.3)
+    _terminate(pid, start)
+
+
+def _read_json(path: Path) -> dict:
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError, TypeError):
-        pass
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A queued job's process: ``PATH [--resume]`` executes a run folder, ``--sweep NAME
+    --out ROOT [--set K=V]...`` runs a sweep. It leaves the queue when it ends."""
     args = argv if argv is not None else sys.argv[1:]
-    run = RunFolder(Path(args[0]))
-    return 0 if execute(run) is not None or run.status()["state"] == "cancelled" else 1
+    # The threads the queue gave this job (torch reads OMP_NUM_THREADS too late on its own).
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or queue.job_threads()))
+    try:
+        if args[0] == "--sweep":
+            sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+            out = args[args.index("--out") + 1]
+            run_sweep(args[1], root=out, sets=sets)
+            return 0
+        run = RunFolder(Path(args[0]))
+        done = execute(run, resume="--resume" in args[1:])
+        return 0 if done is not None or run.status()["state"] == "cancelled" else 1
+    finally:
+        queue.finished()
 
 
 if __name__ == "__main__":

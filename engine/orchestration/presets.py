@@ -106,6 +106,7 @@ def _noisy_upload(noise_std: float) -> dict[str, Any]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
+        "title": "Quick check (3 hospitals, seconds)",
         "description": (
             "Tiny federation for checks: 3 centers, 32 px, 5 rounds (a few seconds on 2 CPUs)."
         ),
@@ -118,6 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "demo": {
+        "title": "Demo federation (4 hospitals + an unseen one)",
         "description": (
             "4 hospitals + an unseen one learn MRI→CT at 64 px in about 40 s; visibly improves."
         ),
@@ -131,6 +133,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "paper": {
+        "title": "The study's design, scaled to a CPU",
         "description": (
             "The study's design scaled to a CPU: 4 centers + an unseen 5th, FedProx "
             "(μ 0.01), L1 loss, Adam, U-Net with InstanceNorm, 96 px, 20 rounds."
@@ -147,6 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "mia-paper": {
+        "title": "Membership attack as in the study",
         "description": (
             "Membership inference as in the study, no defense: 4 centers with 2 training "
             "and 2 held-out patients each, 15 local epochs (local models fit their data), "
@@ -156,6 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _MIA_BASE,
     },
     "mia-secagg": {
+        "title": "Membership attack with secure aggregation",
         "description": (
             "mia-paper with secure aggregation: the server only holds masked uploads; the "
             "released global model stays visible (about 2 min). An illustration, like "
@@ -165,6 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "defenses": {"secure_aggregation": True}},
     },
     "mia-evidence": {
+        "title": "Membership attack with enough patients for a verdict",
         "description": (
             "Membership inference with enough patients to support a verdict: 4 hospitals × "
             "(5 training + 10 held-out patients), the study's recipe at 48 px, 15 local "
@@ -174,6 +180,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _MIA_EVIDENCE,
     },
     "dlg-paper": {
+        "title": "The study's DLG attack",
         "description": (
             "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
             "uploads one step on one slice; L-BFGS gradient matching, 300 iterations "
@@ -185,6 +192,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                              "target_center": "all"}}},
     },
     "ig-strong": {
+        "title": "Strongest inversion attack on the study's model",
         "description": (
             "The strongest inversion found against the study's model (as dlg-paper, B=1, "
             "no defense): Inverting Gradients with the attacker's anatomical prior, "
@@ -195,6 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                              "iterations": 400, "restarts": 4}}},
     },
     "inversion-easy": {
+        "title": "Inversion attack on a design known to leak",
         "description": (
             "A design that leaks: no normalisation, MSE loss, plain SGD, one slice per "
             "client (B=1), 32 px; the strongest attack rebuilds recognisable slices of "
@@ -203,6 +212,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _INVERSION_EASY,
     },
     "study-setup": {
+        "title": "Live demo: the study's setup",
         "description": (
             "Live demo — the study's setup: 4 hospitals, L1, Adam, InstanceNorm U-Net at "
             "48 px, 12 rounds of 15 local epochs, then membership inference by the server "
@@ -211,6 +221,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _STUDY_DEMO,
     },
     "hardened": {
+        "title": "Live demo: hardened (secure aggregation + DP)",
         "description": (
             "Live demo — study-setup hardened with secure aggregation and client-level DP "
             "(clip 5, σ 0.001): the same attack on a masked server view (under a minute)."
@@ -218,6 +229,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": {**_STUDY_DEMO, "name": "hardened", "defenses": HARDENED_DEFENSES},
     },
     "whatif": {
+        "title": "What-if for one patient",
         "description": (
             "What-if for one patient: study-setup with data.whatif_patient among hospital "
             "data.whatif_center's training patients; membership inference plus a short "
@@ -226,6 +238,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _WHATIF,
     },
     "poisoned-hospital": {
+        "title": "Live demo: a poisoned hospital",
         "description": (
             "Live demo — study-setup without attacks, but hospital 0 sends its model with "
             "strong noise (σ 0.3 per parameter) under plain averaging (under a minute)."
@@ -235,6 +248,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "attacks": _noisy_upload(0.3)},
     },
     "poison-base": {
+        "title": "Clean federation for the poisoning studies",
         "description": (
             "The clean federation the poisoning presets and sweeps attack: 4 centers, 32 px, "
             "L1, Adam, 20 rounds (about 8 s)."
@@ -242,6 +256,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": POISON_BASE,
     },
     "poison-high": {
+        "title": "Poisoning: strong noise on one upload",
         "description": (
             "One malicious center adds strong noise (σ 0.3 per parameter) to the model it "
             "uploads; plain averaging. The study's high-noise case (about 15 s)."
@@ -250,6 +265,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "attacks": _noisy_upload(0.3)},
     },
     "poison-low": {
+        "title": "Poisoning: weak noise on one upload",
         "description": (
             "One malicious center adds weak noise (σ 0.03 per parameter) to its upload: "
             "small enough to hide among honest differences (about 15 s)."
@@ -281,6 +297,11 @@ def build_config(preset: str | None = None, file: str | Path | None = None,
 
 def preset_description(name: str) -> str:
     return PRESETS[name]["description"]
+
+
+def preset_title(name: str) -> str:
+    """The preset's name in words, for pages (the id stays the public name)."""
+    return PRESETS[name].get("title", name) if name in PRESETS else name
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -356,6 +377,7 @@ def _data_noise_cells() -> list[list[str]]:
 
 SWEEPS: dict[str, dict[str, Any]] = {
     "mia-dp": {
+        "minutes": 30,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Differential privacy against membership inference at meaningful ε: mia-paper "
             "without DP (ε = ∞), then hospital-level DP (updates clipped to norm 5) and "
@@ -374,6 +396,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "inversion-factors": {
+        "minutes": 30,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Why a design leaks: inversion-easy, then one factor changed at a time — L1 loss, "
             "InstanceNorm, 4 slices per step, 4 local steps, a late round, 64 px, Adam (one "
@@ -396,6 +419,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "inversion-budget": {
+        "minutes": 100,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "How much attack is enough: ig-strong on hospital 0 with 400, 2,000 and 8,000 "
             "iterations, and at 2,000 iterations with total-variation weights 0.001, 0.01 "
@@ -410,6 +434,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "inversion-defenses": {
+        "minutes": 20,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Defenses against the inversion-easy leak: secure aggregation over 3 centers, "
             "hospital-level DP (ε 64 and 4), update pruning, 4 slices per step; "
@@ -426,6 +451,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "whatif": {
+        "minutes": 5,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "One patient with and without defenses: the whatif preset as is, then hardened "
             "with secure aggregation and client-level DP (clip 5, σ 0.001). Give the patient "
@@ -436,6 +462,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "requires": ["data.whatif_patient"],
     },
     "poison-paper": {
+        "minutes": 20,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The study's poisoning grid on poison-base: every single malicious center (and "
             "every pair for FedAvg, FedProx, FedMedian) × noise on data or on the upload × a "
@@ -446,6 +473,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "cells": _poison_cells(),
     },
     "poison-model": {
+        "minutes": 2,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Model poisoning beyond the study, 4 centers and 1 attacker: sign flip, scaling "
             "(model replacement) and A Little Is Enough against each rule (about 2 min)."
@@ -454,6 +482,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "cells": _model_poison_cells(),
     },
     "poison-data-factors": {
+        "minutes": 2,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Which data noise hurts: strong noise (σ 1) on the MRI, the CT or both, with an "
             "L1 or MSE loss and Adam or SGD local training; FedAvg (about 2 min)."
@@ -465,6 +494,8 @@ SWEEPS: dict[str, dict[str, Any]] = {
 
 
 def sweep_spec(name: str) -> dict[str, Any]:
+    """Sweep ``name``'s catalogue entry: ``base`` preset, ``cells`` (``--set`` lists),
+    ``description``, ``minutes`` (measured wall time) and optional ``requires``."""
     if name not in SWEEPS:
         raise ConfigError(f"unknown sweep preset {name!r}; available: {', '.join(SWEEPS)}")
     return SWEEPS[name]

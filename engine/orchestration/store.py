@@ -59,6 +59,22 @@ def open_run(run_id: str, root: str | Path | None = None) -> RunFolder:
     return RunFolder(path)
 
 
+RESUMABLE = ("interrupted", "failed", "cancelled")
+
+
+def check_resumable(run: RunFolder) -> None:
+    """``ValueError`` (one line, naming the reason) unless ``run`` can be resumed: it ended
+    without finishing and ran in process (Flower runtimes start over)."""
+    state = run.status().get("state")
+    if state not in RESUMABLE:
+        raise ValueError(f"run {run.run_id} is {state}; only an interrupted, failed or "
+                         "cancelled run can be resumed")
+    runtime = run.config().federation.runtime
+    if runtime != "inprocess":
+        raise ValueError(f"run {run.run_id} ran on federation.runtime = {runtime!r}; resuming "
+                         "needs the in-process runtime: start it again instead")
+
+
 def delete_run(run_id: str, root: str | Path | None = None) -> None:
     """Delete a finished run's folder and index row (active runs must be cancelled first)."""
     run = open_run(run_id, root)
@@ -68,11 +84,35 @@ def delete_run(run_id: str, root: str | Path | None = None) -> None:
     RunIndex(run.root).remove(run_id)
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any, kind: type = float) -> Any:
+    """``value`` as ``kind`` when it is a plain number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return kind(value)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 class RunIndex:
-    """SQLite index of the runs under a root (a cache; folders are the truth)."""
+    """SQLite index of the runs under a root (a cache; folders are the truth).
+
+    Any damage is repaired by rebuilding from the folders: an unreadable database, a table
+    with other columns (an older or newer version), rows pointing at deleted folders. A run
+    folder with damaged files is listed with what can be read (state ``failed`` when its
+    status is unreadable), never skipped silently and never able to break the listing.
+    """
 
     COLUMNS = ("run_id", "created", "name", "preset", "state", "aggregator", "rounds",
                "secure_aggregation", "final_mae_hu", "wall_s")
+    SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created REAL,"
+              " name TEXT, preset TEXT, state TEXT, aggregator TEXT, rounds INTEGER,"
+              " secure_aggregation INTEGER, final_mae_hu REAL, wall_s REAL)")
 
     def __init__(self, root: str | Path | None = None):
         self.root = runs_root(root)
@@ -81,33 +121,37 @@ class RunIndex:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """One transaction on the index; the connection is closed afterwards (the dashboard
-        opens the index on every rerun)."""
+        opens the index on every rerun). ``sqlite3.DatabaseError`` when the file is damaged
+        or its table has other columns."""
         con = sqlite3.connect(self.db, timeout=10)
         try:
             with con:
-                con.execute(
-                    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created REAL,"
-                    " name TEXT, preset TEXT, state TEXT, aggregator TEXT, rounds INTEGER,"
-                    " secure_aggregation INTEGER, final_mae_hu REAL, wall_s REAL)"
-                )
+                con.execute(self.SCHEMA)
+                columns = tuple(r[1] for r in con.execute("PRAGMA table_info(runs)"))
+                if columns != self.COLUMNS:
+                    raise sqlite3.DatabaseError(f"index columns {columns} are not "
+                                                f"{self.COLUMNS}")
                 yield con
         finally:
             con.close()
 
     @staticmethod
     def _row(run: RunFolder) -> tuple:
+        """The index row of ``run``, from whatever of its files can be read."""
         status = run.status()
         try:
-            cfg = yaml.safe_load((run.path / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
+            cfg = _mapping(yaml.safe_load((run.path / "config.yaml").read_text()))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
             cfg = {}
         summary = run.summary() or {}
-        fed = cfg.get("federation", {})
-        final = (summary.get("federation") or {}).get("final") or {}
-        return (run.run_id, status.get("created"), cfg.get("name", ""), status.get("preset"),
-                status.get("state"), fed.get("aggregator"), fed.get("rounds"),
-                int(bool(cfg.get("defenses", {}).get("secure_aggregation"))),
-                final.get("mae_hu"), (summary.get("timing") or {}).get("wall_s"))
+        fed = _mapping(cfg.get("federation"))
+        final = _mapping(_mapping(summary.get("federation")).get("final"))
+        return (run.run_id, _number(status.get("created")), _text(cfg.get("name")) or "",
+                _text(status.get("preset")), _text(status.get("state")),
+                _text(fed.get("aggregator")), _number(fed.get("rounds"), int),
+                int(_mapping(cfg.get("defenses")).get("secure_aggregation") is True),
+                _number(final.get("mae_hu")), _number(_mapping(summary.get("timing"))
+                                                      .get("wall_s")))
 
     def upsert(self, run: RunFolder) -> None:
         try:
@@ -115,46 +159,63 @@ class RunIndex:
                 con.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * 10)})",
                             self._row(run))
         except sqlite3.DatabaseError:
-            self.rebuild()
+            self._repair()
 
     def remove(self, run_id: str) -> None:
-        with self._connect() as con:
-            con.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        try:
+            with self._connect() as con:
+                con.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        except sqlite3.DatabaseError:
+            self._repair()
+
+    def _repair(self) -> None:
+        """Rebuild after damage; if even that fails, listings read the folders directly."""
+        with contextlib.suppress(sqlite3.DatabaseError, OSError):
+            self.rebuild()
+
+    def _folders(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir()
+                      if p.is_dir() and (p / "status.json").is_file())
 
     def rebuild(self) -> None:
         """Recreate the index from the run folders (after damage or manual edits)."""
-        self.db.unlink(missing_ok=True)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
         with self._connect() as con:
-            for p in sorted(self.root.iterdir()):
-                if (p / "status.json").exists():
-                    con.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * 10)})",
-                                self._row(RunFolder(p)))
+            for p in self._folders():
+                con.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * 10)})",
+                            self._row(RunFolder(p)))
+
+    def _rows(self) -> list[tuple]:
+        with self._connect() as con:
+            return con.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
 
     def list(self) -> list[dict[str, Any]]:
         """All runs, newest first; live state is taken from each folder's status."""
         if not self.root.is_dir():
             return []
-        folders = {p.name for p in self.root.iterdir() if (p / "status.json").exists()}
+        folders = {p.name for p in self._folders()}
         try:
-            with self._connect() as con:
-                indexed = {r[0] for r in con.execute("SELECT run_id FROM runs")}
+            rows = self._rows()
+            if folders - {r[0] for r in rows}:  # folders copied in by hand
+                raise sqlite3.DatabaseError("runs missing from the index")
         except sqlite3.DatabaseError:
-            indexed = set()
-        if folders - indexed:  # folders copied in by hand, or a damaged index
-            self.rebuild()
-        with self._connect() as con:
-            rows = con.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+            try:
+                self.rebuild()
+                rows = self._rows()
+            except (sqlite3.DatabaseError, OSError):  # e.g. a folder where the file belongs
+                rows = sorted((self._row(RunFolder(self.root / f)) for f in folders),
+                              key=lambda r: r[1] or 0.0, reverse=True)
         out = []
         for row in rows:
             rec = dict(zip(self.COLUMNS, row, strict=True))
             path = self.root / rec["run_id"]
-            if not path.is_dir():
+            if rec["run_id"] not in folders:
                 continue
             if rec["state"] in ACTIVE:
                 # The run writes only its folder: an active row may be stale, so read the
                 # whole row from the folder and keep the index up to date.
-                row = self._row(RunFolder(path))
-                rec = dict(zip(self.COLUMNS, row, strict=True))
+                rec = dict(zip(self.COLUMNS, self._row(RunFolder(path)), strict=True))
                 if rec["state"] not in ACTIVE:
                     self.upsert(RunFolder(path))
             out.append(rec)
@@ -167,7 +228,9 @@ def find_finished_run(cfg: ExperimentConfig, root: Path) -> RunFolder | None:
     for status_file in sorted(root.glob("*/status.json")):
         try:
             status = json.loads(status_file.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(status, dict):
             continue
         if status.get("config_hash") == want and status.get("state") == "done":
             run = RunFolder(status_file.parent)

@@ -20,12 +20,20 @@ import pandas as pd
 import plotly.graph_objects as go
 import yaml
 
-from app import inversion as inv_ui
-from app import mia as mia_ui
-from app import poisoning as poi_ui
-from app import whatif as whatif_ui
-from app.runs import RunRow
-from app.ui import UNSEEN_LABEL, history_figure
+from app.views import inversion as inv_ui
+from app.views import mia as mia_ui
+from app.views import poisoning as poi_ui
+from app.views import whatif as whatif_ui
+from app.views.common import UNSEEN_LABEL, Verdict, history_figure, hospital_name
+from engine.analyses.results import (
+    InversionSummary,
+    MiaSummary,
+    PoisoningSummary,
+    RunSummary,
+    SummaryError,
+    WhatifSummary,
+    read_summary,
+)
 from engine.core.run_folder import RunFolder
 
 # plotly.js names its map-data server as a default setting; the report draws no maps, so the
@@ -59,7 +67,7 @@ class RunFiles:
     """What a run folder holds, read defensively; ``problems`` name the unusable files."""
 
     path: Path
-    summary: dict[str, Any] | None = None
+    summary: RunSummary | None = None
     config: dict[str, Any] | None = None
     status: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -81,21 +89,22 @@ def _json(path: Path) -> tuple[Any, str | None]:
 
 def read_run(run_dir: str | Path) -> RunFiles:
     run = RunFiles(Path(run_dir))
-    summary, why = _json(run.path / "summary.json")
-    if isinstance(summary, dict):
-        run.summary = summary
-    else:
-        run.problems.append(f"`summary.json` is {why or 'damaged'}: no results to report")
+    try:
+        run.summary = read_summary(run.path / "summary.json")
+    except SummaryError:
+        run.problems.append("`summary.json` is damaged: no results to report")
+    if run.summary is None and "summary.json" not in " ".join(run.problems):
+        run.problems.append("`summary.json` is missing: no results to report")
     status, _ = _json(run.path / "status.json")
     run.status = status if isinstance(status, dict) else {}
     try:
         cfg = yaml.safe_load((run.path / "config.yaml").read_text())
         run.config = cfg if isinstance(cfg, dict) else None
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         run.config = None
     if run.config is None:
-        run.config = (run.summary or {}).get("config")
-        if run.config is None:
+        run.config = run.summary.config if run.summary else None
+        if not run.config:
             run.problems.append("`config.yaml` is missing or damaged: settings unknown")
     metrics_path = run.path / "metrics.jsonl"
     if metrics_path.is_file():
@@ -159,7 +168,8 @@ class _Figures:
         return out.replace(PLOTLY_CDN, "")
 
 
-def _verdict_box(colour: str, title: str, detail: str) -> str:
+def _verdict_box(v: Verdict) -> str:
+    colour, title, detail = v.colour, v.title, v.detail
     return (f'<div class="verdict {colour}"><strong>{_md(title)}</strong>'
             f"<br>{_md(detail)}</div>")
 
@@ -173,12 +183,11 @@ def _missing(what: str) -> str:
 
 def _settings(run: RunFiles) -> str:
     cfg = run.config or {}
-    s = run.summary or {}
-    timing = s.get("timing") or {}
-    versions = s.get("versions") or {}
+    s = run.summary or RunSummary()
+    timing, versions = s.timing, s.versions
     rows = [("Run id", run.run_id), ("Name", cfg.get("name") or "run"),
             ("Preset", run.status.get("preset") or "custom / not recorded"),
-            ("Seed", cfg.get("seed", "–")), ("Device", s.get("device", "–")),
+            ("Seed", cfg.get("seed", "–")), ("Device", s.device or "–"),
             ("Runtime", (cfg.get("federation") or {}).get("runtime", "inprocess")),
             ("State", run.status.get("state", "–"))]
     rows += [(f"Time: {k.removesuffix('_s')}", f"{v:.1f} s") for k, v in timing.items()
@@ -194,25 +203,24 @@ def _settings(run: RunFiles) -> str:
 
 
 def _quality(run: RunFiles, figure: _Figures) -> str:
-    fed = (run.summary or {}).get("federation") or {}
-    final = fed.get("final") or {}
+    fed = (run.summary or RunSummary()).federation
+    final = fed.final
     out = ["<h2>Synthetic CT quality</h2>"]
-    if not final:
+    if final is None:
         return out[0] + _missing("No final quality: `summary.json` has no results.")
     out.append("<table><tr>" + "".join(f"<th>{label}</th>" for label, _, _ in QUALITY_FORMATS)
-               + "</tr><tr>" + "".join(
-                   f"<td>{fmt.format(final[k]) if final.get(k) is not None else '–'}</td>"
-                   for _, k, fmt in QUALITY_FORMATS) + "</tr></table>")
-    rows = [{"Hospital": c, **m} for c, m in (fed.get("per_center") or {}).items()]
-    if fed.get("unseen_center"):
-        rows.append({"Hospital": UNSEEN_LABEL, **fed["unseen_center"]})
+               + "</tr><tr>" + "".join(f"<td>{fmt.format(getattr(final, k))}</td>"
+                                       for _, k, fmt in QUALITY_FORMATS) + "</tr></table>")
+    rows = [{"Hospital": hospital_name(c), **m.model_dump()} for c, m in fed.per_center.items()]
+    if fed.unseen_center:
+        rows.append({"Hospital": UNSEEN_LABEL, **fed.unseen_center.model_dump()})
     if rows:
         out.append("<h3>Per hospital</h3>" + _table(pd.DataFrame(rows).rename(columns={
             "mae_hu": "MAE (HU) ↓", "psnr_db": "PSNR (dB) ↑", "ssim": "SSIM ↑"})))
-    history = [h for h in fed.get("history") or [] if isinstance(h, dict) and "round" in h]
+    history = [h.model_dump() for h in fed.history]
     if history:
         out.append("<h3>Learning curve</h3>" + figure(
-            history_figure(history, int(fed.get("rounds") or history[-1]["round"]))))
+            history_figure(history, fed.rounds or history[-1]["round"])))
     out.append("<h3>Example images (MRI | CT | synthetic CT | error)</h3>")
     art = run.path / "artifacts"
     if not (art / "samples.npz").is_file():
@@ -233,18 +241,17 @@ def _quality(run: RunFiles, figure: _Figures) -> str:
     return "".join(out)
 
 
-def _membership(run: RunFiles, mia: dict[str, Any], figure: _Figures) -> str:
+def _membership(run: RunFiles, mia: MiaSummary, figure: _Figures) -> str:
     v = mia_ui.verdict(mia)
-    out = ["<h2>Attack: membership inference</h2>",
-           _verdict_box(v.colour, v.title, mia_ui.verdict_detail(v, mia)),
+    out = ["<h2>Attack: membership inference</h2>", _verdict_box(v),
            "<h3>AUC per attack and hospital</h3>", _table(mia_ui.auc_table(mia)),
            "<h3>Members caught at fixed false-alarm rates</h3>", _table(mia_ui.tpr_table(mia))]
     roc, why = _json(run.path / "mia" / "roc.json")
-    attack = mia.get("attack", "")
+    attack = mia.attack
     if isinstance(roc, dict) and isinstance(roc.get(attack), dict):
         panels = list(roc[attack])
         entry = mia_ui.MiaRun(RunFolder(run.path), float(run.status.get("created") or 0.0),
-                              run.summary or {})
+                              "done", run.config or {}, run.summary)
         try:
             out.append("<h3>ROC curves</h3>" + figure(
                 mia_ui.roc_figure(panels, [(entry, roc, "solid")], attack)))
@@ -257,19 +264,14 @@ def _membership(run: RunFiles, mia: dict[str, Any], figure: _Figures) -> str:
     return "".join(out)
 
 
-def _inversion(run: RunFiles, inv: dict[str, Any]) -> str:
-    out = ["<h2>Attack: gradient inversion</h2>"]
-    try:
-        v = inv_ui.verdict(inv)
-        out.append(_verdict_box(v.colour, v.title, inv_ui.verdict_detail(v, inv)))
-        out.append(f"<p>{_md(inv_ui.calibration_text(inv))}</p>"
-                   f"<p>Attack: {_md(inv_ui.budget_text(inv))}.</p>")
-    except (KeyError, TypeError, ValueError):
-        out.append(_missing("The inversion results in `summary.json` are incomplete."))
-    table, _ = inv_ui.client_table(inv)
-    out.append("<h3>Per hospital</h3>" + _table(table))
+def _inversion(run: RunFiles, inv: InversionSummary) -> str:
+    out = ["<h2>Attack: gradient inversion</h2>", _verdict_box(inv_ui.verdict(inv)),
+           f"<p>Attack: {_md(inv_ui.budget_text(inv))}.</p>"]
+    table, columns = inv_ui.client_table(inv)
+    out.append("<h3>Per hospital</h3>" + _table(table.rename(
+        columns={k: label for k, (label, _, _) in columns.items()})))
     out.append("<h3>Original | reconstruction | error | attacker's average brain</h3>")
-    for center in inv.get("per_client") or {}:
+    for center in inv.per_client:
         img = _png(run.path / "inversion" / f"{center}.png", center)
         if img:
             out.append(img)
@@ -279,38 +281,36 @@ def _inversion(run: RunFiles, inv: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _poisoning(run: RunFiles, poison: dict[str, Any], figure: _Figures) -> str:
-    fed = (run.summary or {}).get("federation") or {}
-    rule = str(fed.get("aggregator") or "fedavg")
+def _poisoning(run: RunFiles, poison: PoisoningSummary, figure: _Figures) -> str:
+    fed = (run.summary or RunSummary()).federation
+    rule = fed.aggregator
     out = ["<h2>Attack: poisoning</h2>"]
     try:
-        v = poi_ui.verdict(poison, rule)
-        out.append(_verdict_box(v.colour, v.title, v.detail))
-    except (KeyError, IndexError, TypeError, ValueError):
+        out.append(_verdict_box(poi_ui.verdict(poison, rule)))
+    except (KeyError, IndexError):
         out.append(_missing("The poisoning results in `summary.json` are incomplete."))
-    cells = pd.DataFrame(poison.get("cells") or [])
-    if not cells.empty:
-        out.append("<h3>Result against the clean federation</h3>" + _table(cells))
+    if poison.cells:
+        out.append("<h3>Result against the clean federation</h3>"
+                   + _table(poi_ui.cells_table(poison)))
     out.append("<h3>Average error per round</h3>" + figure(poi_ui.curves_figure(
-        [(rule, fed.get("history"), poison.get("baseline_history"))], "mae_hu")))
-    detection = poison.get("detection") or {}
-    if detection.get("per_round"):
-        names = list(poison.get("malicious_names") or [])
+        [(rule, [h.model_dump() for h in fed.history],
+          [h.model_dump() for h in poison.baseline_history])], "mae_hu")))
+    detection = poison.detection
+    if detection.per_round:
+        names = poison.malicious_names
         out.append("<h3>Did the server spot the attackers?</h3><p>"
                    + _md(poi_ui.detection_sentence(detection, names)) + "</p>"
                    + figure(poi_ui.detection_figure(detection, names)))
     return "".join(out)
 
 
-def _whatif(run: RunFiles, whatif: dict[str, Any], figure: _Figures) -> str:
-    out = [f"<h2>What-if: patient {html.escape(str(whatif.get('patient')))} at "
-           f"{html.escape(str(whatif.get('center')))}</h2>"]
-    m = whatif.get("membership")
-    if isinstance(m, dict):
-        colour, title, detail = whatif_ui.membership_verdict(m)
-        out += [_verdict_box(colour, title, detail), figure(whatif_ui.score_figure(m))]
-    colour, title, detail = whatif_ui.reconstruction_verdict(whatif.get("reconstruction"))
-    out.append(_verdict_box(colour, title, detail))
+def _whatif(run: RunFiles, whatif: WhatifSummary, figure: _Figures) -> str:
+    out = [f"<h2>What-if: patient {html.escape(whatif.patient)} at "
+           f"{html.escape(hospital_name(whatif.center))}</h2>"]
+    if whatif.membership is not None:
+        out += [_verdict_box(whatif_ui.membership_verdict(whatif.membership)),
+                figure(whatif_ui.score_figure(whatif.membership))]
+    out.append(_verdict_box(whatif_ui.reconstruction_verdict(whatif.reconstruction)))
     return "".join(out)
 
 
@@ -330,15 +330,16 @@ def make_report(run_dir: str | Path) -> Report:
              f"<p>Run id <code>{html.escape(run.run_id)}</code></p>",
              _settings(run), _quality(run, figure)]
     attacks = []
-    s = run.summary or {}
+    s = run.summary or RunSummary()
     sections = (("mia", "membership inference", lambda b: _membership(run, b, figure)),
                 ("inversion", "gradient inversion", lambda b: _inversion(run, b)),
                 ("poisoning", "poisoning", lambda b: _poisoning(run, b, figure)),
                 ("whatif", "what-if for one patient", lambda b: _whatif(run, b, figure)))
     for key, label, section in sections:
-        if isinstance(s.get(key), dict):
+        block = getattr(s, key)
+        if block is not None:
             attacks.append(label)
-            parts.append(section(s[key]))
+            parts.append(section(block))
     if not attacks and run.summary is not None:
         parts.append("<h2>Attacks</h2><p>No attack ran in this run.</p>")
     if run.problems:
@@ -360,11 +361,13 @@ def build_report(run_dir: str | Path) -> str:
 
 @dataclass
 class Scorecard:
+    """One traffic light: a title, the headline value (None: nothing measured yet, with the
+    ``page`` that starts it), its colour and how to read it."""
+
     title: str
     value: str | None  # None: no run yet
     colour: str  # green / orange / red / gray
     detail: str
-    run: str = ""  # "name (run id)"
     page: str = ""  # where to start one, when missing
 
 
@@ -374,102 +377,54 @@ def _light(value: float, green: float, orange: float, green_inclusive: bool = Fa
     return "orange" if value < orange else "red"
 
 
-def _latest(rows: list[RunRow], key: str | None) -> RunRow | None:
-    for row in rows:  # newest first
-        if row.state == "done" and row.summary is not None and (
-                key is None or isinstance(row.summary.get(key), dict)):
-            return row
-    return None
+def _card(title: str, v: Verdict, detail: str) -> Scorecard:
+    # Green only where the page's verdict shows safety with evidence; blue (no evidence)
+    # and grey (inconclusive) stay grey on a scorecard.
+    colour = v.colour if v.colour in ("red", "orange", "green") else "gray"
+    return Scorecard(title, v.figure or v.title, colour, detail)
 
 
-def _who(row: RunRow) -> str:
-    return f"{row.name or 'run'} ({row.run_id})"
-
-
-def scorecards(rows: list[RunRow]) -> list[Scorecard]:
-    """Four traffic lights from the latest finished runs (``rows`` newest first)."""
+def scorecards(summary: RunSummary | None) -> list[Scorecard]:
+    """Traffic lights of one finished run's summary: its model's quality and every attack it
+    ran (an attack it did not run says where to start one; no summary: every card does).
+    Never a mix of runs."""
+    s = summary or RunSummary()
     cards = []
-    row = _latest(rows, "mia")
-    title = "Privacy risk (membership inference)"
-    if row is None:
-        cards.append(Scorecard(title, None, "gray", "No run yet: start one on the "
-                               "Membership inference page.", page="membership.py"))
+    mae = s.federation.final.mae_hu if s.federation.final else None
+    cards.append(Scorecard(
+        "Synthetic CT quality", f"MAE {fmt_mae(mae)}" if mae is not None else None,
+        _light(mae, 100, 200) if mae is not None else "gray",
+        "Average error of the synthetic CT inside the head (lower is better). Green below "
+        "100 HU, orange below 200 HU, red from 200 HU; published deep-learning sCT for brain "
+        "radiotherapy reach 50–100 HU.", page="federation.py" if mae is None else ""))
+    if s.mia is None:
+        cards.append(Scorecard("Privacy risk (membership inference)", None, "gray",
+                               "Not attacked in this run: start an attack on the Membership "
+                               "inference page.", page="membership.py"))
     else:
-        v = mia_ui.verdict(row.summary["mia"])
-        risk = v.colour in ("red", "orange")
-        value = (f"patient-level AUC {v.auc:.2f} (interval {v.ci[0]:.2f}–{v.ci[1]:.2f})"
-                 if v.auc is not None and v.ci else "no signal")
-        cards.append(Scorecard(
-            title, value + (" · risk" if risk else " · no evidence" if v.auc is not None
-                            else ""),
-            v.colour if risk else "gray",
-            "The worst hospital's patient-level AUC (0.5 = guessing) with its 95% interval. "
-            f"Red or orange: better than chance (red from AUC {mia_ui.HIGH}); grey: no "
-            "evidence at this sample size, which is not the same as safe.", _who(row)))
-    row = _latest(rows, "inversion")
-    title = "Reconstruction risk (gradient inversion)"
-    if row is None:
-        cards.append(Scorecard(title, None, "gray", "No run yet: start one on the Gradient "
+        cards.append(_card("Privacy risk (membership inference)", mia_ui.verdict(s.mia),
+                           "The worst hospital's patient-level AUC (0.5 = guessing) with its "
+                           "95% interval. Red or orange: better than chance; grey: no "
+                           "evidence at this sample size, which is not the same as safe."))
+    if s.inversion is None:
+        cards.append(Scorecard("Reconstruction risk (gradient inversion)", None, "gray",
+                               "Not attacked in this run: start an attack on the Gradient "
                                "inversion page.", page="inversion.py"))
     else:
-        inv = row.summary["inversion"]
-        try:
-            v = inv_ui.verdict(inv)
-            value = (f"body SSIM {v.ssim_body:.2f} vs floor {v.floor:.2f}"
-                     + (" · inconclusive" if v.level < 0 else ""))
-            colour = {-1: "gray", 0: "green", 1: "orange", 2: "red"}[v.level]
-        except (KeyError, TypeError, ValueError):
-            value, colour = "unknown", "gray"
-        cards.append(Scorecard(
-            title, value, colour,
-            "SSIM of the rebuilt images inside the head, against the attacker's average "
-            f"brain (the floor). Green only when the gain stays below {inv_ui.LEAK_MARGIN} and "
-            "the same attack rebuilt a slice of a design known to leak (else grey: "
-            "inconclusive); red for recognisable slices.", _who(row)))
-    row = _latest(rows, "poisoning")
-    title = "Poisoning robustness"
-    if row is None:
-        cards.append(Scorecard(title, None, "gray", "No run yet: start one on the Poisoning "
+        cards.append(_card("Reconstruction risk (gradient inversion)",
+                           inv_ui.verdict(s.inversion),
+                           "SSIM of the rebuilt images inside the head against the "
+                           "attacker's average brain (the floor). Green only when the same "
+                           "attack rebuilt a slice of a design known to leak; grey: "
+                           "inconclusive."))
+    if s.poisoning is None:
+        cards.append(Scorecard("Poisoning robustness", None, "gray",
+                               "No malicious hospital in this run: try one on the Poisoning "
                                "page.", page="poisoning.py"))
     else:
-        cells = row.summary["poisoning"].get("cells") or [{}]
-        ratio = cells[0].get("mae_ratio")
-        ok = isinstance(ratio, int | float)
-        cards.append(Scorecard(
-            title, f"{ratio:.2f}× the clean error" if ok else "unknown",
-            _light(ratio, poi_ui.PROTECTED, poi_ui.USELESS, green_inclusive=True)
-            if ok else "gray",
-            f"Final MAE under attack ÷ MAE without attackers. Green up to "
-            f"{poi_ui.PROTECTED}×, orange below {poi_ui.USELESS:g}×, red from "
-            f"{poi_ui.USELESS:g}×.", _who(row)))
-    row = _latest(rows, None)
-    title = "Synthetic CT quality"
-    mae = ((row.final or {}).get("mae_hu") if row else None)
-    if row is None or not isinstance(mae, int | float):
-        cards.append(Scorecard(title, None, "gray", "No finished run yet: train one on the "
-                               "Federation page.", page="federation.py"))
-    else:
-        cards.append(Scorecard(
-            title, f"MAE {fmt_mae(mae)}", _light(mae, 100, 200),
-            "Average error of the synthetic CT (lower is better). Green below 100 HU, "
-            "orange below 200 HU, red from 200 HU.", _who(row)))
+        cards.append(_card("Poisoning robustness",
+                           poi_ui.verdict(s.poisoning, s.federation.aggregator),
+                           f"Final MAE under attack ÷ MAE without attackers. Green up to "
+                           f"{poi_ui.PROTECTED}×, orange below {poi_ui.USELESS:g}×, red from "
+                           f"{poi_ui.USELESS:g}×."))
     return cards
-
-
-LIGHT_WORDS = {"green": "good", "orange": "watch", "red": "concern", "gray": "no data"}
-
-
-def render_scorecards(cards: list[Scorecard], pages_dir: Path) -> None:
-    """The scorecards side by side, each a bordered box with its light, value and run."""
-    import streamlit as st  # only here: the report itself must build without Streamlit
-
-    for col, card in zip(st.columns(len(cards)), cards, strict=True):
-        box = col.container(border=True)
-        box.markdown(f"**{card.title}**")
-        if card.value is None:
-            box.caption(card.detail)
-            box.page_link(str(pages_dir / card.page), label="Open that page",
-                          icon=":material/arrow_forward:")
-            continue
-        box.markdown(f":{card.colour}[● **{card.value}**] · {LIGHT_WORDS[card.colour]}")
-        box.caption(f"{card.detail} Run: {card.run}.")

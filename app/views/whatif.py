@@ -9,16 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-import streamlit as st
 
-from app.data import uploads_folder
-from app.inversion import leak_level, load_npz
-from app.results import Sweep, read_json, read_sweep
-from app.ui import PHASE_TEXT, upscale
+from app.views.common import PHASE_TEXT, Verdict, upscale
+from app.views.data import uploads_folder
+from app.views.inversion import leak_level, load_npz
+from app.views.results import Sweep, read_json, read_sweep
+from engine.analyses.results import (
+    RunSummary,
+    SummaryError,
+    WhatifMembership,
+    WhatifReconstruction,
+    WhatifSummary,
+    read_summary,
+)
 from engine.analyses.whatif import EXPOSED_RANK
 from engine.core.render import CT_WINDOW_HU, to_gray
 from engine.core.run_folder import RunFolder
@@ -65,15 +71,15 @@ def read_whatif(patient: Path, center: int) -> Sweep:
 
 @dataclass
 class WhatifCell:
-    """One side of the comparison: its run and the summary's ``whatif`` block."""
+    """One side of the comparison: its run and typed summary."""
 
     title: str
     run: RunFolder
-    summary: dict[str, Any]
+    summary: RunSummary
 
     @property
-    def whatif(self) -> dict[str, Any]:
-        return self.summary.get("whatif") or {}
+    def whatif(self) -> WhatifSummary:
+        return self.summary.whatif or WhatifSummary()
 
 
 def finished_cells(sweep: Sweep) -> list[WhatifCell | None]:
@@ -84,65 +90,72 @@ def finished_cells(sweep: Sweep) -> list[WhatifCell | None]:
     for k, title in enumerate(CELL_TITLES):
         cell = cells[k] if isinstance(cells, list) and k < len(cells) else None
         run_id = cell.get("run_id") if isinstance(cell, dict) else None
-        summary = (read_json(sweep.folder.parent.parent / run_id / "summary.json")
-                   if run_id else None)
-        ok = isinstance(summary, dict) and isinstance(summary.get("whatif"), dict)
-        out.append(WhatifCell(title, RunFolder(sweep.folder.parent.parent / str(run_id)),
-                              summary) if ok else None)
+        run = RunFolder(sweep.folder.parent.parent / str(run_id))
+        try:
+            summary = read_summary(run.path / "summary.json") if run_id else None
+        except SummaryError:
+            summary = None
+        ok = summary is not None and summary.whatif is not None
+        out.append(WhatifCell(title, run, summary) if ok else None)
     return out
 
 
-def membership_verdict(m: dict[str, Any]) -> tuple[str, str, str]:
-    """(colour, title, detail) of the patient's membership result."""
-    share, n = f"{m['rank']:.0%}", m["nonmembers"]
-    if m["exposed"]:
-        return "red", "Exposed", (f"The curious server scores this patient as more likely "
-                                  f"trained on than {share} of {n} patients nobody trained on: "
-                                  f"it can tell that this patient's data were used.")
-    if m["rank"] >= 0.6:
-        return "orange", "Partly exposed", (
-            f"The score ranks above {share} of {n} never-trained patients: a hint, not proof "
-            f"(exposed from {EXPOSED_RANK:.0%}).")
-    return "green", "Not exposed", (f"The score ranks above only {share} of {n} never-trained "
-                                    f"patients: the server cannot tell this patient was used.")
+def membership_verdict(m: WhatifMembership) -> Verdict:
+    """The patient's membership result: their score ranked against never-trained patients."""
+    share, n = f"{m.rank:.0%}", m.nonmembers
+    figure = f"ranks above {share} of {n} never-trained patients"
+    if m.exposed:
+        return Verdict("red", "Exposed", f"The curious server scores this patient as more "
+                       f"likely trained on than {share} of {n} patients nobody trained on: it "
+                       "can tell that this patient's data were used.", figure)
+    if m.rank >= 0.6:
+        return Verdict("orange", "Partly exposed", f"The score ranks above {share} of {n} "
+                       f"never-trained patients: a hint, not proof (exposed from "
+                       f"{EXPOSED_RANK:.0%}; with {n} patients the rank moves in steps of "
+                       f"{1 / max(n, 1):.0%}).", figure)
+    return Verdict("green", "Not exposed", f"The score ranks above only {share} of {n} "
+                   "never-trained patients: the server cannot tell this patient was used "
+                   f"(with {n} patients the rank moves in steps of {1 / max(n, 1):.0%}).",
+                   figure)
 
 
-def reconstruction_verdict(r: dict[str, Any] | None) -> tuple[str, str, str]:
-    """(colour, title, detail) of the reconstruction attempt on the patient's slices."""
+def reconstruction_verdict(r: WhatifReconstruction | None) -> Verdict:
+    """The reconstruction attempt on the patient's slices, with the run's calibration."""
     if r is None:
-        return "gray", "Not attempted", "No reconstruction was attempted in this run."
-    if not r.get("n"):
-        return "gray", "Not attempted", ("None of the attacker's reconstructions matched this "
-                                         "patient's slices (the hospital's update held more "
-                                         "slices than were rebuilt).")
-    detail = (f"Similarity inside the head {r['ssim_body']:.2f} vs {r['floor_ssim_body']:.2f} "
-              f"for the attacker's average brain (1 = identical).")
-    level = leak_level(r["ssim_body"], r["floor_ssim_body"])  # the Gradient inversion page's
-    if level == 0 and r.get("verdict") != "no_leak":
-        return "gray", "Inconclusive", (
-            "The rebuilt slices are no closer to the patient's than the attacker's average "
-            "brain, but this short attempt could not rebuild a slice of a design known to "
-            "leak either, so it does not show that the patient's images are safe. " + detail)
+        return Verdict("gray", "Not attempted", "No reconstruction was attempted in this run.")
+    if not r.n or r.ssim_body is None or r.floor_ssim_body is None:
+        return Verdict("gray", "Not attempted", "None of the attacker's reconstructions matched "
+                       "this patient's slices (the hospital's update held more slices than "
+                       "were rebuilt).")
+    detail = (f"Similarity inside the head {r.ssim_body:.2f} vs {r.floor_ssim_body:.2f} "
+              "for the attacker's average brain (1 = identical).")
+    figure = f"body SSIM {r.ssim_body:.2f} vs floor {r.floor_ssim_body:.2f}"
+    level = leak_level(r.ssim_body, r.floor_ssim_body)  # the Gradient inversion page's
+    if level == 0 and r.verdict != "no_leak":
+        return Verdict("gray", "Inconclusive", "The rebuilt slices are no closer to the "
+                       "patient's than the attacker's average brain, but this short attempt "
+                       "could not rebuild a slice of a design known to leak either, so it "
+                       "does not show that the patient's images are safe. " + detail, figure)
     if level == 2:
-        return "red", "Recognisable", ("The rebuilt slices clearly resemble the patient's. "
-                                       + detail)
+        return Verdict("red", "Recognisable", "The rebuilt slices clearly resemble the "
+                       "patient's. " + detail, figure)
     if level == 1:
-        return "orange", "Partly rebuilt", ("The rebuilt slices are somewhat closer to the "
-                                            "patient's than the attacker's average brain. "
-                                            + detail)
-    return "green", "Not recognisable", ("The rebuilt slices are no closer to the patient's "
-                                         "than the attacker's average brain. " + detail)
+        return Verdict("orange", "Partly rebuilt", "The rebuilt slices are somewhat closer to "
+                       "the patient's than the attacker's average brain. " + detail, figure)
+    return Verdict("green", "Not recognisable", "The rebuilt slices are no closer to the "
+                   "patient's than the attacker's average brain, although the same attack "
+                   "rebuilt a slice of a design known to leak. " + detail, figure)
 
 
-def score_figure(m: dict[str, Any]) -> go.Figure:
+def score_figure(m: WhatifMembership) -> go.Figure:
     """Membership scores: never-trained patients, other trained patients, this patient."""
     fig = go.Figure()
-    for values, name, colour, y in ((m["nonmember_scores"], "never trained on", "#7f8c8d", 0),
-                                    (m["member_scores"], "other trained patients", "#2e86c1", 1)):
+    for values, name, colour, y in ((m.nonmember_scores, "never trained on", "#7f8c8d", 0),
+                                    (m.member_scores, "other trained patients", "#2e86c1", 1)):
         fig.add_trace(go.Scatter(x=values, y=[y] * len(values), mode="markers", name=name,
                                  marker={"size": 11, "color": colour, "opacity": 0.75},
                                  hovertemplate="score %{x:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[m["score"]], y=[2], mode="markers", name="this patient",
+    fig.add_trace(go.Scatter(x=[m.score], y=[2], mode="markers", name="this patient",
                              marker={"size": 18, "color": "#c0392b", "symbol": "star"},
                              hovertemplate="this patient: %{x:.3f}<extra></extra>"))
     fig.update_yaxes(tickvals=[0, 1, 2], range=[-0.6, 2.6],
@@ -152,17 +165,17 @@ def score_figure(m: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def patient_pairs(run: RunFolder, whatif: dict[str, Any],
+def patient_pairs(run: RunFolder, whatif: WhatifSummary,
                   limit: int = 3) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Up to ``limit`` of the patient's slices: (original MRI, rebuilt MRI, original CT,
     rebuilt CT) as display images (CT in the brain window, HU)."""
-    r = whatif.get("reconstruction") or {}
-    arrays = load_npz(run.path / "inversion" / f"{whatif.get('center')}.npz")
-    if not r.get("pairs") or arrays is None:
+    r = whatif.reconstruction
+    arrays = load_npz(run.path / "inversion" / f"{whatif.center}.npz")
+    if r is None or not r.pairs or arrays is None:
         return []
     lo, hi = CT_WINDOW_HU
     out = []
-    for i, j in r["pairs"][:limit]:
+    for i, j in r.pairs[:limit]:
         out.append((upscale(to_gray(arrays["true_mri"][j, 0], 0, 1), 128),
                     upscale(to_gray(arrays["mri"][i, 0], 0, 1), 128),
                     upscale(to_gray(unit_to_hu(arrays["true_ct_unit"][j, 0]), lo, hi), 128),
@@ -170,12 +183,8 @@ def patient_pairs(run: RunFolder, whatif: dict[str, Any],
     return out
 
 
-@st.fragment(run_every=2.0)
-def whatif_progress(patient: Path, center: int) -> None:
-    """Progress of a running what-if study; reruns the whole page once it ends."""
-    sweep = read_whatif(patient, center)
-    if not sweep.active:
-        st.rerun(scope="app")
+def whatif_progress_text(sweep: Sweep) -> str:
+    """The progress line of a running what-if study."""
     spec = read_json(sweep.folder / "sweep.json")
     current = spec.get("current_run") if isinstance(spec, dict) else None
     phase = ""
@@ -184,6 +193,5 @@ def whatif_progress(patient: Path, center: int) -> None:
         if isinstance(status, dict):
             phase = " " + PHASE_TEXT.get(str(status.get("phase")), "")
     part = CELL_TITLES[min(sweep.cells_done, len(CELL_TITLES) - 1)].lower()
-    text = ("Starting…" if sweep.state == "queued" else
+    return ("Waiting for its turn in the job queue…" if sweep.state == "queued" else
             f"Experiment {sweep.cells_done + 1} of {sweep.total} ({part}).{phase}")
-    st.progress(min(sweep.cells_done / max(sweep.total, 1), 1.0), text=text)

@@ -7,20 +7,21 @@ tables); the only numbers derived here are differences and the |error| maps for 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import streamlit as st
+from plotly.subplots import make_subplots
 
-from app.results import ResultRun, finished_runs_with, read_json
-from app.ui import upscale
+from app.views.common import Verdict, hospital_name, upscale
+from app.views.results import RunRow, finished_with
+from engine.analyses.results import InversionSummary
 from engine.attacks.inversion import LEAK_MARGIN, beats_floor
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.units import unit_to_hu
@@ -44,67 +45,50 @@ SWEEP_COMMAND = "fedsct sweep --preset {name}"
 # --------------------------------------------------------------------------- runs
 
 
-class InversionRun(ResultRun):
+class InversionRun(RunRow):
     """A finished run that carries gradient-inversion results."""
 
     @property
-    def inv(self) -> dict[str, Any]:
-        return self.summary["inversion"]
+    def inv(self) -> InversionSummary:
+        assert self.summary is not None and self.summary.inversion is not None
+        return self.summary.inversion
 
     @property
     def loss(self) -> str:
-        return (self.config.get("federation") or {}).get("loss") or ""
+        return str((self.config.get("federation") or {}).get("loss") or "")
 
     @property
-    def defenses(self) -> str:
-        return defenses_text(self.config)
+    def short_defenses(self) -> str:
+        parts = [self.defenses] if self.defenses not in ("", "none") else []
+        batch = slices_per_step(self.config)
+        if batch > 1:
+            parts.append(f"{batch} slices per step")
+        return " + ".join(parts) or "no defense"
 
     @property
     def label(self) -> str:
         when = time.strftime("%d %b %H:%M", time.localtime(self.created or 0))
-        method = str(self.inv.get("method", "")).upper()
-        return f"{self.name} · {when} · {method} · {self.defenses}"
+        return f"{self.name} · {when} · {self.inv.method.upper()} · {self.short_defenses}"
 
     def npz(self, center: str) -> Path:
-        return self.run.path / "inversion" / f"{center}.npz"
+        return self.path / "inversion" / f"{center}.npz"
 
 
-def defenses_text(config: dict[str, Any]) -> str:
-    """The defenses (and images per step) of a run's config dict, in a few words."""
-    defenses = config.get("defenses") or {}
-    dp = defenses.get("dp") or {}
-    parts = ["secure aggregation"] if defenses.get("secure_aggregation") else []
-    if dp.get("enabled"):
-        parts.append(f"DP σ {dp.get('noise_multiplier', 0):g}")
-    if defenses.get("prune_fraction"):
-        parts.append(f"pruning {defenses['prune_fraction']:.0%}")
+def slices_per_step(config: dict[str, Any]) -> int:
+    """Slices in one local step of a run's config (no more than a hospital has)."""
     data = config.get("data") or {}
-    # A step can hold no more slices than the hospital has.
-    batch = min((config.get("federation") or {}).get("batch_size") or 1,
-                (data.get("patients_per_center") or 1) * (data.get("slices_per_patient") or 1))
-    if batch > 1:
-        parts.append(f"{batch} slices per step")
-    return " + ".join(parts) or "no defense"
+    return min((config.get("federation") or {}).get("batch_size") or 1,
+               (data.get("patients_per_center") or 1) * (data.get("slices_per_patient") or 1))
 
 
-def inversion_runs() -> tuple[list[InversionRun], list[Path]]:
-    """Finished runs whose summary has an ``inversion`` block, newest first; and the
+def inversion_runs(rows: list[RunRow]) -> tuple[list[InversionRun], list[Path]]:
+    """The finished runs of ``rows`` that carry inversion results, newest first; and the
     summary files of finished inversion runs that are missing or unreadable."""
-    runs, damaged = finished_runs_with("inversion", "inversion")
-    return [InversionRun(r.run, r.created, r.summary) for r in runs], damaged
+    runs, damaged = finished_with(rows, "inversion")
+    return [InversionRun(**vars(r)) for r in runs], damaged
 
 
 # --------------------------------------------------------------------------- verdict
-
-
-@dataclass
-class Verdict:
-    level: int  # 0 no leak, 1 coarse anatomy, 2 recognisable, -1 inconclusive
-    colour: str
-    title: str
-    center: str | None = None
-    ssim_body: float | None = None
-    floor: float | None = None
 
 
 TITLES = (
@@ -121,75 +105,76 @@ INCONCLUSIVE = ("gray", "Inconclusive: nothing was rebuilt, but at this budget t
                         "could not rebuild a slice of a design known to leak either, so "
                         "'nothing rebuilt' does not show that nothing leaks")
 
+VERDICT_WORDS = {"leak": "leak", "no_leak": "no leak", "inconclusive": "inconclusive"}
+
 
 def leak_level(ssim_body: float, floor: float) -> int:
+    """0 nothing beyond the floor, 1 coarse anatomy, 2 recognisable."""
     if not beats_floor(ssim_body, floor):
         return 0
     return 2 if ssim_body >= RECOGNISABLE else 1
 
 
-def verdict(inv: dict[str, Any]) -> Verdict:
+def worst_client(inv: InversionSummary) -> tuple[str | None, int, float, float]:
+    """(hospital, leak level, body SSIM, floor) where the attack worked best."""
+    per = {c: (p.ssim_body, p.floor_ssim_body) for c, p in inv.per_client.items()} or {
+        None: (inv.ssim_body, inv.floor_ssim_body)}
+
+    def severity(c: str | None) -> tuple[int, float]:
+        s, f = per[c]
+        return leak_level(s, f), s - f
+
+    center = max(per, key=severity)
+    return center, severity(center)[0], *per[center]
+
+
+def verdict(inv: InversionSummary) -> Verdict:
     """Risk at the hospital where the attack worked best (the worst case), from the body-mask
     SSIM of the reconstructed MRI against the attacker's average brain (the floor). "No leak"
     only where the engine's verdict says so (its calibration control was rebuilt at the same
     budget); runs without a verdict (older engine) are inconclusive unless they leaked."""
-    per = inv.get("per_client") or {}
-    if not per:
-        per = {"": {"ssim_body": inv["ssim_body"], "floor_ssim_body": inv["floor_ssim_body"]}}
+    center, level, ssim_body, floor = worst_client(inv)
+    where = f"Worst-case hospital **{hospital_name(center)}**" if center else "All hospitals"
+    detail = (f"{where}: body SSIM **{ssim_body:.2f}** for the attacker's reconstruction vs "
+              f"**{floor:.2f}** for its average brain (the floor), a difference of "
+              f"**{ssim_body - floor:+.2f}**.")
+    if center and len(inv.per_client) > 1:
+        detail += (f" Averaged over all {len(inv.per_client)} hospitals: "
+                   f"{inv.ssim_body:.2f} vs {inv.floor_ssim_body:.2f}.")
+    detail += (f" Whole image: SSIM {inv.ssim:.2f}, PSNR {inv.psnr_db:.1f} dB. Body SSIM "
+               "compares structures inside the head (0 = unrelated, 1 = identical); from "
+               f"{LEAK_MARGIN} above the floor counts as a leak, {RECOGNISABLE} and clearly "
+               f"above the floor as recognisable.\n\n{calibration_text(inv)}")
+    figure = f"body SSIM {ssim_body:.2f} vs floor {floor:.2f}"
+    if level == 0 and inv.verdict != "no_leak":
+        return Verdict(*INCONCLUSIVE, detail, figure + " · inconclusive")
+    colour, title = TITLES[level]
+    return Verdict(colour, title, detail, figure)
 
-    def severity(center: str) -> tuple[int, float]:
-        p = per[center]
-        s, f = float(p["ssim_body"]), float(p["floor_ssim_body"])
-        return leak_level(s, f), s - f
 
-    center = max(per, key=severity)
-    level = severity(center)[0]
-    worst = (center or None, float(per[center]["ssim_body"]),
-             float(per[center]["floor_ssim_body"]))
-    if level == 0 and inv.get("verdict") != "no_leak":
-        return Verdict(-1, *INCONCLUSIVE, *worst)
-    return Verdict(level, *TITLES[level], *worst)
-
-
-def budget_text(inv: dict[str, Any]) -> str:
+def budget_text(inv: InversionSummary) -> str:
     """The attack and its budget in words, e.g. "DLG (L-BFGS, 300 steps × 20 iterations)"."""
-    its, restarts = inv.get("iterations"), inv.get("restarts")
-    if inv.get("method") == "dlg":
-        inner = inv.get("inner_iterations")
-        steps = f"{its} steps × {inner} iterations" if inner else f"{its} steps"
+    if inv.method == "dlg":
+        steps = (f"{inv.iterations} steps × {inv.inner_iterations} iterations"
+                 if inv.inner_iterations else f"{inv.iterations} steps")
         text = f"DLG (L-BFGS gradient matching, {steps}"
     else:
-        text = f"Inverting Gradients (cosine matching, {its} iterations"
-    return text + f", {restarts} random start{'s' if restarts != 1 else ''})"
+        text = f"Inverting Gradients (cosine matching, {inv.iterations} iterations"
+    return text + f", {inv.restarts} random start{'s' if inv.restarts != 1 else ''})"
 
 
-def calibration_text(inv: dict[str, Any]) -> str:
+def calibration_text(inv: InversionSummary) -> str:
     """What the calibration control showed, or that the run has none."""
-    cal = inv.get("calibration")
-    if not cal:
+    cal = inv.calibration
+    if cal is None:
         return ("This run has no calibration control (it was made by an older version), so a "
                 "result without a leak cannot be read as safe.")
-    outcome = "rebuilt it" if cal.get("recovered") else "could not rebuild it"
+    outcome = "rebuilt it" if cal.recovered else "could not rebuild it"
     return (f"Calibration: the same attack at the same budget, on a design known to leak "
-            f"({cal.get('design')}, {cal.get('image_size')} px), {outcome}: body SSIM "
-            f"{cal['ssim_body']:.2f} vs {cal['floor_ssim_body']:.2f} for its average brain "
+            f"({cal.design}, {cal.image_size} px), {outcome}: body SSIM "
+            f"{cal.ssim_body:.2f} vs {cal.floor_ssim_body:.2f} for its average brain "
             f"(a slice counts as rebuilt from {LEAK_MARGIN:+.2f}, the rule that calls an "
             "upload leaking).")
-
-
-def verdict_detail(v: Verdict, inv: dict[str, Any]) -> str:
-    where = f"Worst-case hospital **{v.center}**" if v.center else "All hospitals"
-    text = (f"{where}: body SSIM **{v.ssim_body:.2f}** for the attacker's reconstruction vs "
-            f"**{v.floor:.2f}** for its average brain (the floor), a difference of "
-            f"**{v.ssim_body - v.floor:+.2f}**.")
-    if v.center and len(inv.get("per_client") or {}) > 1:
-        text += (f" Averaged over all {len(inv['per_client'])} hospitals: "
-                 f"{inv['ssim_body']:.2f} vs {inv['floor_ssim_body']:.2f}.")
-    text += (f" Whole image: SSIM {inv['ssim']:.2f}, PSNR {inv['psnr_db']:.1f} dB. Body SSIM "
-             "compares structures inside the head (0 = unrelated, 1 = identical); from "
-             f"{LEAK_MARGIN} above the floor counts as a leak, {RECOGNISABLE} and clearly "
-             "above the floor as recognisable.")
-    return text
 
 
 # --------------------------------------------------------------------------- table
@@ -210,20 +195,19 @@ TABLE_COLUMNS = {
 }
 
 
-def client_table(inv: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One row per attacked hospital, and the column configuration for ``st.dataframe``."""
-    rows = [{"Hospital": center, **{k: p.get(k) for k in TABLE_COLUMNS},
-             "Slices rebuilt": p.get("n")}
-            for center, p in (inv.get("per_client") or {}).items()]
-    config = {k: st.column_config.NumberColumn(label, format=fmt, help=help_)
-              for k, (label, fmt, help_) in TABLE_COLUMNS.items()}
-    return pd.DataFrame(rows), config
+def client_table(inv: InversionSummary
+                 ) -> tuple[pd.DataFrame, dict[str, tuple[str, str, str]]]:
+    """One row per attacked hospital, and each number column's (label, format, help)."""
+    rows = [{"Hospital": hospital_name(center),
+             **{k: getattr(p, k) for k in TABLE_COLUMNS}, "Slices rebuilt": p.n}
+            for center, p in inv.per_client.items()]
+    return pd.DataFrame(rows), TABLE_COLUMNS
 
 
 # --------------------------------------------------------------------------- images
 
 
-@st.cache_data(max_entries=32)
+@functools.lru_cache(maxsize=32)
 def _load_npz(path: str, mtime: float) -> dict[str, np.ndarray]:
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
@@ -308,17 +292,6 @@ def loss_figure(losses: np.ndarray, marker: int | None) -> go.Figure:
 
 
 # --------------------------------------------------------------------------- sweeps
-
-
-def latest_sweep(root: Path, name: str) -> tuple[Path, list[dict[str, Any]]] | None:
-    """The newest ``<name>`` sweep table under the runs root, if one has rows."""
-    tables = sorted((root / "sweeps").glob(f"{name}-*/table.json"),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in tables:
-        rows = read_json(path)
-        if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-            return path.parent, rows
-    return None
 
 
 def _setting_label(key: str, value: str, keys: set[str]) -> str | None:
@@ -435,8 +408,58 @@ def defense_figure(rows: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def sweep_cells(folder: Path, rows: list[dict[str, Any]]) -> int:
-    """How many cells the sweep has in all (rows so far when ``sweep.json`` is unreadable)."""
-    spec = read_json(folder / "sweep.json")
-    cells = spec.get("cells") if isinstance(spec, dict) else None
-    return len(cells) if isinstance(cells, list) else len(rows)
+def cell_words(label: str | None) -> str:
+    """A running sweep cell's label in words (the progress line of a study)."""
+    return cell_text({"cell": label}, "the design as is")
+
+
+def budget_figure(rows: list[dict[str, Any]]) -> go.Figure:
+    """How the attack improves with its budget (cells at the default TV weight): body SSIM
+    of the reconstruction and of the calibration control, each beside its floor, and the
+    final matching loss, against attack iterations (log scale)."""
+    tv = [r.get("inversion_tv_weight") for r in rows]
+    default_tv = max(set(tv), key=tv.count) if tv else None
+    rows = sorted((r for r in rows if r.get("inversion_tv_weight") == default_tv),
+                  key=lambda r: r.get("inversion_iterations") or 0)
+    x = [r.get("inversion_iterations") for r in rows]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
+        "how close the attacker gets (body SSIM)", "matching loss it reaches"))
+    for key, name, colour, dash in (
+            ("inversion_ssim_body", "study's model: reconstruction", "#c0392b", "solid"),
+            ("inversion_floor_ssim_body", "study's model: average brain (floor)", "#c0392b",
+             "dot"),
+            ("calibration_ssim_body", "vulnerable control: reconstruction", "#2471a3", "solid"),
+            ("calibration_floor_ssim_body", "vulnerable control: floor", "#2471a3", "dot")):
+        fig.add_trace(go.Scatter(x=x, y=[r.get(key) for r in rows], name=name,
+                                 mode="lines+markers", line={"color": colour, "dash": dash},
+                                 hovertemplate="%{x:,} iterations: %{y:.3f}<extra></extra>"),
+                      row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=[r.get("inversion_final_loss") for r in rows],
+                             name="matching loss", mode="lines+markers", showlegend=False,
+                             line={"color": "#7f8c8d"},
+                             hovertemplate="%{x:,} iterations: %{y:.3g}<extra></extra>"),
+                  row=1, col=2)
+    fig.update_xaxes(type="log", title_text="attack iterations per restart (log scale)")
+    fig.update_yaxes(title_text="body SSIM (1 = identical)", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="matching loss (log, lower = closer)", type="log",
+                     row=1, col=2)
+    fig.update_layout(height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def budget_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every budget cell: iterations, TV weight, the attack's and the control's body SSIM
+    beside their floors, and the verdict the run reached."""
+    return pd.DataFrame([{
+        "Iterations": r.get("inversion_iterations"),
+        "Restarts": r.get("inversion_restarts"),
+        "TV weight": r.get("inversion_tv_weight"),
+        "Body SSIM": r.get("inversion_ssim_body"),
+        "Floor": r.get("inversion_floor_ssim_body"),
+        "Control body SSIM": r.get("calibration_ssim_body"),
+        "Control floor": r.get("calibration_floor_ssim_body"),
+        "Matching loss": r.get("inversion_final_loss"),
+        "Verdict": VERDICT_WORDS.get(str(r.get("inversion_verdict")), "—"),
+        "Run id": r.get("run_id"),
+    } for r in rows])

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
-import streamlit as st
 from plotly.subplots import make_subplots
+from pydantic import ValidationError
 
-from app.results import ResultRun, Sweep, finished_runs_with, read_sweep
+from app.views.common import Verdict, hospital_name, hospital_names
+from app.views.results import RunRow, finished_with
+from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
 from engine.core.config import ROBUST_AGGREGATORS
 from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS
 
@@ -69,7 +71,6 @@ SWEEP_TEXT = {
     "poison-data-factors": "strong image noise on the MRI, the CT or both, with two losses "
                            "and two local optimisers (FedAvg)",
 }
-SWEEP_MINUTES = {"poison-paper": 20, "poison-model": 2, "poison-data-factors": 2}
 
 
 def rule_name(rule: str) -> str:
@@ -86,10 +87,6 @@ def level_text(kind: str, std: float) -> str:
     if levels and std in levels:
         return f"{'low' if std == levels[0] else 'high'} (σ {std:g})"
     return f"σ {std:g}"
-
-
-def hospitals_text(names: list[str]) -> str:
-    return ", ".join(names) if names else "none"
 
 
 # --------------------------------------------------------------------------- configs
@@ -114,40 +111,35 @@ def attack_sets(kind: str, malicious: list[int], rule: str,
 RULE_KEYS = ("aggregator", "fedprox_mu", "trim_beta", "num_malicious", "multikrum_m")
 
 
-class PoisonRun(ResultRun):
+class PoisonRun(RunRow):
     """A finished run that carries poisoning results."""
 
     @property
-    def poison(self) -> dict[str, Any]:
-        return self.summary["poisoning"]
+    def poison(self) -> PoisoningSummary:
+        assert self.summary is not None and self.summary.poisoning is not None
+        return self.summary.poisoning
 
     @property
-    def aggregator(self) -> str:
-        return str((self.summary.get("federation") or {}).get("aggregator")
-                   or (self.config.get("federation") or {}).get("aggregator") or "fedavg")
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return (self.summary.get("federation") or {}).get("history") or []
+    def rule(self) -> str:
+        return self.aggregator or "fedavg"
 
     @property
     def attack(self) -> str:
         """The attack in a few words: kind, strength and attackers."""
         p = self.poison
-        kind = p.get("kind", "")
-        words = kind_name(kind)
-        if kind in NOISE_KINDS:
-            words += f" {level_text(kind, float(p.get('noise_std', 0)))}"
-        elif kind in ("sign_flip", "scaling"):
-            words += f" ×{float(p.get('scale', 0)):g}"
-        elif kind == "alie":
-            words += f" z {float(p.get('z', 0)):g}"
-        return f"{words} from {hospitals_text(list(p.get('malicious_names') or []))}"
+        words = kind_name(p.kind)
+        if p.kind in NOISE_KINDS:
+            words += f" {level_text(p.kind, p.noise_std)}"
+        elif p.kind in ("sign_flip", "scaling"):
+            words += f" ×{p.scale:g}"
+        elif p.kind == "alie":
+            words += f" z {p.z:g}"
+        return f"{words} from {hospital_names(p.malicious_names)}"
 
     @property
     def label(self) -> str:
         when = time.strftime("%d %b %H:%M", time.localtime(self.created or 0))
-        return f"{self.name} · {when} · {rule_name(self.aggregator)} · {self.attack}"
+        return f"{self.name} · {when} · {rule_name(self.rule)} · {self.attack}"
 
     @property
     def attack_key(self) -> str:
@@ -160,41 +152,43 @@ class PoisonRun(ResultRun):
         return json.dumps(cfg, sort_keys=True)
 
 
-def poisoning_runs() -> tuple[list[PoisonRun], list[Path]]:
-    """Finished runs whose summary has a ``poisoning`` block, newest first; and the summary
-    files of finished poisoning runs that are missing or unreadable."""
-    runs, damaged = finished_runs_with("poisoning", "poisoning")
-    return [PoisonRun(r.run, r.created, r.summary) for r in runs], damaged
+def poisoning_runs(rows: list[RunRow]) -> tuple[list[PoisonRun], list[Path]]:
+    """The finished runs of ``rows`` that carry poisoning results, newest first; and the
+    summary files of finished poisoning runs that are missing or unreadable, or whose
+    poisoning block lacks the attacked cell or the clean baseline of its rule (no verdict can
+    be drawn from those)."""
+    rows_ok, damaged = finished_with(rows, "poisoning")
+    runs = []
+    for row in rows_ok:
+        run = PoisonRun(**vars(row))
+        if run.poison.cells and run.rule in run.poison.baseline:
+            runs.append(run)
+        else:
+            damaged.append(run.path / "summary.json")
+    return runs, damaged
 
 
 def same_attack(shown: PoisonRun, runs: list[PoisonRun]) -> list[PoisonRun]:
     """The shown run and, per other rule, the newest run of the same attack (rule order)."""
-    picked = {shown.aggregator: shown}
+    picked = {shown.rule: shown}
     key = shown.attack_key
     for r in runs:
-        if r.aggregator not in picked and r.attack_key == key:
-            picked[r.aggregator] = r
+        if r.rule not in picked and r.attack_key == key:
+            picked[r.rule] = r
     order = list(RULE_NAMES)
-    return sorted(picked.values(), key=lambda r: order.index(r.aggregator)
-                  if r.aggregator in order else len(order))
+    return sorted(picked.values(), key=lambda r: order.index(r.rule)
+                  if r.rule in order else len(order))
 
 
 # --------------------------------------------------------------------------- verdict
 
 
-@dataclass
-class Verdict:
-    colour: str
-    title: str
-    detail: str
-
-
-def verdict(poison: dict[str, Any], aggregator: str) -> Verdict:
+def verdict(poison: PoisoningSummary, aggregator: str) -> Verdict:
     """How much the attack hurt, from the final MAE against the same federation without
     attackers (``mae_ratio``), and whether the rule is a robust one."""
-    cell = poison["cells"][0]
-    base = poison["baseline"][aggregator]
-    ratio = float(cell["mae_ratio"])
+    cell = poison.cells[0]
+    base = poison.baseline[aggregator]
+    ratio = cell.mae_ratio
     rule = rule_name(aggregator)
     robust = aggregator in ROBUST_AGGREGATORS
     if ratio >= USELESS:
@@ -211,17 +205,44 @@ def verdict(poison: dict[str, Any], aggregator: str) -> Verdict:
         colour = "orange"
         title = ("The federation was damaged but still learns: the error rose by more than "
                  "25 %, without doubling")
-    names = list(poison.get("malicious_names") or [])
+    names = poison.malicious_names
     who = (f"{len(names)} malicious hospital{'s' if len(names) != 1 else ''} "
-           f"({hospitals_text(names)})")
-    detail = (f"With {who} sending {kind_name(str(poison.get('kind')))}, **{rule}** ended with "
-              f"an average error of **{float(cell['mae_hu']):.0f} HU** against "
-              f"**{float(base['mae_hu']):.0f} HU** for the same federation without attackers: "
-              f"**{ratio:.2f}×** the clean error ({(ratio - 1) * 100:+.0f} %). "
-              f"PSNR {float(cell['psnr_db']):.1f} dB vs {float(base['psnr_db']):.1f} dB, "
-              f"SSIM {float(cell['ssim']):.3f} vs {float(base['ssim']):.3f}. "
-              f"Twice the clean error or more counts as useless; within 25 % as protected.")
-    return Verdict(colour, title, detail)
+           f"({hospital_names(names)})")
+    detail = (f"With {who} sending {kind_name(poison.kind)}, **{rule}** ended with an average "
+              f"error of **{cell.mae_hu:.0f} HU** against **{base.mae_hu:.0f} HU** for the same "
+              f"federation without attackers: **{ratio:.2f}×** the clean error "
+              f"({(ratio - 1) * 100:+.0f} %). PSNR {cell.psnr_db:.1f} dB vs "
+              f"{base.psnr_db:.1f} dB, SSIM {cell.ssim:.3f} vs {base.ssim:.3f}. Twice the "
+              "clean error or more counts as useless; within 25 % as protected.")
+    return Verdict(colour, title, detail, f"{ratio:.2f}× the clean error")
+
+
+def poison_words(poison: PoisoningSummary) -> str:
+    """Who attacked and how, in one clause ("Hospital A sent noise on the uploaded model
+    (high, σ 0.3)")."""
+    who = hospital_names(poison.malicious_names)
+    how = kind_name(poison.kind)
+    if poison.kind in NOISE_KINDS:
+        how += f" ({level_text(poison.kind, poison.noise_std)})"
+    elif poison.kind in ("sign_flip", "scaling"):
+        how += f" (×{poison.scale:g})"
+    verb = "were malicious and sent" if len(poison.malicious_names) > 1 else \
+        "was malicious and sent"
+    return f"{who} {verb} {how}"
+
+
+def cells_table(poison: PoisoningSummary) -> pd.DataFrame:
+    """The attacked federation against its clean baseline, one row per cell, in words."""
+    return pd.DataFrame([{
+        "Malicious hospital(s)": hospital_names([f"center-{k}" for k in c.malicious]
+                                                if poison.malicious_names == [] else
+                                                poison.malicious_names),
+        "Attack": kind_name(c.kind) + (f" ({level_text(c.kind, c.noise_std)})"
+                                       if c.kind in NOISE_KINDS else ""),
+        "Aggregation rule": rule_name(c.aggregator),
+        "MAE (HU)": round(c.mae_hu), "PSNR (dB)": round(c.psnr_db, 2),
+        "SSIM": round(c.ssim, 3), "Error × the clean federation's": round(c.mae_ratio, 2),
+    } for c in poison.cells])
 
 
 # --------------------------------------------------------------------------- charts
@@ -231,8 +252,7 @@ def _axis_title(metric: str) -> str:
     return METRICS.get(metric, metric)
 
 
-def curves_figure(lines: list[tuple[str, list[dict[str, Any]] | None,
-                                    list[dict[str, Any]] | None]],
+def curves_figure(lines: list[tuple[str, list[HistoryPoint], list[HistoryPoint]]],
                   metric: str) -> go.Figure:
     """Per rule: the attacked federation (solid) and the same one without attackers
     (dashed, same colour), ``metric`` per round."""
@@ -244,7 +264,7 @@ def curves_figure(lines: list[tuple[str, list[dict[str, Any]] | None,
             if not history:
                 continue
             fig.add_trace(go.Scatter(
-                x=[h["round"] for h in history], y=[h.get(metric) for h in history],
+                x=[h.round for h in history], y=[getattr(h, metric) for h in history],
                 mode="lines+markers", name=f"{rule_name(rule)} {who}",
                 line={"color": colour, "dash": dash, "width": 3 if dash == "solid" else 2},
                 hovertemplate=f"{rule_name(rule)} {who}, round %{{x}}: %{{y:.3g}}"
@@ -256,10 +276,10 @@ def curves_figure(lines: list[tuple[str, list[dict[str, Any]] | None,
     return fig
 
 
-def detection_figure(detection: dict[str, Any], malicious: list[str]) -> go.Figure:
+def detection_figure(detection: Detection, malicious: list[str]) -> go.Figure:
     """Each hospital's distance to the median upload ÷ the typical distance, per round;
     attackers in red, the flag threshold dotted, flagged rounds marked with a cross."""
-    per_round = detection.get("per_round") or []
+    per_round = detection.per_round
     clients = list(per_round[0]["clients"]) if per_round else []
     fig = go.Figure()
     greys = ("#7f8c8d", "#95a5a6", "#5d6d7e", "#aab7b8", "#839192", "#4d5656")
@@ -271,10 +291,12 @@ def detection_figure(detection: dict[str, Any], malicious: list[str]) -> go.Figu
         fig.add_trace(go.Scatter(
             x=[r["round"] for r in per_round],
             y=[r["clients"][c]["distance_ratio"] for r in per_round],
-            mode="lines+markers", name=f"{c} (attacker)" if bad else f"{c} (honest)",
+            mode="lines+markers",
+            name=f"{hospital_name(c)} ({'attacker' if bad else 'honest'})",
             line={"color": colour, "width": 4 if bad else 1.5},
-            hovertemplate=f"{c}, round %{{x}}: %{{y:.2f}}× the typical distance<extra></extra>"))
-    flagged = [(r["round"], r["clients"][c]["distance_ratio"], c)
+            hovertemplate=f"{hospital_name(c)}, round %{{x}}: %{{y:.2f}}× the typical "
+                          "distance<extra></extra>"))
+    flagged = [(r["round"], r["clients"][c]["distance_ratio"], hospital_name(c))
                for r in per_round for c in clients if r["clients"][c]["flagged"]]
     if flagged:
         fig.add_trace(go.Scatter(
@@ -282,7 +304,7 @@ def detection_figure(detection: dict[str, Any], malicious: list[str]) -> go.Figu
             customdata=[f[2] for f in flagged], mode="markers", name="flagged by the server",
             marker={"symbol": "x", "size": 13, "color": "black"},
             hovertemplate="%{customdata} flagged in round %{x}<extra></extra>"))
-    threshold = float(detection.get("flag_ratio") or 2.0)
+    threshold = detection.flag_ratio
     fig.add_hline(y=threshold, line_dash="dot", line_color="black",
                   annotation_text=f"flag threshold ({threshold:g}×)",
                   annotation_position="top left")
@@ -293,28 +315,28 @@ def detection_figure(detection: dict[str, Any], malicious: list[str]) -> go.Figu
     return fig
 
 
-def detection_sentence(detection: dict[str, Any], malicious: list[str]) -> str:
+def detection_sentence(detection: Detection, malicious: list[str]) -> str:
     """Whether each attacker stood out from the honest hospitals, with the numbers."""
-    if not detection.get("per_round"):
+    if not detection.per_round:
         return ("The server had no individual uploads to compare (secure aggregation hides "
                 "them), so it could not single out an attacker.")
-    rate = detection.get("flag_rate") or {}
-    ratio = detection.get("mean_distance_ratio") or {}
-    detected = set(detection.get("detected") or [])
+    rate, ratio = detection.flag_rate, detection.mean_distance_ratio
+    detected = set(detection.detected)
     parts = []
     for c in malicious:
         numbers = (f"flagged in {float(rate.get(c, 0)):.0%} of rounds, on average "
                    f"{float(ratio.get(c, 0)):.1f}× as far from the median upload as a typical "
                    "hospital")
         if c in detected:
-            parts.append(f"The attacker **{c}** was visible: {numbers}.")
+            parts.append(f"The attacker **{hospital_name(c)}** was visible: {numbers}.")
         else:
-            parts.append(f"The attacker **{c}** hid among the honest hospitals: {numbers}, "
+            parts.append(f"The attacker **{hospital_name(c)}** hid among the honest "
+                         f"hospitals: {numbers}, "
                          "so a server watching for outliers would not have noticed it.")
     false = sorted(detected - set(malicious))
     if false:
         parts.append(f"Honest hospital{'s' if len(false) > 1 else ''} "
-                     f"{hospitals_text(false)} {'were' if len(false) > 1 else 'was'} flagged "
+                     f"{hospital_names(false)} {'were' if len(false) > 1 else 'was'} flagged "
                      "in most rounds too (false alarms).")
     return " ".join(parts)
 
@@ -358,6 +380,17 @@ def grid(rows: list[dict[str, Any]], row_of: Any, col_of: Any,
     mae = [[(cells.get((r, c)) or {}).get("mae_hu") for c in clabels] for r in rlabels]
     ratio = [[(cells.get((r, c)) or {}).get("mae_ratio") for c in clabels] for r in rlabels]
     return rlabels, clabels, mae, ratio
+
+
+def history_curves(data: dict[str, Any] | None) -> dict[str, list[HistoryPoint]] | None:
+    """A sweep's ``curves.json`` ({run id: history}) as typed histories; None when it is
+    missing or a history in it is damaged."""
+    if data is None:
+        return None
+    try:
+        return {str(k): [HistoryPoint.model_validate(h) for h in v] for k, v in data.items()}
+    except (TypeError, ValidationError):
+        return None
 
 
 def malicious_order(values: list[str]) -> list[str]:
@@ -442,31 +475,3 @@ def cell_words(label: str | None) -> str:
     return ", ".join(words)
 
 
-def sweep_state_text(sweep: Sweep) -> str:
-    n, done = sweep.total, sweep.cells_done
-    if sweep.state == "done":
-        return f"Finished: all {n} experiments are in the charts below."
-    if sweep.state == "cancelled":
-        return (f"Stopped after {done} of {n} experiments. Starting it again continues where it "
-                "stopped (finished experiments are kept).")
-    if sweep.state == "failed":
-        return (f"Failed after {done} of {n} experiments; `{sweep.folder / 'log.txt'}` says "
-                "why. Starting it again continues where it stopped.")
-    if sweep.state == "ended":
-        return (f"Its process ended without finishing, after {done} of {n} experiments (it was "
-                "killed or ran out of memory). Starting it again continues where it stopped.")
-    return f"Not run yet: {n} experiments, about {SWEEP_MINUTES.get(sweep.name, 10)} minutes."
-
-
-@st.fragment(run_every=2.0)
-def sweep_progress(name: str) -> None:
-    """Progress bar of a background sweep; reruns the whole page once it ends."""
-    sweep = read_sweep(name)
-    if not sweep.active:
-        st.rerun(scope="app")
-    if sweep.state == "queued":
-        text = "Starting the study…"
-    else:
-        text = (f"{sweep.cells_done} of {sweep.total} experiments finished. Now: "
-                f"{cell_words(sweep.current)}.")
-    st.progress(min(sweep.cells_done / max(sweep.total, 1), 1.0), text=text)

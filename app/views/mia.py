@@ -8,7 +8,6 @@ main attack near chance, read straight off the table.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.results import ResultRun, finished_runs_with, read_json
+from app.views.common import Verdict, hospital_name
+from app.views.results import RunRow, finished_with, read_json
+from engine.analyses.results import MiaSummary
 
 ATTACK_NAMES = {
     "fedmia-i/phi": "FedMIA-I (loss, per-sample σ)",
@@ -40,20 +41,17 @@ def attack_name(attack: str) -> str:
     return ATTACK_NAMES.get(attack, attack)
 
 
-class MiaRun(ResultRun):
+class MiaRun(RunRow):
     """A finished run that carries membership-inference results."""
 
     @property
-    def mia(self) -> dict[str, Any]:
-        return self.summary["mia"]
+    def mia(self) -> MiaSummary:
+        assert self.summary is not None and self.summary.mia is not None
+        return self.summary.mia
 
     @property
-    def secagg(self) -> bool:
-        return bool((self.summary.get("federation") or {}).get("secure_aggregation"))
-
-    @property
-    def defenses(self) -> str:
-        parts = ["SecAgg"] if self.secagg else []
+    def short_defenses(self) -> str:
+        parts = ["SecAgg"] if self.secure_aggregation else []
         if self.dp_text:
             parts.append(self.dp_text)
         return " + ".join(parts) or "no defense"
@@ -61,34 +59,25 @@ class MiaRun(ResultRun):
     @property
     def label(self) -> str:
         when = time.strftime("%d %b %H:%M", time.localtime(self.created or 0))
-        return (f"{self.name} · {when} · SecAgg {'on' if self.secagg else 'off'} · "
+        return (f"{self.name} · {when} · SecAgg {'on' if self.secure_aggregation else 'off'} · "
                 f"{self.dp_text or 'DP off'}")
 
     def legend(self) -> str:
         when = time.strftime("%H:%M", time.localtime(self.created or 0))
-        return f"{self.name} {when} ({self.defenses})"
+        return f"{self.name} {when} ({self.short_defenses})"
 
     def roc(self) -> dict[str, Any] | None:
-        return read_json(self.run.path / "mia" / "roc.json")
+        return read_json(self.path / "mia" / "roc.json")
 
 
-def mia_runs() -> list[MiaRun]:
-    """Finished runs whose summary has a ``mia`` block, newest first."""
-    runs, _ = finished_runs_with("mia", "membership")
-    return [MiaRun(r.run, r.created, r.summary) for r in runs]
+def mia_runs(rows: list[RunRow]) -> tuple[list[MiaRun], list[Path]]:
+    """The finished runs of ``rows`` that carry membership results, newest first; and the
+    summary files of finished membership runs that are missing or damaged."""
+    runs, damaged = finished_with(rows, "mia")
+    return [MiaRun(**vars(r)) for r in runs], damaged
 
 
 # --------------------------------------------------------------------------- verdict
-
-
-@dataclass
-class Verdict:
-    colour: str
-    title: str
-    center: str | None = None
-    auc: float | None = None
-    ci: tuple[float, float] | None = None
-    attack: str = ""
 
 
 NO_EVIDENCE = ("No evidence of membership leakage at this sample size: the attack did not "
@@ -98,78 +87,61 @@ OLD_FORMAT = ("This run was made by an older version without patient-level stati
               "its numbers are shown, but no verdict. Run the preset again for one.")
 
 
-def patient_figures(mia: dict[str, Any], attack: str) -> dict[str, Any]:
-    """The patient-level block of ``attack`` (AUC, intervals, p-values, patients; pooled)."""
-    if attack == mia.get("attack") and isinstance(mia.get("patient"), dict):
-        return mia["patient"]
-    return ((mia.get("variants") or {}).get(attack) or {}).get("patient") or {}
-
-
-def verdict(mia: dict[str, Any]) -> Verdict:
-    """The engine's patient-level verdict (``mia.verdict``), at the hospital where the attack
-    it rests on works best."""
-    verdicts = mia.get("verdict")
-    if not isinstance(verdicts, dict):
+def verdict(mia: MiaSummary) -> Verdict:
+    """The engine's patient-level verdict (``mia.verdict``), told at the hospital where the
+    attack it rests on works best, with the numbers it rests on."""
+    if mia.verdict is None:
         return Verdict("gray", OLD_FORMAT)
-    attack = str(mia.get("verdict_attack") or mia.get("attack") or "")
-    flat = ((mia.get("variants") or {}).get(attack) or {}).get("degenerate") or {}
+    attack = mia.verdict_attack or mia.attack
+    flat = mia.variants[attack].degenerate if attack in mia.variants else {}
     if flat and all(flat.values()):
-        return Verdict("gray", NO_SIGNAL, attack=attack)
-    figures = patient_figures(mia, attack)
-    aucs = {c: a for c, a in (figures.get("auc") or {}).items() if not flat.get(c)}
-    cis = figures.get("auc_ci") or {}
-    risky = [c for c, v in verdicts.items() if c != "overall" and v == "risk" and c in aucs]
-    pool = risky or [c for c in aucs if c in verdicts]
-    center = max(pool, key=aucs.get) if pool else None
-    auc = aucs.get(center) if center else None
-    ci = tuple(cis.get(center) or (auc, auc)) if center else None
-    if verdicts.get("overall") != "risk":
-        return Verdict("blue", NO_EVIDENCE, center, auc, ci, attack)
-    pooled = figures.get("pooled") or {}
-    if not risky and pooled.get("auc") is not None:
-        # Only all hospitals together show it: the evidence is the pooled figure.
-        center, auc, ci = None, pooled["auc"], tuple(pooled.get("auc_ci") or (0.5, 0.5))
-    where = ("this hospital's training set" if risky
+        return Verdict("gray", NO_SIGNAL, "The server's view of every hospital was the same, "
+                       "so this attack had nothing to compare: it says nothing either way.")
+    figures = mia.figures(attack)
+    aucs = {c: a for c, a in figures.auc.items() if not flat.get(c)}
+    risky = [c for c, v in mia.verdict.items() if c != "overall" and v == "risk" and c in aucs]
+    pool = risky or [c for c in aucs if c in mia.verdict]
+    center = max(pool, key=aucs.__getitem__) if pool else None
+    pooled = figures.pooled
+    if mia.verdict.get("overall") == "risk" and not risky and pooled.auc is not None:
+        center = None  # only all hospitals together show it: the evidence is pooled
+    if center is None and pooled.auc is None:
+        return Verdict("gray", NO_SIGNAL, "No hospital has patient-level figures.")
+    if center is None:
+        auc, ci = pooled.auc, pooled.auc_ci or (pooled.auc, pooled.auc)
+        fam, p, n = pooled.auc_ci_family, pooled.p_value, pooled.n
+        where = "All hospitals together"
+    else:
+        auc, ci = aucs[center], figures.auc_ci.get(center) or (aucs[center], aucs[center])
+        fam, p = figures.auc_ci_family.get(center), figures.p_value.get(center)
+        n = figures.n.get(center)
+        where = f"Worst-case hospital **{hospital_name(center)}**"
+    detail = (f"{where}, {attack_name(attack)}: patient-level AUC **{auc:.2f}** (95% interval "
+              f"{ci[0]:.2f}–{ci[1]:.2f}, resampling patients) from "
+              f"{n.members if n else '?'} training and {n.nonmembers if n else '?'} held-out "
+              "patients.")
+    if fam and p is not None and mia.family:
+        detail += (f" Counted as better than chance only if the interval corrected for "
+                   f"{mia.family} tests ({fam[0]:.2f}–{fam[1]:.2f}) lies above 0.5 and an "
+                   f"exact rank test agrees (here p = {p:.2g}, needed < "
+                   f"{0.05 / mia.family:.2g}).")
+    if not mia.individual_uploads:
+        detail += (" The server holds no individual hospital update here (secure "
+                   "aggregation), so the per-hospital FedMIA attacks do not apply: their scores "
+                   "on the masked uploads are shown below only as a control. The verdict rests "
+                   "on the attack on the released global model, which secure aggregation does "
+                   "not hide.")
+    detail += " AUC 0.5 means guessing; 1.0 means the server is never wrong."
+    figure = f"patient-level AUC {auc:.2f} (interval {ci[0]:.2f}–{ci[1]:.2f})"
+    if mia.verdict.get("overall") != "risk":
+        return Verdict("blue", NO_EVIDENCE, detail, figure)
+    whose = ("this hospital's training set" if risky
              else "a hospital's training set (shown by all hospitals together)")
-    if (auc or 0) >= HIGH:
-        title = f"High risk: a curious server can tell whether a patient was in {where}"
-        colour = "red"
-    else:
-        title = (f"Risk: a curious server tells better than chance whether a patient was in "
-                 f"{where}")
-        colour = "orange"
-    return Verdict(colour, title, center, auc, ci, attack)
-
-
-def verdict_detail(v: Verdict, mia: dict[str, Any]) -> str:
-    if v.auc is None:
-        return ("The server's view of every hospital was the same, so this attack had nothing "
-                "to compare: it says nothing either way.")
-    figures = patient_figures(mia, v.attack)
-    family = mia.get("family")
-    if v.center is None:
-        pooled = figures.get("pooled") or {}
-        where, n = "All hospitals together", pooled.get("n") or {}
-        fam, p = pooled.get("auc_ci_family"), pooled.get("p_value")
-    else:
-        where = f"Worst-case hospital **{v.center}**"
-        n = (figures.get("n") or {}).get(v.center) or {}
-        fam = (figures.get("auc_ci_family") or {}).get(v.center)
-        p = (figures.get("p_value") or {}).get(v.center)
-    text = (f"{where}, {attack_name(v.attack)}: patient-level AUC **{v.auc:.2f}** (95% "
-            f"interval {v.ci[0]:.2f}–{v.ci[1]:.2f}, resampling patients) from "
-            f"{n.get('members', '?')} training and {n.get('nonmembers', '?')} held-out "
-            "patients.")
-    if fam and p is not None and family:
-        text += (f" Counted as better than chance only if the interval corrected for "
-                 f"{family} tests ({fam[0]:.2f}–{fam[1]:.2f}) lies above 0.5 and an exact "
-                 f"rank test agrees (here p = {p:.2g}, needed < {0.05 / family:.2g}).")
-    if not mia.get("individual_uploads", True):
-        text += (" The server holds no individual hospital update here (secure aggregation), "
-                 "so the per-hospital FedMIA attacks do not apply: their scores on the masked "
-                 "uploads are shown below only as a control. The verdict rests on the attack "
-                 "on the released global model, which secure aggregation does not hide.")
-    return text + " AUC 0.5 means guessing; 1.0 means the server is never wrong."
+    if auc >= HIGH:
+        return Verdict("red", f"High risk: a curious server can tell whether a patient was in "
+                       f"{whose}", detail, figure)
+    return Verdict("orange", f"Risk: a curious server tells better than chance whether a "
+                   f"patient was in {whose}", detail, figure)
 
 
 # --------------------------------------------------------------------------- ROC charts
@@ -183,10 +155,10 @@ def roc_figure(panels: list[str], runs: list[tuple[MiaRun, dict[str, Any], str]]
     """
     cols = min(len(panels), 5)
     rows = -(-len(panels) // cols)
-    main_degenerate = (runs[0][0].mia.get("variants", {}).get(attack, {})
-                       .get("degenerate") or {})
-    titles = [POOLED_LABEL if p == POOLED else p + (" (no signal)" if main_degenerate.get(p)
-                                                     else "") for p in panels]
+    variant = runs[0][0].mia.variants.get(attack)
+    main_degenerate = variant.degenerate if variant else {}
+    titles = [POOLED_LABEL if p == POOLED else hospital_name(p)
+              + (" (no signal)" if main_degenerate.get(p) else "") for p in panels]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
                         horizontal_spacing=0.04, vertical_spacing=0.18)
     colours = ("#c0392b", "#2471a3")
@@ -221,35 +193,37 @@ def roc_figure(panels: list[str], runs: list[tuple[MiaRun, dict[str, Any], str]]
 # --------------------------------------------------------------------------- tables
 
 
-def auc_table(mia: dict[str, Any]) -> pd.DataFrame:
-    """Rows = attacks, columns = hospitals + all together; degenerate cells say so."""
-    headline = mia.get("attack")
+def auc_table(mia: MiaSummary) -> pd.DataFrame:
+    """Rows = attacks, columns = hospitals + all together; degenerate cells say so, and
+    per-hospital FedMIA under secure aggregation is marked as a control."""
     rows = []
-    for attack, v in (mia.get("variants") or {}).items():
-        degenerate = v.get("degenerate") or {}
-        row = {"Attack": attack_name(attack) + (" ★" if attack == headline else "")}
-        for center, auc in (v.get("auc") or {}).items():
-            row[center] = "degenerate" if degenerate.get(center) else f"{auc:.2f}"
-        all_flat = bool(degenerate) and all(degenerate.values())
-        row[POOLED_LABEL] = ("degenerate" if all_flat or v.get("pooled_auc") is None
-                             else f"{v['pooled_auc']:.2f}")
+    for attack, v in mia.variants.items():
+        control = (mia.verdicts.get(attack) or {}).get("overall") == "not_applicable"
+        row = {"Attack": attack_name(attack) + (" ★" if attack == mia.attack else "")
+               + (" (control: not applicable)" if control else "")}
+        for center, auc in v.auc.items():
+            row[hospital_name(center)] = ("degenerate" if v.degenerate.get(center)
+                                          else f"{auc:.2f}")
+        all_flat = bool(v.degenerate) and all(v.degenerate.values())
+        row[POOLED_LABEL] = ("degenerate" if all_flat or v.pooled_auc is None
+                             else f"{v.pooled_auc:.2f}")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def tpr_table(mia: dict[str, Any]) -> pd.DataFrame:
-    """The headline attack's share of members caught at fixed false-alarm rates."""
-    degenerate = mia.get("degenerate") or {}
-    per = dict(mia.get("tpr_at_fpr") or {})
-    per[POOLED_LABEL] = (mia.get("pooled") or {}).get("tpr_at_fpr") or {}
-    needs = mia.get("tpr_min_nonmembers") or {}
+def tpr_table(mia: MiaSummary) -> pd.DataFrame:
+    """The headline attack's share of members caught at fixed false-alarm rates ("needs ≥ N
+    non-members" where the sample cannot resolve the rate)."""
+    per = dict(mia.tpr_at_fpr)
+    per[POOLED_LABEL] = mia.pooled.tpr_at_fpr
+    needs = mia.tpr_min_nonmembers
     rows = []
     for center, tpr in per.items():
-        row = {"Hospital": center}
+        row = {"Hospital": hospital_name(center) if center != POOLED_LABEL else center}
         for key, text in FPR_LEVELS:
             value = tpr.get(key)
             row[f"Caught at {text} false alarms"] = (
-                "degenerate" if degenerate.get(center)
+                "degenerate" if mia.degenerate.get(center)
                 else f"needs ≥ {needs[key]} non-members" if value is None and key in needs
                 else "–" if value is None else f"{value:.0%}")
         rows.append(row)
@@ -257,17 +231,6 @@ def tpr_table(mia: dict[str, Any]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- DP sweep
-
-
-def latest_dp_sweep(root: Path) -> tuple[Path, list[dict[str, Any]]] | None:
-    """The newest ``mia-dp`` sweep table under the runs root, if one has rows."""
-    tables = sorted((root / "sweeps").glob("mia-dp-*/table.json"),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in tables:
-        rows = read_json(path)
-        if isinstance(rows, list) and rows:
-            return path.parent, rows
-    return None
 
 
 LEVEL_NAMES = {"client": "hospital-level DP", "sample": "patient-level DP"}
@@ -283,6 +246,16 @@ def noise_label(row: dict[str, Any]) -> str:
         sigma = float(row.get("noise_multiplier") or 0.0)
         return "clipping only (σ 0)" if sigma == 0 else f"σ {sigma:g}"
     return f"{level}, ε {eps:.3g}" if eps is not None else f"{level}, ε ∞"
+
+
+def cell_words(label: str | None) -> str:
+    """A running ``mia-dp`` cell's label (``enabled=true, level=sample, …``) in words."""
+    parts = dict(p.split("=", 1) for p in (label or "").split(", ") if "=" in p)
+    if parts.get("enabled") != "true":
+        return "no DP"
+    level = LEVEL_NAMES.get(parts.get("level", "client"), "DP")
+    eps = parts.get("target_epsilon")
+    return f"{level}, target ε {float(eps):g}" if eps else level
 
 
 def _eps_label(row: dict[str, Any]) -> str:

@@ -1,0 +1,112 @@
+"""Serve the dashboard: ``fedsct dashboard`` and ``make run`` start it through here.
+
+Every setting that matters for safety is passed explicitly, so it holds wherever the command
+is started from (a ``.streamlit/config.toml`` is only read from the working directory):
+
+* the address (127.0.0.1 unless asked otherwise) and port, the upload limit, no usage stats;
+* only requests whose ``Host`` is an allowed name are answered (Starlette's
+  ``TrustedHostMiddleware``), so a web page that rebinds its DNS name to 127.0.0.1 cannot
+  drive the dashboard from the user's browser;
+* an address other than loopback is refused unless sign-in is configured: Streamlit's
+  ``st.login`` with an OpenID Connect provider (``--auth-config`` TOML with an ``[auth]``
+  section: ``redirect_uri``, ``cookie_secret``, ``client_id``, ``client_secret``,
+  ``server_metadata_url``); with it, every page asks for sign-in first (``app/main.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import tomllib
+from pathlib import Path
+
+import streamlit as st
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+MAIN = Path(__file__).with_name("main.py")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+AUTH_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret",
+             "server_metadata_url")
+# Per uploaded file, in MB: the same figure as .streamlit/config.toml, which says why 136 lets
+# the largest file the NIfTI loader accepts (129.1 MiB) through and no file much larger.
+MAX_UPLOAD_MB = 136
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (an IP or a host name) only accepts connections from this
+    machine."""
+    if address in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def read_auth(path: Path) -> dict[str, str]:
+    """The ``[auth]`` section of ``path``; ``ValueError`` naming what is wrong."""
+    try:
+        auth = tomllib.loads(path.read_text()).get("auth")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"--auth-config {path}: cannot read it ({err})") from None
+    missing = [k for k in AUTH_KEYS if not isinstance(auth, dict) or not auth.get(k)]
+    if missing:
+        raise ValueError(f"--auth-config {path}: the [auth] section lacks "
+                         f"{', '.join(missing)} (see the README, 'Share the dashboard')")
+    return {k: str(auth[k]) for k in AUTH_KEYS}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fedsct dashboard",
+                                description="Serve the dashboard (default: "
+                                            "http://127.0.0.1:8501, this machine only).")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to listen on; anything but loopback needs --auth-config")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name browsers use to reach the dashboard (repeatable); "
+                        "localhost and 127.0.0.1 are always allowed")
+    p.add_argument("--auth-config", type=Path, metavar="FILE.toml",
+                   help="sign-in with an OpenID Connect provider: a TOML file whose [auth] "
+                        "section holds " + ", ".join(AUTH_KEYS))
+    args = p.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        p.error(f"--port {args.port} is not a port number (1-65535)")
+    return args
+
+
+def build_app(allowed_hosts: list[str], auth: dict[str, str] | None) -> st.App:
+    """The dashboard as an ASGI app that answers only ``allowed_hosts``."""
+    hosts = list(dict.fromkeys([*LOOPBACK_HOSTS, "[::1]", *allowed_hosts]))
+    return st.App(str(MAIN), secrets={"auth": auth} if auth else None,
+                  middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        auth = read_auth(args.auth_config) if args.auth_config else None
+    except ValueError as err:
+        print(f"fedsct dashboard: {err}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.address) and auth is None:
+        print(f"fedsct dashboard: --address {args.address} would let other machines reach "
+              "patients' data without signing in; add --auth-config FILE.toml (OpenID "
+              "Connect sign-in, see the README) or keep the default 127.0.0.1",
+              file=sys.stderr)
+        return 2
+    allowed = list(args.allowed_host)
+    if not is_loopback(args.address) and args.address not in ("0.0.0.0", "::"):
+        allowed.append(args.address)
+    build_app(allowed, auth).run(config={
+        "server.address": args.address, "server.port": args.port,
+        "server.headless": True, "server.maxUploadSize": MAX_UPLOAD_MB,
+        "server.enableXsrfProtection": True, "browser.gatherUsageStats": False,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Words, tables and charts that several pages share (no Streamlit)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine.clients.dp import epsilon_text, planned_epsilon
+from engine.core.config import ExperimentConfig
+
+
+@dataclass
+class Verdict:
+    """What a page's coloured box says about one result.
+
+    Attributes:
+        colour: ``red`` | ``orange`` | ``green`` (safe, with the evidence to say so) |
+            ``blue`` (no evidence at this sample size) | ``gray`` (inconclusive or no data).
+        title: the verdict in one sentence.
+        detail: the numbers it rests on (markdown): sample size, interval, attack, budget.
+        figure: the headline number in a few words, for scorecards and comparisons.
+    """
+
+    colour: str
+    title: str
+    detail: str = ""
+    figure: str = ""
+
+
+def hospital_name(center: str) -> str:
+    """The one name a hospital has on every page: ``center-0`` (phantom hospitals, numbered
+    from 0) and ``center-A`` (SynthRAD2023 hospitals, by the letter in the patient IDs) are
+    both "Hospital A"; ``unseen`` is the hospital that never trains. Files and summaries keep
+    the engine's ids."""
+    kind, _, tag = center.partition("-")
+    if kind == "unseen":
+        return f"Unseen hospital ({tag})" if tag else "Unseen hospital"
+    if kind == "center" and tag.isdigit():
+        n = int(tag)
+        return f"Hospital {chr(ord('A') + n)}" if n < 26 else f"Hospital {n + 1}"
+    if kind == "center" and tag:
+        return f"Hospital {tag}"
+    return center
+
+
+def hospital_names(centers: list[str]) -> str:
+    return ", ".join(hospital_name(c) for c in centers) or "none"
+
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+PAGES_DIR = ROOT / "pages"
+ASSETS_DIR = ROOT / "assets"
+UNSEEN_LABEL = "unseen hospital (never trained)"
+
+METRIC_HELP = {
+    "mae_hu": "MAE: average error of the synthetic CT in Hounsfield units (lower is better).",
+    "psnr_db": "PSNR: signal-to-noise ratio of the synthetic CT in decibels (higher is better).",
+    "ssim": "SSIM: how similar the structures look, from 0 to 1 (higher is better).",
+}
+
+AGGREGATOR_HELP = {
+    "fedavg": "Averages all hospitals' updates, weighted by how much data each has "
+              "(the standard rule).",
+    "fedprox": "Averages the updates but keeps each hospital close to the shared model; "
+               "helps when hospitals' scanners differ.",
+    "fedmedian": "Takes the middle value of the updates, so one misbehaving hospital "
+                 "cannot drag the model far.",
+    "trimmed_mean": "Drops the most extreme updates on both sides, then averages the rest.",
+    "krum": "Keeps only the single update most similar to the others and ignores outliers "
+            "(needs many hospitals).",
+    "multikrum": "Averages the few updates most similar to the others, ignoring outliers.",
+    "bulyan": "Combines Krum with trimming for the strongest protection against attackers "
+              "(needs the most hospitals).",
+}
+
+STATE_TEXT = {"queued": "waiting to start", "running": "running", "done": "finished",
+              "failed": "failed", "cancelled": "stopped",
+              "interrupted": "interrupted (can be resumed)"}
+
+PHASE_TEXT = {"data": "Preparing the hospitals' images…",
+              "training": "Hospitals are training the shared model…",
+              "membership inference": "Training done; the curious server is now testing "
+                                      "which patients each hospital trained on…",
+              "gradient inversion": "Training done; the curious server is now rebuilding "
+                                    "hospitals' images from their uploads…",
+              "poisoning baseline": "Training done; now training the same federation "
+                                    "without attackers, for comparison…",
+              "what-if": "Attacks done; now reading the what-if patient's results…",
+              "resuming": "Resuming from the last checkpoint…"}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def progress_text(status: dict[str, Any], records: list[dict[str, Any]],
+                  total_rounds: int) -> tuple[float, str]:
+    """(share done of the current phase, the line under the bar) of a run's status: the
+    phase, how far it is (round, hospital and iteration of an attack) and the time left at
+    the speed measured so far."""
+    if status.get("state") == "queued":
+        return 0.0, "Waiting for its turn in the job queue…"
+    phase = str(status.get("phase") or "")
+    text = PHASE_TEXT.get(phase, "Working…")
+    progress = status.get("progress") if isinstance(status.get("progress"), dict) else None
+    if progress and progress.get("phase") == phase and progress.get("total"):
+        done, total = int(progress.get("done") or 0), int(progress["total"])
+        detail = str(progress.get("detail") or "")
+        text += f" {str(progress.get('unit') or 'step').capitalize()} {done:,} of {total:,}"
+        text += f" ({detail})." if detail else "."
+        if progress.get("eta_s") is not None and done < total:
+            text += f" About {_duration(float(progress['eta_s']))} left in this step."
+        return min(done / total, 1.0), text
+    done = records[-1]["round"] if records else 0
+    return min(done / max(total_rounds, 1), 1.0), f"{text} Round {done} of {total_rounds}."
+
+
+def describe_config(cfg: ExperimentConfig) -> str:
+    """One plain sentence summarising a run's settings."""
+    fed, dp = cfg.federation, cfg.defenses.dp
+    unseen = " + 1 unseen hospital" if cfg.data.unseen_center else ""
+    level = "patient-level" if dp.level == "sample" else "hospital-level"
+    privacy = (f"{level} differential privacy, {epsilon_text(planned_epsilon(cfg))}"
+               if dp.enabled else "no differential privacy")
+    secagg = f"secure aggregation {'on' if cfg.defenses.secure_aggregation else 'off'}"
+    where = "" if fed.runtime == "inprocess" else f" · on {fed.runtime}"
+    return (f"{cfg.data.centers} hospitals{unseen} · {fed.rounds} rounds · "
+            f"{fed.aggregator} · {secagg} · {privacy} · {cfg.data.image_size} px images{where}")
+
+
+def run_label(rec: dict[str, Any]) -> str:
+    """A run-list row as one line: when, name, rule and result."""
+    when = time.strftime("%d %b %H:%M", time.localtime(rec["created"] or 0))
+    mae = f" · MAE {rec['final_mae_hu']:.0f} HU" if rec.get("final_mae_hu") is not None else ""
+    return f"{when} · {rec['name'] or 'run'} · {rec['aggregator']} · {rec['rounds']} rounds{mae}"
+
+
+def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Started": [time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
+                    for r in records],
+        "Name": [r["name"] or "run" for r in records],
+        "State": [STATE_TEXT.get(r["state"], r["state"]) for r in records],
+        "Aggregation rule": [r["aggregator"] for r in records],
+        "Rounds": [r["rounds"] for r in records],
+        "Secure aggregation": [bool(r["secure_aggregation"]) for r in records],
+        "Final MAE (HU)": [r["final_mae_hu"] for r in records],
+        "Run id": [r["run_id"] for r in records],
+    })
+
+
+def history_from_metrics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-round metric records → the summary's history format (rounds with an evaluation)."""
+    return [{"round": r["round"], **r["global"]} for r in records if r.get("global")]
+
+
+def history_figure(history: list[dict[str, Any]], total_rounds: int) -> go.Figure:
+    """MAE, PSNR and SSIM per round side by side (their scales differ too much to share).
+
+    The axes are fixed from the first round: rounds 0 … total, MAE and PSNR from 0 to above
+    the largest value so far, SSIM 0 … 1, so that a lone first point is not drawn on an axis
+    a few HU wide and the chart does not jump as rounds come in.
+    """
+    titles = ("Average error, MAE (HU) — lower is better", "PSNR (dB) — higher is better",
+              "SSIM (0–1) — higher is better")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.08)
+    rounds = [h["round"] for h in history]
+    for col, key in enumerate(("mae_hu", "psnr_db", "ssim"), start=1):
+        values = [h[key] for h in history]
+        fig.add_trace(go.Scatter(x=rounds, y=values, mode="lines+markers",
+                                 name=key, showlegend=False,
+                                 hovertemplate="round %{x}: %{y:.3g}<extra></extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(title_text="round (0 = untrained)", range=[-0.3, total_rounds + 0.3],
+                         dtick=max(1, -(-total_rounds // 10)), row=1, col=col)
+        top = 1.0 if key == "ssim" else max(values) * 1.15 if values else 1.0
+        fig.update_yaxes(range=[0, top], row=1, col=col,
+                         tickformat=".0f" if key == "mae_hu" else None)
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    fig.update_annotations(font_size=13)
+    return fig
+
+
+def upscale(img: np.ndarray, target: int = 192) -> np.ndarray:
+    # Nearest-neighbour so each pixel stays a visible block instead of a blur.
+    k = max(1, target // img.shape[0])
+    return np.repeat(np.repeat(img, k, axis=0), k, axis=1)

@@ -1,0 +1,165 @@
+"""Pure helpers of the Data & centers page: naming and counting patients in a NIfTI cohort
+folder, slice geometry and display ranges, and the command that trains on the folder.
+
+The folder layout is the one ``data.source: nifti`` reads (``engine.data.cohort`` →
+``engine.data.synthrad``): ``<folder>/<patient ID>/{mr,ct,mask}.nii.gz`` where the ID's third
+character is the hospital's letter, e.g. ``uploads/1BA001/mr.nii.gz`` is patient 1 of
+hospital A.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import string
+from pathlib import Path
+
+import numpy as np
+
+from engine.data.nifti import save_patient_folder
+from engine.data.types import PatientVolume
+
+UPLOADS = "uploads"
+ID_PREFIX = "1B"  # SynthRAD2023 style: task 1, brain; the next letter is the hospital
+MIN_PATIENTS = 2  # a hospital needs one patient to train on and one held out
+LETTERS = string.ascii_uppercase
+DATA_ROOTS_ENV = "FEDSCT_DATA_ROOTS"
+
+
+def with_file_names(message: str, names: dict[str, str]) -> str:
+    """The engine calls uploads 'uploaded MRI' etc.; name the user's own files instead."""
+    for placeholder, name in names.items():
+        message = message.replace(f"'{placeholder}'", f"'{name}'")
+    return message
+
+
+def axial(volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice ``z`` of an ``(X, Y, Z)`` RAS volume as ``(Y, X)``, anterior at the top."""
+    return np.flip(volume[:, :, z].T, axis=0)
+
+
+def mri_window(mri: np.ndarray) -> tuple[float, float]:
+    """Display range of an MRI in scanner units: 0.5th…99.5th percentile."""
+    lo, hi = (float(v) for v in np.percentile(mri, [0.5, 99.5]))
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def volume_facts(pv: PatientVolume) -> dict[str, str]:
+    sx, sy, sz = pv.spacing_mm
+    return {
+        "Shape (voxels)": "×".join(str(s) for s in pv.mri.shape),
+        "Voxel size (mm)": "×".join(f"{v:.3g}" for v in (sx, sy, sz)),
+        "CT range (HU)": f"{float(pv.ct_hu.min()):.0f} to {float(pv.ct_hu.max()):.0f}",
+        "Body voxels": f"{int(pv.mask.sum()):,}",
+    }
+
+
+def uploads_folder(runs_folder: Path) -> Path:
+    return runs_folder / UPLOADS
+
+
+def patient_id(letter: str, number: int) -> str:
+    return f"{ID_PREFIX}{letter}{number:03d}"
+
+
+def cohort_counts(folder: Path) -> dict[str, int]:
+    """Hospital letter → number of saved patients in the cohort folder."""
+    counts: dict[str, int] = {}
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            # Hidden folders are saves in progress (see save_patient_folder), not patients.
+            if p.is_dir() and not p.name.startswith(".") and len(p.name) >= 3 \
+                    and p.name[2] in LETTERS:
+                counts[p.name[2]] = counts.get(p.name[2], 0) + 1
+    return counts
+
+
+def next_letter(counts: dict[str, int]) -> str | None:
+    return next((x for x in LETTERS if x not in counts), None)
+
+
+def next_number(folder: Path, letter: str) -> int:
+    taken = {int(p.name[3:]) for p in folder.glob(f"{ID_PREFIX}{letter}[0-9][0-9][0-9]")}
+    return next(n for n in range(1, 1000) if n not in taken) if len(taken) < 999 else 999
+
+
+def save_patient(folder: Path, letter: str, number: int, pv: PatientVolume,
+                 affine: np.ndarray, *, with_mask: bool) -> Path:
+    """Write a checked patient as ``<folder>/<ID>/{mr,ct[,mask]}.nii.gz``; returns the folder.
+
+    The volumes are written from the validated voxels (RAS order, the MRI's grid, ``affine``
+    its 4×4 voxel→mm matrix), so no free-text header field (which may hold a patient's name)
+    is copied. If another save takes patient ``number`` while this one is writing (two
+    sessions saving at once), the patient gets the next free number instead; the returned
+    folder's name is the ID used.
+
+    Raises:
+        ValueError: the letter is not A–Z or the number not 1–999.
+        FileExistsError: the patient already exists before saving starts, or every number
+            of the hospital is taken.
+    """
+    if letter not in LETTERS or not 1 <= number <= 999:
+        raise ValueError(f"hospital letter {letter!r} / patient number {number} out of range")
+    target = folder / patient_id(letter, number)
+    if target.exists():
+        raise FileExistsError(errno.EEXIST, "patient already exists", str(target))
+    for n in [number, *range(number + 1, 1000), *range(1, number)]:
+        target = folder / patient_id(letter, n)
+        if target.exists():
+            continue
+        try:
+            return save_patient_folder(pv, target, affine, with_mask=with_mask)
+        except FileExistsError:
+            continue  # another save got this number first: take the next free one
+    raise FileExistsError(errno.EEXIST, f"hospital {letter} has no free patient number left",
+                          str(folder))
+
+
+COHORT_PRESET = "smoke"  # small and quick: a few uploaded patients train in about a minute
+
+
+def cohort_sets(folder: Path, counts: dict[str, int]) -> list[str] | None:
+    """The ``--set`` overrides that train :data:`COHORT_PRESET` on the cohort folder (every
+    hospital trains on all its patients but one, held out to test), or None while a hospital
+    has fewer than :data:`MIN_PATIENTS`."""
+    ready = {k: n for k, n in counts.items() if n >= MIN_PATIENTS}
+    if not ready or len(ready) != len(counts):
+        return None
+    return ["name=uploaded-cohort", "data.source=nifti", f"data.path={folder}",
+            f"data.centers={len(ready)}", f"data.patients_per_center={min(ready.values()) - 1}",
+            "data.heldout_per_center=1", "data.unseen_center=false"]
+
+
+def run_command(folder: Path, counts: dict[str, int]) -> str | None:
+    """The CLI command that trains on the folder, or None while it is not usable yet."""
+    sets = cohort_sets(folder, counts)
+    if sets is None:
+        return None
+    return f"fedsct run --preset {COHORT_PRESET} " + " ".join(
+        f"--set {shlex.quote(s)}" for s in sets)
+
+
+def data_roots(runs_folder: Path) -> list[Path]:
+    """Folders the dashboard may read patient data from: ``$FEDSCT_DATA_ROOTS`` (separated by
+    ``os.pathsep``), else the uploads folder under the runs root. Anyone who reaches the
+    dashboard can type a path, so it must not let them probe the rest of the disk."""
+    configured = [p for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    roots = [Path(p).expanduser() for p in configured] or [uploads_folder(runs_folder)]
+    return [r.resolve() for r in roots]
+
+
+def allowed_data_path(text: str, roots: list[Path]) -> Path:
+    """The folder typed in the dashboard, resolved (``..`` and symbolic links followed), if it
+    lies inside one of ``roots``; otherwise ``ValueError`` with one line that names the roots
+    and says nothing about whether the folder exists."""
+    try:
+        path = Path(text.strip()).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        path = None
+    if path is None or not any(path.is_relative_to(root) for root in roots):
+        raise ValueError(f"the dashboard only reads data inside {', '.join(map(str, roots))}; "
+                         f"to use another folder, add it to {DATA_ROOTS_ENV} (separate folders "
+                         f"with '{os.pathsep}') and restart the dashboard")
+    return path
+

@@ -1,0 +1,320 @@
+"""``summary.json`` as types: the contract between the engine and everything that reads runs.
+
+The engine writes the summary as a JSON object whose keys are documented in the README;
+:func:`read_summary` reads it back as a :class:`RunSummary`, so the dashboard, the report and
+the sweeps read typed fields (``summary.federation.dp.epsilon``) instead of nested ``.get``
+chains. Every field has a default, so the summary of an older run still reads (what it
+lacks is ``None`` or empty); a file that is not such an object is a :class:`SummaryError`.
+Unknown keys are kept (``extra="allow"``): a newer engine's summary reads too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Interval = tuple[float, float]
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Metrics(_Block):
+    """sCT quality: MAE (HU, lower is better), PSNR (dB), SSIM (0–1)."""
+
+    mae_hu: float
+    psnr_db: float
+    ssim: float
+
+
+class HistoryPoint(Metrics):
+    round: int
+
+
+class DPCenter(_Block):
+    noise_multiplier: float = 0.0
+    sample_rate: float = 1.0
+    steps: int = 0
+    epsilon: float | None = None
+
+
+class DPSummary(_Block):
+    """``federation.dp``; ``epsilon`` is None for ∞ (no noise) and for older runs."""
+
+    enabled: bool = False
+    level: str = "client"
+    clip_norm: float = 1.0
+    noise_multiplier: float = 0.0
+    target_epsilon: float | None = None
+    epsilon: float | None = None
+    delta: float | None = None
+    neighbouring: str | None = None
+    meaningful: bool = False
+    per_center: dict[str, DPCenter] = Field(default_factory=dict)
+
+    @property
+    def accounted(self) -> bool:
+        """Whether an accountant gave ε (runs before it report σ only)."""
+        return self.neighbouring is not None
+
+
+class FederationSummary(_Block):
+    rounds: int = 0
+    aggregator: str = "fedavg"
+    secure_aggregation: bool = False
+    dp: DPSummary = Field(default_factory=DPSummary)
+    prune_fraction: float = 0.0
+    history: list[HistoryPoint] = Field(default_factory=list)
+    final: Metrics | None = None
+    per_center: dict[str, Metrics] = Field(default_factory=dict)
+    unseen_center: Metrics | None = None
+    local_steps: int = 0
+
+
+class PatientCount(_Block):
+    members: int = 0
+    nonmembers: int = 0
+
+
+class PooledPatient(_Block):
+    auc: float | None = None
+    auc_ci: Interval | None = None
+    auc_ci_family: Interval | None = None
+    p_value: float | None = None
+    n: PatientCount = Field(default_factory=PatientCount)
+
+
+class PatientFigures(_Block):
+    """Patient-level figures of one attack (per center, and pooled over centers)."""
+
+    auc: dict[str, float] = Field(default_factory=dict)
+    auc_ci: dict[str, Interval] = Field(default_factory=dict)
+    auc_ci_family: dict[str, Interval] = Field(default_factory=dict)
+    p_value: dict[str, float] = Field(default_factory=dict)
+    n: dict[str, PatientCount] = Field(default_factory=dict)
+    pooled: PooledPatient = Field(default_factory=PooledPatient)
+
+
+class MiaVariant(_Block):
+    auc: dict[str, float] = Field(default_factory=dict)
+    pooled_auc: float | None = None
+    patient: PatientFigures = Field(default_factory=PatientFigures)
+    degenerate: dict[str, bool] = Field(default_factory=dict)
+
+
+class MiaPooled(_Block):
+    auc: float | None = None
+    auc_ci: Interval | None = None
+    tpr_at_fpr: dict[str, float | None] = Field(default_factory=dict)
+
+
+class CandidateCount(_Block):
+    members: int = 0
+    nonmembers: int = 0
+    member_patients: int | None = None
+    nonmember_patients: int | None = None
+
+
+class MiaSummary(_Block):
+    """``mia``: the headline attack's figures, the patient-level verdict and every attack."""
+
+    attack: str = ""
+    level: str = "slice"
+    rounds: list[int] = Field(default_factory=list)
+    auc: dict[str, float] = Field(default_factory=dict)
+    auc_ci: dict[str, Interval] = Field(default_factory=dict)
+    tpr_at_fpr: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    tpr_min_nonmembers: dict[str, int] = Field(default_factory=dict)
+    degenerate: dict[str, bool] = Field(default_factory=dict)
+    pooled: MiaPooled = Field(default_factory=MiaPooled)
+    patient: PatientFigures | None = None
+    family: int | None = None
+    individual_uploads: bool = True
+    verdict: dict[str, str] | None = None
+    verdict_attack: str | None = None
+    verdicts: dict[str, dict[str, str]] = Field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    variants: dict[str, MiaVariant] = Field(default_factory=dict)
+    n_candidates: dict[str, CandidateCount] = Field(default_factory=dict)
+
+    def figures(self, attack: str) -> PatientFigures:
+        """The patient-level figures of ``attack`` (empty when the run has none)."""
+        if attack == self.attack and self.patient is not None:
+            return self.patient
+        variant = self.variants.get(attack)
+        return variant.patient if variant else PatientFigures()
+
+
+class InversionClient(_Block):
+    ssim: float
+    ssim_body: float
+    psnr_db: float
+    floor_ssim_body: float
+    floor_ssim: float | None = None
+    ssim_ct: float | None = None
+    psnr_db_ct: float | None = None
+    ssim_coarse: float | None = None
+    ssim_ct_body: float | None = None
+    floor_ssim_ct: float | None = None
+    n: int = 0
+    round: int = 0
+    seconds: float | None = None
+    final_loss: float | None = None
+    evaluations: int | None = None
+    objective: str | None = None
+    readable_fraction: float | None = None
+
+
+class Calibration(_Block):
+    """The same attack at the same budget on the known-vulnerable control."""
+
+    ssim_body: float
+    floor_ssim_body: float
+    gain: float
+    recovered: bool
+    design: str = ""
+    image_size: int = 0
+    iterations: int = 0
+    restarts: int = 0
+
+
+class InversionSummary(_Block):
+    method: str = "ig"
+    ssim: float = 0.0
+    ssim_body: float = 0.0
+    psnr_db: float = 0.0
+    ssim_ct: float | None = None
+    psnr_db_ct: float | None = None
+    ssim_coarse: float | None = None
+    floor_ssim: float | None = None
+    floor_ssim_body: float = 0.0
+    per_client: dict[str, InversionClient] = Field(default_factory=dict)
+    iterations: int = 0
+    restarts: int = 0
+    inner_iterations: int | None = None
+    evaluations: int | None = None
+    verdict: str | None = None  # leak | no_leak | inconclusive (None: older run)
+    calibration: Calibration | None = None
+    leak_margin: float | None = None
+
+
+class PoisonCell(_Block):
+    malicious: list[int] = Field(default_factory=list)
+    kind: str = ""
+    noise_std: float = 0.0
+    aggregator: str = "fedavg"
+    mae_hu: float = 0.0
+    psnr_db: float = 0.0
+    ssim: float = 0.0
+    mae_ratio: float = 1.0
+
+
+class Detection(_Block):
+    per_round: list[dict[str, Any]] = Field(default_factory=list)
+    flag_rate: dict[str, float] = Field(default_factory=dict)
+    mean_distance_ratio: dict[str, float] = Field(default_factory=dict)
+    detected: list[str] = Field(default_factory=list)
+    flag_ratio: float = 2.0
+
+
+class PoisoningSummary(_Block):
+    kind: str = ""
+    malicious: list[int] = Field(default_factory=list)
+    malicious_names: list[str] = Field(default_factory=list)
+    noise_std: float = 0.0
+    target: str = "both"
+    fraction: float = 1.0
+    scale: float = 4.0
+    z: float = 1.0
+    baseline: dict[str, Metrics] = Field(default_factory=dict)
+    baseline_history: list[HistoryPoint] = Field(default_factory=list)
+    baseline_run: str | None = None
+    cells: list[PoisonCell] = Field(default_factory=list)
+    detection: Detection = Field(default_factory=Detection)
+
+
+class WhatifMembership(_Block):
+    attack: str = ""
+    score: float = 0.0
+    rank: float = 0.0
+    exposed: bool = False
+    nonmembers: int = 0
+    member_scores: list[float] = Field(default_factory=list)
+    nonmember_scores: list[float] = Field(default_factory=list)
+
+
+class WhatifReconstruction(_Block):
+    n: int = 0
+    pairs: list[tuple[int, int]] = Field(default_factory=list)
+    ssim: float | None = None
+    ssim_body: float | None = None
+    ssim_ct: float | None = None
+    psnr_db: float | None = None
+    floor_ssim: float | None = None
+    floor_ssim_body: float | None = None
+    verdict: str | None = None
+
+
+class WhatifSummary(_Block):
+    patient: str = ""
+    center: str = ""
+    membership: WhatifMembership | None = None
+    reconstruction: WhatifReconstruction | None = None
+
+
+class RunSummary(_Block):
+    """A finished run's ``summary.json``."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    federation: FederationSummary = Field(default_factory=FederationSummary)
+    data: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    artifacts: dict[str, Any] = Field(default_factory=dict)
+    timing: dict[str, float] = Field(default_factory=dict)
+    device: str = ""
+    versions: dict[str, str] = Field(default_factory=dict)
+    mia: MiaSummary | None = None
+    inversion: InversionSummary | None = None
+    poisoning: PoisoningSummary | None = None
+    whatif: WhatifSummary | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or "run")
+
+
+class SummaryError(ValueError):
+    """A ``summary.json`` that cannot be read as a run summary (the message names the file
+    and the first problem)."""
+
+
+def parse_summary(data: Any, source: str = "summary.json") -> RunSummary:
+    """A summary object → :class:`RunSummary`; :class:`SummaryError` when it is not one."""
+    if not isinstance(data, dict):
+        raise SummaryError(f"{source} holds {type(data).__name__}, not a run summary")
+    try:
+        return RunSummary.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SummaryError(f"{source}: {where}: {first['msg']}") from None
+
+
+def read_summary(path: Path) -> RunSummary | None:
+    """The summary at ``path`` (``<run>/summary.json``); None when it does not exist (the run
+    has not finished); :class:`SummaryError` when it is damaged."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SummaryError(f"{path} cannot be read: {type(err).__name__}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise SummaryError(f"{path} is not valid JSON (half-written or damaged)") from None
+    return parse_summary(data, str(path))

@@ -1,0 +1,187 @@
+"""One queue for the background jobs of every dashboard session.
+
+Two torch jobs on two cores slow each other several-fold, so heavy jobs (runs, sweeps,
+resumed runs) go through this queue: at most :func:`max_jobs` run at once (``FEDSCT_MAX_JOBS``,
+default 1) and the others wait their turn in the order they were asked for. The queue is a
+folder of small JSON files under the runs root (``<root>/queue/``), so every session, and a
+reloaded browser, sees the same jobs:
+
+* :func:`submit` adds a job and starts it when a slot is free;
+* a job's process takes itself off the queue when it ends and starts the next one
+  (:func:`finished`), and :func:`pump` (called by every listing) starts waiting jobs whose
+  turn has come and drops jobs whose process died, so a killed job never blocks the queue;
+* each job gets the threads the machine can give it: ``cores ÷ max_jobs`` (set through
+  ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` before torch starts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.core.run_folder import (
+    JOB_PID_FILE,
+    pid_alive,
+    process_identity,
+    write_json_atomic,
+)
+
+QUEUE_DIR = "queue"
+ENTRY_ENV = "FEDSCT_QUEUE_ENTRY"  # a job's own queue file, for finished()
+
+
+def max_jobs() -> int:
+    """How many heavy jobs may run at once (``FEDSCT_MAX_JOBS``, default 1)."""
+    try:
+        return max(1, int(os.environ.get("FEDSCT_MAX_JOBS", "1")))
+    except ValueError:
+        return 1
+
+
+def job_threads() -> int:
+    """Torch threads for one job: the cores shared out among the jobs that may run at once."""
+    return max(1, (os.cpu_count() or 1) // max_jobs())
+
+
+@dataclass
+class Job:
+    """One queued or running job.
+
+    Attributes:
+        id: unique id (also the queue file's name, which sorts by submission time).
+        kind: ``run`` (including a resumed run) or ``sweep``.
+        label: what the user asked for, in words (e.g. the preset's name).
+        folder: the run folder or sweep folder the job writes.
+        cmd: the command that runs it (``python -m ...``).
+        state: ``waiting`` or ``running``.
+    """
+
+    id: str
+    kind: str
+    label: str
+    folder: str
+    cmd: list[str]
+    state: str = "waiting"
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "running" and pid_alive(self.pid, self.pid_start)
+
+
+def _dir(root: Path) -> Path:
+    folder = Path(root) / QUEUE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One session at a time changes the queue (two clicks at once start one job)."""
+    with open(_dir(root) / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> Job | None:
+    try:
+        data = json.loads(path.read_text())
+        return Job(**data) if isinstance(data, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return None
+
+
+def _entries(root: Path) -> list[tuple[Path, Job | None]]:
+    return [(p, _read(p)) for p in sorted(_dir(root).glob("*.json"))]
+
+
+def jobs(root: Path) -> list[Job]:
+    """Running jobs, then waiting ones in their turn's order (after :func:`pump`)."""
+    pump(root)
+    found = [j for _, j in _entries(root) if j is not None]
+    return sorted(found, key=lambda j: (j.state != "running", j.submitted))
+
+
+def _start(root: Path, path: Path, job: Job) -> None:
+    log = open(Path(job.folder) / "log.txt", "a")  # noqa: SIM115 - handed to the child
+    threads = str(job_threads())
+    env = os.environ | {ENTRY_ENV: str(path), "OMP_NUM_THREADS": threads,
+                        "MKL_NUM_THREADS": threads}
+    proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                            cwd=os.getcwd())
+    log.close()
+    ident = process_identity(proc.pid)
+    job.state, job.started = "running", time.time()
+    job.pid, job.pid_start = ident["pid"], ident["pid_start"]
+    write_json_atomic(path, asdict(job))
+    # The folder's own record of its process, read before the job writes its status.
+    (Path(job.folder) / JOB_PID_FILE).write_text(f"{job.pid} {job.pid_start or ''}".strip())
+
+
+def pump(root: Path) -> None:
+    """Drop jobs whose process is gone and start waiting jobs while slots are free."""
+    with _locked(root):
+        entries = _entries(root)
+        running = 0
+        for path, job in entries:
+            if job is None or (job.state == "running" and not job.alive):
+                path.unlink(missing_ok=True)  # damaged, or ended without saying so
+            elif job.state == "running":
+                running += 1
+        for path, job in entries:
+            if running >= max_jobs():
+                break
+            if job is not None and job.state == "waiting" and path.exists():
+                _start(root, path, job)
+                running += 1
+
+
+def submit(root: Path, *, kind: str, label: str, folder: Path, cmd: list[str]) -> Job:
+    """Queue a job; it starts at once when a slot is free. Returns it (``state`` tells)."""
+    job = Job(id=f"{time.time_ns():020d}-{secrets.token_hex(3)}", kind=kind, label=label,
+              folder=str(folder), cmd=cmd)
+    with _locked(root):
+        write_json_atomic(_dir(root) / f"{job.id}.json", asdict(job))
+    pump(root)
+    return _read(_dir(root) / f"{job.id}.json") or job
+
+
+def withdraw(root: Path, folder: Path) -> bool:
+    """Take a waiting job for ``folder`` off the queue; False when none was waiting."""
+    with _locked(root):
+        for path, job in _entries(root):
+            if job is not None and job.state == "waiting" and Path(job.folder) == Path(folder):
+                path.unlink(missing_ok=True)
+                return True
+    return False
+
+
+def finished() -> None:
+    """Called by a queued job's process as it ends: leave the queue, start the next job."""
+    entry = os.environ.get(ENTRY_ENV)
+    if not entry:
+        return
+    path = Path(entry)
+    path.unlink(missing_ok=True)
+    pump(path.parent.parent)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command that runs ``python -m module args`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]

@@ -1,0 +1,80 @@
+"""The one job queue: one heavy job at a time, the rest wait their turn, nothing blocks it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.orchestration import queue
+
+
+def _job(root: Path, name: str, seconds: float) -> queue.Job:
+    """A stand-in job (no torch): sleeps, then leaves the queue as a real job does."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    code = (f"import time; time.sleep({seconds}); "
+            "from engine.orchestration.queue import finished; finished()")
+    return queue.submit(root, kind="run", label=name, folder=folder,
+                        cmd=[sys.executable, "-c", code])
+
+
+def _states(root: Path) -> dict[str, str]:
+    return {j.label: j.state for j in queue.jobs(root)}
+
+
+def _wait(cond, timeout: float = 30.0) -> None:  # noqa: ANN001 - a predicate
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_one_job_runs_and_the_next_starts_when_it_ends(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDSCT_MAX_JOBS", raising=False)
+    first = _job(tmp_path, "first", 1.5)
+    second = _job(tmp_path, "second", 0.2)
+    assert first.state == "running" and second.state == "waiting"
+    assert _states(tmp_path) == {"first": "running", "second": "waiting"}
+    # The first job's own process starts the second as it ends.
+    _wait(lambda: _states(tmp_path) == {"second": "running"} or not _states(tmp_path))
+    _wait(lambda: not _states(tmp_path))
+
+
+def test_a_waiting_job_can_be_withdrawn(tmp_path: Path) -> None:
+    _job(tmp_path, "first", 5)
+    second = _job(tmp_path, "second", 0.1)
+    assert queue.withdraw(tmp_path, Path(second.folder))
+    assert list(_states(tmp_path)) == ["first"]
+    assert not queue.withdraw(tmp_path, tmp_path / "first")  # running: not withdrawn
+    for job in queue.jobs(tmp_path):
+        os.killpg(job.pid, signal.SIGKILL)
+
+
+def test_a_killed_job_does_not_block_the_queue(tmp_path: Path) -> None:
+    first = _job(tmp_path, "first", 60)
+    _job(tmp_path, "second", 0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    # The next listing drops the dead job and starts the waiting one.
+    _wait(lambda: "first" not in _states(tmp_path))
+    _wait(lambda: not _states(tmp_path))
+
+
+def test_slots_and_threads_follow_the_setting(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDSCT_MAX_JOBS", "2")
+    assert queue.max_jobs() == 2
+    assert queue.job_threads() == max(1, (os.cpu_count() or 1) // 2)
+    a, b = _job(tmp_path, "a", 1), _job(tmp_path, "b", 1)
+    assert a.state == b.state == "running"
+    monkeypatch.setenv("FEDSCT_MAX_JOBS", "zero")
+    assert queue.max_jobs() == 1
+    _wait(lambda: not _states(tmp_path))

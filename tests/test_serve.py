@@ -1,0 +1,103 @@
+"""The dashboard server as it is really started (``fedsct dashboard`` → ``python -m
+app.serve``), from a folder that is not the repository: it listens on loopback only, answers
+only allowed Host names, and refuses a non-loopback address without sign-in."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp{,6})."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                if width == 8:
+                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:  # four little-endian 32-bit words
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, words))
+    return found
+
+
+def _get(port: int, host: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", "/_stcore/health", skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_started_elsewhere_it_listens_on_loopback_and_checks_host(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "FEDSCT_RUNS_DIR": str(tmp_path / "runs")}
+    server = subprocess.Popen([sys.executable, "-m", "engine", "dashboard", "--port", str(port)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not _listening(port):
+            assert server.poll() is None, server.stdout.read().decode()
+            time.sleep(0.2)
+        assert _listening(port) == {"127.0.0.1"}
+        status = 0
+        while time.monotonic() < deadline:
+            try:
+                status = _get(port, f"127.0.0.1:{port}")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        assert _get(port, f"localhost:{port}") == 200
+        # A page whose DNS name was rebound to 127.0.0.1 sends its own name as the Host.
+        assert _get(port, "attacker.example") == 400
+        assert _get(port, f"attacker.example:{port}") == 400
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.168.1.20", "dashboard.local"])
+def test_non_loopback_without_sign_in_is_refused(tmp_path: Path, address: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "app.serve", "--address", address],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--address {address}" in lines[0]
+    assert "--auth-config" in lines[0]
+
+
+def test_an_incomplete_sign_in_config_is_refused(tmp_path: Path) -> None:
+    auth = tmp_path / "auth.toml"
+    auth.write_text('[auth]\nclient_id = "x"\n')
+    done = subprocess.run([sys.executable, "-m", "app.serve", "--address", "0.0.0.0",
+                           "--auth-config", str(auth)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "lacks redirect_uri, cookie_secret, client_secret, server_metadata_url" in done.stderr

@@ -1,0 +1,156 @@
+"""The run store under faults: damaged files and indexes, reused process ids, killed runs.
+
+Every case ends with every intact run listed, no traceback anywhere (the library, the CLI)
+and no foreign process signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.core.run_folder import JOB_PID_FILE, RunFolder, process_start
+from engine.orchestration.cli import main as cli_main
+from engine.orchestration.jobs import cancel_job
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import RunIndex, create_run, find_finished_run
+
+
+def _runs(root: Path, n: int) -> list[RunFolder]:
+    runs = [create_run(build_config("smoke", sets=[f"seed={k}"]), root) for k in range(n)]
+    for run in runs:
+        run.set_status("done", finished=time.time())
+        run.write_summary({"federation": {"final": {"mae_hu": 100.0 + len(run.run_id)}},
+                           "timing": {"wall_s": 1.0}})
+    return runs
+
+
+def _listed(root: Path) -> set[str]:
+    return {r["run_id"] for r in RunIndex(root).list()}
+
+
+DAMAGE = {
+    "summary.json is a list": ("summary.json", b"[1, 2, 3]"),
+    "status.json is a list": ("status.json", b"[\"done\"]"),
+    "status.json is not JSON": ("status.json", b"{\"state\": \"do"),
+    "pid is a string": ("status.json", b"{\"state\": \"running\", \"pid\": \"12\"}"),
+    "state unknown": ("status.json", b"{\"state\": \"exploded\"}"),
+    "config.yaml is not UTF-8": ("config.yaml", b"name: \xff\xfe\xfa\n"),
+    "config.yaml is a list": ("config.yaml", b"- 1\n- 2\n"),
+    "metrics.jsonl is garbage": ("metrics.jsonl", b"\x00\xff{not json\n[]\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_damaged_run_file_never_breaks_a_listing(tmp_path: Path, case: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    intact = _runs(tmp_path, 2)
+    broken = create_run(build_config("smoke"), tmp_path)
+    name, data = DAMAGE[case]
+    (broken.path / name).write_bytes(data)
+    (tmp_path / "index.sqlite").unlink()  # the listing rebuilds the index from the folders
+    assert _listed(tmp_path) == {r.run_id for r in [*intact, broken]}
+    assert broken.metrics() == [] or case != "metrics.jsonl is garbage"
+    assert cli_main(["runs", "--out", str(tmp_path)]) == 0
+    assert broken.run_id in capsys.readouterr().out
+    assert cli_main(["runs", "--out", str(tmp_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+@pytest.mark.parametrize("damage", ["garbage", "damaged page", "extra column",
+                                    "missing column", "a folder"])
+def test_a_damaged_index_is_rebuilt_from_the_folders(tmp_path: Path, damage: str) -> None:
+    intact = _runs(tmp_path, 3)
+    db = tmp_path / "index.sqlite"
+    assert _listed(tmp_path) == {r.run_id for r in intact}
+    if damage == "garbage":
+        db.write_bytes(os.urandom(4096))
+    elif damage == "damaged page":
+        raw = bytearray(db.read_bytes())
+        raw[100:1100] = os.urandom(1000)  # the schema page
+        db.write_bytes(bytes(raw))
+    elif damage in ("extra column", "missing column"):
+        db.unlink()
+        con = sqlite3.connect(db)
+        cols = ["run_id TEXT PRIMARY KEY", "created REAL", "name TEXT"]
+        if damage == "extra column":
+            cols = [*RunIndex.SCHEMA.split("(", 1)[1].rstrip(")").split(","), "owner TEXT"]
+        con.execute(f"CREATE TABLE runs ({', '.join(c.strip() for c in cols)})")
+        con.commit()
+        con.close()
+    else:
+        db.unlink()
+        db.mkdir()
+    # Even where the index cannot be repaired in place (a folder), the runs are listed.
+    assert _listed(tmp_path) == {r.run_id for r in intact}
+    assert all(r.path.is_dir() for r in intact)
+
+
+def test_an_index_without_run_folders_lists_nothing(tmp_path: Path) -> None:
+    (tmp_path / "index.sqlite").write_bytes(b"SQLite format 3\x00" + os.urandom(2000))
+    assert RunIndex(tmp_path).list() == []
+
+
+def test_damaged_runs_are_not_reused_as_finished(tmp_path: Path) -> None:
+    cfg = build_config("smoke")
+    run = create_run(cfg, tmp_path)
+    run.set_status("done")
+    (run.path / "summary.json").write_text("[]")
+    assert find_finished_run(cfg, tmp_path) is None
+    (run.path / "status.json").write_text("[]")
+    assert find_finished_run(cfg, tmp_path) is None
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            start_new_session=True)
+
+
+def test_a_reused_pid_is_not_trusted_or_signalled(tmp_path: Path) -> None:
+    """The run's recorded process is gone and an unrelated process now has its pid: the run
+    is interrupted (not running), and stopping it signals nobody."""
+    sleeper = _sleeper()
+    try:
+        run = create_run(build_config("smoke"), tmp_path)
+        start = process_start(sleeper.pid)
+        assert start is not None
+        # As if the run's own process had had this pid, but started at another time.
+        run.set_status("running", pid=sleeper.pid, pid_start=start - 1)
+        status = run.status()
+        assert status["state"] == "interrupted" and "resumed" in status["error"]
+        assert json.loads((run.path / "status.json").read_text())["state"] == "interrupted"
+        assert {r["run_id"]: r["state"] for r in RunIndex(tmp_path).list()} == {
+            run.run_id: "interrupted"}
+        # The same through job.pid (a background run that never wrote its status).
+        other = create_run(build_config("smoke"), tmp_path)
+        (other.path / JOB_PID_FILE).write_text(f"{sleeper.pid} {start - 1}")
+        other.set_status("running")
+        cancel_job(other, grace_s=0.5)
+        time.sleep(0.3)
+        assert sleeper.poll() is None, "an unrelated process was signalled"
+        assert other.status()["state"] in ("interrupted", "cancelled")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_recorded_process_is_still_recognised(tmp_path: Path) -> None:
+    sleeper = _sleeper()
+    try:
+        run = create_run(build_config("smoke"), tmp_path)
+        run.set_status("running", pid=sleeper.pid, pid_start=process_start(sleeper.pid))
+        assert run.status()["state"] == "running"
+        os.kill(sleeper.pid, signal.SIGKILL)
+        sleeper.wait()
+        assert run.status()["state"] == "interrupted"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
