@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 
 from app.views import data as views
-from app.views.common import upscale
+from app.views.common import hospital_name, upscale
 from engine.core.render import CT_WINDOW_HU, to_gray
 from engine.data.nifti import load_affine, load_nifti_pair
 from engine.data.phantom import center_profile, phantom_patient
@@ -45,7 +45,7 @@ def phantom_preview(centers: int) -> None:
     for c, (col, (mri, ct)) in enumerate(zip(st.columns(centers), preview_slices(centers),
                                              strict=True)):
         p = center_profile(PREVIEW_SEED, c)
-        col.markdown(f"**Hospital {c + 1}**")
+        col.markdown(f"**{hospital_name(f'center-{c}')}**")
         col.image(to_gray(mri, 0, 1), caption="MRI", width="stretch")
         col.image(to_gray(ct, lo, hi), caption=f"CT ({lo:.0f} to {hi:.0f} HU)",
                   width="stretch")

@@ -28,7 +28,7 @@ from app.views.report import Scorecard
 from app.views.results import (
     RunRow,
     Sweep,
-    read_sweep,
+    read_sweep_folder,
     sweep_progress_text,
     sweep_state_text,
 )
@@ -252,12 +252,16 @@ def sweep_progress(read: Callable[[], Sweep], describe: Callable[[Sweep], str]) 
     st.progress(min(sweep.cells_done / max(sweep.total, 1), 1.0), text=describe(sweep))
 
 
-def study_box(sweep: Sweep, cell_words: Callable[[str | None], str]) -> None:
+def study_box(sweep: Sweep, cell_words: Callable[[str | None], str], *,
+              start: Callable[[], Any] | None = None, command: str | None = None) -> None:
     """Start / continue / stop buttons of a background study (a sweep, through the job
-    queue) and its progress; ``cell_words`` puts an experiment's label in words."""
+    queue) and its progress; ``cell_words`` puts an experiment's label in words. ``start``
+    queues it (default: the sweep of that name) and ``command`` is the same in a terminal."""
     name = sweep.name
+    command = command or f"fedsct sweep --preset {name}"
     if sweep.active:
-        sweep_progress(lambda: read_sweep(name), lambda s: sweep_progress_text(s, cell_words))
+        sweep_progress(lambda: read_sweep_folder(sweep.folder, name, sweep.total),
+                       lambda s: sweep_progress_text(s, cell_words))
         if st.button("Stop the study", key=f"sweep_stop_{name}", icon=":material/stop_circle:"):
             with st.spinner("Stopping: the experiment in progress is cancelled first…"):
                 jobs.cancel_sweep(sweep.folder)
@@ -274,9 +278,9 @@ def study_box(sweep: Sweep, cell_words: Callable[[str | None], str]) -> None:
         behind = queued_behind()
         if st.button(label, key=f"sweep_start_{name}", icon=":material/play_arrow:",
                      help=f"Queued behind {behind}: it starts when that job ends." if behind
-                     else f"The same as `fedsct sweep --preset {name}` in a terminal; "
-                          "finished experiments are reused."):
-            jobs.start_sweep_job(name)
+                     else f"The same as `{command}` in a terminal; finished experiments "
+                          "are reused."):
+            (start or (lambda: jobs.start_sweep_job(name)))()
             st.rerun()
 
 
@@ -344,6 +348,8 @@ SWEEP_PAGES = {"poison": "poisoning.py", "inversion": "inversion.py", "mia": "me
 def _job_page(job: queue.Job) -> tuple[str, dict[str, str]]:
     """The page that shows a job's results, and its query parameters."""
     folder = Path(job.folder)
+    if job.kind == "sweep" and folder.parent.name == "studies":
+        return "report.py", {}
     if job.kind == "sweep":
         name = folder.name.rsplit("-", 1)[0]
         page = next((p for prefix, p in SWEEP_PAGES.items() if name.startswith(prefix)),
@@ -362,9 +368,10 @@ def _job_page(job: queue.Job) -> tuple[str, dict[str, str]]:
 
 
 @st.fragment(run_every=2.0)
+@st.fragment(run_every=2.0)
 def job_banner() -> None:
     """On every page, for every session: the job that is running, how far it is, what waits
-    behind it, and a link to where its results will be."""
+    behind it, and a link to where its results will be (refreshed every 2 s)."""
     jobs_now = queue.jobs(runs_root())
     running = [j for j in jobs_now if j.state == "running"]
     if not running:
@@ -381,7 +388,10 @@ def job_banner() -> None:
                 except (ConfigError, OSError):
                     share, line = 0.0, "Starting…"
             else:
-                share, line = 0.0, "A study of several experiments; its page shows how far."
+                sweep = read_sweep_folder(Path(job.folder))
+                share = min(sweep.cells_done / max(sweep.total, 1), 1.0)
+                line = (f"{sweep.cells_done} of {sweep.total} experiments finished."
+                        if sweep.total else "Starting…")
             st.progress(share, text=f"{text}. {line}")
             page, params = _job_page(job)
             cols = st.columns([3, 1])

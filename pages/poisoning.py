@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from app.state import persisted, remember
-from app.views.common import AGGREGATOR_HELP, STATE_TEXT, hospital_name
+from app.views.common import AGGREGATOR_HELP, RULE_NAMES, STATE_TEXT, hospital_name
 from app.views.poisoning import (
     BASE_PRESET,
     KIND_HELP,
@@ -15,7 +15,6 @@ from app.views.poisoning import (
     METRIC_SHORT,
     METRICS,
     NOISE_KINDS,
-    RULE_NAMES,
     SWEEP_COMMAND,
     SWEEP_TEXT,
     TARGET_NAMES,

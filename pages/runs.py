@@ -101,7 +101,8 @@ def _compare(rows: list[RunRow]) -> None:
                    help="The run to compare with it.")
     if not (a and b):
         return
-    st.dataframe(compare_frame(a, b), hide_index=True, key="compare_table")
+    # A plain table: a few rows to read side by side, selectable and searchable as text.
+    st.table(compare_frame(a, b).set_index("Measure"))
     st.caption("Change: a negative MAE change, or a positive PSNR/SSIM change, means the "
                "second run's model is better; for the attacks, a lower AUC, body-SSIM gain "
                "or error ratio means the second run leaks or suffers less.")

@@ -72,7 +72,7 @@ def test_home_lists_runs_and_a_row_opens_one() -> None:
 def test_federation_page_has_settings_and_start() -> None:
     at = _federation()
     preset = at.selectbox(key="w_preset")
-    assert {preset_title(p) for p in ("smoke", "demo", "paper")} <= set(preset.options)
+    assert {f"{preset_title(p)} ({p})" for p in ("smoke", "demo", "paper")} <= set(preset.options)
     assert at.button(key="start").label == "Start training"
     assert not at.button(key="start").disabled
 

@@ -74,7 +74,7 @@ def test_phantom_preview_shows_every_default_center(runs_dir: Path) -> None:
     # One MRI above one CT per hospital, each with its scanner settings.
     assert sum("Field of view" in c for c in captions) == 4
     assert [m.value for m in at.markdown if m.value.startswith("**Hospital")] == [
-        f"**Hospital {i}**" for i in range(1, 5)]
+        f"**Hospital {x}**" for x in "ABCD"]  # the names every other page uses
     captions = _image_captions(at)
     assert captions == ["MRI", "CT (-200 to 1000 HU)"] * 4
     assert any("scanners" in m.value for m in at.markdown)

@@ -21,9 +21,13 @@ from app.views import mia as mia_ui
 from app.views.report import build_report, fmt_mae, make_report, scorecards
 from app.views.results import list_runs
 from engine.analyses.results import read_summary
+from engine.analyses.study import STUDY, StudyRow, study_html, study_markdown
+from engine.orchestration import queue
 from engine.orchestration.experiment import execute
-from engine.orchestration.presets import build_config
+from engine.orchestration.jobs import cancel_sweep
+from engine.orchestration.presets import build_config, study_cells
 from engine.orchestration.store import create_run
+from engine.orchestration.study import study_folder
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 REPORT, HOME = "../pages/report.py", "../pages/home.py"  # relative to app/
@@ -262,3 +266,33 @@ def test_home_without_runs_says_where_to_start(runs_dir: Path) -> None:
         assert page in captions
     assert "●" not in _cards(at)
     assert len(at.get("page_link")) >= 5  # the intro's link and one per card
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def test_study_section_queues_the_study_and_shows_its_report(runs_dir: Path) -> None:
+    at = _page(REPORT)
+    assert any("No finished run yet" in i.value for i in at.info)  # and the study is offered
+    button = at.button(key="sweep_start_study-demo")
+    assert button.label == "Start the study in the background"
+    assert "fedsct study --scale demo" in button.help
+    assert any(c.value.startswith(f"Not run yet: {len(study_cells('demo'))} experiments")
+               for c in at.caption)
+    button.click().run()
+    assert not at.exception, at.exception
+    folder = study_folder("demo")
+    jobs_now = queue.jobs(runs_dir)
+    assert [j.label for j in jobs_now] == ["the study (demo scale)"]
+    assert jobs_now[0].folder == str(folder)
+    cancel_sweep(folder, grace_s=10)
+    assert queue.jobs(runs_dir) == []
+
+    row = StudyRow("dlg", "whole image SSIM ≤ 0.05", STUDY["dlg"], "4 hospitals, 4 slices",
+                   "DLG, 300 × 20 iterations, 1 restart", ["r1"])
+    (folder / "report.md").write_text(study_markdown([row], "demo"))
+    (folder / "report.html").write_text(study_html([row], "demo"))
+    at = _page(REPORT)
+    text = "\n".join(m.value for m in at.markdown)
+    assert "| Gradient inversion: the study's DLG | whole image SSIM ≤ 0.05 |" in text
+    assert "Study report (HTML)" in [b.proto.label for b in at.get("download_button")]

@@ -123,7 +123,7 @@ def test_attacks_are_listed_and_linked(runs: dict[str, RunFolder]) -> None:
 def test_compare_two_runs(runs: dict[str, RunFolder]) -> None:
     a, b = runs["alpha"], runs["beta"]
     at = _page(runs_a=a.run_id, runs_b=b.run_id)
-    table = at.dataframe[-1].value
+    table = at.table[0].value.reset_index()
     fa, fb = _final(a), _final(b)
     assert table["First run"][0] == f"{fa['mae_hu']:.0f}"
     assert table["Second run"][0] == f"{fb['mae_hu']:.0f}"

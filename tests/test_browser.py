@@ -23,8 +23,9 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from engine.orchestration.experiment import execute
+from engine.orchestration.jobs import cancel_job
 from engine.orchestration.presets import build_config
-from engine.orchestration.store import create_run
+from engine.orchestration.store import RunIndex, create_run, open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output" / "browser"
@@ -59,10 +60,9 @@ def server(tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser-runs")
     RUNS["root"] = runs
     env = os.environ | {"FEDSCT_RUNS_DIR": str(runs)}
+    # Started as `make run` starts it (fedsct dashboard → app.serve), with its safety settings.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"],
+        [sys.executable, "-m", "engine", "dashboard", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -225,3 +225,176 @@ def test_download_the_report_of_a_finished_run(server, page, tmp_path):
     assert "data:image/png;base64," in html and "cdn.plot.ly" not in html
     _no_exception(page)
     page.screenshot(path=str(OUT / "report.png"), full_page=True)
+
+
+# --------------------------------------------------------------------------- live demos
+
+DEMOS = ("study-setup", "hardened", "poisoned-hospital")
+# What the report's visible text must never show (config keys and raw values).
+RAW_KEYS = ("mae_hu", "mae_ratio", "psnr_db", "malicious [", "update_noise", "noise_std",
+            "center-0", "center-1", "fedmia", "per_center")
+
+
+@pytest.fixture(scope="module")
+def demos(server) -> dict[str, str]:
+    """The three live demos of the Federation page, run to the end (one at a time)."""
+    ids = {}
+    for name in DEMOS:
+        run = create_run(build_config(name), RUNS["root"], preset=name)
+        t0 = time.perf_counter()
+        assert execute(run) is not None, run.status()
+        TIMINGS[f"demo_{name}_s"] = round(time.perf_counter() - t0, 1)
+        ids[name] = run.run_id
+    return ids
+
+
+CHART_PROBLEMS_JS = """() => {
+  const problems = [];
+  const box = e => e.getBoundingClientRect();
+  const inside = (b, o) => b.left >= o.left - 1 && b.right <= o.right + 1 &&
+                           b.top >= o.top - 1 && b.bottom <= o.bottom + 1;
+  const overlap = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 &&
+                            a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  document.querySelectorAll('.js-plotly-plot').forEach((plot, i) => {
+    const svg = box(plot.querySelector('.main-svg'));
+    const texts = [...plot.querySelectorAll(
+        '.xtick text, .ytick text, .g-xtitle text, .g-ytitle text, .legendtext, ' +
+        '.annotation-text, .g-gtitle text')]
+      .filter(t => t.textContent.trim() && box(t).width > 0);
+    texts.forEach(t => {
+      if (!inside(box(t), svg)) problems.push(`chart ${i}: "${t.textContent}" is cut off`);
+    });
+    for (let a = 0; a < texts.length; a++)
+      for (let b = a + 1; b < texts.length; b++)
+        if (overlap(box(texts[a]), box(texts[b])))
+          problems.push(`chart ${i}: "${texts[a].textContent}" overlaps "${texts[b].textContent}"`);
+  });
+  return problems;
+}"""
+
+LOG_TICKS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+  .filter(p => p.querySelector('.g-ytitle') &&
+               p.querySelector('.g-ytitle').textContent.includes('(log)'))
+  .map(p => [...p.querySelectorAll('.ytick text')].map(t => t.textContent))"""
+
+
+def _download_report(page, server: str, run_id: str, folder: Path) -> Path:
+    page.goto(f"{server}/report?report_run={run_id}")
+    button = page.get_by_role("button", name="Report (HTML)")
+    button.wait_for(timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        button.click()
+    saved = folder / info.value.suggested_filename
+    info.value.save_as(saved)
+    return saved
+
+
+@pytest.mark.parametrize("demo", ["poisoned-hospital", "study-setup"])
+def test_report_charts_are_legible_and_in_plain_words(server, page, demos, tmp_path, demo):
+    saved = _download_report(page, server, demos[demo], tmp_path)
+    page.goto(saved.as_uri())
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)  # plotly lays out its text after the first paint
+    assert page.locator(".js-plotly-plot").count() >= 2
+    assert page.evaluate(CHART_PROBLEMS_JS) == []
+    for ticks in page.evaluate(LOG_TICKS_JS):  # every log tick written out, none repeated
+        assert ticks and len(set(ticks)) == len(ticks), ticks
+        values = [float(t.replace("−", "-")) for t in ticks]
+        assert values == sorted(values), ticks
+    visible = page.evaluate("() => document.body.innerText")  # the raw config stays folded
+    assert [k for k in RAW_KEYS if k in visible] == []
+    page.screenshot(path=str(OUT / f"report_{demo}.png"), full_page=True)
+
+
+def test_poisoned_demo_names_the_attacker_and_compares_with_the_clean_run(server, page,
+                                                                           demos):
+    page.goto(f"{server}/federation?run={demos['poisoned-hospital']}")
+    alert = page.locator("[data-testid='stAlert']").filter(has_text="This federation was "
+                                                                    "attacked")
+    alert.wait_for(timeout=60_000)
+    text = alert.inner_text()
+    assert "Hospital A was malicious" in text and "without attackers" in text
+    page.get_by_text("than the same federation without attackers").first.wait_for(
+        timeout=10_000)
+    assert page.get_by_text("since the untrained model").count() == 0
+    assert page.get_by_role("link", name="See the attack in detail").count() == 1
+    _no_exception(page)
+    page.screenshot(path=str(OUT / "federation_poisoned.png"), full_page=True)
+
+
+def test_compare_shows_the_change_in_membership_auc(server, page, demos):
+    first, second = demos["study-setup"], demos["hardened"]
+    page.goto(f"{server}/runs?runs_a={first}&runs_b={second}")
+    table = page.locator("[data-testid='stTable']")
+    table.wait_for(timeout=60_000)
+    row = table.locator("tr").filter(has_text="Membership inference")
+    text = row.inner_text()
+    assert "AUC" in text and "→" in text, text
+    dp = table.locator("tr").filter(has_text="Differential privacy").inner_text()
+    assert "off" in dp and "ε" in dp, dp
+    _no_exception(page)
+    page.screenshot(path=str(OUT / "runs_compare.png"), full_page=True)
+
+
+SCREENS = {"home": "", "data": "data", "federation": "federation?run={poisoned-hospital}",
+           "membership": "membership?mia_run={study-setup}&mia_compare={hardened}",
+           "inversion": "inversion", "poisoning": "poisoning?poi_run={poisoned-hospital}",
+           "whatif": "whatif", "runs": "runs", "report": "report?report_run={study-setup}"}
+
+
+@pytest.mark.parametrize("name", list(SCREENS))
+def test_every_page_after_the_three_demos(server, page, demos, name):
+    path = SCREENS[name]
+    for demo, run_id in demos.items():
+        path = path.replace("{" + demo + "}", run_id)
+    # Streamlit scrolls inside its own container, so a tall window shows the whole page.
+    page.set_viewport_size({"width": 1400, "height": 6000})
+    page.goto(f"{server}/{path}")
+    page.locator("h1").first.wait_for(timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(1500)  # charts and images finish drawing
+    _no_exception(page)
+    (OUT / "pages").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUT / "pages" / f"{name}.png"), full_page=True)
+
+
+def test_a_job_started_in_one_browser_is_seen_and_queued_in_another(server, browser):
+    first, second = (browser.new_context(viewport={"width": 1400, "height": 1000})
+                     for _ in range(2))
+    mine, theirs = first.new_page(), second.new_page()
+    started: list[str] = []
+    try:
+        mine.goto(f"{server}/federation")
+        mine.get_by_role("button", name="Start training").wait_for(timeout=60_000)
+        mine.get_by_text("Experiment").first.wait_for(timeout=10_000)
+        # The demo federation (4 hospitals, 64 px) lasts long enough to be watched.
+        mine.locator("[data-testid='stSelectbox']").filter(has_text="Experiment").click()
+        mine.get_by_role("option", name="Demo federation").click()
+        mine.get_by_text("4 hospitals + an unseen one learn").wait_for(timeout=30_000)
+        mine.get_by_role("button", name="Start training").click()
+        mine.get_by_role("button", name="Stop this run").wait_for(timeout=60_000)
+        started += [r["run_id"] for r in RunIndex(RUNS["root"]).list() if r["name"] == "demo"]
+
+        # Another browser (another user) sees the job, with its progress, on any page.
+        theirs.goto(server)
+        banner = theirs.locator("[data-testid='stProgress']").filter(has_text="Running:")
+        banner.wait_for(timeout=60_000)
+        assert "demo" in banner.inner_text()
+        theirs.get_by_text("Round 1 of").first.wait_for(timeout=180_000)  # it moves on its own
+        theirs.goto(f"{server}/federation")
+        queue_button = theirs.get_by_role("button", name="Queue training")
+        queue_button.wait_for(timeout=60_000)
+        before = {r["run_id"] for r in RunIndex(RUNS["root"]).list()}
+        queue_button.click()
+        theirs.get_by_text("Waiting for its turn in the job queue").first.wait_for(
+            timeout=60_000)
+        waiting = [r for r in RunIndex(RUNS["root"]).list() if r["run_id"] not in before]
+        assert [r["state"] for r in waiting] == ["queued"], waiting
+        started += [r["run_id"] for r in waiting]
+        _no_exception(theirs)
+        theirs.screenshot(path=str(OUT / "queued_in_second_browser.png"), full_page=True)
+    finally:
+        for run_id in reversed(started):
+            cancel_job(open_run(run_id, RUNS["root"]), grace_s=30)
+        first.close()
+        second.close()

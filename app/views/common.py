@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,9 @@ AGGREGATOR_HELP = {
               "(needs the most hospitals).",
 }
 
+RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
+              "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
+              "bulyan": "Bulyan"}
 STATE_TEXT = {"queued": "waiting to start", "running": "running", "done": "finished",
               "failed": "failed", "cancelled": "stopped",
               "interrupted": "interrupted (can be resumed)"}
@@ -134,7 +139,8 @@ def describe_config(cfg: ExperimentConfig) -> str:
     secagg = f"secure aggregation {'on' if cfg.defenses.secure_aggregation else 'off'}"
     where = "" if fed.runtime == "inprocess" else f" · on {fed.runtime}"
     return (f"{cfg.data.centers} hospitals{unseen} · {fed.rounds} rounds · "
-            f"{fed.aggregator} · {secagg} · {privacy} · {cfg.data.image_size} px images{where}")
+            f"{RULE_NAMES.get(fed.aggregator, fed.aggregator)} · {secagg} · {privacy} · "
+            f"{cfg.data.image_size} px images{where}")
 
 
 def run_label(rec: dict[str, Any]) -> str:
@@ -194,3 +200,27 @@ def upscale(img: np.ndarray, target: int = 192) -> np.ndarray:
     # Nearest-neighbour so each pixel stays a visible block instead of a blur.
     k = max(1, target // img.shape[0])
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+
+
+def log_ticks(values: Iterable[float | None]) -> dict[str, list]:
+    """Tick values and labels for a log axis over ``values``: 1, 2, 5 × powers of ten, each
+    written out in full (plotly's own log ticks write 20 and 50 as a small "2" and "5")."""
+    positive = [float(v) for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not positive:
+        return {}
+    lo, hi = min(positive), max(positive)
+    vals = [m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1,
+                                        math.ceil(math.log10(hi)) + 2) for m in (1, 2, 5)]
+    lower = max((v for v in vals if v <= lo), default=vals[0])
+    upper = min((v for v in vals if v >= hi), default=vals[-1])
+    shown = [v for v in vals if lower <= v <= upper]
+    if len(shown) > 9:  # a wide range: decades only
+        shown = [v for v in shown if math.isclose(10 ** round(math.log10(v)), v)] or shown
+    return {"tickvals": shown, "ticktext": [f"{v:g}" for v in shown]}
+
+
+def log_line_label(fig: go.Figure, y: float, text: str) -> None:
+    """A label just above the horizontal line ``y`` on a log y axis: ``add_hline``'s own
+    annotation is placed as if the axis were linear, far from its line."""
+    fig.add_annotation(x=0, xref="paper", y=math.log10(y), yref="y", text=text,
+                       showarrow=False, xanchor="left", yanchor="bottom", font={"size": 12})

@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.views.common import Verdict, hospital_name, upscale
+from app.views.common import Verdict, hospital_name, log_ticks, upscale
 from app.views.results import RunRow, finished_with
 from engine.analyses.results import InversionSummary
 from engine.attacks.inversion import LEAK_MARGIN, beats_floor
@@ -285,7 +285,8 @@ def loss_figure(losses: np.ndarray, marker: int | None) -> go.Figure:
                                hovertemplate="iteration %{x}: %{y:.3g}<extra></extra>"))
     if marker is not None:
         fig.add_vline(x=marker, line_dash="dot", line_color="gray")
-    fig.update_yaxes(type="log", title_text="matching loss (log scale, lower = closer)")
+    fig.update_yaxes(type="log", title_text="matching loss (log scale, lower = closer)",
+                     **log_ticks(losses.ravel().tolist()))
     fig.update_xaxes(title_text="attack iteration")
     fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 20, "b": 10})
     return fig
@@ -439,10 +440,11 @@ def budget_figure(rows: list[dict[str, Any]]) -> go.Figure:
                              line={"color": "#7f8c8d"},
                              hovertemplate="%{x:,} iterations: %{y:.3g}<extra></extra>"),
                   row=1, col=2)
-    fig.update_xaxes(type="log", title_text="attack iterations per restart (log scale)")
+    fig.update_xaxes(type="log", title_text="attack iterations per restart (log scale)",
+                     **log_ticks(x))
     fig.update_yaxes(title_text="body SSIM (1 = identical)", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="matching loss (log, lower = closer)", type="log",
-                     row=1, col=2)
+                     row=1, col=2, **log_ticks(r.get("inversion_final_loss") for r in rows))
     fig.update_layout(height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.3})
     return fig

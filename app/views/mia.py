@@ -179,10 +179,11 @@ def roc_figure(panels: list[str], runs: list[tuple[MiaRun, dict[str, Any], str]]
                 hovertemplate=(f"{run.legend()}<br>AUC {curve['auc']:.2f}<br>"
                                "false alarms %{x:.0%}, caught %{y:.0%}<extra></extra>")),
                 row=r, col=c)
-        fig.update_xaxes(range=[0, 1], tickformat=".0%", dtick=0.5, row=r, col=c,
+        # A little room around 0–100 %: the two "0%" labels at the corner stay apart.
+        fig.update_xaxes(range=[-0.05, 1.05], tickformat=".0%", dtick=0.5, row=r, col=c,
                          title_text="false alarms" if r == rows else None)
         # Every panel has the same 0-100% scale: label it once per row, not between panels.
-        fig.update_yaxes(range=[0, 1.02], tickformat=".0%", dtick=0.5, row=r, col=c,
+        fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%", dtick=0.5, row=r, col=c,
                          showticklabels=c == 1, title_text="members caught" if c == 1 else None)
     fig.update_layout(height=300 * rows + 40, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.25 if rows == 1 else -0.1})

@@ -19,7 +19,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from pydantic import ValidationError
 
-from app.views.common import Verdict, hospital_name, hospital_names
+from app.views.common import (
+    RULE_NAMES,
+    Verdict,
+    hospital_name,
+    hospital_names,
+    log_line_label,
+    log_ticks,
+)
 from app.views.results import RunRow, finished_with
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
 from engine.core.config import ROBUST_AGGREGATORS
@@ -50,9 +57,6 @@ KIND_HELP = {
             "spread of honest hospitals, so it is hard to spot (Baruch et al., 2019).",
 }
 NOISE_KINDS = tuple(POISON_LEVELS)
-RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
-              "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
-              "bulyan": "Bulyan"}
 RULE_COLOURS = {"fedavg": "#c0392b", "fedprox": "#e67e22", "fedmedian": "#2471a3",
                 "trimmed_mean": "#17a589", "krum": "#7d3c98", "multikrum": "#a04000",
                 "bulyan": "#2e4053"}
@@ -305,10 +309,11 @@ def detection_figure(detection: Detection, malicious: list[str]) -> go.Figure:
             marker={"symbol": "x", "size": 13, "color": "black"},
             hovertemplate="%{customdata} flagged in round %{x}<extra></extra>"))
     threshold = detection.flag_ratio
-    fig.add_hline(y=threshold, line_dash="dot", line_color="black",
-                  annotation_text=f"flag threshold ({threshold:g}×)",
-                  annotation_position="top left")
-    fig.update_yaxes(type="log", title_text="distance to the median upload ÷ typical (log)")
+    fig.add_hline(y=threshold, line_dash="dot", line_color="black")
+    log_line_label(fig, threshold, f"flag threshold ({threshold:g}×)")
+    ratios = [r["clients"][c]["distance_ratio"] for r in per_round for c in clients]
+    fig.update_yaxes(type="log", title_text="distance to the median upload ÷ typical (log)",
+                     **log_ticks([*ratios, threshold]))
     fig.update_xaxes(title_text="round", dtick=1)
     fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 20, "b": 10},
                       legend={"orientation": "h", "y": -0.25})

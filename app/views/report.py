@@ -35,6 +35,7 @@ from engine.analyses.results import (
     read_summary,
 )
 from engine.core.run_folder import RunFolder
+from engine.orchestration.presets import preset_title
 
 # plotly.js names its map-data server as a default setting; the report draws no maps, so the
 # address is blanked out to keep the file free of any network reference.
@@ -162,6 +163,10 @@ class _Figures:
         self.bundled = False
 
     def __call__(self, fig: go.Figure) -> str:
+        # The dashboard's charts use thin margins inside Streamlit's layout; a file read on
+        # its own needs room for tick labels and axis titles at any window width.
+        fig = go.Figure(fig).update_layout(margin={"l": 70, "r": 30, "t": 60, "b": 70})
+        fig.update_xaxes(automargin=True).update_yaxes(automargin=True)
         out = fig.to_html(full_html=False, include_plotlyjs=not self.bundled,
                           config={"displaylogo": False})
         self.bundled = True
@@ -229,7 +234,7 @@ def _quality(run: RunFiles, figure: _Figures) -> str:
         run.problems.append("`artifacts/samples.npz` is missing")
     pngs = sorted(art.glob("sample_*.png"))
     for p in pngs:
-        img = _png(p, p.stem.removeprefix("sample_"))
+        img = _png(p, hospital_name(p.stem.removeprefix("sample_")))
         if img:
             out.append(img)
         else:
@@ -272,7 +277,7 @@ def _inversion(run: RunFiles, inv: InversionSummary) -> str:
         columns={k: label for k, (label, _, _) in columns.items()})))
     out.append("<h3>Original | reconstruction | error | attacker's average brain</h3>")
     for center in inv.per_client:
-        img = _png(run.path / "inversion" / f"{center}.png", center)
+        img = _png(run.path / "inversion" / f"{center}.png", hospital_name(center))
         if img:
             out.append(img)
         else:
@@ -293,8 +298,7 @@ def _poisoning(run: RunFiles, poison: PoisoningSummary, figure: _Figures) -> str
         out.append("<h3>Result against the clean federation</h3>"
                    + _table(poi_ui.cells_table(poison)))
     out.append("<h3>Average error per round</h3>" + figure(poi_ui.curves_figure(
-        [(rule, [h.model_dump() for h in fed.history],
-          [h.model_dump() for h in poison.baseline_history])], "mae_hu")))
+        [(rule, fed.history, poison.baseline_history)], "mae_hu")))
     detection = poison.detection
     if detection.per_round:
         names = poison.malicious_names
@@ -428,3 +432,16 @@ def scorecards(summary: RunSummary | None) -> list[Scorecard]:
                            f"{poi_ui.PROTECTED}×, orange below {poi_ui.USELESS:g}×, red from "
                            f"{poi_ui.USELESS:g}×."))
     return cards
+
+
+# --------------------------------------------------------------------------- the study
+
+SCALE_WORDS = {"demo": "Demo (minutes)", "paper": "Paper (the presets as they are)",
+               "full": "Full (256 px, needs a GPU)"}
+
+
+def study_cell_words(label: str | None) -> str:
+    """A running study cell in words: a preset's title, or a poisoning experiment."""
+    if label and label.startswith("name="):
+        return preset_title(label.removeprefix("name="))
+    return poi_ui.cell_words(label)

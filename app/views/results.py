@@ -25,7 +25,7 @@ from engine.analyses.results import (
     read_summary,
 )
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
-from engine.orchestration.presets import sweep_spec
+from engine.orchestration.presets import STUDY_MINUTES, sweep_spec
 from engine.orchestration.store import RunIndex
 from engine.orchestration.sweeps import sweep_folder
 
@@ -237,8 +237,14 @@ class Sweep:
 def read_sweep(name: str, sets: tuple[str, ...] = ()) -> Sweep:
     """The state of sweep ``name`` run with ``sets`` in the runs root (its
     :func:`engine.orchestration.sweeps.sweep_folder`)."""
-    folder = sweep_folder(name, sets)
-    sweep = Sweep(name, folder, total=len(sweep_spec(name)["cells"]))
+    return read_sweep_folder(sweep_folder(name, sets), name,
+                             total=len(sweep_spec(name)["cells"]))
+
+
+def read_sweep_folder(folder: Path, name: str | None = None, total: int = 0) -> Sweep:
+    """The state of the sweep in ``folder`` (``name`` defaults to the folder's name without
+    its hash; ``total`` is the cell count until ``sweep.json`` says otherwise)."""
+    sweep = Sweep(name or folder.name.rsplit("-", 1)[0], folder, total=total)
     spec_path, table_path = folder / "sweep.json", folder / "table.json"
     if spec_path.exists():
         spec = read_json(spec_path)
@@ -269,7 +275,10 @@ def read_sweep(name: str, sets: tuple[str, ...] = ()) -> Sweep:
 
 
 def sweep_minutes(name: str) -> int:
-    """Measured wall time of sweep ``name`` on the reference machine, in minutes."""
+    """Measured wall time of sweep (or ``study-<scale>``) ``name`` on the reference machine,
+    in minutes."""
+    if name.startswith("study-"):
+        return STUDY_MINUTES.get(name.removeprefix("study-"), 60)
     return int(sweep_spec(name).get("minutes", 10))
 
 

@@ -35,6 +35,21 @@ class HistoryPoint(Metrics):
     round: int
 
 
+class VolumetricGroup(Metrics):
+    """Volumetric sCT quality of a group of patients (each scored on its native grid as
+    SynthRAD2023 does, 3-D SSIM): the mean over its ``n`` patients and each patient's."""
+
+    n: int = 0
+    patients: dict[str, Metrics] = Field(default_factory=dict)
+
+
+class VolumetricSummary(VolumetricGroup):
+    """``federation.final_volumetric``: all hospitals' held-out patients pooled, and per
+    hospital."""
+
+    per_center: dict[str, VolumetricGroup] = Field(default_factory=dict)
+
+
 class DPCenter(_Block):
     noise_multiplier: float = 0.0
     sample_rate: float = 1.0
@@ -73,6 +88,8 @@ class FederationSummary(_Block):
     per_center: dict[str, Metrics] = Field(default_factory=dict)
     unseen_center: Metrics | None = None
     local_steps: int = 0
+    final_volumetric: VolumetricSummary | None = None
+    unseen_center_volumetric: VolumetricGroup | None = None
 
 
 class PatientCount(_Block):

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import flwr
 import monai
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine import __version__
 from engine.clients.behaviour import dp_accountings, dp_epsilon
 from engine.clients.dp import MEANINGFUL_EPSILON, NEIGHBOURING
 from engine.core.config import ExperimentConfig
-from engine.data.types import Cohort
+from engine.core.metrics import mean_over_patients, volume_metrics
+from engine.core.types import NDArrays
+from engine.core.units import HU_MIN, unit_to_hu
+from engine.data.cohort import split_folders
+from engine.data.preprocess import normalise_mri, resample_slices
+from engine.data.synthrad import load_synthrad_patient
+from engine.data.types import CenterData, Cohort, PatientVolume
 from engine.federation.protocol import FederationResult
-from engine.learning.model import select_device
+from engine.learning.local import predict_sct_hu
+from engine.learning.model import build_model, select_device, set_parameters
 
 
 def versions() -> dict[str, str]:
@@ -49,10 +59,118 @@ def dp_summary(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- volumetric
+
+# (patient id, CT, synthetic CT, body mask), each (Z, Y, X) on the patient's native grid.
+ScoredVolume = tuple[str, np.ndarray, np.ndarray, np.ndarray]
+
+
+@torch.no_grad()
+def native_sct_hu(model: torch.nn.Module, volume: PatientVolume, image_size: int,
+                  batch_size: int = 32) -> np.ndarray:
+    """The synthetic CT of every axial slice of ``volume``, on the volume's own grid
+    ``(X, Y, Z)`` in HU (−1024 outside the body mask).
+
+    The slices are cut as :func:`engine.data.preprocess.volume_to_slices` cuts the training
+    slices (MRI normalised over the whole volume inside the mask, axial with anterior up,
+    padded to a square and resampled to ``image_size``², MRI 0 outside the resampled mask),
+    but all of them; each prediction is resampled back to the square (bilinear), the padding
+    cut off and the slice put back in place. One batch of slices is held at image size.
+    """
+    mri = normalise_mri(volume.mri, volume.mask)
+
+    def axial(a: np.ndarray) -> np.ndarray:  # (X, Y, Z) RAS → (Z, Y, X), anterior up
+        return np.ascontiguousarray(np.flip(a.transpose(2, 1, 0), axis=1))
+
+    mri_s = resample_slices(axial(mri), image_size, "bilinear")
+    del mri
+    body_s = resample_slices(axial(volume.mask.astype(np.float32)), image_size,
+                             "bilinear") > 0.5
+    mri_s = np.where(body_s, mri_s, 0.0).astype(np.float32)
+    nx, ny, nz = volume.mask.shape
+    side = max(ny, nx)
+    top, left = (side - ny) // 2, (side - nx) // 2
+    out = np.empty((nz, ny, nx), dtype=np.float32)
+    device = next(model.parameters()).device
+    model.eval()
+    for start in range(0, nz, batch_size):
+        x = torch.from_numpy(mri_s[start : start + batch_size, None]).to(device)
+        hu = F.interpolate(unit_to_hu(model(x)), size=(side, side), mode="bilinear",
+                           align_corners=False)
+        out[start : start + batch_size] = hu[:, 0, top : top + ny, left : left + nx].cpu()
+    sct = np.flip(out, axis=1).transpose(2, 1, 0)
+    return np.where(volume.mask, sct, HU_MIN).astype(np.float32)
+
+
+def _phantom_volumes(model: torch.nn.Module, center: CenterData) -> Iterator[ScoredVolume]:
+    """A phantom patient is generated directly on its slice grid (no resampling, nothing to
+    undo): its native volume is the stack of its slices."""
+    for pid in center.test.patients:
+        sl = center.test.for_patient(pid)
+        yield pid, sl.ct_hu[:, 0], predict_sct_hu(model, sl)[:, 0], sl.mask[:, 0]
+
+
+def _folder_volumes(model: torch.nn.Module, folders: list[Path], image_size: int,
+                    log: Callable[[str], None]) -> Iterator[ScoredVolume]:
+    """Patient folders are read again, one at a time (the cohort keeps only the resampled
+    slices): native grid, CT in HU as stored (not clipped), the folder's mask."""
+    for folder in folders:
+        log(f"volumetric evaluation: {folder.name}")
+        volume = load_synthrad_patient(folder)
+        sct = native_sct_hu(model, volume, image_size)
+        yield (volume.patient_id, volume.ct_hu.transpose(2, 1, 0), sct.transpose(2, 1, 0),
+               volume.mask.transpose(2, 1, 0))
+
+
+def _scored_group(volumes: Iterator[ScoredVolume]) -> dict[str, Any]:
+    """``{mae_hu, psnr_db, ssim}`` (mean over patients), ``n`` and ``patients``."""
+    patients = {}
+    for pid, ct, sct, mask in volumes:
+        try:
+            patients[pid] = volume_metrics(ct, sct, mask)
+        except ValueError as err:  # e.g. a volume thinner than SSIM's window: say whose
+            raise ValueError(f"volumetric evaluation of patient {pid}: {err}") from None
+    return {**mean_over_patients(list(patients.values())), "n": len(patients),
+            "patients": patients}
+
+
+def volumetric_summary(cfg: ExperimentConfig, cohort: Cohort, params: NDArrays,
+                       log: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+    """``federation.final_volumetric`` and ``federation.unseen_center_volumetric``: the
+    global model ``params`` scored per patient volume with the SynthRAD2023 conventions
+    (:func:`engine.core.metrics.volume_metrics`) on each hospital's held-out patients and
+    on the unseen hospital's (None without one). Per group: the mean over patients, ``n``
+    and each patient's figures; the final block pools all hospitals' held-out patients
+    and adds ``per_center``."""
+    model = build_model(cfg)
+    set_parameters(model, params)
+    size = cfg.data.image_size
+    if cfg.data.source == "phantom":
+        groups = {c.name: _phantom_volumes(model, c) for c in cohort.centers}
+        unseen = _phantom_volumes(model, cohort.unseen) if cohort.unseen else None
+    else:
+        split = split_folders(cfg.data)
+        groups = {c.name: _folder_volumes(model, test, size, log)
+                  for c, (_letter, _train, test) in zip(cohort.centers, split.centers,
+                                                        strict=True)}
+        unseen = _folder_volumes(model, split.unseen[1], size, log) if split.unseen else None
+    per_center = {name: _scored_group(volumes) for name, volumes in groups.items()}
+    pooled = {pid: m for group in per_center.values() for pid, m in group["patients"].items()}
+    final = {**mean_over_patients(list(pooled.values())), "n": len(pooled),
+             "patients": pooled, "per_center": per_center}
+    return {"final_volumetric": final,
+            "unseen_center_volumetric": None if unseen is None else _scored_group(unseen)}
+
+
 def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
                   wall_s: float, data_s: float, n_params: int,
-                  samples: dict[str, str]) -> dict[str, Any]:
+                  samples: dict[str, str], volumetric: dict[str, Any] | None = None,
+                  volumetric_s: float = 0.0) -> dict[str, Any]:
+    """The summary; ``volumetric``: :func:`volumetric_summary`'s blocks (None: not run),
+    which took ``volumetric_s`` seconds."""
     final = result.history[-1] if result.history else {}
+    volumetric = volumetric or {}
+    timing = {"volumetric_s": round(volumetric_s, 3)} if volumetric else {}
     return {
         "config": cfg.model_dump(),
         "federation": {
@@ -66,6 +184,8 @@ def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResul
             "per_center": result.per_center,
             "unseen_center": result.unseen_center,
             "local_steps": result.steps,
+            "final_volumetric": volumetric.get("final_volumetric"),
+            "unseen_center_volumetric": volumetric.get("unseen_center_volumetric"),
         },
         "data": {
             "source": cfg.data.source,
@@ -80,7 +200,8 @@ def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResul
                   "channels": cfg.model.channels},
         "artifacts": {"samples": samples},
         "timing": {"wall_s": round(wall_s, 3), "data_s": round(data_s, 3),
-                   "train_s": round(result.train_s, 3), "eval_s": round(result.eval_s, 3)},
+                   "train_s": round(result.train_s, 3), "eval_s": round(result.eval_s, 3),
+                   **timing},
         "device": str(select_device()),
         "versions": versions(),
     }

@@ -137,6 +137,11 @@ class FederationConfig(_Section):
     server_view_rounds: Literal["all", "last", "none"] | list[int] = Field(
         "all", description="rounds whose server view is stored"
     )
+    batched_clients: Literal["auto", "on", "off"] = Field(
+        "auto", description="in-process runtime: train the hospitals of a round as one "
+        "batched computation (same results up to float rounding, see engine/learning/"
+        "batched.py); auto: where supported and measured faster, on: always (an error where "
+        "unsupported), off: one hospital after another")
 
     @model_validator(mode="after")
     def _prox(self) -> FederationConfig:
@@ -287,6 +292,15 @@ class AttacksConfig(_Section):
     poisoning: PoisoningConfig = Field(default_factory=PoisoningConfig)
 
 
+class EvaluationConfig(_Section):
+    """How the final global model is scored beyond the per-slice metrics of every round."""
+
+    volumetric: bool = Field(
+        False, description="after training, predict every slice of each held-out (and unseen) "
+        "patient, put the synthetic CT back on the patient's native grid and score the volume "
+        "as SynthRAD2023 does (3-D SSIM)")
+
+
 class ExperimentConfig(_Section):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     name: str = Field("", max_length=120, description="free label shown in run lists")
@@ -295,6 +309,18 @@ class ExperimentConfig(_Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     defenses: DefensesConfig = Field(default_factory=DefensesConfig)
     attacks: AttacksConfig = Field(default_factory=AttacksConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _volumetric_depth(self) -> ExperimentConfig:
+        # A phantom patient's volume is its slices: SSIM's 7-voxel window needs 7 of them.
+        if (self.evaluation.volumetric and self.data.source == "phantom"
+                and self.data.slices_per_patient < 7):
+            raise ValueError(
+                f"evaluation.volumetric = true scores a phantom patient as the volume of its "
+                f"data.slices_per_patient = {self.data.slices_per_patient} slices; the "
+                "SynthRAD2023 SSIM's 7-voxel window needs data.slices_per_patient ≥ 7")
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -437,6 +463,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     data.pop("name", None)
     # How often the model is checkpointed changes where a resume starts, not the result.
     data.get("federation", {}).pop("checkpoint_every", None)
+    # Batched or sequential local training changes speed, not results (float rounding aside).
+    data.get("federation", {}).pop("batched_clients", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

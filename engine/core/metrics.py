@@ -9,6 +9,7 @@
 Our data are 2-D slice stacks ``(N, 1, H, W)`` of one patient, so SSIM is computed per slice
 (2-D windows) and averaged over the mask pixels of all slices; MAE and PSNR pool the patient's
 mask voxels. Patient values are then averaged, as the challenge averages over patients.
+:func:`volume_metrics` scores a whole ``(Z, Y, X)`` volume with the challenge's 3-D SSIM.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import mannwhitneyu
 from skimage.metrics import structural_similarity
@@ -92,6 +93,149 @@ def sct_metrics(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray,
     if patient_ids is None:
         patient_ids = np.zeros(len(ct_hu), dtype=object)
     return mean_over_patients(list(patient_metrics(ct_hu, sct_hu, mask, patient_ids).values()))
+
+
+# --------------------------------------------------------------------------- volumes
+
+SSIM_WINDOW = 7  # skimage's default uniform window: 7 voxels per axis
+SSIM_K1, SSIM_K2 = 0.01, 0.03  # skimage's defaults
+# Output planes of SSIM computed at a time: about 2**20 voxels, so that a 256³ volume needs
+# ~100 MB of float64 temporaries instead of several full-volume copies.
+_BLOCK_VOXELS = 2**20
+
+
+def _volume_array(name: str, value: Any) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype != bool and not (np.issubdtype(a.dtype, np.integer)
+                                or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"volume_metrics: {name} must hold real numbers, got dtype {a.dtype}")
+    if a.ndim != 3:
+        raise ValueError(f"volume_metrics: {name} must be a 3-D (Z, Y, X) volume, got shape "
+                         f"{a.shape}")
+    return a
+
+
+def _check_volumes(ct_hu: Any, sct_hu: Any,
+                   mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(ct, sct, body)``; ``body`` is the mask binarised as the challenge does
+    (cast to float32, then > 0)."""
+    ct, sct, m = (_volume_array(n, v) for n, v in
+                  (("ct_hu", ct_hu), ("sct_hu", sct_hu), ("mask", mask)))
+    if not ct.shape == sct.shape == m.shape:
+        raise ValueError(f"volume_metrics: shapes differ: ct_hu {ct.shape}, sct_hu {sct.shape}, "
+                         f"mask {m.shape}")
+    if min(ct.shape) < SSIM_WINDOW:
+        raise ValueError(f"volume_metrics: SSIM's {SSIM_WINDOW}-voxel window needs at least "
+                         f"{SSIM_WINDOW} voxels per axis, got shape {ct.shape}")
+    for name, a in (("ct_hu", ct), ("sct_hu", sct), ("mask", m)):
+        if a.dtype.kind == "f" and not all(np.isfinite(p).all() for p in a):
+            raise ValueError(f"volume_metrics: {name} holds NaN or infinite values")
+    body = np.empty(m.shape, dtype=bool)
+    for z in range(m.shape[0]):  # plane by plane: no float32 copy of the whole mask
+        body[z] = m[z] > 0 if m.dtype == bool else m[z].astype(np.float32) > 0
+    if not body.any():
+        raise ValueError("volume_metrics: mask is empty (no voxel > 0)")
+    r = SSIM_WINDOW // 2
+    if not body[r:-r, r:-r, r:-r].any():
+        raise ValueError(f"volume_metrics: mask has no voxel at least {r} voxels inside the "
+                         "volume's border, where SSIM is averaged")
+    return ct, sct, body
+
+
+def _hu64(a: np.ndarray) -> np.ndarray:
+    """The challenge's float32 cast (SimpleITK), then float64 for the arithmetic."""
+    return a.astype(np.float32, copy=False).astype(np.float64)
+
+
+def _ssim_input(a: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Clipped to [−1024, 3000], −1024 outside the mask, shifted to [0, 4024]."""
+    return np.where(body, np.clip(_hu64(a), HU_MIN, HU_MAX), HU_MIN) - HU_MIN
+
+
+def _ssim_block(a: np.ndarray, b: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """skimage's SSIM (uniform window, sample covariance, K1/K2, data range 4024) at the
+    voxels ``inner`` of the interior of the block ``a``/``b`` (the planes and rows more than
+    the window's radius from the block's edges), as a flat array.
+
+    Every window of an interior voxel lies inside the block, so the values do not depend on
+    how the filter pads: they equal skimage's map on the whole volume there.
+    """
+    r = SSIM_WINDOW // 2
+    inside = (slice(r, -r),) * 3
+
+    def mean(x: np.ndarray) -> np.ndarray:
+        return uniform_filter(x, size=SSIM_WINDOW)[inside][inner]
+
+    ux, uy = mean(a), mean(b)
+    uxx, uyy, uxy = mean(a * a), mean(b * b), mean(a * b)
+    cov_norm = SSIM_WINDOW**3 / (SSIM_WINDOW**3 - 1)  # skimage's sample covariance
+    vx, vy, vxy = (cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy),
+                   cov_norm * (uxy - ux * uy))
+    c1, c2 = (SSIM_K1 * HU_RANGE) ** 2, (SSIM_K2 * HU_RANGE) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+
+
+def volume_metrics(ct_hu: Any, sct_hu: Any, mask: Any) -> dict[str, float]:
+    """MAE (HU), PSNR (dB) and SSIM of one patient's CT volume, as the SynthRAD2023 challenge
+    scores it (``functions/image_metrics.py`` of github.com/SynthRAD2023/metrics,
+    ``ImageMetrics.score_patient``).
+
+    Args:
+        ct_hu: ``(Z, Y, X)`` real CT in HU (any real dtype).
+        sct_hu: ``(Z, Y, X)`` synthetic CT in HU.
+        mask: ``(Z, Y, X)`` body mask; a voxel is in the body when its value (as float32)
+            is > 0, as the challenge binarises it.
+
+    Returns ``{"mae_hu", "psnr_db", "ssim"}``:
+
+    * ``mae_hu``: mean |ct − sct| over the mask voxels, no clipping.
+    * ``psnr_db``: both clipped to [−1024, 3000] HU, mean squared error over the mask voxels,
+      ``10·log10(4024² / mse)``; ``inf`` when they agree exactly (skimage's
+      ``peak_signal_noise_ratio`` divides by zero there).
+    * ``ssim``: both clipped to [−1024, 3000], −1024 outside the mask, shifted by +1024;
+      the 3-D SSIM map of skimage's ``structural_similarity(data_range=4024)`` defaults (7³
+      uniform window, K1 0.01, K2 0.03, sample covariance), averaged over the mask voxels
+      after cropping 3 voxels from every border (``crop(ssim_map, 3)``).
+
+    Inputs are cast to float32 first, as the challenge's SimpleITK loader does. Remaining
+    differences from the challenge's code, all at rounding level: arithmetic is float64 (the
+    challenge's skimage calls run in float32 on float32 volumes); MAE is summed over the mask
+    voxels instead of as ``sum(|ct·mask − sct·mask|) / sum(mask)`` (the same for finite
+    values); the SSIM map is computed block by block of planes and only where it is
+    averaged, so memory stays ~100 MB at 256³. Axis order does not matter (a permuted or
+    flipped volume gives the same values: the window is a centred cube and the crop equal on
+    every side).
+
+    Raises ``ValueError`` (one line) when the inputs are not 3-D, differ in shape, have an
+    axis shorter than the 7-voxel window, hold NaN/inf, or the mask is empty (or has no
+    voxel 3 voxels inside the border, where SSIM is averaged).
+    """
+    ct, sct, body = _check_volumes(ct_hu, sct_hu, mask)
+    nz, ny, nx = ct.shape
+    step = max(1, _BLOCK_VOXELS // (ny * nx))
+    abs_sum = sq_sum = 0.0
+    n = 0
+    for z0 in range(0, nz, step):
+        m = body[z0 : z0 + step]
+        a, b = _hu64(ct[z0 : z0 + step][m]), _hu64(sct[z0 : z0 + step][m])
+        abs_sum += float(np.abs(a - b).sum())
+        sq_sum += float(((np.clip(a, HU_MIN, HU_MAX) - np.clip(b, HU_MIN, HU_MAX)) ** 2).sum())
+        n += int(m.sum())
+    r = SSIM_WINDOW // 2
+    ssim_sum, n_ssim = 0.0, 0
+    for z0 in range(r, nz - r, step):
+        z1 = min(nz - r, z0 + step)
+        inner = body[z0:z1, r:-r, r:-r]
+        if not inner.any():
+            continue
+        halo = slice(z0 - r, z1 + r)
+        s = _ssim_block(_ssim_input(ct[halo], body[halo]), _ssim_input(sct[halo], body[halo]),
+                        inner)
+        ssim_sum += float(s.sum())
+        n_ssim += int(inner.sum())
+    mse = sq_sum / n
+    psnr = float("inf") if mse == 0 else float(10 * np.log10(HU_RANGE**2 / mse))
+    return {"mae_hu": abs_sum / n, "psnr_db": psnr, "ssim": ssim_sum / n_ssim}
 
 
 # --------------------------------------------------------------------------- attack metrics

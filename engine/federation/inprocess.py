@@ -9,15 +9,26 @@ hospital's held-out patients and on the unseen hospital.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.clients.behaviour import client_update, client_upload, training_sets
-from engine.core.config import ExperimentConfig
+import torch
+
+from engine.clients.behaviour import (
+    client_seed,
+    client_update,
+    client_upload,
+    honest_dp,
+    training_sets,
+)
+from engine.clients.dp import public_metadata
+from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.types import NDArrays
-from engine.data.types import Cohort
+from engine.data.types import Cohort, SliceSet
 from engine.federation.aggregators import make_aggregator
 from engine.federation.protocol import (
     Cancelled,
@@ -27,7 +38,97 @@ from engine.federation.protocol import (
     save_checkpoint,
     server_round,
 )
+from engine.learning.batched import (
+    batched_slower_reason,
+    train_local_batched,
+    unsupported_reason,
+)
+from engine.learning.local import LocalTraining
 from engine.learning.model import build_model, get_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How a run's hospitals train each round.
+
+    Attributes:
+        batched: indices of the centers trained together as one batched computation
+            (:func:`engine.learning.batched.train_local_batched`); the others train one
+            after another (:func:`engine.clients.behaviour.client_update`).
+        reason: why not every center is batched (``None`` when all are).
+    """
+
+    batched: tuple[int, ...]
+    reason: str | None
+
+
+def plan_training(cfg: ExperimentConfig, model: torch.nn.Module,
+                  train_sets: list[SliceSet]) -> TrainingPlan:
+    """Decide, once per run, which centers train batched (``federation.batched_clients``).
+
+    Centers whose local training is :func:`~engine.learning.local.train_local` (honest ones
+    without DP or with hospital-level DP, and malicious ones) can be batched; patient-level
+    DP-SGD cannot. ``auto`` batches them where supported and measured faster, ``on`` raises
+    :class:`ConfigError` unless every center can be batched, ``off`` batches none.
+    """
+    mode = cfg.federation.batched_clients
+    if mode == "off":
+        return TrainingPlan((), "federation.batched_clients = 'off'")
+    dp = cfg.defenses.dp
+    plain = tuple(k for k in range(len(train_sets))
+                  if not (honest_dp(cfg, k) and dp.level == "sample"))
+    reason = None
+    if len(plain) < len(train_sets):
+        reason = ("patient-level DP-SGD (defenses.dp.level = 'sample') trains hospital by "
+                  "hospital")
+    local = LocalTraining.from_config(cfg)
+    unsupported = unsupported_reason(model, local, [len(train_sets[k]) for k in plain])
+    if unsupported is not None:
+        reason, plain = reason or unsupported, ()
+    if mode == "on":
+        if reason is not None:
+            raise ConfigError(f"federation.batched_clients = 'on' is not possible here: "
+                              f"{reason}; use 'auto' or 'off'")
+        return TrainingPlan(plain, None)
+    if plain:
+        slower = batched_slower_reason(next(model.parameters()).device)
+        if slower is not None:
+            reason, plain = reason or slower, ()
+    return TrainingPlan(plain, reason)
+
+
+def train_round(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cohort: Cohort,
+                train_sets: list[SliceSet], global_params: NDArrays, plan: TrainingPlan,
+                should_stop: Callable[[], bool]) -> tuple[dict[str, NDArrays],
+                                                          dict[str, dict[str, Any]]]:
+    """Every center's local training in round ``rnd``: center name → trained parameters and
+    the metadata it reports, in center order. Batched centers give what
+    :func:`~engine.clients.behaviour.client_update` gives, up to float rounding."""
+    batched: dict[int, tuple[NDArrays, dict[str, Any]]] = {}
+    if plan.batched:
+        if should_stop():
+            raise Cancelled(f"cancelled during round {rnd}")
+        outs = train_local_batched(
+            model, global_params, [train_sets[k] for k in plan.batched],
+            LocalTraining.from_config(cfg),
+            seeds=[client_seed(cfg.seed, rnd, k) for k in plan.batched])
+        batched = dict(zip(plan.batched, outs, strict=True))
+    trained: dict[str, NDArrays] = {}
+    metadata: dict[str, dict[str, Any]] = {}
+    for k, center in enumerate(cohort.centers):
+        if should_stop():
+            raise Cancelled(f"cancelled during round {rnd}")
+        if k in batched:
+            params, meta = batched[k]
+            # As client_update: a DP hospital (hospital level here) reports public values only.
+            trained[center.name] = params
+            metadata[center.name] = public_metadata(meta) if honest_dp(cfg, k) else meta
+        else:
+            trained[center.name], metadata[center.name] = client_update(
+                cfg, model, rnd, k, train_sets[k], global_params)
+    return trained, metadata
 
 
 def run_federation(
@@ -59,6 +160,10 @@ def run_federation(
     names = list(model.state_dict())
     aggregator = make_aggregator(fed)
     train_sets, malicious = training_sets(cfg, cohort)
+    plan = plan_training(cfg, model, train_sets)
+    logger.info("local training: %s", f"centers {list(plan.batched)} batched"
+                + (f"; one after another: {plan.reason}" if plan.reason else "")
+                if plan.batched else f"one center after another: {plan.reason}")
     if start is None:
         global_params, first = get_parameters(model), 1
         result = FederationResult(final_params=global_params)
@@ -72,13 +177,8 @@ def run_federation(
     every = fed.checkpoint_every
     for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()
-        trained: dict[str, NDArrays] = {}
-        metadata: dict[str, dict[str, Any]] = {}
-        for k, center in enumerate(cohort.centers):
-            if should_stop():
-                raise Cancelled(f"cancelled during round {rnd}")
-            trained[center.name], metadata[center.name] = client_update(
-                cfg, model, rnd, k, train_sets[k], global_params)
+        trained, metadata = train_round(cfg, model, rnd, cohort, train_sets, global_params,
+                                        plan, should_stop)
         honest = list(trained.values())
         uploads = {name: client_upload(cfg, rnd, k, params, metadata[name], global_params,
                                        name in malicious, honest)

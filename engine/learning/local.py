@@ -46,6 +46,28 @@ class LocalTraining:
         """Optimiser steps of one round on ``num_examples`` slices."""
         return self.local_epochs * -(-num_examples // self.batch_size)
 
+    def batch_sizes(self, num_examples: int) -> list[int]:
+        """The size of every batch of one round on ``num_examples`` slices, in order (the
+        last batch of each epoch is the remainder)."""
+        b, n = self.batch_size, num_examples
+        return [min(b, n - start) for _ in range(self.local_epochs)
+                for start in range(0, n, b)]
+
+    def batch_order(self, num_examples: int, seed: int) -> list[torch.Tensor]:
+        """The slice indices of every batch of one round, in order: each epoch a fresh
+        permutation drawn from a CPU generator seeded with ``seed``, cut into batches.
+
+        The sequential and the batched trainers (:mod:`engine.learning.batched`) both use it,
+        so a hospital sees the same batches in the same order on either path.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        batches = []
+        for _ in range(self.local_epochs):
+            order = torch.randperm(num_examples, generator=gen)
+            batches += [order[start : start + self.batch_size]
+                        for start in range(0, num_examples, self.batch_size)]
+        return batches
+
 
 def training_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``l1`` (FedSynthCT-Brain) or ``mse`` on normalised CT units."""
@@ -80,22 +102,19 @@ def train_local(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
         opt = torch.optim.Adam(params, lr=cfg.lr, eps=ADAM_EPS)
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
     n = len(data)
     losses, steps = [], 0
-    for _ in range(cfg.local_epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size].to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(mri[idx]), ct[idx])
-            if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
-                loss = loss + cfg.fedprox_mu / 2 * prox
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())  # converted once at the end: no per-step sync
-            steps += 1
+    for batch in cfg.batch_order(n, seed):
+        idx = batch.to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(mri[idx]), ct[idx])
+        if anchor is not None:
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+            loss = loss + cfg.fedprox_mu / 2 * prox
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())  # converted once at the end: no per-step sync
+        steps += 1
     return get_parameters(model), {
         "train_loss": float(torch.stack(losses).mean()), "num_examples": n, "steps": steps,
     }

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from engine.core.config import MAX_MESSAGE, ConfigError
 from engine.core.run_folder import RunFolder
-from engine.orchestration.presets import PRESETS, SWEEPS, build_config, sweep_spec
+from engine.orchestration.presets import (
+    PRESETS,
+    STUDY_SCALES,
+    SWEEPS,
+    build_config,
+    study_cells,
+    sweep_spec,
+)
 from engine.orchestration.store import RunIndex, check_resumable, create_run, open_run, runs_root
 
 EXAMPLES = """examples:
@@ -24,6 +31,7 @@ EXAMPLES = """examples:
   fedsct run --preset smoke --set federation.runtime=flower-deploy   # SuperLink + SuperNodes
   fedsct sweep --preset whatif --set data.whatif_patient=runs/uploads/1BA001
   fedsct sweep --preset mia-dp
+  fedsct study --scale demo                       # every analysis of the study, one report
   fedsct presets
   fedsct runs
 """
@@ -59,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a key in every cell (repeatable)")
     sw.add_argument("--out", metavar="DIR",
+                    help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
+    st = sub.add_parser("study", help="run the study's analyses and write one study report",
+                        description="Run every analysis of the FedSynthCT-Brain security "
+                        "study (sCT quality, membership inference with and without secure "
+                        "aggregation, DLG and the strongest inversion, high/low-noise "
+                        "poisoning per rule) at one scale, then write report.md and "
+                        "report.html beside the study's figures. Finished runs are reused, "
+                        "so rerunning the command continues a stopped study.")
+    st.add_argument("--scale", choices=STUDY_SCALES, default="demo",
+                    help="demo: minutes on 2 CPU cores; paper: the presets as they are; "
+                         "full: 256 px and larger cohorts, meant for a GPU (default: demo)")
+    st.add_argument("--out", metavar="DIR",
                     help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
     sub.add_parser("presets", help="list the named presets and sweeps")
     sub.add_parser("dashboard", add_help=False,
@@ -236,6 +256,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    try:
+        for _, cell in study_cells(args.scale):  # every cell valid before anything runs
+            build_config(cell.preset, sets=cell.sets)
+        _usable_runs_root(args.out)
+    except ConfigError as err:
+        return _refuse(err)
+    from engine.orchestration.study import run_study  # lazy, as in _cmd_run
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        folder = run_study(args.scale, root=args.out, progress=progress)
+    except RuntimeError as err:
+        print(f"fedsct: {err}", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
 def _cmd_presets() -> int:
     width = max(map(len, [*PRESETS, *SWEEPS]))
     print("experiment presets (fedsct run --preset NAME):")
@@ -282,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_presets()
     if args.command == "sweep":
         return _cmd_sweep(args)
+    if args.command == "study":
+        return _cmd_study(args)
     return _cmd_runs(args)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.analyses.poisoning import baseline_config, poisoning_report
-from engine.analyses.summary import build_summary
+from engine.analyses.summary import build_summary, volumetric_summary
 from engine.analyses.whatif import run_whatif
 from engine.attacks.inversion import run_inversion
 from engine.attacks.membership import run_membership
@@ -46,10 +46,18 @@ class RunContext:
     attacker: AttackerData | None
     phase: str = ""
     done: dict[str, Any] = field(default_factory=dict)
+    heartbeat: Callable[[], None] = lambda: None
 
     def progress(self, unit: str) -> Callable[[int, int, str], None]:
-        """Progress of the current step, in ``unit``s (see :meth:`RunFolder.progress`)."""
-        return self.run.progress(self.phase, unit)
+        """Progress of the current step, in ``unit``s (see :meth:`RunFolder.progress`); each
+        report is also a heartbeat (see :func:`execute`)."""
+        report = self.run.progress(self.phase, unit)
+
+        def beat(done: int, total: int, detail: str = "") -> None:
+            report(done, total, detail)
+            self.heartbeat()
+
+        return beat
 
 
 @dataclass(frozen=True)
@@ -135,14 +143,17 @@ def _resume_point(run: RunFolder) -> tuple[int, Any, list[dict[str, Any]]] | Non
 
 
 def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = None,
-            resume: bool = False) -> dict[str, Any] | None:
+            resume: bool = False,
+            heartbeat: Callable[[], None] = lambda: None) -> dict[str, Any] | None:
     """Run the experiment stored in ``run`` and write its results there.
 
     Status goes running → done | failed | cancelled; on failure the error is in
     ``status.json`` and the traceback in ``log.txt``. ``on_round`` also receives each
     round's record (after it is written). With ``resume``, training goes on from the run's
     last checkpoint (see :func:`engine.orchestration.store.check_resumable`) and ends as an
-    uninterrupted run would have. Returns the summary when done.
+    uninterrupted run would have. ``heartbeat`` is called from the computing thread after
+    every round and every progress report of an attack (a background job re-fits its torch
+    threads there). Returns the summary when done.
     """
     t0 = time.perf_counter()
     cfg = run.config()
@@ -165,6 +176,7 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
                 on_round(entry)
             g = entry.get("global") or {}
             run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
+            heartbeat()
 
         start = _resume_point(run) if resume else None
         if start is not None and start[0] >= cfg.federation.rounds:  # only attacks were left
@@ -180,7 +192,15 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
         set_parameters(model, result.final_params)
         torch.save(model.state_dict(), ckpt / "final.pt")
         samples = _save_samples(run, cfg, cohort, result)
-        ctx = RunContext(run, cfg, cohort, result, attacker)
+        volumetric, volumetric_s = None, 0.0
+        if cfg.evaluation.volumetric:
+            run.set_status("running", phase="volumetric evaluation")
+            t_vol = time.perf_counter()
+            volumetric = volumetric_summary(cfg, cohort, result.final_params, log=run.log)
+            volumetric_s = time.perf_counter() - t_vol
+            run.log(f"volumetric evaluation: {volumetric_s:.1f} s")
+            heartbeat()
+        ctx = RunContext(run, cfg, cohort, result, attacker, heartbeat=heartbeat)
         for step in ATTACKS:
             if step.enabled(cfg):
                 ctx.phase = step.phase
@@ -188,7 +208,8 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
                 run.log(f"{step.phase}: starting")
                 ctx.done[step.key] = step.run(ctx)
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
-                                count_parameters(model), samples) | ctx.done
+                                count_parameters(model), samples, volumetric,
+                                volumetric_s) | ctx.done
         run.write_summary(summary)
         run.set_status("done", phase="done", finished=time.time())
         return summary

@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from engine.core.config import ExperimentConfig
 from engine.core.run_folder import (
     ACTIVE,
@@ -29,9 +27,11 @@ from engine.core.run_folder import (
 )
 from engine.orchestration import queue
 from engine.orchestration.experiment import execute
-from engine.orchestration.presets import sweep_spec
+from engine.orchestration.presets import study_cells, sweep_spec
 from engine.orchestration.store import check_resumable, create_run, runs_root
+from engine.orchestration.study import run_study, study_folder
 from engine.orchestration.sweeps import CANCEL_FILE, run_sweep, sweep_folder
+from engine.orchestration.threads import ThreadGovernor
 
 JOBS_MODULE = "engine.orchestration.jobs"
 
@@ -105,6 +105,23 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
     return folder
 
 
+def start_study_job(scale: str, root: str | Path | None = None) -> Path:
+    """Queue the study at ``scale`` (run or continue it, see
+    :func:`engine.orchestration.study.run_study`); returns its folder, whose ``sweep.json``
+    shows progress like a sweep's."""
+    folder = study_folder(scale, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CANCEL_FILE).unlink(missing_ok=True)
+    write_json_atomic(folder / "sweep.json", {"name": f"study-{scale}", "base": "study",
+                                              "scale": scale, "state": "queued",
+                                              "cells_done": 0,
+                                              "cells": [{} for _ in study_cells(scale)]})
+    queue.submit(runs_root(root), kind="sweep", label=f"the study ({scale} scale)",
+                 folder=folder, cmd=queue.python_module(JOBS_MODULE, "--study", scale, "--out",
+                                                        str(runs_root(root))))
+    return folder
+
+
 def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
     """Stop a background sweep and wait for its process to end: no new cell starts, the
     running cell is cancelled; after ``grace_s`` the process group is terminated. A sweep
@@ -141,18 +158,27 @@ def _read_json(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """A queued job's process: ``PATH [--resume]`` executes a run folder, ``--sweep NAME
-    --out ROOT [--set K=V]...`` runs a sweep. It leaves the queue when it ends."""
+    --out ROOT [--set K=V]...`` runs a sweep, ``--study SCALE --out ROOT`` runs the study.
+    It leaves the queue when it ends."""
     args = argv if argv is not None else sys.argv[1:]
-    # The threads the queue gave this job (torch reads OMP_NUM_THREADS too late on its own).
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or queue.job_threads()))
+    # At most the threads the queue gave this job, fewer while other processes keep cores
+    # busy (two oversubscribed torch processes slow each other several-fold).
+    governor = ThreadGovernor(int(os.environ.get(queue.THREADS_ENV) or queue.job_threads()))
+    governor.start()
     try:
+        if args[0] == "--study":
+            run_study(args[1], root=args[args.index("--out") + 1], heartbeat=governor.update)
+            return 0
         if args[0] == "--sweep":
             sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
             out = args[args.index("--out") + 1]
-            run_sweep(args[1], root=out, sets=sets)
+            run_sweep(args[1], root=out, sets=sets, heartbeat=governor.update)
             return 0
         run = RunFolder(Path(args[0]))
-        done = execute(run, resume="--resume" in args[1:])
+        run.log(f"torch threads {governor.threads} of at most {governor.cap} (the rest of "
+                "the machine's cores are busy)" if governor.threads < governor.cap else
+                f"torch threads {governor.threads}")
+        done = execute(run, resume="--resume" in args[1:], heartbeat=governor.update)
         return 0 if done is not None or run.status()["state"] == "cancelled" else 1
     finally:
         queue.finished()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +184,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "title": "The study's DLG attack",
         "description": (
             "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
-            "uploads one step on one slice; L-BFGS gradient matching, 300 iterations "
-            "(about 3 min)."
+            "uploads one step on one slice; L-BFGS gradient matching, 300 steps × 20 "
+            "iterations, then the same attack on the calibration control (about 15 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "dlg-paper",
                    "attacks": {"inversion": {"enabled": True, "method": "dlg",
@@ -240,8 +241,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "poisoned-hospital": {
         "title": "Live demo: a poisoned hospital",
         "description": (
-            "Live demo — study-setup without attacks, but hospital 0 sends its model with "
-            "strong noise (σ 0.3 per parameter) under plain averaging (under a minute)."
+            "Live demo — study-setup without attacks, but the first hospital (A) sends its "
+            "model with strong noise (σ 0.3 per parameter) under plain averaging (under a "
+            "minute)."
         ),
         "config": {**_STUDY_DEMO, "name": "poisoned-hospital",
                    "federation": {**_STUDY_DEMO["federation"], "server_view_rounds": "none"},
@@ -421,9 +423,10 @@ SWEEPS: dict[str, dict[str, Any]] = {
     "inversion-budget": {
         "minutes": 100,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
-            "How much attack is enough: ig-strong on hospital 0 with 400, 2,000 and 8,000 "
-            "iterations, and at 2,000 iterations with total-variation weights 0.001, 0.01 "
-            "and 0.1; matching loss, body SSIM and the calibration control at each budget."
+            "How much attack is enough: ig-strong on the first hospital (A) with 400, 2,000 "
+            "and 8,000 iterations, and at 2,000 iterations with total-variation weights "
+            "0.001, 0.01 and 0.1; matching loss, body SSIM and the calibration control at "
+            "each budget."
         ),
         "base": "ig-strong",
         "cells": [
@@ -499,3 +502,87 @@ def sweep_spec(name: str) -> dict[str, Any]:
     if name not in SWEEPS:
         raise ConfigError(f"unknown sweep preset {name!r}; available: {', '.join(SWEEPS)}")
     return SWEEPS[name]
+
+
+def cell_label(sets: list[str]) -> str:
+    """``["defenses.dp.clip_norm=5.0"]`` → ``"clip_norm=5.0"``; no overrides → ``"baseline"``."""
+    return ", ".join(key.rsplit(".", 1)[-1] + "=" + value
+                     for key, value in (s.split("=", 1) for s in sets)) or "baseline"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment of a sweep or study: a preset, the overrides that make the cell (its
+    label), and every override applied (with the sweep's or the scale's own)."""
+
+    preset: str
+    own: list[str]
+    sets: list[str]
+
+    @property
+    def label(self) -> str:
+        return cell_label(self.own)
+
+
+# --------------------------------------------------------------------------- the study
+
+STUDY_SCALES = ("demo", "paper", "full")
+# Wall time from empty on 2 CPU cores (benchmarks/README.md); full is meant for a GPU.
+STUDY_MINUTES = {"demo": 25, "paper": 120, "full": 600}
+
+# Each part of the study: its key (the report's row), the preset it runs.
+PARTS: dict[str, str] = {
+    "quality": "paper",
+    "membership": "mia-paper",
+    "membership-secagg": "mia-secagg",
+    "membership-evidence": "mia-evidence",
+    "dlg": "dlg-paper",
+    "strongest-inversion": "ig-strong",
+    "poisoning": "poison-base",
+}
+
+# Overrides per scale and part (every cell of the part gets them).
+_DEMO: dict[str, list[str]] = {
+    "quality": ["federation.rounds=8", "data.image_size=64",
+                "federation.server_view_rounds=[8]"],
+    "membership": ["federation.rounds=10", "federation.server_view_rounds=[6,7,8,9,10]"],
+    "membership-secagg": ["federation.rounds=10",
+                          "federation.server_view_rounds=[6,7,8,9,10]"],
+    "membership-evidence": [],
+    "dlg": ["attacks.inversion.iterations=30"],
+    "strongest-inversion": ["attacks.inversion.iterations=100", "attacks.inversion.restarts=2"],
+    "poisoning": ["federation.rounds=8"],
+}
+_FULL_DATA = ["data.image_size=256", "data.patients_per_center=20",
+              "data.heldout_per_center=5", "data.slices_per_patient=32"]
+_FULL: dict[str, list[str]] = {
+    "quality": [*_FULL_DATA, "data.unseen_patients=5", "federation.rounds=50"],
+    "membership": [*_FULL_DATA[:1], "data.slices_per_patient=32"],
+    "membership-secagg": [*_FULL_DATA[:1], "data.slices_per_patient=32"],
+    "membership-evidence": ["data.image_size=256", "data.heldout_per_center=20"],
+    "dlg": ["data.image_size=256"],
+    "strongest-inversion": ["data.image_size=256"],
+    "poisoning": ["data.image_size=256", "data.slices_per_patient=32"],
+}
+SCALE_SETS: dict[str, dict[str, list[str]]] = {
+    "demo": _DEMO, "paper": {part: [] for part in PARTS}, "full": _FULL}
+# The quality part is also measured as the challenge does (whole volumes, native grid).
+QUALITY_SETS = ["evaluation.volumetric=true"]
+
+
+def study_cells(scale: str) -> list[tuple[str, Cell]]:
+    """Every experiment of the study at ``scale`` with the part it belongs to, in the order
+    they run."""
+    if scale not in STUDY_SCALES:
+        raise ConfigError(f"unknown study scale {scale!r}; choose one of {', '.join(STUDY_SCALES)}")
+    extra = SCALE_SETS[scale]
+    cells = []
+    for part, preset in PARTS.items():
+        if part == "poisoning":
+            cells += [(part, Cell(preset, [*own], [*own, *extra[part]]))
+                      for own in SWEEPS["poison-paper"]["cells"]]
+        else:
+            own = [f"name={preset}"]
+            sets = [*own, *extra[part], *(QUALITY_SETS if part == "quality" else [])]
+            cells.append((part, Cell(preset, own, sets)))
+    return cells

@@ -47,8 +47,13 @@ def max_jobs() -> int:
         return 1
 
 
+THREADS_ENV = "FEDSCT_JOB_THREADS"  # the cap a job's thread governor stays within
+
+
 def job_threads() -> int:
-    """Torch threads for one job: the cores shared out among the jobs that may run at once."""
+    """Most torch threads for one job: the cores shared out among the jobs that may run at
+    once (the job uses fewer while other processes keep cores busy, see
+    :mod:`engine.orchestration.threads`)."""
     return max(1, (os.cpu_count() or 1) // max_jobs())
 
 
@@ -120,7 +125,7 @@ def jobs(root: Path) -> list[Job]:
 def _start(root: Path, path: Path, job: Job) -> None:
     log = open(Path(job.folder) / "log.txt", "a")  # noqa: SIM115 - handed to the child
     threads = str(job_threads())
-    env = os.environ | {ENTRY_ENV: str(path), "OMP_NUM_THREADS": threads,
+    env = os.environ | {ENTRY_ENV: str(path), THREADS_ENV: threads, "OMP_NUM_THREADS": threads,
                         "MKL_NUM_THREADS": threads}
     proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env,

@@ -21,21 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.config import ConfigError
+from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import RunFolder, write_json_atomic
 from engine.orchestration.experiment import execute
-from engine.orchestration.presets import build_config, sweep_spec
+from engine.orchestration.presets import Cell, build_config, sweep_spec
 from engine.orchestration.store import create_run, find_finished_run, runs_root
 
 CANCEL_FILE = "cancel"
 INVERSION_COLUMNS = ("ssim_body", "floor_ssim_body", "ssim", "psnr_db", "ssim_ct",
                      "psnr_db_ct", "ssim_coarse")
-
-
-def cell_label(sets: list[str]) -> str:
-    """``["defenses.dp.clip_norm=5.0"]`` → ``"clip_norm=5.0"``; no overrides → ``"baseline"``."""
-    return ", ".join(key.rsplit(".", 1)[-1] + "=" + value
-                     for key, value in (s.split("=", 1) for s in sets)) or "baseline"
 
 
 def table_row(label: str, sets: list[str], run: RunFolder,
@@ -118,28 +112,40 @@ def sweep_folder(name: str, sets: list[str] | tuple = (), root: str | Path | Non
 
 
 def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tuple = (),
-              progress: Callable[[str], None] = print) -> Path:
+              progress: Callable[[str], None] = print,
+              heartbeat: Callable[[], None] = lambda: None) -> Path:
     """Run (or resume) sweep ``name``; returns the sweep folder.
 
     A ``cancel`` file in the folder (see :func:`engine.orchestration.jobs.cancel_sweep`)
     stops the sweep before its next cell and is consumed; finished cells stay and a rerun
-    resumes from there.
+    resumes from there. ``heartbeat`` goes to every cell's :func:`execute`.
     """
     spec = sweep_spec(name)
-    cells = [list(c) + list(sets) for c in spec["cells"]]
-    configs = [build_config(spec["base"], sets=c) for c in cells]  # validate all first
+    cells = [Cell(spec["base"], list(own), [*own, *sets]) for own in spec["cells"]]
+    configs = [build_config(c.preset, sets=c.sets) for c in cells]  # validate all first
     for key in spec.get("requires", []):
         section, field = key.split(".")
         if getattr(getattr(configs[0], section), field) is None:
             raise ConfigError(f"sweep {name!r} needs {key}: add --set {key}=...")
+    return run_cells(sweep_folder(name, sets, root), cells, configs, root=root,
+                     header={"name": name, "base": spec["base"],
+                             "description": spec["description"], "sets": list(sets)},
+                     progress=progress, heartbeat=heartbeat)
+
+
+def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], *,
+              root: str | Path | None, header: dict[str, Any],
+              progress: Callable[[str], None] = print,
+              heartbeat: Callable[[], None] = lambda: None) -> Path:
+    """Run the cells (already validated as ``configs``) one after the other into ``folder``:
+    ``sweep.json`` (``header`` plus progress), ``table.json``/``table.csv`` (one row per
+    cell, see :func:`table_row`) and ``curves.json``. A cell whose exact config already
+    finished is reused; a ``cancel`` file stops before the next cell."""
     base = runs_root(root)
-    folder = sweep_folder(name, sets, root)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"name": name, "base": spec["base"], "description": spec["description"],
-             "sets": list(sets), "state": "running", "pid": os.getpid(),
-             "cells_done": 0, "trained": 0,
-             "cells": [{"label": cell_label(list(own)), "overrides": c, "run_id": None,
-                        "reused": False} for own, c in zip(spec["cells"], cells, strict=True)],
+    state = {**header, "state": "running", "pid": os.getpid(), "cells_done": 0, "trained": 0,
+             "cells": [{"label": c.label, "preset": c.preset, "overrides": c.sets,
+                        "run_id": None, "reused": False} for c in cells],
              "started": time.time()}
     write_json_atomic(folder / "sweep.json", state)
     rows = []
@@ -154,9 +160,9 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
         run = find_finished_run(cfg, base)
         if run is None:
             progress(f"[{i + 1}/{len(cells)}] {cell['label']}: training")
-            run = create_run(cfg, base, preset=spec["base"])
+            run = create_run(cfg, base, preset=cell["preset"])
             write_json_atomic(folder / "sweep.json", state | {"current_run": run.run_id})
-            if execute(run) is None:
+            if execute(run, heartbeat=heartbeat) is None:
                 if run.status().get("state") == "cancelled":
                     (folder / CANCEL_FILE).unlink(missing_ok=True)
                     write_json_atomic(folder / "sweep.json", state | {"state": "cancelled"})
@@ -170,7 +176,8 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
             progress(f"[{i + 1}/{len(cells)}] {cell['label']}: reusing {run.run_id}")
         cell["run_id"] = run.run_id
         summary = run.summary() or {}
-        rows.append(table_row(cell["label"], cell["overrides"], run, summary))
+        rows.append(table_row(cell["label"], cell["overrides"], run, summary)
+                    | {"preset": cell["preset"]})
         curves[run.run_id] = (summary.get("federation") or {}).get("history")
         state |= {"trained": trained, "cells_done": i + 1, "updated": time.time()}
         write_json_atomic(folder / "sweep.json", state)

@@ -1,0 +1,40 @@
+"""The public metric functions (implemented in :mod:`engine.core.metrics`).
+
+sCT quality with the SynthRAD2023 conventions: :func:`volume_metrics` scores one patient's
+``(Z, Y, X)`` volume as the challenge does (3-D SSIM); :func:`sct_metrics`,
+:func:`patient_metrics`, :func:`mae_hu`, :func:`psnr_db` and :func:`ssim` score 2-D slice
+stacks. Attack figures: :func:`roc_summary`, :func:`auc_score`, :func:`tpr_at_fpr`,
+:func:`reconstruction_metrics`, :func:`template_metrics`.
+"""
+
+from engine.core.metrics import (
+    METRIC_KEYS,
+    auc_score,
+    mae_hu,
+    mean_over_patients,
+    patient_metrics,
+    psnr_db,
+    reconstruction_metrics,
+    roc_summary,
+    sct_metrics,
+    ssim,
+    template_metrics,
+    tpr_at_fpr,
+    volume_metrics,
+)
+
+__all__ = [
+    "METRIC_KEYS",
+    "auc_score",
+    "mae_hu",
+    "mean_over_patients",
+    "patient_metrics",
+    "psnr_db",
+    "reconstruction_metrics",
+    "roc_summary",
+    "sct_metrics",
+    "ssim",
+    "template_metrics",
+    "tpr_at_fpr",
+    "volume_metrics",
+]

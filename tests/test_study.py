@@ -1,0 +1,113 @@
+"""``fedsct study``: every cell valid at every scale, and a small study (one cell per kind of
+analysis, real runs) that writes the report from the runs' own numbers and resumes by
+reusing them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.analyses.results import parse_summary
+from engine.analyses.study import STUDY, bootstrap_mean_ci
+from engine.core.config import ConfigError
+from engine.orchestration import study
+from engine.orchestration.cli import main as cli_main
+from engine.orchestration.presets import STUDY_SCALES, Cell, build_config, study_cells
+
+pytestmark = pytest.mark.timeout(900)
+
+TINY = [
+    ("quality", Cell("smoke", ["name=quality"], [
+        "name=quality", "data.unseen_center=true", "data.unseen_patients=2",
+        "data.heldout_per_center=2", "data.slices_per_patient=8", "federation.rounds=2",
+        "evaluation.volumetric=true"])),
+    ("membership", Cell("smoke", ["name=mia"], [
+        "name=mia", "federation.rounds=2", "attacks.membership.enabled=true"])),
+    ("dlg", Cell("dlg-paper", ["name=dlg"], [
+        "name=dlg", "data.image_size=32", "model.channels=[8,16,32]",
+        "model.num_res_units=1", "attacks.inversion.iterations=2",
+        "attacks.inversion.target_center=0"])),
+    *[("poisoning", Cell("poison-base", own, [*own, "federation.rounds=2"])) for own in (
+        ["federation.aggregator=fedavg"], ["federation.aggregator=fedmedian"],
+        *[[f"federation.aggregator={rule}", "attacks.poisoning.enabled=true",
+           "attacks.poisoning.kind=update_noise", f"attacks.poisoning.noise_std={std}",
+           f"attacks.poisoning.malicious_centers=[{bad}]"]
+          for rule in ("fedavg", "fedmedian") for std in (0.03, 0.3) for bad in (0, 1)])],
+]
+
+
+@pytest.mark.parametrize("scale", STUDY_SCALES)
+def test_every_cell_of_every_scale_is_a_valid_experiment(scale: str) -> None:
+    cells = study_cells(scale)
+    parts = [p for p, _ in cells]
+    assert parts[:6] == ["quality", "membership", "membership-secagg", "membership-evidence",
+                         "dlg", "strongest-inversion"]
+    assert parts.count("poisoning") == len(cells) - 6 > 100
+    configs = [build_config(c.preset, sets=c.sets) for _, c in cells]
+    assert configs[0].evaluation.volumetric
+    assert configs[2].defenses.secure_aggregation and configs[4].attacks.inversion.method == "dlg"
+    if scale == "full":
+        assert {c.data.image_size for c in configs} == {256}
+    assert study.study_folder(scale) == study.study_folder(scale)  # stable, so it resumes
+
+
+def test_an_unknown_scale_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown study scale 'huge'"):
+        study_cells("huge")
+
+
+def test_a_small_study_reports_its_runs_numbers_and_resumes(
+        runs_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(study, "study_cells", lambda scale: TINY)
+    assert cli_main(["study", "--scale", "demo"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    state = json.loads((folder / "sweep.json").read_text())
+    assert state["state"] == "done" and state["trained"] == len(TINY)
+    summaries = {c["label"]: parse_summary(json.loads(
+        (runs_dir / c["run_id"] / "summary.json").read_text())) for c in state["cells"]}
+    report = (folder / "report.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines()
+            if line.startswith("| ") and not line.startswith("| Analysis")}
+
+    quality = summaries["name=quality"].federation
+    row = rows["sCT quality, held-out patients of the training hospitals"]
+    assert f"MAE {quality.final.mae_hu:.0f} HU" in row
+    assert f"volumetric (challenge's convention): MAE {quality.final_volumetric.mae_hu:.0f}" in row
+    assert STUDY["quality"] in row and "patients resampled" in row
+    assert f"MAE {quality.unseen_center.mae_hu:.0f} HU" in rows[
+        "sCT quality, an unseen hospital"]
+
+    mia = summaries["name=mia"].mia
+    row = rows["Membership inference (FedMIA), no defense"]
+    slice_aucs = mia.variants[mia.verdict_attack or mia.attack].auc
+    assert f"{min(slice_aucs.values()):.2f}–{max(slice_aucs.values()):.2f}" in row
+    assert STUDY["membership"] in row and "95 % interval" in row
+
+    inv = summaries["name=dlg"].inversion
+    row = rows["Gradient inversion: the study's DLG"]
+    assert f"SSIM ≤ {max(c.ssim for c in inv.per_client.values()):.2f}" in row
+    assert "DLG, 2 × 20 iterations" in row and "calibration control" in row
+
+    high = rows["Poisoning, high noise on one upload or two"]
+    low = rows["Poisoning, low noise"]
+    for rule in ("fedavg", "fedmedian"):
+        ratios = [s.poisoning.cells[0].mae_ratio for label, s in summaries.items()
+                  if s.poisoning and s.federation.aggregator == rule
+                  and s.poisoning.noise_std == 0.3]
+        assert f"{rule}: {min(ratios):.2f}–{max(ratios):.2f}×" in high
+    assert "2 configurations per rule" in high and "σ 0.03" in low
+    assert (folder / "report.html").read_text().count("<tr>") == len(rows) + 1
+
+    # Run again: nothing is trained, the same runs are used.
+    assert cli_main(["study", "--scale", "demo"]) == 0
+    again = json.loads((folder / "sweep.json").read_text())
+    assert again["trained"] == 0
+    assert [c["run_id"] for c in again["cells"]] == [c["run_id"] for c in state["cells"]]
+
+
+def test_the_bootstrap_interval_resamples_the_values() -> None:
+    lo, hi = bootstrap_mean_ci([100.0, 110.0, 120.0, 130.0])
+    assert 100.0 <= lo < 115.0 < hi <= 130.0
+    assert bootstrap_mean_ci([100.0]) is None
