@@ -5,6 +5,7 @@ progress, metric cards and image panels. The words, tables and figures they show
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,10 +211,6 @@ def sample_images(npz: Path, trained: list[str]) -> None:
 
 def report_page_error(page_title: str, err: Exception) -> Path:
     """Append ``err``'s traceback to ``<runs root>/dashboard-errors.log``; returns its path."""
-    import traceback
-
-    from engine.orchestration.store import runs_root
-
     log = runs_root() / "dashboard-errors.log"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)

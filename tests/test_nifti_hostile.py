@@ -498,6 +498,20 @@ def _outcome(result: object, label: str, problems: list[str], where: str) -> str
     return "accepted"
 
 
+def _judge(case: Case | PairCase, outcomes: list[str], problems: list[str]) -> str:
+    """The case's outcome (the same on both loading routes), held against what it expects."""
+    if outcomes[0] != outcomes[1]:
+        problems.append(f"{case.name}: routes disagree: {outcomes}")
+    outcome = outcomes[0]
+    if case.expect == ACCEPT and outcome != "accepted":
+        problems.append(f"{case.name}: should load but: {outcome}")
+    elif case.expect == REFUSE and outcome == "accepted":
+        problems.append(f"{case.name}: should be refused but loaded")
+    elif outcome != "accepted" and case.pattern and not re.search(case.pattern, outcome):
+        problems.append(f"{case.name}: refused for the wrong reason: {outcome}")
+    return outcome
+
+
 def _run_single(case: Case, folder: Path, problems: list[str], slow: list[str]) -> str:
     path = folder / f"{case.name}.nii"
     path.write_bytes(case.blob)
@@ -514,15 +528,7 @@ def _run_single(case: Case, folder: Path, problems: list[str], slow: list[str]) 
             slow.append(f"{where}: {seconds:.2f} s")
         outcomes.append(_outcome(result, label, problems, where))
         results.append(result)
-    if outcomes[0] != outcomes[1]:
-        problems.append(f"{case.name}: routes disagree: {outcomes}")
-    outcome = outcomes[0]
-    if case.expect == ACCEPT and outcome != "accepted":
-        problems.append(f"{case.name}: should load but: {outcome}")
-    elif case.expect == REFUSE and outcome == "accepted":
-        problems.append(f"{case.name}: should be refused but loaded")
-    elif case.expect == REFUSE and case.pattern and not re.search(case.pattern, outcome):
-        problems.append(f"{case.name}: refused for the wrong reason: {outcome}")
+    outcome = _judge(case, outcomes, problems)
     if outcome == "accepted":
         data, affine = results[0]
         for other in results[1:]:
@@ -738,15 +744,7 @@ def _pair_outcome(case: PairCase, folder: Path, problems: list[str], slow: list[
             if len(shapes) != 1 or pv.mask.dtype != bool or pv.ct_hu.dtype != np.float32:
                 problems.append(f"{where}: inconsistent PatientVolume")
             outcomes.append("accepted")
-    if outcomes[0] != outcomes[1]:
-        problems.append(f"{case.name}: routes disagree: {outcomes}")
-    outcome = outcomes[0]
-    if case.expect == ACCEPT and outcome != "accepted":
-        problems.append(f"{case.name}: should load but: {outcome}")
-    elif case.expect == REFUSE and outcome == "accepted":
-        problems.append(f"{case.name}: should be refused but loaded")
-    if outcome != "accepted" and case.pattern and not re.search(case.pattern, outcome):
-        problems.append(f"{case.name}: refused for the wrong reason: {outcome}")
+    _judge(case, outcomes, problems)
 
 
 def test_hostile_pairs_fail_only_with_nifti_error(tmp_path: Path) -> None:

@@ -147,7 +147,8 @@ def run_label(rec: dict[str, Any]) -> str:
     """A run-list row as one line: when, name, rule and result."""
     when = time.strftime("%d %b %H:%M", time.localtime(rec["created"] or 0))
     mae = f" · MAE {rec['final_mae_hu']:.0f} HU" if rec.get("final_mae_hu") is not None else ""
-    return f"{when} · {rec['name'] or 'run'} · {rec['aggregator']} · {rec['rounds']} rounds{mae}"
+    rule = RULE_NAMES.get(rec["aggregator"], rec["aggregator"])
+    return f"{when} · {rec['name'] or 'run'} · {rule} · {rec['rounds']} rounds{mae}"
 
 
 def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -156,7 +157,7 @@ def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                     for r in records],
         "Name": [r["name"] or "run" for r in records],
         "State": [STATE_TEXT.get(r["state"], r["state"]) for r in records],
-        "Aggregation rule": [r["aggregator"] for r in records],
+        "Aggregation rule": [RULE_NAMES.get(r["aggregator"], r["aggregator"]) for r in records],
         "Rounds": [r["rounds"] for r in records],
         "Secure aggregation": [bool(r["secure_aggregation"]) for r in records],
         "Final MAE (HU)": [r["final_mae_hu"] for r in records],

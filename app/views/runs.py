@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from app.views import inversion as inv_ui
 from app.views import mia as mia_ui
 from app.views import poisoning as poi_ui
-from app.views.common import PAGES_DIR, STATE_TEXT
+from app.views.common import PAGES_DIR, RULE_NAMES, STATE_TEXT
 from app.views.results import RunRow
 
 # Summary key → (page, URL parameter that page reads the run id from, link label).
@@ -45,7 +45,7 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
                     for r in rows],
         "Name": [r.name or "run" for r in rows],
         "State": [STATE_TEXT.get(r.state, r.state) for r in rows],
-        "Aggregation rule": [r.aggregator for r in rows],
+        "Aggregation rule": [RULE_NAMES.get(r.aggregator, r.aggregator) for r in rows],
         "Defenses": [r.defenses for r in rows],
         "Final MAE (HU)": [r.final.mae_hu if r.final else None for r in rows],
         "Attacks": [", ".join(ATTACK_WORDS[a] for a in r.attacks) for r in rows],

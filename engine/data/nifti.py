@@ -324,8 +324,11 @@ class _Stream:
 # --------------------------------------------------------------------------- the header
 
 
-def _parse_header(head: bytes, label: str, limits: NiftiLimits) -> _HeaderInfo:
-    """Validate the fixed header from its raw bytes, before any voxel data is read."""
+def _header_version(head: bytes, label: str) -> tuple[type[nib.Nifti1Header], int, bool]:
+    """Identify the NIfTI version from ``sizeof_hdr`` and check the magic string.
+
+    Returns ``(header class, header size in bytes (348 or 540), big_endian)``.
+    """
     if len(head) < 4:
         raise NiftiError(
             f"{label}: file is empty or only {len(head)} bytes long, so it is not a NIfTI "
@@ -358,6 +361,17 @@ def _parse_header(head: bytes, label: str, limits: NiftiLimits) -> _HeaderInfo:
             f"{label}: has no NIfTI magic string (an Analyze 7.5 file or a corrupt header), so "
             f"its orientation is unknown; {_FIX_EXPORT}"
         )
+    return hdr_klass, hdr_size, little not in (_NIFTI1_HDR, _NIFTI2_HDR)
+
+
+def _header_fields(
+    head: bytes, hdr_klass: type[nib.Nifti1Header], hdr_size: int, label: str
+) -> tuple[tuple[int, ...], np.dtype, int, float | None, float | None, np.ndarray]:
+    """Decode the header with nibabel's strict checks.
+
+    Returns ``(shape, dtype, vox_offset in bytes, scl_slope, scl_inter, affine)``: slope and
+    intercept are ``None`` when unset, the affine is nibabel's best 4×4 (mm, stored axes).
+    """
     try:
         # check=True makes nibabel refuse headers it would otherwise "fix" silently.
         hdr = hdr_klass(head[:hdr_size], check=True)
@@ -371,6 +385,11 @@ def _parse_header(head: bytes, label: str, limits: NiftiLimits) -> _HeaderInfo:
             f"{label}: header is invalid ({_short(exc)}); the file is corrupt or written by a "
             f"non-conforming tool; {_FIX_EXPORT}"
         ) from None
+    return shape, dtype, vox_offset, slope, inter, affine
+
+
+def _check_vox_offset(vox_offset: int, hdr_size: int, label: str, limits: NiftiLimits) -> None:
+    """Voxel data must start after the header and its (bounded) extensions."""
     min_offset = hdr_size + 4
     if vox_offset < min_offset:
         raise NiftiError(
@@ -384,6 +403,10 @@ def _parse_header(head: bytes, label: str, limits: NiftiLimits) -> _HeaderInfo:
             f"{_fmt_bytes(limits.max_header_extension_bytes)} allowed; strip the extensions "
             f"(e.g. save with nibabel after `img.header.extensions.clear()`) and upload again"
         )
+
+
+def _check_voxel_type(dtype: np.dtype, label: str) -> None:
+    """Voxels must be real scalars of at most ``_MAX_ITEMSIZE`` bytes."""
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise NiftiError(
             f"{label}: voxel type {dtype} is not a real-valued scalar (complex or RGB data); "
@@ -394,6 +417,12 @@ def _parse_header(head: bytes, label: str, limits: NiftiLimits) -> _HeaderInfo:
             f"{label}: voxel type {dtype.name} ({dtype.itemsize} bytes per voxel) is not "
             f"supported; save the volume as float32 or int16"
         )
+
+
+def _check_volume_size(
+    shape: tuple[int, ...], dtype: np.dtype, vox_offset: int, label: str, limits: NiftiLimits
+) -> None:
+    """Dimensions must be non-empty and 3-D, within the voxel and decompressed-byte limits."""
     if any(s <= 0 for s in shape):
         raise NiftiError(
             f"{label}: header dimensions {_fmt_shape(shape)} contain an empty axis; the file "
@@ -415,13 +444,32 @@ def _parse_header(head: bytes, label: str, limits: NiftiLimits) -> _HeaderInfo:
             f"{_fmt_bytes(limits.max_decompressed_bytes)} allowed; crop or resample the volume, "
             f"or save it as float32/int16, first"
         )
+
+
+def _canonical_affine(
+    affine: np.ndarray, shape: tuple[int, ...], label: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check the affine; return ``(ornt to RAS, 4×4 affine of the canonical array, mm)``."""
     ornt = _check_affine(affine, label)
     if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
         # What nibabel's as_closest_canonical does to the affine (as_reoriented).
         affine = affine.dot(nib.orientations.inv_ornt_aff(ornt, shape[:3]))
+    return ornt, affine
+
+
+def _parse_header(head: bytes, label: str, limits: NiftiLimits) -> _HeaderInfo:
+    """Validate the fixed header from its raw bytes, before any voxel data is read."""
+    hdr_klass, hdr_size, big_endian = _header_version(head, label)
+    shape, dtype, vox_offset, slope, inter, affine = _header_fields(
+        head, hdr_klass, hdr_size, label
+    )
+    _check_vox_offset(vox_offset, hdr_size, label, limits)
+    _check_voxel_type(dtype, label)
+    _check_volume_size(shape, dtype, vox_offset, label, limits)
+    ornt, affine = _canonical_affine(affine, shape, label)
     return _HeaderInfo(
         hdr_size=hdr_size,
-        big_endian=little not in (_NIFTI1_HDR, _NIFTI2_HDR),
+        big_endian=big_endian,
         vox_offset=vox_offset,
         shape=shape,
         dtype=dtype,

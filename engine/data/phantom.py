@@ -199,6 +199,226 @@ def _shell(distance_mm: torch.Tensor, inner: float, outer: float, soft: float) -
     return torch.sigmoid((distance_mm - inner) / soft) - torch.sigmoid((distance_mm - outer) / soft)
 
 
+@dataclass(frozen=True)
+class _Anatomy:
+    """A patient's random anatomy and tissue detail, drawn once and shared by MRI and CT.
+
+    ``texture`` is ``(2, D, H, W)`` (MRI, CT detail), ``bone_texture`` ``(D, H, W)`` clamped
+    to ±2.5; ``calcifications`` are ``(centre mm, radius mm, HU)``; ``lesion`` is
+    ``(centre mm, radius mm)`` or ``None``. ``thickness``/``bone_density`` are factors,
+    ``atrophy`` the fraction of GM lost.
+    """
+
+    texture: torch.Tensor
+    thickness: float
+    atrophy: float
+    bone_density: float
+    bone_texture: torch.Tensor
+    calcifications: list[tuple[torch.Tensor, float, float]]
+    lesion: tuple[torch.Tensor, float] | None
+
+
+def _slice_points(
+    rng: np.random.Generator, fov_mm: float, size: int, n_slices: int
+) -> torch.Tensor:
+    """Output sampling points in patient space: axial slices, anterior at the top.
+
+    Returns ``(D, S, S, 3)`` coordinates (x, y, z) in mm, ``D`` = ``n_slices``.
+    """
+    z_lo, z_hi = Z_RANGE_MM
+    zs = np.linspace(z_lo, z_hi, n_slices + 2)[1:-1] if n_slices > 1 else np.array([25.0])
+    zs = zs + rng.uniform(-2.0, 2.0)
+    half = fov_mm / 2
+    px = (np.arange(size) + 0.5) / size * fov_mm - half
+    gx = torch.tensor(px, dtype=torch.float32).view(1, 1, -1).expand(len(zs), size, size)
+    gy = (BRAIN_CENTER_MM[1] - torch.tensor(px, dtype=torch.float32)).view(1, -1, 1)
+    gy = gy.expand(len(zs), size, size)
+    gz = torch.tensor(zs, dtype=torch.float32).view(-1, 1, 1).expand(len(zs), size, size)
+    return torch.stack([gx, gy, gz], dim=-1)  # (D, H, W, 3) mm, patient space
+
+
+def _patient_to_template(rng: np.random.Generator, pts: torch.Tensor) -> torch.Tensor:
+    """Map patient-space points ``(D, H, W, 3)`` mm to template space (mm, same shape).
+
+    A random rotation and scaling about the brain centre, a ventricle-enlarging radial
+    warp and a random translation.
+    """
+    c = torch.tensor(BRAIN_CENTER_MM, dtype=torch.float32)
+    ax, ay, az = np.deg2rad(rng.uniform([-4, -4, -8], [4, 4, 8]))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    scale = np.diag(1.0 / rng.uniform(0.9, 1.1, size=3))
+    a = torch.tensor(rz @ ry @ rx @ scale, dtype=torch.float32)
+    rel = pts - c
+    r2 = (rel**2).sum(-1, keepdim=True)
+    ventricle = float(rng.uniform(0.0, 0.25))
+    rel = rel * (1 - ventricle * torch.exp(-r2 / (2 * 25.0**2)))
+    return rel @ a.T + c + torch.tensor(rng.uniform(-3, 3, size=3), dtype=torch.float32)
+
+
+def _template_grid(tpl: Template, p: torch.Tensor) -> torch.Tensor:
+    """Template-space points ``(D, H, W, 3)`` mm → grid_sample coordinates ``(1, D, H, W, 3)``."""
+    extent = torch.tensor(
+        [tpl.shape_xyz[0] - 1, tpl.shape_xyz[1] - 1, tpl.shape_xyz[2] - 1], dtype=torch.float32
+    )
+    origin = torch.tensor(tpl.origin_mm, dtype=torch.float32)
+    return ((p - origin) / extent * 2 - 1)[None]  # (1, D, H, W, 3)
+
+
+def _deformed_points(
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    tpl: Template,
+    tpl_pts: torch.Tensor,
+    misregistration_mm: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply the elastic deformation (MRI) and the MR/CT misregistration shift (CT).
+
+    Returns ``(mri_pts, ct_pts, norm)``: MRI and CT sampling points ``(D, H, W, 3)`` in
+    template mm, and the undeformed points on the grid_sample scale ``(1, D, H, W, 3)``.
+    """
+    norm = _template_grid(tpl, tpl_pts)
+    elastic = _smooth_field(gen, 3, 6, norm).permute(1, 2, 3, 0) * float(rng.uniform(1.0, 3.0))
+    mri_pts = tpl_pts + elastic
+    shift_dir = rng.normal(size=3)
+    shift = shift_dir / np.linalg.norm(shift_dir) * misregistration_mm
+    ct_pts = mri_pts + torch.tensor(shift, dtype=torch.float32)
+    return mri_pts, ct_pts, norm
+
+
+def _sample_template(tpl: Template, mri_pts: torch.Tensor, ct_pts: torch.Tensor) -> torch.Tensor:
+    """Template fields at the MRI then the CT points: ``(4, 2D, H, W)`` (GM, WM, ICV, mm)."""
+    both = torch.cat([_template_grid(tpl, mri_pts), _template_grid(tpl, ct_pts)], dim=1)
+    return F.grid_sample(
+        tpl.fields[None], both, mode="bilinear", padding_mode="border", align_corners=True
+    )[0]  # (4, 2D, H, W)
+
+
+def _draw_anatomy(
+    rng: np.random.Generator, gen: torch.Generator, norm: torch.Tensor, lesion_probability: float
+) -> _Anatomy:
+    """Draw the patient's texture, skull/atrophy factors, calcifications and lesion."""
+    texture = _smooth_field(gen, 2, 14, norm)  # per-patient tissue detail, shared by MRI/CT
+    thickness = float(rng.uniform(0.8, 1.25))
+    atrophy = float(rng.uniform(0.0, 0.2))
+    bone_density = float(rng.uniform(0.9, 1.1))
+    # Marrow/trabecular density and small calcifications differ between patients and barely
+    # show on T1: the part of a CT a network can only get right for patients it has seen.
+    bone_texture = _smooth_field(gen, 1, 28, norm)[0].clamp(-2.5, 2.5)
+    calcifications = [
+        (torch.tensor(rng.uniform([-35, -50, 0], [35, 35, 45]), dtype=torch.float32),
+         float(rng.uniform(1.5, 3.0)), float(rng.uniform(150.0, 600.0)))
+        for _ in range(int(rng.poisson(3)))
+    ]
+    lesion = None
+    if rng.uniform() < lesion_probability:
+        lesion_center = torch.tensor(
+            rng.uniform([-40, -60, 0], [40, 40, 50]), dtype=torch.float32
+        )
+        lesion = (lesion_center, float(rng.uniform(6.0, 15.0)))
+    return _Anatomy(texture, thickness, atrophy, bone_density, bone_texture, calcifications,
+                    lesion)
+
+
+def _tissue_fractions(
+    fields: torch.Tensor, at: torch.Tensor, anatomy: _Anatomy
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-tissue fractions ``(D, H, W)`` from sampled template ``fields`` ``(4, D, H, W)``.
+
+    ``at`` are the sampling points ``(D, H, W, 3)`` mm (for the lesion). Returns the
+    fractions by tissue name and the soft body mask ``(D, H, W)`` in [0, 1].
+    """
+    gm, wm, icv, signed = fields
+    gm = gm * (1 - anatomy.atrophy)
+    frac = {"gm": gm, "wm": wm, "csf": (icv - gm - wm).clamp_min(0)}
+    if anatomy.lesion is not None:
+        lesion_center, lesion_radius = anatomy.lesion
+        dist = (at - lesion_center).norm(dim=-1)
+        lesion = torch.sigmoid((lesion_radius - dist) / 1.5) * (gm + wm)
+        frac["gm"] = gm * (1 - lesion / (gm + wm).clamp_min(1e-6))
+        frac["wm"] = wm * (1 - lesion / (gm + wm).clamp_min(1e-6))
+        frac["lesion"] = lesion
+    outside = 1 - icv.clamp(0, 1)
+    edge = 0.0
+    for name, width in SHELLS_MM:
+        w = width * anatomy.thickness
+        frac[name] = frac.get(name, 0) + _shell(signed, edge, edge + w, 0.4) * outside
+        edge += w
+    body = torch.sigmoid((edge - signed) / 0.4)
+    frac["air"] = (1 - body).clamp_min(0)
+    return frac, body
+
+
+def _tissue_images(
+    profile: CenterProfile,
+    anatomy: _Anatomy,
+    mri_frac: dict[str, torch.Tensor],
+    mri_pts: torch.Tensor,
+    ct_frac: dict[str, torch.Tensor],
+    ct_pts: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise-free MRI (T1 units) and CT (HU), each ``(D, H, W)``, from tissue fractions.
+
+    MRI gets the center's GM/WM contrast; both get the patient texture, bone pattern and
+    calcifications (strong on CT, faint on T1).
+    """
+    t1 = dict(T1_VALUE)
+    mid = (t1["gm"] + t1["wm"]) / 2
+    t1["gm"] = mid - (mid - t1["gm"]) * profile.gm_wm_contrast
+    t1["wm"] = mid + (t1["wm"] - mid) * profile.gm_wm_contrast
+    mri = sum(mri_frac[k] * t1[k] for k in mri_frac)
+    brainish = mri_frac["gm"] + mri_frac["wm"]
+    mri = (mri * (1 + 0.06 * anatomy.texture[0] * brainish)
+           + 0.04 * anatomy.bone_texture * mri_frac["diploe"])
+    bone = anatomy.bone_density * (1 + 0.25 * anatomy.bone_texture)
+    ct = sum(ct_frac[k] * CT_HU_VALUE[k] * (bone if k in ("cortical", "diploe") else 1)
+             for k in ct_frac)
+    ct = ct + 6.0 * anatomy.texture[1] * (ct_frac["gm"] + ct_frac["wm"])
+    inside = 1 - ct_frac["air"]
+    for centre, radius, hu in anatomy.calcifications:
+        spot = torch.sigmoid((radius - (ct_pts - centre).norm(dim=-1)) / 0.5)
+        ct = ct + hu * spot * inside
+        mri = mri * (1 - 0.12 * torch.sigmoid((radius - (mri_pts - centre).norm(dim=-1)) / 0.5))
+    return mri, ct
+
+
+def _mri_scanner_effects(
+    gen: torch.Generator, profile: CenterProfile, mri: torch.Tensor, norm: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
+    """Bias field, gain, gamma, blur and Rician noise on the MRI ``(D, S, S)``."""
+    bias = _smooth_field(gen, 1, 3, norm)[0]
+    mri = mri * (1 + profile.bias_amplitude * bias.clamp(-2, 2))
+    mri = (mri.clamp_min(0) * profile.mri_gain) ** profile.mri_gamma
+    mm_per_px = profile.fov_mm / size
+    mri = _gaussian_blur2d(mri[:, None], profile.mri_blur_mm / mm_per_px)[:, 0]
+    sigma = profile.rician_sigma * profile.mri_gain
+    n1 = torch.randn(mri.shape, generator=gen) * sigma
+    n2 = torch.randn(mri.shape, generator=gen) * sigma
+    return torch.sqrt((mri + n1) ** 2 + n2**2)
+
+
+def _ct_scanner_effects(
+    gen: torch.Generator, profile: CenterProfile, ct: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Kernel blur, HU offset and Gaussian noise (HU) on the CT ``(D, S, S)``."""
+    mm_per_px = profile.fov_mm / size
+    ct = _gaussian_blur2d(ct[:, None], profile.ct_blur_mm / mm_per_px)[:, 0]
+    return ct + profile.ct_offset_hu + torch.randn(ct.shape, generator=gen) * profile.ct_noise_hu
+
+
+def _slice_set(
+    mri: torch.Tensor, ct: torch.Tensor, mask: torch.Tensor, pid: str
+) -> SliceSet:
+    """Normalise the MRI to [0, 1], clip the CT to HU range (air outside ``mask``)."""
+    mask_np = mask.numpy()
+    mri_np = normalise_mri(mri.numpy(), mask_np)
+    ct_np = np.where(mask_np, np.clip(ct.numpy(), HU_MIN, HU_MAX), HU_MIN).astype(np.float32)
+    ids = np.array([pid] * len(mask_np), dtype=object)
+    return SliceSet(mri_np[:, None], ct_np[:, None], mask_np[:, None], ids)
+
+
 def phantom_patient(
     seed: int,
     center: int,
@@ -217,136 +437,19 @@ def phantom_patient(
     profile = profile or center_profile(seed, center)
     rng = np.random.default_rng([seed, center, patient])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    size = image_size
-    pid = f"c{center}p{patient:03d}"
-
-    # Output sampling points in patient space (mm): axial slices, anterior at the top.
-    z_lo, z_hi = Z_RANGE_MM
-    zs = np.linspace(z_lo, z_hi, n_slices + 2)[1:-1] if n_slices > 1 else np.array([25.0])
-    zs = zs + rng.uniform(-2.0, 2.0)
-    half = profile.fov_mm / 2
-    px = (np.arange(size) + 0.5) / size * profile.fov_mm - half
-    gx = torch.tensor(px, dtype=torch.float32).view(1, 1, -1).expand(len(zs), size, size)
-    gy = (BRAIN_CENTER_MM[1] - torch.tensor(px, dtype=torch.float32)).view(1, -1, 1)
-    gy = gy.expand(len(zs), size, size)
-    gz = torch.tensor(zs, dtype=torch.float32).view(-1, 1, 1).expand(len(zs), size, size)
-    pts = torch.stack([gx, gy, gz], dim=-1)  # (D, H, W, 3) mm, patient space
-
-    # Patient → template: affine about the brain centre, ventricle warp, elastic field.
-    c = torch.tensor(BRAIN_CENTER_MM, dtype=torch.float32)
-    ax, ay, az = np.deg2rad(rng.uniform([-4, -4, -8], [4, 4, 8]))
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    scale = np.diag(1.0 / rng.uniform(0.9, 1.1, size=3))
-    a = torch.tensor(rz @ ry @ rx @ scale, dtype=torch.float32)
-    rel = pts - c
-    r2 = (rel**2).sum(-1, keepdim=True)
-    ventricle = float(rng.uniform(0.0, 0.25))
-    rel = rel * (1 - ventricle * torch.exp(-r2 / (2 * 25.0**2)))
-    tpl_pts = rel @ a.T + c + torch.tensor(rng.uniform(-3, 3, size=3), dtype=torch.float32)
-
-    extent = torch.tensor(
-        [tpl.shape_xyz[0] - 1, tpl.shape_xyz[1] - 1, tpl.shape_xyz[2] - 1], dtype=torch.float32
-    )
-    origin = torch.tensor(tpl.origin_mm, dtype=torch.float32)
-
-    def to_norm(p: torch.Tensor) -> torch.Tensor:
-        return ((p - origin) / extent * 2 - 1)[None]  # (1, D, H, W, 3)
-
-    norm = to_norm(tpl_pts)
-    elastic = _smooth_field(gen, 3, 6, norm).permute(1, 2, 3, 0) * float(rng.uniform(1.0, 3.0))
-    mri_pts = tpl_pts + elastic
-    shift_dir = rng.normal(size=3)
-    shift = shift_dir / np.linalg.norm(shift_dir) * profile.misregistration_mm
-    ct_pts = mri_pts + torch.tensor(shift, dtype=torch.float32)
-
-    both = torch.cat([to_norm(mri_pts), to_norm(ct_pts)], dim=1)  # (1, 2D, H, W, 3)
-    sampled = F.grid_sample(
-        tpl.fields[None], both, mode="bilinear", padding_mode="border", align_corners=True
-    )[0]  # (4, 2D, H, W)
-    d = len(zs)
-    texture = _smooth_field(gen, 2, 14, norm)  # per-patient tissue detail, shared by MRI/CT
-    thickness = float(rng.uniform(0.8, 1.25))
-    atrophy = float(rng.uniform(0.0, 0.2))
-    bone_density = float(rng.uniform(0.9, 1.1))
-    # Marrow/trabecular density and small calcifications differ between patients and barely
-    # show on T1: the part of a CT a network can only get right for patients it has seen.
-    bone_texture = _smooth_field(gen, 1, 28, norm)[0].clamp(-2.5, 2.5)
-    calcifications = [
-        (torch.tensor(rng.uniform([-35, -50, 0], [35, 35, 45]), dtype=torch.float32),
-         float(rng.uniform(1.5, 3.0)), float(rng.uniform(150.0, 600.0)))
-        for _ in range(int(rng.poisson(3)))
-    ]
-    lesion_center = None
-    if rng.uniform() < lesion_probability:
-        lesion_center = torch.tensor(
-            rng.uniform([-40, -60, 0], [40, 40, 50]), dtype=torch.float32
-        )
-        lesion_radius = float(rng.uniform(6.0, 15.0))
-
-    def tissue_fractions(fields: torch.Tensor, at: torch.Tensor) -> dict[str, torch.Tensor]:
-        gm, wm, icv, signed = fields
-        gm = gm * (1 - atrophy)
-        frac = {"gm": gm, "wm": wm, "csf": (icv - gm - wm).clamp_min(0)}
-        if lesion_center is not None:
-            dist = (at - lesion_center).norm(dim=-1)
-            lesion = torch.sigmoid((lesion_radius - dist) / 1.5) * (gm + wm)
-            frac["gm"] = gm * (1 - lesion / (gm + wm).clamp_min(1e-6))
-            frac["wm"] = wm * (1 - lesion / (gm + wm).clamp_min(1e-6))
-            frac["lesion"] = lesion
-        outside = 1 - icv.clamp(0, 1)
-        edge = 0.0
-        for name, width in SHELLS_MM:
-            w = width * thickness
-            frac[name] = frac.get(name, 0) + _shell(signed, edge, edge + w, 0.4) * outside
-            edge += w
-        body = torch.sigmoid((edge - signed) / 0.4)
-        frac["air"] = (1 - body).clamp_min(0)
-        return frac, body
-
-    mri_frac, body = tissue_fractions(sampled[:, :d], mri_pts)
-    ct_frac, ct_body = tissue_fractions(sampled[:, d:], ct_pts)
-
-    # MRI: tissue intensities with the center's GM/WM contrast and the patient texture.
-    t1 = dict(T1_VALUE)
-    mid = (t1["gm"] + t1["wm"]) / 2
-    t1["gm"] = mid - (mid - t1["gm"]) * profile.gm_wm_contrast
-    t1["wm"] = mid + (t1["wm"] - mid) * profile.gm_wm_contrast
-    mri = sum(mri_frac[k] * t1[k] for k in mri_frac)
-    brainish = mri_frac["gm"] + mri_frac["wm"]
-    mri = mri * (1 + 0.06 * texture[0] * brainish) + 0.04 * bone_texture * mri_frac["diploe"]
-    bone = bone_density * (1 + 0.25 * bone_texture)
-    ct = sum(ct_frac[k] * CT_HU_VALUE[k] * (bone if k in ("cortical", "diploe") else 1)
-             for k in ct_frac)
-    ct = ct + 6.0 * texture[1] * (ct_frac["gm"] + ct_frac["wm"])
-    inside = 1 - ct_frac["air"]
-    for centre, radius, hu in calcifications:
-        spot = torch.sigmoid((radius - (ct_pts - centre).norm(dim=-1)) / 0.5)
-        ct = ct + hu * spot * inside
-        mri = mri * (1 - 0.12 * torch.sigmoid((radius - (mri_pts - centre).norm(dim=-1)) / 0.5))
-
-    # Scanner effects, MRI: bias field, gain, gamma, blur, Rician noise.
-    bias = _smooth_field(gen, 1, 3, norm)[0]
-    mri = mri * (1 + profile.bias_amplitude * bias.clamp(-2, 2))
-    mri = (mri.clamp_min(0) * profile.mri_gain) ** profile.mri_gamma
-    mm_per_px = profile.fov_mm / size
-    mri = _gaussian_blur2d(mri[:, None], profile.mri_blur_mm / mm_per_px)[:, 0]
-    sigma = profile.rician_sigma * profile.mri_gain
-    n1 = torch.randn(mri.shape, generator=gen) * sigma
-    n2 = torch.randn(mri.shape, generator=gen) * sigma
-    mri = torch.sqrt((mri + n1) ** 2 + n2**2)
-
-    # Scanner effects, CT: kernel blur, offset, noise (inside the body only).
-    ct = _gaussian_blur2d(ct[:, None], profile.ct_blur_mm / mm_per_px)[:, 0]
-    ct = ct + profile.ct_offset_hu + torch.randn(ct.shape, generator=gen) * profile.ct_noise_hu
-
+    pts = _slice_points(rng, profile.fov_mm, image_size, n_slices)
+    tpl_pts = _patient_to_template(rng, pts)
+    mri_pts, ct_pts, norm = _deformed_points(rng, gen, tpl, tpl_pts, profile.misregistration_mm)
+    sampled = _sample_template(tpl, mri_pts, ct_pts)
+    d = len(pts)
+    anatomy = _draw_anatomy(rng, gen, norm, lesion_probability)
+    mri_frac, body = _tissue_fractions(sampled[:, :d], mri_pts, anatomy)
+    ct_frac, ct_body = _tissue_fractions(sampled[:, d:], ct_pts, anatomy)
+    mri, ct = _tissue_images(profile, anatomy, mri_frac, mri_pts, ct_frac, ct_pts)
+    mri = _mri_scanner_effects(gen, profile, mri, norm, image_size)
+    ct = _ct_scanner_effects(gen, profile, ct, image_size)
     mask = (ct_body > 0.5) & (body > 0.5)
-    mask_np = mask.numpy()
-    mri_np = normalise_mri(mri.numpy(), mask_np)
-    ct_np = np.where(mask_np, np.clip(ct.numpy(), HU_MIN, HU_MAX), HU_MIN).astype(np.float32)
-    ids = np.array([pid] * d, dtype=object)
-    return SliceSet(mri_np[:, None], ct_np[:, None], mask_np[:, None], ids)
+    return _slice_set(mri, ct, mask, f"c{center}p{patient:03d}")
 
 
 # --------------------------------------------------------------------------- cohort

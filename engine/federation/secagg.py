@@ -300,11 +300,20 @@ class SecAggSession:
         self._index = {cid: i for i, cid in enumerate(ids)}
         self._shapes: list[tuple[int, ...]] | None = None
         self._masked_weights: dict[str, np.ndarray] = {}
-
-        # Stage 0 (setup): key pairs. Public halves go to the server, private stay home.
         self._clients: dict[int, _ClientSecrets] = {}
         self.public_keys: dict[str, tuple[bytes, bytes]] = {}
-        for i, cid in enumerate(ids):
+        pk2 = self._setup_keys()
+        inbox = self._share_keys(pk2)
+        self._receive_shares(inbox)
+
+    def _setup_keys(self) -> dict[int, ec.EllipticCurvePublicKey]:
+        """Stage 0 (setup): every client's two key pairs and self-mask seed.
+
+        Private halves stay in ``_clients``; public halves go to the server
+        (``public_keys``, ``_pk1``). Returns each client's pk2 (share encryption), by index.
+        """
+        seed = self.seed
+        for i, cid in enumerate(self.client_ids):
             if seed is None:
                 sk1, _ = generate_key_pairs()
                 sk2, _ = generate_key_pairs()
@@ -324,10 +333,18 @@ class SecAggSession:
         if len(set(all_pks)) != len(all_pks):
             raise SecAggError("two clients hold identical public keys; choose distinct ids")
         self._pk1 = {self._index[c]: bytes_to_public_key(p[0]) for c, p in self.public_keys.items()}
-        pk2 = {self._index[c]: bytes_to_public_key(p[1]) for c, p in self.public_keys.items()}
+        return {self._index[c]: bytes_to_public_key(p[1]) for c, p in self.public_keys.items()}
 
-        # Stage 1 (share keys): client i splits b_i and sk1_i; share j travels to client j
-        # through the server, encrypted under ECDH(sk2_i, pk2_j) so the server cannot read it.
+    def _share_keys(
+        self, pk2: dict[int, ec.EllipticCurvePublicKey]
+    ) -> dict[int, list[tuple[int, bytes]]]:
+        """Stage 1 (share keys): client i Shamir-splits b_i and sk1_i (threshold t).
+
+        Share j travels to client j through the server, encrypted under ECDH(sk2_i, pk2_j)
+        so the server cannot read it. Returns the server's inbox: recipient index ->
+        ``(sender index, ciphertext)`` in sender order.
+        """
+        n = len(self.client_ids)
         inbox: dict[int, list[tuple[int, bytes]]] = {i: [] for i in range(n)}
         for i, me in self._clients.items():
             b_shares = create_shares(me.rd_seed, self.threshold, n)
@@ -339,8 +356,10 @@ class SecAggSession:
                 me.enc_keys[j] = generate_shared_key(me.sk2, pk2[j])
                 plaintext = share_keys_plaintext_concat(i, j, b_shares[j], sk1_shares[j])
                 inbox[j].append((i, encrypt(me.enc_keys[j], plaintext)))
+        return inbox
 
-        # Stage 2 prologue: each client decrypts what the server forwarded to it.
+    def _receive_shares(self, inbox: dict[int, list[tuple[int, bytes]]]) -> None:
+        """Stage 2 prologue: each client decrypts what the server forwarded to it."""
         for j, messages in inbox.items():
             me = self._clients[j]
             for src, ciphertext in messages:
@@ -449,7 +468,21 @@ class SecAggSession:
         Raises:
             SecAggError: fewer survivors than ``threshold`` or a survivor not uploaded.
         """
-        p = self.params
+        survivors, dead = self._survivors(masked, dropped)
+        dims = self._dims()
+        total = self._sum_uploads(masked, survivors)
+        total = self._remove_masks(total, survivors, dead, dims)
+        return self._dequantized_mean(total, len(survivors))
+
+    def _survivors(
+        self, masked: dict[str, NDArrays], dropped: set[str] | frozenset[str]
+    ) -> tuple[set[int], set[int]]:
+        """Split the clients into survivors and dropped ones, as index sets.
+
+        Raises:
+            ValueError: an id the session does not know.
+            SecAggError: fewer survivors than ``threshold`` or a survivor not uploaded.
+        """
         unknown = (set(masked) | set(dropped)) - set(self._index)
         if unknown:
             raise ValueError(f"unknown client ids {sorted(unknown)}; session has {self.client_ids}")
@@ -459,17 +492,21 @@ class SecAggSession:
             raise SecAggError(
                 f"only {len(survivors)} of {len(self.client_ids)} clients survived but "
                 f"{self.threshold} shares are needed to reconstruct the masks "
-                f"(reconstruction_threshold={p.reconstruction_threshold}); the aggregate "
-                "cannot be unmasked this round"
+                f"(reconstruction_threshold={self.params.reconstruction_threshold}); the "
+                "aggregate cannot be unmasked this round"
             )
         missing = sorted(
             self.client_ids[i] for i in survivors if self.client_ids[i] not in self._masked_weights
         )
         if missing:
             raise SecAggError(f"clients {missing} did not produce their masked weight")
-        dims = self._dims()
+        return survivors, dead
 
-        # Collect masked vectors: the server sums what it received, nothing more.
+    def _sum_uploads(self, masked: dict[str, NDArrays], survivors: set[int]) -> NDArrays:
+        """Sum the survivors' masked vectors ``[q_i, *arrays]`` (int64, not yet mod M).
+
+        The server sums what it received, nothing more.
+        """
         total: NDArrays | None = None
         for i in sorted(survivors):
             cid = self.client_ids[i]
@@ -479,8 +516,17 @@ class SecAggSession:
             vec = [self._masked_weights[cid], *(np.asarray(a, np.int64) for a in upload)]
             total = vec if total is None else parameters_addition(total, vec)
         assert total is not None
+        return total
 
-        # Unmask stage: each survivor returns its shares; the server combines per owner.
+    def _remove_masks(
+        self, total: NDArrays, survivors: set[int], dead: set[int], dims: list[tuple[int, ...]]
+    ) -> NDArrays:
+        """Unmask stage: rebuild secrets from the survivors' shares and strip the masks.
+
+        Subtracts each survivor's self mask PRG(b_i) and undoes every survivor's pairwise
+        mask with a dropped client d (from the reconstructed sk1_d). Result not yet mod M.
+        """
+        p = self.params
         shares: dict[int, list[bytes]] = {k: [] for k in range(len(self.client_ids))}
         for i in sorted(survivors):
             for owner, share in self._clients[i].reveal(survivors, dead).items():
@@ -502,7 +548,14 @@ class SecAggSession:
                 # Survivor j added the mask if j > owner: undo with the opposite sign.
                 op = parameters_addition if owner > j else parameters_subtraction
                 total = op(total, pairwise)
+        return total
 
+    def _dequantized_mean(self, total: NDArrays, n_survivors: int) -> tuple[NDArrays, float]:
+        """Reduce mod M, dequantise and divide by the summed weight factor.
+
+        Returns the float32 weighted mean per array and the total weight (num_examples).
+        """
+        p = self.params
         total = parameters_mod(total, p.modulus_range)
         q_total, sums = factor_extract(total)
         q_total = int(q_total)
@@ -510,7 +563,7 @@ class SecAggSession:
             raise SecAggError("the survivors' total weight is zero")
         dequantized = dequantize(sums, p.clipping_range, p.quantization_range)
         # Each of the k summed values carried a +c shift; dequantize removed one of them.
-        offset = -(len(survivors) - 1) * p.clipping_range
+        offset = -(n_survivors - 1) * p.clipping_range
         scale = p.quantization_range / q_total
         mean = [np.asarray((d + offset) * scale, dtype=np.float32) for d in dequantized]
         total_weight = q_total / p.quantization_range * p.max_weight
