@@ -49,9 +49,10 @@ def _run(preset: str, root: Path, how: str) -> float:
         env |= {THREADS_ENV: cores, "OMP_NUM_THREADS": cores, "MKL_NUM_THREADS": cores}
         cmd = [sys.executable, "-m", "engine.orchestration.jobs", str(run.path)]
     else:
-        cmd = [sys.executable, "-c", "import sys; from engine.orchestration.experiment import "
-               "execute; from engine.core.run_folder import RunFolder; "
-               "sys.exit(execute(RunFolder(sys.argv[1])) is None)", str(run.path)]
+        cmd = [sys.executable, "-c", "import sys; from pathlib import Path; from "
+               "engine.orchestration.experiment import execute; from engine.core.run_folder "
+               "import RunFolder; sys.exit(execute(RunFolder(Path(sys.argv[1]))) is None)",
+               str(run.path)]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0

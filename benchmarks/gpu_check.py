@@ -1,4 +1,5 @@
-"""The GPU path, checked on a CUDA machine: device, CPU/GPU parity of a whole run, U-Net step
+"""The GPU path, checked on a CUDA machine: device, CPU/GPU parity of a whole run (local
+training in fp32 and in bf16 autocast, ``federation.precision``), U-Net step
 time and achieved throughput at 64/128/256 px (fp32 and bf16 autocast), and how far the
 ``full``-scale study gets in a time box.
 
@@ -31,12 +32,13 @@ PEAK_TFLOPS = {"fp32 (no tensor cores)": 67.0, "bf16 tensor cores": 989.0}
 STUDY_CHANNELS = (16, 32, 64, 128)
 
 
-def _smoke(device: str, root: Path) -> dict:
-    """Final metrics of the ``smoke`` preset on ``device`` (a child process, so CPU means no
-    CUDA at all)."""
+def _smoke(device: str, root: Path, precision: str = "fp32") -> dict:
+    """Final metrics of the ``smoke`` preset on ``device`` with local training in
+    ``precision`` (a child process, so CPU means no CUDA at all)."""
     env = os.environ | ({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})
     out = subprocess.run([sys.executable, "-m", "engine", "run", "--preset", "smoke",
-                          "--out", str(root / device), "--quiet"],
+                          "--set", f"federation.precision={precision}",
+                          "--out", str(root / f"{device}-{precision}"), "--quiet"],
                          env=env, capture_output=True, text=True, check=True)
     summary = json.loads((Path(out.stdout.strip()) / "summary.json").read_text())
     return {"device": summary.get("device"), **summary["federation"]["final"],
@@ -109,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         report["device"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30),
                             "multiprocessors": props.multi_processor_count}
         with tempfile.TemporaryDirectory() as tmp:
-            cpu, gpu = _smoke("cpu", Path(tmp)), _smoke("cuda", Path(tmp))
-        report["smoke_parity"] = {"cpu": cpu, "gpu": gpu, "abs_diff": {
-            k: round(abs(cpu[k] - gpu[k]), 6) for k in ("mae_hu", "psnr_db", "ssim")}}
+            cpu = _smoke("cpu", Path(tmp))
+            gpu = {p: _smoke("cuda", Path(tmp), p) for p in ("fp32", "bf16")}
+        report["smoke_parity"] = {"cpu": cpu, **{f"gpu_{p}": g for p, g in gpu.items()}, **{
+            f"abs_diff_{p}": {k: round(abs(cpu[k] - g[k]), 6) for k in ("mae_hu", "psnr_db",
+                                                                       "ssim")}
+            for p, g in gpu.items()}}
         report["steps"] = [_step_time(size, precision) for size in (64, 128, 256)
                            for precision in ("fp32", "bf16")]
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,11 @@
 """Run every benchmark one after the other (never in parallel: 2 cores) and print JSON.
 
     make bench        # or: python -m benchmarks.run_all
+
+The last three (batched hospitals, thread contention, NIfTI limits) print their own tables and
+write their JSON under ``test-output/benchmarks/``. Not included: the GPU check
+(``benchmarks/gpu_check.sh``, for a CUDA machine) and whole sweeps and studies (commands in
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ import platform
 import torch
 
 from benchmarks import (
+    batched_hospitals,
+    contention,
     demo_memory,
     federation_overhead,
     flower_runtimes,
     inversion_speed,
     mia_scoring,
+    nifti_limits,
     phantom_speed,
 )
 
@@ -32,6 +40,9 @@ def main() -> None:
         "flower_runtimes": flower_runtimes.measure(),
     }
     print(json.dumps(results, indent=1))
+    batched_hospitals.main([])
+    contention.main([])
+    print(json.dumps({"nifti_limits": nifti_limits.measure()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -317,7 +317,9 @@ def test_poisoned_demo_names_the_attacker_and_compares_with_the_clean_run(server
     page.get_by_text("than the same federation without attackers").first.wait_for(
         timeout=10_000)
     assert page.get_by_text("since the untrained model").count() == 0
-    assert page.get_by_role("link", name="See the attack in detail").count() == 1
+    link = page.get_by_role("link", name="See the attack in detail")
+    link.first.wait_for(timeout=10_000)
+    assert link.count() == 1
     _no_exception(page)
     page.screenshot(path=str(OUT / "federation_poisoned.png"), full_page=True)
 

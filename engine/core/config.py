@@ -142,6 +142,9 @@ class FederationConfig(_Section):
         "batched computation (same results up to float rounding, see engine/learning/"
         "batched.py); auto: where supported and measured faster, on: always (an error where "
         "unsupported), off: one hospital after another")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="arithmetic of local training: fp32, or bf16 autocast (meant for "
+        "a GPU; on a CPU it runs, slower). Evaluation and attacks always compute in fp32")
 
     @model_validator(mode="after")
     def _prox(self) -> FederationConfig:
@@ -324,12 +327,29 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
+        """Rules that span sections; the first broken one raises (in this order)."""
+        self._check_name()
+        self._check_data_rules()
+        self._check_secure_aggregation_rules()
+        self._check_robust_aggregator_rules()
+        self._check_federation_rules()
+        self._check_defense_rules()
+        self._check_poisoning_rules()
+        self._check_membership_rules()
+        self._check_inversion_rules()
+        self._check_server_view_rules()
+        return self
+
+    def _check_name(self) -> None:
         # The label is printed in run lists and terminals: no control characters (an escape
         # sequence in a name could rewrite what `fedsct runs` shows).
         if _has_control_chars(self.name):
             raise ValueError(f"name = {_show(self.name)} holds a control character; use "
                              "printable text")
-        fed, n = self.federation, self.data.centers
+
+    def _check_data_rules(self) -> None:
+        """The image size fits the U-Net depth; the what-if center exists."""
+        n = self.data.centers
         levels = len(self.model.channels) - 1
         if self.data.image_size % (2**levels):
             raise ValueError(
@@ -339,6 +359,10 @@ class ExperimentConfig(_Section):
         if self.data.whatif_patient is not None and self.data.whatif_center >= n:
             raise ValueError(f"data.whatif_center = {self.data.whatif_center} does not exist; "
                              f"centers are 0…{n - 1}")
+
+    def _check_secure_aggregation_rules(self) -> None:
+        """Secure aggregation needs several centers and a sum-only (non-robust) aggregator."""
+        fed, n = self.federation, self.data.centers
         if self.defenses.secure_aggregation and n < 2:
             raise ValueError("defenses.secure_aggregation = true needs data.centers ≥ 2: with "
                              "one hospital the sum is that hospital's update")
@@ -350,6 +374,10 @@ class ExperimentConfig(_Section):
                 "robust rule has nothing to compare and silently becomes plain averaging. "
                 "Use fedavg/fedprox with secure aggregation, or turn it off."
             )
+
+    def _check_robust_aggregator_rules(self) -> None:
+        """Each robust aggregator's minimum number of centers for ``num_malicious`` = f."""
+        fed, n = self.federation, self.data.centers
         f = fed.num_malicious
         if fed.aggregator in ("krum", "multikrum") and not n > 2 * f + 2:
             raise ValueError(
@@ -375,6 +403,10 @@ class ExperimentConfig(_Section):
                 f"federation.trim_beta = {fed.trim_beta} trims nothing with {n} centers "
                 f"(β·n < 1); use β ≥ {1 / n:.2f} or more centers"
             )
+
+    def _check_federation_rules(self) -> None:
+        """``min_centers`` fits the federation; Flower's SecAgg+ runtime needs ≥ 3 centers."""
+        fed, n = self.federation, self.data.centers
         if fed.min_centers is not None and fed.min_centers > n:
             raise ValueError(f"federation.min_centers = {fed.min_centers} is more than "
                              f"data.centers = {n}")
@@ -386,12 +418,19 @@ class ExperimentConfig(_Section):
             if (fed.min_centers or n) < 2:
                 raise ValueError("federation.min_centers = 1 with secure aggregation would "
                                  "reveal a single center's update; use 2 or more")
+
+    def _check_defense_rules(self) -> None:
+        """Sample-level DP cannot be combined with batch normalisation."""
         dp = self.defenses.dp
         if dp.enabled and dp.level == "sample" and self.model.norm == "batch":
             raise ValueError("defenses.dp.level = 'sample' cannot be combined with "
                              "model.norm = 'batch': batch statistics mix patients, so one "
                              "patient's gradient is not bounded by its own clipping; use "
                              "model.norm = instance or none")
+
+    def _check_poisoning_rules(self) -> None:
+        """ALIE needs the in-process runtime; malicious centers exist, differ, leave one honest."""
+        fed, n = self.federation, self.data.centers
         poison = self.attacks.poisoning
         if poison.enabled and poison.kind == "alie" and fed.runtime != "inprocess":
             raise ValueError(f"attacks.poisoning.kind = 'alie' needs every center's update "
@@ -407,6 +446,10 @@ class ExperimentConfig(_Section):
                 raise ValueError(f"attacks.poisoning.malicious_centers = "
                                  f"{_show(poison.malicious_centers)} leaves no honest center; "
                                  f"at most {n - 1} of {n} may be malicious")
+
+    def _check_membership_rules(self) -> None:
+        """Membership inference needs a stored server view and reference centers."""
+        fed, n = self.federation, self.data.centers
         if self.attacks.membership.enabled:
             if fed.server_view_rounds == "none":
                 raise ValueError("attacks.membership.enabled needs a server view: set "
@@ -414,6 +457,10 @@ class ExperimentConfig(_Section):
             if n < 2:
                 raise ValueError("attacks.membership needs data.centers ≥ 2: the other "
                                  "centers are FedMIA's non-member references")
+
+    def _check_inversion_rules(self) -> None:
+        """Inversion needs a server view and a target center/round that exist."""
+        fed, n = self.federation, self.data.centers
         inv = self.attacks.inversion
         if inv.enabled:
             if fed.server_view_rounds == "none":
@@ -431,6 +478,10 @@ class ExperimentConfig(_Section):
             if isinstance(inv.target_round, int) and inv.target_round > fed.rounds:
                 raise ValueError(f"attacks.inversion.target_round = {inv.target_round} is "
                                  f"after the last round ({fed.rounds})")
+
+    def _check_server_view_rules(self) -> None:
+        """A list of server-view rounds must lie within 1…rounds."""
+        fed = self.federation
         if isinstance(fed.server_view_rounds, list):
             bad = [r for r in fed.server_view_rounds if not 1 <= r <= fed.rounds]
             if bad:
@@ -438,7 +489,6 @@ class ExperimentConfig(_Section):
                     f"federation.server_view_rounds = {_show(fed.server_view_rounds)}: "
                     f"rounds {_show(bad)} are outside 1…{fed.rounds}"
                 )
-        return self
 
     def records_view(self, rnd: int) -> bool:
         """Whether the server view of round ``rnd`` (1-based) is stored."""

@@ -5,6 +5,11 @@ Each round: the server sends the global model; every hospital trains and uploads
 runs :func:`~engine.federation.protocol.server_round` (secure aggregation, or the aggregation
 rule and the detection view), stores its view and the global model is evaluated on every
 hospital's held-out patients and on the unseen hospital.
+
+Local training is batched where it can be (``federation.batched_clients``, see
+:func:`plan_training`): the hospitals of a round train together as one computation
+(:mod:`engine.learning.batched`), with the sequential path's results up to float rounding;
+the others, e.g. patient-level DP-SGD, train one after another as before.
 """
 
 from __future__ import annotations
@@ -148,12 +153,14 @@ def run_federation(
         on_round: called after each round with a JSON-ready record
             ``{"round", "global": {mae_hu, psnr_db, ssim} | None, "per_center", "unseen",
             "clients": {id: metadata}, "elapsed_s"}``; round 0 is the untrained model.
-        should_stop: polled between clients; returning True raises :class:`Cancelled`.
+        should_stop: polled between clients (and before the batched ones train);
+            returning True raises :class:`Cancelled`.
         start: ``(round, global model after it, the records up to it)`` to resume from a
             checkpoint; the rounds after it then run exactly as they would have.
 
     With ``run_dir``, the global model is checkpointed every ``federation.checkpoint_every``
-    rounds (and after the last).
+    rounds (and after the last). Which hospitals train as one batched computation is decided
+    once (:func:`plan_training`) and logged in one line.
     """
     fed = cfg.federation
     model = build_model(cfg)
@@ -161,9 +168,11 @@ def run_federation(
     aggregator = make_aggregator(fed)
     train_sets, malicious = training_sets(cfg, cohort)
     plan = plan_training(cfg, model, train_sets)
-    logger.info("local training: %s", f"centers {list(plan.batched)} batched"
-                + (f"; one after another: {plan.reason}" if plan.reason else "")
-                if plan.batched else f"one center after another: {plan.reason}")
+    if plan.batched:
+        others = f"; the others one after another: {plan.reason}" if plan.reason else ""
+        logger.info("local training: centers %s batched%s", list(plan.batched), others)
+    else:
+        logger.info("local training: one center after another: %s", plan.reason)
     if start is None:
         global_params, first = get_parameters(model), 1
         result = FederationResult(final_params=global_params)

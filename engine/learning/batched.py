@@ -112,8 +112,8 @@ def unsupported_reason(model: nn.Module, cfg: LocalTraining, sizes: list[int]) -
 
     Refused: fewer than two hospitals, a hospital without slices, a module other than the
     MONAI U-Net's building blocks, an optimiser other than SGD/Adam, a loss other than
-    L1/MSE, and BatchNorm when the hospitals' batches differ in size at some step (padding
-    would change the batch statistics).
+    L1/MSE, a precision other than fp32, and BatchNorm when the hospitals' batches differ in
+    size at some step (padding would change the batch statistics).
     """
     if len(sizes) < 2:
         return "fewer than two hospitals to train together"
@@ -123,6 +123,8 @@ def unsupported_reason(model: nn.Module, cfg: LocalTraining, sizes: list[int]) -
         return f"optimizer {cfg.optimizer!r} is not batched"
     if cfg.loss not in ("l1", "mse"):
         return f"loss {cfg.loss!r} is not batched"
+    if cfg.precision != "fp32":
+        return f"precision {cfg.precision!r} is not batched (fp32 only)"
     try:
         _check_module(model, "")
     except UnsupportedModel as err:

@@ -35,12 +35,13 @@ class LocalTraining:
     local_epochs: int = 1
     batch_size: int = 8
     fedprox_mu: float = 0.0
+    precision: str = "fp32"
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> LocalTraining:
         f = cfg.federation
         return cls(loss=f.loss, optimizer=f.optimizer, lr=f.lr, local_epochs=f.local_epochs,
-                   batch_size=f.batch_size, fedprox_mu=f.fedprox_mu)
+                   batch_size=f.batch_size, fedprox_mu=f.fedprox_mu, precision=f.precision)
 
     def steps(self, num_examples: int) -> int:
         """Optimiser steps of one round on ``num_examples`` slices."""
@@ -74,11 +75,18 @@ def training_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     return {"l1": F.l1_loss, "mse": F.mse_loss}[name]
 
 
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``; to a GPU through pinned memory, so the copy is a DMA that
+    does not stall the host."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def as_tensors(data: SliceSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mri (N,1,H,W) in [0,1], ct (N,1,H,W) in normalised CT units)`` on ``device``."""
-    mri = torch.from_numpy(np.ascontiguousarray(data.mri)).to(device)
-    ct = torch.from_numpy(np.ascontiguousarray(hu_to_unit(data.ct_hu))).to(device)
-    return mri, ct
+    return _to_device(data.mri, device), _to_device(hu_to_unit(data.ct_hu), device)
 
 
 def train_local(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
@@ -87,8 +95,10 @@ def train_local(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
     """Train ``model`` from ``global_params`` on ``data`` for ``cfg.local_epochs`` epochs.
 
     Optimiser state starts fresh each round, as clients keep no state between rounds.
-    FedProx adds μ/2·‖w − w_global‖² to the loss. Returns the new parameters and
-    ``{"train_loss", "num_examples", "steps"}`` (loss in normalised CT units).
+    FedProx adds μ/2·‖w − w_global‖² to the loss. With ``cfg.precision = "bf16"`` the forward
+    pass and the loss run under bf16 autocast; parameters, gradients and the optimiser stay
+    fp32. Returns the new parameters and ``{"train_loss", "num_examples", "steps"}`` (loss in
+    normalised CT units).
     """
     device = device or next(model.parameters()).device
     set_parameters(model, global_params)
@@ -107,7 +117,8 @@ def train_local(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
     for batch in cfg.batch_order(n, seed):
         idx = batch.to(device)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(mri[idx]), ct[idx])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = loss_fn(model(mri[idx]), ct[idx])
         if anchor is not None:
             prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
             loss = loss + cfg.fedprox_mu / 2 * prox

@@ -16,10 +16,13 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import RunFolder, write_json_atomic
@@ -113,12 +116,13 @@ def sweep_folder(name: str, sets: list[str] | tuple = (), root: str | Path | Non
 
 def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tuple = (),
               progress: Callable[[str], None] = print,
-              heartbeat: Callable[[], None] = lambda: None) -> Path:
+              heartbeat: Callable[[], None] = lambda: None, workers: int = 1) -> Path:
     """Run (or resume) sweep ``name``; returns the sweep folder.
 
     A ``cancel`` file in the folder (see :func:`engine.orchestration.jobs.cancel_sweep`)
     stops the sweep before its next cell and is consumed; finished cells stay and a rerun
-    resumes from there. ``heartbeat`` goes to every cell's :func:`execute`.
+    resumes from there. ``heartbeat`` goes to every cell's :func:`execute`; ``workers``: see
+    :func:`run_cells`.
     """
     spec = sweep_spec(name)
     cells = [Cell(spec["base"], list(own), [*own, *sets]) for own in spec["cells"]]
@@ -130,17 +134,60 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
     return run_cells(sweep_folder(name, sets, root), cells, configs, root=root,
                      header={"name": name, "base": spec["base"],
                              "description": spec["description"], "sets": list(sets)},
-                     progress=progress, heartbeat=heartbeat)
+                     progress=progress, heartbeat=heartbeat, workers=workers)
+
+
+def _one_thread() -> None:
+    """A worker process's start: one torch thread, so that workers share the cores instead of
+    oversubscribing them."""
+    torch.set_num_threads(1)
+
+
+def _execute_folder(path: str, heartbeat: Callable[[], None] = lambda: None) -> str:
+    """Execute the run in ``path``; returns its final state."""
+    run = RunFolder(Path(path))
+    execute(run, heartbeat=heartbeat)
+    return str(run.status().get("state"))
+
+
+class _InProcess:
+    """The executor of ``workers = 1``: each cell runs here, at once, with ``heartbeat``."""
+
+    def __init__(self, heartbeat: Callable[[], None]) -> None:
+        self.heartbeat = heartbeat
+
+    def submit(self, fn: Callable[..., str], path: str) -> Future[str]:
+        done: Future[str] = Future()
+        done.set_result(fn(path, heartbeat=self.heartbeat))
+        return done
+
+
+def _waves(configs: list[ExperimentConfig], workers: int) -> list[list[int]]:
+    """Cell indices in the order they start. Alone, in the sweep's order; with parallel
+    workers, clean cells first: a poisoned cell reuses its clean baseline's finished run,
+    which must not still be training."""
+    order = list(range(len(configs)))
+    if workers == 1:
+        return [order]
+    clean = [i for i in order if not configs[i].attacks.poisoning.enabled]
+    return [w for w in (clean, [i for i in order if i not in set(clean)]) if w]
 
 
 def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], *,
               root: str | Path | None, header: dict[str, Any],
               progress: Callable[[str], None] = print,
-              heartbeat: Callable[[], None] = lambda: None) -> Path:
-    """Run the cells (already validated as ``configs``) one after the other into ``folder``:
-    ``sweep.json`` (``header`` plus progress), ``table.json``/``table.csv`` (one row per
-    cell, see :func:`table_row`) and ``curves.json``. A cell whose exact config already
-    finished is reused; a ``cancel`` file stops before the next cell."""
+              heartbeat: Callable[[], None] = lambda: None, workers: int = 1) -> Path:
+    """Run the cells (already validated as ``configs``) into ``folder``: ``sweep.json``
+    (``header`` plus progress), ``table.json``/``table.csv`` (one row per cell, in the cells'
+    order, see :func:`table_row`) and ``curves.json``. A cell whose exact config already
+    finished is reused; a ``cancel`` file stops before the next cell.
+
+    ``workers`` > 1 trains that many cells at once, each in a worker process on one torch
+    thread (clean cells first, see :func:`_waves`); a cell's result does not depend on it
+    beyond float rounding (the thread count changes the summation order).
+    """
+    if workers < 1:
+        raise ConfigError(f"workers = {workers}: use 1 or more")
     base = runs_root(root)
     folder.mkdir(parents=True, exist_ok=True)
     state = {**header, "state": "running", "pid": os.getpid(), "cells_done": 0, "trained": 0,
@@ -148,44 +195,86 @@ def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], 
                         "run_id": None, "reused": False} for c in cells],
              "started": time.time()}
     write_json_atomic(folder / "sweep.json", state)
-    rows = []
+    rows: list[dict[str, Any] | None] = [None] * len(cells)
     curves: dict[str, Any] = {}
-    trained = 0
-    for i, (cell, cfg) in enumerate(zip(state["cells"], configs, strict=True)):
-        if (folder / CANCEL_FILE).exists():
-            (folder / CANCEL_FILE).unlink(missing_ok=True)
-            progress(f"cancelled after {i} of {len(cells)} cells")
-            write_json_atomic(folder / "sweep.json", state | {"state": "cancelled"})
-            return folder
-        run = find_finished_run(cfg, base)
-        if run is None:
-            progress(f"[{i + 1}/{len(cells)}] {cell['label']}: training")
-            run = create_run(cfg, base, preset=cell["preset"])
-            write_json_atomic(folder / "sweep.json", state | {"current_run": run.run_id})
-            if execute(run, heartbeat=heartbeat) is None:
-                if run.status().get("state") == "cancelled":
-                    (folder / CANCEL_FILE).unlink(missing_ok=True)
-                    write_json_atomic(folder / "sweep.json", state | {"state": "cancelled"})
-                    return folder
-                write_json_atomic(folder / "sweep.json", state | {"state": "failed"})
-                raise RuntimeError(f"sweep cell {cell['label']!r} failed: "
-                                   f"{run.status().get('error')} (see {run.path}/log.txt)")
-            trained += 1
-        else:
-            cell["reused"] = True
-            progress(f"[{i + 1}/{len(cells)}] {cell['label']}: reusing {run.run_id}")
-        cell["run_id"] = run.run_id
+
+    def record(i: int, run: RunFolder, reused: bool) -> None:
+        cell = state["cells"][i]
+        cell |= {"run_id": run.run_id, "reused": reused}
         summary = run.summary() or {}
-        rows.append(table_row(cell["label"], cell["overrides"], run, summary)
-                    | {"preset": cell["preset"]})
+        rows[i] = table_row(cell["label"], cell["overrides"], run, summary) | {
+            "preset": cell["preset"]}
         curves[run.run_id] = (summary.get("federation") or {}).get("history")
-        state |= {"trained": trained, "cells_done": i + 1, "updated": time.time()}
+        state.update(cells_done=state["cells_done"] + 1, trained=state["trained"] + (not reused),
+                     updated=time.time())
         write_json_atomic(folder / "sweep.json", state)
-        write_table(folder, rows)
+        write_table(folder, [r for r in rows if r is not None])
         write_json_atomic(folder / "curves.json", curves)
-    (folder / CANCEL_FILE).unlink(missing_ok=True)  # a stop that came too late
-    write_json_atomic(folder / "sweep.json", state | {"state": "done"})
+
+    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                initializer=_one_thread) if workers > 1 else None)
+    try:
+        ended = _run_waves(folder, cells, configs, _waves(configs, workers), base, state,
+                           record, progress, heartbeat, pool or _InProcess(heartbeat), workers)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    (folder / CANCEL_FILE).unlink(missing_ok=True)  # consumed, or a stop that came too late
+    write_json_atomic(folder / "sweep.json", state | {"state": ended})
     return folder
+
+
+def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
+               waves: list[list[int]], base: Path, state: dict[str, Any],
+               record: Callable[[int, RunFolder, bool], None],
+               progress: Callable[[str], None], heartbeat: Callable[[], None],
+               pool: ProcessPoolExecutor | _InProcess, workers: int) -> str:
+    """Start the cells wave by wave, at most ``workers`` at a time; returns the sweep's end
+    state (``done`` or ``cancelled``), or raises ``RuntimeError`` naming a failed cell."""
+    n = len(cells)
+    for wave in waves:
+        todo, running = list(wave), {}
+        while todo or running:
+            if (folder / CANCEL_FILE).exists():
+                _cancel(running)
+                progress(f"cancelled after {state['cells_done']} of {n} cells")
+                return "cancelled"
+            while todo and len(running) < workers:
+                i = todo.pop(0)
+                run = find_finished_run(configs[i], base)
+                if run is not None:
+                    progress(f"[{i + 1}/{n}] {state['cells'][i]['label']}: reusing {run.run_id}")
+                    record(i, run, True)
+                    continue
+                progress(f"[{i + 1}/{n}] {state['cells'][i]['label']}: training")
+                run = create_run(configs[i], base, preset=cells[i].preset)
+                write_json_atomic(folder / "sweep.json", state | {"current_run": run.run_id})
+                running[pool.submit(_execute_folder, str(run.path))] = (i, run)
+            finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            heartbeat()
+            for future in finished:
+                i, run = running.pop(future)
+                try:
+                    ended, error = future.result(), run.status().get("error")
+                except Exception as err:  # the worker process died (killed, out of memory)
+                    ended, error = "failed", f"its worker process ended ({err})"
+                if ended == "cancelled":
+                    _cancel(running)
+                    return "cancelled"
+                if ended != "done":
+                    _cancel(running)
+                    write_json_atomic(folder / "sweep.json", state | {"state": "failed"})
+                    raise RuntimeError(f"sweep cell {state['cells'][i]['label']!r} failed: "
+                                       f"{error} (see {run.path}/log.txt)")
+                record(i, run, False)
+    return "done"
+
+
+def _cancel(running: dict[Future[str], tuple[int, RunFolder]]) -> None:
+    """Ask every running cell to stop and wait until each has."""
+    for _, run in running.values():
+        run.request_cancel()
+    wait(running)
 
 
 def write_table(folder: Path, rows: list[dict[str, Any]]) -> None:
