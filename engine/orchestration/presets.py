@@ -197,7 +197,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "The strongest inversion found against the study's model (as dlg-paper, B=1, "
             "no defense): Inverting Gradients with the attacker's anatomical prior, "
-            "layer-wise cosine, 4 restarts (about 4 min)."
+            "layer-wise cosine, 4 restarts (about 5 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "ig-strong",
                    "attacks": {"inversion": {**_INVERSION_EASY["attacks"]["inversion"],
@@ -379,7 +379,7 @@ def _data_noise_cells() -> list[list[str]]:
 
 SWEEPS: dict[str, dict[str, Any]] = {
     "mia-dp": {
-        "minutes": 30,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Differential privacy against membership inference at meaningful ε: mia-paper "
             "without DP (ε = ∞), then hospital-level DP (updates clipped to norm 5) and "
@@ -398,7 +398,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "inversion-factors": {
-        "minutes": 30,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Why a design leaks: inversion-easy, then one factor changed at a time — L1 loss, "
             "InstanceNorm, 4 slices per step, 4 local steps, a late round, 64 px, Adam (one "
@@ -421,7 +421,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "inversion-budget": {
-        "minutes": 100,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "How much attack is enough: ig-strong on the first hospital (A) with 400, 2,000 "
             "and 8,000 iterations, and at 2,000 iterations with total-variation weights "
@@ -437,7 +437,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "inversion-defenses": {
-        "minutes": 20,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 16,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "Defenses against the inversion-easy leak: secure aggregation over 3 centers, "
             "hospital-level DP (ε 64 and 4), update pruning, 4 slices per step; "
@@ -465,12 +465,12 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "requires": ["data.whatif_patient"],
     },
     "poison-paper": {
-        "minutes": 20,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 13,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The study's poisoning grid on poison-base: every single malicious center (and "
             "every pair for FedAvg, FedProx, FedMedian) × noise on data or on the upload × a "
             "low and a high level × FedAvg, FedProx, FedMedian, trimmed mean; clean baselines "
-            "first (about 20 min)."
+            "first (about 13 min)."
         ),
         "base": "poison-base",
         "cells": _poison_cells(),
@@ -527,8 +527,9 @@ class Cell:
 # --------------------------------------------------------------------------- the study
 
 STUDY_SCALES = ("demo", "paper", "full")
-# Wall time from empty on 2 CPU cores (benchmarks/README.md); full is meant for a GPU.
-STUDY_MINUTES = {"demo": 25, "paper": 120, "full": 600}
+# Wall time from empty on 2 CPU cores (benchmarks/README.md): demo measured as a whole; paper
+# the sum of its parts' measured times; full is meant for a GPU and was not measured on a CPU.
+STUDY_MINUTES = {"demo": 10, "paper": 45, "full": 600}
 
 # Each part of the study: its key (the report's row), the preset it runs.
 PARTS: dict[str, str] = {
