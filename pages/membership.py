@@ -117,8 +117,9 @@ def _secagg(run: MiaRun, other: MiaRun | None) -> None:
             "study an individual hospital's update (FedMIA) then have nothing to work on: "
             "whatever they compute from the masked uploads is noise, and the page labels them "
             "as not applicable. The final shared model is still released to everyone, though, "
-            "so an attack on the **global model's loss** still works as well as it does "
-            "without the defense: that is what a secure-aggregation verdict rests on.")
+            "so an attack on the **global model's loss** is still possible, with or without "
+            "the defense: that is what a secure-aggregation verdict rests on (its "
+            "patient-level AUC, interval and sample size are in the verdict above).")
         secagg = next((r for r in (run, other) if r and r.secure_aggregation), None)
         if secagg is None:
             st.caption("Neither run shown used secure aggregation: start the "
@@ -134,7 +135,7 @@ def _secagg(run: MiaRun, other: MiaRun | None) -> None:
 
 
 def _dp_tradeoff() -> None:
-    st.markdown("#### Differential privacy: how much ε protects patients, and what it costs")
+    st.markdown("#### Differential privacy: how ε changes the attack, and what it costs")
     try:
         sweep = read_sweep("mia-dp")
     except ConfigError as err:  # a study the engine no longer offers

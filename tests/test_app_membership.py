@@ -213,7 +213,7 @@ def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
 
     at = _page()
     text = _md(at)
-    assert "Differential privacy: how much ε protects patients" in text
+    assert "Differential privacy: how ε changes the attack" in text
     assert ("With **hospital-level DP**, from **ε 4** on the attack shows no evidence at this "
             "sample size. The model's average error goes from 100 HU without DP to 130 HU "
             "(+30 HU).") in text

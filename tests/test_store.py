@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.core import run_folder
 from engine.core.run_folder import JOB_PID_FILE, RunFolder, process_start
 from engine.orchestration.cli import main as cli_main
 from engine.orchestration.jobs import cancel_job
@@ -140,6 +141,22 @@ def test_a_reused_pid_is_not_trusted_or_signalled(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_run_that_finishes_while_its_status_is_read_stays_done(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The run writes "done" and exits between the status read and the process check: the
+    reader must not overwrite the finished run with "interrupted"."""
+    run = create_run(build_config("smoke"), tmp_path)
+    run.set_status("running", pid=os.getpid(), pid_start=process_start(os.getpid()))
+
+    def finishes_then_gone(pid: int, start: float | None) -> bool:
+        run.set_status("done", finished=time.time())
+        return False
+
+    monkeypatch.setattr(run_folder, "pid_alive", finishes_then_gone)
+    assert run.status()["state"] == "done"
+    assert json.loads((run.path / "status.json").read_text())["state"] == "done"
 
 
 def test_the_recorded_process_is_still_recognised(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, uniform_filter
+from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import mannwhitneyu
 from skimage.metrics import structural_similarity
@@ -98,7 +98,6 @@ def sct_metrics(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray,
 # --------------------------------------------------------------------------- volumes
 
 SSIM_WINDOW = 7  # skimage's default uniform window: 7 voxels per axis
-SSIM_K1, SSIM_K2 = 0.01, 0.03  # skimage's defaults
 # Output planes of SSIM computed at a time: about 2**20 voxels, so that a 256³ volume needs
 # ~100 MB of float64 temporaries instead of several full-volume copies.
 _BLOCK_VOXELS = 2**20
@@ -153,26 +152,17 @@ def _ssim_input(a: np.ndarray, body: np.ndarray) -> np.ndarray:
 
 
 def _ssim_block(a: np.ndarray, b: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """skimage's SSIM (uniform window, sample covariance, K1/K2, data range 4024) at the
-    voxels ``inner`` of the interior of the block ``a``/``b`` (the planes and rows more than
-    the window's radius from the block's edges), as a flat array.
+    """skimage's SSIM map (its defaults: 7³ uniform window, sample covariance; data range
+    4024) of the block ``a``/``b``, at the voxels ``inner`` of the block's interior (the
+    planes and rows more than the window's radius from its edges), as a flat array.
 
     Every window of an interior voxel lies inside the block, so the values do not depend on
     how the filter pads: they equal skimage's map on the whole volume there.
     """
     r = SSIM_WINDOW // 2
-    inside = (slice(r, -r),) * 3
-
-    def mean(x: np.ndarray) -> np.ndarray:
-        return uniform_filter(x, size=SSIM_WINDOW)[inside][inner]
-
-    ux, uy = mean(a), mean(b)
-    uxx, uyy, uxy = mean(a * a), mean(b * b), mean(a * b)
-    cov_norm = SSIM_WINDOW**3 / (SSIM_WINDOW**3 - 1)  # skimage's sample covariance
-    vx, vy, vxy = (cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy),
-                   cov_norm * (uxy - ux * uy))
-    c1, c2 = (SSIM_K1 * HU_RANGE) ** 2, (SSIM_K2 * HU_RANGE) ** 2
-    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    _, ssim_map = structural_similarity(a, b, win_size=SSIM_WINDOW, data_range=HU_RANGE,
+                                        full=True)
+    return ssim_map[(slice(r, -r),) * 3][inner]
 
 
 def volume_metrics(ct_hu: Any, sct_hu: Any, mask: Any) -> dict[str, float]:

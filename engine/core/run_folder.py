@@ -132,22 +132,31 @@ class RunFolder:
         """Current status. An active run whose process is gone (killed, out of memory, the
         machine restarted, or its pid now belongs to another process) becomes
         ``interrupted`` on disk, so that it can be resumed and is never shown as running."""
+        status = self._stored_status()
+        pid, start = status.get("pid"), status.get("pid_start")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            pid, start = read_job_pid(self.path)
+            status = status | {"pid": pid, "pid_start": start}
+        if status["state"] in ACTIVE and pid is not None and not pid_alive(pid, start):
+            # The process may have written its final state between the read above and the
+            # check; it is gone now, so what the file holds at this point is final.
+            if self._stored_status()["state"] not in ACTIVE:
+                return self.status()
+            status = status | {"state": INTERRUPTED, "finished": time.time(),
+                               "error": "the run's process ended without finishing (killed, "
+                                        "out of memory or a restart); it can be resumed "
+                                        "from its last checkpoint"}
+            write_json_atomic(self.path / "status.json", status)
+        return status
+
+    def _stored_status(self) -> dict[str, Any]:
+        """``status.json`` as written, or a ``failed`` status naming why it cannot be read."""
         try:
             status = json.loads((self.path / "status.json").read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return {"state": "failed", "error": "status.json is missing or unreadable"}
         if not isinstance(status, dict) or status.get("state") not in STATES:
             return {"state": "failed", "error": "status.json is damaged"}
-        pid, start = status.get("pid"), status.get("pid_start")
-        if not isinstance(pid, int) or isinstance(pid, bool):
-            pid, start = read_job_pid(self.path)
-            status = status | {"pid": pid, "pid_start": start}
-        if status["state"] in ACTIVE and pid is not None and not pid_alive(pid, start):
-            status = status | {"state": INTERRUPTED, "finished": time.time(),
-                               "error": "the run's process ended without finishing (killed, "
-                                        "out of memory or a restart); it can be resumed "
-                                        "from its last checkpoint"}
-            write_json_atomic(self.path / "status.json", status)
         return status
 
     def set_status(self, state: str, **extra: Any) -> None:

@@ -602,14 +602,7 @@ def _pieces(
     return out
 
 
-def _stored_view(canonical: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """A view of ``canonical`` indexed like the stored array (the inverse of nibabel's
-    ``apply_orientation``: that flips the stored axes, then transposes)."""
-    view = canonical.transpose(np.argsort(np.argsort(ornt[:, 0]).astype(int)))
-    for axis, flip in enumerate(ornt[:, 1]):
-        if flip == -1:
-            view = np.flip(view, axis=axis)
-    return view
+_CANONICAL_ORNT = np.array([[0, 1], [1, 1], [2, 1]])  # RAS: axes in order, none flipped
 
 
 def _decode(stream: _Stream, info: _HeaderInfo, label: str) -> np.ndarray:
@@ -617,7 +610,10 @@ def _decode(stream: _Stream, info: _HeaderInfo, label: str) -> np.ndarray:
     stored = info.shape[:3]
     perm = np.argsort(info.ornt[:, 0]).astype(int)
     out = np.empty(tuple(stored[i] for i in perm), dtype=np.float32)
-    target = _stored_view(out, info.ornt)
+    # A view of `out` indexed like the stored array: nibabel's reorientation from canonical
+    # (RAS) axes back to the stored ones, which only transposes and flips.
+    target = nib.orientations.apply_orientation(
+        out, nib.orientations.ornt_transform(_CANONICAL_ORNT, info.ornt))
     # nibabel (ArrayProxy) scales with float64 factors and its own choice of working type.
     slope, inter = np.asarray(info.slope), np.asarray(info.inter)
     bad = done = 0

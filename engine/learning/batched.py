@@ -15,9 +15,10 @@ every step of all hospitals is one forward and one backward pass of a *grouped* 
   the formulas of ``torch.optim``'s single-tensor implementation) updates it in one go.
 
 The network is run by a small interpreter of the MONAI U-Net's building blocks
-(:func:`grouped_forward`), not by ``torch.func.vmap``: on 2 CPU cores both reach the same
-speed (``vmap``'s convolution rule is the same grouped convolution), and the interpreter
-handles BatchNorm's running statistics explicitly and computes PReLU with cheaper kernels.
+(:func:`grouped_forward`), not by ``torch.func.vmap``: ``vmap``'s convolution rule is the same
+grouped convolution, but the interpreter handles BatchNorm's running statistics explicitly
+and computes PReLU with cheaper kernels, and on 2 CPU cores one Adam step of 4 hospitals
+took 14.8 ms against vmap's 20.4 ms (``benchmarks/batched_hospitals.py``).
 A network with any other module is refused (:func:`unsupported_reason`).
 
 Hospitals of different sizes: a hospital whose batch is smaller than the others' at a step
@@ -369,11 +370,10 @@ def batched_slower_reason(device: torch.device) -> str | None:
     batch).
 
     Measured on 2 CPU cores (``benchmarks/batched_hospitals.py``, ``benchmarks/README.md``):
-    one round of local training of 4 hospitals (InstanceNorm U-Net, batch 8) took 1.06–2.3×
-    less CPU time batched than one hospital after another at 1 thread, from 32² to 128²
-    slices, and 1.3–2.2× less wall time at 2 threads; 16 hospitals at 32²: 3.1× (1 thread).
-    No CPU configuration was slower, so auto batches on CPU. Other devices were not
-    measured: auto keeps them sequential (``on`` batches there too).
+    a round of 4 hospitals took 2.14× less wall time batched at 32² (``poison-base``) and
+    1.52× at 48² (``study-setup``), 16 hospitals 3.75×; no CPU configuration measured was
+    slower, so auto batches on CPU. Other devices were not measured: auto keeps them
+    sequential (``on`` batches there too).
     """
     if device.type != "cpu":
         return (f"batched training was not measured on {device.type} (set "

@@ -185,7 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
             "uploads one step on one slice; L-BFGS gradient matching, 300 steps × 20 "
-            "iterations, then the same attack on the calibration control (about 15 min)."
+            "iterations, then the same attack on the calibration control (about 16 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "dlg-paper",
                    "attacks": {"inversion": {"enabled": True, "method": "dlg",
@@ -222,10 +222,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _STUDY_DEMO,
     },
     "hardened": {
-        "title": "Live demo: hardened (secure aggregation + DP)",
+        "title": "Live demo: hardened (secure aggregation + clipped noise)",
         "description": (
-            "Live demo — study-setup hardened with secure aggregation and client-level DP "
-            "(clip 5, σ 0.001): the same attack on a masked server view (under a minute)."
+            "Live demo — study-setup hardened with secure aggregation and each hospital's "
+            "update clipped to norm 5 with Gaussian noise σ 0.001 (ε far above 10: noise "
+            "without a meaningful privacy guarantee): the same attack on a masked server "
+            "view (under a minute)."
         ),
         "config": {**_STUDY_DEMO, "name": "hardened", "defenses": HARDENED_DEFENSES},
     },
@@ -381,10 +383,11 @@ SWEEPS: dict[str, dict[str, Any]] = {
     "mia-dp": {
         "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
-            "Differential privacy against membership inference at meaningful ε: mia-paper "
-            "without DP (ε = ∞), then hospital-level DP (updates clipped to norm 5) and "
-            "patient-level DP-SGD (per-patient gradients clipped to norm 1) at ε 64, 16, 4 "
-            "and 1 (δ 1e-5); patient-level AUCs with intervals beside the model's MAE."
+            "Differential privacy against membership inference: mia-paper without DP (ε = ∞), "
+            "then hospital-level DP (updates clipped to norm 5) and patient-level DP-SGD "
+            "(per-patient gradients clipped to norm 1) at ε 64, 16, 4 and 1 (δ 1e-5; only "
+            "ε ≤ 10 is a meaningful guarantee); patient-level AUCs with intervals beside the "
+            "model's MAE."
         ),
         "base": "mia-paper",
         "cells": [
@@ -457,7 +460,8 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "minutes": 5,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "One patient with and without defenses: the whatif preset as is, then hardened "
-            "with secure aggregation and client-level DP (clip 5, σ 0.001). Give the patient "
+            "with secure aggregation and clipped noise (clip 5, σ 0.001; ε far above 10, no "
+            "meaningful DP guarantee). Give the patient "
             "with --set data.whatif_patient=FOLDER (about 5 min)."
         ),
         "base": "whatif",

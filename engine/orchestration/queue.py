@@ -153,7 +153,11 @@ def pump(root: Path) -> None:
             if running >= max_jobs():
                 break
             if job is not None and job.state == "waiting" and path.exists():
-                _start(root, path, job)
+                try:
+                    _start(root, path, job)
+                except OSError:  # its folder is gone (deleted while it waited): nothing to run
+                    path.unlink(missing_ok=True)
+                    continue
                 running += 1
 
 

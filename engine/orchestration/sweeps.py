@@ -252,8 +252,10 @@ def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
                 running[pool.submit(_execute_folder, str(run.path))] = (i, run)
             finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
             heartbeat()
-            for future in finished:
-                i, run = running.pop(future)
+            # Off the running list first: a failure below must not send a stop to a cell
+            # that has already finished.
+            ended_cells = [(future, *running.pop(future)) for future in finished]
+            for future, i, run in ended_cells:
                 try:
                     ended, error = future.result(), run.status().get("error")
                 except Exception as err:  # the worker process died (killed, out of memory)
@@ -271,9 +273,10 @@ def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
 
 
 def _cancel(running: dict[Future[str], tuple[int, RunFolder]]) -> None:
-    """Ask every running cell to stop and wait until each has."""
-    for _, run in running.values():
-        run.request_cancel()
+    """Ask every cell still running to stop and wait until each has."""
+    for future, (_, run) in running.items():
+        if not future.done():
+            run.request_cancel()
     wait(running)
 
 
