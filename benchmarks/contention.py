@@ -1,17 +1,19 @@
 """Start → results of a live demo, quiet and beside a competing torch process.
 
-Four conditions, one after another in fresh run folders:
+A run keeps one torch thread count from start to end (its figures depend on it, see
+``engine/orchestration/threads.py``). This measures what that costs when another process
+keeps the cores busy, against the count a load-following run would have dropped to:
 
-* ``fixed threads``: the run as a plain ``fedsct run`` (torch's default: one thread per core),
-  which is how dashboard jobs ran before they fitted their threads to the machine;
-* ``job (fitted threads)``: the same run as the dashboard's job queue runs it
-  (``python -m engine.orchestration.jobs RUN``, threads re-fitted to the free cores);
+* ``2 threads`` (the default on 2 cores) and ``1 thread``, each as the dashboard's job queue
+  runs it (``python -m engine.orchestration.jobs RUN`` with ``FEDSCT_THREADS``);
+* with ``--passive``, also ``2 threads`` with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads
+  sleep instead of spinning while they wait);
 
 each on a quiet machine and beside a competing process that runs 2-thread torch matrix
-products for as long as the run lasts. The figure is the run's own wall time
-(``summary.json`` → ``timing.wall_s``) plus process start-up, i.e. Start → results.
+products for as long as the run lasts. The figure is the time from launching the job's
+process to its exit (results written), i.e. Start → results.
 
-    python -m benchmarks.contention [--preset study-setup] [--repeats 1]
+    python -m benchmarks.contention [--preset study-setup] [--repeats 1] [--passive]
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import time
 from pathlib import Path
 
 from engine.orchestration.presets import build_config
-from engine.orchestration.queue import THREADS_ENV
 from engine.orchestration.store import create_run
+from engine.orchestration.threads import THREADS_ENV
 
 OUT = Path("test-output/benchmarks/contention.json")
 COMPETITOR = """
@@ -39,20 +41,14 @@ while True:
 """
 
 
-def _run(preset: str, root: Path, how: str) -> float:
-    """Seconds from launching the run's process to its exit (results written)."""
+def _run(preset: str, root: Path, threads: int, extra: dict[str, str]) -> float:
+    """Seconds from launching the job's process to its exit (results written)."""
     run = create_run(build_config(preset), root, preset=preset)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV)}
-    if how == "job":
-        cores = str(os.cpu_count() or 1)
-        env |= {THREADS_ENV: cores, "OMP_NUM_THREADS": cores, "MKL_NUM_THREADS": cores}
-        cmd = [sys.executable, "-m", "engine.orchestration.jobs", str(run.path)]
-    else:
-        cmd = [sys.executable, "-c", "import sys; from pathlib import Path; from "
-               "engine.orchestration.experiment import execute; from engine.core.run_folder "
-               "import RunFolder; sys.exit(execute(RunFolder(Path(sys.argv[1]))) is None)",
-               str(run.path)]
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV, "OMP_WAIT_POLICY")}
+    env |= {THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads)} | extra
+    cmd = [sys.executable, "-m", "engine.orchestration.jobs", str(run.path)]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
@@ -64,18 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="study-setup")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--passive", action="store_true",
+                   help="also 2 threads with OMP_WAIT_POLICY=PASSIVE")
     args = p.parse_args(argv)
+    hows = {"2 threads": (2, {}), "1 thread": (1, {})}
+    if args.passive:
+        hows["2 threads, passive wait"] = (2, {"OMP_WAIT_POLICY": "PASSIVE"})
+    loaded = "competing 2-thread torch process"
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for load in ("quiet", "competing 2-thread torch process"):
+        for load in ("quiet", loaded):
             competitor = (subprocess.Popen([sys.executable, "-c", COMPETITOR])
                           if load != "quiet" else None)
             try:
-                for how, label in (("fixed", "fixed threads"), ("job", "job (fitted threads)")):
-                    key = f"{label}, {load}"
+                for how, (threads, extra) in hows.items():
+                    key = f"{how}, {load}"
                     for _ in range(args.repeats):
                         results.setdefault(key, []).append(
-                            round(_run(args.preset, Path(tmp), how), 1))
+                            round(_run(args.preset, Path(tmp), threads, extra), 1))
                         print(f"{key}: {results[key][-1]} s", flush=True)
             finally:
                 if competitor:
@@ -83,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                     competitor.wait()
     best = {k: min(v) for k, v in results.items()}
     summary = {"preset": args.preset, "cores": os.cpu_count(), "seconds": results,
-               "loaded_over_quiet": {
-                   how: round(best[f"{how}, competing 2-thread torch process"]
-                              / best[f"{how}, quiet"], 2)
-                   for how in ("fixed threads", "job (fitted threads)")},
+               "loaded_over_quiet": {how: round(best[f"{how}, {loaded}"] / best[f"{how}, quiet"],
+                                                2) for how in hows},
+               # What a fixed count costs under load against the count a load-following run
+               # would have dropped to (1 thread beside a 2-thread process on 2 cores).
+               "fixed_2_over_1_thread_loaded": round(best[f"2 threads, {loaded}"]
+                                                     / best[f"1 thread, {loaded}"], 2),
                "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
     print(json.dumps(summary, indent=1))
     OUT.parent.mkdir(parents=True, exist_ok=True)

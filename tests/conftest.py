@@ -1,12 +1,16 @@
 """Shared fixtures. Tests use real torch/MONAI/Flower; torch runs on one thread here so a
-background job started by a test does not fight the test process for the two cores."""
+background job started by a test does not fight the test process for the two cores.
+``FEDSCT_TEST_THREADS`` sets another count: `make test` runs the numeric tests a second time
+on 2 threads and AVX2 kernels, as another CPU would (see the Makefile)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("FEDSCT_TEST_THREADS", "1")))
 
 
 @pytest.fixture

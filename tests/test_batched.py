@@ -2,23 +2,27 @@
 
 Tolerance. Both paths compute the same quantities in float32; the batched one takes the same
 sums in another order (grouped convolutions, per-hospital loss means), so results agree up to
-float32 rounding (relative 1e-7 per operation) as it propagates through training:
+float32 rounding (relative 1e-7 per operation) as it propagates through training. How far
+that goes was measured across CPU kernel selections and thread counts
+(``tests/golden/spread.json``, see ``tests/tolerances.py``); every bound below is ``FACTOR``
+times the largest value measured there:
 
-* SGD, and Adam on a network without normalisation layers: rounding stays at its own size.
-  Trained parameters agree to |Δw| ≤ 1e-5 (seen ≤ 4e-6), the update w − w_global to 1e-4 of
-  its norm (seen ≤ 2e-6), predictions to 0.1 HU (seen ≤ 0.011 HU).
-* Adam with InstanceNorm/BatchNorm: the training itself amplifies rounding. Adam's step
+* SGD, and Adam on a network without normalisation layers: rounding stays at its own size
+  (trained parameters within 4e-6, updates within 4e-6 of their norm, predictions within
+  0.013 HU across kernels).
+* Training that amplifies rounding. Adam with InstanceNorm/BatchNorm: Adam's step
   lr·m/(√v + ε) is ≈ lr·sign(g) for any |g| ≫ ε, so coordinates whose gradient is near zero
   (a conv bias right before a norm has an exactly zero one) take ±lr steps decided by
-  rounding, and later steps carry the difference on. The sequential path started from global
-  parameters perturbed by 1e-7 relative moves its predictions by 74–624 HU here; the batched
-  one moves them by the same amount, which is what the test checks (against the sequential
-  path's own sensitivity, measured in the test). Its parts are checked tightly instead:
-  gradients of the grouped network and the optimiser formulas.
-* Whole federations: SGD runs agree to 1e-4 relative; the smoke preset's default (Adam, L1,
-  InstanceNorm) agrees in round 1 to 1e-4 and after 5 rounds within 5 % of the MAE — running
-  the sequential path with 2 torch threads instead of 1 (another summation order, nothing
-  else) moved the same figure by 4.6 %.
+  rounding, and later steps carry the difference on. SGD with the L1 loss and InstanceNorm:
+  L1's gradient is sign(sCT − CT), so pixels whose residual is at rounding level flip it
+  (across kernels the batched prediction moved by up to 0.36 HU, 0.17 HU on an Intel CPU).
+  There the test compares the batched path with the sequential path's own sensitivity:
+  the sequential path started from global parameters perturbed by 1e-7 relative, measured in
+  the test. Its parts are checked tightly instead: gradients of the grouped network and the
+  optimiser formulas.
+* Whole federations: SGD runs agree tightly in every round; the smoke preset's default (Adam,
+  L1, InstanceNorm) in round 1; after 5 rounds its figures are chaotic (the sequential path
+  alone moves its final MAE by 4.6 % across kernels), bounded by ``FACTOR`` times that.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import FACTOR, FLOOR, measured
 
 from engine.core.config import ConfigError, config_hash
 from engine.data.cohort import load_cohort
@@ -46,9 +51,18 @@ from engine.learning.local import ADAM_EPS, LocalTraining, predict_sct_hu, train
 from engine.learning.model import build_unet, get_parameters, set_parameters
 from engine.orchestration.presets import build_config
 
-PARAM_ATOL = 1e-5
-UPDATE_RTOL = 1e-4
-PRED_ATOL_HU = 0.1
+
+def _bound(quantity: str, floor: float = 0.0) -> float:
+    """``FACTOR`` × the largest ``quantity`` measured across kernels in the cases compared
+    closely (``EQUAL_CASES``), at least ``floor``."""
+    equal = measured("batched", "equal")
+    return max(FACTOR * max(case[quantity] for case in equal.values()), floor)
+
+
+PARAM_ATOL = _bound("param_abs")
+UPDATE_RTOL = _bound("update_rel", FLOOR)
+PRED_ATOL_HU = _bound("prediction_gap_hu")
+LOSS_RTOL = _bound("train_loss_rel", FLOOR)
 
 
 @pytest.fixture(scope="module")
@@ -92,21 +106,41 @@ def _prediction_gap(model, a: list, b: list, sets) -> float:
     return gap
 
 
-@pytest.mark.parametrize(("norm", "optimizer", "loss", "mu", "kind"), [
-    ("instance", "sgd", "l1", 0.0, "3"),
+# (norm, optimizer, loss, FedProx mu, hospitals: see _sets)
+EQUAL_CASES = [
     ("instance", "sgd", "mse", 0.1, "5"),      # FedProx, unequal sizes
     ("batch", "sgd", "mse", 0.0, "3"),
     ("batch", "sgd", "l1", 0.05, "aligned"),  # BatchNorm, unequal sizes, equal batches
     ("none", "adam", "l1", 0.0, "5"),
     ("none", "adam", "mse", 0.05, "3"),
-])
+]
+# (norm, optimizer, loss, hospitals): training that amplifies rounding (see the docstring)
+AMPLIFIED_CASES = [("instance", "adam", "l1", "5"), ("instance", "adam", "mse", "3"),
+                   ("batch", "adam", "l1", "3"), ("instance", "sgd", "l1", "3")]
+
+
+def _rounding_sensitivity(model, start, local, seeds, sets, seq) -> float:
+    """What float32 rounding alone does to the sequential path (largest prediction gap, HU):
+    start it from the global parameters perturbed by 1e-7 relative, twice."""
+    rng = np.random.default_rng(1)
+    sensitivity = 0.0
+    for _ in range(2):
+        nudged = [(a * (1 + 1e-7 * rng.standard_normal(a.shape))).astype(a.dtype)
+                  if a.dtype.kind == "f" else a for a in start]
+        other = [train_local(model, nudged, d, local, seed=s)
+                 for d, s in zip(sets, seeds, strict=True)]
+        sensitivity = max(sensitivity, _prediction_gap(model, seq, other, sets))
+    return sensitivity
+
+
+@pytest.mark.parametrize(("norm", "optimizer", "loss", "mu", "kind"), EQUAL_CASES)
 def test_batched_equals_sequential(smoke_cohort, norm, optimizer, loss, mu, kind):
     sets = _sets(smoke_cohort, kind)
     model, start, _, _, seq, bat = _train_both(norm, optimizer, loss, mu, sets)
     names = list(model.state_dict())
     for (ps, ms), (pb, mb) in zip(seq, bat, strict=True):
         assert (mb["num_examples"], mb["steps"]) == (ms["num_examples"], ms["steps"])
-        assert mb["train_loss"] == pytest.approx(ms["train_loss"], rel=1e-5)
+        assert mb["train_loss"] == pytest.approx(ms["train_loss"], rel=LOSS_RTOL)
         for name, a, b in zip(names, ps, pb, strict=True):
             assert a.dtype == b.dtype and a.shape == b.shape, name
             if name.endswith("num_batches_tracked"):
@@ -121,27 +155,16 @@ def test_batched_equals_sequential(smoke_cohort, norm, optimizer, loss, mu, kind
     assert _prediction_gap(model, seq, bat, sets) <= PRED_ATOL_HU
 
 
-@pytest.mark.parametrize(("norm", "loss", "kind"), [
-    ("instance", "l1", "5"), ("instance", "mse", "3"), ("batch", "l1", "3"),
-])
-def test_batched_adam_with_norm_layers_is_within_rounding_sensitivity(smoke_cohort, norm, loss,
-                                                                      kind):
+@pytest.mark.parametrize(("norm", "optimizer", "loss", "kind"), AMPLIFIED_CASES)
+def test_batched_is_within_rounding_sensitivity_where_training_amplifies_it(
+        smoke_cohort, norm, optimizer, loss, kind):
     sets = _sets(smoke_cohort, kind)
-    model, start, local, seeds, seq, bat = _train_both(norm, "adam", loss, 0.0, sets)
+    model, start, local, seeds, seq, bat = _train_both(norm, optimizer, loss, 0.0, sets)
     for (_, ms), (_, mb) in zip(seq, bat, strict=True):
         assert (mb["num_examples"], mb["steps"]) == (ms["num_examples"], ms["steps"])
         assert mb["train_loss"] == pytest.approx(ms["train_loss"], rel=1e-3)
     gap = _prediction_gap(model, seq, bat, sets)
-    # What float32 rounding alone does to the sequential path: start it from the global
-    # parameters perturbed by 1e-7 relative.
-    rng = np.random.default_rng(1)
-    sensitivity = 0.0
-    for _ in range(2):
-        nudged = [(a * (1 + 1e-7 * rng.standard_normal(a.shape))).astype(a.dtype)
-                  if a.dtype.kind == "f" else a for a in start]
-        other = [train_local(model, nudged, d, local, seed=s)
-                 for d, s in zip(sets, seeds, strict=True)]
-        sensitivity = max(sensitivity, _prediction_gap(model, seq, other, sets))
+    sensitivity = _rounding_sensitivity(model, start, local, seeds, sets, seq)
     assert gap <= 3 * sensitivity + PRED_ATOL_HU, (gap, sensitivity)
 
 
@@ -199,9 +222,10 @@ def test_smoke_federation_sgd_matches_sequential(smoke_cohort):
     bat = run_federation(build_config("smoke", sets=[*sets, "federation.batched_clients=on"]),
                          smoke_cohort)
     assert len(seq.history) == len(bat.history) == 6
+    rtol = max(FACTOR * measured("batched", "federations", "sgd_rel"), FLOOR)
     for hs, hb in zip(seq.history, bat.history, strict=True):
         for key in ("mae_hu", "psnr_db", "ssim"):
-            assert hb[key] == pytest.approx(hs[key], rel=1e-4), (hs, hb)
+            assert hb[key] == pytest.approx(hs[key], rel=rtol), (hs, hb)
     assert bat.steps == seq.steps
 
 
@@ -210,11 +234,15 @@ def test_smoke_federation_default_recipe_agrees(smoke_cohort):
                          smoke_cohort)
     bat = run_federation(build_config("smoke", sets=["federation.batched_clients=on"]),
                          smoke_cohort)
+    spread = measured("batched", "federations")
     for key in ("mae_hu", "psnr_db", "ssim"):
-        assert bat.history[1][key] == pytest.approx(seq.history[1][key], rel=1e-4)
+        assert bat.history[1][key] == pytest.approx(
+            seq.history[1][key], rel=FACTOR * spread["default_round1_rel"])
     s, b = seq.history[-1], bat.history[-1]
-    assert abs(b["mae_hu"] - s["mae_hu"]) <= 0.05 * s["mae_hu"], (s, b)
-    assert abs(b["psnr_db"] - s["psnr_db"]) <= 0.5 and abs(b["ssim"] - s["ssim"]) <= 0.02
+    assert abs(b["mae_hu"] - s["mae_hu"]) <= FACTOR * spread["default_final_mae_rel"] * s["mae_hu"]
+    assert abs(b["psnr_db"] - s["psnr_db"]) <= FACTOR * spread["default_final_psnr_db"]
+    assert abs(b["ssim"] - s["ssim"]) <= FACTOR * spread["default_final_ssim"]
+    assert b["mae_hu"] < 0.6 * bat.history[0]["mae_hu"]  # it learns as the sequential path
     assert bat.per_center.keys() == seq.per_center.keys()
 
 

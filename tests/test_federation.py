@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from tolerances import FACTOR, measured
 
 from engine.data.cohort import load_cohort
 from engine.federation.inprocess import run_federation
 from engine.federation.secagg import SecAggParams, quantization_error_bound
 from engine.federation.server_view import ServerView
+from engine.learning.local import LocalTraining, train_local
+from engine.learning.model import build_unet, get_parameters
 from engine.orchestration.presets import build_config
 
 
@@ -42,19 +46,35 @@ def test_same_seed_same_model_other_seed_differs(smoke_cohort):
     assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
 
 
-def test_bf16_training_computes_in_bf16_and_keeps_the_result(smoke_cohort):
-    """bf16 autocast changes the arithmetic (the learning curve moves) but not the outcome:
-    round 1 within 1 % and the final MAE within 5 % of fp32 (measured: 0.07 % and 0.2 %; Adam
-    with InstanceNorm amplifies rounding in between, as test_batched.py explains)."""
+def test_bf16_training_computes_in_bf16_and_learns_within_the_measured_spread(smoke_cohort):
+    """bf16 is hardware-dependent: the CPU's bf16 kernels round differently, and Adam with
+    InstanceNorm carries that on. Across kernel selections of one machine the final MAE of
+    ``smoke`` in bf16 was 6.7 % below to 12.6 % above fp32's (an Intel CPU with AMX: 11 %
+    above; tests/golden/spread.json), while round 1 stayed within 0.07 %. Checked here: the
+    convolutions run in bf16, round 1 agrees within ``FACTOR`` × its measured spread, bf16
+    training learns, and its final MAE is within twice the largest measured distance from
+    fp32's (25 %: chaotic, so only gross failures are caught there)."""
+    dtypes = set()
+    model = build_unet((8, 16, 32), "instance", 1)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+    data = smoke_cohort.centers[0].train
+    train_local(model, get_parameters(model), data.select(np.arange(4)),
+                LocalTraining(precision="bf16", batch_size=4), seed=0)
+    hook.remove()
+    assert dtypes == {torch.bfloat16}
     curves = {}
     for precision in ("fp32", "bf16"):
         cfg = build_config("smoke", sets=[f"federation.precision={precision}",
                                           "federation.batched_clients=off"])
         curves[precision] = [h["mae_hu"] for h in run_federation(cfg, smoke_cohort).history]
     fp32, bf16 = curves["fp32"], curves["bf16"]
-    assert fp32 != bf16
-    assert bf16[1] == pytest.approx(fp32[1], rel=0.01)
-    assert bf16[-1] == pytest.approx(fp32[-1], rel=0.05)
+    spread = measured("bf16").values()
+    round1 = max(abs(v["round1_rel"]) for v in spread)
+    final = max(abs(v["final_rel"]) for v in spread)
+    assert bf16[1] == pytest.approx(fp32[1], rel=FACTOR * round1)
+    assert bf16[-1] < 0.6 * bf16[0]
+    assert bf16[-1] == pytest.approx(fp32[-1], rel=2 * final)
 
 
 def test_secure_aggregation_equals_fedavg_and_hides_uploads(tmp_path, smoke_cohort):

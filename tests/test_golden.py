@@ -1,34 +1,36 @@
 """Golden figures: fixed-seed runs of one preset per analysis must reproduce the figures
 recorded in ``tests/golden/summary_figures.json``.
 
-They were recorded before the engine was reorganised into layers and guard every later
-restructuring: a move of code must not move a number. Torch runs on one thread here
-(conftest), so results are deterministic on one machine kind; floats are compared to 1e-6
-relative. The runs take the sequential local-training path (``federation.batched_clients =
-off``), the reference the batched path is checked against in tests/test_batched.py: summing
-the same numbers in another order changes the last bits, and Adam with normalisation layers
-amplifies that over the rounds, so the golden figures pin one summation order.
+They guard every restructuring: a move of code must not move a number further than another
+CPU would. Each float is compared with a tolerance derived from how far it moved across
+kernel selections and thread counts (``tests/tolerances.py``, measured into
+``tests/golden/spread.json`` by ``tests/golden/measure_spread.py``); verdicts, counts and
+every other discrete value exactly. Figures that rounding alone moves by more than 1 %
+(the later rounds of Adam with InstanceNorm) are not compared as numbers: the early rounds
+and the verdicts computed from them are. The runs take the sequential local-training path
+(``federation.batched_clients = off``), the reference the batched path is checked against in
+tests/test_batched.py.
 
 Regenerate (only when a change of behaviour is intended, and say so in the commit):
-``FEDSCT_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py``.
+``.venv/bin/python tests/golden/measure_spread.py --record`` (the figures and their spread).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from golden.measure_spread import leaves
+from tolerances import golden_rtol, spread
 
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
 
 GOLDEN = Path(__file__).parent / "golden" / "summary_figures.json"
-RTOL = 1e-6
 # Small versions of the presets, so that the four runs take about a minute.
 CASES: dict[str, tuple[str, list[str]]] = {
     "smoke": ("smoke", []),
@@ -68,35 +70,53 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out))  # tuples → lists, as stored
 
 
-def assert_same(got: Any, want: Any, path: str = "") -> None:
+def assert_same(case: str, got: Any, want: Any, path: str = "") -> None:
+    """``got`` equals ``want``: floats within their measured tolerance (chaotic ones only as
+    finite numbers), everything else exactly."""
+    where = path.lstrip(".")
     if isinstance(want, dict):
-        assert isinstance(got, dict) and set(got) == set(want), (path, got, want)
+        assert isinstance(got, dict) and set(got) == set(want), (where, got, want)
         for k in want:
-            assert_same(got[k], want[k], f"{path}.{k}")
+            assert_same(case, got[k], want[k], f"{path}.{k}")
     elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), (path, got, want)
+        assert isinstance(got, list) and len(got) == len(want), (where, got, want)
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            assert_same(g, w, f"{path}[{i}]")
-    elif isinstance(want, float) and not isinstance(want, bool):
-        assert isinstance(got, int | float), (path, got, want)
-        assert math.isclose(got, want, rel_tol=RTOL, abs_tol=1e-12), (path, got, want)
+            assert_same(case, g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert isinstance(got, int | float) and not isinstance(got, bool), (where, got, want)
+        rtol = golden_rtol(case, where)
+        if rtol is None:
+            assert math.isfinite(got) == math.isfinite(want), (where, got, want)
+        else:
+            assert math.isclose(got, want, rel_tol=rtol, abs_tol=1e-12), (where, got, want, rtol)
     else:
-        assert got == want, (path, got, want)
+        assert got == want, (where, got, want)
+
+
+def run_case(case: str, root: Path) -> dict[str, Any]:
+    """The figures of golden case ``case``, run in a new run folder under ``root``."""
+    preset, sets = CASES[case]
+    run = create_run(build_config(preset, sets=[*sets, "federation.batched_clients=off"]),
+                     root)
+    summary = execute(run)
+    assert summary is not None, (run.path / "log.txt").read_text()
+    return figures(summary)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_golden_figures(case: str, runs_dir: Path) -> None:
-    preset, sets = CASES[case]
-    run = create_run(build_config(preset, sets=[*sets, "federation.batched_clients=off"]),
-                     runs_dir)
-    summary = execute(run)
-    assert summary is not None, (run.path / "log.txt").read_text()
-    got = figures(summary)
-    stored = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
-    if os.environ.get("FEDSCT_UPDATE_GOLDEN") == "1":
-        stored[case] = got
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
-        pytest.skip(f"golden figures of {case!r} rewritten")
+    got = run_case(case, runs_dir)
+    stored = json.loads(GOLDEN.read_text())
     assert case in stored, f"no golden figures for {case!r}: see the module docstring"
-    assert_same(got, stored[case], case)
+    assert_same(case, got, stored[case])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden_tolerances_stay_tight(case: str) -> None:
+    """The tolerances can fail: every figure of the untrained model and of round 1 is pinned
+    to 0.3 % or better, and every stored figure has a measured spread."""
+    stored = json.loads(GOLDEN.read_text())[case]
+    paths = {p for p in leaves(stored) if isinstance(leaves(stored)[p], float)}
+    assert paths == set(spread()["golden"][case]["max_rel_dev"]), "remeasure the spread"
+    early = [p for p in paths if p.startswith(("history[0]", "history[1]"))]
+    assert early and all((golden_rtol(case, p) or 1.0) <= 3e-3 for p in early), early

@@ -71,8 +71,10 @@ def test_a_killed_job_does_not_block_the_queue(tmp_path: Path) -> None:
 def test_slots_and_threads_follow_the_setting(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDSCT_MAX_JOBS", "2")
+    monkeypatch.delenv("FEDSCT_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert queue.max_jobs() == 2
-    assert queue.job_threads() == max(1, (os.cpu_count() or 1) // 2)
+    assert queue.default_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
     a, b = _job(tmp_path, "a", 1), _job(tmp_path, "b", 1)
     assert a.state == b.state == "running"
     monkeypatch.setenv("FEDSCT_MAX_JOBS", "zero")

@@ -35,9 +35,10 @@ SETS = [f"federation.rounds={ROUNDS}", "federation.checkpoint_every=2",
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _fedsct(root: Path, *args: str, **kwargs: Any) -> subprocess.Popen:
+def _fedsct(root: Path, *args: str, env: dict[str, str] = ENV,
+            **kwargs: Any) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "engine", "run", "--out", str(root),
-                             "--quiet", *args], env=ENV, stdout=subprocess.PIPE,
+                             "--quiet", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -91,7 +92,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     assert status["state"] == "interrupted", (kill_after, status)
     assert not (run_path / "summary.json").exists()
 
-    resumed = _fedsct(root, "--resume", run.run_id)
+    assert status["threads"] == 1
+    # Resumed where another default applies: the run goes on with the count it started on.
+    resumed = _fedsct(root, "--resume", run.run_id, env=ENV | {"OMP_NUM_THREADS": "2"})
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, (kill_after, killed_at, err)
     assert Path(out.strip()) == run_path
@@ -100,6 +103,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     got = _results(run_path)
     # Identical, not close: the rounds after the checkpoint are recomputed exactly.
     assert got == expected, f"killed after round {killed_at} (aimed at {kill_after})"
+    assert json.loads((run_path / "summary.json").read_text())["environment"]["threads"] == 1
     records = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == list(range(ROUNDS + 1))  # no round twice
 

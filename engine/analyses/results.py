@@ -283,6 +283,23 @@ class WhatifSummary(_Block):
     reconstruction: WhatifReconstruction | None = None
 
 
+class Environment(_Block):
+    """``environment``: what besides the config decided the figures (see
+    :func:`engine.analyses.summary.run_environment`)."""
+
+    threads: int = 0
+    device: str = ""
+    cpu_capability: str = ""
+    kernel_limits: dict[str, str] = Field(default_factory=dict)
+    cpu: str = ""
+    torch: str = ""
+    monai: str = ""
+    precision: str = ""
+    runtime: str = ""
+    training: str = ""
+    batched_centers: list[int] = Field(default_factory=list)
+
+
 class RunSummary(_Block):
     """A finished run's ``summary.json``."""
 
@@ -294,6 +311,7 @@ class RunSummary(_Block):
     timing: dict[str, float] = Field(default_factory=dict)
     device: str = ""
     versions: dict[str, str] = Field(default_factory=dict)
+    environment: Environment | None = None  # None: written before runs recorded it
     mia: MiaSummary | None = None
     inversion: InversionSummary | None = None
     poisoning: PoisoningSummary | None = None

@@ -17,6 +17,7 @@ from engine import __version__
 from engine.clients.behaviour import dp_accountings, dp_epsilon
 from engine.clients.dp import MEANINGFUL_EPSILON, NEIGHBOURING
 from engine.core.config import ExperimentConfig
+from engine.core.environment import numeric_environment
 from engine.core.metrics import mean_over_patients, volume_metrics
 from engine.core.types import NDArrays
 from engine.core.units import HU_MIN, unit_to_hu
@@ -24,6 +25,7 @@ from engine.data.cohort import split_folders
 from engine.data.preprocess import normalise_mri, resample_slices
 from engine.data.synthrad import load_synthrad_patient
 from engine.data.types import CenterData, Cohort, PatientVolume
+from engine.federation.inprocess import plan_training
 from engine.federation.protocol import FederationResult
 from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, select_device, set_parameters
@@ -33,6 +35,25 @@ def versions() -> dict[str, str]:
     return {"fedsct": __version__, "python": platform.python_version(),
             "torch": torch.__version__, "monai": monai.__version__, "flwr": flwr.__version__,
             "numpy": np.__version__}
+
+
+def run_environment(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
+    """``environment``: what besides the config decides the figures
+    (:func:`engine.core.environment.numeric_environment`: threads, device, CPU kernels,
+    versions) and how training ran: ``precision``, ``runtime``, ``training`` (``batched``,
+    ``sequential``, ``partly batched``, or ``flower``: each ClientApp trains on its own) and
+    ``batched_centers`` (indices)."""
+    env = numeric_environment(torch.get_num_threads())
+    batched: tuple[int, ...] = ()
+    if cfg.federation.runtime == "inprocess":
+        n = len(cohort.centers)
+        batched = plan_training(cfg, build_model(cfg), [c.train for c in cohort.centers]).batched
+        training = ("batched" if len(batched) == n else "partly batched" if batched
+                    else "sequential")
+    else:
+        training = "flower"
+    return env | {"precision": cfg.federation.precision, "runtime": cfg.federation.runtime,
+                  "training": training, "batched_centers": list(batched)}
 
 
 def dp_summary(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
@@ -204,4 +225,5 @@ def build_summary(cfg: ExperimentConfig, cohort: Cohort, result: FederationResul
                    **timing},
         "device": str(select_device()),
         "versions": versions(),
+        "environment": run_environment(cfg, cohort),
     }

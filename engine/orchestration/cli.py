@@ -22,6 +22,7 @@ from engine.orchestration.presets import (
     sweep_spec,
 )
 from engine.orchestration.store import RunIndex, check_resumable, create_run, open_run, runs_root
+from engine.orchestration.threads import default_threads, parse_threads, use_threads
 
 EXAMPLES = """examples:
   fedsct run --preset smoke
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                         "checkpoint (federation.checkpoint_every) instead of starting a new one; "
                         "it ends as the uninterrupted run would have")
     r.add_argument("--quiet", action="store_true", help="print only the run folder path")
+    _threads_option(r, "the run")
     sw = sub.add_parser("sweep", help="run or resume a sweep of experiments into one table",
                         description="Run a named sweep; cells whose exact config already "
                         "finished are reused, so rerunning the same command resumes it.")
@@ -72,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=_workers, default=1, metavar="N",
                     help="cells trained at once, each in its own process on one torch thread "
                          "(default 1; 2 on a 2-core machine trains the poison-paper grid "
-                         "1.9× faster); results agree up to float rounding")
+                         "1.9× faster); the thread count is part of the figures, so cells "
+                         "trained with --workers 1 and 2 are not reused for each other")
+    _threads_option(sw, "each cell (with --workers 1)")
     st = sub.add_parser("study", help="run the study's analyses and write one study report",
                         description="Run every analysis of the FedSynthCT-Brain security "
                         "study (sCT quality, membership inference with and without secure "
@@ -87,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
     st.add_argument("--workers", type=_workers, default=1, metavar="N",
                     help="experiments trained at once, as for `fedsct sweep --workers`")
+    _threads_option(st, "each experiment (with --workers 1)")
     sub.add_parser("presets", help="list the named presets and sweeps")
     sub.add_parser("dashboard", add_help=False,
                    help="serve the dashboard on http://127.0.0.1:8501 (see `fedsct dashboard "
@@ -95,6 +100,29 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--out", metavar="DIR", help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _threads_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--threads", type=_threads, metavar="N",
+        help=f"torch threads for {what}, fixed from start to end (default: $FEDSCT_THREADS, "
+             f"else this machine's cores ÷ $FEDSCT_MAX_JOBS = {_default_threads_text()}); "
+             "figures depend on it, and summary.json → environment records it")
+
+
+def _default_threads_text() -> str:
+    try:
+        return str(default_threads())
+    except ValueError:
+        return "invalid here"
+
+
+def _threads(text: str) -> int:
+    """``--threads``: 1 to MAX_THREADS (argparse reports the refusal in one line)."""
+    try:
+        return parse_threads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--threads ")) from None
 
 
 def _refuse(message: object) -> int:
@@ -163,6 +191,9 @@ def _open_resumable(args: argparse.Namespace) -> RunFolder:
     if args.preset is not None or args.config is not None or args.sets:
         raise ConfigError("--resume goes on with the run's own settings: drop --preset, "
                           "--config and --set")
+    if args.threads is not None:
+        raise ConfigError("--resume goes on with the thread count the run started with (its "
+                          "figures depend on it): drop --threads")
     root = _usable_runs_root(args.out)
     try:
         run = open_run(args.resume, root)
@@ -183,6 +214,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"resuming run {run.run_id} → {run.path}", file=sys.stderr)
         run.clear_cancel()  # the stop that ended it must not end the resumed run
+        use_threads(default_threads())  # execute() restores the run's own count if recorded
         cfg = run.config()
         summary = execute(run, on_round=None if args.quiet else _round_printer(
             cfg.federation.rounds), resume=True)
@@ -205,8 +237,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as err:  # the runs root changed since it was checked
         return _refuse(f"cannot create a run folder under {_short(str(root))} "
                        f"({err.strerror or type(err).__name__})")
+    threads = use_threads(args.threads or default_threads())
     if not args.quiet:
-        print(f"run {run.run_id} → {run.path}", file=sys.stderr)
+        print(f"run {run.run_id} → {run.path} ({threads} torch threads)", file=sys.stderr)
     summary = execute(run, on_round=None if args.quiet else _round_printer(
         cfg.federation.rounds))
     return _finish(run, summary, args.quiet)
@@ -261,6 +294,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return _refuse(err)
     from engine.orchestration.sweeps import run_sweep  # lazy, as in _cmd_run
 
+    use_threads(args.threads or default_threads())
     return _run_to_folder(lambda progress: run_sweep(args.preset, root=args.out, sets=args.sets,
                                                      progress=progress, workers=args.workers))
 
@@ -292,6 +326,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         return _refuse(err)
     from engine.orchestration.study import run_study  # lazy, as in _cmd_run
 
+    use_threads(args.threads or default_threads())
     return _run_to_folder(lambda progress: run_study(args.scale, root=args.out,
                                                      progress=progress, workers=args.workers))
 
@@ -333,6 +368,10 @@ def _cmd_dashboard(rest: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        default_threads()  # a bad $FEDSCT_THREADS is refused before anything starts
+    except ValueError as err:
+        return _refuse(err)
     if argv[:1] == ["dashboard"]:
         return _cmd_dashboard(argv[1:])
     args = _parser().parse_args(argv)

@@ -32,6 +32,7 @@ from engine.federation.protocol import Cancelled, FederationResult, load_checkpo
 from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, count_parameters, select_device, set_parameters
 from engine.orchestration.store import find_finished_run
+from engine.orchestration.threads import use_threads
 
 
 @dataclass
@@ -46,18 +47,10 @@ class RunContext:
     attacker: AttackerData | None
     phase: str = ""
     done: dict[str, Any] = field(default_factory=dict)
-    heartbeat: Callable[[], None] = lambda: None
 
     def progress(self, unit: str) -> Callable[[int, int, str], None]:
-        """Progress of the current step, in ``unit``s (see :meth:`RunFolder.progress`); each
-        report is also a heartbeat (see :func:`execute`)."""
-        report = self.run.progress(self.phase, unit)
-
-        def beat(done: int, total: int, detail: str = "") -> None:
-            report(done, total, detail)
-            self.heartbeat()
-
-        return beat
+        """Progress of the current step, in ``unit``s (see :meth:`RunFolder.progress`)."""
+        return self.run.progress(self.phase, unit)
 
 
 @dataclass(frozen=True)
@@ -76,7 +69,7 @@ def _poisoning(ctx: RunContext) -> dict[str, Any]:
     same runs root, else the clean federation trained now (nothing of it stored but its
     learning curve)."""
     clean = baseline_config(ctx.cfg)
-    found = find_finished_run(clean, ctx.run.root)
+    found = find_finished_run(clean, ctx.run.root, torch.get_num_threads())
     if found is not None:
         ctx.run.log(f"baseline: reusing the clean run {found.run_id}")
         history = (found.summary() or {})["federation"]["history"]
@@ -143,24 +136,29 @@ def _resume_point(run: RunFolder) -> tuple[int, Any, list[dict[str, Any]]] | Non
 
 
 def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = None,
-            resume: bool = False,
-            heartbeat: Callable[[], None] = lambda: None) -> dict[str, Any] | None:
+            resume: bool = False) -> dict[str, Any] | None:
     """Run the experiment stored in ``run`` and write its results there.
 
     Status goes running → done | failed | cancelled; on failure the error is in
     ``status.json`` and the traceback in ``log.txt``. ``on_round`` also receives each
     round's record (after it is written). With ``resume``, training goes on from the run's
     last checkpoint (see :func:`engine.orchestration.store.check_resumable`) and ends as an
-    uninterrupted run would have. ``heartbeat`` is called from the computing thread after
-    every round and every progress report of an attack (a background job re-fits its torch
-    threads there). Returns the summary when done.
+    uninterrupted run would have, on the thread count it started with (recorded in
+    ``status.json``). The run never changes torch's thread count: the caller sets it
+    (:mod:`engine.orchestration.threads`), and ``summary.json`` → ``environment`` records it.
+    Returns the summary when done.
     """
     t0 = time.perf_counter()
     cfg = run.config()
+    recorded = run.status().get("threads")
+    if resume and isinstance(recorded, int) and recorded >= 1:
+        use_threads(recorded)  # the figures of a resumed run are those it would have had
+    threads = torch.get_num_threads()
     run.set_status("running", **process_identity(), started=time.time(), phase="data",
-                   error=None)
+                   error=None, threads=threads)
     try:
-        run.log(f"device {select_device()}, torch threads {torch.get_num_threads()}")
+        run.log(f"device {select_device()}, torch threads {threads}"
+                + (" (as when the run started)" if resume and recorded == threads else ""))
         cohort = load_cohort(cfg.data, cfg.seed, progress=run.log)
         # Before training, so that a source without patients for the attacker fails at once.
         attacker = (attacker_data(cfg.data, cfg.seed, progress=run.log)
@@ -176,7 +174,6 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
                 on_round(entry)
             g = entry.get("global") or {}
             run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
-            heartbeat()
 
         start = _resume_point(run) if resume else None
         if start is not None and start[0] >= cfg.federation.rounds:  # only attacks were left
@@ -199,8 +196,7 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
             volumetric = volumetric_summary(cfg, cohort, result.final_params, log=run.log)
             volumetric_s = time.perf_counter() - t_vol
             run.log(f"volumetric evaluation: {volumetric_s:.1f} s")
-            heartbeat()
-        ctx = RunContext(run, cfg, cohort, result, attacker, heartbeat=heartbeat)
+        ctx = RunContext(run, cfg, cohort, result, attacker)
         for step in ATTACKS:
             if step.enabled(cfg):
                 ctx.phase = step.phase

@@ -31,7 +31,7 @@ from engine.orchestration.presets import study_cells, sweep_spec
 from engine.orchestration.store import check_resumable, create_run, runs_root
 from engine.orchestration.study import run_study, study_folder
 from engine.orchestration.sweeps import CANCEL_FILE, run_sweep, sweep_folder
-from engine.orchestration.threads import ThreadGovernor
+from engine.orchestration.threads import default_threads, use_threads
 
 JOBS_MODULE = "engine.orchestration.jobs"
 
@@ -161,24 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     --out ROOT [--set K=V]...`` runs a sweep, ``--study SCALE --out ROOT`` runs the study.
     It leaves the queue when it ends."""
     args = argv if argv is not None else sys.argv[1:]
-    # At most the threads the queue gave this job, fewer while other processes keep cores
-    # busy (two oversubscribed torch processes slow each other several-fold).
-    governor = ThreadGovernor(int(os.environ.get(queue.THREADS_ENV) or queue.job_threads()))
-    governor.start()
+    # One thread count for the whole job, whatever the machine's load: it is part of what
+    # the figures are (engine.orchestration.threads).
+    threads = use_threads(default_threads())
     try:
         if args[0] == "--study":
-            run_study(args[1], root=args[args.index("--out") + 1], heartbeat=governor.update)
+            run_study(args[1], root=args[args.index("--out") + 1])
             return 0
         if args[0] == "--sweep":
             sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
             out = args[args.index("--out") + 1]
-            run_sweep(args[1], root=out, sets=sets, heartbeat=governor.update)
+            run_sweep(args[1], root=out, sets=sets)
             return 0
         run = RunFolder(Path(args[0]))
-        run.log(f"torch threads {governor.threads} of at most {governor.cap} (the rest of "
-                "the machine's cores are busy)" if governor.threads < governor.cap else
-                f"torch threads {governor.threads}")
-        done = execute(run, resume="--resume" in args[1:], heartbeat=governor.update)
+        run.log(f"torch threads {threads}, fixed for the whole run")
+        done = execute(run, resume="--resume" in args[1:])
         return 0 if done is not None or run.status()["state"] == "cancelled" else 1
     finally:
         queue.finished()

@@ -10,8 +10,10 @@ reloaded browser, sees the same jobs:
 * a job's process takes itself off the queue when it ends and starts the next one
   (:func:`finished`), and :func:`pump` (called by every listing) starts waiting jobs whose
   turn has come and drops jobs whose process died, so a killed job never blocks the queue;
-* each job gets the threads the machine can give it: ``cores ÷ max_jobs`` (set through
-  ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` before torch starts).
+* each job runs on the same fixed number of torch threads from start to end
+  (:func:`engine.orchestration.threads.default_threads`: ``cores ÷ max_jobs`` unless
+  ``FEDSCT_THREADS`` says otherwise), set through ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``
+  before torch starts, so that its figures do not depend on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -34,27 +36,10 @@ from engine.core.run_folder import (
     process_identity,
     write_json_atomic,
 )
+from engine.orchestration.threads import THREADS_ENV, default_threads, max_jobs
 
 QUEUE_DIR = "queue"
 ENTRY_ENV = "FEDSCT_QUEUE_ENTRY"  # a job's own queue file, for finished()
-
-
-def max_jobs() -> int:
-    """How many heavy jobs may run at once (``FEDSCT_MAX_JOBS``, default 1)."""
-    try:
-        return max(1, int(os.environ.get("FEDSCT_MAX_JOBS", "1")))
-    except ValueError:
-        return 1
-
-
-THREADS_ENV = "FEDSCT_JOB_THREADS"  # the cap a job's thread governor stays within
-
-
-def job_threads() -> int:
-    """Most torch threads for one job: the cores shared out among the jobs that may run at
-    once (the job uses fewer while other processes keep cores busy, see
-    :mod:`engine.orchestration.threads`)."""
-    return max(1, (os.cpu_count() or 1) // max_jobs())
 
 
 @dataclass
@@ -124,7 +109,7 @@ def jobs(root: Path) -> list[Job]:
 
 def _start(root: Path, path: Path, job: Job) -> None:
     log = open(Path(job.folder) / "log.txt", "a")  # noqa: SIM115 - handed to the child
-    threads = str(job_threads())
+    threads = str(default_threads())
     env = os.environ | {ENTRY_ENV: str(path), THREADS_ENV: threads, "OMP_NUM_THREADS": threads,
                         "MKL_NUM_THREADS": threads}
     proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,

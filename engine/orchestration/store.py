@@ -22,7 +22,9 @@ from typing import Any
 import yaml
 
 from engine.core.config import ExperimentConfig, config_hash
+from engine.core.environment import numeric_environment, same_numbers
 from engine.core.run_folder import ACTIVE, RunFolder, write_json_atomic
+from engine.orchestration.threads import default_threads
 
 
 def runs_root(root: str | Path | None = None) -> Path:
@@ -222,9 +224,15 @@ class RunIndex:
         return out
 
 
-def find_finished_run(cfg: ExperimentConfig, root: Path) -> RunFolder | None:
-    """A finished run in ``root`` with exactly this config, if any."""
+def find_finished_run(cfg: ExperimentConfig, root: Path,
+                      threads: int | None = None) -> RunFolder | None:
+    """A finished run in ``root`` with exactly this config that computed its figures as a new
+    run on ``threads`` torch threads in this process would (see
+    :mod:`engine.core.environment`: same thread count, kernels, versions, device and
+    ``federation.batched_clients``), if any. ``threads`` defaults to the count a new run gets
+    (:func:`engine.orchestration.threads.default_threads`)."""
     want = config_hash(cfg)
+    wanted: dict[str, Any] | None = None
     for status_file in sorted(root.glob("*/status.json")):
         try:
             status = json.loads(status_file.read_text())
@@ -234,6 +242,12 @@ def find_finished_run(cfg: ExperimentConfig, root: Path) -> RunFolder | None:
             continue
         if status.get("config_hash") == want and status.get("state") == "done":
             run = RunFolder(status_file.parent)
-            if run.summary() is not None:
+            summary = run.summary()
+            if summary is None:
+                continue
+            wanted = wanted or numeric_environment(threads or default_threads())
+            same_mode = (_mapping(_mapping(summary.get("config")).get("federation"))
+                         .get("batched_clients") == cfg.federation.batched_clients)
+            if same_mode and same_numbers(summary.get("environment"), wanted):
                 return run
     return None

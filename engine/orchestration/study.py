@@ -44,8 +44,7 @@ def check_study(scale: str) -> None:
 
 
 def run_study(scale: str, *, root: str | Path | None = None,
-              progress: Callable[[str], None] = print,
-              heartbeat: Callable[[], None] = lambda: None, workers: int = 1) -> Path:
+              progress: Callable[[str], None] = print, workers: int = 1) -> Path:
     """Run (or continue) the study at ``scale`` and write its report (``report.md``,
     ``report.html``) into its folder; returns the folder. ``workers``: experiments trained
     at once (see :func:`~engine.orchestration.sweeps.run_cells`)."""
@@ -54,7 +53,7 @@ def run_study(scale: str, *, root: str | Path | None = None,
     folder = run_cells(study_folder(scale, root), list(cells), configs, root=root,
                        header={"name": f"study-{scale}", "base": "study", "scale": scale,
                                "description": f"The study's analyses at the {scale} scale"},
-                       progress=progress, heartbeat=heartbeat, workers=workers)
+                       progress=progress, workers=workers)
     state = json.loads((folder / "sweep.json").read_text())
     if state.get("state") == "done":
         base = runs_root(root)

@@ -115,14 +115,12 @@ def sweep_folder(name: str, sets: list[str] | tuple = (), root: str | Path | Non
 
 
 def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tuple = (),
-              progress: Callable[[str], None] = print,
-              heartbeat: Callable[[], None] = lambda: None, workers: int = 1) -> Path:
+              progress: Callable[[str], None] = print, workers: int = 1) -> Path:
     """Run (or resume) sweep ``name``; returns the sweep folder.
 
     A ``cancel`` file in the folder (see :func:`engine.orchestration.jobs.cancel_sweep`)
     stops the sweep before its next cell and is consumed; finished cells stay and a rerun
-    resumes from there. ``heartbeat`` goes to every cell's :func:`execute`; ``workers``: see
-    :func:`run_cells`.
+    resumes from there. ``workers``: see :func:`run_cells`.
     """
     spec = sweep_spec(name)
     cells = [Cell(spec["base"], list(own), [*own, *sets]) for own in spec["cells"]]
@@ -134,7 +132,7 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
     return run_cells(sweep_folder(name, sets, root), cells, configs, root=root,
                      header={"name": name, "base": spec["base"],
                              "description": spec["description"], "sets": list(sets)},
-                     progress=progress, heartbeat=heartbeat, workers=workers)
+                     progress=progress, workers=workers)
 
 
 def _one_thread() -> None:
@@ -143,22 +141,20 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _execute_folder(path: str, heartbeat: Callable[[], None] = lambda: None) -> str:
+def _execute_folder(path: str) -> str:
     """Execute the run in ``path``; returns its final state."""
     run = RunFolder(Path(path))
-    execute(run, heartbeat=heartbeat)
+    execute(run)
     return str(run.status().get("state"))
 
 
 class _InProcess:
-    """The executor of ``workers = 1``: each cell runs here, at once, with ``heartbeat``."""
+    """The executor of ``workers = 1``: each cell runs here, at once, on this process's
+    threads."""
 
-    def __init__(self, heartbeat: Callable[[], None]) -> None:
-        self.heartbeat = heartbeat
-
-    def submit(self, fn: Callable[..., str], path: str) -> Future[str]:
+    def submit(self, fn: Callable[[str], str], path: str) -> Future[str]:
         done: Future[str] = Future()
-        done.set_result(fn(path, heartbeat=self.heartbeat))
+        done.set_result(fn(path))
         return done
 
 
@@ -175,16 +171,17 @@ def _waves(configs: list[ExperimentConfig], workers: int) -> list[list[int]]:
 
 def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], *,
               root: str | Path | None, header: dict[str, Any],
-              progress: Callable[[str], None] = print,
-              heartbeat: Callable[[], None] = lambda: None, workers: int = 1) -> Path:
+              progress: Callable[[str], None] = print, workers: int = 1) -> Path:
     """Run the cells (already validated as ``configs``) into ``folder``: ``sweep.json``
     (``header`` plus progress), ``table.json``/``table.csv`` (one row per cell, in the cells'
     order, see :func:`table_row`) and ``curves.json``. A cell whose exact config already
     finished is reused; a ``cancel`` file stops before the next cell.
 
     ``workers`` > 1 trains that many cells at once, each in a worker process on one torch
-    thread (clean cells first, see :func:`_waves`); a cell's result does not depend on it
-    beyond float rounding (the thread count changes the summation order).
+    thread (clean cells first, see :func:`_waves`); with 1 each cell runs in this process on
+    its thread count. Either way every cell of the sweep runs on the same thread count, which
+    is part of its figures (:mod:`engine.orchestration.threads`): a finished run is reused
+    only when it ran on that count.
     """
     if workers < 1:
         raise ConfigError(f"workers = {workers}: use 1 or more")
@@ -215,7 +212,8 @@ def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], 
                                 initializer=_one_thread) if workers > 1 else None)
     try:
         ended = _run_waves(folder, cells, configs, _waves(configs, workers), base, state,
-                           record, progress, heartbeat, pool or _InProcess(heartbeat), workers)
+                           record, progress, pool or _InProcess(), workers,
+                           1 if workers > 1 else torch.get_num_threads())
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -227,10 +225,11 @@ def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], 
 def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
                waves: list[list[int]], base: Path, state: dict[str, Any],
                record: Callable[[int, RunFolder, bool], None],
-               progress: Callable[[str], None], heartbeat: Callable[[], None],
-               pool: ProcessPoolExecutor | _InProcess, workers: int) -> str:
-    """Start the cells wave by wave, at most ``workers`` at a time; returns the sweep's end
-    state (``done`` or ``cancelled``), or raises ``RuntimeError`` naming a failed cell."""
+               progress: Callable[[str], None], pool: ProcessPoolExecutor | _InProcess,
+               workers: int, threads: int) -> str:
+    """Start the cells wave by wave, at most ``workers`` at a time, each on ``threads`` torch
+    threads; returns the sweep's end state (``done`` or ``cancelled``), or raises
+    ``RuntimeError`` naming a failed cell."""
     n = len(cells)
     for wave in waves:
         todo, running = list(wave), {}
@@ -241,7 +240,7 @@ def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
                 return "cancelled"
             while todo and len(running) < workers:
                 i = todo.pop(0)
-                run = find_finished_run(configs[i], base)
+                run = find_finished_run(configs[i], base, threads)
                 if run is not None:
                     progress(f"[{i + 1}/{n}] {state['cells'][i]['label']}: reusing {run.run_id}")
                     record(i, run, True)
@@ -251,7 +250,6 @@ def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
                 write_json_atomic(folder / "sweep.json", state | {"current_run": run.run_id})
                 running[pool.submit(_execute_folder, str(run.path))] = (i, run)
             finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-            heartbeat()
             # Off the running list first: a failure below must not send a stop to a cell
             # that has already finished.
             ended_cells = [(future, *running.pop(future)) for future in finished]

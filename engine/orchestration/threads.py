@@ -1,84 +1,78 @@
-"""Torch threads that fit the cores other processes leave free.
+"""A run's torch thread count: chosen before the run starts, never changed while it runs.
 
-Two torch processes that each use every core slow each other several-fold (oversubscribed
-threads spin and wait on each other): on 2 cores a 2-thread run shared with another 2-thread
-torch process takes far longer than a 1-thread run. A background job therefore uses the
-cores that no other process is busy with, re-checked while it runs (each round, each
-progress report of an attack), within the cap the job queue gives it.
+The thread count is part of what a run computes, not only of how fast: every parallel sum is
+split per thread, so another count rounds differently, and Adam with normalisation layers
+carries that on over the rounds (``smoke``'s final MAE: 544.2 HU on one thread, 557.5 on two).
+So the count comes from settings, never from the machine's load at the moment: the same
+config with the same count on the same machine gives the same figures whatever else runs.
+It is recorded in ``summary.json`` → ``environment`` (and ``status.json``), a resumed run
+restores it, and a finished run is reused only by a run that would use the same count.
+
+The count is, in this order: ``--threads N`` of ``fedsct run|sweep|study``, else
+``$FEDSCT_THREADS``, else ``$OMP_NUM_THREADS``, else the cores this process may use shared
+among the jobs the queue runs at once (``FEDSCT_MAX_JOBS``, default 1). The price of a fixed
+count: beside another busy process a run is slower than one that would drop to the free
+cores (``benchmarks/contention.py`` measures it; ``benchmarks/README.md`` has the figures).
+
+This module does not import torch until :func:`use_threads`: the command line checks its
+arguments before torch loads.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
-import torch
-
-PROC_STAT = Path("/proc/stat")
-MIN_INTERVAL_S = 2.0  # averaging window: shorter windows follow scheduler noise
+THREADS_ENV = "FEDSCT_THREADS"
+MAX_THREADS = 256
 
 
-def _busy_and_total() -> tuple[float, float] | None:
-    """Busy and total CPU time of the whole machine so far, seconds (None off Linux)."""
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the system tells it)."""
     try:
-        fields = PROC_STAT.read_text().split("\n", 1)[0].split()[1:]
-        ticks = [float(v) for v in fields[:8]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
-class ThreadGovernor:
-    """Sets ``torch.set_num_threads`` to the free cores, between 1 and ``cap``.
+def max_jobs() -> int:
+    """How many heavy jobs the queue runs at once (``FEDSCT_MAX_JOBS``, default 1)."""
+    try:
+        return max(1, int(os.environ.get("FEDSCT_MAX_JOBS", "1")))
+    except ValueError:
+        return 1
 
-    Call :meth:`update` from the thread that runs torch (OpenMP's thread count is per
-    calling thread); it is cheap and does nothing until ``MIN_INTERVAL_S`` have passed.
-    """
 
-    def __init__(self, cap: int, cores: int | None = None) -> None:
-        if cap < 1:
-            raise ValueError(f"thread cap must be at least 1, got {cap}")
-        self.cap = cap
-        self.cores = cores or os.cpu_count() or 1
-        self.threads = torch.get_num_threads()
-        self._mark()
+def parse_threads(text: str, source: str = "--threads") -> int:
+    """A thread count given as text: 1 to :data:`MAX_THREADS`; ``ValueError`` with one line
+    naming ``source``, the value and what is allowed."""
+    shown = repr(text) if len(repr(text)) <= 24 else repr(text)[:23] + "…"
+    try:
+        n = int(text)
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{source} {shown} is not a thread count; use a whole number from 1 "
+                         f"to {MAX_THREADS} (this machine has {usable_cores()} cores)")
+    return n
 
-    def _mark(self) -> None:
-        self._at = time.monotonic()
-        self._own = time.process_time()
-        self._machine = _busy_and_total()
 
-    def others_busy(self) -> float | None:
-        """Cores other processes kept busy since the last mark (None off Linux)."""
-        now = _busy_and_total()
-        elapsed = time.monotonic() - self._at
-        if now is None or self._machine is None or elapsed <= 0:
-            return None
-        machine_busy = now[0] - self._machine[0]
-        own = time.process_time() - self._own
-        return max(0.0, machine_busy - own) / elapsed
+def default_threads() -> int:
+    """The thread count a run gets unless told otherwise: ``$FEDSCT_THREADS`` (``ValueError``
+    when it is not a count), else ``$OMP_NUM_THREADS`` as torch reads it, else the usable
+    cores shared among the queue's parallel jobs."""
+    text = os.environ.get(THREADS_ENV)
+    if text not in (None, ""):
+        return parse_threads(text, f"${THREADS_ENV}")
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and 1 <= int(omp) <= MAX_THREADS:
+        return int(omp)
+    return max(1, usable_cores() // max_jobs())
 
-    def update(self, force: bool = False) -> int:
-        """Re-check the machine (at most every ``MIN_INTERVAL_S`` unless ``force``) and set
-        torch's thread count; returns it."""
-        if not force and time.monotonic() - self._at < MIN_INTERVAL_S:
-            return self.threads
-        others = self.others_busy()
-        self._mark()
-        if others is None:
-            wanted = self.cap
-        else:
-            wanted = max(1, min(self.cap, round(self.cores - others)))
-        if wanted != self.threads:
-            torch.set_num_threads(wanted)
-            self.threads = wanted
-        return self.threads
 
-    def start(self, sample_s: float = 0.5) -> int:
-        """The first setting, from a short look at the machine before any work starts."""
-        self._mark()
-        time.sleep(sample_s)
-        return self.update(force=True)
+def use_threads(n: int) -> int:
+    """Set torch's thread count for this process (before the run starts); returns it."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
