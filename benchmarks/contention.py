@@ -5,9 +5,11 @@ A run keeps one torch thread count from start to end (its figures depend on it, 
 keeps the cores busy, against the count a load-following run would have dropped to:
 
 * ``2 threads`` (the default on 2 cores) and ``1 thread``, each as the dashboard's job queue
-  runs it (``python -m engine.orchestration.jobs RUN`` with ``FEDSCT_THREADS``);
+  runs it (``python -m engine.orchestration.jobs RUN`` in the queue's environment: its
+  thread count and ``GOMP_SPINCOUNT=1000``);
+* ``2 threads`` with OpenMP's own spin-wait (libgomp's default, as before the queue set it);
 * with ``--passive``, also ``2 threads`` with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads
-  sleep instead of spinning while they wait);
+  sleep at once instead of spinning while they wait);
 
 each on a quiet machine and beside a competing process that runs 2-thread torch matrix
 products for as long as the run lasts. The figure is the time from launching the job's
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
-from engine.orchestration.threads import THREADS_ENV
+from engine.orchestration.threads import OPENMP_DEFAULTS, job_environment
 
 OUT = Path("test-output/benchmarks/contention.json")
 COMPETITOR = """
@@ -44,10 +46,11 @@ while True:
 def _run(preset: str, root: Path, threads: int, extra: dict[str, str]) -> float:
     """Seconds from launching the job's process to its exit (results written)."""
     run = create_run(build_config(preset), root, preset=preset)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV, "OMP_WAIT_POLICY")}
-    env |= {THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads)} | extra
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", *OPENMP_DEFAULTS)}
+    # The queue's environment for a job, with this condition's changes; an empty value leaves
+    # the library's own default.
+    env |= job_environment(threads) | OPENMP_DEFAULTS | extra
+    env = {k: v for k, v in env.items() if v}
     cmd = [sys.executable, "-m", "engine.orchestration.jobs", str(run.path)]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passive", action="store_true",
                    help="also 2 threads with OMP_WAIT_POLICY=PASSIVE")
     args = p.parse_args(argv)
-    hows = {"2 threads": (2, {}), "1 thread": (1, {})}
+    hows = {"2 threads": (2, {}), "1 thread": (1, {}),
+            "2 threads, OpenMP's own spin-wait": (2, dict.fromkeys(OPENMP_DEFAULTS, ""))}
     if args.passive:
         hows["2 threads, passive wait"] = (2, {"OMP_WAIT_POLICY": "PASSIVE"})
     loaded = "competing 2-thread torch process"

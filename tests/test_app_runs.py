@@ -133,6 +133,12 @@ def test_compare_two_runs(runs: dict[str, RunFolder]) -> None:
     security = dict(zip(table["Measure"], zip(table["First run"], table["Second run"],
                                               strict=True), strict=True))
     assert security["Differential privacy"] == ("off", "off")
+    # Both ran here, on this test's one thread: computed alike, in words.
+    computed = table.set_index("Measure").loc["Computed with"]
+    assert computed["First run"] == computed["Second run"]
+    assert computed["First run"].startswith("1 thread on cpu (")
+    assert "hospitals trained together, fp32, torch " in computed["First run"]
+    assert computed["Change (second − first)"] == "same"
 
     charts = at.get("plotly_chart")
     assert len(charts) == 1

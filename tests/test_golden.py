@@ -120,3 +120,20 @@ def test_golden_tolerances_stay_tight(case: str) -> None:
     assert paths == set(spread()["golden"][case]["max_rel_dev"]), "remeasure the spread"
     early = [p for p in paths if p.startswith(("history[0]", "history[1]"))]
     assert early and all((golden_rtol(case, p) or 1.0) <= 3e-3 for p in early), early
+
+
+# Figures a review measured with this suite on another CPU (Intel Xeon, AVX-512 and AMX, 2
+# cores), where the earlier 1e-6 tolerance failed: the measured tolerances must admit them.
+ANOTHER_CPU = {"smoke": ("history[1].ssim", 0.13986680),
+               "membership": ("history[3].mae_hu", 1714.79),
+               "inversion": ("inversion.calibration.gain", -0.00096490),
+               "poisoning": ("history[1].mae_hu", 1301.29)}
+
+
+@pytest.mark.parametrize("case", list(ANOTHER_CPU))
+def test_figures_of_another_cpu_are_within_the_tolerances(case: str) -> None:
+    path, value = ANOTHER_CPU[case]
+    want = leaves(json.loads(GOLDEN.read_text())[case])[path]
+    rtol = golden_rtol(case, path)
+    assert rtol is not None and math.isclose(value, want, rel_tol=rtol), (value, want, rtol)
+    assert not math.isclose(value, want, rel_tol=1e-6)  # the old tolerance refused it

@@ -18,7 +18,12 @@ from engine.core.run_folder import ACTIVE, write_json_atomic
 from engine.orchestration.jobs import start_job
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run, find_finished_run
-from engine.orchestration.threads import MAX_THREADS, default_threads, parse_threads
+from engine.orchestration.threads import (
+    MAX_THREADS,
+    default_threads,
+    job_environment,
+    parse_threads,
+)
 
 COMPETITOR = """
 import torch
@@ -155,3 +160,11 @@ def test_a_finished_run_is_reused_only_with_the_same_numeric_environment(tmp_pat
     write_json_atomic(run.path / "summary.json",
                       summary | {"environment": numeric_environment(1) | {"torch": "2.0.0"}})
     assert find_finished_run(cfg, tmp_path, threads=1) is None
+
+
+def test_jobs_get_their_thread_count_and_short_openmp_spinning(clean_env) -> None:
+    clean_env.delenv("GOMP_SPINCOUNT", raising=False)
+    assert job_environment(3) == {"FEDSCT_THREADS": "3", "OMP_NUM_THREADS": "3",
+                                  "MKL_NUM_THREADS": "3", "GOMP_SPINCOUNT": "1000"}
+    clean_env.setenv("GOMP_SPINCOUNT", "50")  # the user's own setting stays theirs
+    assert "GOMP_SPINCOUNT" not in job_environment(1)

@@ -82,8 +82,9 @@ def security_results(row: RunRow) -> dict[str, str]:
 
 
 def compare_frame(a: RunRow, b: RunRow) -> pd.DataFrame:
-    """Two runs side by side: final metrics with the difference (second minus first), then
-    every security result either run has (with its change where both have a number)."""
+    """Two runs side by side: final metrics with the difference (second minus first), how
+    each was computed (:func:`computed_with`), then every security result either run has
+    (with its change where both have a number)."""
     rows = []
     for key, label, digits in METRICS:
         va = getattr(a.final, key) if a.final else None
@@ -94,12 +95,35 @@ def compare_frame(a: RunRow, b: RunRow) -> pd.DataFrame:
                                                          ("Change (second − first)", diff))}})
         if diff is not None:
             rows[-1]["Change (second − first)"] = f"{diff:+.{digits}f}"
+    wa, wb = computed_with(a), computed_with(b)
+    rows.append({"Measure": "Computed with", "First run": wa, "Second run": wb,
+                 "Change (second − first)": "same" if wa == wb else
+                 "different: part of any difference in the figures is rounding, not the "
+                 "settings"})
     sa, sb = security_results(a), security_results(b)
     for label in dict.fromkeys([*sa, *sb]):
         rows.append({"Measure": label, "First run": sa.get(label, "–"),
                      "Second run": sb.get(label, "–"),
                      "Change (second − first)": security_change(a, b, label)})
     return pd.DataFrame(rows)
+
+
+TRAINING_WORDS = {"batched": "hospitals trained together",
+                  "partly batched": "some hospitals trained together",
+                  "sequential": "hospitals trained one after another",
+                  "flower": "on Flower"}
+
+
+def computed_with(row: RunRow) -> str:
+    """How a run computed its figures, in words: what decides them besides the settings
+    (``summary.json`` → ``environment``)."""
+    env = row.summary.environment if row.summary else None
+    if env is None:
+        return "not recorded"
+    kernels = ", ".join([env.cpu_capability, *env.kernel_limits.values()])
+    return (f"{env.threads} thread{'' if env.threads == 1 else 's'} on {env.device} "
+            f"({kernels} kernels), {TRAINING_WORDS.get(env.training, env.training)}, "
+            f"{env.precision}, torch {env.torch}, MONAI {env.monai}")
 
 
 def security_change(a: RunRow, b: RunRow, label: str) -> str:

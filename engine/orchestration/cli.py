@@ -22,7 +22,12 @@ from engine.orchestration.presets import (
     sweep_spec,
 )
 from engine.orchestration.store import RunIndex, check_resumable, create_run, open_run, runs_root
-from engine.orchestration.threads import default_threads, parse_threads, use_threads
+from engine.orchestration.threads import (
+    OPENMP_DEFAULTS,
+    default_threads,
+    parse_threads,
+    use_threads,
+)
 
 EXAMPLES = """examples:
   fedsct run --preset smoke
@@ -372,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         default_threads()  # a bad $FEDSCT_THREADS is refused before anything starts
     except ValueError as err:
         return _refuse(err)
+    for name, value in OPENMP_DEFAULTS.items():  # before torch loads (it is imported lazily)
+        os.environ.setdefault(name, value)
     if argv[:1] == ["dashboard"]:
         return _cmd_dashboard(argv[1:])
     args = _parser().parse_args(argv)

@@ -36,7 +36,7 @@ from engine.core.run_folder import (
     process_identity,
     write_json_atomic,
 )
-from engine.orchestration.threads import THREADS_ENV, default_threads, max_jobs
+from engine.orchestration.threads import default_threads, job_environment, max_jobs
 
 QUEUE_DIR = "queue"
 ENTRY_ENV = "FEDSCT_QUEUE_ENTRY"  # a job's own queue file, for finished()
@@ -109,9 +109,7 @@ def jobs(root: Path) -> list[Job]:
 
 def _start(root: Path, path: Path, job: Job) -> None:
     log = open(Path(job.folder) / "log.txt", "a")  # noqa: SIM115 - handed to the child
-    threads = str(default_threads())
-    env = os.environ | {ENTRY_ENV: str(path), THREADS_ENV: threads, "OMP_NUM_THREADS": threads,
-                        "MKL_NUM_THREADS": threads}
+    env = os.environ | job_environment(default_threads()) | {ENTRY_ENV: str(path)}
     proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                             cwd=os.getcwd())

@@ -11,7 +11,7 @@ load), every golden case of ``tests/test_golden.py``, the batched-vs-sequential 
 reference selection (``native-1t``, the one the stored figures come from), and per test
 quantity its largest value. The tests derive their tolerances from that file.
 
-    .venv/bin/python tests/golden/measure_spread.py              # about 20 min on 2 cores
+    .venv/bin/python tests/golden/measure_spread.py              # about 3 min on 2 cores
     .venv/bin/python tests/golden/measure_spread.py --record     # also rewrite the stored figures
 
 One-thread selections run two at a time (each is deterministic whatever else runs); the
