@@ -1,16 +1,21 @@
 """Shared fixtures. Tests use real torch/MONAI/Flower; torch runs on one thread here so a
-background job started by a test does not fight the test process for the two cores.
-``FEDSCT_TEST_THREADS`` sets another count: `make test` runs the numeric tests a second time
-on 2 threads and AVX2 kernels, as another CPU would (see the Makefile)."""
+background job started by a test does not fight the test process for the two cores. The
+processes tests start (jobs, Flower nodes) get the OpenMP waiting that `fedsct` and the job
+queue give theirs (engine.orchestration.threads.OPENMP_DEFAULTS), set before torch loads."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+from engine.orchestration.threads import OPENMP_DEFAULTS
 
-torch.set_num_threads(int(os.environ.get("FEDSCT_TEST_THREADS", "1")))
+for _name, _value in OPENMP_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+import pytest  # noqa: E402 - after the OpenMP variables, which torch reads when it loads
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -243,7 +243,10 @@ def test_defense_rerun_starts_a_defended_job(runs_dir: Path) -> None:
     assert second.status()["state"] == "cancelled"
 
 
-def test_defense_rerun_reuses_an_identical_finished_run(runs_dir: Path, tiny: Path) -> None:
+def test_defense_rerun_reuses_an_identical_finished_run(runs_dir: Path, tiny: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The copied run computed its figures on this process's one thread: so would a new one.
+    monkeypatch.setenv("FEDSCT_THREADS", "1")
     cfg = build_config("inversion-easy", sets=["defenses.secure_aggregation=true"])
     old = _copy(tiny, runs_dir, "20000101-000000-inversion-easy-0001")
     (old.path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))

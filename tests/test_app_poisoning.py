@@ -389,8 +389,10 @@ def test_run_queues_one_rule_after_the_other(runs_dir: Path) -> None:
     assert "Queued behind" not in at.button(key="poi_start").help
 
 
-def test_run_reuses_a_finished_run_and_refuses_impossible_rules(runs_dir: Path,
-                                                                built) -> None:
+def test_run_reuses_a_finished_run_and_refuses_impossible_rules(
+        runs_dir: Path, built, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The copied run computed its figures on this process's one thread: so would a new one.
+    monkeypatch.setenv("FEDSCT_THREADS", "1")
     root, ids = built
     high = POISON_LEVELS["update_noise"][1]  # the page's default level
     cfg = build_config("poison-base", sets=attack_sets("update_noise", [0], "fedavg", high))

@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   fedsct run --preset demo --set federation.aggregator=fedmedian --set federation.rounds=5
   fedsct run --config my_experiment.yaml --out /data/fedsct-runs
   fedsct run --preset smoke --set federation.runtime=flower-sim
+  fedsct run --preset smoke --threads 1           # figures depend on the thread count
   fedsct run --resume 20261127-101500-demo-1a2b   # go on after a crash or a stop
   fedsct run --preset smoke --set federation.runtime=flower-deploy   # SuperLink + SuperNodes
   fedsct sweep --preset whatif --set data.whatif_patient=runs/uploads/1BA001
@@ -111,8 +112,9 @@ def _threads_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--threads", type=_threads, metavar="N",
         help=f"torch threads for {what}, fixed from start to end (default: $FEDSCT_THREADS, "
-             f"else this machine's cores ÷ $FEDSCT_MAX_JOBS = {_default_threads_text()}); "
-             "figures depend on it, and summary.json → environment records it")
+             "else $OMP_NUM_THREADS, else this machine's cores ÷ $FEDSCT_MAX_JOBS; here "
+             f"{_default_threads_text()}); figures depend on it, and summary.json → "
+             "environment records it")
 
 
 def _default_threads_text() -> str:

@@ -2,7 +2,7 @@
 
 The thread count is part of what a run computes, not only of how fast: every parallel sum is
 split per thread, so another count rounds differently, and Adam with normalisation layers
-carries that on over the rounds (``smoke``'s final MAE: 544.2 HU on one thread, 557.5 on two).
+carries that on over the rounds (``smoke``'s final MAE: 537.0 HU on one thread, 561.8 on two).
 So the count comes from settings, never from the machine's load at the moment: the same
 config with the same count on the same machine gives the same figures whatever else runs.
 It is recorded in ``summary.json`` → ``environment`` (and ``status.json``), a resumed run
