@@ -301,13 +301,21 @@ def test_intervals_resample_patients_not_slices():
     assert by_patient["n_member_groups"] == by_patient["n_nonmember_groups"] == 2
 
 
-def test_tpr_is_given_only_where_the_nonmembers_resolve_it():
+def test_tpr_is_given_only_where_the_nonmember_patients_resolve_it():
     rng = np.random.default_rng(1)
     s = rng.normal(size=36)
     r = roc_summary(s, np.arange(36) < 20, bootstrap=0)  # 16 non-members
     assert r["tpr_at_fpr"]["0.1"] is not None
     assert r["tpr_at_fpr"]["0.01"] is None and r["tpr_at_fpr"]["0.001"] is None
     assert r["tpr_min_nonmembers"] == {"0.1": 10, "0.01": 100, "0.001": 1000}
+    # 40 non-member slices from 8 patients: an FPR of 10 % is not one patient in ten.
+    s = rng.normal(size=80)
+    patients = np.repeat(np.arange(16), 5)
+    grouped = roc_summary(s, patients < 8, groups=patients, bootstrap=0)
+    assert grouped["n_nonmembers"] == 40 and grouped["tpr_at_fpr"]["0.1"] is None
+    ten = roc_summary(np.repeat(s[:20], 5), np.repeat(np.arange(20) < 10, 5),
+                      groups=np.repeat(np.arange(20), 5), bootstrap=0)
+    assert ten["tpr_at_fpr"]["0.1"] is not None  # 10 non-member patients resolve 10 %
 
 
 def test_perfect_separation_of_two_patients_is_no_evidence():

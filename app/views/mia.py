@@ -214,7 +214,7 @@ def auc_table(mia: MiaSummary) -> pd.DataFrame:
 
 def tpr_table(mia: MiaSummary) -> pd.DataFrame:
     """The headline attack's share of members caught at fixed false-alarm rates ("needs ≥ N
-    non-members" where the sample cannot resolve the rate)."""
+    non-member patients" where the patients cannot resolve the rate)."""
     per = dict(mia.tpr_at_fpr)
     per[POOLED_LABEL] = mia.pooled.tpr_at_fpr
     needs = mia.tpr_min_nonmembers
@@ -225,7 +225,8 @@ def tpr_table(mia: MiaSummary) -> pd.DataFrame:
             value = tpr.get(key)
             row[f"Caught at {text} false alarms"] = (
                 "degenerate" if mia.degenerate.get(center)
-                else f"needs ≥ {needs[key]} non-members" if value is None and key in needs
+                else f"needs ≥ {needs[key]} non-member patients" if value is None
+                and key in needs
                 else "–" if value is None else f"{value:.0%}")
         rows.append(row)
     return pd.DataFrame(rows)

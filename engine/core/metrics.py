@@ -294,8 +294,9 @@ def roc_summary(scores: np.ndarray, members: np.ndarray, *, groups: np.ndarray |
             Bonferroni-corrected (1 − α/family) interval.
 
     Returns ``{"auc", "auc_ci": [lo, hi] (95 %), "auc_ci_family", "p_value" (one-sided rank
-    test), "tpr_at_fpr": {"0.1", "0.01", "0.001"} (null where fewer non-members than the level
-    can resolve), "tpr_min_nonmembers": {level: n}, "fpr", "tpr", "n_members",
+    test), "tpr_at_fpr": {"0.1", "0.01", "0.001"} (null where fewer non-member groups, e.g.
+    patients, than the level can resolve), "tpr_min_nonmembers": {level: n groups}, "fpr",
+    "tpr", "n_members",
     "n_nonmembers", "n_member_groups", "n_nonmember_groups", "family"}``.
     """
     scores = np.asarray(scores, dtype=np.float64)
@@ -314,13 +315,16 @@ def roc_summary(scores: np.ndarray, members: np.ndarray, *, groups: np.ndarray |
         ci_family = [float(np.percentile(aucs, tail / family)),
                      float(np.percentile(aucs, 100 - tail / family))]
     n_neg = int((~members).sum())
+    # An FPR moves in steps of one independent non-member: with few patients giving many
+    # slices, a slice-level FPR of 1 % is one patient's slices, not 1 % of patients.
+    neg_units = len(set(groups[~members].tolist()))
     return {
         "auc": auc,
         "auc_ci": ci,
         "auc_ci_family": ci_family,
         "p_value": rank_test_p(pos, neg),
-        "tpr_at_fpr": {str(a): tpr_at_fpr(fpr, tpr, a) if n_neg >= min_negatives(a) else None
-                       for a in FPR_LEVELS},
+        "tpr_at_fpr": {str(a): tpr_at_fpr(fpr, tpr, a) if neg_units >= min_negatives(a)
+                       else None for a in FPR_LEVELS},
         "tpr_min_nonmembers": {str(a): min_negatives(a) for a in FPR_LEVELS},
         "fpr": fpr.tolist(),
         "tpr": tpr.tolist(),
