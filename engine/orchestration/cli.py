@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="cells trained at once, each in its own process on one torch thread "
                          "(default 1; 2 on a 2-core machine trains the poison-paper grid "
                          "1.9× faster); the thread count is part of the figures, so cells "
-                         "trained with --workers 1 and 2 are not reused for each other")
+                         "trained this way are reused only by sweeps on one thread")
     _threads_option(sw, "each cell (with --workers 1)")
     st = sub.add_parser("study", help="run the study's analyses and write one study report",
                         description="Run every analysis of the FedSynthCT-Brain security "
