@@ -32,7 +32,9 @@ ROUNDS = 6
 SETS = [f"federation.rounds={ROUNDS}", "federation.checkpoint_every=2",
         "defenses.dp.enabled=true", "defenses.dp.noise_multiplier=0.5",
         "defenses.dp.clip_norm=5.0", "attacks.membership.enabled=true"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# One thread, whatever the caller's FEDSCT_THREADS says (it would take precedence).
+ENV = {**{k: v for k, v in os.environ.items() if k != "FEDSCT_THREADS"},
+       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _fedsct(root: Path, *args: str, env: dict[str, str] = ENV,

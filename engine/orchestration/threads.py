@@ -2,7 +2,8 @@
 
 The thread count is part of what a run computes, not only of how fast: every parallel sum is
 split per thread, so another count rounds differently, and Adam with normalisation layers
-carries that on over the rounds (``smoke``'s final MAE: 537.0 HU on one thread, 561.8 on two).
+carries that on over the rounds (``smoke``'s final MAE, hospitals trained one after another:
+537.0 HU on one thread, 561.8 on two).
 So the count comes from settings, never from the machine's load at the moment: the same
 config with the same count on the same machine gives the same figures whatever else runs.
 It is recorded in ``summary.json`` → ``environment`` (and ``status.json``), a resumed run
@@ -26,9 +27,10 @@ THREADS_ENV = "FEDSCT_THREADS"
 MAX_THREADS = 256
 # OpenMP threads waiting for work spin GOMP_SPINCOUNT times before they sleep (libgomp's own
 # default: 300,000). Beside another busy process the spinning takes the core the working
-# thread needs. 1,000 left a quiet `study-setup` as fast (20.8–21.7 s against 21.5 s) and cut
-# it beside a 2-thread torch process from 75.8 s to 47 s (benchmarks/contention.py). It
-# changes how threads wait, never what they compute. Read when torch loads: set before.
+# thread needs. 1,000 left a quiet `study-setup` as fast (20.8–22.0 s against 19.6–21.5 s)
+# and cut it beside a 2-thread torch process from 75.8–91.2 s to 42.2–47.1 s
+# (benchmarks/contention.py, benchmarks/README.md). It changes how threads wait, never what
+# they compute. Read when torch loads: set before.
 OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "1000"}
 
 

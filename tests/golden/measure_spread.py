@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from engine.core.environment import KERNEL_VARIABLES, cpu_model
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -52,8 +53,8 @@ SELECTIONS: dict[str, tuple[dict[str, str], int]] = {
     "avx2-machine-1t": (AVX2_MACHINE, 1),
     "avx2-machine-2t": (AVX2_MACHINE, 2),
 }
-KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                    "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# Cleared from this process's environment before a selection sets its own.
+CLEARED = (*KERNEL_VARIABLES, "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # --------------------------------------------------------------------------- one selection
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--selections must include the reference {REFERENCE!r}")
     raw = TESTS.parent / "test-output" / "spread"
     raw.mkdir(parents=True, exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+    base = {k: v for k, v in os.environ.items() if k not in CLEARED}
 
     def one(name: str) -> dict[str, Any]:
         env, threads = SELECTIONS[name]
@@ -262,9 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (n for n in names if SELECTIONS[n][1] > 1):
         results[name] = one(name)
     summary = summarise(results)
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_model()
     # Parts not measured this time keep their earlier figures.
     earlier = json.loads(SPREAD.read_text()) if SPREAD.exists() else {}
     SPREAD.write_text(json.dumps(earlier | {
