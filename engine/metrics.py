@@ -4,12 +4,16 @@ sCT quality with the SynthRAD2023 conventions: :func:`volume_metrics` scores one
 ``(Z, Y, X)`` volume as the challenge does (3-D SSIM); :func:`sct_metrics`,
 :func:`patient_metrics`, :func:`mae_hu`, :func:`psnr_db` and :func:`ssim` score 2-D slice
 stacks. Attack figures: :func:`roc_summary`, :func:`auc_score`, :func:`tpr_at_fpr`,
-:func:`reconstruction_metrics`, :func:`template_metrics`.
+:func:`reconstruction_metrics`, :func:`template_metrics`, and the leak decision every
+inversion verdict uses, :func:`leak_test` (a reconstruction against a permutation null that
+gets the same matching advantage).
 """
 
 from engine.core.metrics import (
+    LEAK_MARGIN,
     METRIC_KEYS,
     auc_score,
+    leak_test,
     mae_hu,
     mean_over_patients,
     patient_metrics,
@@ -24,8 +28,10 @@ from engine.core.metrics import (
 )
 
 __all__ = [
+    "LEAK_MARGIN",
     "METRIC_KEYS",
     "auc_score",
+    "leak_test",
     "mae_hu",
     "mean_over_patients",
     "patient_metrics",

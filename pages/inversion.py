@@ -68,8 +68,9 @@ def _table(run: InversionRun) -> None:
     table, columns = client_table(run.inv)
     number_table(table, columns)
     st.caption("Each row is one hospital whose update the server inverted; SSIM and PSNR "
-               "compare the rebuilt slices with the real ones (higher = more leaked), and the "
-               "floor is what the attacker's average brain already scores.")
+               "compare the rebuilt slices with the real ones (higher = more leaked). The null "
+               "is what the same rebuilt slices score against unrelated patients' slices; "
+               "the floor is what the attacker's average brain already scores.")
 
 
 def _images(run: InversionRun) -> None:
@@ -234,8 +235,8 @@ def _budget_study() -> None:
     if sweep and sweep.rows:
         st.plotly_chart(budget_figure(sweep.rows), key="inv_budget")
         st.caption("Left: red is the strongest attack on the study's model, blue the same "
-                   "attack at the same budget on a design known to leak (the calibration "
-                   "control); dotted lines are what each attacker's average brain already "
+                   "attack at the same budget on the calibration controls (their mean); dotted "
+                   "lines are what each attacker's average brain already "
                    "gets. A verdict of 'no leak' needs blue clearly above its dotted line "
                    "while red stays on its own. Right: how well the attack matched the "
                    "upload.")
@@ -262,8 +263,9 @@ st.title("Gradient inversion")
 st.markdown(
     "In a **gradient-inversion attack**, a curious server takes one hospital's model update and "
     "searches for images that would have produced exactly that update, hoping to rebuild the "
-    "patients' scans. The result is compared with the real slices and with the attacker's "
-    "**average brain** (the floor): only what beats the floor was learnt from the hospital. "
+    "patients' scans. The result is compared with the real slices and, in the same way, with "
+    "**unrelated patients' slices** (the null): only what clearly beats the null was learnt "
+    "from the hospital. "
     "Pick a finished attack run below, or start one.")
 
 preset_jobs(

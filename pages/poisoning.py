@@ -178,13 +178,17 @@ def _jobs() -> None:
 # --------------------------------------------------------------------------- one run
 
 
-def _verdict(run: PoisonRun) -> None:
-    base = run.poison.baseline_run
-    verdict_box(verdict(run.poison, run.rule),
-                "The clean comparison is "
-                + (f"the finished run `{base}`" if base else
-                   "the same federation trained without attackers for this run (not stored as "
-                   "a run of its own)") + f". Attack: {run.attack}.")
+def _verdicts(run: PoisonRun, runs: list[PoisonRun]) -> None:
+    """Every rule's verdict on this attack, worst first (the picked run among them)."""
+    group = sorted(same_attack(run, runs), key=lambda r: -(r.poison.mae_ratio_mean
+                                                          or r.poison.cells[0].mae_ratio))
+    for r in group:
+        base = r.poison.baseline_run
+        verdict_box(verdict(r.poison, r.rule),
+                    f"**{rule_name(r.rule)}**. The clean comparison is "
+                    + (f"the finished run `{base}`" if base else
+                       "the same federation trained without attackers for this run (not "
+                       "stored as a run of its own)") + f". Attack: {r.attack}.")
 
 
 def _curves(run: PoisonRun, runs: list[PoisonRun], metric: str) -> None:
@@ -382,7 +386,7 @@ else:
     shown = run_picker(runs, RUN_PARAM, "Poisoned run",
                        help="Finished runs with malicious hospitals, newest first.")
     assert shown is not None
-    _verdict(shown)
+    _verdicts(shown, runs)
     _curves(shown, runs, metric)
     _detection(shown)
 for sweep_name, render in (("poison-paper", _paper_study), ("poison-model", _model_study),

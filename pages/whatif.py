@@ -93,6 +93,8 @@ if not any(cells):
         st.page_link(str(PAGES_DIR / "data.py"), label="Upload another patient",
                      icon=":material/upload_file:")
     st.stop()
+# The undefended run is the control that decides whether a low rank may read "not exposed".
+undefended = cells[0].whatif.membership if cells[0] is not None else None
 for col, cell in zip(st.columns(2), cells, strict=True):
     with col:
         if cell is None:
@@ -104,7 +106,7 @@ for col, cell in zip(st.columns(2), cells, strict=True):
         m = w.membership
         if m is not None:
             with st.container(border=True):
-                v = membership_verdict(m)
+                v = membership_verdict(m, undefended if cell is not cells[0] else None)
                 st.markdown(f"#### :{v.colour}-background[{v.title}]")
                 st.markdown("**Was this patient used?** (membership inference) " + v.detail)
                 st.plotly_chart(score_figure(m), key=f"scores_{cell.run.run_id}")

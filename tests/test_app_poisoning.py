@@ -23,14 +23,13 @@ from streamlit.testing.v1 import AppTest
 
 from app.views.common import hospital_name
 from app.views.poisoning import (
-    PROTECTED,
-    USELESS,
     attack_sets,
     detection_sentence,
     poisoning_runs,
     verdict,
 )
 from app.views.results import list_runs
+from engine.analyses.poisoning import BROKEN, PROTECTED, poisoning_verdict
 from engine.analyses.results import Detection, PoisoningSummary
 from engine.core.config import config_hash
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
@@ -112,13 +111,15 @@ def _heatmaps(at: AppTest) -> list[dict]:
     return [s["data"][0] for s in _charts(at) if s["data"] and s["data"][0]["type"] == "heatmap"]
 
 
-def _expected_title(ratio: float, robust: bool) -> str:
-    if ratio >= USELESS:
-        return "The federation was made useless"
-    if ratio <= PROTECTED:
-        return "The rule protected the federation" if robust else \
-            "The attack barely hurt the federation"
-    return "The federation was damaged but still learns"
+def _expected_title(poison: dict) -> str:
+    """The title's opening for the engine's verdict, which must follow the ratio rule."""
+    ratio = poison["mae_ratio_mean"]
+    assert poison["verdict"] == ("broken" if ratio >= BROKEN else "damaged"
+                                 if ratio > PROTECTED else poison["verdict"])
+    return {"broken": "The federation was made useless",
+            "damaged": "The federation was damaged but still learns",
+            "protected": "The rule protected the federation",
+            "attack_too_weak": "Attack too weak to judge the rule"}[poison["verdict"]]
 
 
 def _column(history: list[dict], key: str) -> list[float]:
@@ -147,7 +148,7 @@ def test_verdict_curves_and_detection_match_the_summary(runs_dir: Path, built) -
 
     # Verdict: title from the engine's ratio, numbers as in summary.json.
     cell, base = p["cells"][0], p["baseline"]["fedavg"]
-    assert _expected_title(cell["mae_ratio"], robust=False) in _md(at)
+    assert _expected_title(p) in _md(at)
     assert (f"**{cell['mae_hu']:.0f} HU** against **{base['mae_hu']:.0f} HU**" in _md(at))
     assert f"**{cell['mae_ratio']:.2f}×** the clean error" in _md(at)
     assert any(p["baseline_run"] in c.value for c in at.caption)  # the clean run was reused
@@ -198,7 +199,12 @@ def test_verdict_curves_and_detection_match_the_summary(runs_dir: Path, built) -
     assert not at.exception, at.exception
     assert at.query_params["poi_run"] == runs["fedmedian"].run_id
     mp = median["poisoning"]
-    assert _expected_title(mp["cells"][0]["mae_ratio"], robust=True) in _md(at)
+    assert _expected_title(mp) in _md(at)
+    # Every rule's verdict on this attack is shown, worst first: FedAvg's above FedMedian's.
+    captions = [c.value for c in at.caption]
+    order = [next(i for i, c in enumerate(captions) if c.startswith(f"**{rule}**. The clean"))
+             for rule in ("FedAvg", "FedMedian")]
+    assert order[0] < order[1], captions
     assert f"**{mp['cells'][0]['mae_ratio']:.2f}×** the clean error" in _md(at)
     assert "**FedMedian** ended with" in _md(at)
 
@@ -537,10 +543,27 @@ def test_verdict_levels_and_detection_sentences() -> None:
     v = verdict(poison(2.5, "fedmedian"), "fedmedian")
     assert v.colour == "red" and "even though FedMedian" in v.title
     assert "**250 HU** against **100 HU**" in v.detail and "(+150 %)" in v.detail
-    assert verdict(poison(1.2, "fedmedian"), "fedmedian").title.startswith(
-        "The rule protected the federation")
-    assert verdict(poison(1.2, "fedavg"), "fedavg").title.startswith("The attack barely hurt")
+    # A run made before the FedAvg control: within 25 % is not "protected".
+    old = verdict(poison(1.2, "fedmedian"), "fedmedian")
+    assert old.colour == "gray" and "no FedAvg control" in old.title
     assert verdict(poison(1.5, "fedprox"), "fedprox").colour == "orange"
+
+    def judged(ratio: float, fedavg: list[float], rule: str = "fedmedian") -> PoisoningSummary:
+        p = poison(ratio, rule)
+        control = [{"seed": k, "mae_hu": 100.0 * r, "baseline_mae_hu": 100.0, "mae_ratio": r}
+                   for k, r in enumerate(fedavg)]
+        return p.model_copy(update={
+            "verdict": poisoning_verdict([ratio], fedavg), "mae_ratio_mean": ratio,
+            "seeds": p.model_validate({"seeds": control[:1]}).seeds,
+            "fedavg_control": p.model_validate({"fedavg_control": {
+                "seeds": control, "mae_ratio_mean": float(np.mean(fedavg)),
+                "hurt": min(fedavg) > PROTECTED}}).fedavg_control})
+
+    held = verdict(judged(1.2, [2.4, 2.6]), "fedmedian")
+    assert held.colour == "green" and held.title.startswith("The rule protected")
+    assert "against FedAvg (the control), 2 seeds: 2.40×, 2.60×" in held.detail
+    weak = verdict(judged(1.2, [1.1]), "fedmedian")
+    assert weak.colour == "gray" and weak.title.startswith("Attack too weak")
 
     def det(flagged: dict[str, bool]) -> Detection:
         clients = {c: {"distance_ratio": 3.0 if f else 1.0, "flagged": f}

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from app.views import mia as mia_ui
 from app.views.report import build_report, fmt_mae, make_report, scorecards
 from app.views.results import list_runs
+from engine.analyses.poisoning import poisoning_verdict
 from engine.analyses.results import read_summary
 from engine.analyses.study import STUDY, StudyRow, study_html, study_markdown
 from engine.orchestration import queue
@@ -215,11 +216,13 @@ def test_home_scorecards_show_the_latest_numbers_and_colours(runs: dict[str, Pat
     inv = _summary(runs["inversion"])
     inv["inversion"].update(ssim_body=0.41, floor_ssim_body=0.38, verdict="no_leak")
     first = next(iter(inv["inversion"]["per_client"].values()))
-    inv["inversion"]["per_client"] = {"center-0": first | {"ssim_body": 0.41,
-                                                           "floor_ssim_body": 0.38}}
+    inv["inversion"]["per_client"] = {"center-0": first | {
+        "ssim_body": 0.41, "floor_ssim_body": 0.38, "null_ssim_body": 0.38, "leak": False}}
     (runs["inversion"] / "summary.json").write_text(json.dumps(inv))
     poi = _summary(runs["poisoning"])
     poi["poisoning"]["cells"][0]["mae_ratio"] = 2.5
+    poi["poisoning"]["seeds"][0]["mae_ratio"] = poi["poisoning"]["mae_ratio_mean"] = 2.5
+    poi["poisoning"]["verdict"] = "broken"
     (runs["poisoning"] / "summary.json").write_text(json.dumps(poi))
 
     # The newest finished run (poisoning, created last) is shown first; its cards are its
@@ -234,7 +237,7 @@ def test_home_scorecards_show_the_latest_numbers_and_colours(runs: dict[str, Pat
     # Each other run, picked in the box (kept in the URL), shows its own numbers only.
     for run, wanted in (("mia", ":orange[● **patient-level AUC 0.72 (interval 0.61–0.83)**] "
                                 "· watch"),
-                        ("inversion", ":green[● **body SSIM 0.41 vs floor 0.38**]")):
+                        ("inversion", ":green[● **body SSIM 0.41 vs null 0.38**]")):
         _pick(at, runs[run])
         assert at.query_params["home_run"] == runs[run].name
         text = _cards(at)
@@ -248,14 +251,16 @@ def test_home_scorecards_show_the_latest_numbers_and_colours(runs: dict[str, Pat
 def test_scorecard_thresholds(runs: dict[str, Path]) -> None:
     def poison_colour(ratio: float) -> str:
         poi = _summary(runs["poisoning"])
-        poi["poisoning"]["cells"][0]["mae_ratio"] = ratio
+        poi["poisoning"]["cells"][0]["mae_ratio"] = poi["poisoning"]["mae_ratio_mean"] = ratio
+        poi["poisoning"]["verdict"] = poisoning_verdict([ratio], [ratio])  # FedAvg: itself
         (runs["poisoning"] / "summary.json").write_text(json.dumps(poi))
         row = next(r for r in list_runs(runs["poisoning"].parent)
                    if r.run_id == runs["poisoning"].name)
         return scorecards(row.summary)[3].colour
 
+    # FedAvg within 25 % of clean: the attack was too weak to judge anything (grey).
     assert [poison_colour(r) for r in (1.0, 1.25, 1.5, 2.0, 3.0)] == [
-        "green", "green", "orange", "red", "red"]
+        "gray", "gray", "orange", "red", "red"]
 
 
 def test_home_without_runs_says_where_to_start(runs_dir: Path) -> None:

@@ -71,6 +71,25 @@ def test_client_level_epsilon_is_the_rdp_accountants(sigma, rounds, delta, expec
     assert acc.epsilon(1) < acc.epsilon(rounds // 2) < acc.epsilon(rounds)
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+@pytest.mark.parametrize(("sigma", "add_remove", "replace"),
+                         [(1.0, 30.1, 81.1), (3.0, 7.53, 17.7), (5.0, 4.16, 9.37)])
+def test_replacing_a_hospital_costs_the_epsilon_of_half_the_noise(sigma, add_remove, replace):
+    """Two clipped hospital updates differ by up to 2C: replacing one hospital's data by
+    another's is the Gaussian mechanism at σ/2 (20 rounds, δ 1e-5; the figures a review
+    computed with Opacus); patient-level DP-SGD gives no substitution ε."""
+    dp = build_config(sets=["defenses.dp.enabled=true",
+                            f"defenses.dp.noise_multiplier={sigma}"]).defenses.dp
+    acc = dp_accounting(dp, 20, LocalTraining(), num_examples=16)
+    half = dp_accounting(dp.model_copy(update={"noise_multiplier": sigma / 2}), 20,
+                         LocalTraining(), num_examples=16)
+    assert acc.epsilon(20) == pytest.approx(add_remove, rel=0.01)
+    assert acc.epsilon_substitution(20) == pytest.approx(replace, rel=0.01)
+    assert acc.epsilon_substitution(20) == half.epsilon(20) > acc.epsilon(20)
+    patient = dp.model_copy(update={"level": "sample"})
+    assert dp_accounting(patient, 20, LocalTraining(), 16).epsilon_substitution(20) is None
+
+
 @pytest.mark.parametrize("level", ["client", "sample"])
 @pytest.mark.parametrize("target", [1.0, 4.0, 64.0])
 def test_target_epsilon_is_honoured(level, target):
@@ -146,6 +165,11 @@ def test_dp_run_reports_epsilon_and_no_raw_quantity(runs_dir, level):
     assert dp["level"] == level and dp["delta"] == 1e-5
     assert dp["epsilon"] == pytest.approx(8.0, rel=0.02) and dp["meaningful"]
     assert dp["neighbouring"].startswith("add/remove one")
+    if level == "client":  # σ reaches ε 8 for add/remove; replacing costs σ/2's ε
+        assert dp["epsilon_substitution"] > 2 * dp["epsilon"]
+        assert dp["substitution"].startswith("replace one hospital")
+    else:
+        assert dp["epsilon_substitution"] is None and dp["substitution"] is None
     records = run.metrics()
     eps = [r["dp_epsilon"] for r in records if r["round"] > 0]
     assert eps[0] < eps[1] == pytest.approx(dp["epsilon"])

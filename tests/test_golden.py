@@ -63,10 +63,14 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
         out["inversion"]["calibration"].pop("seconds", None)
         out["inversion"]["final_loss"] = {c: p["final_loss"]
                                           for c, p in inv["per_client"].items()}
+        out["inversion"]["null"] = inv["null"]
+        out["inversion"]["leak_test"] = {c: {k: p[k] for k in ("gain", "leak", "p_value",
+                                                               "null_ssim_body")}
+                                         for c, p in inv["per_client"].items()}
     if "poisoning" in summary:
         poison = summary["poisoning"]
-        out["poisoning"] = {"cells": poison["cells"], "baseline": poison["baseline"],
-                            "detection": poison["detection"]}
+        out["poisoning"] = {k: poison[k] for k in ("cells", "baseline", "detection", "verdict",
+                                                   "seeds", "ratio_ci", "fedavg_control")}
     return json.loads(json.dumps(out))  # tuples → lists, as stored
 
 
@@ -124,9 +128,10 @@ def test_golden_tolerances_stay_tight(case: str) -> None:
 
 # Figures a review measured with this suite on another CPU (Intel Xeon, AVX-512 and AMX, 2
 # cores), where the earlier 1e-6 tolerance failed: the measured tolerances must admit them.
+# (Its inversion figure was the gain of the one fixed control, which the controls at the
+# target's difficulty replaced.)
 ANOTHER_CPU = {"smoke": ("history[1].ssim", 0.13986680),
                "membership": ("history[3].mae_hu", 1714.79),
-               "inversion": ("inversion.calibration.gain", -0.00096490),
                "poisoning": ("history[1].mae_hu", 1301.29)}
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from engine.analyses.poisoning import poisoning_verdict, ratio_interval
 from engine.clients.malicious import (
     alie_upload,
     noisy_upload,
@@ -27,6 +28,25 @@ GLOBAL = [np.array([1.0, 2.0, 3.0], np.float32), np.array(4, np.int64)]
 LOCALS = [[np.array([2.0, 2.0, 1.0], np.float32), np.array(9, np.int64)],
           [np.array([1.0, 4.0, 3.0], np.float32), np.array(9, np.int64)],
           [np.array([3.0, 3.0, 2.0], np.float32), np.array(9, np.int64)]]
+
+
+@pytest.mark.parametrize(("ratios", "fedavg", "expected"), [
+    ([1.1, 1.2, 1.0], [2.5, 3.0, 1.3], "protected"),
+    ([1.1, 1.2, 1.0], [2.5, 3.0, 1.2], "attack_too_weak"),  # one seed did not hurt FedAvg
+    ([1.1], [], "attack_too_weak"),
+    ([1.3, 1.5], [2.0, 2.2], "damaged"),
+    ([2.1, 1.95], [2.0, 2.2], "broken"),
+    ([1.0, 1.1], [1.0, 1.1], "attack_too_weak"),  # FedAvg judged by its own ratios
+])
+def test_protected_needs_an_attack_that_hurt_fedavg(ratios, fedavg, expected):
+    assert poisoning_verdict(ratios, fedavg) == expected
+
+
+def test_ratio_interval_is_students_over_seeds():
+    lo, hi = ratio_interval([1.0, 1.2, 1.4])
+    assert (lo + hi) / 2 == pytest.approx(1.2)
+    assert hi - lo == pytest.approx(2 * 4.302653 * 0.2 / np.sqrt(3), rel=1e-5)
+    assert ratio_interval([1.3]) is None
 
 
 def test_sign_flip_and_scaling_act_on_the_update():
@@ -98,6 +118,16 @@ def test_update_noise_breaks_fedavg_and_the_median_holds(runs_dir):
     assert avg["cells"][0]["mae_ratio"] >= 2.0, avg["cells"]
     assert med["cells"][0]["mae_ratio"] <= 1.25, med["cells"]
     assert avg["detection"]["detected"] == ["center-0"]
+    # FedAvg is its own control; the median is protected only because the same attack
+    # broke FedAvg: its control is that FedAvg run (reused), hurt at every seed.
+    assert avg["verdict"] == "broken" and avg["fedavg_control"]["self"]
+    assert med["verdict"] == "protected", med
+    control = med["fedavg_control"]
+    assert control["hurt"] and not control["self"]
+    assert control["seeds"][0]["mae_ratio"] == pytest.approx(avg["cells"][0]["mae_ratio"])
+    weak = _run(["attacks.poisoning.enabled=true", "attacks.poisoning.kind=update_noise",
+                 "attacks.poisoning.noise_std=0.0001", "federation.aggregator=fedmedian"])
+    assert weak["poisoning"]["verdict"] == "attack_too_weak", weak["poisoning"]
     # A finished clean run with the same settings is reused as the baseline.
     _run([])
     again = _run(attack)["poisoning"]

@@ -16,7 +16,7 @@ from app.views.common import hospital_name
 from app.views.report import make_report
 from app.views.whatif import membership_verdict
 from engine.analyses.results import WhatifMembership
-from engine.analyses.whatif import EXPOSED_RANK, patient_exposure, patient_scores
+from engine.analyses.whatif import EXPOSED_RANK, chance_rate, patient_exposure, patient_scores
 from engine.attacks.membership import membership_candidates
 from engine.core.config import ConfigError
 from engine.core.run_folder import RunFolder
@@ -46,6 +46,31 @@ def test_patient_exposure_ranks_against_non_members():
     assert patient_exposure(0.0, np.linspace(0.1, 1, 10))["rank"] < EXPOSED_RANK
     with pytest.raises(ValueError, match="at least one"):
         patient_exposure(0.5, np.array([]))
+
+
+@pytest.mark.parametrize(("n", "rate"), [(8, 1 / 9), (10, 2 / 11), (3, 1 / 4), (20, 3 / 21)])
+def test_chance_rate_counts_the_ranks_that_read_exposed(n, rate):
+    """Exposed needs a rank of 0.9: among 8 never-trained patients only the top of 9 equally
+    likely ranks (1 in 9); checked by enumerating every rank of exchangeable scores."""
+    assert chance_rate(n) == pytest.approx(rate)
+    scores = np.arange(n + 1, dtype=float)
+    hits = sum(patient_exposure(scores[k], np.delete(scores, k))["exposed"]
+               for k in range(n + 1))
+    assert hits / (n + 1) == pytest.approx(rate)
+
+
+def test_not_exposed_needs_an_undefended_run_that_exposed_the_patient():
+    low = WhatifMembership(attack="global_loss", score=0.1, rank=0.25, nonmembers=8,
+                           chance_rate=1 / 9)
+    alone = membership_verdict(low)
+    assert alone.colour == "gray" and "not show the patient is safe" in alone.detail
+    assert "by chance 11% of the time" in alone.detail
+    assert "released global model" in alone.detail and "can tell" not in alone.detail
+    missed = WhatifMembership(rank=0.5, nonmembers=8, exposed=False)
+    assert membership_verdict(low, missed).colour == "gray"
+    exposed = WhatifMembership(rank=1.0, nonmembers=8, exposed=True)
+    assert membership_verdict(low, exposed).title == "Not exposed"
+    assert membership_verdict(exposed).colour == "red"
 
 
 def test_patient_scores_average_each_patients_slices():
@@ -143,6 +168,16 @@ def test_whatif_answers_membership_and_reconstruction_for_the_patient(finished):
         assert -1.0 <= r["ssim_body"] <= 1.0
     assert hardened["federation"]["secure_aggregation"] is True
     assert not plain["federation"]["secure_aggregation"]
+    # Under secure aggregation the patient is scored by the attack the run's verdict rests
+    # on (the released global model), never by FedMIA on masked uploads.
+    assert hardened["whatif"]["membership"]["attack"] == "global_loss"
+    assert hardened["mia"]["verdict_attack"] == "global_loss"
+    assert plain["whatif"]["membership"]["attack"] == plain["mia"]["verdict_attack"]
+    assert plain["whatif"]["membership"]["chance_rate"] == pytest.approx(1 / 4)
+    # The leak test judges the patient's own slices against the hospital's references.
+    for s in (plain, hardened):
+        r = s["whatif"]["reconstruction"]
+        assert r["reference_patients"] >= 100 and isinstance(r["leak"], bool)
 
 
 def _page(root: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
@@ -190,7 +225,7 @@ def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatc
     assert not at.exception, at.exception
     subheaders = [s.value for s in at.subheader]
     assert "Without defenses" in subheaders
-    assert "With secure aggregation + privacy noise" in subheaders
+    assert "With secure aggregation + clipped noise" in subheaders
     text = " ".join(m.value for m in at.markdown)
     assert "Was this patient used?" in text and "rebuilt slices" in text
     assert len(at.get("plotly_chart")) == 2
@@ -218,7 +253,7 @@ def test_start_runs_the_study_in_the_background_and_shows_it(tmp_path, monkeypat
         time.sleep(0.5)
     at.run()
     assert not at.exception, at.exception
-    assert "With secure aggregation + privacy noise" in [s.value for s in at.subheader]
+    assert "With secure aggregation + clipped noise" in [s.value for s in at.subheader]
     assert not any(b.key == "whatif_start" for b in at.button)  # done: nothing to start
 
 

@@ -22,12 +22,12 @@ from plotly.subplots import make_subplots
 from app.views.common import Verdict, hospital_name, log_ticks, upscale
 from app.views.results import RunRow, finished_with
 from engine.analyses.results import InversionSummary
-from engine.attacks.inversion import LEAK_MARGIN, beats_floor
+from engine.core.metrics import LEAK_MARGIN
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.units import unit_to_hu
 
-# Verdict threshold on the body-mask SSIM of the MRI (0 = unrelated, 1 = identical); the leak
-# margin over the floor and the control's margin are the engine's.
+# Body-mask SSIM of the MRI (0 = unrelated, 1 = identical) from which a leak counts as a
+# recognisable slice; whether there is a leak at all is the engine's leak test.
 RECOGNISABLE = 0.6
 MRI_ERROR_MAX = 0.5  # |error| map of the MRI: 0 … half the intensity range
 STUDY_RESULT = ("For comparison, the study's DLG attack on its own model rebuilt nothing "
@@ -92,60 +92,79 @@ def inversion_runs(rows: list[RunRow]) -> tuple[list[InversionRun], list[Path]]:
 
 
 TITLES = (
-    ("green", "No leak beyond the attacker's average brain at this attack budget: the rebuilt "
-              "images are no closer to the patients' slices than an average brain the "
-              "attacker already had, although the same attack rebuilds a slice of a design "
-              "known to leak"),
-    ("orange", "Coarse anatomy only: the attacker learnt more than its average brain (such as "
-               "head size and position), but not a recognisable slice"),
+    ("green", "No leak at this attack budget: the rebuilt images are no closer to the "
+              "patients' slices than to unrelated patients' slices, although the same attack "
+              "rebuilds uploads of this difficulty from a network without normalisation"),
+    ("orange", "Coarse anatomy only: the attacker learnt more than unrelated anatomy gives "
+               "(such as head size and position), but not a recognisable slice"),
     ("red", "Recognisable slices: the attacker rebuilt patients' images from a hospital's "
             "update"),
 )
 INCONCLUSIVE = ("gray", "Inconclusive: nothing was rebuilt, but at this budget the attack "
-                        "could not rebuild a slice of a design known to leak either, so "
-                        "'nothing rebuilt' does not show that nothing leaks")
+                        "could not reliably rebuild the control uploads of the same difficulty "
+                        "either, so 'nothing rebuilt' does not show that nothing leaks")
 
 VERDICT_WORDS = {"leak": "leak", "no_leak": "no leak", "inconclusive": "inconclusive"}
+NULL_WORDS = ("unrelated patients' slices, paired with the rebuilt images in the same way "
+              "(the null)")
 
 
-def leak_level(ssim_body: float, floor: float) -> int:
-    """0 nothing beyond the floor, 1 coarse anatomy, 2 recognisable."""
-    if not beats_floor(ssim_body, floor):
+def leak_level(ssim_body: float, leak: bool) -> int:
+    """0 no leak, 1 coarse anatomy, 2 recognisable."""
+    if not leak:
         return 0
     return 2 if ssim_body >= RECOGNISABLE else 1
 
 
+def client_leak(p: Any) -> tuple[float, float, bool]:
+    """``(body SSIM, baseline, leak)`` of an inversion result (a hospital's, or the what-if
+    patient's): the leak test's null mean and decision; runs made before the leak test
+    compared against the attacker's average brain with the margin."""
+    if p.leak is None or p.null_ssim_body is None:
+        return p.ssim_body, p.floor_ssim_body, p.ssim_body - p.floor_ssim_body >= LEAK_MARGIN
+    return p.ssim_body, p.null_ssim_body, bool(p.leak)
+
+
 def worst_client(inv: InversionSummary) -> tuple[str | None, int, float, float]:
-    """(hospital, leak level, body SSIM, floor) where the attack worked best."""
-    per = {c: (p.ssim_body, p.floor_ssim_body) for c, p in inv.per_client.items()} or {
-        None: (inv.ssim_body, inv.floor_ssim_body)}
+    """(hospital, leak level, body SSIM, baseline) where the attack worked best."""
+    per = {c: client_leak(p) for c, p in inv.per_client.items()}
 
-    def severity(c: str | None) -> tuple[int, float]:
-        s, f = per[c]
-        return leak_level(s, f), s - f
+    def severity(c: str) -> tuple[int, float]:
+        s, base, leak = per[c]
+        return leak_level(s, leak), s - base
 
+    if not per:
+        return None, 0, inv.ssim_body, inv.floor_ssim_body
     center = max(per, key=severity)
-    return center, severity(center)[0], *per[center]
+    return center, severity(center)[0], *per[center][:2]
 
 
 def verdict(inv: InversionSummary) -> Verdict:
-    """Risk at the hospital where the attack worked best (the worst case), from the body-mask
-    SSIM of the reconstructed MRI against the attacker's average brain (the floor). "No leak"
-    only where the engine's verdict says so (its calibration control was rebuilt at the same
+    """Risk at the hospital where the attack worked best (the worst case), from the leak
+    test: the body-mask SSIM of the reconstructed MRI against the hospital's slices beside
+    the same reconstruction against unrelated patients' slices (the null). "No leak" only
+    where the engine's verdict says so (its calibration controls were rebuilt at the same
     budget); runs without a verdict (older engine) are inconclusive unless they leaked."""
-    center, level, ssim_body, floor = worst_client(inv)
+    center, level, ssim_body, base = worst_client(inv)
     where = f"Worst-case hospital **{hospital_name(center)}**" if center else "All hospitals"
+    null = inv.null
+    basis = (f"for {NULL_WORDS}" if null else "for the attacker's average brain (the floor)")
     detail = (f"{where}: body SSIM **{ssim_body:.2f}** for the attacker's reconstruction vs "
-              f"**{floor:.2f}** for its average brain (the floor), a difference of "
-              f"**{ssim_body - floor:+.2f}**.")
-    if center and len(inv.per_client) > 1:
+              f"**{base:.2f}** {basis}, a difference of **{ssim_body - base:+.2f}**.")
+    if center and len(inv.per_client) > 1 and inv.null_ssim_body is not None:
         detail += (f" Averaged over all {len(inv.per_client)} hospitals: "
-                   f"{inv.ssim_body:.2f} vs {inv.floor_ssim_body:.2f}.")
+                   f"{inv.ssim_body:.2f} vs {inv.null_ssim_body:.2f}.")
     detail += (f" Whole image: SSIM {inv.ssim:.2f}, PSNR {inv.psnr_db:.1f} dB. Body SSIM "
-               "compares structures inside the head (0 = unrelated, 1 = identical); from "
-               f"{LEAK_MARGIN} above the floor counts as a leak, {RECOGNISABLE} and clearly "
-               f"above the floor as recognisable.\n\n{calibration_text(inv)}")
-    figure = f"body SSIM {ssim_body:.2f} vs floor {floor:.2f}"
+               "compares structures inside the head (0 = unrelated, 1 = identical). ")
+    if null:
+        detail += (f"A leak must beat the null's mean by {null.margin:.2f} and its upper "
+                   f"{null.quantile:.0%} quantile ({null.draws:,} draws of unrelated "
+                   f"patients from at least {null.reference_patients} of the same kind; "
+                   f"here the larger of the two is {null.gain:.2f} at most);")
+    else:
+        detail += f"This run counted {LEAK_MARGIN} above the floor as a leak;"
+    detail += (f" {RECOGNISABLE} and a leak as recognisable.\n\n{calibration_text(inv)}")
+    figure = f"body SSIM {ssim_body:.2f} vs {'null' if null else 'floor'} {base:.2f}"
     if level == 0 and inv.verdict != "no_leak":
         return Verdict(*INCONCLUSIVE, detail, figure + " · inconclusive")
     colour, title = TITLES[level]
@@ -164,17 +183,26 @@ def budget_text(inv: InversionSummary) -> str:
 
 
 def calibration_text(inv: InversionSummary) -> str:
-    """What the calibration control showed, or that the run has none."""
+    """What the calibration controls showed, or that the run has none."""
     cal = inv.calibration
     if cal is None:
         return ("This run has no calibration control (it was made by an older version), so a "
                 "result without a leak cannot be read as safe.")
-    outcome = "rebuilt it" if cal.recovered else "could not rebuild it"
-    return (f"Calibration: the same attack at the same budget, on a design known to leak "
-            f"({cal.design}, {cal.image_size} px), {outcome}: body SSIM "
-            f"{cal.ssim_body:.2f} vs {cal.floor_ssim_body:.2f} for its average brain "
-            f"(a slice counts as rebuilt from {LEAK_MARGIN:+.2f}, the rule that calls an "
-            "upload leaking).")
+    if not cal.trials:  # one fixed easy control (older runs)
+        outcome = "rebuilt it" if cal.recovered else "could not rebuild it"
+        return (f"Calibration: the same attack at the same budget, on a design known to leak "
+                f"({cal.design}, {cal.image_size} px), {outcome}: body SSIM "
+                f"{cal.ssim_body:.2f} vs {cal.floor_ssim_body:.2f} for its average brain. "
+                "This older control did not match the target's difficulty.")
+    done = sum(t.recovered for t in cal.trials)
+    lo, hi = cal.rate_ci or (0.0, 1.0)
+    return (f"Calibration: the same attack at the same budget on {cal.total} control "
+            f"upload{'s' if cal.total != 1 else ''} of the same difficulty ({cal.design}, "
+            f"{cal.image_size} px; each with other slices and another start) rebuilt "
+            f"**{done} of {cal.total}** by the same leak rule (95 % interval "
+            f"{lo:.0%}–{hi:.0%}; mean body SSIM {cal.ssim_body:.2f} vs null "
+            f"{np.mean([t.null_ssim_body for t in cal.trials]):.2f}). \"No leak\" needs "
+            "every control rebuilt.")
 
 
 # --------------------------------------------------------------------------- table
@@ -189,6 +217,13 @@ TABLE_COLUMNS = {
                                        "original, in decibels."),
     "ssim_ct": ("CT SSIM ↑", "%.3f", "How similar the rebuilt CT looks to the original CT."),
     "psnr_db_ct": ("CT PSNR (dB) ↑", "%.1f", "Pixel-by-pixel agreement of the rebuilt CT."),
+    "null_ssim_body": ("Null body SSIM", "%.3f", "Body SSIM of the same rebuilt images against "
+                                                 "unrelated patients' slices, paired the same "
+                                                 "way (the leak test's null, its mean)."),
+    "p_value": ("Leak test p", "%.4f", "Share of unrelated patients' slice sets the rebuilt "
+                                       "images match at least as well as the hospital's own; "
+                                       "a leak needs p ≤ 0.01 and body SSIM at least 0.05 "
+                                       "above the null."),
     "floor_ssim_body": ("Floor body SSIM", "%.3f", "Body SSIM of the attacker's average brain: "
                                                    "what it gets without attacking."),
     "round": ("Round attacked", "%d", "The training round whose upload was inverted."),
@@ -429,8 +464,8 @@ def budget_figure(rows: list[dict[str, Any]]) -> go.Figure:
             ("inversion_ssim_body", "study's model: reconstruction", "#c0392b", "solid"),
             ("inversion_floor_ssim_body", "study's model: average brain (floor)", "#c0392b",
              "dot"),
-            ("calibration_ssim_body", "vulnerable control: reconstruction", "#2471a3", "solid"),
-            ("calibration_floor_ssim_body", "vulnerable control: floor", "#2471a3", "dot")):
+            ("calibration_ssim_body", "calibration controls: reconstruction", "#2471a3", "solid"),
+            ("calibration_floor_ssim_body", "calibration controls: floor", "#2471a3", "dot")):
         fig.add_trace(go.Scatter(x=x, y=[r.get(key) for r in rows], name=name,
                                  mode="lines+markers", line={"color": colour, "dash": dash},
                                  hovertemplate="%{x:,} iterations: %{y:.3f}<extra></extra>"),

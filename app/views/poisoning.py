@@ -28,6 +28,7 @@ from app.views.common import (
     log_ticks,
 )
 from app.views.results import RunRow, finished_with
+from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
 from engine.core.config import ROBUST_AGGREGATORS
 from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS
@@ -35,8 +36,6 @@ from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS
 BASE_PRESET = "poison-base"
 SWEEP_COMMAND = "fedsct sweep --preset {name}"
 # Verdict thresholds on the attacked model's MAE over the same federation's clean MAE.
-USELESS = 2.0  # the error at least doubled
-PROTECTED = 1.25  # within 25 % of the clean error
 
 KIND_NAMES = {
     "data_noise": "noise on the hospital's images",
@@ -187,38 +186,60 @@ def same_attack(shown: PoisonRun, runs: list[PoisonRun]) -> list[PoisonRun]:
 # --------------------------------------------------------------------------- verdict
 
 
+TITLES = {
+    "broken": ("red", "The federation was made useless: the shared model's error at least "
+                      "doubled"),
+    "damaged": ("orange", "The federation was damaged but still learns: the error rose by "
+                          "more than 25 %, without doubling"),
+    "protected": ("green", "The rule protected the federation: {rule} kept the error within "
+                           "25 % of the clean federation's, while the same attack hurt FedAvg"),
+    "attack_too_weak": ("gray", "Attack too weak to judge the rule: it did not hurt FedAvg "
+                                "beyond 25 % either"),
+}
+NO_CONTROL = ("gray", "Within 25 % of the clean error, but this run has no FedAvg control, so "
+                      "it cannot show that the rule protected anything")
+
+
+def _ratios(seeds: list[Any], mean: float, ci: list[float] | None) -> str:
+    values = ", ".join(f"{r.mae_ratio:.2f}×" for r in seeds)
+    interval = f", 95 % interval {ci[0]:.2f}–{ci[1]:.2f}×" if ci else ""
+    return (f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {values} (mean "
+            f"{mean:.2f}×{interval})")
+
+
 def verdict(poison: PoisoningSummary, aggregator: str) -> Verdict:
     """How much the attack hurt, from the final MAE against the same federation without
-    attackers (``mae_ratio``), and whether the rule is a robust one."""
+    attackers (the ratio, over seeds), and whether the same attack hurt FedAvg (the control
+    without which "protected" means nothing)."""
     cell = poison.cells[0]
     base = poison.baseline[aggregator]
-    ratio = cell.mae_ratio
     rule = rule_name(aggregator)
     robust = aggregator in ROBUST_AGGREGATORS
-    if ratio >= USELESS:
-        colour = "red"
-        title = ("The federation was made useless: the shared model's error at least doubled"
-                 + (f" even though {rule} is meant to resist attackers" if robust else ""))
-    elif ratio <= PROTECTED:
-        colour = "green"
-        title = (f"The rule protected the federation: {rule} kept the error within 25 % of "
-                 "the clean federation's" if robust else
-                 f"The attack barely hurt the federation: under {rule} the error stayed within "
-                 "25 % of the clean federation's")
-    else:
-        colour = "orange"
-        title = ("The federation was damaged but still learns: the error rose by more than "
-                 "25 %, without doubling")
+    ratio = poison.mae_ratio_mean if poison.mae_ratio_mean is not None else cell.mae_ratio
     names = poison.malicious_names
     who = (f"{len(names)} malicious hospital{'s' if len(names) != 1 else ''} "
            f"({hospital_names(names)})")
     detail = (f"With {who} sending {kind_name(poison.kind)}, **{rule}** ended with an average "
               f"error of **{cell.mae_hu:.0f} HU** against **{base.mae_hu:.0f} HU** for the same "
-              f"federation without attackers: **{ratio:.2f}×** the clean error "
-              f"({(ratio - 1) * 100:+.0f} %). PSNR {cell.psnr_db:.1f} dB vs "
-              f"{base.psnr_db:.1f} dB, SSIM {cell.ssim:.3f} vs {base.ssim:.3f}. Twice the "
-              "clean error or more counts as useless; within 25 % as protected.")
-    return Verdict(colour, title, detail, f"{ratio:.2f}× the clean error")
+              f"federation without attackers: **{cell.mae_ratio:.2f}×** the clean error "
+              f"({(cell.mae_ratio - 1) * 100:+.0f} %). PSNR {cell.psnr_db:.1f} dB vs "
+              f"{base.psnr_db:.1f} dB, SSIM {cell.ssim:.3f} vs {base.ssim:.3f}.")
+    control = poison.fedavg_control
+    state = poison.verdict or ("broken" if ratio >= BROKEN else "damaged" if ratio > PROTECTED
+                               else None)  # an older run: one seed, no control
+    colour, title = TITLES[state] if state else NO_CONTROL
+    if poison.verdict is not None:
+        detail += f" Over {_ratios(poison.seeds, ratio, poison.ratio_ci)}."
+        if control is not None and not control.self_:
+            detail += (f" The same attack against FedAvg (the control), "
+                       f"{_ratios(control.seeds, control.mae_ratio_mean, control.ratio_ci)}: "
+                       + ("hurt beyond 25 % at every seed." if control.hurt else
+                          "not hurt beyond 25 % at every seed."))
+    if robust and state in ("broken", "damaged"):
+        title += f", even though {rule} is meant to resist attackers"
+    detail += (" Twice the clean error or more counts as useless; within 25 % as protected "
+               "only where the same attack hurt FedAvg beyond 25 %.")
+    return Verdict(colour, title.format(rule=rule), detail, f"{ratio:.2f}× the clean error")
 
 
 def poison_words(poison: PoisoningSummary) -> str:

@@ -429,8 +429,9 @@ def scorecards(summary: RunSummary | None) -> list[Scorecard]:
         cards.append(_card("Poisoning robustness",
                            poi_ui.verdict(s.poisoning, s.federation.aggregator),
                            f"Final MAE under attack ÷ MAE without attackers. Green up to "
-                           f"{poi_ui.PROTECTED}×, orange below {poi_ui.USELESS:g}×, red from "
-                           f"{poi_ui.USELESS:g}×."))
+                           f"{poi_ui.PROTECTED}× where the same attack hurt FedAvg beyond "
+                           f"that, grey where it did not (too weak to judge), orange below "
+                           f"{poi_ui.BROKEN:g}×, red from {poi_ui.BROKEN:g}×."))
     return cards
 
 

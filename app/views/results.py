@@ -155,8 +155,10 @@ def dp_words(dp: DPSummary) -> str:
         return f"DP σ {dp.noise_multiplier:g} (no ε computed)"
     if dp.epsilon is None:
         return f"{unit}, ε = ∞"
-    return f"{unit}, ε = {dp.epsilon:.3g}" + ("" if dp.meaningful
-                                              else " (no meaningful guarantee)")
+    words = f"{unit}, ε = {dp.epsilon:.3g}"
+    if dp.epsilon_substitution is not None:
+        words += f" (replacing a hospital's data: ε = {dp.epsilon_substitution:.3g})"
+    return words + ("" if dp.meaningful else " (no meaningful guarantee)")
 
 
 def _row(root: Path, rec: dict[str, Any]) -> RunRow:

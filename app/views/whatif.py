@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from app.views.common import PHASE_TEXT, Verdict, upscale
 from app.views.data import uploads_folder
-from app.views.inversion import leak_level, load_npz
+from app.views.inversion import NULL_WORDS, client_leak, leak_level, load_npz
 from app.views.results import Sweep, read_json, read_sweep
 from engine.analyses.results import (
     RunSummary,
@@ -25,7 +25,7 @@ from engine.analyses.results import (
     WhatifSummary,
     read_summary,
 )
-from engine.analyses.whatif import EXPOSED_RANK
+from engine.analyses.whatif import EXPOSED_RANK, chance_rate
 from engine.core.render import CT_WINDOW_HU, to_gray
 from engine.core.run_folder import RunFolder
 from engine.core.units import unit_to_hu
@@ -34,7 +34,7 @@ from engine.data.phantom import example_patient_volume
 
 SWEEP = "whatif"
 EXAMPLES = "whatif-examples"
-CELL_TITLES = ("Without defenses", "With secure aggregation + privacy noise")
+CELL_TITLES = ("Without defenses", "With secure aggregation + clipped noise")
 
 
 def patient_folders(runs_folder: Path) -> dict[str, Path]:
@@ -100,23 +100,38 @@ def finished_cells(sweep: Sweep) -> list[WhatifCell | None]:
     return out
 
 
-def membership_verdict(m: WhatifMembership) -> Verdict:
-    """The patient's membership result: their score ranked against never-trained patients."""
+ATTACK_WORDS = {"global_loss": "the attack on the released global model (under secure "
+                               "aggregation the server never sees this hospital's own upload)"}
+
+
+def membership_verdict(m: WhatifMembership,
+                       control: WhatifMembership | None = None) -> Verdict:
+    """The patient's membership result: their score ranked against never-trained patients,
+    with how often a never-trained patient ranks as high by chance. "Not exposed" only
+    beside an undefended ``control`` run that did expose the patient; otherwise a low rank
+    is no evidence either way."""
     share, n = f"{m.rank:.0%}", m.nonmembers
+    chance = m.chance_rate if m.chance_rate is not None else chance_rate(max(n, 1))
     figure = f"ranks above {share} of {n} never-trained patients"
+    attack = ATTACK_WORDS.get(m.attack, f"the membership attack ({m.attack})")
+    basis = (f"Scored by {attack}. A patient nobody trained on ranks this high "
+             f"(from {EXPOSED_RANK:.0%}) by chance {chance:.0%} of the time; with {n} "
+             f"patients the rank moves in steps of {1 / max(n, 1):.0%}.")
     if m.exposed:
         return Verdict("red", "Exposed", f"The curious server scores this patient as more "
-                       f"likely trained on than {share} of {n} patients nobody trained on: it "
-                       "can tell that this patient's data were used.", figure)
+                       f"likely trained on than {share} of {n} patients nobody trained on. "
+                       + basis, figure)
     if m.rank >= 0.6:
         return Verdict("orange", "Partly exposed", f"The score ranks above {share} of {n} "
-                       f"never-trained patients: a hint, not proof (exposed from "
-                       f"{EXPOSED_RANK:.0%}; with {n} patients the rank moves in steps of "
-                       f"{1 / max(n, 1):.0%}).", figure)
-    return Verdict("green", "Not exposed", f"The score ranks above only {share} of {n} "
-                   "never-trained patients: the server cannot tell this patient was used "
-                   f"(with {n} patients the rank moves in steps of {1 / max(n, 1):.0%}).",
-                   figure)
+                       "never-trained patients: a hint, not proof. " + basis, figure)
+    if control is not None and control.exposed:
+        return Verdict("green", "Not exposed", f"The score ranks above only {share} of {n} "
+                       "never-trained patients, while the same attack without defenses "
+                       f"exposed this patient (rank {control.rank:.0%}). " + basis, figure)
+    return Verdict("gray", "No evidence either way", f"The score ranks above only {share} of "
+                   f"{n} never-trained patients. Without a run that exposed this patient, a "
+                   "low rank does not show the patient is safe: the attack may be too weak "
+                   "for this patient. " + basis, figure)
 
 
 def reconstruction_verdict(r: WhatifReconstruction | None) -> Verdict:
@@ -127,24 +142,28 @@ def reconstruction_verdict(r: WhatifReconstruction | None) -> Verdict:
         return Verdict("gray", "Not attempted", "None of the attacker's reconstructions matched "
                        "this patient's slices (the hospital's update held more slices than "
                        "were rebuilt).")
-    detail = (f"Similarity inside the head {r.ssim_body:.2f} vs {r.floor_ssim_body:.2f} "
-              "for the attacker's average brain (1 = identical).")
-    figure = f"body SSIM {r.ssim_body:.2f} vs floor {r.floor_ssim_body:.2f}"
-    level = leak_level(r.ssim_body, r.floor_ssim_body)  # the Gradient inversion page's
+    ssim_body, base, leak = client_leak(r)
+    null = r.null_ssim_body is not None
+    basis = NULL_WORDS if null else "the attacker's average brain"
+    detail = (f"Similarity inside the head {ssim_body:.2f} vs {base:.2f} for {basis} "
+              "(1 = identical), from "
+              f"{r.n} of the patient's slices.")
+    figure = f"body SSIM {ssim_body:.2f} vs {'null' if null else 'floor'} {base:.2f}"
+    level = leak_level(ssim_body, leak)  # the Gradient inversion page's
     if level == 0 and r.verdict != "no_leak":
         return Verdict("gray", "Inconclusive", "The rebuilt slices are no closer to the "
-                       "patient's than the attacker's average brain, but this short attempt "
-                       "could not rebuild a slice of a design known to leak either, so it "
+                       "patient's than unrelated patients' slices, but this attempt could not "
+                       "reliably rebuild control uploads of the same difficulty either, so it "
                        "does not show that the patient's images are safe. " + detail, figure)
     if level == 2:
         return Verdict("red", "Recognisable", "The rebuilt slices clearly resemble the "
                        "patient's. " + detail, figure)
     if level == 1:
-        return Verdict("orange", "Partly rebuilt", "The rebuilt slices are somewhat closer to "
-                       "the patient's than the attacker's average brain. " + detail, figure)
+        return Verdict("orange", "Partly rebuilt", "The rebuilt slices are closer to the "
+                       "patient's than unrelated patients' slices are. " + detail, figure)
     return Verdict("green", "Not recognisable", "The rebuilt slices are no closer to the "
-                   "patient's than the attacker's average brain, although the same attack "
-                   "rebuilt a slice of a design known to leak. " + detail, figure)
+                   "patient's than unrelated patients' slices, although the same attack "
+                   "rebuilt every control upload of the same difficulty. " + detail, figure)
 
 
 def score_figure(m: WhatifMembership) -> go.Figure:

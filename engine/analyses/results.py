@@ -69,6 +69,10 @@ class DPSummary(_Block):
     delta: float | None = None
     neighbouring: str | None = None
     meaningful: bool = False
+    # ε for replacing one hospital's contribution by another's (hospital level only; None:
+    # sample level, no noise, or an older run) and that neighbouring relation in words.
+    epsilon_substitution: float | None = None
+    substitution: str | None = None
     per_center: dict[str, DPCenter] = Field(default_factory=dict)
 
     @property
@@ -184,10 +188,29 @@ class InversionClient(_Block):
     evaluations: int | None = None
     objective: str | None = None
     readable_fraction: float | None = None
+    # The leak test (engine.core.metrics.leak_test); None in runs made before it.
+    gain: float | None = None
+    threshold: float | None = None
+    leak: bool | None = None
+    null_ssim_body: float | None = None
+    null_upper: float | None = None
+    p_value: float | None = None
+    reference_patients: int | None = None
+
+
+class ControlTrial(_Block):
+    seed: int
+    recovered: bool
+    gain: float
+    threshold: float
+    ssim_body: float
+    null_ssim_body: float
+    floor_ssim_body: float
 
 
 class Calibration(_Block):
-    """The same attack at the same budget on the known-vulnerable control."""
+    """The same attack at the same budget on controls at the target's difficulty (older
+    runs: one fixed easy control, without ``total``/``rate``/``trials``)."""
 
     ssim_body: float
     floor_ssim_body: float
@@ -197,6 +220,22 @@ class Calibration(_Block):
     image_size: int = 0
     iterations: int = 0
     restarts: int = 0
+    total: int = 1
+    rate: float | None = None
+    rate_ci: list[float] | None = None
+    trials: list[ControlTrial] = Field(default_factory=list)
+    slices: int = 1
+
+
+class NullSummary(_Block):
+    """The leak test's null: draws, the upper quantile used, the margin, the fewest
+    reference patients any hospital's null rested on, and the largest threshold it gave."""
+
+    draws: int
+    quantile: float
+    margin: float
+    reference_patients: int
+    gain: float
 
 
 class InversionSummary(_Block):
@@ -209,6 +248,7 @@ class InversionSummary(_Block):
     ssim_coarse: float | None = None
     floor_ssim: float | None = None
     floor_ssim_body: float = 0.0
+    null_ssim_body: float | None = None
     per_client: dict[str, InversionClient] = Field(default_factory=dict)
     iterations: int = 0
     restarts: int = 0
@@ -217,6 +257,7 @@ class InversionSummary(_Block):
     verdict: str | None = None  # leak | no_leak | inconclusive (None: older run)
     calibration: Calibration | None = None
     leak_margin: float | None = None
+    null: NullSummary | None = None
 
 
 class PoisonCell(_Block):
@@ -228,6 +269,24 @@ class PoisonCell(_Block):
     psnr_db: float = 0.0
     ssim: float = 0.0
     mae_ratio: float = 1.0
+
+
+class PoisonSeed(_Block):
+    seed: int
+    mae_hu: float
+    baseline_mae_hu: float
+    mae_ratio: float
+
+
+class FedAvgControl(_Block):
+    """The same attack against FedAvg, per seed (``self``: the run is FedAvg)."""
+
+    aggregator: str = "fedavg"
+    self_: bool = Field(False, alias="self")
+    seeds: list[PoisonSeed] = Field(default_factory=list)
+    mae_ratio_mean: float = 0.0
+    ratio_ci: list[float] | None = None
+    hurt: bool = False
 
 
 class Detection(_Block):
@@ -252,6 +311,12 @@ class PoisoningSummary(_Block):
     baseline_run: str | None = None
     cells: list[PoisonCell] = Field(default_factory=list)
     detection: Detection = Field(default_factory=Detection)
+    # The verdict over seeds with the FedAvg control (None in runs made before it).
+    verdict: str | None = None  # protected | damaged | broken | attack_too_weak
+    seeds: list[PoisonSeed] = Field(default_factory=list)
+    mae_ratio_mean: float | None = None
+    ratio_ci: list[float] | None = None
+    fedavg_control: FedAvgControl | None = None
 
 
 class WhatifMembership(_Block):
@@ -260,6 +325,7 @@ class WhatifMembership(_Block):
     rank: float = 0.0
     exposed: bool = False
     nonmembers: int = 0
+    chance_rate: float | None = None  # None: an older run
     member_scores: list[float] = Field(default_factory=list)
     nonmember_scores: list[float] = Field(default_factory=list)
 
@@ -273,6 +339,12 @@ class WhatifReconstruction(_Block):
     psnr_db: float | None = None
     floor_ssim: float | None = None
     floor_ssim_body: float | None = None
+    gain: float | None = None
+    threshold: float | None = None
+    leak: bool | None = None
+    null_ssim_body: float | None = None
+    p_value: float | None = None
+    reference_patients: int | None = None
     verdict: str | None = None
 
 

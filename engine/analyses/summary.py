@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from engine import __version__
 from engine.clients.behaviour import dp_accountings, dp_epsilon
-from engine.clients.dp import MEANINGFUL_EPSILON, NEIGHBOURING
+from engine.clients.dp import MEANINGFUL_EPSILON, NEIGHBOURING, SUBSTITUTION
 from engine.core.config import ExperimentConfig
 from engine.core.environment import numeric_environment
 from engine.core.metrics import mean_over_patients, volume_metrics
@@ -69,9 +70,13 @@ def dp_summary(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
         return out
     rounds = cfg.federation.rounds
     eps = dp_epsilon(accountings, rounds)
+    subs = [a.epsilon_substitution(rounds) for a in accountings.values()]
+    sub = None if None in subs or not math.isfinite(max(subs)) else max(subs)
     return out | {
         "noise_multiplier": max(a.noise_multiplier for a in accountings.values()),
         "epsilon": eps, "meaningful": eps is not None and eps <= MEANINGFUL_EPSILON,
+        "epsilon_substitution": sub,
+        "substitution": SUBSTITUTION if dp.level == "client" else None,
         "per_center": {c: {"noise_multiplier": a.noise_multiplier,
                            "sample_rate": a.sample_rate,
                            "steps": a.steps_per_round * rounds,

@@ -26,9 +26,12 @@ Two properties of the study's recipe need an attacker that knows them:
   matches gradients on the coordinates it could read (``adam="decode"``, the default). With
   several local Adam steps the update is simulated through every step instead.
 
-**Calibration.** A reconstruction no better than the attacker's average anatomy (the floor)
-shows a leak-free *target* only if the same attack, at the same budget, rebuilds a slice of a
-design known to leak (:func:`calibrate`); otherwise the verdict is ``inconclusive``.
+**Verdict.** An upload leaks when its reconstruction passes
+:func:`engine.core.metrics.leak_test`: it beats, by a margin and the null's upper quantile,
+what the same reconstruction scores against unrelated patients' slices under the same
+matching. A reconstruction that does not shows a leak-free *target* only if the same attack,
+at the same budget, rebuilds uploads of the target's own difficulty with only the network's
+normalisation removed (:func:`calibrate`); otherwise the verdict is ``inconclusive``.
 """
 
 from __future__ import annotations
@@ -42,31 +45,35 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from engine.core.config import ExperimentConfig, InversionConfig
-from engine.core.metrics import reconstruction_metrics, template_metrics
+from engine.core.metrics import (
+    LEAK_MARGIN,
+    NULL_DRAWS,
+    NULL_QUANTILE,
+    leak_test,
+    reconstruction_metrics,
+    template_metrics,
+)
 from engine.core.render import save_png, to_gray
 from engine.core.types import NDArrays
 from engine.core.units import hu_to_unit
-from engine.data.cohort import AttackerData
+from engine.data.cohort import AttackerData, reference_patients
 from engine.data.types import Cohort, SliceSet
 from engine.federation.server_view import ServerView
 from engine.learning.local import ADAM_EPS, LocalTraining, train_local
 from engine.learning.model import build_model, build_unet, get_parameters, select_device
 
 SMOOTH_L1_EPS = 1e-4
-# A client leaks when the body-mask SSIM of its reconstruction beats the attacker's average
-# anatomy (the floor) by this much; the calibration control must leak by the same rule.
-LEAK_MARGIN = 0.05
+# A client leaks when engine.core.metrics.leak_test says so (its reconstruction beats the
+# permutation null by LEAK_MARGIN and the null's upper quantile); the calibration control
+# must leak by the same rule.
 VERDICTS = ("leak", "no_leak", "inconclusive")
 # Adam decoding trusts a coordinate when lr − |Δ| spans at least this many float32 spacings
 # of the uploaded parameter (the read-back size is then within ~25 %).
 DECODE_MIN_SPACINGS = 4.0
-# The known-vulnerable control: no normalisation, MSE, one plain SGD step on one slice.
-CONTROL_RECIPE = LocalTraining(loss="mse", optimizer="sgd", lr=0.05, local_epochs=1,
-                               batch_size=1)
-CONTROL_DESIGN = "no normalisation, MSE loss, one plain SGD step on one slice"
 
 
 # --------------------------------------------------------------------------- payload
@@ -654,72 +661,106 @@ def inversion_payloads(run_dir: Path, cfg: ExperimentConfig,
     return payloads
 
 
-def control_slice(control: SliceSet, prior: AttackerPrior) -> SliceSet:
-    """The control patient's typical slice: the one whose floor (similarity to the attacker's
-    average anatomy) is the median of the patient's slices, neither the easiest nor the
-    hardest to tell apart from the average."""
-    floors = [template_metrics(prior.mri, prior.ct_unit, control.mri[i : i + 1],
-                               hu_to_unit(control.ct_hu[i : i + 1]),
-                               control.mask[i : i + 1])["ssim_body"]
-              for i in range(len(control))]
-    return control.select(np.array([int(np.argsort(floors)[len(floors) // 2])]))
-
-
-def control_payload(one: SliceSet, prior: AttackerPrior, image_size: int,
-                    seed: int) -> InversionPayload:
-    """The known-vulnerable control: slice ``one`` uploaded after :data:`CONTROL_RECIPE` by a
-    small U-Net without normalisation (3 levels, 2 where ``image_size`` is not divisible by
-    4), through the real client code."""
+def control_payload(model: torch.nn.Module, slices: SliceSet, local: LocalTraining,
+                    prior: AttackerPrior, image_size: int, seed: int) -> InversionPayload:
+    """One calibration control: ``slices`` uploaded after the target's local training
+    ``local`` by ``model`` (the target's architecture without normalisation) from a fresh
+    initialisation drawn with ``seed``, through the real client code."""
     torch.manual_seed(seed)
-    channels = (8, 16, 32) if image_size % 4 == 0 else (8, 16)
-    model = build_unet(channels, "none", 1).to(select_device())
+    for layer in model.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
     start = get_parameters(model)
-    trained, _ = train_local(model, start, one, CONTROL_RECIPE, seed=seed)
-    return InversionPayload(model, list(model.state_dict()), start, trained, CONTROL_RECIPE,
-                            1, image_size, prior, round=1, client="control")
+    trained, _ = train_local(model, start, slices, local, seed=seed)
+    return InversionPayload(model, list(model.state_dict()), start, trained, local,
+                            len(slices), image_size, prior, round=1, client="control")
 
 
-def score_reconstruction(result: InversionResult, truth: SliceSet,
-                         prior: AttackerPrior) -> dict[str, Any]:
-    """Metrics of a reconstruction against the originals and the floor (the prior's mean)."""
+def score_reconstruction(mri: np.ndarray, ct_unit: np.ndarray, truth: SliceSet,
+                         prior: AttackerPrior, reference: SliceSet,
+                         truth_levels: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of a reconstruction ``(R, 1, H, W)`` against the originals, the floor (the
+    prior's mean) and the leak test's null (unrelated ``reference`` patients): the
+    metrics of :func:`reconstruction_metrics`, ``floor_*``, and ``gain``, ``threshold``,
+    ``leak``, ``null_ssim_body`` (the null's mean), ``null_upper``, ``p_value``,
+    ``reference_patients``."""
     true_ct = hu_to_unit(truth.ct_hu)
-    metrics = reconstruction_metrics(result.mri, result.ct_unit, truth.mri, true_ct, truth.mask)
+    metrics = reconstruction_metrics(mri, ct_unit, truth.mri, true_ct, truth.mask)
     floor = template_metrics(prior.mri, prior.ct_unit, truth.mri, true_ct, truth.mask)
+    test = leak_test(mri, ct_unit, truth.mri, true_ct, truth.mask, reference.mri,
+                     hu_to_unit(reference.ct_hu), reference.mask,
+                     truth_patients=truth.patient_ids, truth_levels=truth_levels,
+                     attacker_patients=reference.patient_ids)
     return metrics | {"floor_ssim": floor["ssim"], "floor_ssim_body": floor["ssim_body"],
-                      "floor_ssim_ct": floor["ssim_ct"]}
+                      "floor_ssim_ct": floor["ssim_ct"], "gain": test["gain"],
+                      "threshold": test["threshold"], "leak": test["leak"],
+                      "null_ssim_body": test["null_mean"], "null_upper": test["null_upper"],
+                      "p_value": test["p_value"],
+                      "reference_patients": test["reference_patients"]}
 
 
-def calibrate(attack: GradientInversion, control: SliceSet, prior: AttackerPrior,
-              image_size: int, seed: int,
+def control_design(cfg: ExperimentConfig, slices: int) -> str:
+    """The calibration control in words."""
+    local = LocalTraining.from_config(cfg)
+    steps = local.steps(slices)
+    return (f"the hospitals' network without normalisation, {slices} slice"
+            f"{'s' if slices != 1 else ''} per upload, {local.optimizer.upper()} "
+            f"{steps} local step{'s' if steps != 1 else ''}, {local.loss.upper()} loss")
+
+
+def calibrate(attack: GradientInversion, cfg: ExperimentConfig, control: SliceSet,
+              reference: SliceSet, prior: AttackerPrior, slices: int,
               on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """The same attack, same budget, on the known-vulnerable control.
+    """The same attack, same budget, on controls at the target's difficulty: uploads of
+    ``slices`` slices of the ``control`` patient after the target's own local training
+    (optimiser, loss, steps, batch size) by the hospitals' network with only its
+    normalisation removed (normalisation is what makes a U-Net's update hard to invert).
+    Each of ``attacks.inversion.control_trials`` trials draws other slices and another
+    initialisation; a trial is recovered by the rule that calls a target's upload leaking
+    (:func:`engine.core.metrics.leak_test` against unrelated ``reference`` patients).
 
-    Returns ``{"ssim_body", "floor_ssim_body", "gain", "recovered", "design",
-    "image_size", "iterations", "restarts", "seconds"}``; ``recovered`` when the body SSIM
-    beats the floor by :data:`LEAK_MARGIN`, the rule that calls a target's upload leaking.
+    Returns ``{"recovered"`` (every trial recovered), ``"total"``, ``"rate"``, ``"rate_ci"``
+    (95 % Clopper–Pearson), ``"trials"`` (each trial's ``gain``, ``threshold``,
+    ``recovered``, ``ssim_body``, ``null_ssim_body``), the means ``"ssim_body"``,
+    ``"floor_ssim_body"``, ``"gain"``, and ``"design"``, ``"slices"``, ``"image_size"``,
+    ``"iterations"``, ``"restarts"``, ``"seconds"``}``.
     """
-    truth = control_slice(control, prior)
-    result = attack.reconstruct(control_payload(truth, prior, image_size, seed), on_step)
-    scored = score_reconstruction(result, truth, prior)
-    s, f = scored["ssim_body"], scored["floor_ssim_body"]
-    return {"ssim_body": s, "floor_ssim_body": f, "gain": s - f,
-            "recovered": beats_floor(s, f),
-            "design": CONTROL_DESIGN, "image_size": image_size,
-            "iterations": attack.iterations, "restarts": attack.restarts,
-            "seconds": round(result.seconds, 2)}
-
-
-def beats_floor(ssim_body: float, floor_ssim_body: float) -> bool:
-    """Whether a reconstruction's body-mask SSIM beats the floor by :data:`LEAK_MARGIN`."""
-    return ssim_body - floor_ssim_body >= LEAK_MARGIN
+    m = cfg.model
+    model = build_unet(tuple(m.channels), "none", m.num_res_units).to(select_device())
+    local = LocalTraining.from_config(cfg)
+    trials, seconds = [], 0.0
+    total = cfg.attacks.inversion.control_trials
+    for t in range(total):
+        seed = cfg.seed + t
+        rng = np.random.default_rng([seed, 0xC0])
+        pick = np.sort(rng.choice(len(control), slices, replace=slices > len(control)))
+        truth = control.select(pick)
+        payload = control_payload(model, truth, local, prior, cfg.data.image_size, seed)
+        step = None if on_step is None else (lambda i, t=t: on_step(t * attack.iterations + i))
+        result = attack.reconstruct(payload, step)
+        seconds += result.seconds
+        scored = score_reconstruction(result.mri, result.ct_unit, truth, prior, reference,
+                                      (pick + 0.5) / len(control))
+        trials.append({"seed": seed, "recovered": scored["leak"],
+                       **{k: scored[k] for k in ("gain", "threshold", "ssim_body",
+                                                 "null_ssim_body", "floor_ssim_body")}})
+    recovered = sum(t["recovered"] for t in trials)
+    ci = binomtest(recovered, total).proportion_ci(confidence_level=0.95, method="exact")
+    return {"recovered": recovered == total, "total": total, "rate": recovered / total,
+            "rate_ci": [float(ci.low), float(ci.high)], "trials": trials,
+            **{k: float(np.mean([t[k] for t in trials]))
+               for k in ("ssim_body", "floor_ssim_body", "gain")},
+            "design": control_design(cfg, slices), "slices": slices,
+            "image_size": cfg.data.image_size, "iterations": attack.iterations,
+            "restarts": attack.restarts, "seconds": round(seconds, 2)}
 
 
 def inversion_verdict(per_client: dict[str, dict[str, Any]],
                       calibration: dict[str, Any] | None) -> str:
-    """``leak`` when some client's reconstruction beats its floor by :data:`LEAK_MARGIN`;
-    ``no_leak`` only when none does *and* the calibration control was recovered at the same
-    budget; otherwise ``inconclusive`` (the attack is too weak at this budget to tell)."""
-    if any(beats_floor(p["ssim_body"], p["floor_ssim_body"]) for p in per_client.values()):
+    """``leak`` when some client's reconstruction passes the leak test; ``no_leak`` only when
+    none does *and* the calibration controls at the target's difficulty were all recovered at
+    the same budget; otherwise ``inconclusive`` (the attack is too weak here to tell)."""
+    if any(p["leak"] for p in per_client.values()):
         return "leak"
     return "no_leak" if calibration and calibration.get("recovered") else "inconclusive"
 
@@ -739,10 +780,10 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
     out.mkdir(exist_ok=True)
     attack = attack_from_config(inv, cfg.seed)
     prior = AttackerPrior.from_data(attacker.public)
-    truth_by_name = {c.name: c.train for c in cohort.centers}
+    names = [c.name for c in cohort.centers]
     per_client: dict[str, Any] = {}
     payloads = inversion_payloads(run_dir, cfg, prior)
-    total = (len(payloads) + 1) * attack.iterations  # the hospitals and the control
+    total = (len(payloads) + inv.control_trials) * attack.iterations  # hospitals, controls
 
     def steps(k: int, what: str) -> Callable[[int], None]:
         return lambda i: progress(k * attack.iterations + i, total,
@@ -753,8 +794,11 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
             f"{k + 1} of {len(payloads)}, {payload.num_examples} slices, "
             f"{attack.iterations} iterations)")
         result = attack.reconstruct(payload, steps(k, f"hospital {k + 1} of {len(payloads)}"))
-        truth = truth_by_name[payload.client]
-        scored = score_reconstruction(result, truth, prior)
+        index = names.index(payload.client)
+        truth = cohort.centers[index].train
+        scored = score_reconstruction(result.mri, result.ct_unit, truth, prior,
+                                      reference_patients(cfg.data, cfg.seed, cohort, index,
+                                                         attacker))
         per_client[payload.client] = {
             **{k: v for k, v in scored.items() if k != "pairs"},
             "round": payload.round, "seconds": round(result.seconds, 2),
@@ -763,12 +807,18 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
             "readable_fraction": result.readable_fraction,
         }
         _save_client(out, payload, result, truth, scored["pairs"], cfg.data.image_size)
-    log(f"calibrating: the same attack ({attack.iterations} iterations) on a design known "
-        f"to leak ({CONTROL_DESIGN})")
-    calibration = calibrate(attack, attacker.control, prior, cfg.data.image_size, cfg.seed,
-                            steps(len(payloads), "calibration control"))
+    slices = max(p.num_examples for p in payloads)
+    design = control_design(cfg, slices)
+    log(f"calibrating: the same attack ({attack.iterations} iterations) on "
+        f"{inv.control_trials} control upload(s) at the target's difficulty ({design})")
+    calibration = calibrate(attack, cfg, attacker.control,
+                            reference_patients(cfg.data, cfg.seed, cohort, None, attacker),
+                            prior, slices, lambda i: progress(
+                                len(payloads) * attack.iterations + i, total,
+                                f"calibration control, iteration {i:,} of "
+                                f"{inv.control_trials * attack.iterations:,}"))
     keys = ("ssim", "ssim_body", "psnr_db", "ssim_ct", "psnr_db_ct", "ssim_coarse",
-            "floor_ssim", "floor_ssim_body")
+            "floor_ssim", "floor_ssim_body", "null_ssim_body")
     return {
         "method": inv.method,
         **{k: float(np.mean([p[k] for p in per_client.values()])) for k in keys},
@@ -780,6 +830,10 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
         "verdict": inversion_verdict(per_client, calibration),
         "calibration": calibration,
         "leak_margin": LEAK_MARGIN,
+        "null": {"draws": NULL_DRAWS, "quantile": NULL_QUANTILE, "margin": LEAK_MARGIN,
+                 "reference_patients": min(p["reference_patients"]
+                                           for p in per_client.values()),
+                 "gain": max(p["threshold"] for p in per_client.values())},
     }
 
 

@@ -47,6 +47,7 @@ NEIGHBOURING = {
     "client": "add/remove one hospital's whole contribution (every hospital in every round)",
     "sample": "add/remove one patient's slices at one hospital",
 }
+SUBSTITUTION = "replace one hospital's whole contribution by another's (sensitivity 2C)"
 # Above this ε the noise gives no meaningful guarantee (pages and reports say so).
 MEANINGFUL_EPSILON = 10.0
 # Client metadata a DP hospital may report: public protocol values only.
@@ -78,6 +79,16 @@ class DPAccounting:
         """ε after ``rounds`` rounds (``inf`` without noise)."""
         return _epsilon(self.noise_multiplier, self.sample_rate,
                         self.steps_per_round * rounds, self.delta)
+
+    def epsilon_substitution(self, rounds: int) -> float | None:
+        """ε after ``rounds`` rounds for *replacing* one hospital's contribution by another
+        (``client`` level): two clipped updates differ by up to 2C, so this is the Gaussian
+        mechanism at σ/2 (exact without subsampling). ``None`` at ``sample`` level, where
+        replacing one patient under subsampling needs an accountant for that relation."""
+        if self.level != "client":
+            return None
+        return _epsilon(self.noise_multiplier / 2, 1.0, self.steps_per_round * rounds,
+                        self.delta)
 
 
 @functools.lru_cache(maxsize=4096)

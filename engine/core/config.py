@@ -258,6 +258,9 @@ class InversionConfig(_Section):
         "auto", description="images to rebuild; auto = the client's reported example count"
     )
     snapshot_every: int = Field(50, ge=0, le=100_000, description="0 = no snapshots")
+    control_trials: int = Field(
+        3, ge=1, le=16, description="calibration controls at the target's difficulty, each "
+        "with other slices and another initialisation; no_leak needs every one rebuilt")
 
     @model_validator(mode="after")
     def _checks(self) -> InversionConfig:
@@ -285,6 +288,10 @@ class PoisoningConfig(_Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="data_noise: share of slices")
     scale: float = Field(4.0, gt=0.0, le=1000.0, description="sign_flip / scaling factor")
     z: float = Field(1.0, ge=0.0, le=10.0, description="alie: standard deviations shifted")
+    seeds: int = Field(
+        1, ge=1, le=10, description="seeds the verdict rests on (the run's seed, then seed+1 "
+        "…): each adds the attacked and the clean federation, and under a rule other than "
+        "FedAvg the same attack against FedAvg (the control) with its clean federation")
 
 
 class AttacksConfig(_Section):

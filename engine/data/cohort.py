@@ -152,8 +152,16 @@ ATTACKER_SEED_OFFSET = 1_000_003
 ATTACKER_PROFILES = (90, 91, 92, 93)
 # Two patients for the average anatomy and its principal components, one for the control.
 MIN_ATTACKER_PATIENTS = 3
-# Slices of the control patient to choose the calibration slice from.
+# Slices of the control patient, at least: the calibration control's uploads are drawn from
+# them (as many slices as the attacked upload holds, see control_slices).
 CONTROL_SLICES = 8
+
+
+def control_slices(data: DataConfig) -> int:
+    """Slices of the control patient: enough for an upload of a hospital's whole training
+    set plus a what-if patient (at most 128)."""
+    return min(128, max(CONTROL_SLICES, (data.patients_per_center + 1)
+                        * data.slices_per_patient))
 
 
 @dataclass
@@ -164,7 +172,8 @@ class AttackerData:
     Attributes:
         public: ``(N, 1, H, W)`` slices of the attacker's public cohort (its average anatomy
             and principal components come from these).
-        control: one more patient, kept out of ``public``: the calibration control's slices.
+        control: one more patient, kept out of ``public``, with :func:`control_slices`
+            slices: the calibration controls' uploads are drawn from them.
     """
 
     public: SliceSet
@@ -192,7 +201,7 @@ def attacker_data(data: DataConfig, seed: int, min_slices: int = 160,
         public = SliceSet.concat([patient(c, p) for c in ATTACKER_PROFILES
                                   for p in range(per_profile)])
         return AttackerData(public, patient(ATTACKER_PROFILES[0], per_profile,
-                                            CONTROL_SLICES))
+                                            control_slices(data)))
     unused = split_folders(data).unused
     if len(unused) < MIN_ATTACKER_PATIENTS:
         raise ValueError(
@@ -203,6 +212,40 @@ def attacker_data(data: DataConfig, seed: int, min_slices: int = 160,
             "folders or lower data.patients_per_center / data.heldout_per_center")
     wanted = max(MIN_ATTACKER_PATIENTS - 1, -(-min_slices // spp))
     public = unused[: min(wanted, len(unused) - 1)]
-    control = data.model_copy(update={"slices_per_patient": CONTROL_SLICES})
+    control = data.model_copy(update={"slices_per_patient": control_slices(data)})
     return AttackerData(folder_slices(public, data, progress),
                         folder_slices([unused[len(public)]], control, progress))
+
+
+# --------------------------------------------------------------------------- reference patients
+
+# Phantom patients of a scanner profile generated for the leak test's null (never trained on,
+# never held by the attacker): with the uploaded patient and the held-out ones, 121 or more
+# patients let the permutation test reach p ≤ 0.01 (not at its edge) for one uploaded patient.
+REFERENCE_PATIENTS = 119
+_REFERENCE_FIRST = 10_000  # patient indices far from every hospital's own
+
+
+def reference_patients(data: DataConfig, seed: int, cohort: Cohort, center: int | None,
+                       attacker: AttackerData) -> SliceSet:
+    """Unrelated patients as alike the uploaded ones as the data allow, for the null of
+    :func:`engine.core.metrics.leak_test` (the evaluator's, not the attacker's knowledge).
+
+    ``center``: the hospital's index, or ``None`` for the calibration control. Phantom: the
+    hospital's held-out patients plus :data:`REFERENCE_PATIENTS` more of its scanner profile
+    (the control: that many of the control's profile). SynthRAD / NIfTI folders: the
+    hospital's held-out patients and the attacker's public patients (the control: the
+    attacker's public patients).
+    """
+    if data.source == "phantom":
+        # Generated as the patients they stand in for (the attacker's with the default
+        # lesion rate, the hospital's with the configured one).
+        kind = ({"seed": seed + ATTACKER_SEED_OFFSET, "center": ATTACKER_PROFILES[0],
+                 "n_slices": control_slices(data)} if center is None else
+                {"seed": seed, "center": center, "n_slices": data.slices_per_patient,
+                 "lesion_probability": data.lesion_probability})
+        made = [phantom_patient(patient=_REFERENCE_FIRST + i, image_size=data.image_size,
+                                **kind) for i in range(REFERENCE_PATIENTS)]
+        return SliceSet.concat(made if center is None else [cohort.centers[center].test, *made])
+    return (attacker.public if center is None
+            else SliceSet.concat([cohort.centers[center].test, attacker.public]))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.analyses.poisoning import baseline_config, poisoning_report
+from engine.analyses.poisoning import baseline_config, poisoning_report, seed_rows
 from engine.analyses.summary import build_summary, volumetric_summary
 from engine.analyses.whatif import run_whatif
 from engine.attacks.inversion import run_inversion
@@ -65,21 +65,55 @@ class AttackStep:
 
 
 def _poisoning(ctx: RunContext) -> dict[str, Any]:
-    """The poisoning report against the clean baseline: a finished identical clean run in the
-    same runs root, else the clean federation trained now (nothing of it stored but its
-    learning curve)."""
-    clean = baseline_config(ctx.cfg)
-    found = find_finished_run(clean, ctx.run.root, torch.get_num_threads())
-    if found is not None:
-        ctx.run.log(f"baseline: reusing the clean run {found.run_id}")
-        history = (found.summary() or {})["federation"]["history"]
-    else:
-        ctx.run.log("baseline: training the same federation without attackers")
-        progress, rounds = ctx.progress("round"), clean.federation.rounds
-        history = run_federation(clean, ctx.cohort, should_stop=ctx.run.cancel_requested,
-                                 on_round=lambda e: progress(e["round"], rounds, "")).history
-    return poisoning_report(ctx.cfg, ctx.cohort, ctx.result, history,
-                            found.run_id if found is not None else None)
+    """The poisoning report and its verdict. Every federation it compares with is a finished
+    identical run in the same runs root when there is one, else trained now (nothing of it
+    stored but its learning curve): the clean baseline, the attacked and clean federations
+    at the further seeds (``attacks.poisoning.seeds``), and under a rule other than FedAvg
+    the same attack against FedAvg with its clean federation (the control)."""
+    cfg, threads = ctx.cfg, torch.get_num_threads()
+    seeds = [cfg.seed + i for i in range(cfg.attacks.poisoning.seeds)]
+    cohorts = {cfg.seed: ctx.cohort}
+
+    known: dict[str, tuple[list[dict], str | None]] = {}
+
+    def history(run_cfg: ExperimentConfig, what: str) -> tuple[list[dict], str | None]:
+        key = run_cfg.model_dump_json()
+        if key not in known:
+            known[key] = _history(run_cfg, what)
+        return known[key]
+
+    def _history(run_cfg: ExperimentConfig, what: str) -> tuple[list[dict], str | None]:
+        found = find_finished_run(run_cfg, ctx.run.root, threads)
+        if found is not None:
+            ctx.run.log(f"{what}: reusing the finished run {found.run_id}")
+            return (found.summary() or {})["federation"]["history"], found.run_id
+        ctx.run.log(f"{what}: training it")
+        if run_cfg.seed not in cohorts:
+            cohorts[run_cfg.seed] = load_cohort(run_cfg.data, run_cfg.seed)
+        progress, rounds = ctx.progress("round"), run_cfg.federation.rounds
+        return run_federation(run_cfg, cohorts[run_cfg.seed],
+                              should_stop=ctx.run.cancel_requested,
+                              on_round=lambda e: progress(e["round"], rounds, what)
+                              ).history, None
+
+    def curves(rule_cfg: ExperimentConfig, rule: str) -> tuple[dict, dict]:
+        attacked, clean = {}, {}
+        for s in seeds:
+            at_seed = rule_cfg.model_copy(update={"seed": s})
+            attacked[s] = (ctx.result.history if at_seed == cfg else
+                           history(at_seed, f"{rule} under attack, seed {s}")[0])
+            clean[s] = history(baseline_config(at_seed), f"{rule} without attackers, seed {s}")[0]
+        return attacked, clean
+
+    baseline, baseline_run = history(baseline_config(cfg), "baseline")
+    attacked, clean = curves(cfg, cfg.federation.aggregator)
+    fedavg = None
+    if cfg.federation.aggregator != "fedavg":
+        fedavg_cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
+            update={"aggregator": "fedavg"})})
+        fedavg = seed_rows(*curves(fedavg_cfg, "FedAvg (the control)"))
+    return poisoning_report(cfg, ctx.cohort, ctx.result, baseline, baseline_run,
+                            seed_rows(attacked, clean), fedavg)
 
 
 ATTACKS: tuple[AttackStep, ...] = (
@@ -96,7 +130,8 @@ ATTACKS: tuple[AttackStep, ...] = (
     AttackStep("whatif", "what-if",
                lambda cfg: cfg.data.whatif_patient is not None,
                lambda ctx: run_whatif(ctx.run.path, ctx.cfg, ctx.cohort,
-                                      ctx.done.get("inversion"))),
+                                      ctx.done.get("inversion"), ctx.attacker,
+                                      ctx.done.get("mia"))),
 )
 
 

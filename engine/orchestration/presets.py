@@ -85,13 +85,14 @@ _STUDY_DEMO: dict[str, Any] = {
 # The study-setup demo with one patient's attacks: membership of every patient (the what-if
 # patient's score is read from it) and a reconstruction attempt on the patient's hospital's
 # round-7 update. Its 15 local epochs make each attack iteration ~2 s on 2 CPUs, hence the
-# small budget (the page says so); the page sets data.whatif_patient and the target center.
+# small budget and one calibration control at that difficulty (the page says so); the page
+# sets data.whatif_patient and the target center.
 _WHATIF: dict[str, Any] = {
     **_STUDY_DEMO, "name": "whatif",
     "attacks": {"membership": _STUDY_DEMO["attacks"]["membership"],
                 "inversion": {"enabled": True, "method": "ig", "iterations": 50,
                               "restarts": 1, "target_round": "first", "target_center": 0,
-                              "snapshot_every": 0}},
+                              "snapshot_every": 0, "control_trials": 1}},
 }
 # What the What-if page compares against: the hardened demo's defenses.
 HARDENED_DEFENSES: dict[str, Any] = {"secure_aggregation": True,
@@ -99,10 +100,11 @@ HARDENED_DEFENSES: dict[str, Any] = {"secure_aggregation": True,
                                             "noise_multiplier": 0.001}}
 
 
-def _noisy_upload(noise_std: float) -> dict[str, Any]:
-    """``attacks`` overrides: center 0 adds N(0, noise_std²) to every uploaded parameter."""
+def _noisy_upload(noise_std: float, seeds: int = 1) -> dict[str, Any]:
+    """``attacks`` overrides: center 0 adds N(0, noise_std²) to every uploaded parameter; the
+    verdict rests on ``seeds`` seeds."""
     return {"poisoning": {"enabled": True, "kind": "update_noise", "malicious_centers": [0],
-                          "noise_std": noise_std}}
+                          "noise_std": noise_std, "seeds": seeds}}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -185,7 +187,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
             "uploads one step on one slice; L-BFGS gradient matching, 300 steps × 20 "
-            "iterations, then the same attack on the calibration control (about 16 min)."
+            "iterations, then the same attack on 3 calibration controls of the same "
+            "difficulty (about 28 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "dlg-paper",
                    "attacks": {"inversion": {"enabled": True, "method": "dlg",
@@ -208,7 +211,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "A design that leaks: no normalisation, MSE loss, plain SGD, one slice per "
             "client (B=1), 32 px; the strongest attack rebuilds recognisable slices of "
-            "round 1 (about 2 min)."
+            "round 1, then 3 calibration controls (about 4 min)."
         ),
         "config": _INVERSION_EASY,
     },
@@ -263,19 +266,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "title": "Poisoning: strong noise on one upload",
         "description": (
             "One malicious center adds strong noise (σ 0.3 per parameter) to the model it "
-            "uploads; plain averaging. The study's high-noise case (about 15 s)."
+            "uploads; plain averaging. The study's high-noise case; the verdict rests on 3 "
+            "seeds (about 50 s)."
         ),
         "config": {**POISON_BASE, "name": "poison-high",
-                   "attacks": _noisy_upload(0.3)},
+                   "attacks": _noisy_upload(0.3, seeds=3)},
     },
     "poison-low": {
         "title": "Poisoning: weak noise on one upload",
         "description": (
             "One malicious center adds weak noise (σ 0.03 per parameter) to its upload: "
-            "small enough to hide among honest differences (about 15 s)."
+            "small enough to hide among honest differences; the verdict rests on 3 seeds "
+            "(about 50 s)."
         ),
         "config": {**POISON_BASE, "name": "poison-low",
-                   "attacks": _noisy_upload(0.03)},
+                   "attacks": _noisy_upload(0.03, seeds=3)},
     },
 }
 

@@ -100,7 +100,9 @@ def table_row(label: str, sets: list[str], run: RunFolder,
                 "inversion_iterations": inv.get("iterations"),
                 "inversion_restarts": inv.get("restarts"),
                 "calibration_ssim_body": cal.get("ssim_body"),
-                "calibration_floor_ssim_body": cal.get("floor_ssim_body")}
+                "calibration_floor_ssim_body": cal.get("floor_ssim_body"),
+                "calibration_rate": cal.get("rate"),
+                "inversion_null_ssim_body": inv.get("null_ssim_body")}
         for center, v in inv["per_client"].items():
             row[f"inversion_ssim_body[{center}]"] = v["ssim_body"]
     return row
