@@ -66,8 +66,10 @@ def _curves(run: MiaRun, other: MiaRun | None) -> None:
                 "'mia-paper' preset again to get them.")
         return
     attacks = list(roc)
+    # Open on the attack the verdict rests on (the global model under secure aggregation).
+    first = run.mia.verdict_attack or run.mia.attack
     attack = persisted(st.selectbox, "Attack to plot", "mia_attack",
-                       run.mia.attack or attacks[0], options=attacks,
+                       first if first in attacks else attacks[0], options=attacks,
                        format_func=attack_name)
     curves: list[tuple[MiaRun, dict[str, Any], str]] = [(run, roc, "solid")]
     other_roc = other.roc() if other else None
@@ -77,23 +79,25 @@ def _curves(run: MiaRun, other: MiaRun | None) -> None:
             st.caption(f"The compared run has no {attack_name(attack)} results.")
     panels = [p for p in roc[attack] if p != POOLED] + [POOLED]
     st.plotly_chart(roc_figure(panels, curves, attack))
-    st.caption("Each curve slides a threshold over the server's suspicion scores: upward = "
-               "share of real training patients it catches, rightward = share of other "
-               "patients it wrongly flags. The dotted diagonal is guessing; a curve hugging the "
-               "top-left corner means the server can tell.")
+    st.caption("Each curve slides a threshold over the server's suspicion scores, slice by "
+               "slice: upward = share of training slices it catches, rightward = share of "
+               "other patients' slices it wrongly flags. The dotted diagonal is guessing; a "
+               "curve hugging the top-left corner means the server tells members apart.")
 
 
 def _tables(run: MiaRun) -> None:
     st.markdown("#### All attacks at a glance (AUC: 0.5 = guessing, 1 = always right)")
     st.dataframe(auc_table(run.mia), hide_index=True)
-    st.caption("★ the run's headline attack. \"degenerate\": the server saw the same thing "
+    st.caption("Slice-level AUCs (the verdict above is per patient). ★ the attack the verdict "
+               "rests on. \"degenerate\": the server saw the same thing "
                "from every hospital, so the attack could not rank anyone (not a measurement).")
-    st.markdown(f"**{attack_name(run.mia.attack)}: patients caught at a fixed rate "
+    st.markdown(f"**{attack_name(run.mia.attack)}: slices caught at a fixed rate "
                 "of false alarms**")
     st.dataframe(tpr_table(run.mia), hide_index=True)
-    st.caption("E.g. \"caught at 1% false alarms\": the share of training patients the server "
-               "identifies while wrongly accusing at most 1 in 100 other patients (the "
-               "attacker's true-positive rate at a 1% false-positive rate).")
+    st.caption("E.g. \"slices caught at 1% false alarms\": the share of training slices the "
+               "server identifies while wrongly flagging at most 1 in 100 slices of other "
+               "patients (the attacker's true-positive rate at a 1% false-positive rate); shown "
+               "only where there are enough non-member patients to resolve that rate.")
     with st.expander("What the attacks do"):
         st.markdown(
             "- **FedMIA-I (loss)**: the server checks how well the hospital's uploaded model "

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 import engine.orchestration.jobs
 from app.views.common import hospital_name
-from app.views.mia import dp_sentence, noise_label, verdict
+from app.views.mia import attack_name, dp_sentence, noise_label, verdict
 from engine.analyses.results import MiaSummary
 from engine.core.run_folder import RunFolder
 from engine.orchestration.experiment import execute
@@ -140,6 +140,20 @@ def test_compare_with_secagg_run(runs_dir: Path, trained: dict[str, Path]) -> No
     assert "Compared run" in _md(at)
     glob = secagg.summary()["mia"]["baselines"]["global_loss"]
     assert f"still reaches AUC **{max(glob.values()):.2f}**" in _md(at)
+
+
+def test_secagg_run_opens_on_the_attack_its_verdict_rests_on(runs_dir: Path,
+                                                           trained: dict[str, Path]) -> None:
+    """Under secure aggregation the verdict rests on the global-model attack: the chart opens
+    on it and the table stars it, not the per-hospital FedMIA on masked uploads."""
+    secagg = _copy(trained["mia-secagg"], runs_dir)
+    at = _page(mia_run=secagg.run_id)
+    assert secagg.summary()["mia"]["verdict_attack"] == "global_loss"
+    assert _select(at, "Attack to plot").value == "global_loss"
+    aucs = at.dataframe[0].value
+    starred = [a for a in aucs["Attack"] if "★" in a]
+    assert len(starred) == 1 and starred[0].startswith(attack_name("global_loss"))
+    assert any("Slices caught at" in c for c in at.dataframe[1].value.columns)
 
 
 def test_degenerate_centers_are_labelled(runs_dir: Path, trained: dict[str, Path]) -> None:

@@ -200,7 +200,8 @@ def auc_table(mia: MiaSummary) -> pd.DataFrame:
     rows = []
     for attack, v in mia.variants.items():
         control = (mia.verdicts.get(attack) or {}).get("overall") == "not_applicable"
-        row = {"Attack": attack_name(attack) + (" ★" if attack == mia.attack else "")
+        rests = attack == (mia.verdict_attack or mia.attack)
+        row = {"Attack": attack_name(attack) + (" ★" if rests else "")
                + (" (control: not applicable)" if control else "")}
         for center, auc in v.auc.items():
             row[hospital_name(center)] = ("degenerate" if v.degenerate.get(center)
@@ -213,8 +214,8 @@ def auc_table(mia: MiaSummary) -> pd.DataFrame:
 
 
 def tpr_table(mia: MiaSummary) -> pd.DataFrame:
-    """The headline attack's share of members caught at fixed false-alarm rates ("needs ≥ N
-    non-member patients" where the patients cannot resolve the rate)."""
+    """The headline attack's share of member slices caught at fixed false-alarm rates over
+    slices ("needs ≥ N non-member patients" where the patients cannot resolve the rate)."""
     per = dict(mia.tpr_at_fpr)
     per[POOLED_LABEL] = mia.pooled.tpr_at_fpr
     needs = mia.tpr_min_nonmembers
@@ -223,7 +224,7 @@ def tpr_table(mia: MiaSummary) -> pd.DataFrame:
         row = {"Hospital": hospital_name(center) if center != POOLED_LABEL else center}
         for key, text in FPR_LEVELS:
             value = tpr.get(key)
-            row[f"Caught at {text} false alarms"] = (
+            row[f"Slices caught at {text} false alarms"] = (
                 "degenerate" if mia.degenerate.get(center)
                 else f"needs ≥ {needs[key]} non-member patients" if value is None
                 and key in needs
