@@ -157,10 +157,11 @@ def verdict(inv: InversionSummary) -> Verdict:
     detail += (f" Whole image: SSIM {inv.ssim:.2f}, PSNR {inv.psnr_db:.1f} dB. Body SSIM "
                "compares structures inside the head (0 = unrelated, 1 = identical). ")
     if null:
-        detail += (f"A leak must beat the null's mean by {null.margin:.2f} and its upper "
-                   f"{null.quantile:.0%} quantile ({null.draws:,} draws of unrelated "
-                   f"patients from at least {null.reference_patients} of the same kind; "
-                   f"here the larger of the two is {null.gain:.2f} at most);")
+        detail += (f"A leak must beat the null's mean by at least {null.margin:.2f} and "
+                   f"match the hospital's own slices better than {null.quantile:.0%} of the "
+                   f"sets of unrelated patients (p ≤ {1 - null.quantile:.2f}; drawn from at "
+                   f"least {null.reference_patients} patients of the same scanner; the null's "
+                   f"{null.quantile:.0%} point lies up to {null.gain:.2f} above its mean);")
     else:
         detail += f"This run counted {LEAK_MARGIN} above the floor as a leak;"
     detail += (f" {RECOGNISABLE} and a leak as recognisable.\n\n{calibration_text(inv)}")

@@ -229,7 +229,8 @@ class Calibration(_Block):
 
 class NullSummary(_Block):
     """The leak test's null: draws, the upper quantile used, the margin, the fewest
-    reference patients any hospital's null rested on, and the largest threshold it gave."""
+    reference patients any hospital's null rested on, and the gain its upper quantile gives
+    (quantile − mean, the largest over hospitals)."""
 
     draws: int
     quantile: float

@@ -833,7 +833,8 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
         "null": {"draws": NULL_DRAWS, "quantile": NULL_QUANTILE, "margin": LEAK_MARGIN,
                  "reference_patients": min(p["reference_patients"]
                                            for p in per_client.values()),
-                 "gain": max(p["threshold"] for p in per_client.values())},
+                 "gain": max(p["null_upper"] - p["null_ssim_body"]
+                             for p in per_client.values())},
     }
 
 

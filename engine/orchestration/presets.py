@@ -188,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
             "uploads one step on one slice; L-BFGS gradient matching, 300 steps × 20 "
             "iterations, then the same attack on 3 calibration controls of the same "
-            "difficulty (about 28 min)."
+            "difficulty (about 19 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "dlg-paper",
                    "attacks": {"inversion": {"enabled": True, "method": "dlg",
