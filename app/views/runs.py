@@ -128,8 +128,8 @@ def computed_with(row: RunRow) -> str:
 
 def security_change(a: RunRow, b: RunRow, label: str) -> str:
     """The change of a security result's number between two runs, in words ("" if either
-    lacks it): the worst patient-level AUC, the worst body-SSIM gain over the floor, the
-    poisoning error ratio."""
+    lacks it): the worst patient-level AUC, the worst body-SSIM gain over the leak test's
+    null (the floor in older runs), the poisoning error ratio."""
     def number(row: RunRow) -> float | None:
         s = row.summary
         if s is None:
