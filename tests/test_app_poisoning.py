@@ -23,13 +23,14 @@ from streamlit.testing.v1 import AppTest
 
 from app.views.common import hospital_name
 from app.views.poisoning import (
+    TITLES,
     attack_sets,
     detection_sentence,
     poisoning_runs,
     verdict,
 )
 from app.views.results import list_runs
-from engine.analyses.poisoning import BROKEN, PROTECTED, poisoning_verdict
+from engine.analyses.poisoning import BROKEN, PROTECTED, VERDICTS, poisoning_verdict
 from engine.analyses.results import Detection, PoisoningSummary
 from engine.core.config import config_hash
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
@@ -543,6 +544,7 @@ def test_verdict_levels_and_detection_sentences() -> None:
     v = verdict(poison(2.5, "fedmedian"), "fedmedian")
     assert v.colour == "red" and "even though FedMedian" in v.title
     assert "**250 HU** against **100 HU**" in v.detail and "(+150 %)" in v.detail
+    assert set(TITLES) == set(VERDICTS)  # a title for every verdict the engine gives
     # A run made before the FedAvg control: within 25 % is not "protected".
     old = verdict(poison(1.2, "fedmedian"), "fedmedian")
     assert old.colour == "gray" and "no FedAvg control" in old.title

@@ -192,7 +192,8 @@ TITLES = {
     "damaged": ("orange", "The federation was damaged but still learns: the error rose by "
                           "more than 25 %, without doubling"),
     "protected": ("green", "The rule protected the federation: {rule} kept the error within "
-                           "25 % of the clean federation's, while the same attack hurt FedAvg"),
+                           "25 % of the clean federation's on average over the seeds, while the "
+                           "same attack hurt FedAvg"),
     "attack_too_weak": ("gray", "Attack too weak to judge the rule: it did not hurt FedAvg "
                                 "beyond 25 % either"),
 }

@@ -228,9 +228,10 @@ class Calibration(_Block):
 
 
 class NullSummary(_Block):
-    """The leak test's null: draws, the upper quantile used, the margin, the fewest
-    reference patients any hospital's null rested on, and the gain its upper quantile gives
-    (quantile − mean, the largest over hospitals)."""
+    """The leak test's null: the random draws at most (with few ways to choose the patients
+    every way is scored instead), the upper quantile used, the margin, the fewest reference
+    patients any hospital's null rested on, and the gain its upper quantile gives (quantile
+    − mean, the largest over hospitals)."""
 
     draws: int
     quantile: float

@@ -384,8 +384,7 @@ def reconstruction_metrics(mri: np.ndarray, ct_unit: np.ndarray, true_mri: np.nd
     """
     rec_m, rec_c = mri[:, 0], ct_unit[:, 0]
     tru_m, tru_c, msk = true_mri[:, 0], true_ct_unit[:, 0], mask[:, 0].astype(bool)
-    sim = np.array([[_ssim_pair(r, t, None) for t in tru_m] for r in rec_m])
-    rows, cols = linear_sum_assignment(-sim)
+    rows, cols = linear_sum_assignment(-_similarities(_stack(rec_m), _stack(tru_m), msk)[0])
     per = [_pair_metrics(rec_m[i], rec_c[i], tru_m[j], tru_c[j], msk[j], blur_px)
            for i, j in zip(rows, cols, strict=True)]
     out: dict[str, Any] = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
