@@ -18,6 +18,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts on the suite's one torch thread: the `fedsct` commands called in
+    process (``cli_main``) set the process's count from ``--threads`` / the environment, and
+    a later test must not inherit it (its runs would record and compute with another count)."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
     """A private runs root for the test (``FEDSCT_RUNS_DIR``)."""
