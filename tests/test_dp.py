@@ -9,6 +9,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
+from engine.clients.behaviour import client_update, dp_accountings
 from engine.clients.dp import (
     DP_PUBLIC_METADATA,
     dp_accounting,
@@ -17,6 +18,7 @@ from engine.clients.dp import (
     train_local_dp_sgd,
 )
 from engine.core.config import ConfigError
+from engine.data.cohort import load_cohort
 from engine.data.phantom import phantom_patient
 from engine.data.types import SliceSet
 from engine.federation.server_view import ServerView
@@ -142,7 +144,8 @@ def test_dp_sgd_bounds_each_patients_influence():
                             "defenses.dp.clip_norm=0.01"]).defenses.dp
     acc = dp_accounting(dp, 1, local, num_examples=len(data))
     assert acc.sample_rate == 1.0 and acc.steps_per_round == 1
-    trained, meta = train_local_dp_sgd(net, start, data, local, acc, 0.01, seed=0)
+    trained, meta = train_local_dp_sgd(net, start, data, local, acc, 0.01,
+                                       declared_patients=4, seed=0)
     names = [n for n, _ in net.named_parameters()]
     state = list(net.state_dict())
     moved = math.sqrt(sum(float(((trained[state.index(n)] - start[state.index(n)]) ** 2).sum())
@@ -185,3 +188,26 @@ def test_dp_run_reports_epsilon_and_no_raw_quantity(runs_dir, level):
         [json.loads(p.read_text()) for p in (run.path / "server_view").glob("*.json")])
     for leak in ("update_norm", "clipped", "train_loss"):
         assert leak not in text
+
+
+@pytest.mark.parametrize("level", ["client", "sample"])
+def test_what_a_dp_hospital_reports_does_not_depend_on_its_size(level):
+    """A hospital of 1 patient and one of 5 report the same values and are accounted the
+    same: the declared size, σ for the target ε, the steps per round (issue: a hospital's
+    patient count leaked through num_examples, steps and the noise std)."""
+    cfg = build_config("smoke", sets=["defenses.dp.enabled=true", f"defenses.dp.level={level}",
+                                      "defenses.dp.target_epsilon=8", "federation.rounds=1"])
+    smoke_cohort = load_cohort(cfg.data, cfg.seed)
+    pool = SliceSet.concat([c.train for c in smoke_cohort.centers])
+    small = pool.select(np.flatnonzero(pool.patient_ids == pool.patients[0]))
+    large = pool.select(np.flatnonzero(np.isin(pool.patient_ids, pool.patients[:5])))
+    assert len(small.patients) == 1 and len(large.patients) == 5
+    net = build_unet((4, 8), "instance", 0)
+    start = get_parameters(net)
+    metas = [client_update(cfg, net, 1, 0, data, start)[1] for data in (small, large)]
+    d = cfg.data
+    assert metas[0] == metas[1]
+    assert metas[0]["num_examples"] == d.patients_per_center * d.slices_per_patient
+    assert set(metas[0]) <= set(DP_PUBLIC_METADATA)
+    accountings = set(dp_accountings(cfg, smoke_cohort).values())
+    assert len(accountings) == 1  # every DP hospital the same, whatever its size

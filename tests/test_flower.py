@@ -73,9 +73,10 @@ def test_flower_sim_dp_mod_adds_the_inprocess_noise(tmp_path):
     got, want = ServerView(run.path)[1], ServerView(ref.path)[1]
     for c in want.clients:
         assert got.metadata[c]["noise_std"] == pytest.approx(0.005)
-        # Only public protocol values leave a DP hospital, over Flower as in process.
-        assert set(got.metadata[c]) == set(want.metadata[c]) == {"num_examples", "steps",
-                                                                  "noise_std"}
+        # Only public protocol values leave a DP hospital, over Flower as in process (at
+        # hospital level not its step count, a function of its size).
+        assert got.metadata[c] == want.metadata[c]
+        assert set(got.metadata[c]) == {"num_examples", "noise_std"}
         # Same clip, same seeded noise stream: the uploads agree to float32 rounding.
         assert _max_diff(got.uploads[c], want.uploads[c]) < 1e-5
     assert summary["federation"]["dp"] == s_ref["federation"]["dp"]

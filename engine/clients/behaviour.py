@@ -18,7 +18,7 @@ import torch
 
 from engine.clients.dp import (
     DPAccounting,
-    dp_accounting,
+    planned_accounting,
     privatize_update,
     public_metadata,
     train_local_dp_sgd,
@@ -64,18 +64,20 @@ def client_update(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cente
                   data: SliceSet, global_params: NDArrays) -> tuple[NDArrays, dict[str, Any]]:
     """Center ``center``'s local training in round ``rnd`` (seeded by both): the same on
     every runtime. Patient-level DP trains with DP-SGD. Returns its trained parameters and
-    the metadata it reports (a DP hospital reports public protocol values only)."""
+    the metadata it reports (a DP hospital reports public protocol values only, see
+    :func:`~engine.clients.dp.public_metadata`)."""
     local, seed = LocalTraining.from_config(cfg), client_seed(cfg.seed, rnd, center)
     if not honest_dp(cfg, center):
         return train_local(model, global_params, data, local, seed=seed)
     dp = cfg.defenses.dp
     if dp.level == "sample":
-        accounting = dp_accounting(dp, cfg.federation.rounds, local, len(data))
-        trained, meta = train_local_dp_sgd(model, global_params, data, local, accounting,
-                                           dp.clip_norm, seed=seed)
+        trained, _ = train_local_dp_sgd(model, global_params, data, local,
+                                        planned_accounting(cfg), dp.clip_norm,
+                                        declared_patients=cfg.data.patients_per_center,
+                                        seed=seed)
     else:
-        trained, meta = train_local(model, global_params, data, local, seed=seed)
-    return trained, public_metadata(meta)
+        trained, _ = train_local(model, global_params, data, local, seed=seed)
+    return trained, public_metadata(cfg)
 
 
 def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArrays,
@@ -94,8 +96,7 @@ def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArray
         trained = prune_update(trained, global_params, cfg.defenses.prune_fraction)
     dp_cfg = cfg.defenses.dp
     if dp and dp_cfg.enabled and dp_cfg.level == "client":
-        sigma = dp_accounting(dp_cfg, cfg.federation.rounds, LocalTraining.from_config(cfg),
-                              int(metadata["num_examples"])).noise_multiplier
+        sigma = planned_accounting(cfg).noise_multiplier
         trained, dp_meta = privatize_update(trained, global_params, dp_cfg.clip_norm, sigma,
                                             rng)
         metadata |= dp_meta
@@ -103,9 +104,9 @@ def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArray
 
 
 def dp_accountings(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, DPAccounting]:
-    """Center name → its DP accounting, for the centers that apply DP (empty without DP)."""
-    local = LocalTraining.from_config(cfg)
-    return {c.name: dp_accounting(cfg.defenses.dp, cfg.federation.rounds, local, len(c.train))
+    """Center name → its DP accounting, for the centers that apply DP (empty without DP):
+    the same for all, computed from the declared size (:func:`planned_accounting`)."""
+    return {c.name: planned_accounting(cfg)
             for k, c in enumerate(cohort.centers) if honest_dp(cfg, k)}
 
 

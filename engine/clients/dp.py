@@ -18,8 +18,13 @@ server (noise the server added itself would hide nothing from it):
 step of every round), at the configured δ. ``defenses.dp.target_epsilon`` picks σ for a
 target ε with Opacus's ``get_noise_multiplier``.
 
-Nothing a DP hospital reports depends on its raw update or data beyond what the guarantee
-covers: no pre-clip norm, no clipped flag, no training loss.
+Nothing a DP hospital reports depends on its data: no pre-clip norm, no clipped flag, no
+training loss, and not even its size. Every DP hospital declares the config's nominal size
+(``data.patients_per_center × data.slices_per_patient`` slices, :func:`declared_examples`) as
+its ``num_examples`` (so FedAvg weighs DP hospitals equally), and its sampling rate, steps per
+round, σ and the divisor of DP-SGD's noisy sum are computed from that declared size, never
+from how many patients it really holds: a hospital's patient count would otherwise be
+released exactly, outside the guarantee.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ NEIGHBOURING = {
 SUBSTITUTION = "replace one hospital's whole contribution by another's (sensitivity 2C)"
 # Above this ε the noise gives no meaningful guarantee (pages and reports say so).
 MEANINGFUL_EPSILON = 10.0
-# Client metadata a DP hospital may report: public protocol values only.
+# Client metadata a DP hospital may report: public protocol values only, each a function of
+# the config (see public_metadata).
 DP_PUBLIC_METADATA = ("num_examples", "steps", "noise_std")
 
 
@@ -131,13 +137,18 @@ def dp_accounting(dp: DPConfig, rounds: int, local: LocalTraining,
     return DPAccounting(dp.level, sigma, q, per_round, dp.delta)
 
 
+def declared_examples(cfg: ExperimentConfig) -> int:
+    """The training slices every DP hospital declares: the config's nominal hospital size
+    ``data.patients_per_center × data.slices_per_patient`` (public, whatever it holds)."""
+    return cfg.data.patients_per_center * cfg.data.slices_per_patient
+
+
 def planned_accounting(cfg: ExperimentConfig) -> DPAccounting:
-    """The accounting of a hospital of the config's nominal size (``patients_per_center ×
-    slices_per_patient`` slices), known before any data is loaded: what a settings page can
-    show. The run reports each hospital's own (``federation.dp.per_center``)."""
-    d = cfg.data
+    """Every DP hospital's accounting: the one of a hospital of :func:`declared_examples`
+    slices, so that nothing released depends on a hospital's real size (and a settings page
+    can show it before any data is loaded)."""
     return dp_accounting(cfg.defenses.dp, cfg.federation.rounds, LocalTraining.from_config(cfg),
-                         d.patients_per_center * d.slices_per_patient)
+                         declared_examples(cfg))
 
 
 def planned_epsilon(cfg: ExperimentConfig) -> float | None:
@@ -181,9 +192,17 @@ def privatize_update(local: NDArrays, global_params: NDArrays, clip_norm: float,
     return out, {"noise_std": std}
 
 
-def public_metadata(metadata: dict) -> dict:
-    """What a DP hospital reports: the public protocol values of ``metadata`` only."""
-    return {k: v for k, v in metadata.items() if k in DP_PUBLIC_METADATA}
+def public_metadata(cfg: ExperimentConfig) -> dict[str, float]:
+    """What a DP hospital reports, a function of the config alone: its declared
+    ``num_examples`` and, with DP-SGD (``sample`` level), the public ``steps`` per round and
+    ``noise_std``. (At ``client`` level the upload's ``noise_std`` is added when the update
+    is noised; σ there is data-independent too.)"""
+    out: dict[str, float] = {"num_examples": declared_examples(cfg)}
+    dp = cfg.defenses.dp
+    if dp.level == "sample":
+        acc = planned_accounting(cfg)
+        out |= {"steps": acc.steps_per_round, "noise_std": acc.noise_multiplier * dp.clip_norm}
+    return out
 
 
 # --------------------------------------------------------------------------- sample level
@@ -216,15 +235,16 @@ def patient_gradients(model: torch.nn.Module, params: dict[str, torch.Tensor],
 
 def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
                        cfg: LocalTraining, accounting: DPAccounting, clip_norm: float, *,
-                       seed: int) -> tuple[NDArrays, dict[str, float]]:
+                       declared_patients: int, seed: int) -> tuple[NDArrays, dict[str, float]]:
     """Local training with patient-level DP-SGD (see the module docstring).
 
     Each of ``accounting.steps_per_round`` steps samples every patient with probability
     ``accounting.sample_rate`` (Poisson, seeded), clips each sampled patient's mean slice
     gradient to ``clip_norm``, adds N(0, (σ·clip_norm)²) and divides by the expected number of
-    patients; Adam or SGD then steps on that noisy gradient (post-processing). The FedProx
-    term's gradient does not depend on the data and is added after the noise. Returns the
-    new parameters and ``{"num_examples", "steps", "noise_std"}``.
+    patients of a hospital of ``declared_patients`` (public: dividing by the real count would
+    scale the released step by a function of the data); Adam or SGD then steps on that noisy
+    gradient (post-processing). The FedProx term's gradient does not depend on the data and
+    is added after the noise. Returns the new parameters and ``{"steps", "noise_std"}``.
     """
     device = next(model.parameters()).device
     set_parameters(model, global_params)
@@ -241,7 +261,7 @@ def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: Sl
         else torch.optim.SGD(params.values(), lr=cfg.lr))
     gen = torch.Generator().manual_seed(seed)
     q, sigma = accounting.sample_rate, accounting.noise_multiplier
-    expected = q * len(ids)
+    expected = q * declared_patients
     for _ in range(accounting.steps_per_round):
         chosen = (torch.rand(len(ids), generator=gen) < q).nonzero().flatten().tolist()
         total = torch.zeros(sum(v.numel() for v in params.values()), device=device)
@@ -265,6 +285,5 @@ def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: Sl
             p.grad = g.clone()
             offset += p.numel()
         opt.step()
-    return get_parameters(model), {"num_examples": len(data),
-                                   "steps": accounting.steps_per_round,
+    return get_parameters(model), {"steps": accounting.steps_per_round,
                                    "noise_std": sigma * clip_norm}

@@ -60,7 +60,7 @@ from engine.clients.behaviour import (
     is_malicious,
     training_sets,
 )
-from engine.clients.dp import dp_accounting, privatize_update
+from engine.clients.dp import planned_accounting, privatize_update
 from engine.core.config import ExperimentConfig
 from engine.core.run_folder import RunFolder, write_json_atomic
 from engine.core.types import NDArrays
@@ -75,7 +75,6 @@ from engine.federation.protocol import (
     RoundRecorder,
     close_round,
 )
-from engine.learning.local import LocalTraining
 from engine.learning.model import build_model, get_parameters
 
 # Files the ServerApp writes into the run folder, which the runtime reads back.
@@ -168,8 +167,7 @@ def _client_dp(msg: Message, ctxt: Context, call_next: Any) -> Message:
     if out.has_error() or not dp.enabled or dp.level != "client" or is_malicious(cfg, center):
         return out
     res = compat.recorddict_to_fitres(out.content, keep_input=True)
-    sigma = dp_accounting(dp, cfg.federation.rounds, LocalTraining.from_config(cfg),
-                          int(res.num_examples)).noise_multiplier
+    sigma = planned_accounting(cfg).noise_multiplier
     noised, meta = privatize_update(parameters_to_ndarrays(res.parameters),
                                     parameters_to_ndarrays(fit_ins.parameters), dp.clip_norm,
                                     sigma, dp_rng(cfg, int(fit_ins.config["round"]), center))

@@ -129,7 +129,7 @@ def train_round(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cohort:
             params, meta = batched[k]
             # As client_update: a DP hospital (hospital level here) reports public values only.
             trained[center.name] = params
-            metadata[center.name] = public_metadata(meta) if honest_dp(cfg, k) else meta
+            metadata[center.name] = public_metadata(cfg) if honest_dp(cfg, k) else meta
         else:
             trained[center.name], metadata[center.name] = client_update(
                 cfg, model, rnd, k, train_sets[k], global_params)
