@@ -12,11 +12,14 @@ import torch
 from monai.networks.nets import UNet
 
 from engine.attacks.inversion import (
+    AGGREGATE,
     AttackerPrior,
+    GradientInversion,
     InversionPayload,
     decode_adam_step,
     dlg,
     dlg_lbfgs,
+    inversion_payloads,
     inversion_verdict,
     inverting_gradients,
     simulate_update,
@@ -28,6 +31,7 @@ from engine.core.units import hu_to_unit
 from engine.data.cohort import attacker_data, control_slices, load_cohort
 from engine.data.nifti import save_patient_folder
 from engine.data.phantom import example_patient_volume, phantom_patient
+from engine.federation.server_view import ServerView
 from engine.learning.local import LocalTraining, train_local
 from engine.learning.model import build_unet, get_parameters
 from engine.orchestration.experiment import execute
@@ -170,6 +174,64 @@ def test_run_folder_gets_inversion_summary_and_images(runs_dir):
         assert z["snapshots_mri"].shape == (3, 2, 1, 32, 32)
         assert len(z["losses"]) == 3
     assert (run.path / "inversion" / "center-1.png").stat().st_size > 100
+
+
+def test_under_secure_aggregation_the_server_inverts_the_rounds_aggregate(runs_dir):
+    """Every upload is masked: the attack inverts what the server holds, the aggregate of all
+    hospitals' updates (all their slices at once), and its controls are aggregates of the
+    same sizes."""
+    cfg = build_config(sets=[
+        "data.centers=3", "data.patients_per_center=1", "data.heldout_per_center=1",
+        "data.slices_per_patient=2", "data.image_size=32", "model.channels=[4,8]",
+        "model.num_res_units=0", "federation.rounds=1", "federation.optimizer=sgd",
+        "attacks.inversion.enabled=true", "attacks.inversion.iterations=2",
+        "attacks.inversion.restarts=1", "attacks.inversion.control_trials=1",
+        "attacks.inversion.target_center=0", "defenses.secure_aggregation=true",
+    ])
+    run = create_run(cfg)
+    assert execute(run) is not None, (run.path / "log.txt").read_text()
+    rnd = ServerView(run.path)[1]
+    assert not rnd.individual_uploads
+    prior = AttackerPrior.from_data(phantom_patient(5, 90, 0, image_size=32, n_slices=8))
+    (payload,) = inversion_payloads(run.path, cfg, prior)
+    assert payload.client == AGGREGATE and payload.groups == (2, 2, 2)
+    for got, want in zip(payload.client_params, rnd.aggregate, strict=True):
+        np.testing.assert_array_equal(got, want)
+    inv = json.loads((run.path / "summary.json").read_text())["inversion"]
+    assert inv["observed"] == "aggregate" and set(inv["per_client"]) == {AGGREGATE}
+    agg = inv["per_client"][AGGREGATE]
+    assert agg["n"] == 6 and agg["reference_patients"] == 3 * (1 + 119)
+    cal = inv["calibration"]
+    assert cal["slices"] == 6 and "the aggregate of 3 uploads of 2/2/2 slices" in cal["design"]
+    with np.load(run.path / "inversion" / f"{AGGREGATE}.npz") as z:
+        assert z["mri"].shape == z["true_mri"].shape == (6, 1, 32, 32)
+        assert len(set(z["patient_ids"].tolist())) == 3  # one patient of every hospital
+
+
+def test_aggregate_objective_simulates_every_client_apart():
+    """Two clients' two-step SGD updates, averaged: the grouped objective is zero at the true
+    slices; read as one client of four slices (four steps) it is not."""
+    local = LocalTraining(loss="mse", optimizer="sgd", lr=0.5, local_epochs=1, batch_size=1)
+    payload, truth = client_payload(local, n=4)
+    net = payload.model
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    mri, ct = torch.from_numpy(truth.mri), torch.from_numpy(hu_to_unit(truth.ct_hu))
+    parts = [simulate_update(net, params, {}, mri[a:b], ct[a:b], local) for a, b in ((0, 1),
+                                                                                      (1, 4))]
+    names = payload.param_names
+    mean = {k: (parts[0][k] * 1 + parts[1][k] * 3) / 4 for k in params}
+    uploaded = [payload.global_params[i] + mean[k].detach().numpy()
+                for i, k in enumerate(names)]
+    attack = GradientInversion(distance="l2", tv_weight=0.0, restarts=1)
+
+    def objective(groups: tuple[int, ...]) -> float:
+        p = replace(payload, client_params=uploaded, groups=groups)
+        obs = attack.observe(p, torch.device("cpu"))
+        fn = attack._compute_objective(p, obs, torch.device("cpu"))(lambda x, y: (x, y))
+        return float(fn(mri, ct))
+
+    assert objective((1, 3)) < 1e-10
+    assert objective(()) > 1e-3
 
 
 def test_floor_of_one_template_equals_matching_its_copies():

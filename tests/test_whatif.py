@@ -162,10 +162,19 @@ def test_whatif_answers_membership_and_reconstruction_for_the_patient(finished):
         m = w["membership"]
         assert 0.0 <= m["rank"] <= 1.0 and m["nonmembers"] == 3
         assert m["exposed"] == (m["rank"] >= EXPOSED_RANK)
-        r = w["reconstruction"]
-        # Center 1 trains on 2 patients × 2 slices; the patient's 2 slices are matched.
-        assert r["n"] == 2 and len(r["pairs"]) == 2
-        assert -1.0 <= r["ssim_body"] <= 1.0
+    # Center 1 trains on 2 patients × 2 slices; the attack rebuilds as many slices as the
+    # upload reports, so the patient's 2 slices are matched.
+    r = plain["whatif"]["reconstruction"]
+    assert r["n"] == 2 and len(r["pairs"]) == 2
+    assert -1.0 <= r["ssim_body"] <= 1.0
+    # Hardened: every upload masked, the round's aggregate inverted; a DP hospital reports
+    # its declared size (1 patient × 2 slices), so 2 fewer slices are rebuilt than were
+    # trained on and the patient's may be left unmatched.
+    assert hardened["inversion"]["observed"] == "aggregate"
+    assert hardened["inversion"]["calibration"]["slices"] == 2 * hardened["config"]["data"][
+        "centers"]
+    r = hardened["whatif"]["reconstruction"]
+    assert r["n"] <= 2 and len(r["pairs"]) == r["n"]
     assert hardened["federation"]["secure_aggregation"] is True
     assert not plain["federation"]["secure_aggregation"]
     # Under secure aggregation the patient is scored by the attack the run's verdict rests
@@ -175,9 +184,8 @@ def test_whatif_answers_membership_and_reconstruction_for_the_patient(finished):
     assert plain["whatif"]["membership"]["attack"] == plain["mia"]["verdict_attack"]
     assert plain["whatif"]["membership"]["chance_rate"] == pytest.approx(1 / 4)
     # The leak test judges the patient's own slices against the hospital's references.
-    for s in (plain, hardened):
-        r = s["whatif"]["reconstruction"]
-        assert r["reference_patients"] >= 100 and isinstance(r["leak"], bool)
+    r = plain["whatif"]["reconstruction"]
+    assert r["reference_patients"] >= 100 and isinstance(r["leak"], bool)
 
 
 def _page(root: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
@@ -230,7 +238,12 @@ def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatc
     assert "Was this patient used?" in text and "rebuilt slices" in text
     assert len(at.get("plotly_chart")) == 2
     assert any(t in text for t in ("[Exposed]", "[Partly exposed]", "[Not exposed]"))
-    assert len(at.get("image")) == 16  # 2 slices × (MRI, rebuilt, CT, rebuilt) per side
+    # (MRI, rebuilt, CT, rebuilt) for every matched slice: 2 without defenses; hardened,
+    # those of the patient's slices the aggregate's reconstruction matched (DP hospitals
+    # report their declared size, so fewer slices are rebuilt than were trained on).
+    matched = [s["whatif"]["reconstruction"]["n"] for s in _summaries(finished[1])]
+    assert matched[0] == 2
+    assert len(at.get("image")) == 4 * sum(matched)
 
 
 def test_start_runs_the_study_in_the_background_and_shows_it(tmp_path, monkeypatch):

@@ -41,6 +41,8 @@ def hospital_name(center: str) -> str:
     from 0) and ``center-A`` (SynthRAD2023 hospitals, by the letter in the patient IDs) are
     both "Hospital A"; ``unseen`` is the hospital that never trains. Files and summaries keep
     the engine's ids."""
+    if center == "aggregate":  # engine.attacks.inversion.AGGREGATE
+        return "All hospitals (the round's aggregate)"
     kind, _, tag = center.partition("-")
     if kind == "unseen":
         return f"Unseen hospital ({tag})" if tag else "Unseen hospital"

@@ -147,11 +147,17 @@ def verdict(inv: InversionSummary) -> Verdict:
     budget); runs without a verdict (older engine) are inconclusive unless they leaked."""
     center, level, ssim_body, base = worst_client(inv)
     where = f"Worst-case hospital **{hospital_name(center)}**" if center else "All hospitals"
+    masked = inv.observed == "aggregate"
+    if masked:
+        slices = inv.per_client[center].n if center else 0
+        where = ("Secure aggregation masked every hospital's upload, so the server holds only "
+                 f"the round's aggregate; the attack rebuilt the {slices} slices of all "
+                 "hospitals from that aggregate at once. **All hospitals**")
     null = inv.null
     basis = (f"for {NULL_WORDS}" if null else "for the attacker's average brain (the floor)")
     detail = (f"{where}: body SSIM **{ssim_body:.2f}** for the attacker's reconstruction vs "
               f"**{base:.2f}** {basis}, a difference of **{ssim_body - base:+.2f}**.")
-    if center and len(inv.per_client) > 1 and inv.null_ssim_body is not None:
+    if center and len(inv.per_client) > 1 and inv.null_ssim_body is not None and not masked:
         detail += (f" Averaged over all {len(inv.per_client)} hospitals: "
                    f"{inv.ssim_body:.2f} vs {inv.null_ssim_body:.2f}.")
     detail += (f" Whole image: SSIM {inv.ssim:.2f}, PSNR {inv.psnr_db:.1f} dB. Body SSIM "

@@ -139,9 +139,12 @@ def reconstruction_verdict(r: WhatifReconstruction | None) -> Verdict:
     if r is None:
         return Verdict("gray", "Not attempted", "No reconstruction was attempted in this run.")
     if not r.n or r.ssim_body is None or r.floor_ssim_body is None:
-        return Verdict("gray", "Not attempted", "None of the attacker's reconstructions matched "
-                       "this patient's slices (the hospital's update held more slices than "
-                       "were rebuilt).")
+        return Verdict("gray", "No slice matched", "None of the attacker's reconstructions "
+                       "matched this patient's slices: the attack rebuilt fewer slices than "
+                       "the hospital trained on (it rebuilds as many as the upload reports; "
+                       "under differential privacy a hospital reports its declared size, not "
+                       "its real one). Nothing can be said about this patient from this "
+                       "attempt.")
     ssim_body, base, leak = client_leak(r)
     null = r.null_ssim_body is not None
     basis = NULL_WORDS if null else "the attacker's average brain"

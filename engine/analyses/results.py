@@ -260,6 +260,9 @@ class InversionSummary(_Block):
     calibration: Calibration | None = None
     leak_margin: float | None = None
     null: NullSummary | None = None
+    # uploads: each hospital's upload was inverted; aggregate: every upload was masked
+    # (secure aggregation) and the round's aggregate was inverted instead.
+    observed: str = "uploads"
 
 
 class PoisonCell(_Block):

@@ -148,6 +148,9 @@ def _inversion(key: str, inv: InversionSummary, run_id: str) -> StudyRow:
     inner = f" × {inv.inner_iterations}" if inv.inner_iterations else ""
     budget = (f"{inv.method.upper()}, {inv.iterations}{inner} iterations, {inv.restarts} "
               f"restart{'s' if inv.restarts != 1 else ''}")
+    if inv.observed == "aggregate":
+        sample = f"every hospital's slices at once ({slices})"
+        budget += " (individual uploads masked: the attack inverts the round's aggregate)"
     return StudyRow(key, ours, STUDY[key], sample, budget, [run_id])
 
 

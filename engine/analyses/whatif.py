@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.attacks.inversion import AttackerPrior, inversion_verdict, score_reconstruction
+from engine.attacks.inversion import (
+    AGGREGATE,
+    AttackerPrior,
+    inversion_verdict,
+    score_reconstruction,
+)
 from engine.core.config import ExperimentConfig
 from engine.core.units import unit_to_hu
 from engine.data.cohort import AttackerData, reference_patients, whatif_patient_id
@@ -97,10 +102,13 @@ def whatif_reconstruction(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort,
     leak test on them (against the hospital's reference patients, each original at its level
     in the patient) and their verdict (``leak`` / ``no_leak`` / ``inconclusive``, with the
     run's calibration controls), or ``None`` when the run did not attack the patient's
-    center."""
+    center. Under secure aggregation the run inverted the round's aggregate, whose
+    reconstructions are matched to every hospital's slices: the patient's are among them."""
     index = cfg.data.whatif_center
-    path = Path(run_dir) / "inversion" / f"{cohort.centers[index].name}.npz"
-    if not path.is_file():
+    folder = Path(run_dir) / "inversion"
+    path = next((p for p in (folder / f"{cohort.centers[index].name}.npz",
+                             folder / f"{AGGREGATE}.npz") if p.is_file()), None)
+    if path is None:
         return None
     with np.load(path, allow_pickle=False) as z:
         ids = z["patient_ids"]

@@ -1,10 +1,11 @@
 """Gradient inversion by a curious server: DLG and Inverting Gradients on the server view.
 
-Scenario and attack are separate (as in ``breaching``): :func:`inversion_payloads` takes one
-client's upload in one recorded round — read through the server view, so under secure
-aggregation it is a masked upload — plus what the protocol makes public (architecture, the
-global model, the client's local training recipe, its reported number of examples) and what
-the attacker holds itself (:class:`AttackerPrior`). Every attack has the same shape,
+Scenario and attack are separate (as in ``breaching``): :func:`inversion_payloads` takes what
+the server holds of one recorded round — each client's upload, or under secure aggregation,
+where every upload is masked, only the round's aggregate (a multi-image inversion of every
+client's slices at once) — plus what the protocol makes public (architecture, the global
+model, the clients' local training recipe, their reported numbers of examples) and what the
+attacker holds itself (:class:`AttackerPrior`). Every attack has the same shape,
 ``attack.reconstruct(payload) → InversionResult``, split into the objective, the trial (the
 optimisation of all restarts) and the selection of the best restart.
 
@@ -60,13 +61,17 @@ from engine.core.metrics import (
 from engine.core.render import save_png, to_gray
 from engine.core.types import NDArrays
 from engine.core.units import hu_to_unit
-from engine.data.cohort import AttackerData, reference_patients
+from engine.data.cohort import AttackerData, pooled_reference_patients, reference_patients
 from engine.data.types import Cohort, SliceSet
+from engine.federation.aggregators import FedAvg
 from engine.federation.server_view import ServerView
 from engine.learning.local import ADAM_EPS, LocalTraining, train_local
 from engine.learning.model import build_model, build_unet, get_parameters, select_device
 
 SMOOTH_L1_EPS = 1e-4
+# The per-client key (and file stem) of the round's aggregate, attacked under secure
+# aggregation where the server holds no individual upload.
+AGGREGATE = "aggregate"
 # A client leaks when engine.core.metrics.leak_test says so (its reconstruction beats the
 # permutation null by LEAK_MARGIN and the null's upper quantile); the calibration control
 # must leak by the same rule.
@@ -127,6 +132,10 @@ class InversionPayload:
         image_size: slice size in pixels.
         prior: what the attacker learnt from data it plausibly holds (mean images for the
             ``mean`` initialisation and the floor; principal components for ``prior=pca``).
+        groups: when ``client_params`` is an aggregate (secure aggregation), the reported
+            number of examples of each client it averages (FedAvg weights); the dummies are
+            split into these groups, each trained as its client trained, and averaged.
+            Empty: one client's upload.
     """
 
     model: torch.nn.Module
@@ -139,6 +148,7 @@ class InversionPayload:
     prior: AttackerPrior
     round: int = 0
     client: str = ""
+    groups: tuple[int, ...] = ()
 
 
 # --------------------------------------------------------------------------- results
@@ -414,7 +424,9 @@ class GradientInversion:
         sent = dict(zip(payload.param_names, payload.client_params, strict=True))
         delta = {n: np.nan_to_num(np.asarray(sent[n], np.float64) - start[n]) for n in names}
         local = payload.local
-        one_adam_step = (local.optimizer == "adam"
+        # An average of Adam steps cannot be decoded coordinate by coordinate: the aggregate is
+        # matched by simulating every client's Adam step.
+        one_adam_step = (local.optimizer == "adam" and not payload.groups
                          and local.steps(payload.num_examples) == 1)
         if not (one_adam_step and self.adam == "decode"):
             return Observation({n: _tensor(d, device) for n, d in delta.items()}, None, local,
@@ -441,10 +453,24 @@ class GradientInversion:
         buffers = {n: torch.as_tensor(np.asarray(start[n])).to(device)
                    for n, _ in model.named_buffers() if n in start}
 
+        def simulate(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            if not payload.groups:
+                return simulate_update(model, params, buffers, x, y, observation.local)
+            # The aggregate: every client's training on its share of the dummies, averaged
+            # with the FedAvg weights the clients reported.
+            ends = np.cumsum((0, *payload.groups))
+            total = float(ends[-1])
+            updates = [simulate_update(model, params, buffers, x[a:b], y[a:b],
+                                       observation.local)
+                       for a, b in zip(ends[:-1], ends[1:], strict=True)]
+            return {k: sum(u[k] * (n / total) for u, n in zip(updates, payload.groups,
+                                                              strict=True))
+                    for k in params}
+
         def build(images: Callable[..., tuple]) -> Callable[..., torch.Tensor]:
             def objective(*v: torch.Tensor) -> torch.Tensor:
                 x, y = images(*v)
-                sim = simulate_update(model, params, buffers, x, y, observation.local)
+                sim = simulate(x, y)
                 loss = update_distance(sim, observation.target, self.distance,
                                        observation.weights)
                 if self.tv_weight:
@@ -642,19 +668,32 @@ def pick_round(recorded: list[int], target: str | int) -> int:
 
 def inversion_payloads(run_dir: Path, cfg: ExperimentConfig,
                        prior: AttackerPrior) -> list[InversionPayload]:
-    """One payload per targeted client, read from the run's server view."""
+    """One payload per targeted client, read from the run's server view; where the server
+    holds no individual upload (secure aggregation), one payload of the round's aggregate
+    over every client (client :data:`AGGREGATE`), whatever ``target_center`` says."""
     inv = cfg.attacks.inversion
     view = ServerView(run_dir)
     rnd = view[pick_round(view.rounds, inv.target_round)]
+
+    def count(c: str) -> int:
+        return int(rnd.metadata[c]["num_examples"]) if inv.batch_size == "auto" \
+            else int(inv.batch_size)
+
+    if not rnd.individual_uploads:
+        groups = tuple(count(c) for c in rnd.clients)
+        return [InversionPayload(
+            model=build_model(cfg), param_names=rnd.param_names,
+            global_params=rnd.global_params, client_params=rnd.aggregate,
+            local=LocalTraining.from_config(cfg), num_examples=sum(groups),
+            image_size=cfg.data.image_size, prior=prior, round=rnd.round, client=AGGREGATE,
+            groups=groups)]
     clients = rnd.clients if inv.target_center == "all" else [rnd.clients[inv.target_center]]
     payloads = []
     for c in clients:
-        reported = int(rnd.metadata[c]["num_examples"])
         payloads.append(InversionPayload(
             model=build_model(cfg), param_names=rnd.param_names,
             global_params=rnd.global_params, client_params=rnd.client_params(c),
-            local=LocalTraining.from_config(cfg),
-            num_examples=reported if inv.batch_size == "auto" else inv.batch_size,
+            local=LocalTraining.from_config(cfg), num_examples=count(c),
             image_size=cfg.data.image_size, prior=prior,
             round=rnd.round, client=c,
         ))
@@ -662,18 +701,29 @@ def inversion_payloads(run_dir: Path, cfg: ExperimentConfig,
 
 
 def control_payload(model: torch.nn.Module, slices: SliceSet, local: LocalTraining,
-                    prior: AttackerPrior, image_size: int, seed: int) -> InversionPayload:
+                    prior: AttackerPrior, image_size: int, seed: int,
+                    groups: tuple[int, ...] = ()) -> InversionPayload:
     """One calibration control: ``slices`` uploaded after the target's local training
     ``local`` by ``model`` (the target's architecture without normalisation) from a fresh
-    initialisation drawn with ``seed``, through the real client code."""
+    initialisation drawn with ``seed``, through the real client code. With ``groups`` (an
+    aggregate's client sizes, summing to ``len(slices)``), consecutive groups of slices are
+    trained as separate clients and averaged as FedAvg averages them."""
     torch.manual_seed(seed)
     for layer in model.modules():
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
     start = get_parameters(model)
-    trained, _ = train_local(model, start, slices, local, seed=seed)
+    if not groups:
+        trained, _ = train_local(model, start, slices, local, seed=seed)
+    else:
+        ends = np.cumsum((0, *groups))
+        trained = FedAvg()([
+            (train_local(model, start, slices.select(np.arange(a, b)), local,
+                         seed=seed + k)[0], n)
+            for k, (a, b, n) in enumerate(zip(ends[:-1], ends[1:], groups, strict=True))])
     return InversionPayload(model, list(model.state_dict()), start, trained, local,
-                            len(slices), image_size, prior, round=1, client="control")
+                            len(slices), image_size, prior, round=1, client="control",
+                            groups=tuple(groups))
 
 
 def score_reconstruction(mri: np.ndarray, ct_unit: np.ndarray, truth: SliceSet,
@@ -699,9 +749,15 @@ def score_reconstruction(mri: np.ndarray, ct_unit: np.ndarray, truth: SliceSet,
                       "reference_patients": test["reference_patients"]}
 
 
-def control_design(cfg: ExperimentConfig, slices: int) -> str:
+def control_design(cfg: ExperimentConfig, slices: int, groups: tuple[int, ...] = ()) -> str:
     """The calibration control in words."""
     local = LocalTraining.from_config(cfg)
+    if groups:
+        steps = local.steps(max(groups))
+        return (f"the hospitals' network without normalisation, the aggregate of "
+                f"{len(groups)} uploads of {'/'.join(map(str, groups))} slices ({slices} in "
+                f"all), {local.optimizer.upper()} {steps} local step"
+                f"{'s' if steps != 1 else ''} each, {local.loss.upper()} loss")
     steps = local.steps(slices)
     return (f"the hospitals' network without normalisation, {slices} slice"
             f"{'s' if slices != 1 else ''} per upload, {local.optimizer.upper()} "
@@ -710,11 +766,14 @@ def control_design(cfg: ExperimentConfig, slices: int) -> str:
 
 def calibrate(attack: GradientInversion, cfg: ExperimentConfig, control: SliceSet,
               reference: SliceSet, prior: AttackerPrior, slices: int,
-              on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+              on_step: Callable[[int], None] | None = None,
+              groups: tuple[int, ...] = ()) -> dict[str, Any]:
     """The same attack, same budget, on controls at the target's difficulty: uploads of
     ``slices`` slices of the ``control`` patient after the target's own local training
     (optimiser, loss, steps, batch size) by the hospitals' network with only its
     normalisation removed (normalisation is what makes a U-Net's update hard to invert).
+    With ``groups`` (the attacked aggregate's client sizes) each control is such an
+    aggregate: the slices split into those clients, trained apart and averaged.
     Each of ``attacks.inversion.control_trials`` trials draws other slices and another
     initialisation; a trial is recovered by the rule that calls a target's upload leaking
     (:func:`engine.core.metrics.leak_test` against unrelated ``reference`` patients).
@@ -735,7 +794,8 @@ def calibrate(attack: GradientInversion, cfg: ExperimentConfig, control: SliceSe
         rng = np.random.default_rng([seed, 0xC0])
         pick = np.sort(rng.choice(len(control), slices, replace=slices > len(control)))
         truth = control.select(pick)
-        payload = control_payload(model, truth, local, prior, cfg.data.image_size, seed)
+        payload = control_payload(model, truth, local, prior, cfg.data.image_size, seed,
+                                  groups)
         step = None if on_step is None else (lambda i, t=t: on_step(t * attack.iterations + i))
         result = attack.reconstruct(payload, step)
         seconds += result.seconds
@@ -750,7 +810,7 @@ def calibrate(attack: GradientInversion, cfg: ExperimentConfig, control: SliceSe
             "rate_ci": [float(ci.low), float(ci.high)], "trials": trials,
             **{k: float(np.mean([t[k] for t in trials]))
                for k in ("ssim_body", "floor_ssim_body", "gain")},
-            "design": control_design(cfg, slices), "slices": slices,
+            "design": control_design(cfg, slices, groups), "slices": slices,
             "image_size": cfg.data.image_size, "iterations": attack.iterations,
             "restarts": attack.restarts, "seconds": round(seconds, 2)}
 
@@ -790,15 +850,23 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
                                   f"{what}, iteration {i:,} of {attack.iterations:,}")
 
     for k, payload in enumerate(payloads):
-        log(f"inverting {payload.client}'s upload of round {payload.round} (hospital "
-            f"{k + 1} of {len(payloads)}, {payload.num_examples} slices, "
-            f"{attack.iterations} iterations)")
-        result = attack.reconstruct(payload, steps(k, f"hospital {k + 1} of {len(payloads)}"))
-        index = names.index(payload.client)
-        truth = cohort.centers[index].train
-        scored = score_reconstruction(result.mri, result.ct_unit, truth, prior,
-                                      reference_patients(cfg.data, cfg.seed, cohort, index,
-                                                         attacker))
+        if payload.groups:
+            log(f"every upload of round {payload.round} is masked: inverting the round's "
+                f"aggregate of {len(payload.groups)} hospitals ({payload.num_examples} slices "
+                f"at once, {attack.iterations} iterations)")
+            truth = SliceSet.concat([c.train for c in cohort.centers
+                                     if c.name in _aggregated(run_dir, payload.round)])
+            reference = pooled_reference_patients(cfg.data, cfg.seed, cohort, attacker)
+        else:
+            log(f"inverting {payload.client}'s upload of round {payload.round} (hospital "
+                f"{k + 1} of {len(payloads)}, {payload.num_examples} slices, "
+                f"{attack.iterations} iterations)")
+            index = names.index(payload.client)
+            truth = cohort.centers[index].train
+            reference = reference_patients(cfg.data, cfg.seed, cohort, index, attacker)
+        result = attack.reconstruct(payload, steps(k, f"hospital {k + 1} of {len(payloads)}"
+                                                   if not payload.groups else "aggregate"))
+        scored = score_reconstruction(result.mri, result.ct_unit, truth, prior, reference)
         per_client[payload.client] = {
             **{k: v for k, v in scored.items() if k != "pairs"},
             "round": payload.round, "seconds": round(result.seconds, 2),
@@ -808,7 +876,8 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
         }
         _save_client(out, payload, result, truth, scored["pairs"], cfg.data.image_size)
     slices = max(p.num_examples for p in payloads)
-    design = control_design(cfg, slices)
+    groups = payloads[0].groups
+    design = control_design(cfg, slices, groups)
     log(f"calibrating: the same attack ({attack.iterations} iterations) on "
         f"{inv.control_trials} control upload(s) at the target's difficulty ({design})")
     calibration = calibrate(attack, cfg, attacker.control,
@@ -816,7 +885,7 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
                             prior, slices, lambda i: progress(
                                 len(payloads) * attack.iterations + i, total,
                                 f"calibration control, iteration {i:,} of "
-                                f"{inv.control_trials * attack.iterations:,}"))
+                                f"{inv.control_trials * attack.iterations:,}"), groups)
     keys = ("ssim", "ssim_body", "psnr_db", "ssim_ct", "psnr_db_ct", "ssim_coarse",
             "floor_ssim", "floor_ssim_body", "null_ssim_body")
     return {
@@ -828,6 +897,8 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
         "inner_iterations": attack.inner_iterations if attack.optimizer == "lbfgs" else None,
         "evaluations": max(p["evaluations"] for p in per_client.values()),
         "verdict": inversion_verdict(per_client, calibration),
+        # "aggregate": every upload was masked, the server attacked the round's sum.
+        "observed": AGGREGATE if groups else "uploads",
         "calibration": calibration,
         "leak_margin": LEAK_MARGIN,
         "null": {"draws": NULL_DRAWS, "quantile": NULL_QUANTILE, "margin": LEAK_MARGIN,
@@ -836,6 +907,11 @@ def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker
                  "gain": max(p["null_upper"] - p["null_ssim_body"]
                              for p in per_client.values())},
     }
+
+
+def _aggregated(run_dir: Path, rnd: int) -> list[str]:
+    """The clients whose uploads the round's aggregate sums."""
+    return ServerView(run_dir)[rnd].clients
 
 
 def _save_client(out: Path, payload: InversionPayload, result: InversionResult,

@@ -557,8 +557,10 @@ def leak_test(recon_mri: np.ndarray, recon_ct: np.ndarray, truth_mri: np.ndarray
     all_lev = np.concatenate([_levels(r_ids), t_lev])
     pool = list(dict.fromkeys(all_ids.tolist()))
     # Stand-in of original i in pool patient p: p's slice at the level nearest i's.
-    stand_in = np.array([[np.flatnonzero(all_ids == p)[np.argmin(np.abs(
-        all_lev[all_ids == p] - lev))] for lev in t_lev] for p in pool])  # (P, N)
+    stand_in = np.empty((len(pool), n), dtype=np.int64)  # (P, N)
+    for k, p in enumerate(pool):
+        rows_p = np.flatnonzero(all_ids == p)
+        stand_in[k] = rows_p[np.abs(all_lev[rows_p][:, None] - t_lev[None, :]).argmin(axis=0)]
     owner_of = np.array([owners.index(p) for p in t_ids.tolist()])
     # Every ordered choice of patients when there are few (exact: the observed one is among
     # them), else random draws with the observed statistic counted once more.

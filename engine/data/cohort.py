@@ -157,11 +157,13 @@ MIN_ATTACKER_PATIENTS = 3
 CONTROL_SLICES = 8
 
 
-def control_slices(data: DataConfig) -> int:
-    """Slices of the control patient: enough for an upload of a hospital's whole training
-    set plus a what-if patient (at most 128)."""
-    return min(128, max(CONTROL_SLICES, (data.patients_per_center + 1)
-                        * data.slices_per_patient))
+def control_slices(data: DataConfig, uploads: int = 1) -> int:
+    """Slices of the control patient: enough for ``uploads`` hospitals' whole training sets
+    plus a what-if patient (at most 128 per upload). ``uploads`` is the number of hospitals
+    whose updates the attacked view sums: 1 for one hospital's upload, every hospital under
+    secure aggregation (the server holds only the round's aggregate)."""
+    return uploads * min(128, max(CONTROL_SLICES, (data.patients_per_center + 1)
+                                  * data.slices_per_patient))
 
 
 @dataclass
@@ -181,8 +183,10 @@ class AttackerData:
 
 
 def attacker_data(data: DataConfig, seed: int, min_slices: int = 160,
-                  progress: Callable[[str], None] = lambda _msg: None) -> AttackerData:
-    """The attacker's patients from the same source as the federation's data.
+                  progress: Callable[[str], None] = lambda _msg: None, *,
+                  control_uploads: int = 1) -> AttackerData:
+    """The attacker's patients from the same source as the federation's data; the control
+    patient has :func:`control_slices` ``(data, control_uploads)`` slices.
 
     ``phantom``: patients of another seed and scanner profiles (at least two per profile and
     ``min_slices`` slices). ``synthrad`` / ``nifti``: the patient folders under ``data.path``
@@ -201,7 +205,7 @@ def attacker_data(data: DataConfig, seed: int, min_slices: int = 160,
         public = SliceSet.concat([patient(c, p) for c in ATTACKER_PROFILES
                                   for p in range(per_profile)])
         return AttackerData(public, patient(ATTACKER_PROFILES[0], per_profile,
-                                            control_slices(data)))
+                                            control_slices(data, control_uploads)))
     unused = split_folders(data).unused
     if len(unused) < MIN_ATTACKER_PATIENTS:
         raise ValueError(
@@ -212,7 +216,8 @@ def attacker_data(data: DataConfig, seed: int, min_slices: int = 160,
             "folders or lower data.patients_per_center / data.heldout_per_center")
     wanted = max(MIN_ATTACKER_PATIENTS - 1, -(-min_slices // spp))
     public = unused[: min(wanted, len(unused) - 1)]
-    control = data.model_copy(update={"slices_per_patient": control_slices(data)})
+    control = data.model_copy(update={"slices_per_patient": control_slices(data,
+                                                                           control_uploads)})
     return AttackerData(folder_slices(public, data, progress),
                         folder_slices([unused[len(public)]], control, progress))
 
@@ -249,3 +254,15 @@ def reference_patients(data: DataConfig, seed: int, cohort: Cohort, center: int 
         return SliceSet.concat(made if center is None else [cohort.centers[center].test, *made])
     return (attacker.public if center is None
             else SliceSet.concat([cohort.centers[center].test, attacker.public]))
+
+
+def pooled_reference_patients(data: DataConfig, seed: int, cohort: Cohort,
+                              attacker: AttackerData) -> SliceSet:
+    """The references of every hospital together, for a reconstruction of the round's
+    aggregate (its originals come from every hospital): phantom, each hospital's
+    :func:`reference_patients`; folders, every hospital's held-out patients and the
+    attacker's public patients (once)."""
+    if data.source == "phantom":
+        return SliceSet.concat([reference_patients(data, seed, cohort, k, attacker)
+                                for k in range(len(cohort.centers))])
+    return SliceSet.concat([*(c.test for c in cohort.centers), attacker.public])

@@ -196,7 +196,11 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
                 + (" (as when the run started)" if resume and recorded == threads else ""))
         cohort = load_cohort(cfg.data, cfg.seed, progress=run.log)
         # Before training, so that a source without patients for the attacker fails at once.
-        attacker = (attacker_data(cfg.data, cfg.seed, progress=run.log)
+        # Under secure aggregation the attack inverts the round's aggregate, so its controls
+        # need as many slices as every hospital's upload together.
+        uploads = cfg.data.centers if cfg.defenses.secure_aggregation else 1
+        attacker = (attacker_data(cfg.data, cfg.seed, progress=run.log,
+                                  control_uploads=uploads)
                     if cfg.attacks.inversion.enabled else None)
         data_s = time.perf_counter() - t0
         run.set_status("running", phase="training", data_s=round(data_s, 3))
