@@ -92,15 +92,27 @@ def test_run_shows_verdict_curves_and_tables(runs_dir: Path, trained: dict[str, 
     mia = run.summary()["mia"]
     at = _page()
 
-    # The engine's patient-level verdict, shown with the worst hospital's AUC and interval.
-    patient = mia["patient"]["auc"]
-    worst = max(patient.values())
+    # The engine's patient-level verdict, told on the basis every run gets: all hospitals
+    # pooled, then the worst single hospital, each with its interval or the word that the
+    # sample cannot give one (2 v 2 patients per hospital here).
+    patient = mia["patient"]
+    worst = max(patient["auc"].values())
+    pooled = patient["pooled"]
     if mia["verdict"]["overall"] == "risk":
-        assert ("High risk" if worst >= 0.8 else "Risk:") in _md(at)
+        assert ("High risk" if worst >= 0.8 or pooled["auc"] >= 0.8 else "Risk:") in _md(at)
     else:
         assert "No evidence of membership leakage at this sample size" in _md(at)
+    assert (f"All hospitals together, {attack_name(mia['verdict_attack'])}: patient-level AUC "
+            f"**{pooled['auc']:.2f}**") in _md(at)
     assert f"patient-level AUC **{worst:.2f}** (95% interval" in _md(at)
-    assert "resampling patients" in _md(at)
+    for ci in patient["auc_ci"].values():
+        if ci[0] == ci[1]:  # a degenerate interval is never printed as one
+            assert f"(95% interval {ci[0]:.2f}–{ci[1]:.2f}" not in _md(at)
+            assert "cannot be estimated at this sample size" in _md(at)
+    shown = max(patient["auc"], key=patient["auc"].__getitem__)  # the worst hospital
+    intervals = [pooled["auc_ci"], patient["auc_ci"][shown]]
+    assert ("resampling patients" in _md(at)) == any(lo < hi for lo, hi in intervals)
+    assert "the tables and curves below score single slices" in _md(at)
     assert _select(at, "Attacked run").value == run.run_id
     assert len(at.get("plotly_chart")) == 1
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -190,6 +202,17 @@ def test_verdict_follows_the_engine_and_skips_degenerate_centers() -> None:
     v = verdict(MiaSummary.model_validate(data))
     assert v.colour == "blue" and v.title.startswith("No evidence")
     assert "**Hospital B**" in v.detail
+    # With pooled figures the pooled basis comes first; 2 v 2 patients give no interval.
+    data["patient"] |= {"pooled": {"auc": 0.81, "auc_ci": [0.59, 1.0], "p_value": 0.019,
+                                   "n": {"members": 8, "nonmembers": 8}}}
+    data["patient"]["auc_ci"]["center-1"] = [1.0, 1.0]
+    v = verdict(MiaSummary.model_validate(data))
+    assert v.detail.startswith("All hospitals together, FedMIA-I (loss, per-sample σ): "
+                               "patient-level AUC **0.81** (95% interval 0.59–1.00")
+    assert "from 8 training and 8 held-out patients" in v.detail
+    assert ("Worst single hospital **Hospital B**: patient-level AUC **0.70** (95% interval: "
+            "cannot be estimated at this sample size)") in v.detail
+    assert "1.00–1.00" not in v.detail and v.figure.startswith("patient-level AUC 0.81")
     old = verdict(MiaSummary.model_validate({"auc": {"center-0": 0.9}}))
     assert old.title.startswith("This run was made by an older")
 

@@ -87,9 +87,31 @@ OLD_FORMAT = ("This run was made by an older version without patient-level stati
               "its numbers are shown, but no verdict. Run the preset again for one.")
 
 
+UNITS = ("The verdict scores patients (each patient's mean slice score), the unit membership "
+         "is about; the tables and curves below score single slices, which count every slice "
+         "of a patient as separate evidence, so their AUC differs and looks more certain than "
+         "it is.")
+
+
+def interval_words(ci: tuple[float, float] | list[float] | None) -> str:
+    """A patient-level 95 % interval in words; a degenerate one (every resample gave the same
+    AUC, as with 2 against 2 patients) is not an interval."""
+    if ci is None or ci[1] - ci[0] < 1e-9:
+        return "95% interval: cannot be estimated at this sample size"
+    return f"95% interval {ci[0]:.2f}–{ci[1]:.2f}, resampling patients"
+
+
+def _figure(auc: float, ci: tuple[float, float] | list[float] | None) -> str:
+    if ci is None or ci[1] - ci[0] < 1e-9:
+        return f"patient-level AUC {auc:.2f} (interval not estimable)"
+    return f"patient-level AUC {auc:.2f} (interval {ci[0]:.2f}–{ci[1]:.2f})"
+
+
 def verdict(mia: MiaSummary) -> Verdict:
-    """The engine's patient-level verdict (``mia.verdict``), told at the hospital where the
-    attack it rests on works best, with the numbers it rests on."""
+    """The engine's patient-level verdict (``mia.verdict``). Every run is told on the same
+    basis: all hospitals pooled at patient level (what the engine's overall verdict always
+    tests), then the worst single hospital, which decides the verdict only where its own
+    patients show the risk."""
     if mia.verdict is None:
         return Verdict("gray", OLD_FORMAT)
     attack = mia.verdict_attack or mia.attack
@@ -103,36 +125,41 @@ def verdict(mia: MiaSummary) -> Verdict:
     pool = risky or [c for c in aucs if c in mia.verdict]
     center = max(pool, key=aucs.__getitem__) if pool else None
     pooled = figures.pooled
-    if mia.verdict.get("overall") == "risk" and not risky and pooled.auc is not None:
-        center = None  # only all hospitals together show it: the evidence is pooled
     if center is None and pooled.auc is None:
         return Verdict("gray", NO_SIGNAL, "No hospital has patient-level figures.")
-    if center is None:
-        auc, ci = pooled.auc, pooled.auc_ci or (pooled.auc, pooled.auc)
-        fam, p, n = pooled.auc_ci_family, pooled.p_value, pooled.n
-        where = "All hospitals together"
-    else:
-        auc, ci = aucs[center], figures.auc_ci.get(center) or (aucs[center], aucs[center])
-        fam, p = figures.auc_ci_family.get(center), figures.p_value.get(center)
-        n = figures.n.get(center)
-        where = f"Worst-case hospital **{hospital_name(center)}**"
-    detail = (f"{where}, {attack_name(attack)}: patient-level AUC **{auc:.2f}** (95% interval "
-              f"{ci[0]:.2f}–{ci[1]:.2f}, resampling patients) from "
-              f"{n.members if n else '?'} training and {n.nonmembers if n else '?'} held-out "
-              "patients.")
-    if fam and p is not None and mia.family:
-        detail += (f" Counted as better than chance only if the interval corrected for "
-                   f"{mia.family} tests ({fam[0]:.2f}–{fam[1]:.2f}) lies above 0.5 and an "
-                   f"exact rank test agrees (here p = {p:.2g}, needed < "
-                   f"{0.05 / mia.family:.2g}).")
+    parts, figure = [], ""
+    if pooled.auc is not None:
+        n = pooled.n
+        parts.append(f"All hospitals together, {attack_name(attack)}: patient-level AUC "
+                     f"**{pooled.auc:.2f}** ({interval_words(pooled.auc_ci)}) from "
+                     f"{n.members} training and {n.nonmembers} held-out patients.")
+        fam, p = pooled.auc_ci_family, pooled.p_value
+        if fam and p is not None and mia.family:
+            parts.append(f"Counted as better than chance only if the interval corrected for "
+                         f"{mia.family} tests ({fam[0]:.2f}–{fam[1]:.2f}) lies above 0.5 and "
+                         f"an exact rank test agrees (here p = {p:.2g}, needed < "
+                         f"{0.05 / mia.family:.2g}).")
+        figure = _figure(pooled.auc, pooled.auc_ci)
+    if center is not None and (len(aucs) > 1 or pooled.auc is None):
+        ci = figures.auc_ci.get(center)
+        n_c = figures.n.get(center)
+        own = (", better than chance on its own patients" if center in risky else "")
+        parts.append(f"{'Worst-case' if risky else 'Worst single'} hospital "
+                     f"**{hospital_name(center)}**: patient-level AUC **{aucs[center]:.2f}** "
+                     f"({interval_words(ci)}) from {n_c.members if n_c else '?'} training and "
+                     f"{n_c.nonmembers if n_c else '?'} held-out patients{own}.")
+        if risky or not figure:
+            figure = _figure(aucs[center], ci)
     if not mia.individual_uploads:
-        detail += (" The server holds no individual hospital update here (secure "
-                   "aggregation), so the per-hospital FedMIA attacks do not apply: their scores "
-                   "on the masked uploads are shown below only as a control. The verdict rests "
-                   "on the attack on the released global model, which secure aggregation does "
-                   "not hide.")
-    detail += " AUC 0.5 means guessing; 1.0 means the server is never wrong."
-    figure = f"patient-level AUC {auc:.2f} (interval {ci[0]:.2f}–{ci[1]:.2f})"
+        parts.append("The server holds no individual hospital update here (secure "
+                     "aggregation), so the per-hospital FedMIA attacks do not apply: their "
+                     "scores on the masked uploads are shown below only as a control. The "
+                     "verdict rests on the attack on the released global model, which secure "
+                     "aggregation does not hide, judged as every run is: all hospitals "
+                     "pooled, and each hospital alone.")
+    parts.append("AUC 0.5 means guessing; 1.0 means the server is never wrong. " + UNITS)
+    detail = " ".join(parts)
+    auc = aucs[center] if risky else (pooled.auc if pooled.auc is not None else aucs[center])
     if mia.verdict.get("overall") != "risk":
         return Verdict("blue", NO_EVIDENCE, detail, figure)
     whose = ("this hospital's training set" if risky
