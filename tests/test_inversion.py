@@ -22,8 +22,10 @@ from engine.attacks.inversion import (
     inversion_payloads,
     inversion_verdict,
     inverting_gradients,
+    sign_hinge,
     simulate_update,
     training_mode_copy,
+    unreadable_bound,
     update_distance,
 )
 from engine.core.metrics import reconstruction_metrics, template_metrics
@@ -367,6 +369,18 @@ def test_adam_decoding_reads_the_gradient_back_from_a_torch_adam_step():
     rel = np.abs(decoded[readable] - g.numpy()[readable]) / np.abs(g.numpy()[readable])
     assert np.percentile(rel, 95) < 0.25
     assert (decoded[~readable] == 0).all()
+    # Where the size is unreadable the step still bounds the gradient: right sign, and
+    # |g| at least the bound, on every such coordinate (the hinge is zero at the truth).
+    bound = unreadable_bound(delta.numpy(), w.detach().numpy(), lr=2e-3)
+    assert (bound[readable] == 0).all() and (bound[~readable] != 0).all()
+    gt = g.numpy().astype(np.float64)
+    assert (np.sign(bound[~readable]) == np.sign(gt[~readable])).all()
+    assert (np.abs(gt[~readable]) >= np.abs(bound[~readable])).all()
+    assert np.median(np.abs(bound[~readable]) / np.abs(gt[~readable])) > 0.05  # not vacuous
+    t = {"w": torch.from_numpy(-gt)}  # the simulated step of lr 1 at the truth: −g
+    assert float(sign_hinge(t, {"w": torch.from_numpy(-bound)})) == 0.0
+    wrong = float(sign_hinge({"w": -t["w"]}, {"w": torch.from_numpy(-bound)}))
+    assert wrong == pytest.approx(1.0)  # every sign wrong
 
 
 def test_adam_aware_inversion_rebuilds_a_one_step_adam_upload():

@@ -24,7 +24,10 @@ Two properties of the study's recipe need an attacker that knows them:
   differentiating a simulated Adam step gives the dummies almost no gradient. But the size of
   g survives in how far |Δ| falls short of lr (by lr·ε/|g|), which a float32 upload resolves
   for most parameters: :func:`decode_adam_step` reads the gradient back, and the attack then
-  matches gradients on the coordinates it could read (``adam="decode"``, the default). With
+  matches gradients on the coordinates it could read (``adam="decode"``, the default). The
+  coordinates it cannot read carry most of the gradient's norm, and their step still gives
+  the gradient's sign and a lower bound on its size (:func:`unreadable_bound`): a hinge term
+  (``sign_weight``) asks the simulated gradient to reach that bound with that sign. With
   several local Adam steps the update is simulated through every step instead.
 
 **Verdict.** An upload leaks when its reconstruction passes
@@ -254,13 +257,47 @@ def decode_adam_step(delta: np.ndarray, uploaded: np.ndarray, lr: float,
     """
     delta = np.asarray(delta, np.float64)
     shortfall = lr - np.abs(delta)
-    spacing = np.spacing(np.abs(np.asarray(uploaded, np.float32))).astype(np.float64)
-    resolution = spacing + 4 * 2.0**-24 * lr  # a few roundings of Adam's float32 arithmetic
+    resolution = _decode_resolution(uploaded, lr)
     readable = np.isfinite(shortfall) & (shortfall > DECODE_MIN_SPACINGS * resolution)
     with np.errstate(divide="ignore", invalid="ignore"):
         size = eps * np.abs(delta) / shortfall
     gradient = np.where(readable, -np.sign(delta) * size, 0.0)
     return gradient, readable
+
+
+def _decode_resolution(uploaded: np.ndarray, lr: float) -> np.ndarray:
+    """How finely lr − |Δ| can be read: the float32 spacing of the uploaded value plus a few
+    roundings of Adam's float32 arithmetic."""
+    spacing = np.spacing(np.abs(np.asarray(uploaded, np.float32))).astype(np.float64)
+    return spacing + 4 * 2.0**-24 * lr
+
+
+def unreadable_bound(delta: np.ndarray, uploaded: np.ndarray, lr: float,
+                     eps: float = ADAM_EPS) -> np.ndarray:
+    """What a one-step Adam update still says about the gradient where
+    :func:`decode_adam_step` cannot read its size: ``−sign(Δ)·b`` with ``b`` a lower bound on
+    |g| (0 where the coordinate is readable or did not move).
+
+    There the true shortfall lr − |Δ| is at most the readable threshold plus one resolution
+    step, so |g| = ε·|Δ|/(lr − |Δ|) ≥ ε·|Δ| / ((DECODE_MIN_SPACINGS + 1)·resolution)."""
+    delta = np.asarray(delta, np.float64)
+    _, readable = decode_adam_step(delta, uploaded, lr, eps)
+    most = (DECODE_MIN_SPACINGS + 1) * _decode_resolution(uploaded, lr)
+    bound = eps * np.abs(np.nan_to_num(delta)) / most
+    return np.where(readable, 0.0, -np.sign(np.nan_to_num(delta)) * bound)
+
+
+def sign_hinge(sim: dict[str, torch.Tensor], bound: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ relu(|b| − s·sign(b))² / Σ (|b| + |s|)² over the coordinates where ``bound`` is
+    non-zero (``s`` the simulated update): in [0, 1], 1 when every sign is wrong, and zero
+    when the simulated update has every bound's sign and reaches its size (as the true one
+    does), so the term never pulls away from the truth. Dividing by the simulated size as
+    well keeps it on the cosine distance's scale whatever the bound's looseness."""
+    mask = {k: bound[k] != 0 for k in bound}
+    num = sum((torch.relu(bound[k].abs() - sim[k] * bound[k].sign()) ** 2 * mask[k]).sum()
+              for k in bound)
+    den = sum(((bound[k].abs() + sim[k].abs()) ** 2 * mask[k]).sum() for k in bound)
+    return num / (den + 1e-30)
 
 
 def update_distance(sim: dict[str, torch.Tensor], obs: dict[str, torch.Tensor],
@@ -315,6 +352,8 @@ class Observation:
         local: the training the attacker simulates to produce a comparable update.
         objective: ``simulated`` or ``adam_decoded`` (see :class:`InversionResult`).
         readable_fraction: share of coordinates that count.
+        bound: ``adam_decoded`` only: per parameter, −sign(Δ)·(lower bound on |g|) on the
+            unreadable coordinates (0 elsewhere), for :func:`sign_hinge`.
     """
 
     target: dict[str, torch.Tensor]
@@ -322,6 +361,7 @@ class Observation:
     local: LocalTraining
     objective: str
     readable_fraction: float = 1.0
+    bound: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -365,6 +405,8 @@ class GradientInversion:
         adam: ``decode`` (read a one-step Adam update's gradient back, then match gradients)
             or ``simulate`` (differentiate through the simulated Adam step, whose normalised
             step hides almost all of the gradient's size).
+        sign_weight: with ``adam="decode"``, weight of :func:`sign_hinge` on the coordinates
+            whose size cannot be read (0 = readable coordinates only).
         box: clamp the dummies to their valid range [0, 1] after each step.
         batched: optimise restarts in one vmapped pass (False: one restart after another).
         snapshot_every: keep the chosen restart's images every k iterations (0 = never).
@@ -384,6 +426,7 @@ class GradientInversion:
     prior: str = "none"
     components: int = 40
     adam: str = "decode"
+    sign_weight: float = 1.0
     box: bool = True
     batched: bool = True
     snapshot_every: int = 0
@@ -434,13 +477,16 @@ class GradientInversion:
         decoded = {n: decode_adam_step(delta[n], sent[n], local.lr) for n in names}
         readable = sum(int(r.sum()) for _, r in decoded.values())
         total = sum(r.size for _, r in decoded.values())
+        # The simulated step (lr 1) is −gradient, so its bound is −(−sign(Δ)·b) = sign(Δ)·b.
+        bound = ({n: _tensor(-unreadable_bound(delta[n], sent[n], local.lr), device)
+                  for n in names} if self.sign_weight else None)
         # Matched against one plain step of lr 1 on every slice at once: −gradient.
         return Observation(
             target={n: _tensor(-g, device) for n, (g, _) in decoded.items()},
             weights={n: _tensor(r, device) for n, (_, r) in decoded.items()},
             local=LocalTraining(loss=local.loss, optimizer="sgd", lr=1.0, local_epochs=1,
                                 batch_size=max(payload.num_examples, 1)),
-            objective="adam_decoded", readable_fraction=readable / max(total, 1))
+            objective="adam_decoded", readable_fraction=readable / max(total, 1), bound=bound)
 
     def _compute_objective(self, payload: InversionPayload, observation: Observation,
                            device: torch.device
@@ -473,6 +519,8 @@ class GradientInversion:
                 sim = simulate(x, y)
                 loss = update_distance(sim, observation.target, self.distance,
                                        observation.weights)
+                if observation.bound is not None:
+                    loss = loss + self.sign_weight * sign_hinge(sim, observation.bound)
                 if self.tv_weight:
                     loss = loss + self.tv_weight * (total_variation(x) + total_variation(y))
                 return loss
@@ -643,6 +691,7 @@ def attack_from_config(inv: InversionConfig, seed: int = 0) -> GradientInversion
     factory = dlg if inv.method == "dlg" else inverting_gradients
     knobs = {"iterations": inv.iterations, "restarts": inv.restarts, "init": inv.init,
              "prior": inv.prior, "components": inv.components, "adam": inv.adam,
+             "sign_weight": inv.sign_weight,
              "snapshot_every": inv.snapshot_every, "seed": seed}
     knobs |= {k: v for k, v in (("lr", inv.lr), ("tv_weight", inv.tv_weight),
                                 ("distance", inv.distance)) if v is not None}

@@ -252,6 +252,10 @@ class InversionConfig(_Section):
     adam: Literal["decode", "simulate"] = Field(
         "decode", description="one-step Adam uploads: decode (read the gradient back through "
         "Adam's ε, then match gradients) or simulate (differentiate through Adam's step)")
+    sign_weight: float = Field(
+        1.0, ge=0.0, le=100.0, description="adam=decode: weight of the term that uses the "
+        "coordinates whose size cannot be read (their step's sign and a lower bound on "
+        "their size); 0 = match the readable coordinates only")
     target_round: Literal["first", "last"] | int = "first"
     target_center: Literal["all"] | int = 0
     batch_size: Literal["auto"] | int = Field(
