@@ -24,9 +24,9 @@ Two properties of the study's recipe need an attacker that knows them:
   differentiating a simulated Adam step gives the dummies almost no gradient. But the size of
   g survives in how far |Δ| falls short of lr (by lr·ε/|g|), which a float32 upload resolves
   for most parameters: :func:`decode_adam_step` reads the gradient back, and the attack then
-  matches gradients on the coordinates it could read (``adam="decode"``, the default). The
-  coordinates it cannot read carry most of the gradient's norm, and their step still gives
-  the gradient's sign and a lower bound on its size (:func:`unreadable_bound`): a hinge term
+  matches gradients on the coordinates it could read (``adam="decode"``, the default). Those
+  it cannot read (large gradients, or weights whose float32 spacing is coarse) carry much of
+  the norm; their step still gives the gradient's sign and a lower bound on its size (:func:`unreadable_bound`): a hinge term
   (``sign_weight``) asks the simulated gradient to reach that bound with that sign. With
   several local Adam steps the update is simulated through every step instead.
 
