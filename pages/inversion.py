@@ -270,7 +270,7 @@ st.markdown(
 
 preset_jobs(
     RUN_PARAM, PRESETS, kind="inversion", retry="inversion-easy",
-    intro="**Run a new attack experiment** (2 to 16 minutes, in the background: you may leave "
+    intro="**Run a new attack experiment** (2 to 20 minutes, in the background: you may leave "
           "this page and come back)",
     note="After the last round the server attacks the hospitals' uploads; that takes most "
          "of the time.")

@@ -188,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
             "uploads one step on one slice; L-BFGS gradient matching, 300 steps × 20 "
             "iterations, then the same attack on 3 calibration controls of the same "
-            "difficulty (about 19 min)."
+            "difficulty (about 20 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "dlg-paper",
                    "attacks": {"inversion": {"enabled": True, "method": "dlg",
@@ -200,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "The strongest inversion found against the study's model (as dlg-paper, B=1, "
             "no defense): Inverting Gradients with the attacker's anatomical prior, "
-            "layer-wise cosine, 4 restarts (about 5 min)."
+            "layer-wise cosine, 4 restarts (about 6 min)."
         ),
         "config": {**_STUDY_MODEL_B1, "name": "ig-strong",
                    "attacks": {"inversion": {**_INVERSION_EASY["attacks"]["inversion"],
