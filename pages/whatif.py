@@ -79,7 +79,7 @@ with st.container(border=True):
                      f"(`{sweep.folder / 'log.txt'}` says why). Starting again keeps what "
                      "finished.")
         behind = queued_behind()
-        if st.button("Run the what-if (about 5 minutes)", icon=":material/play_arrow:",
+        if st.button("Run the what-if (about 16 minutes)", icon=":material/play_arrow:",
                      type="primary", key="whatif_start",
                      help=(f"Queued behind {behind}: it starts when that job ends. "
                            if behind else "") + "Two experiments, one after the other; one "

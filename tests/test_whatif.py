@@ -215,7 +215,7 @@ def test_page_without_patients_offers_an_example(tmp_path, monkeypatch):
     assert (root / "whatif-examples" / "example-001" / "mr.nii.gz").is_file()
     assert [s.value for s in at.selectbox if s.label == "Patient"] == ["example-001 (example)"]
     assert [b.label for b in at.button if b.key == "whatif_start"] == [
-        "Run the what-if (about 5 minutes)"]
+        "Run the what-if (about 16 minutes)"]
 
 
 def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatch):

@@ -26,9 +26,10 @@ Two properties of the study's recipe need an attacker that knows them:
   for most parameters: :func:`decode_adam_step` reads the gradient back, and the attack then
   matches gradients on the coordinates it could read (``adam="decode"``, the default). Those
   it cannot read (large gradients, or weights whose float32 spacing is coarse) carry much of
-  the norm; their step still gives the gradient's sign and a lower bound on its size (:func:`unreadable_bound`): a hinge term
-  (``sign_weight``) asks the simulated gradient to reach that bound with that sign. With
-  several local Adam steps the update is simulated through every step instead.
+  the norm; their step still gives the gradient's sign and a lower bound on its size
+  (:func:`unreadable_bound`): a hinge term (``sign_weight``) asks the simulated gradient to
+  reach that bound with that sign. With several local Adam steps the update is simulated
+  through every step instead.
 
 **Verdict.** An upload leaks when its reconstruction passes
 :func:`engine.core.metrics.leak_test`: it beats, by a margin and the null's upper quantile,

@@ -239,7 +239,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "What-if for one patient: study-setup with data.whatif_patient among hospital "
             "data.whatif_center's training patients; membership inference plus a short "
-            "reconstruction attempt (50 iterations) on that hospital's update (about 2.5 min)."
+            "reconstruction attempt (50 iterations) on that hospital's update (about 4.5 min;"
+            " under secure aggregation the attempt inverts the round's aggregate of every "
+            "hospital: about 11 min)."
         ),
         "config": _WHATIF,
     },
@@ -462,12 +464,13 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "whatif": {
-        "minutes": 5,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 16,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "One patient with and without defenses: the whatif preset as is, then hardened "
             "with secure aggregation and clipped noise (clip 5, σ 0.001; ε far above 10, no "
-            "meaningful DP guarantee). Give the patient "
-            "with --set data.whatif_patient=FOLDER (about 5 min)."
+            "meaningful DP guarantee), where the reconstruction attempt inverts the round's "
+            "aggregate of every hospital. Give the patient "
+            "with --set data.whatif_patient=FOLDER (about 16 min)."
         ),
         "base": "whatif",
         "cells": [[], _as_sets({"defenses": HARDENED_DEFENSES})],
