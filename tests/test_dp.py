@@ -50,6 +50,19 @@ def test_small_update_is_not_scaled_and_noise_has_sigma_c():
     assert abs(noise.std() - 1.0) < 0.01 and abs(noise.mean()) < 0.01
 
 
+def test_an_unchanged_model_is_noised_not_refused():
+    """A zero update (a hospital whose model did not move) needs no clipping and still gets
+    its noise; Flower's clip alone divided by its norm and raised ZeroDivisionError."""
+    glob = [np.ones((50, 40), np.float32)]
+    out, meta = privatize_update([g.copy() for g in glob], glob, clip_norm=2.0,
+                                 noise_multiplier=0.5, rng=np.random.default_rng(0))
+    noise = out[0].astype(np.float64) - 1.0
+    assert meta == {"noise_std": 1.0} and abs(noise.std() - 1.0) < 0.05
+    same, _ = privatize_update([g.copy() for g in glob], glob, 2.0, 0.0,
+                               np.random.default_rng(0))
+    np.testing.assert_array_equal(same[0], glob[0])
+
+
 def test_integer_buffers_pass_through():
     glob = [np.zeros(3, np.float32), np.array(7, np.int64)]
     local = [np.ones(3, np.float32), np.array(9, np.int64)]

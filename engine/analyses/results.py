@@ -377,6 +377,21 @@ class Environment(_Block):
     batched_centers: list[int] = Field(default_factory=list)
 
 
+class DPAuditSummary(_Block):
+    """``dp_audit``: an empirical lower bound on ε from canary hospitals."""
+
+    kind: str = "client"
+    epsilon_lower_bound: float = 0.0
+    estimator: str = "one_run"
+    canaries: int = 0
+    confidence: float = 0.95
+    cap: float = 0.0
+    accountant_epsilon: float | None = None  # None: ε = ∞ (no noise)
+    verdict: str = "consistent"  # consistent | violation | weak_audit
+    one_shot_estimate: float | None = None
+    clopper_pearson: float | None = None
+
+
 class RunSummary(_Block):
     """A finished run's ``summary.json``."""
 
@@ -393,6 +408,7 @@ class RunSummary(_Block):
     inversion: InversionSummary | None = None
     poisoning: PoisoningSummary | None = None
     whatif: WhatifSummary | None = None
+    dp_audit: DPAuditSummary | None = None
 
     @property
     def name(self) -> str:

@@ -183,7 +183,10 @@ def privatize_update(local: NDArrays, global_params: NDArrays, clip_norm: float,
     floats = [i for i, a in enumerate(local) if is_float(a)]
     loc = [local[i].astype(np.float64) for i in floats]
     glob = [global_params[i].astype(np.float64) for i in floats]
-    compute_clip_model_update(loc, glob, clip_norm)
+    # Flower's clip divides by the update's norm: an unchanged model (a zero update, which
+    # needs no clipping) would raise ZeroDivisionError before its noise is added.
+    if any(np.any(a != g) for a, g in zip(loc, glob, strict=True)):
+        compute_clip_model_update(loc, glob, clip_norm)
     std = compute_stdv(noise_multiplier, clip_norm, 1)
     out = [a.copy() for a in local]
     for i, arr in zip(floats, loc, strict=True):

@@ -298,12 +298,25 @@ class PoisoningConfig(_Section):
         "FedAvg the same attack against FedAvg (the control) with its clean federation")
 
 
+class DPAuditConfig(_Section):
+    """An empirical lower bound on ε from canaries (see engine/attacks/dp_audit.py)."""
+
+    enabled: bool = False
+    kind: Literal["client"] = Field(
+        "client", description="client: canary hospitals audit hospital-level DP")
+    canaries: int = Field(200, ge=16, le=10_000,
+                          description="canaries, each present with probability ½")
+    confidence: float = Field(0.95, ge=0.5, le=0.999,
+                              description="confidence of the lower bound")
+
+
 class AttacksConfig(_Section):
     """Attack settings; each attack module reads its own section."""
 
     membership: MembershipConfig = Field(default_factory=MembershipConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     poisoning: PoisoningConfig = Field(default_factory=PoisoningConfig)
+    dp_audit: DPAuditConfig = Field(default_factory=DPAuditConfig)
 
 
 class EvaluationConfig(_Section):
@@ -349,7 +362,15 @@ class ExperimentConfig(_Section):
         self._check_membership_rules()
         self._check_inversion_rules()
         self._check_server_view_rules()
+        self._check_dp_audit_rules()
         return self
+
+    def _check_dp_audit_rules(self) -> None:
+        """The canary audit checks hospital-level DP: there must be some to check."""
+        dp = self.defenses.dp
+        if self.attacks.dp_audit.enabled and not (dp.enabled and dp.level == "client"):
+            raise ValueError("attacks.dp_audit.enabled = true audits hospital-level DP: set "
+                             "defenses.dp.enabled = true and defenses.dp.level = client")
 
     def _check_name(self) -> None:
         # The label is printed in run lists and terminals: no control characters (an escape

@@ -19,6 +19,7 @@ import torch
 from engine.analyses.poisoning import baseline_config, poisoning_report, seed_rows
 from engine.analyses.summary import build_summary, volumetric_summary
 from engine.analyses.whatif import run_whatif
+from engine.attacks.dp_audit import run_dp_audit
 from engine.attacks.inversion import run_inversion
 from engine.attacks.membership import run_membership
 from engine.core.config import ExperimentConfig
@@ -127,6 +128,10 @@ ATTACKS: tuple[AttackStep, ...] = (
                                          log=ctx.run.log, progress=ctx.progress("iteration"))),
     AttackStep("poisoning", "poisoning baseline",
                lambda cfg: cfg.attacks.poisoning.enabled, _poisoning),
+    AttackStep("dp_audit", "privacy audit",
+               lambda cfg: cfg.attacks.dp_audit.enabled,
+               lambda ctx: run_dp_audit(ctx.cfg, ctx.result.final_params,
+                                        progress=ctx.progress("canary"))),
     AttackStep("whatif", "what-if",
                lambda cfg: cfg.data.whatif_patient is not None,
                lambda ctx: run_whatif(ctx.run.path, ctx.cfg, ctx.cohort,

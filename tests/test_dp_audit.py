@@ -1,0 +1,136 @@
+"""The privacy audit: estimators as plain functions, and canary hospitals that audit the
+hospitals' own DP code in a real run."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+import engine.clients.dp
+from engine.attacks.dp_audit import audit_verdict
+from engine.core.audit import (
+    GUESS_SHARES,
+    audit_cap,
+    audit_epsilon,
+    clopper_pearson_epsilon,
+    gaussian_delta,
+    gaussian_epsilon,
+    one_run_epsilon,
+    one_run_p_value,
+    one_shot_epsilon,
+)
+from engine.core.config import ConfigError
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
+
+
+@pytest.mark.parametrize(("m", "expected"), [(16, 1.350), (100, 3.281), (1000, 5.601)])
+def test_every_guess_right_certifies_the_randomised_response_odds(m, expected):
+    """All m guesses right has probability q^m under ε-DP (δ = 0): the bound is the ε whose
+    q = e^ε/(1+e^ε) makes q^m = 1 − confidence. At 97.5 % (a two-sided 95 % interval):
+    16 canaries ≈ 1.35, 100 ≈ 3.28, 1,000 ≈ 5.60."""
+    got = one_run_epsilon(m, m, m, 0.0, 0.975)
+    q = 0.025 ** (1 / m)
+    assert got == pytest.approx(math.log(q / (1 - q)), abs=1e-5)
+    assert got == pytest.approx(expected, abs=1e-3)
+    # The δ term only lowers the bound; the cap adds the Bonferroni factor of the guess sets.
+    assert one_run_epsilon(m, m, m, 1e-5, 0.975) <= got
+    r = 2 * round(max(GUESS_SHARES) * m / 2)
+    assert audit_cap(m, 0.0, 0.95) == pytest.approx(
+        one_run_epsilon(m, r, r, 0.0, 1 - 0.05 / len(GUESS_SHARES)))
+
+
+def test_one_run_p_value_is_the_binomial_tail_without_delta():
+    assert one_run_p_value(50, 40, 30, 1.0, 0.0) == pytest.approx(
+        binom.sf(29, 40, 1 / (1 + math.exp(-1.0))))
+    assert one_run_p_value(50, 40, 30, 1.0, 1e-3) > one_run_p_value(50, 40, 30, 1.0, 0.0)
+    assert one_run_epsilon(100, 100, 50, 0.0) == 0.0  # a coin's share right: nothing
+
+
+def test_clopper_pearson_bound_of_a_perfect_threshold():
+    """No error among 500 + 500: FPR ≤ 1 − 0.025^(1/500), so ε ≥ ln((1 − δ − FNR)/FPR)."""
+    fpr = 1 - 0.025 ** (1 / 500)
+    want = math.log((1 - 1e-5 - fpr) / fpr)
+    assert clopper_pearson_epsilon(0, 500, 0, 500, 1e-5) == pytest.approx(want, rel=1e-6)
+    assert clopper_pearson_epsilon(250, 500, 250, 500, 1e-5) == 0.0
+
+
+def test_gaussian_mechanism_epsilon_inverts_its_delta():
+    for mu in (0.5, 1.0, 3.0):
+        eps = gaussian_epsilon(mu, 1e-5)
+        assert gaussian_delta(eps, mu) == pytest.approx(1e-5, rel=1e-4)
+    assert gaussian_epsilon(1.0, 1e-5) < gaussian_epsilon(2.0, 1e-5)
+
+
+def _mechanism(mu: float, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    present = rng.random(m) < 0.5
+    return rng.normal(size=m) + mu * present, present
+
+
+def test_the_bound_stays_below_the_true_epsilon_at_its_confidence():
+    """A Gaussian mechanism of known ε (μ = 1: ε ≈ 4.38 at δ 1e-5), 1,000 canaries, 20 seeds:
+    each bound exceeds the truth with probability ≤ 5 %, so a correct implementation shows
+    4 or more of 20 above it with probability 1.6 % (this test's false-alarm rate)."""
+    truth = gaussian_epsilon(1.0, 1e-5)
+    bounds = [audit_epsilon(*_mechanism(1.0, 1000, s), 1e-5)["epsilon_lower_bound"]
+              for s in range(20)]
+    assert sum(b > truth for b in bounds) <= 3
+    assert np.median(bounds) > 0.3  # and the audit has power: it certifies something
+
+
+def test_a_perfectly_separated_mechanism_reaches_the_cap_and_the_estimate_follows_mu():
+    scores, present = _mechanism(40.0, 1000, 0)
+    found = audit_epsilon(scores, present, 1e-5)
+    assert found["epsilon_lower_bound"] >= 0.95 * audit_cap(1000, 1e-5)
+    scores, present = _mechanism(2.0, 4000, 1)
+    est = one_shot_epsilon(scores[present], scores[~present], 1e-5)
+    assert est == pytest.approx(gaussian_epsilon(2.0, 1e-5), rel=0.1)
+
+
+def test_verdicts():
+    assert audit_verdict(9.0, 3.8, 8.0) == "violation"
+    assert audit_verdict(0.1, 3.8, 8.0) == "weak_audit"  # could not reach 8, found little
+    assert audit_verdict(1.7, 3.8, 8.0) == "consistent"
+    assert audit_verdict(0.0, 3.8, 1.0) == "consistent"
+    assert audit_verdict(3.5, 3.8, None) == "consistent"  # ε = ∞ claims nothing
+
+
+def _audited(runs_dir, *sets: str) -> dict:
+    cfg = build_config("smoke", sets=["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.5",
+                                      "attacks.dp_audit.enabled=true", *sets])
+    run = create_run(cfg)
+    summary = execute(run)
+    assert summary is not None, (run.path / "log.txt").read_text()[-2000:]
+    return summary["dp_audit"]
+
+
+def test_without_noise_the_audit_nearly_reaches_its_cap(runs_dir):
+    audit = _audited(runs_dir, "defenses.dp.noise_multiplier=0")
+    assert audit["accountant_epsilon"] is None and audit["verdict"] == "consistent"
+    assert audit["epsilon_lower_bound"] >= 0.85 * audit["cap"]
+    assert audit["canaries"] == 200 and audit["estimator"] == "one_run"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dp_at_epsilon_1_is_never_refuted(runs_dir, seed):
+    audit = _audited(runs_dir, "defenses.dp.target_epsilon=1", f"seed={seed}")
+    assert audit["accountant_epsilon"] == pytest.approx(1.0, rel=0.02)
+    assert audit["epsilon_lower_bound"] <= 1.0 and audit["verdict"] == "consistent"
+
+
+def test_noise_switched_off_under_a_claimed_epsilon_1_is_a_violation(runs_dir, monkeypatch):
+    """A deliberately broken client: the accountant still computes σ for ε 1, but the noise
+    the hospitals add is zero. The audit sees it through what the server receives."""
+    monkeypatch.setattr(engine.clients.dp, "compute_stdv", lambda *_: 0.0)
+    audit = _audited(runs_dir, "defenses.dp.target_epsilon=1")
+    assert audit["accountant_epsilon"] == pytest.approx(1.0, rel=0.02)
+    assert audit["verdict"] == "violation" and audit["epsilon_lower_bound"] > 3
+
+
+def test_the_audit_needs_hospital_level_dp():
+    with pytest.raises(ConfigError, match="attacks.dp_audit.enabled = true audits "
+                                          "hospital-level DP"):
+        build_config("smoke", sets=["attacks.dp_audit.enabled=true"])
