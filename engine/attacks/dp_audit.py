@@ -51,6 +51,7 @@ def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int,
     floats = [i for i, a in enumerate(global_params) if is_float(a)]
     sizes = [global_params[i].size for i in floats]
     clip = cfg.defenses.dp.clip_norm
+    start = [global_params[i].astype(np.float64) for i in floats]  # once, not per upload
     scores = np.zeros(canaries)
     rounds = cfg.federation.rounds
     for k in range(canaries):
@@ -59,16 +60,14 @@ def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int,
         parts = np.split(u, np.cumsum(sizes)[:-1])
         local = [a.copy() for a in global_params]
         if present[k]:
-            for i, part in zip(floats, parts, strict=True):
-                local[i] = (global_params[i].astype(np.float64)
-                            + 2 * clip * part.reshape(global_params[i].shape)
+            for i, base, part in zip(floats, start, parts, strict=True):
+                local[i] = (base + 2 * clip * part.reshape(base.shape)
                             ).astype(global_params[i].dtype)
         for rnd in range(1, rounds + 1):
             upload = client_upload(cfg, rnd, CANARY_FIRST + k, local, {}, global_params,
                                    malicious=False)
-            delta = np.concatenate([(upload[i].astype(np.float64)
-                                     - global_params[i].astype(np.float64)).ravel()
-                                    for i in floats])
+            delta = np.concatenate([(upload[i].astype(np.float64) - base).ravel()
+                                    for i, base in zip(floats, start, strict=True)])
             scores[k] += float(delta @ u) / (np.linalg.norm(delta) + 1e-30)
         progress(k + 1, canaries, f"canary {k + 1:,} of {canaries:,}")
     return scores, present
