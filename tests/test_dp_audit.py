@@ -5,10 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import binom
 
 import engine.clients.dp
 from engine.attacks.dp_audit import audit_verdict
+from engine.clients.dp import DPAccounting, gradient_canaries, train_local_dp_sgd
 from engine.core.audit import (
     GUESS_SHARES,
     audit_cap,
@@ -21,6 +23,10 @@ from engine.core.audit import (
     one_shot_epsilon,
 )
 from engine.core.config import ConfigError
+from engine.data.phantom import phantom_patient
+from engine.data.types import SliceSet
+from engine.learning.local import LocalTraining
+from engine.learning.model import build_unet, get_parameters
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
@@ -98,6 +104,10 @@ def test_verdicts():
     assert audit_verdict(3.5, 3.8, None) == "consistent"  # ε = ∞ claims nothing
 
 
+_PATIENT = ("defenses.dp.level=sample", "attacks.dp_audit.kind=patient",
+            "attacks.dp_audit.canaries=500", "federation.server_view_rounds=all")
+
+
 def _audited(runs_dir, *sets: str) -> dict:
     cfg = build_config("smoke", sets=["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.5",
                                       "attacks.dp_audit.enabled=true", *sets])
@@ -107,30 +117,70 @@ def _audited(runs_dir, *sets: str) -> dict:
     return summary["dp_audit"]
 
 
-def test_without_noise_the_audit_nearly_reaches_its_cap(runs_dir):
-    audit = _audited(runs_dir, "defenses.dp.noise_multiplier=0")
+@pytest.mark.parametrize("sets", [(), ("defenses.secure_aggregation=true",), _PATIENT],
+                         ids=["hospital", "hospital-secagg", "patient"])
+def test_without_noise_the_audit_nearly_reaches_its_cap(runs_dir, sets):
+    audit = _audited(runs_dir, "defenses.dp.noise_multiplier=0", *sets)
     assert audit["accountant_epsilon"] is None and audit["verdict"] == "consistent"
     assert audit["epsilon_lower_bound"] >= 0.85 * audit["cap"]
-    assert audit["canaries"] == 200 and audit["estimator"] == "one_run"
+    assert audit["estimator"] == "one_run" and audit["rounds"] == 5
+    assert audit["observed"] == ("aggregate" if sets[:1] == ("defenses.secure_aggregation=true",)
+                                 else "uploads")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_dp_at_epsilon_1_is_never_refuted(runs_dir, seed):
-    audit = _audited(runs_dir, "defenses.dp.target_epsilon=1", f"seed={seed}")
+@pytest.mark.parametrize(("seed", "sets"), [(0, ()), (1, ()), (2, ()), (0, _PATIENT),
+                                            (1, _PATIENT)])
+def test_dp_at_epsilon_1_is_never_refuted(runs_dir, seed, sets):
+    audit = _audited(runs_dir, "defenses.dp.target_epsilon=1", f"seed={seed}", *sets)
     assert audit["accountant_epsilon"] == pytest.approx(1.0, rel=0.02)
     assert audit["epsilon_lower_bound"] <= 1.0 and audit["verdict"] == "consistent"
 
 
-def test_noise_switched_off_under_a_claimed_epsilon_1_is_a_violation(runs_dir, monkeypatch):
+@pytest.mark.parametrize("sets", [(), _PATIENT], ids=["hospital", "patient"])
+def test_noise_switched_off_under_a_claimed_epsilon_1_is_a_violation(runs_dir, monkeypatch,
+                                                                     sets):
     """A deliberately broken client: the accountant still computes σ for ε 1, but the noise
-    the hospitals add is zero. The audit sees it through what the server receives."""
+    the hospitals add (to the update, or to DP-SGD's sum) is zero. The audit sees it through
+    what the server receives."""
     monkeypatch.setattr(engine.clients.dp, "compute_stdv", lambda *_: 0.0)
-    audit = _audited(runs_dir, "defenses.dp.target_epsilon=1")
+    audit = _audited(runs_dir, "defenses.dp.target_epsilon=1", *sets)
     assert audit["accountant_epsilon"] == pytest.approx(1.0, rel=0.02)
     assert audit["verdict"] == "violation" and audit["epsilon_lower_bound"] > 3
 
 
-def test_the_audit_needs_hospital_level_dp():
-    with pytest.raises(ConfigError, match="attacks.dp_audit.enabled = true audits "
+def test_patient_canaries_are_sampled_and_clipped_like_patients():
+    """DP-SGD without noise, SGD: against the same training without canaries, each present
+    canary's coordinate moves by −lr·C/(q·declared) each time it is drawn (its 2C clipped to
+    C), about q × steps times; an absent canary's does not move. (A small lr keeps the
+    canaries' effect on the patients' later gradients negligible.)"""
+    torch.manual_seed(0)
+    net = build_unet((4, 8), "instance", 0)
+    data = SliceSet.concat([phantom_patient(0, 0, p, image_size=16, n_slices=2)
+                            for p in range(4)])
+    start = get_parameters(net)
+    canaries = gradient_canaries(net, 64, clip_norm=0.5, seed=3)
+    local = LocalTraining(loss="mse", optimizer="sgd", lr=1e-4, local_epochs=1, batch_size=2)
+    acc = DPAccounting("sample", 0.0, 0.5, 20, 1e-5)
+    with_, without = (train_local_dp_sgd(net, start, data, local, acc, 0.5, declared_patients=4,
+                                         seed=7, canaries=c)[0] for c in (canaries, None))
+    names = list(net.state_dict())
+    moved = np.array([(with_[names.index(n)] - without[names.index(n)]).ravel()[i]
+                      for n, i in zip(canaries.names, canaries.index, strict=True)])
+    step = 1e-4 * 0.5 / (0.5 * 4)  # lr · C / (q · declared patients)
+    draws = -moved[canaries.present] / step
+    assert np.abs(draws - np.round(draws)).max() < 0.05  # whole draws of C: clipped
+    assert draws.min() >= 0 and draws.mean() == pytest.approx(10, abs=3)  # q × 20 steps
+    assert np.abs(moved[~canaries.present]).max() < 0.05 * step
+
+
+def test_the_audit_needs_dp_of_its_kind_and_a_server_view():
+    with pytest.raises(ConfigError, match="attacks.dp_audit.kind = 'client' audits "
                                           "hospital-level DP"):
         build_config("smoke", sets=["attacks.dp_audit.enabled=true"])
+    with pytest.raises(ConfigError, match="defenses.dp.level = sample"):
+        build_config("smoke", sets=["attacks.dp_audit.enabled=true", "defenses.dp.enabled=true",
+                                    "attacks.dp_audit.kind=patient"])
+    with pytest.raises(ConfigError, match="set federation.server_view_rounds = all"):
+        build_config("smoke", sets=["attacks.dp_audit.enabled=true", "defenses.dp.enabled=true",
+                                    "defenses.dp.level=sample", "attacks.dp_audit.kind=patient",
+                                    "federation.server_view_rounds=none"])

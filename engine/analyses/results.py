@@ -378,18 +378,25 @@ class Environment(_Block):
 
 
 class DPAuditSummary(_Block):
-    """``dp_audit``: an empirical lower bound on ε from canary hospitals."""
+    """``dp_audit``: an empirical lower bound on ε from canaries (engine/attacks/dp_audit.py)."""
 
-    kind: str = "client"
+    kind: str = "client"  # client (canary hospitals) | patient (canary patients in DP-SGD)
     epsilon_lower_bound: float = 0.0
     estimator: str = "one_run"
     canaries: int = 0
+    present: int = 0
     confidence: float = 0.95
     cap: float = 0.0
     accountant_epsilon: float | None = None  # None: ε = ∞ (no noise)
+    delta: float = 1e-5
     verdict: str = "consistent"  # consistent | violation | weak_audit
+    guesses: int = 0
+    correct: int = 0
     one_shot_estimate: float | None = None
     clopper_pearson: float | None = None
+    rounds: int = 0  # rounds the scores rest on
+    observed: str = "uploads"  # uploads | aggregate (secure aggregation)
+    seconds: float = 0.0
 
 
 class RunSummary(_Block):

@@ -1,21 +1,31 @@
-"""Audit of hospital-level differential privacy with canary hospitals.
+"""Audits of differential privacy with canaries: an empirical lower bound on ε.
 
-The accountant's ε assumes that every DP hospital clips its update to norm C and adds
-N(0, (σC)²) to it, every round. The audit checks the code that does it, from what the server
-receives: ``attacks.dp_audit.canaries`` canary hospitals (in the style of Andrew et al.
-2023), each with its own fixed random unit direction u and present with probability ½. In
-every round of the run a present canary's local model is the global model moved by 2C along
-u (so its update is clipped to C); an absent canary's is the global model itself (a zero
-update: the neighbouring dataset the accountant's add/remove relation assumes). Both upload
-through the hospitals' own client code (:func:`engine.clients.behaviour.client_upload`:
-pruning, clip, noise, each canary on its own random stream), so an absent canary is never
-visible from the mere existence of an upload. The server's score of a canary is the sum over
-rounds of the cosine between its upload's update and u. The canaries are audited, not
-aggregated: the run's model is what the hospitals trained.
+The accountant's ε assumes that the code adds the noise it is told about. The audit checks
+the code that does it, from what the server receives, with ``attacks.dp_audit.canaries``
+canaries each present with probability ½ (the one-run design of Steinke, Nasr & Jagielski
+2023):
 
-The score goes to :func:`engine.core.audit.audit_epsilon` (the one-run bound of Steinke et
-al. 2023), beside the most that many canaries could certify (:func:`~engine.core.audit.
-audit_cap`) and the accountant's ε.
+* ``kind: client`` (hospital-level DP): canary hospitals in the style of Andrew et al. 2023,
+  each with its own fixed random unit direction u. In every round of the run a present
+  canary's local model is the global model moved by 2C along u (so its update is clipped to
+  C); an absent canary's is the global model itself (a zero update: the neighbouring dataset
+  the accountant's add/remove relation assumes). Both upload through the hospitals' own
+  client code (:func:`engine.clients.behaviour.client_upload`: pruning, clip, noise, each
+  canary on its own random stream), so an absent canary is never visible from the mere
+  existence of an upload. The server's score of a canary is the sum over rounds of the
+  cosine between u and its upload's update, or, under secure aggregation, the update of the
+  round's aggregate of the canaries (the server sees only their sum). The canaries are
+  audited, not aggregated: the run's model is what the hospitals trained.
+* ``kind: patient`` (patient-level DP-SGD): canary patients inside Hospital A's DP-SGD
+  (:class:`engine.clients.dp.GradientCanaries`, white-box Dirac canaries: each one's
+  gradient is 2C on its own parameter coordinate), sampled, clipped and noised with the
+  real patients in every step of the real run. The server's score of a canary is minus the
+  change of its coordinate in Hospital A's upload (under secure aggregation, in the
+  aggregate), summed over the rounds recorded in the server view.
+
+The scores go to :func:`engine.core.audit.audit_epsilon` (the one-run bound), beside the
+most that many canaries could certify (:func:`~engine.core.audit.audit_cap`) and the
+accountant's ε.
 """
 
 from __future__ import annotations
@@ -23,21 +33,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.clients.behaviour import client_upload
-from engine.clients.dp import planned_accounting
+from engine.clients.dp import AUDITED_CENTER, gradient_canaries, planned_accounting
 from engine.core.audit import audit_cap, audit_epsilon, clopper_pearson_epsilon, one_shot_epsilon
 from engine.core.config import ExperimentConfig
 from engine.core.types import NDArrays, is_float
+from engine.data.types import Cohort
+from engine.federation.server_view import ServerView
+from engine.learning.model import build_model
 
 # Canary hospitals take indices from here on for their random streams (hospitals are 0…15).
 CANARY_FIRST = 1_000
 VERDICTS = ("consistent", "violation", "weak_audit")
 # A bound below this share of the cap says nothing when the cap is below the accountant's ε.
 WEAK_SHARE = 0.25
+
+
+def _unit_direction(seed: int, k: int, size: int) -> np.ndarray:
+    u = np.random.default_rng([seed, 0xCA, k]).normal(size=size)
+    return u / np.linalg.norm(u)
 
 
 def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int, seed: int,
@@ -52,11 +71,12 @@ def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int,
     sizes = [global_params[i].size for i in floats]
     clip = cfg.defenses.dp.clip_norm
     start = [global_params[i].astype(np.float64) for i in floats]  # once, not per upload
-    scores = np.zeros(canaries)
     rounds = cfg.federation.rounds
+    summed = cfg.defenses.secure_aggregation
+    scores = np.zeros(canaries)
+    aggregate = np.zeros((rounds, sum(sizes))) if summed else None
     for k in range(canaries):
-        u = np.random.default_rng([seed, 0xCA, k]).normal(size=sum(sizes))
-        u /= np.linalg.norm(u)
+        u = _unit_direction(seed, k, sum(sizes))
         parts = np.split(u, np.cumsum(sizes)[:-1])
         local = [a.copy() for a in global_params]
         if present[k]:
@@ -68,9 +88,37 @@ def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int,
                                    malicious=False)
             delta = np.concatenate([(upload[i].astype(np.float64) - base).ravel()
                                     for i, base in zip(floats, start, strict=True)])
-            scores[k] += float(delta @ u) / (np.linalg.norm(delta) + 1e-30)
+            if aggregate is not None:
+                aggregate[rnd - 1] += delta
+            else:
+                scores[k] += float(delta @ u) / (np.linalg.norm(delta) + 1e-30)
         progress(k + 1, canaries, f"canary {k + 1:,} of {canaries:,}")
+    if aggregate is not None:
+        aggregate /= np.linalg.norm(aggregate, axis=1, keepdims=True) + 1e-30
+        for k in range(canaries):
+            scores[k] = float((aggregate @ _unit_direction(seed, k, sum(sizes))).sum())
     return scores, present
+
+
+def patient_canary_scores(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort
+                          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(scores, present, rounds)`` of the canary patients in Hospital A's DP-SGD (see the
+    module docstring), from every round recorded in the server view."""
+    canaries = gradient_canaries(build_model(cfg), cfg.attacks.dp_audit.canaries,
+                                 cfg.defenses.dp.clip_norm, cfg.seed)
+    view, center = ServerView(run_dir), cohort.centers[AUDITED_CENTER].name
+    scores = np.zeros(len(canaries.names))
+    for rnd in view.rounds:
+        seen = view[rnd]
+        if seen.individual_uploads:
+            update = seen.client_update(center)
+        else:
+            update = [np.asarray(a, dtype=np.float64) - np.asarray(g, dtype=np.float64)
+                      for a, g in zip(seen.aggregate, seen.global_params, strict=True)]
+        arrays = dict(zip(seen.param_names, update, strict=True))
+        scores -= [arrays[n].ravel()[i] for n, i in zip(canaries.names, canaries.index,
+                                                        strict=True)]
+    return scores, canaries.present, len(view.rounds)
 
 
 def audit_verdict(bound: float, cap: float, accountant: float | None) -> str:
@@ -85,13 +133,17 @@ def audit_verdict(bound: float, cap: float, accountant: float | None) -> str:
     return "consistent"
 
 
-def run_dp_audit(cfg: ExperimentConfig, global_params: NDArrays,
+def run_dp_audit(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, global_params: NDArrays,
                  progress: Callable[[int, int, str], None] = lambda *_: None
                  ) -> dict[str, Any]:
-    """The ``dp_audit`` block of ``summary.json`` for hospital-level DP."""
+    """The ``dp_audit`` block of ``summary.json``."""
     audit = cfg.attacks.dp_audit
     t0 = time.perf_counter()
-    scores, present = canary_scores(cfg, global_params, audit.canaries, cfg.seed, progress)
+    if audit.kind == "patient":
+        scores, present, rounds = patient_canary_scores(run_dir, cfg, cohort)
+    else:
+        scores, present = canary_scores(cfg, global_params, audit.canaries, cfg.seed, progress)
+        rounds = cfg.federation.rounds
     delta = cfg.defenses.dp.delta
     found = audit_epsilon(scores, present, delta, audit.confidence)
     eps = planned_accounting(cfg).epsilon(cfg.federation.rounds)
@@ -104,7 +156,9 @@ def run_dp_audit(cfg: ExperimentConfig, global_params: NDArrays,
                                  int((~guessed & present).sum()), int(present.sum()), delta,
                                  audit.confidence)
     bound = float(found["epsilon_lower_bound"])
-    estimate = one_shot_epsilon(scores[present], scores[~present], delta)
+    # Andrew et al.'s estimate assumes one Gaussian release per canary: hospital level only.
+    estimate = (one_shot_epsilon(scores[present], scores[~present], delta)
+                if audit.kind == "client" else math.nan)
     return {
         "kind": audit.kind,
         "epsilon_lower_bound": bound,
@@ -119,8 +173,9 @@ def run_dp_audit(cfg: ExperimentConfig, global_params: NDArrays,
         "guesses": int(found["guesses"]),
         "correct": int(found["correct"]),
         "clopper_pearson": cp,
-        # None: the absent canaries' scores do not vary (no noise): no finite estimate.
+        # None: no estimate (patient level), or the absent canaries' scores do not vary.
         "one_shot_estimate": estimate if math.isfinite(estimate) else None,
-        "rounds": cfg.federation.rounds,
+        "rounds": rounds,
+        "observed": "aggregate" if cfg.defenses.secure_aggregation else "uploads",
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from engine.clients.dp import (
+    AUDITED_CENTER,
     DPAccounting,
+    gradient_canaries,
     planned_accounting,
     privatize_update,
     public_metadata,
@@ -71,10 +73,13 @@ def client_update(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cente
         return train_local(model, global_params, data, local, seed=seed)
     dp = cfg.defenses.dp
     if dp.level == "sample":
+        audit = cfg.attacks.dp_audit
+        canaries = (gradient_canaries(model, audit.canaries, dp.clip_norm, cfg.seed)
+                    if audit.enabled and center == AUDITED_CENTER else None)
         trained, _ = train_local_dp_sgd(model, global_params, data, local,
                                         planned_accounting(cfg), dp.clip_norm,
                                         declared_patients=cfg.data.patients_per_center,
-                                        seed=seed)
+                                        seed=seed, canaries=canaries)
     else:
         trained, _ = train_local(model, global_params, data, local, seed=seed)
     return trained, public_metadata(cfg)

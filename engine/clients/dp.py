@@ -236,9 +236,65 @@ def patient_gradients(model: torch.nn.Module, params: dict[str, torch.Tensor],
     return total / counts[:, None]
 
 
+# The hospital whose DP-SGD carries a patient-level audit's canaries (Hospital A).
+AUDITED_CENTER = 0
+
+
+@dataclass(frozen=True)
+class GradientCanaries:
+    """The canary patients of a white-box audit of patient-level DP-SGD (Dirac canaries, as
+    in Nasr et al. 2023 and the one-run audit of Steinke et al. 2023).
+
+    Canary k is a patient whose gradient is ``norm`` on the single parameter coordinate
+    ``(names[k], index[k])`` (flat index inside that parameter) and 0 elsewhere; it belongs
+    to the hospital's data when ``present[k]``. DP-SGD treats it as any patient: Poisson
+    sampling at the accountant's rate, the clip to C (``norm`` is 2C, so the clip acts), the
+    noisy sum. The neighbouring datasets of the guarantee differ by one such patient, so the
+    audit's bound must stay below the accountant's ε whatever the gradient looks like.
+    """
+
+    names: tuple[str, ...]
+    index: np.ndarray
+    present: np.ndarray
+    norm: float
+    seed: int
+
+    def offsets(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The present canaries' coordinates in the concatenation of ``params`` (in order)."""
+        start, at = {}, 0
+        for name, p in params.items():
+            start[name] = at
+            at += p.numel()
+        return torch.as_tensor([start[n] + int(i) for n, i, keep in
+                                zip(self.names, self.index, self.present, strict=True) if keep],
+                               dtype=torch.long)
+
+
+def gradient_canaries(model: torch.nn.Module, count: int, clip_norm: float,
+                      seed: int) -> GradientCanaries:
+    """``count`` canaries on distinct coordinates of ``model``'s parameters, drawn with
+    ``seed``; each present with probability ½."""
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    rng = np.random.default_rng([seed, 0xCA, 1])
+    flat = np.sort(rng.choice(sum(sizes.values()), size=count, replace=False))
+    ends = np.cumsum(list(sizes.values()))
+    which = np.searchsorted(ends, flat, side="right")
+    names = tuple(list(sizes)[k] for k in which)
+    index = flat - np.concatenate([[0], ends[:-1]])[which]
+    present = np.random.default_rng([seed, 0xCA]).random(count) < 0.5
+    return GradientCanaries(names, index, present, 2 * clip_norm, seed)
+
+
+def clip_factors(norms: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """The factor that brings each gradient of norm ``norms`` to at most ``clip_norm``."""
+    return (clip_norm / (norms + 1e-12)).clamp(max=1.0)
+
+
 def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: SliceSet,
                        cfg: LocalTraining, accounting: DPAccounting, clip_norm: float, *,
-                       declared_patients: int, seed: int) -> tuple[NDArrays, dict[str, float]]:
+                       declared_patients: int, seed: int,
+                       canaries: GradientCanaries | None = None
+                       ) -> tuple[NDArrays, dict[str, float]]:
     """Local training with patient-level DP-SGD (see the module docstring).
 
     Each of ``accounting.steps_per_round`` steps samples every patient with probability
@@ -247,7 +303,9 @@ def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: Sl
     patients of a hospital of ``declared_patients`` (public: dividing by the real count would
     scale the released step by a function of the data); Adam or SGD then steps on that noisy
     gradient (post-processing). The FedProx term's gradient does not depend on the data and
-    is added after the noise. Returns the new parameters and ``{"steps", "noise_std"}``.
+    is added after the noise. ``canaries`` (an audit's, :class:`GradientCanaries`) are
+    sampled, clipped and summed with the patients, on their own random stream. Returns the
+    new parameters and ``{"steps", "noise_std"}``.
     """
     device = next(model.parameters()).device
     set_parameters(model, global_params)
@@ -264,10 +322,19 @@ def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: Sl
         else torch.optim.SGD(params.values(), lr=cfg.lr))
     gen = torch.Generator().manual_seed(seed)
     q, sigma = accounting.sample_rate, accounting.noise_multiplier
+    std = compute_stdv(sigma, clip_norm, 1)  # σ·C, as at hospital level
     expected = q * declared_patients
+    if canaries is not None:
+        canary_at = canaries.offsets(params).to(device)
+        canary_gen = torch.Generator().manual_seed(seed ^ canaries.seed)
+        canary_norms = torch.full((len(canary_at),), canaries.norm, device=device)
     for _ in range(accounting.steps_per_round):
         chosen = (torch.rand(len(ids), generator=gen) < q).nonzero().flatten().tolist()
         total = torch.zeros(sum(v.numel() for v in params.values()), device=device)
+        if canaries is not None:
+            drawn = (torch.rand(len(canary_at), generator=canary_gen) < q).to(device)
+            total.index_add_(0, canary_at[drawn],
+                             (canary_norms * clip_factors(canary_norms, clip_norm))[drawn])
         if chosen:
             rows = torch.isin(owner_all, torch.as_tensor(chosen, device=device))
             remap = {p: i for i, p in enumerate(chosen)}
@@ -275,9 +342,8 @@ def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: Sl
             detached = {k: v.detach() for k, v in params.items()}
             per = patient_gradients(model, detached, buffers, mri[rows], ct[rows], owner,
                                     len(chosen), cfg.loss)
-            factor = (clip_norm / (per.norm(dim=1) + 1e-12)).clamp(max=1.0)
-            total = (per * factor[:, None]).sum(dim=0)
-        noise = torch.randn(total.shape, generator=gen).to(device) * sigma * clip_norm
+            total += (per * clip_factors(per.norm(dim=1), clip_norm)[:, None]).sum(dim=0)
+        noise = torch.randn(total.shape, generator=gen).to(device) * std
         noisy = (total + noise) / expected
         opt.zero_grad(set_to_none=True)
         offset = 0
@@ -288,5 +354,4 @@ def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: Sl
             p.grad = g.clone()
             offset += p.numel()
         opt.step()
-    return get_parameters(model), {"steps": accounting.steps_per_round,
-                                   "noise_std": sigma * clip_norm}
+    return get_parameters(model), {"steps": accounting.steps_per_round, "noise_std": std}

@@ -302,8 +302,9 @@ class DPAuditConfig(_Section):
     """An empirical lower bound on ε from canaries (see engine/attacks/dp_audit.py)."""
 
     enabled: bool = False
-    kind: Literal["client"] = Field(
-        "client", description="client: canary hospitals audit hospital-level DP")
+    kind: Literal["client", "patient"] = Field(
+        "client", description="client: canary hospitals audit hospital-level DP; patient: "
+        "canary patients in Hospital A's DP-SGD audit patient-level DP")
     canaries: int = Field(200, ge=16, le=10_000,
                           description="canaries, each present with probability ½")
     confidence: float = Field(0.95, ge=0.5, le=0.999,
@@ -366,11 +367,25 @@ class ExperimentConfig(_Section):
         return self
 
     def _check_dp_audit_rules(self) -> None:
-        """The canary audit checks hospital-level DP: there must be some to check."""
-        dp = self.defenses.dp
-        if self.attacks.dp_audit.enabled and not (dp.enabled and dp.level == "client"):
-            raise ValueError("attacks.dp_audit.enabled = true audits hospital-level DP: set "
-                             "defenses.dp.enabled = true and defenses.dp.level = client")
+        """The canary audit checks the DP of its kind: there must be some to check, and the
+        patient-level audit reads Hospital A's uploads from the server view."""
+        dp, audit = self.defenses.dp, self.attacks.dp_audit
+        if not audit.enabled:
+            return
+        level = {"client": "client", "patient": "sample"}[audit.kind]
+        if not (dp.enabled and dp.level == level):
+            raise ValueError(f"attacks.dp_audit.kind = {audit.kind!r} audits "
+                             f"{'hospital' if level == 'client' else 'patient'}-level DP: set "
+                             f"defenses.dp.enabled = true and defenses.dp.level = {level}")
+        if audit.kind == "patient":
+            if self.federation.server_view_rounds == "none":
+                raise ValueError("attacks.dp_audit.kind = 'patient' scores Hospital A's "
+                                 "uploads in the server view: set federation.server_view_rounds"
+                                 " = all (or the rounds to score)")
+            if self.attacks.poisoning.enabled and 0 in self.attacks.poisoning.malicious_centers:
+                raise ValueError("attacks.dp_audit.kind = 'patient' puts its canaries in "
+                                 "Hospital A (center 0), which is malicious here and applies no"
+                                 " DP: remove 0 from attacks.poisoning.malicious_centers")
 
     def _check_name(self) -> None:
         # The label is printed in run lists and terminals: no control characters (an escape
