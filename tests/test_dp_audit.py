@@ -148,6 +148,17 @@ def test_noise_switched_off_under_a_claimed_epsilon_1_is_a_violation(runs_dir, m
     assert audit["verdict"] == "violation" and audit["epsilon_lower_bound"] > 3
 
 
+def test_the_batched_and_sequential_paths_audit_alike(runs_dir):
+    """Both in-process paths noise every upload in the hospitals' client code, the canaries'
+    included: the audits agree, but for the float rounding of the final global model that
+    the canaries' float32 models are built on (the two paths round differently)."""
+    on, off = (_audited(runs_dir, "defenses.dp.target_epsilon=8",
+                        f"federation.batched_clients={mode}") for mode in ("on", "off"))
+    assert on.pop("seconds") >= 0 and off.pop("seconds") >= 0
+    assert on.pop("one_shot_estimate") == pytest.approx(off.pop("one_shot_estimate"), rel=1e-5)
+    assert on == off and on["epsilon_lower_bound"] > 0.5
+
+
 def test_patient_canaries_are_sampled_and_clipped_like_patients():
     """DP-SGD without noise, SGD: against the same training without canaries, each present
     canary's coordinate moves by −lr·C/(q·declared) each time it is drawn (its 2C clipped to

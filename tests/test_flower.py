@@ -19,11 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import engine.federation.flower_app as flower_app
+from engine.attacks.dp_audit import run_dp_audit
 from engine.core.config import ConfigError
 from engine.core.run_folder import RunFolder
 from engine.federation.flower_app import EngineStrategy, failure_text
 from engine.federation.secagg import SecAggParams, quantization_error_bound
 from engine.federation.server_view import ServerView
+from engine.learning.model import build_model, get_parameters
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
@@ -218,3 +221,25 @@ def test_flower_run_config_and_components_are_in_pyproject():
                                  "clientapp": "engine.federation.flower_app:client_app"}
     assert "run-dir" in app["config"]
     assert json.dumps(app["fab-include"]) == '["engine/**/*.py"]'
+
+
+def test_flower_sim_audits_like_in_process_and_audits_the_dp_mod(tmp_path, monkeypatch):
+    """The canary hospitals of a Flower run upload through the ClientApp's DP mod: the same
+    audit as in process (same clip, same noise streams), and a mod whose noise is switched
+    off is caught although the hospitals' in-process code is intact."""
+    audit = ["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.5",
+             "defenses.dp.target_epsilon=1", "attacks.dp_audit.enabled=true"]
+    ref, s_ref = _run(tmp_path, *audit)
+    run, summary = _run(tmp_path, *audit, "federation.runtime=flower-sim")
+    assert summary and s_ref, run.status()
+    seen, want = dict(summary["dp_audit"]), dict(s_ref["dp_audit"])
+    assert seen.pop("seconds") >= 0 and want.pop("seconds") >= 0
+    assert seen == want and seen["verdict"] == "consistent"
+
+    honest = flower_app.privatize_update
+    monkeypatch.setattr(flower_app, "privatize_update",
+                        lambda local, glob, clip, _sigma, rng: honest(local, glob, clip, 0.0, rng))
+    cfg = run.config()
+    # A canary's upload does not depend on the global model: any model of the run's shape.
+    broken = run_dp_audit(run.path, cfg, None, get_parameters(build_model(cfg)))
+    assert broken["verdict"] == "violation" and broken["epsilon_lower_bound"] > 1

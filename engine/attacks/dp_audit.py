@@ -12,7 +12,8 @@ canaries each present with probability ½ (the one-run design of Steinke, Nasr &
   the accountant's add/remove relation assumes). Both upload through the hospitals' own
   client code (:func:`engine.clients.behaviour.client_upload`: pruning, clip, noise, each
   canary on its own random stream), so an absent canary is never visible from the mere
-  existence of an upload. The server's score of a canary is the sum over rounds of the
+  existence of an upload (in a Flower run, through the ClientApp's DP mod, which adds the
+  noise there). The server's score of a canary is the sum over rounds of the
   cosine between u and its upload's update, or, under secure aggregation, the update of the
   round's aggregate of the canaries (the server sees only their sum). The canaries are
   audited, not aggregated: the run's model is what the hospitals trained.
@@ -44,6 +45,7 @@ from engine.core.audit import audit_cap, audit_epsilon, clopper_pearson_epsilon,
 from engine.core.config import ExperimentConfig
 from engine.core.types import NDArrays, is_float
 from engine.data.types import Cohort
+from engine.federation.flower_app import dp_mod_upload
 from engine.federation.server_view import ServerView
 from engine.learning.model import build_model
 
@@ -73,6 +75,8 @@ def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int,
     start = [global_params[i].astype(np.float64) for i in floats]  # once, not per upload
     rounds = cfg.federation.rounds
     summed = cfg.defenses.secure_aggregation
+    # A Flower hospital's noise is added by the ClientApp's DP mod: audit that code.
+    in_process = cfg.federation.runtime == "inprocess"
     scores = np.zeros(canaries)
     aggregate = np.zeros((rounds, sum(sizes))) if summed else None
     for k in range(canaries):
@@ -84,8 +88,9 @@ def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int,
                 local[i] = (base + 2 * clip * part.reshape(base.shape)
                             ).astype(global_params[i].dtype)
         for rnd in range(1, rounds + 1):
-            upload = client_upload(cfg, rnd, CANARY_FIRST + k, local, {}, global_params,
-                                   malicious=False)
+            upload = (client_upload(cfg, rnd, CANARY_FIRST + k, local, {}, global_params,
+                                    malicious=False) if in_process else
+                      dp_mod_upload(cfg, rnd, CANARY_FIRST + k, local, global_params))
             delta = np.concatenate([(upload[i].astype(np.float64) - base).ravel()
                                     for i, base in zip(floats, start, strict=True)])
             if aggregate is not None:

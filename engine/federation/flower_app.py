@@ -41,6 +41,8 @@ from flwr.common import (
     FitRes,
     Message,
     Parameters,
+    RecordDict,
+    Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
@@ -60,7 +62,7 @@ from engine.clients.behaviour import (
     is_malicious,
     training_sets,
 )
-from engine.clients.dp import planned_accounting, privatize_update
+from engine.clients.dp import planned_accounting, privatize_update, public_metadata
 from engine.core.config import ExperimentConfig
 from engine.core.run_folder import RunFolder, write_json_atomic
 from engine.core.types import NDArrays
@@ -179,6 +181,29 @@ def _client_dp(msg: Message, ctxt: Context, call_next: Any) -> Message:
 
 # Outermost first: SecAgg+ masks what the DP mod returns.
 client_app = ClientApp(client_fn=_client_fn, mods=[_secaggplus_when_asked, _client_dp])
+
+
+def dp_mod_upload(cfg: ExperimentConfig, rnd: int, center: int, local: NDArrays,
+                  global_params: NDArrays) -> NDArrays:
+    """What the ClientApp's DP mod (:func:`_client_dp`) sends for a hospital ``center`` whose
+    training returned ``local`` in round ``rnd``: the round's real train message and reply,
+    passed through the mod itself (the privacy audit sends its canary hospitals through it
+    when the run is a Flower run)."""
+    ins = FitIns(ndarrays_to_parameters(global_params),
+                 {"experiment": cfg.model_dump_json(), "round": rnd})
+    msg = Message(content=compat.fitins_to_recorddict(ins, keep_input=True), dst_node_id=1,
+                  message_type=MessageType.TRAIN)
+    ctxt = Context(run_id=0, node_id=1, node_config={"partition-id": center},
+                   state=RecordDict(), run_config={})
+
+    def trained(m: Message, _: Context) -> Message:
+        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(local),
+                     int(public_metadata(cfg)["num_examples"]), {})
+        return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=m)
+
+    out = _client_dp(msg, ctxt, trained)
+    return parameters_to_ndarrays(compat.recorddict_to_fitres(out.content,
+                                                              keep_input=True).parameters)
 
 
 # --------------------------------------------------------------------------- server
