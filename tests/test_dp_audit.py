@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 import engine.clients.dp
 from engine.attacks.dp_audit import audit_verdict
@@ -195,3 +195,35 @@ def test_the_audit_needs_dp_of_its_kind_and_a_server_view():
         build_config("smoke", sets=["attacks.dp_audit.enabled=true", "defenses.dp.enabled=true",
                                     "defenses.dp.level=sample", "attacks.dp_audit.kind=patient",
                                     "federation.server_view_rounds=none"])
+
+
+def _roc_hull(scores_in: np.ndarray, scores_out: np.ndarray) -> list[tuple[int, int]]:
+    """(false, true) positives at the vertices of the ROC's upper convex hull, guessing
+    'present' for scores ≥ a threshold (collinear points dropped)."""
+    t = np.union1d(scores_in, scores_out)[::-1]
+    tp = np.searchsorted(-np.sort(scores_in)[::-1], -t, side="right")
+    fp = np.searchsorted(-np.sort(scores_out)[::-1], -t, side="right")
+    hull: list[tuple[int, int]] = []
+    for p in [(0, 0), *zip(fp.tolist(), tp.tolist(), strict=True)]:
+        while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
+                                  - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])) >= 0:
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
+@pytest.mark.parametrize(("shift", "published"), [(1, 1.13346), (2, 2.311945), (4, 4.395568)])
+def test_one_run_bound_matches_jax_privacy_published_values(shift, published):
+    """jax_privacy's auditing tests publish the one-run bound (one-sided guesses, Bonferroni
+    over the ROC hull's thresholds) for 10,000 present and 10,000 absent canaries whose
+    scores are evenly spaced quantiles of N(shift, 1) and N(0, 1), at 95 % and δ = 1e-6.
+    The same guesses through :func:`one_run_epsilon` give the same ε."""
+    n = 10_000
+    quantiles = np.linspace(0, 1, n, endpoint=False) + 1 / (2 * n)
+    hull = _roc_hull(norm.ppf(quantiles) + shift, norm.ppf(quantiles))
+    confidence, best = 1 - 0.05 / len(hull), 0.0
+    # Most precise guess sets first; a set no more precise than e^best : 1 cannot beat best.
+    for fp, tp in sorted(hull, key=lambda p: -p[1] / max(sum(p), 1)):
+        if tp + fp and tp / (tp + fp) > 1 / (1 + math.exp(-best)):
+            best = max(best, one_run_epsilon(2 * n, tp + fp, tp, 1e-6, confidence))
+    assert best == pytest.approx(published, abs=2e-4)  # their search stops at a 1e-4 tolerance
