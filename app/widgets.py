@@ -115,7 +115,7 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
             job_progress(job.run_id, cfg.federation.rounds)
             if note:
                 st.caption(note)
-            if st.button("Stop this run", icon=":material/stop_circle:", key="cancel"):
+            if st.button("Stop this run", icon=":material/stop_circle:", key=f"cancel_{param}"):
                 with st.spinner("Stopping: the current hospital finishes its step first…"):
                     jobs.cancel_job(job, grace_s=15)
                 st.rerun()

@@ -8,6 +8,14 @@ import streamlit as st
 
 from app.state import persisted
 from app.views.common import hospital_name
+from app.views.dp_audit import (
+    audit_cell_words,
+    audit_figure,
+    audit_runs,
+    audit_sweep_sentence,
+    audit_table,
+    audit_verdict,
+)
 from app.views.mia import (
     POOLED,
     MiaRun,
@@ -26,7 +34,7 @@ from app.widgets import preset_jobs, run_picker, study_box, verdict_box
 from engine.core.config import ConfigError
 from engine.orchestration.presets import sweep_spec
 
-RUN_PARAM, COMPARE_PARAM = "mia_run", "mia_compare"
+RUN_PARAM, COMPARE_PARAM, AUDIT_PARAM = "mia_run", "mia_compare", "audit_run"
 PRESETS = (("mia-paper", "Attack an undefended federation"),
            ("mia-secagg", "Attack with secure aggregation"))
 
@@ -168,6 +176,36 @@ def _dp_tradeoff() -> None:
         st.caption(f"{len(rows)} of {sweep.total} noise levels finished so far.")
 
 
+def _dp_audit(rows: list) -> None:
+    st.markdown("#### Privacy audit: does the noise give the ε the accountant claims?")
+    st.caption("The ε above is computed, not measured: it holds only if the code adds the noise "
+               "the accountant assumes. The audit checks the code. Hundreds of canaries (made-up "
+               "hospitals, or made-up patients inside Hospital A's DP-SGD), each present with "
+               "probability ½, go through the hospitals' own privacy code; the server then "
+               "guesses which were present. Guessing well proves a lower bound on ε: above the "
+               "claimed ε, the implementation is wrong.")
+    preset_jobs(AUDIT_PARAM, (("dp-audit", "Audit hospital-level DP at ε 8"),),
+                kind="audit", retry="dp-audit",
+                intro="**Run a privacy audit** (about 10 s, in the background)")
+    runs, damaged = audit_runs(rows)
+    for path in damaged:
+        st.warning(f"`{path}` is missing or damaged, so that run's audit can't be shown. Run "
+                   "the preset again.")
+    if runs:
+        shown = run_picker(runs, AUDIT_PARAM, "Audited run",
+                           help="Finished runs with a privacy audit (attacks.dp_audit).")
+        if shown is not None and shown.summary and shown.summary.dp_audit:
+            verdict_box(audit_verdict(shown.summary.dp_audit))
+        st.dataframe(audit_table(runs), hide_index=True)
+    sweep = read_sweep("dp-audit")
+    st.caption(sweep_spec("dp-audit")["description"])
+    study_box(sweep, audit_cell_words)
+    audited = [r for r in sweep.rows or [] if r.get("audit_bound") is not None]
+    if audited:
+        st.plotly_chart(audit_figure(audited))
+        st.markdown(audit_sweep_sentence(audited))
+
+
 st.title("Membership inference")
 st.markdown(
     "In a **membership-inference attack**, a curious server tries to tell whether a given "
@@ -178,7 +216,8 @@ st.markdown(
 preset_jobs(RUN_PARAM, PRESETS, kind="attack", retry="mia-paper",
             intro="**Run a new attack experiment** (about 2 minutes each, in the background: "
                   "you may leave this page and come back)")
-runs, damaged = mia_runs(list_runs())
+listed = list_runs()
+runs, damaged = mia_runs(listed)
 for path in damaged:
     st.warning(f"`{path}` is missing or damaged, so that run's attack results can't be "
                "shown. Run the preset again.")
@@ -193,3 +232,4 @@ else:
     _tables(shown)
     _secagg(shown, compare)
 _dp_tradeoff()
+_dp_audit(listed)

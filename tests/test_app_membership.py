@@ -17,8 +17,9 @@ from streamlit.testing.v1 import AppTest
 
 import engine.orchestration.jobs
 from app.views.common import hospital_name
+from app.views.dp_audit import audit_verdict
 from app.views.mia import attack_name, dp_sentence, noise_label, verdict
-from engine.analyses.results import MiaSummary
+from engine.analyses.results import DPAuditSummary, MiaSummary
 from engine.core.run_folder import RunFolder
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
@@ -289,9 +290,59 @@ def test_start_button_tracks_the_job(runs_dir: Path, monkeypatch: pytest.MonkeyP
     assert at.query_params["mia_run"]
     assert "Waiting for its turn in the job queue" in at.get("progress")[0].proto.text
     assert not at.button(key="start_mia-paper").disabled  # a second job would queue
-    assert at.button(key="cancel")
+    assert at.button(key="cancel_mia_run")
 
     open_run(at.query_params["mia_run"]).set_status("failed", error="RuntimeError: boom")
     at.run()
     assert any("boom" in e.value for e in at.error)
     assert not at.button(key="start_mia-paper").disabled
+
+
+def test_privacy_audit_section_shows_the_claim_beside_the_audit(runs_dir: Path) -> None:
+    run = create_run(build_config("dp-audit", sets=["federation.rounds=2",
+                                                    "attacks.dp_audit.canaries=100"]),
+                     runs_dir, preset="dp-audit")
+    summary = execute(run)
+    assert summary is not None, run.status()
+    audit = summary["dp_audit"]
+    rows = [{"cell": f"{kind} {eps}", "audit_kind": kind, "epsilon": eps, "audit_bound": bound,
+             "audit_cap": 4.6, "audit_verdict": "consistent"}
+            for kind, eps, bound in (("client", None, 4.6), ("client", 8.0, 1.97),
+                                     ("client", 1.0, 0.04), ("patient", 8.0, 1.32))]
+    folder = sweep_folder("dp-audit")
+    folder.mkdir(parents=True)
+    (folder / "table.json").write_text(json.dumps(rows))
+    (folder / "sweep.json").write_text(json.dumps({"state": "done", "cells_done": 4,
+                                                   "cells": [{}] * 4}))
+
+    at = _page(audit_run=run.run_id)
+    text = _md(at)
+    assert "Privacy audit: does the noise give the ε the accountant claims?" in text
+    claimed = f"{audit['accountant_epsilon']:.3g}"
+    assert f"Consistent with the accountant's ε ≤ {claimed}" in text
+    assert f"certifies ε ≥ **{audit['epsilon_lower_bound']:.2f}**" in text
+    assert "100 canary hospitals" in text and "over 2 rounds" in text
+    table = at.dataframe[-1].value
+    assert table["Accountant ε"].tolist() == [claimed]
+    assert table["Verdict"].tolist() == ["consistent"]
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    names = [t["name"] for t in spec["data"]]
+    assert names[0].startswith("bound = claim")  # the diagonal
+    assert spec["data"][1]["y"] == [0.04, 1.97, 4.6]  # hospital level, by claimed ε
+    assert spec["data"][1]["x"][-1] == 256.0  # ε ∞ drawn at the axis's "∞" tick
+    assert "no audit bound exceeds the accountant's ε; the closest: ε ≥ 1.97" in text
+
+
+@pytest.mark.parametrize(("verdict", "claimed", "colour", "words"), [
+    ("violation", 1.0, "red", "gives less privacy than claimed"),
+    ("weak_audit", 8.0, "gray", "too small to test the claim"),
+    ("consistent", None, "gray", "No privacy is claimed"),
+    ("consistent", 8.0, "green", "Consistent with the accountant's ε ≤ 8"),
+])
+def test_audit_verdicts_in_words(verdict, claimed, colour, words) -> None:
+    block = DPAuditSummary(kind="patient", epsilon_lower_bound=3.2, canaries=500, cap=4.6,
+                           accountant_epsilon=claimed, verdict=verdict, guesses=100,
+                           correct=98, rounds=1)
+    v = audit_verdict(block)
+    assert v.colour == colour and words in v.title
+    assert "canary patients in Hospital A's DP-SGD" in v.detail and "over 1 round;" in v.detail

@@ -20,12 +20,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import yaml
 
+from app.views import dp_audit as audit_ui
 from app.views import inversion as inv_ui
 from app.views import mia as mia_ui
 from app.views import poisoning as poi_ui
 from app.views import whatif as whatif_ui
 from app.views.common import UNSEEN_LABEL, Verdict, history_figure, hospital_name
 from engine.analyses.results import (
+    DPAuditSummary,
     InversionSummary,
     MiaSummary,
     PoisoningSummary,
@@ -318,6 +320,10 @@ def _whatif(run: RunFiles, whatif: WhatifSummary, figure: _Figures) -> str:
     return "".join(out)
 
 
+def _dp_audit(audit: DPAuditSummary) -> str:
+    return "<h2>Privacy audit</h2>" + _verdict_box(audit_ui.audit_verdict(audit))
+
+
 @dataclass
 class Report:
     html: str
@@ -338,7 +344,8 @@ def make_report(run_dir: str | Path) -> Report:
     sections = (("mia", "membership inference", lambda b: _membership(run, b, figure)),
                 ("inversion", "gradient inversion", lambda b: _inversion(run, b)),
                 ("poisoning", "poisoning", lambda b: _poisoning(run, b, figure)),
-                ("whatif", "what-if for one patient", lambda b: _whatif(run, b, figure)))
+                ("whatif", "what-if for one patient", lambda b: _whatif(run, b, figure)),
+                ("dp_audit", "privacy audit", _dp_audit))
     for key, label, section in sections:
         block = getattr(s, key)
         if block is not None:

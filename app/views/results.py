@@ -52,7 +52,7 @@ def _read_yaml(path: str, mtime: float) -> Any:
 
 # Summary keys of the attacks, and the config section that enables each.
 ATTACK_KEYS = {"mia": "membership", "inversion": "inversion", "poisoning": "poisoning",
-               "whatif": None}
+               "whatif": None, "dp_audit": "dp_audit"}
 
 
 @dataclass

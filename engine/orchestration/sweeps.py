@@ -44,7 +44,9 @@ def table_row(label: str, sets: list[str], run: RunFolder,
     ``norm``, ``batch_size``, ``local_epochs``, ``image_size``, ``dp_level``), read from the
     run's config, and the ε the run reached (``epsilon``, null = ∞).
     Inversion results are ``inversion_<metric>`` (means over clients) and
-    ``inversion_ssim_body[<center>]``. ``s`` is the run's summary.
+    ``inversion_ssim_body[<center>]``; a privacy audit's are ``audit_kind``, ``audit_bound``,
+    ``audit_cap``, ``audit_canaries``, ``audit_confidence`` and ``audit_verdict``. ``s`` is
+    the run's summary.
     """
     cfg = run.config()
     fin = (s.get("federation") or {}).get("final") or {}
@@ -105,6 +107,11 @@ def table_row(label: str, sets: list[str], run: RunFolder,
                 "inversion_null_ssim_body": inv.get("null_ssim_body")}
         for center, v in inv["per_client"].items():
             row[f"inversion_ssim_body[{center}]"] = v["ssim_body"]
+    audit = s.get("dp_audit")
+    if audit:
+        row |= {"audit_kind": audit["kind"], "audit_bound": audit["epsilon_lower_bound"],
+                "audit_cap": audit["cap"], "audit_canaries": audit["canaries"],
+                "audit_confidence": audit["confidence"], "audit_verdict": audit["verdict"]}
     return row
 
 
