@@ -227,3 +227,12 @@ def test_one_run_bound_matches_jax_privacy_published_values(shift, published):
         if tp + fp and tp / (tp + fp) > 1 / (1 + math.exp(-best)):
             best = max(best, one_run_epsilon(2 * n, tp + fp, tp, 1e-6, confidence))
     assert best == pytest.approx(published, abs=2e-4)  # their search stops at a 1e-4 tolerance
+
+
+def test_more_canary_patients_than_coordinates_is_refused():
+    net = build_unet((4, 8), "instance", 0)
+    n = sum(p.numel() for p in net.parameters())
+    with pytest.raises(ValueError, match=f"canaries = {n + 1:,} is more than the model's {n:,} "
+                                         "parameters"):
+        gradient_canaries(net, n + 1, 1.0, 0)
+    assert len(gradient_canaries(net, n, 1.0, 0).names) == n

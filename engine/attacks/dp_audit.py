@@ -73,35 +73,49 @@ def canary_scores(cfg: ExperimentConfig, global_params: NDArrays, canaries: int,
     sizes = [global_params[i].size for i in floats]
     clip = cfg.defenses.dp.clip_norm
     start = [global_params[i].astype(np.float64) for i in floats]  # once, not per upload
-    rounds = cfg.federation.rounds
-    summed = cfg.defenses.secure_aggregation
+    rounds, size = cfg.federation.rounds, sum(sizes)
     # A Flower hospital's noise is added by the ClientApp's DP mod: audit that code.
     in_process = cfg.federation.runtime == "inprocess"
-    scores = np.zeros(canaries)
-    aggregate = np.zeros((rounds, sum(sizes))) if summed else None
-    for k in range(canaries):
-        u = _unit_direction(seed, k, sum(sizes))
-        parts = np.split(u, np.cumsum(sizes)[:-1])
+
+    def trained(k: int, u: np.ndarray) -> NDArrays:
+        """Canary ``k``'s local model: the global one, moved by 2C along u when present."""
         local = [a.copy() for a in global_params]
         if present[k]:
+            parts = np.split(u, np.cumsum(sizes)[:-1])
             for i, base, part in zip(floats, start, parts, strict=True):
                 local[i] = (base + 2 * clip * part.reshape(base.shape)
                             ).astype(global_params[i].dtype)
-        for rnd in range(1, rounds + 1):
-            upload = (client_upload(cfg, rnd, CANARY_FIRST + k, local, {}, global_params,
-                                    malicious=False) if in_process else
-                      dp_mod_upload(cfg, rnd, CANARY_FIRST + k, local, global_params))
-            delta = np.concatenate([(upload[i].astype(np.float64) - base).ravel()
-                                    for i, base in zip(floats, start, strict=True)])
-            if aggregate is not None:
-                aggregate[rnd - 1] += delta
-            else:
-                scores[k] += float(delta @ u) / (np.linalg.norm(delta) + 1e-30)
-        progress(k + 1, canaries, f"canary {k + 1:,} of {canaries:,}")
-    if aggregate is not None:
-        aggregate /= np.linalg.norm(aggregate, axis=1, keepdims=True) + 1e-30
+        return local
+
+    def update(k: int, rnd: int, local: NDArrays) -> np.ndarray:
+        """The update canary ``k`` uploads in round ``rnd``, flattened (float64)."""
+        upload = (client_upload(cfg, rnd, CANARY_FIRST + k, local, {}, global_params,
+                                malicious=False) if in_process else
+                  dp_mod_upload(cfg, rnd, CANARY_FIRST + k, local, global_params))
+        return np.concatenate([(upload[i].astype(np.float64) - base).ravel()
+                               for i, base in zip(floats, start, strict=True)])
+
+    scores = np.zeros(canaries)
+    if not cfg.defenses.secure_aggregation:
         for k in range(canaries):
-            scores[k] = float((aggregate @ _unit_direction(seed, k, sum(sizes))).sum())
+            u = _unit_direction(seed, k, size)
+            local = trained(k, u)
+            for rnd in range(1, rounds + 1):
+                delta = update(k, rnd, local)
+                scores[k] += float(delta @ u) / (np.linalg.norm(delta) + 1e-30)
+            progress(k + 1, canaries, f"canary {k + 1:,} of {canaries:,}")
+        return scores, present
+    # Secure aggregation: the server sees each round's sum of the canaries' uploads only.
+    # Round by round (directions drawn again, not stored), so memory stays one model's size.
+    for rnd in range(1, rounds + 1):
+        total = np.zeros(size)
+        for k in range(canaries):
+            total += update(k, rnd, trained(k, _unit_direction(seed, k, size)))
+            progress((rnd - 1) * canaries + k + 1, rounds * canaries,
+                     f"round {rnd} of {rounds}: canary {k + 1:,} of {canaries:,}")
+        total /= np.linalg.norm(total) + 1e-30
+        for k in range(canaries):
+            scores[k] += float(total @ _unit_direction(seed, k, size))
     return scores, present
 
 

@@ -275,6 +275,10 @@ def gradient_canaries(model: torch.nn.Module, count: int, clip_norm: float,
     """``count`` canaries on distinct coordinates of ``model``'s parameters, drawn with
     ``seed``; each present with probability ½."""
     sizes = {n: p.numel() for n, p in model.named_parameters()}
+    if count > sum(sizes.values()):
+        raise ValueError(f"attacks.dp_audit.canaries = {count:,} is more than the model's "
+                         f"{sum(sizes.values()):,} parameters (each canary patient needs a "
+                         f"coordinate of its own); use at most {sum(sizes.values()):,}")
     rng = np.random.default_rng([seed, 0xCA, 1])
     flat = np.sort(rng.choice(sum(sizes.values()), size=count, replace=False))
     ends = np.cumsum(list(sizes.values()))
