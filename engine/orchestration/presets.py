@@ -421,18 +421,6 @@ def _audit_cell(level: str, epsilon: float | None) -> list[str]:
 
 
 SWEEPS: dict[str, dict[str, Any]] = {
-    "dp-audit": {
-        "minutes": 5,  # wall time on 2 CPU cores, benchmarks/README.md
-        "description": (
-            "The privacy audit at ε ∞ (clip, no noise), 64, 8, 4 and 1 for hospital-level DP "
-            "(500 canary hospitals) and patient-level DP-SGD (500 canary patients in Hospital "
-            "A): the audit's lower bound against the accountant's ε, beside the most 500 "
-            "canaries can certify."
-        ),
-        "base": "dp-audit",
-        "cells": [_audit_cell(level, e) for level in ("client", "sample")
-                  for e in AUDIT_EPSILONS],
-    },
     "mia-dp": {
         "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
@@ -452,6 +440,18 @@ SWEEPS: dict[str, dict[str, Any]] = {
                "defenses.dp.clip_norm=1.0", f"defenses.dp.target_epsilon={e}"]
               for e in DP_EPSILONS],
         ],
+    },
+    "dp-audit": {
+        "minutes": 5,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "The privacy audit at ε ∞ (clip, no noise), 64, 8, 4 and 1 for hospital-level DP "
+            "(500 canary hospitals) and patient-level DP-SGD (500 canary patients in Hospital "
+            "A): the audit's lower bound against the accountant's ε, beside the most 500 "
+            "canaries can certify."
+        ),
+        "base": "dp-audit",
+        "cells": [_audit_cell(level, e) for level in ("client", "sample")
+                  for e in AUDIT_EPSILONS],
     },
     "inversion-factors": {
         "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
