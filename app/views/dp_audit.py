@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -98,7 +99,9 @@ def audit_figure(rows: list[dict[str, Any]]) -> go.Figure:
     done = [r for r in rows if r.get("audit_bound") is not None]
     xs = [_x(r.get("epsilon")) for r in done] or [1.0, 64.0]
     low, high = min(0.5, *xs), NO_NOISE_X * 1.5
-    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", name="bound = claim "
+    # Many points: a straight line on the log ε axis is not one on the audit's linear axis.
+    diagonal = np.geomspace(low, high, 80).tolist()
+    fig.add_trace(go.Scatter(x=diagonal, y=diagonal, mode="lines", name="bound = claim "
                              "(above: a violation)", line={"color": "gray", "dash": "dot"},
                              hoverinfo="skip"))
     caps = sorted({round(float(r["audit_cap"]), 2) for r in done})
@@ -121,8 +124,10 @@ def audit_figure(rows: list[dict[str, Any]]) -> go.Figure:
     ticks = [1, 4, 8, 16, 64, NO_NOISE_X]
     fig.update_xaxes(type="log", title_text="ε the accountant claims (∞: no noise)",
                      tickvals=ticks, ticktext=[*map(str, ticks[:-1]), "∞"])
-    fig.update_yaxes(type="log", title_text="ε the audit proves, at least",
-                     range=[math.log10(0.05), math.log10(high)])
+    # Linear from 0 (a bound of 0 is common) up to just above the caps: the diagonal leaves
+    # the chart where no audit of this size could follow it.
+    top = 1.15 * max([*caps, *(r["audit_bound"] for r in done), 1.0])
+    fig.update_yaxes(title_text="ε the audit proves, at least", range=[0, top])
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 20, "b": 10},
                       legend={"orientation": "h", "y": -0.3})
     return fig

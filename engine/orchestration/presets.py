@@ -302,7 +302,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "4 hospitals with hospital-level DP at ε 8 (δ 1e-5, Opacus's accountant); 500 canary "
             "hospitals, each present with probability ½, upload through the hospitals' own clip-"
-            "and-noise code, and the one-run audit bounds ε from below at 95 % (about 20 s)."
+            "and-noise code, and the one-run audit bounds ε from below at 95 % (about 10 s)."
         ),
         "config": _DP_AUDIT,
     },
@@ -442,7 +442,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "dp-audit": {
-        "minutes": 5,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 1,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The privacy audit at ε ∞ (clip, no noise), 64, 8, 4 and 1 for hospital-level DP "
             "(500 canary hospitals) and patient-level DP-SGD (500 canary patients in Hospital "
