@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench clean federation-up
+.PHONY: install browser run test test-fast lint bench clean federation-up
 
 install: $(STAMP)
 
@@ -48,6 +48,13 @@ test: install browser
 	echo "=== numeric tests as on another CPU ($(OTHER_CPU)): test-output/other-cpu.log ==="; \
 	tail -n 40 test-output/other-cpu.log; \
 	test $$main -eq 0 && test $$leg -eq 0
+
+# The unit tests alone, for a quick check while developing (not what CI runs): everything
+# not marked slow (tests/conftest.py says what is), without the other-CPU leg.
+test-fast: install
+	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -m "not slow" -q
 
 # A real Flower deployment on this machine: SuperLink + one SuperNode per hospital, the
 # experiment, then every process stopped (PRESET=smoke by default).

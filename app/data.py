@@ -78,16 +78,18 @@ def slice_viewer(pv: PatientVolume) -> None:
     for col, (label, value) in zip(st.columns(4), views.volume_facts(pv).items(), strict=True):
         col.metric(label, value)
     n = pv.mri.shape[2]
-    z = st.slider("Axial slice", 0, n - 1, n // 2, key="slice",
-                  help="Move through the head from bottom to top.") if n > 1 else 0
+    # Counted from 1 as people count slices ("slice 20 of 20"); z indexes from 0.
+    shown = st.slider("Axial slice", 1, n, n // 2 + 1, key="slice",
+                      help="Move through the head from bottom to top.") if n > 1 else 1
+    z = shown - 1
     m_lo, m_hi = views.mri_window(pv.mri)
     c_lo, c_hi = CT_WINDOW_HU
     target = 320
     left, right = st.columns(2)
     left.image(upscale(to_gray(views.axial(pv.mri, z), m_lo, m_hi), target),
-               caption=f"MRI, slice {z} of {n - 1}", width="stretch")
+               caption=f"MRI, slice {shown} of {n}", width="stretch")
     right.image(upscale(to_gray(views.axial(pv.ct_hu, z), c_lo, c_hi), target),
-                caption=f"CT, slice {z} of {n - 1} ({c_lo:.0f} to {c_hi:.0f} HU)",
+                caption=f"CT, slice {shown} of {n} ({c_lo:.0f} to {c_hi:.0f} HU)",
                 width="stretch")
 
 

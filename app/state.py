@@ -41,6 +41,23 @@ def forget(*names: str) -> None:
         st.session_state.pop(f"w_{name}", None)
 
 
+def set_setting(name: str, value: Any) -> None:
+    """Store a setting as if its widget had been set: the widget shows it when it is next
+    drawn (its own key is dropped so that the stored value is used)."""
+    st.session_state.setdefault(SETTINGS_KEY, {})[name] = value
+    st.session_state.pop(f"w_{name}", None)
+
+
+def changed(name: str, value: Any) -> bool:
+    """Whether ``value`` differs from the last one seen under ``name`` in this session (and
+    remember it): to act once when, e.g., a link opens another run."""
+    key = f"seen_{name}"
+    if st.session_state.get(key) == value:
+        return False
+    st.session_state[key] = value
+    return True
+
+
 def remembered(param: str) -> str | None:
     """A value kept in the URL (``?param=``, survives reloads) and in the session (a page
     switch drops the URL's parameters): the URL wins."""

@@ -18,6 +18,7 @@ from app.state import remember, remembered
 from app.views.common import (
     METRIC_HELP,
     PAGES_DIR,
+    POLL_S,
     STATE_TEXT,
     UNSEEN_LABEL,
     Verdict,
@@ -29,6 +30,7 @@ from app.views.report import Scorecard
 from app.views.results import (
     RunRow,
     Sweep,
+    read_sweep,
     read_sweep_folder,
     sweep_progress_text,
     sweep_state_text,
@@ -38,7 +40,7 @@ from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration import jobs, queue
-from engine.orchestration.presets import build_config, preset_description
+from engine.orchestration.presets import build_config, preset_description, sweep_spec
 from engine.orchestration.store import open_run, runs_root
 
 
@@ -60,7 +62,7 @@ def sidebar(runs_folder: Path) -> None:
     st.sidebar.caption(f"Runs folder: `{runs_folder}`")
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=POLL_S)
 def job_progress(run_id: str, total_rounds: int) -> None:
     """Progress bar of a background run; reruns the whole page once the run ends."""
     progress_bar(run_id, total_rounds)
@@ -94,7 +96,7 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
     """
     job, cfg, status = remembered_run(param, f"the newest {kind} run instead")
     active = status.get("state") in ACTIVE
-    behind = queued_behind()
+    behind = queued_behind(job.path if job else None)
     with st.container(border=True):
         st.markdown(intro)
         for col, (preset, label) in zip(st.columns(len(presets)), presets, strict=True):
@@ -137,7 +139,9 @@ def progress_bar(run_id: str, total_rounds: int) -> list[dict[str, Any]]:
     if status.get("state") not in ACTIVE:
         st.rerun(scope="app")
     records = run.metrics()
-    share, text = progress_text(status, records, total_rounds)
+    started = any(j.state == "running" and Path(j.folder) == run.path
+                  for j in queue.jobs(runs_root()))
+    share, text = progress_text(status, records, total_rounds, started)
     st.progress(share, text=text)
     return records
 
@@ -239,7 +243,7 @@ def render_scorecards(cards: list[Scorecard], pages_dir: Path) -> None:
         box.caption(card.detail)
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=POLL_S)
 def sweep_progress(read: Callable[[], Sweep], describe: Callable[[Sweep], str]) -> None:
     """Progress bar of a background study (``read()`` gives its state, ``describe`` the
     line under the bar); reruns the whole page once it ends."""
@@ -247,6 +251,36 @@ def sweep_progress(read: Callable[[], Sweep], describe: Callable[[Sweep], str]) 
     if not sweep.active:
         st.rerun(scope="app")
     st.progress(min(sweep.cells_done / max(sweep.total, 1), 1.0), text=describe(sweep))
+
+
+def damaged_warnings(paths: list[Path], what: str) -> None:
+    """One warning per finished run whose ``what`` results (attack, audit) can't be read."""
+    for path in paths:
+        st.warning(f"`{path}` is missing or damaged, so that run's {what} results can't be "
+                   "shown. Run the preset again.")
+
+
+def study_section(name: str, title: str, cell_words: Callable[[str | None], str], *,
+                  intro: str = "") -> Sweep | None:
+    """A page's section on background study ``name``: the heading, ``intro`` and the study's
+    description, start/continue/stop and progress, a warning per damaged file, and how many
+    experiments have finished. Returns the study when it has rows to show."""
+    st.markdown(f"#### {title}")
+    try:
+        sweep = read_sweep(name)
+    except ConfigError as err:  # a study the engine no longer offers
+        st.warning(f"The '{name}' study can't be shown: {err}")
+        return None
+    st.caption(intro + sweep_spec(name)["description"])
+    study_box(sweep, cell_words)
+    for path in sweep.damaged:
+        st.warning(f"`{path}` is damaged or unreadable; starting the study again rewrites it "
+                   "(finished experiments are reused).")
+    if not sweep.rows:
+        return None
+    if sweep.state != "done" and sweep.total > len(sweep.rows):
+        st.caption(f"{len(sweep.rows)} of {sweep.total} experiments finished so far.")
+    return sweep
 
 
 def study_box(sweep: Sweep, cell_words: Callable[[str | None], str], *,
@@ -292,6 +326,9 @@ def number_table(table: pd.DataFrame, columns: dict[str, tuple[str, str, str]]) 
 R = TypeVar("R", bound=RunRow)
 
 
+NO_RUN = "— none —"  # what an optional run picker shows when no run is picked
+
+
 def run_picker(rows: list[R], param: str, label: str, help: str, *,
                column: Any = st, optional: bool = False, exclude: str | None = None,
                default: str | None = None) -> R | None:
@@ -310,32 +347,37 @@ def run_picker(rows: list[R], param: str, label: str, help: str, *,
     names = {rid: r.label + (f" · {rid}" if labels.count(r.label) > 1 else "")
              for rid, r in by_id.items()}
     picked = column.selectbox(label, ids, index=ids.index(shown), help=help,
-                              format_func=lambda rid: "nothing" if rid is None else names[rid])
+                              format_func=lambda rid: NO_RUN if rid is None else names[rid])
     if picked != shown:
         remember(param, picked)
         st.rerun()
     return by_id[shown] if shown else None
 
 
-def verdict_box(v: Verdict, *captions: str) -> None:
-    """A verdict as a bordered box: the coloured title, the numbers it rests on, captions."""
-    with st.container(border=True):
+def verdict_box(v: Verdict, *captions: str, lead: str = "") -> Any:
+    """A verdict as a bordered box: the coloured title, ``lead`` and the numbers it rests on,
+    captions. Returns the box, for a chart or images that belong inside it."""
+    box = st.container(border=True)
+    with box:
         st.markdown(f"#### :{v.colour}-background[{v.title}]")
-        if v.detail:
-            st.markdown(v.detail)
+        if lead or v.detail:
+            st.markdown(lead + v.detail)
         for caption in captions:
             if caption:
                 st.caption(caption)
+    return box
 
 
-def queued_behind() -> str | None:
-    """What a new job would wait for ("the study-setup run and 2 more"), or None when it
-    would start at once."""
+def queued_behind(own: Path | None = None) -> str | None:
+    """What a new job would wait for ("study-setup and 2 more"), or None when it would start
+    at once. The job of ``own`` (the run this page started) is called "your run", not
+    counted as somebody else's."""
     waiting = queue.jobs(runs_root())
     if len(waiting) < queue.max_jobs():
         return None
-    first = waiting[0].label
-    return f"{first}" + (f" and {len(waiting) - 1} more" if len(waiting) > 1 else "")
+    names = ["your run" if own is not None and Path(j.folder) == Path(own) else j.label
+             for j in waiting]
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 SWEEP_PAGES = {"poison": "poisoning.py", "inversion": "inversion.py", "mia": "membership.py",
@@ -364,11 +406,10 @@ def _job_page(job: queue.Job) -> tuple[str, dict[str, str]]:
     return "federation.py", {"run": folder.name}
 
 
-@st.fragment(run_every=2.0)
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=POLL_S)
 def job_banner() -> None:
     """On every page, for every session: the job that is running, how far it is, what waits
-    behind it, and a link to where its results will be (refreshed every 2 s)."""
+    behind it, and a link to where its results will be (refreshed every ``POLL_S``)."""
     jobs_now = queue.jobs(runs_root())
     running = [j for j in jobs_now if j.state == "running"]
     if not running:
@@ -381,7 +422,9 @@ def job_banner() -> None:
                 try:
                     run = RunFolder(Path(job.folder))
                     total = run.config().federation.rounds
-                    share, line = progress_text(run.status(), run.metrics(), total)
+                    # The queue runs this job: a run still marked queued is starting.
+                    share, line = progress_text(run.status(), run.metrics(), total,
+                                                started=True)
                 except (ConfigError, OSError):
                     share, line = 0.0, "Starting…"
             else:

@@ -15,6 +15,10 @@ from app.views.data import (
     DATA_ROOTS_ENV,
     LETTERS,
     MIN_PATIENTS,
+    PHANTOM_INTRO,
+    SYNTHRAD_INTRO,
+    UPLOAD_INTRO,
+    UPLOAD_LIMITS,
     allowed_data_path,
     cohort_counts,
     cohort_sets,
@@ -63,53 +67,42 @@ def _cohort(folder: Path) -> None:
     st.code(run_command(folder, counts) or "", language="bash")
 
 
-st.title("Data & centers")
-
-st.header("The simulated hospitals")
-st.markdown(
-    "By default the lab uses artificial brain scans (phantoms). Every hospital has its own "
-    "scanners, so the same kind of head looks different from one hospital to the next: MRI "
-    "brightness and contrast, image noise, sharpness and the field of view all vary. This "
-    "difference between hospitals is what makes learning one shared model hard. Below: one "
-    "patient per hospital, MRI above its CT."
-)
-phantom_preview(DataConfig().centers)
-
-st.header("Use your own scans (NIfTI)")
-st.markdown(
-    "Upload one patient's **MRI** and **CT** as `.nii` or `.nii.gz`. Both must be on the same "
-    "voxel grid (registered to each other) and the CT must be in Hounsfield units. A body mask "
-    "(0 = background, 1 = body) is optional; without one it is derived from the CT."
-)
-c1, c2, c3 = st.columns(3)
-kinds = ["nii", "nii.gz", "gz"]
-mri_file = c1.file_uploader("MRI", type=kinds, key="up_mri")
-ct_file = c2.file_uploader("CT (Hounsfield units)", type=kinds, key="up_ct")
-mask_file = c3.file_uploader("Body mask (optional)", type=kinds, key="up_mask")
-
-pair = None
-if mri_file is None or ct_file is None:
-    st.caption("Choose both an MRI and a CT file to check and preview them.")
-else:
-    mri_bytes, ct_bytes = mri_file.getvalue(), ct_file.getvalue()
-    mask_bytes = mask_file.getvalue() if mask_file is not None else None
+def _upload() -> tuple[bytes, bytes, bytes | None] | None:
+    """The three upload boxes; the checked files (MRI, CT, mask) once they belong together."""
+    st.caption(UPLOAD_LIMITS)
+    c1, c2, c3 = st.columns(3)
+    kinds = ["nii", "nii.gz", "gz"]
+    mri_file = c1.file_uploader("MRI", type=kinds, key="up_mri")
+    ct_file = c2.file_uploader("CT (Hounsfield units)", type=kinds, key="up_ct")
+    mask_file = c3.file_uploader("Body mask (optional)", type=kinds, key="up_mask")
+    if mri_file is None or ct_file is None:
+        st.caption("Choose both an MRI and a CT file to check and preview them.")
+        return None
+    mri, ct = mri_file.getvalue(), ct_file.getvalue()
+    mask = mask_file.getvalue() if mask_file is not None else None
     try:
-        pair = check_pair(mri_bytes, ct_bytes, mask_bytes)
+        pair = check_pair(mri, ct, mask)
     except NiftiError as exc:
         names = {"uploaded MRI": mri_file.name, "uploaded CT": ct_file.name}
         if mask_file is not None:
             names["uploaded mask"] = mask_file.name
         st.error(f"These files cannot be used. {with_file_names(str(exc), names)}.",
                  icon=":material/error:")
-if pair is not None:
+        return None
     st.success("The files are readable and belong together.", icon=":material/check_circle:")
     slice_viewer(pair)
+    return mri, ct, mask
 
+
+def _save(mri: bytes, ct: bytes, mask: bytes | None) -> None:
+    """Where the checked pair goes (hospital and patient number) and the Save button."""
     st.subheader("Add this patient to a hospital")
     folder = uploads_folder(runs_root())
     counts = cohort_counts(folder)
     new = next_letter(counts)
-    options = [f"Hospital {x}" for x in counts] + ([f"New hospital {new}"] if new else [])
+    # "Uploaded": the simulated hospitals above are called Hospital A, B, … too.
+    options = ([f"Uploaded hospital {x}" for x in counts]
+               + ([f"New uploaded hospital {new}"] if new else []))
     left, right = st.columns(2)
     choice = left.selectbox("Hospital", options, key="save_center",
                             help="Patients of one hospital share its scanners.")
@@ -118,12 +111,12 @@ if pair is not None:
                                 key="save_number",
                                 help="Any number not used yet in this hospital.")
     pid = patient_id(letter, int(number))
-    st.caption(f"Saved as `{folder / pid}` (`mr.nii.gz`, `ct.nii.gz`"
-               f"{', `mask.nii.gz`' if mask_file is not None else ''}). The third letter of the "
+    st.caption(f"Will be saved as `{folder / pid}` (`mr.nii.gz`, `ct.nii.gz`"
+               f"{', `mask.nii.gz`' if mask is not None else ''}). The third letter of the "
                f"folder name ({letter}) tells the lab which hospital the patient belongs to.")
     if st.button("Save this patient", key="save_upload", icon=":material/save:"):
         try:
-            saved = save_patient(folder, letter, int(number), mri_bytes, ct_bytes, mask_bytes)
+            saved = save_patient(folder, letter, int(number), mri, ct, mask)
         except FileExistsError:
             st.error(f"Patient {pid} already exists in `{folder}`; nothing was changed. Choose "
                      f"another patient number, or delete that folder first to replace it.")
@@ -133,25 +126,18 @@ if pair is not None:
             # Rerun so the hospital list and the next free number include the new patient.
             st.session_state[SAVED_KEY] = f"Saved patient {saved.name} to `{saved}`."
             st.rerun()
-if saved_message := st.session_state.pop(SAVED_KEY, None):
-    st.success(saved_message, icon=":material/check_circle:")
 
-_cohort(uploads_folder(runs_root()))
 
-st.header("SynthRAD2023 brain data")
-st.markdown(
-    "If you have the public SynthRAD2023 challenge data (Task 1, brain), set "
-    "`data.source: synthrad` and `data.path` to the folder that directly holds the patient "
-    "folders (`1BA001/mr.nii.gz`, `ct.nii.gz`, `mask.nii.gz`, …). The third letter of each "
-    "patient ID (A, B, C) is its hospital. From a terminal: "
-    "`fedsct run --preset demo --set data.source=synthrad --set data.path=/path/to/Task1/brain`."
-)
-roots = data_roots(runs_root())
-path = st.text_input("Check a SynthRAD2023 folder", key="synthrad_path",
-                     placeholder=str(roots[0] / "Task1" / "brain"),
-                     help="Only folders inside " + ", ".join(f"`{r}`" for r in roots)
-                          + f" can be read here (set {DATA_ROOTS_ENV} to change that).")
-if path.strip():
+def _synthrad() -> None:
+    st.header("SynthRAD2023 brain data")
+    st.markdown(SYNTHRAD_INTRO)
+    roots = data_roots(runs_root())
+    path = st.text_input("Check a SynthRAD2023 folder", key="synthrad_path",
+                         placeholder=str(roots[0] / "Task1" / "brain"),
+                         help="Only folders inside " + ", ".join(f"`{r}`" for r in roots)
+                              + f" can be read here (set {DATA_ROOTS_ENV} to change that).")
+    if not path.strip():
+        return
     try:
         groups = scan_synthrad(allowed_data_path(path, roots))
     except ValueError as exc:  # a NiftiError too
@@ -160,3 +146,22 @@ if path.strip():
         found = ", ".join(f"hospital {x}: {len(v)} patients" for x, v in groups.items()
                           if x in LETTERS)
         st.success(f"Found {found}.")
+
+
+def main() -> None:
+    st.title("Data & centers")
+    st.header("The simulated hospitals")
+    st.markdown(PHANTOM_INTRO)
+    phantom_preview(DataConfig().centers)
+    st.header("Use your own scans (NIfTI)")
+    st.markdown(UPLOAD_INTRO)
+    files = _upload()
+    if files is not None:
+        _save(*files)
+    if saved_message := st.session_state.pop(SAVED_KEY, None):
+        st.success(saved_message, icon=":material/check_circle:")
+    _cohort(uploads_folder(runs_root()))
+    _synthrad()
+
+
+main()

@@ -6,11 +6,13 @@ from typing import Any
 
 import streamlit as st
 
-from app.state import current_run_id, forget, persisted, set_current_run
+from app.state import changed, current_run_id, forget, persisted, set_current_run, set_setting
 from app.views.common import (
     AGGREGATOR_HELP,
     METRIC_HELP,
     PAGES_DIR,
+    POLL_S,
+    RULE_NAMES,
     describe_config,
     history_figure,
     history_from_metrics,
@@ -40,7 +42,7 @@ from engine.orchestration.presets import (
 from engine.orchestration.store import open_run
 
 CUSTOM = ("centers", "rounds", "aggregator", "fedprox_mu", "secagg", "dp", "dp_level",
-          "dp_epsilon", "dp_clip", "runtime")
+          "dp_epsilon", "dp_clip", "runtime", "seed")
 RUNTIMES = {"inprocess": "In this process (fastest)",
             "flower-sim": "Flower simulation (adds 10–35 s to start)",
             "flower-deploy": "Flower: a real SuperLink + one SuperNode per hospital on this "
@@ -63,7 +65,8 @@ def _custom_overrides(base: ExperimentConfig) -> dict[str, Any]:
                        help="In each round every hospital trains locally, then the server "
                             "combines the updates. More rounds take longer.")
     aggregator = persisted(st.selectbox, "How the server combines the updates", "aggregator",
-                           base.federation.aggregator, options=list(AGGREGATORS))
+                           base.federation.aggregator, options=list(AGGREGATORS),
+                           format_func=lambda rule: RULE_NAMES.get(rule, rule))
     st.caption(AGGREGATOR_HELP.get(aggregator, ""))
     fed: dict[str, Any] = {"rounds": int(rounds), "aggregator": aggregator}
     if aggregator == "fedprox":
@@ -107,7 +110,12 @@ def _custom_overrides(base: ExperimentConfig) -> dict[str, Any]:
                                format_func=RUNTIMES.get,
                                help="The same training, aggregation and attacks on every "
                                     "runtime; Flower is the engine for real deployments.")
-    return {"data": {"centers": int(centers)}, "federation": fed,
+    seed = persisted(st.number_input, "Seed", "seed", base.seed, min_value=0,
+                     max_value=2**31 - 1, step=1,
+                     help="Fixes the simulated patients, the hospitals' shuffling and every "
+                          "noise draw: the same seed, settings and thread count give the same "
+                          "figures.")
+    return {"seed": int(seed), "data": {"centers": int(centers)}, "federation": fed,
             "defenses": {"secure_aggregation": secagg, "dp": dp}}
 
 
@@ -115,11 +123,10 @@ def _settings(run_preset: str | None) -> tuple[ExperimentConfig | None, str]:
     """Preset + optional custom settings → a validated config, or None with the error shown.
     A run opened by a link selects its own preset."""
     names = preset_names()
-    if run_preset in names and st.session_state.get("fed_deep_link") != run_preset:
+    if run_preset in names and changed("linked_preset", run_preset):
         # A deep link (?run=) or a picked run: show the settings that produced it.
-        st.session_state["fed_deep_link"] = run_preset
-        forget("preset", *CUSTOM)
-        st.session_state.setdefault("fed_settings", {})["preset"] = run_preset
+        forget(*CUSTOM)
+        set_setting("preset", run_preset)
     preset = persisted(st.selectbox, "Experiment", "preset", "smoke" if "smoke" in names
                        else names[0], options=names, on_change=_preset_changed,
                        format_func=lambda n: f"{preset_title(n)} ({n})")
@@ -144,7 +151,7 @@ def _earlier_runs(rows: list[RunRow]) -> None:
                    help="A finished run: its results, its attacks and their verdicts.")
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=POLL_S)
 def _live(run_id: str, total_rounds: int) -> None:
     """Progress of an active run; reruns the whole page once when the run ends."""
     records = progress_bar(run_id, total_rounds)
@@ -236,37 +243,45 @@ def _show_run(run: RunFolder, cfg: ExperimentConfig, status: dict[str, Any],
         st.info("This run was stopped before it finished. Start a new one above.")
 
 
-st.title("Federation")
-st.caption("Simulated hospitals train one shared MRI → synthetic-CT model without sharing "
-           "their images. Pick an experiment, start it, and watch the model learn.")
-
-rows = list_runs()
-run_id = current_run_id()
-run: RunFolder | None = None
-run_cfg: ExperimentConfig | None = None
-if run_id:
+def _open_current() -> tuple[RunFolder | None, ExperimentConfig | None]:
+    """The run in the URL and its config; one that can't be opened is forgotten."""
+    run_id = current_run_id()
+    if not run_id:
+        return None, None
     try:
         run = open_run(run_id)
-        run_cfg = run.config()
+        return run, run.config()
     except (FileNotFoundError, OSError, ConfigError):
         st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing none.")
         set_current_run(None)
-        run = None
-status = run.status() if run else {}
+        return None, None
 
-with st.container(border=True):
-    cfg, preset = _settings(status.get("preset"))
-    behind = queued_behind()
-    start = st.button("Queue training" if behind else "Start training", type="primary",
-                      key="start", disabled=cfg is None,
-                      help="Fix the settings first (see the red message)." if cfg is None else
-                      f"Queued behind {behind}: it starts when that job ends." if behind else
-                      "Trains in the background: you may leave this page and come back.")
-if start and cfg is not None:
-    set_current_run(start_job(cfg, preset=preset).run_id)
-    st.rerun()
 
-_earlier_runs(rows)
+def main() -> None:
+    st.title("Federation")
+    st.caption("Simulated hospitals train one shared MRI → synthetic-CT model without sharing "
+               "their images. Pick an experiment, start it, and watch the model learn.")
+    rows = list_runs()
+    run, run_cfg = _open_current()
+    status = run.status() if run else {}
+    with st.container(border=True):
+        cfg, preset = _settings(status.get("preset"))
+        behind = queued_behind(run.path if run else None)
+        # Not the primary (red) button while a job runs: pressing it queues a second one.
+        start = st.button("Queue training" if behind else "Start training",
+                          type="secondary" if behind else "primary",
+                          key="start", disabled=cfg is None,
+                          help="Fix the settings first (see the red message)." if cfg is None
+                          else f"Queued behind {behind}: it starts when that job ends."
+                          if behind else "Trains in the background: you may leave this page "
+                          "and come back.")
+    if start and cfg is not None:
+        set_current_run(start_job(cfg, preset=preset).run_id)
+        st.rerun()
+    _earlier_runs(rows)
+    if run and run_cfg:
+        _show_run(run, run_cfg, status, next((r for r in rows if r.run_id == run.run_id),
+                                             None))
 
-if run and run_cfg:
-    _show_run(run, run_cfg, status, next((r for r in rows if r.run_id == run.run_id), None))
+
+main()

@@ -10,6 +10,8 @@ from app.state import persisted, remember
 from app.views.common import hospital_name
 from app.views.inversion import (
     ADAM_DECODED,
+    EMPTY,
+    INTRO,
     STUDY_RESULT,
     InversionRun,
     budget_figure,
@@ -28,18 +30,19 @@ from app.views.inversion import (
     snapshot_panels,
     verdict,
 )
-from app.views.results import Sweep, list_runs, read_sweep
+from app.views.results import list_runs
 from app.widgets import (
+    damaged_warnings,
     number_table,
     preset_jobs,
     queued_behind,
     run_picker,
-    study_box,
+    study_section,
     verdict_box,
 )
 from engine.core.config import ConfigError
 from engine.orchestration.jobs import start_job
-from engine.orchestration.presets import build_config, sweep_spec
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import find_finished_run, runs_root
 
 RUN_PARAM = "inv_run"
@@ -200,29 +203,9 @@ def _defenses() -> None:
             st.rerun()
 
 
-def _study(name: str, title: str) -> Sweep | None:
-    """Heading, start/stop controls and progress of study ``name``; the study when it has
-    results to show."""
-    st.markdown(f"#### {title}")
-    try:
-        sweep = read_sweep(name)
-    except ConfigError as err:  # a study the engine no longer offers
-        st.warning(f"The '{name}' study can't be shown: {err}")
-        return None
-    st.caption(sweep_spec(name)["description"])
-    study_box(sweep, cell_words)
-    for path in sweep.damaged:
-        st.warning(f"`{path}` is damaged or unreadable; starting the study again rewrites it "
-                   "(finished experiments are reused).")
-    if not sweep.rows:
-        return None
-    if sweep.state != "done" and sweep.total > len(sweep.rows):
-        st.caption(f"{len(sweep.rows)} of {sweep.total} experiments finished so far.")
-    return sweep
-
-
 def _factor_study() -> None:
-    sweep = _study("inversion-factors", "Why a design leaks: one factor changed at a time")
+    sweep = study_section("inversion-factors", "Why a design leaks: one factor changed at a "
+                          "time", cell_words)
     if sweep and sweep.rows:
         st.plotly_chart(factor_figure(sweep.rows), key="inv_factors")
         st.caption("Each pair of bars starts from the vulnerable design and changes one thing; "
@@ -231,7 +214,8 @@ def _factor_study() -> None:
 
 
 def _budget_study() -> None:
-    sweep = _study("inversion-budget", "How much attack is enough: the budget study")
+    sweep = study_section("inversion-budget", "How much attack is enough: the budget study",
+                          cell_words)
     if sweep and sweep.rows:
         st.plotly_chart(budget_figure(sweep.rows), key="inv_budget")
         st.caption("Left: red is the strongest attack on the study's model, blue the same "
@@ -246,7 +230,8 @@ def _budget_study() -> None:
 
 
 def _defense_study() -> None:
-    sweep = _study("inversion-defenses", "Defenses: what they block and what they cost")
+    sweep = study_section("inversion-defenses", "Defenses: what they block and what they "
+                          "cost", cell_words)
     if sweep and sweep.rows:
         st.plotly_chart(defense_figure(sweep.rows), key="inv_defenses")
         st.caption("Each point is one defense: lower means less of the patient's image "
@@ -259,40 +244,33 @@ def _defense_study() -> None:
         })
 
 
-st.title("Gradient inversion")
-st.markdown(
-    "In a **gradient-inversion attack**, a curious server takes one hospital's model update and "
-    "searches for images that would have produced exactly that update, hoping to rebuild the "
-    "patients' scans. The result is compared with the real slices and, in the same way, with "
-    "**unrelated patients' slices** (the null): only what clearly beats the null was learnt "
-    "from the hospital. "
-    "Pick a finished attack run below, or start one.")
+def main() -> None:
+    st.title("Gradient inversion")
+    st.markdown(INTRO)
+    preset_jobs(
+        RUN_PARAM, PRESETS, kind="inversion", retry="inversion-easy",
+        intro="**Run a new attack experiment** (2 to 20 minutes, in the background: you may "
+              "leave this page and come back)",
+        note="After the last round the server attacks the hospitals' uploads; that takes "
+             "most of the time.")
+    if flash := st.session_state.pop(FLASH, None):
+        st.success(flash)
+    runs, damaged = inversion_runs(list_runs())
+    damaged_warnings(damaged, "attack")
+    if not runs:
+        st.info(EMPTY)
+    else:
+        shown = run_picker(runs, RUN_PARAM, "Attacked run",
+                           help="Finished runs that include a gradient-inversion attack, "
+                                "newest first.")
+        assert shown is not None
+        _verdict(shown)
+        _table(shown)
+        _images(shown)
+    _defenses()
+    _factor_study()
+    _budget_study()
+    _defense_study()
 
-preset_jobs(
-    RUN_PARAM, PRESETS, kind="inversion", retry="inversion-easy",
-    intro="**Run a new attack experiment** (2 to 20 minutes, in the background: you may leave "
-          "this page and come back)",
-    note="After the last round the server attacks the hospitals' uploads; that takes most "
-         "of the time.")
-flash = st.session_state.pop(FLASH, None)
-if flash:
-    st.success(flash)
-runs, damaged = inversion_runs(list_runs())
-for path in damaged:
-    st.warning(f"`{path}` is missing or damaged, so that run's attack results can't be shown.")
-if not runs:
-    st.info("No gradient-inversion results yet. Start 'Attack a vulnerable design' above to "
-            "see a leak (about 2 minutes), then the study's DLG attack to see why the study "
-            "found none.")
-else:
-    shown = run_picker(runs, RUN_PARAM, "Attacked run",
-                       help="Finished runs that include a gradient-inversion attack, newest "
-                            "first.")
-    assert shown is not None
-    _verdict(shown)
-    _table(shown)
-    _images(shown)
-_defenses()
-_factor_study()
-_budget_study()
-_defense_study()
+
+main()

@@ -10,6 +10,8 @@ from app.state import persisted, remember
 from app.views.common import AGGREGATOR_HELP, RULE_NAMES, STATE_TEXT, hospital_name
 from app.views.poisoning import (
     BASE_PRESET,
+    EMPTY,
+    INTRO,
     KIND_HELP,
     KIND_NAMES,
     METRIC_SHORT,
@@ -41,6 +43,7 @@ from app.views.poisoning import (
 )
 from app.views.results import Sweep, list_runs, read_sweep, sweep_minutes
 from app.widgets import (
+    damaged_warnings,
     job_progress,
     queued_behind,
     remembered_run,
@@ -349,54 +352,51 @@ def _factor_study(sweep: Sweep, _metric: str) -> None:
 # --------------------------------------------------------------------------- page
 
 
-st.title("Poisoning")
-st.markdown(
-    "In a **poisoning attack**, one or more hospitals in the federation misbehave: they train "
-    "on spoilt images or send back a spoilt model, to make the shared synthetic-CT model "
-    "worse. The server combines the hospitals' updates with an **aggregation rule**; plain "
-    "averaging (FedAvg) lets one bad update drag everyone along, while robust rules "
-    "(FedMedian, trimmed mean) try to outvote it. Each attack is compared with the same "
-    "federation trained without attackers.")
+def _studies(sweeps: dict[str, Sweep], metric: str) -> None:
+    for sweep_name, render in (("poison-paper", _paper_study), ("poison-model", _model_study),
+                               ("poison-data-factors", _factor_study)):
+        if sweep_name not in sweeps:
+            continue
+        try:
+            render(sweeps[sweep_name], metric)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            # A table written by an older engine lacks columns: explain, not a traceback.
+            st.warning(f"`{sweeps[sweep_name].folder / 'table.json'}` has results in a format "
+                       "this page can't read. Starting the study again rewrites it (finished "
+                       "experiments are reused).")
 
-sweeps: dict[str, Sweep] = {}
-for sweep_name in SWEEP_NAMES:
-    try:
-        sweeps[sweep_name] = read_sweep(sweep_name)
-    except ConfigError as err:  # a study the engine no longer offers
-        st.warning(f"The '{sweep_name}' study can't be shown: {err}")
-_jobs()
-if "poison-paper" in sweeps:
-    with st.container(border=True):
-        st.markdown(f"**The study grid** (`poison-paper`): {SWEEP_TEXT['poison-paper']}.")
-        study_box(sweeps["poison-paper"], cell_words)
-flash = st.session_state.pop(FLASH, None)
-if flash:
-    st.success(flash)
 
-metric = persisted(st.radio, "Quality measure in the charts", "poi_metric", "mae_hu",
-                   options=list(METRICS), format_func=lambda m: METRICS[m], horizontal=True)
-runs, damaged = poisoning_runs(list_runs())
-for path in damaged:
-    st.warning(f"`{path}` is missing or damaged, so that run's poisoning results can't be "
-               "shown.")
-if not runs:
-    st.info("No poisoning results yet. Choose an attack above and press Run (about 30 seconds "
-            "per rule), or start the study grid.")
-else:
-    shown = run_picker(runs, RUN_PARAM, "Poisoned run",
-                       help="Finished runs with malicious hospitals, newest first.")
-    assert shown is not None
-    _verdicts(shown, runs)
-    _curves(shown, runs, metric)
-    _detection(shown)
-for sweep_name, render in (("poison-paper", _paper_study), ("poison-model", _model_study),
-                           ("poison-data-factors", _factor_study)):
-    if sweep_name not in sweeps:
-        continue
-    try:
-        render(sweeps[sweep_name], metric)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        # A table written by an older engine lacks columns: explain instead of a traceback.
-        st.warning(f"`{sweeps[sweep_name].folder / 'table.json'}` has results in a format this "
-                   "page can't read. Starting the study again rewrites it (finished experiments "
-                   "are reused).")
+def main() -> None:
+    st.title("Poisoning")
+    st.markdown(INTRO)
+    sweeps: dict[str, Sweep] = {}
+    for sweep_name in SWEEP_NAMES:
+        try:
+            sweeps[sweep_name] = read_sweep(sweep_name)
+        except ConfigError as err:  # a study the engine no longer offers
+            st.warning(f"The '{sweep_name}' study can't be shown: {err}")
+    _jobs()
+    if "poison-paper" in sweeps:
+        with st.container(border=True):
+            st.markdown(f"**The study grid** (`poison-paper`): {SWEEP_TEXT['poison-paper']}.")
+            study_box(sweeps["poison-paper"], cell_words)
+    if flash := st.session_state.pop(FLASH, None):
+        st.success(flash)
+    metric = persisted(st.radio, "Quality measure in the charts", "poi_metric", "mae_hu",
+                       options=list(METRICS), format_func=lambda m: METRICS[m],
+                       horizontal=True)
+    runs, damaged = poisoning_runs(list_runs())
+    damaged_warnings(damaged, "poisoning")
+    if not runs:
+        st.info(EMPTY)
+    else:
+        shown = run_picker(runs, RUN_PARAM, "Poisoned run",
+                           help="Finished runs with malicious hospitals, newest first.")
+        assert shown is not None
+        _verdicts(shown, runs)
+        _curves(shown, runs, metric)
+        _detection(shown)
+    _studies(sweeps, metric)
+
+
+main()

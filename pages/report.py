@@ -14,12 +14,6 @@ from engine.orchestration.study import study_folder
 
 PARAM = "report_run"
 
-st.title("Report")
-st.caption("One self-contained file per run: settings, software versions, synthetic-CT "
-           "quality with its learning curve, and every attack that ran with its verdict, "
-           "tables and images. It opens in any browser, offline.")
-
-
 def _run_report() -> None:
     rows = [r for r in list_runs() if r.state == "done"]
     if not rows:
@@ -74,5 +68,13 @@ def _study() -> None:
                                icon=":material/description:", key="dl_study")
 
 
-_run_report()
-_study()
+def main() -> None:
+    st.title("Report")
+    st.caption("One self-contained file per run: settings, software versions, synthetic-CT "
+               "quality with its learning curve, and every attack that ran with its verdict, "
+               "tables and images. It opens in any browser, offline.")
+    _run_report()
+    _study()
+
+
+main()

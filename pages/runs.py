@@ -10,6 +10,7 @@ from app.views.results import RunRow, list_runs
 from app.views.runs import (
     compare_frame,
     curves_figure,
+    design_warning,
     detail_links,
     filter_runs,
     runs_frame,
@@ -101,6 +102,8 @@ def _compare(rows: list[RunRow]) -> None:
                    help="The run to compare with it.")
     if not (a and b):
         return
+    if warning := design_warning(a, b):
+        st.warning(warning)
     # A plain table: a few rows to read side by side, selectable and searchable as text.
     st.table(compare_frame(a, b).set_index("Measure"))
     st.caption("Change: a negative MAE change, or a positive PSNR/SSIM change, means the "
@@ -113,35 +116,41 @@ def _compare(rows: list[RunRow]) -> None:
                       list(row.federation.per_center) if row.federation else [])
 
 
-st.title("Runs")
-st.caption("Every experiment kept in the runs folder: find one, open it, delete it, or put "
-           "two side by side.")
+def _list(runs: list[RunRow]) -> list[RunRow]:
+    """The filters and the table; the runs they leave."""
+    for run in runs:
+        for problem in run.problems:
+            st.warning(f"Damaged run: {problem}. It is listed, but its results can't be shown.")
+    left, right = st.columns([2, 3])
+    states = left.multiselect("State", list(STATES), format_func=lambda s: STATE_TEXT.get(s, s),
+                              key="state_filter", placeholder="All states")
+    text = right.text_input("Name contains", key="name_filter", placeholder="e.g. smoke")
+    shown = filter_runs(runs, states, text)
+    st.dataframe(runs_frame(shown), hide_index=True, key="runs_table",
+                 column_config={"Final MAE (HU)": st.column_config.NumberColumn(format="%.0f")})
+    if not shown:
+        st.info("No run matches these filters.")
+    return shown
 
-runs = list_runs()
-if not runs:
-    st.info("No runs yet. Start one on the Federation page.")
-    st.stop()
 
-for run in runs:
-    for problem in run.problems:
-        st.warning(f"Damaged run: {problem}. It is listed, but its results can't be shown.")
+def main() -> None:
+    st.title("Runs")
+    st.caption("Every experiment kept in the runs folder: find one, open it, delete it, or put "
+               "two side by side.")
+    runs = list_runs()
+    if not runs:
+        st.info("No runs yet. Start one on the Federation page.")
+        return
+    shown = _list(runs)
+    st.subheader("Open a run")
+    opened = run_picker(shown or runs, OPEN_PARAM, "Run", optional=True,
+                        help="A run to open: its results, links to its pages, resume or "
+                             "delete.")
+    if opened:
+        _summary(opened)
+        _delete(opened)
+    st.subheader("Compare two runs")
+    _compare(runs)
 
-left, right = st.columns([2, 3])
-states = left.multiselect("State", list(STATES), format_func=lambda s: STATE_TEXT.get(s, s),
-                          key="state_filter", placeholder="All states")
-text = right.text_input("Name contains", key="name_filter", placeholder="e.g. smoke")
-shown = filter_runs(runs, states, text)
-st.dataframe(runs_frame(shown), hide_index=True, key="runs_table",
-             column_config={"Final MAE (HU)": st.column_config.NumberColumn(format="%.0f")})
-if not shown:
-    st.info("No run matches these filters.")
 
-st.subheader("Open a run")
-opened = run_picker(shown or runs, OPEN_PARAM, "Run", optional=True,
-                    help="A run to open: its results, links to its pages, resume or delete.")
-if opened:
-    _summary(opened)
-    _delete(opened)
-
-st.subheader("Compare two runs")
-_compare(runs)
+main()

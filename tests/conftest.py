@@ -18,6 +18,22 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+# `make test-fast` leaves out what takes long: whole modules of integration tests (a browser,
+# Flower, subprocesses, training runs, golden figures), and any other test that asks for a
+# runs folder or a trained run (it runs the engine end to end).
+SLOW_MODULES = {"test_browser", "test_flower", "test_resume", "test_study", "test_serve",
+                "test_threads", "test_golden", "test_batched", "test_federation", "test_sweeps",
+                "test_config_hostile", "test_cli"}
+SLOW_FIXTURES = {"runs_dir", "trained", "runs"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Every test starts on the suite's one torch thread: the `fedsct` commands called in

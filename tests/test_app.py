@@ -89,6 +89,8 @@ def test_settings_survive_a_page_switch() -> None:
 def test_refused_config_explains_and_starts_nothing() -> None:
     at = _federation()
     at.toggle(key="w_custom").set_value(True).run()
+    # Rules by their names, not their config keys.
+    assert at.selectbox(key="w_aggregator").options[:3] == ["FedAvg", "FedProx", "FedMedian"]
     at.selectbox(key="w_aggregator").select("fedmedian").run()
     at.toggle(key="w_secagg").set_value(True).run()
     assert any("secure aggregation" in e.value for e in at.error)
@@ -116,10 +118,12 @@ def test_smoke_run_from_start_button_to_results() -> None:
     at.selectbox(key="w_preset").select("smoke").run()
     at.toggle(key="w_custom").set_value(True).run()
     at.number_input(key="w_rounds").set_value(1).run()  # one round keeps the test short
+    at.number_input(key="w_seed").set_value(7).run()
     at.button(key="start").click().run()
     assert not at.exception, at.exception
 
     run_id = at.query_params["run"]
+    assert open_run(run_id).config().seed == 7  # the seed is a setting like any other
     assert at.button(key="cancel")  # offered while the run is active
     assert at.get("progress")
     run = open_run(run_id)

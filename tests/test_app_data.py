@@ -88,11 +88,11 @@ def test_valid_upload_shows_viewer_and_facts(runs_dir: Path) -> None:
     assert metrics["Voxel size (mm)"] == "1×1×2"
     assert metrics["CT range (HU)"].startswith("-10")
     slider = at.slider(key="slice")
-    assert (slider.min, slider.max, slider.value) == (0, 7, 4)
-    slider.set_value(1).run()
+    assert (slider.min, slider.max, slider.value) == (1, 8, 5)  # 8 slices, counted from 1
+    slider.set_value(8).run()
     assert not at.exception, at.exception
-    assert _image_captions(at)[-2:] == ["MRI, slice 1 of 7",
-                                        "CT, slice 1 of 7 (-200 to 1000 HU)"]
+    assert _image_captions(at)[-2:] == ["MRI, slice 8 of 8",
+                                        "CT, slice 8 of 8 (-200 to 1000 HU)"]
 
 
 def test_broken_file_shows_a_readable_error(runs_dir: Path) -> None:
@@ -125,6 +125,10 @@ def test_shape_mismatch_is_reported(runs_dir: Path) -> None:
 def test_saving_builds_a_loadable_cohort_and_refuses_overwrites(runs_dir: Path) -> None:
     folder = runs_dir / "uploads"
     at = _upload(_data_page(), *head_pair())
+    # Before Save, the page says where the files will go, not that they are there.
+    assert any(c.value.startswith("Will be saved as `") for c in at.caption)
+    assert not (folder / "1BA001").exists()
+    assert any("at most 130 MiB" in c.value and "136MB" in c.value for c in at.caption)
     at = _save(at, 1)
     assert any("Saved patient 1BA001" in s.value for s in at.success)
     assert sorted(p.name for p in (folder / "1BA001").iterdir()) == ["ct.nii.gz", "mr.nii.gz"]
@@ -138,7 +142,7 @@ def test_saving_builds_a_loadable_cohort_and_refuses_overwrites(runs_dir: Path) 
 
     # A second patient of the same hospital, uploaded afresh, makes the folder trainable.
     at = _upload(at, *head_pair(seed=1))
-    at.selectbox(key="save_center").set_value("Hospital A")
+    at.selectbox(key="save_center").set_value("Uploaded hospital A")
     at = _save(at, 2)
     assert cohort_counts(folder) == {"A": 2}
     command = at.code[0].value
@@ -172,7 +176,8 @@ def test_mask_is_saved_and_new_hospital_gets_next_letter(runs_dir: Path) -> None
     at = _upload(at, mri, ct)
     at = _save(at, 7)
     assert (runs_dir / "uploads" / "1BA007" / "mask.nii.gz").is_file()
-    assert at.selectbox(key="save_center").options == ["Hospital A", "New hospital B"]
+    assert at.selectbox(key="save_center").options == ["Uploaded hospital A",
+                                                       "New uploaded hospital B"]
 
 
 @pytest.mark.parametrize(("counts", "usable"), [({"A": 1}, False), ({"A": 2, "B": 3}, True),

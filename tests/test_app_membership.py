@@ -199,6 +199,7 @@ def test_verdict_follows_the_engine_and_skips_degenerate_centers() -> None:
     v = verdict(MiaSummary.model_validate(data))
     assert v.colour == "orange" and "**Hospital B**" in v.detail  # not the degenerate A
     assert "AUC **0.70** (95% interval 0.60–0.80" in v.detail
+    assert v.value == 0.7  # the number a comparison of runs reads: the one shown
     data["verdict"] = dict.fromkeys(data["verdict"], "no_evidence")
     v = verdict(MiaSummary.model_validate(data))
     assert v.colour == "blue" and v.title.startswith("No evidence")
@@ -214,6 +215,7 @@ def test_verdict_follows_the_engine_and_skips_degenerate_centers() -> None:
     assert ("Worst single hospital **Hospital B**: patient-level AUC **0.70** (95% interval: "
             "cannot be estimated at this sample size)") in v.detail
     assert "1.00–1.00" not in v.detail and v.figure.startswith("patient-level AUC 0.81")
+    assert v.value == 0.81  # the pooled AUC the verdict shows, not a hospital's 0.99 or 0.70
     old = verdict(MiaSummary.model_validate({"auc": {"center-0": 0.9}}))
     assert old.title.startswith("This run was made by an older")
 
@@ -256,7 +258,7 @@ def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
             "sample size. The model's average error goes from 100 HU without DP to 130 HU "
             "(+30 HU).") in text
     assert "With **patient-level DP**, from **ε 64** on" in text
-    assert any("4 of 9 noise levels" in c.value for c in at.caption)
+    assert any("4 of 9 experiments finished so far" in c.value for c in at.caption)
     assert any(c.value.startswith("Stopped after 4 of 9 experiments") for c in at.caption)
     assert at.button(key="sweep_start_mia-dp").label == "Continue the study"
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)

@@ -110,6 +110,8 @@ def test_report_html_is_complete_and_offline(runs: dict[str, Path]) -> None:
         assert "cdn.plot.ly" not in text
         assert "Learning curve" in text
         assert "torch" in text  # the versions table
+        # Beside the seed, what else decides the figures (threads, kernels, training path).
+        assert "<th>Computed with</th><td>1 thread on cpu (" in text
     sections = {"mia": "Attack: membership inference", "inversion": "Attack: gradient inversion",
                 "poisoning": "Attack: poisoning"}
     for kind, title in sections.items():
@@ -122,6 +124,9 @@ def test_report_html_is_complete_and_offline(runs: dict[str, Path]) -> None:
     inversion = build_report(runs["inversion"])
     assert inversion.count("data:image/png;base64,") > build_report(runs["plain"]).count(
         "data:image/png;base64,")  # the reconstructions are embedded too
+    # Headed by what the strips show: MRI and CT, each original then rebuilt.
+    assert "MRI: original | rebuilt · CT: original | rebuilt" in inversion
+    assert "average brain</h3>" not in inversion
 
 
 def test_missing_and_damaged_files_are_named_not_raised(runs: dict[str, Path]) -> None:
@@ -261,6 +266,19 @@ def test_scorecard_thresholds(runs: dict[str, Path]) -> None:
     # FedAvg within 25 % of clean: the attack was too weak to judge anything (grey).
     assert [poison_colour(r) for r in (1.0, 1.25, 1.5, 2.0, 3.0)] == [
         "gray", "gray", "orange", "red", "red"]
+
+    # A robust rule's card names what the same attack did to FedAvg (its control).
+    poi = _summary(runs["poisoning"])
+    poi["federation"]["aggregator"] = "fedmedian"
+    poi["poisoning"]["fedavg_control"] = {"aggregator": "fedavg", "self": False,
+                                          "seeds": [{"seed": 0, "mae_hu": 690.0,
+                                                     "baseline_mae_hu": 250.0,
+                                                     "mae_ratio": 2.76}],
+                                          "mae_ratio_mean": 2.76, "hurt": True}
+    (runs["poisoning"] / "summary.json").write_text(json.dumps(poi))
+    row = next(r for r in list_runs(runs["poisoning"].parent) if r.run_id == runs["poisoning"].name)
+    assert scorecards(row.summary)[3].detail.endswith(
+        "This run used FedMedian; the same attack against FedAvg gave 2.76× over 1 seed.")
 
 
 def test_home_without_runs_says_where_to_start(runs_dir: Path) -> None:

@@ -125,10 +125,19 @@ def test_compare_two_runs(runs: dict[str, RunFolder]) -> None:
     at = _page(runs_a=a.run_id, runs_b=b.run_id)
     table = at.table[0].value.reset_index()
     fa, fb = _final(a), _final(b)
-    assert table["First run"][0] == f"{fa['mae_hu']:.0f}"
-    assert table["Second run"][0] == f"{fb['mae_hu']:.0f}"
-    assert table["Change (second − first)"][0] == f"{fb['mae_hu'] - fa['mae_hu']:+.0f}"
-    assert float(table["Second run"][2]) == pytest.approx(fb["ssim"], abs=1e-3)
+    rows = table.set_index("Measure")
+    # First what makes them comparable: one rounds apart, so a warning says so.
+    assert rows.loc["Design", "First run"].endswith("1 rounds · 32 px")
+    assert rows.loc["Design", "Change (second − first)"] == "different"
+    assert rows.loc["Defenses", "Change (second − first)"] == "same"
+    assert any("different designs (2 hospitals × 2 patients · 1 rounds · 32 px against"
+               in w.value for w in at.warning)
+    mae = next(m for m in rows.index if m.startswith("Average error"))
+    assert rows.loc[mae, "First run"] == f"{fa['mae_hu']:.0f}"
+    assert rows.loc[mae, "Second run"] == f"{fb['mae_hu']:.0f}"
+    assert rows.loc[mae, "Change (second − first)"] == f"{fb['mae_hu'] - fa['mae_hu']:+.0f}"
+    ssim = next(m for m in rows.index if m.startswith("Structural similarity"))
+    assert float(rows.loc[ssim, "Second run"]) == pytest.approx(fb["ssim"], abs=1e-3)
     # Below the metrics, every security result either run has, with its change.
     security = dict(zip(table["Measure"], zip(table["First run"], table["Second run"],
                                               strict=True), strict=True))

@@ -80,3 +80,26 @@ def test_slots_and_threads_follow_the_setting(tmp_path: Path,
     monkeypatch.setenv("FEDSCT_MAX_JOBS", "zero")
     assert queue.max_jobs() == 1
     _wait(lambda: not _states(tmp_path))
+
+
+def test_a_page_calls_its_own_job_yours_and_a_launched_run_starting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.views.common import progress_text
+    from app.widgets import queued_behind
+
+    monkeypatch.setenv("FEDSCT_RUNS_DIR", str(tmp_path))
+    monkeypatch.delenv("FEDSCT_MAX_JOBS", raising=False)
+    assert queued_behind() is None  # an empty queue: a new job starts at once
+    mine = _job(tmp_path, "mine", 5)
+    _job(tmp_path, "theirs", 0.1)
+    try:
+        assert queued_behind() == "mine and 1 more"
+        assert queued_behind(Path(mine.folder)) == "your run and 1 more"
+        # Launched by the queue, not yet marked running by its process: starting, not waiting.
+        queued = {"state": "queued"}
+        assert progress_text(queued, [], 5, started=True)[1] == "Starting…"
+        assert progress_text(queued, [], 5)[1] == "Waiting for its turn in the job queue…"
+    finally:
+        for job in queue.jobs(tmp_path):
+            if job.pid:
+                os.killpg(job.pid, signal.SIGKILL)

@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine.analyses.results import RunSummary
 from engine.clients.dp import epsilon_text, planned_epsilon
 from engine.core.config import ExperimentConfig
 
@@ -28,12 +29,15 @@ class Verdict:
         title: the verdict in one sentence.
         detail: the numbers it rests on (markdown): sample size, interval, attack, budget.
         figure: the headline number in a few words, for scorecards and comparisons.
+        value: that headline number itself (None where the verdict has none), so that a
+            comparison of two runs reads the number their verdicts show.
     """
 
     colour: str
     title: str
     detail: str = ""
     figure: str = ""
+    value: float | None = None
 
 
 def hospital_name(center: str) -> str:
@@ -60,6 +64,9 @@ def hospital_names(centers: list[str]) -> str:
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 PAGES_DIR = ROOT / "pages"
+# How often a page redraws a job's progress (s). A round takes seconds to minutes: a faster
+# poll shows nothing new and costs the running job CPU (each poll reruns page code).
+POLL_S = 3.0
 ASSETS_DIR = ROOT / "assets"
 UNSEEN_LABEL = "unseen hospital (never trained)"
 
@@ -110,12 +117,13 @@ def _duration(seconds: float) -> str:
 
 
 def progress_text(status: dict[str, Any], records: list[dict[str, Any]],
-                  total_rounds: int) -> tuple[float, str]:
+                  total_rounds: int, started: bool = False) -> tuple[float, str]:
     """(share done of the current phase, the line under the bar) of a run's status: the
     phase, how far it is (round, hospital and iteration of an attack) and the time left at
-    the speed measured so far."""
+    the speed measured so far. ``started``: the queue has launched the run's process, which
+    has not marked the run running yet."""
     if status.get("state") == "queued":
-        return 0.0, "Waiting for its turn in the job queue…"
+        return 0.0, "Starting…" if started else "Waiting for its turn in the job queue…"
     phase = str(status.get("phase") or "")
     text = PHASE_TEXT.get(phase, "Working…")
     progress = status.get("progress") if isinstance(status.get("progress"), dict) else None
@@ -159,7 +167,8 @@ def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                     for r in records],
         "Name": [r["name"] or "run" for r in records],
         "State": [STATE_TEXT.get(r["state"], r["state"]) for r in records],
-        "Aggregation rule": [RULE_NAMES.get(r["aggregator"], r["aggregator"]) for r in records],
+        "Aggregation rule": [RULE_NAMES.get(r["aggregator"], r["aggregator"] or "–")
+                             for r in records],
         "Rounds": [r["rounds"] for r in records],
         "Secure aggregation": [bool(r["secure_aggregation"]) for r in records],
         "Final MAE (HU)": [r["final_mae_hu"] for r in records],
@@ -227,3 +236,21 @@ def log_line_label(fig: go.Figure, y: float, text: str) -> None:
     annotation is placed as if the axis were linear, far from its line."""
     fig.add_annotation(x=0, xref="paper", y=math.log10(y), yref="y", text=text,
                        showarrow=False, xanchor="left", yanchor="bottom", font={"size": 12})
+
+
+TRAINING_WORDS = {"batched": "hospitals trained together",
+                  "partly batched": "some hospitals trained together",
+                  "sequential": "hospitals trained one after another",
+                  "flower": "on Flower"}
+
+
+def computed_with(summary: RunSummary | None) -> str:
+    """How a run computed its figures, in words: what decides them besides the settings and
+    the seed (``summary.json`` → ``environment``)."""
+    env = summary.environment if summary else None
+    if env is None:
+        return "not recorded"
+    kernels = ", ".join([env.cpu_capability, *env.kernel_limits.values()])
+    return (f"{env.threads} thread{'' if env.threads == 1 else 's'} on {env.device} "
+            f"({kernels} kernels), {TRAINING_WORDS.get(env.training, env.training)}, "
+            f"{env.precision}, torch {env.torch}, MONAI {env.monai}")

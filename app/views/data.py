@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.nifti import save_patient_folder
+from engine.data.nifti import NiftiLimits, save_patient_folder
 from engine.data.types import PatientVolume
 
 UPLOADS = "uploads"
@@ -25,6 +25,30 @@ ID_PREFIX = "1B"  # SynthRAD2023 style: task 1, brain; the next letter is the ho
 MIN_PATIENTS = 2  # a hospital needs one patient to train on and one held out
 LETTERS = string.ascii_uppercase
 DATA_ROOTS_ENV = "FEDSCT_DATA_ROOTS"
+
+PHANTOM_INTRO = (
+    "By default the lab uses artificial brain scans (phantoms). Every hospital has its own "
+    "scanners, so the same kind of head looks different from one hospital to the next: MRI "
+    "brightness and contrast, image noise, sharpness and the field of view all vary. This "
+    "difference between hospitals is what makes learning one shared model hard. Below: one "
+    "patient per hospital, MRI above its CT.")
+UPLOAD_INTRO = (
+    "Upload one patient's **MRI** and **CT** as `.nii` or `.nii.gz`. Both must be on the same "
+    "voxel grid (registered to each other) and the CT must be in Hounsfield units. A body mask "
+    "(0 = background, 1 = body) is optional; without one it is derived from the CT.")
+SYNTHRAD_INTRO = (
+    "If you have the public SynthRAD2023 challenge data (Task 1, brain), set "
+    "`data.source: synthrad` and `data.path` to the folder that directly holds the patient "
+    "folders (`1BA001/mr.nii.gz`, `ct.nii.gz`, `mask.nii.gz`, …). The third letter of each "
+    "patient ID (A, B, C) is its hospital. From a terminal: "
+    "`fedsct run --preset demo --set data.source=synthrad --set data.path=/path/to/Task1/brain`.")
+_LIMITS = NiftiLimits()
+# The loader's limits in the words the upload boxes need: their "Limit 136MB per file" is the
+# same size in decimal megabytes (130 MiB = 136.3 MB), not a second limit.
+UPLOAD_LIMITS = (f"Each file: at most {_LIMITS.max_file_bytes / 2**20:.0f} MiB (the boxes below "
+                 f"count the same size in decimal megabytes: "
+                 f"{_LIMITS.max_file_bytes / 1e6:.0f}MB) and "
+                 f"{round(_LIMITS.max_voxels ** (1 / 3))}³ voxels.")
 
 
 def with_file_names(message: str, names: dict[str, str]) -> str:

@@ -160,3 +160,11 @@ def audit_cell_words(label: str | None) -> str:
     level = LEVELS["patient" if parts.get("level") == "sample" else "client"]
     eps = parts.get("target_epsilon")
     return f"{level}, ε {float(eps):g}" if eps and eps != "null" else f"{level}, no noise"
+
+
+AUDIT_INTRO = ("The ε above is computed, not measured: it holds only if the code adds the noise "
+               "the accountant assumes. The audit checks the code. Hundreds of canaries (made-up "
+               "hospitals, or made-up patients inside Hospital A's DP-SGD), each present with "
+               "probability ½, go through the hospitals' own privacy code; the server then "
+               "guesses which were present. Guessing well proves a lower bound on ε: above the "
+               "claimed ε, the implementation is wrong.")

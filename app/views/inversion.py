@@ -41,6 +41,16 @@ NPZ_KEYS = ("mri", "ct_unit", "true_mri", "true_ct_unit", "mask", "pairs", "prio
             "snapshot_iterations")
 SWEEP_COMMAND = "fedsct sweep --preset {name}"
 
+INTRO = ("In a **gradient-inversion attack**, a curious server takes one hospital's model update "
+         "and searches for images that would have produced exactly that update, hoping to "
+         "rebuild the patients' scans. The result is compared with the real slices and, in the "
+         "same way, with **unrelated patients' slices** (the null): only what clearly beats the "
+         "null was learnt from the hospital. Pick a finished attack run below, or start one.")
+EMPTY = ("No gradient-inversion results yet. Start 'Attack a vulnerable design' above to see a "
+         "leak (about 2 minutes), then the study's DLG attack to see why the study found none.")
+# What each hospital's inversion/<center>.png shows, left to right (engine.attacks.inversion).
+STRIP_CAPTION = "MRI: original | rebuilt · CT: original | rebuilt (the first matched slice)"
+
 
 # --------------------------------------------------------------------------- runs
 

@@ -161,14 +161,14 @@ def verdict(mia: MiaSummary) -> Verdict:
     detail = " ".join(parts)
     auc = aucs[center] if risky else (pooled.auc if pooled.auc is not None else aucs[center])
     if mia.verdict.get("overall") != "risk":
-        return Verdict("blue", NO_EVIDENCE, detail, figure)
+        return Verdict("blue", NO_EVIDENCE, detail, figure, auc)
     whose = ("this hospital's training set" if risky
              else "a hospital's training set (shown by all hospitals together)")
     if auc >= HIGH:
         return Verdict("red", f"High risk: a curious server can tell whether a patient was in "
-                       f"{whose}", detail, figure)
+                       f"{whose}", detail, figure, auc)
     return Verdict("orange", f"Risk: a curious server tells better than chance whether a "
-                   f"patient was in {whose}", detail, figure)
+                   f"patient was in {whose}", detail, figure, auc)
 
 
 # --------------------------------------------------------------------------- ROC charts
@@ -362,3 +362,85 @@ def dp_sentence(rows: list[dict[str, Any]]) -> str:
         parts.append(f"With **{name}**, from **{_eps_label(safe)}** on the attack shows no "
                      f"evidence at this sample size.{cost}")
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- page words
+
+INTRO = ("In a **membership-inference attack**, a curious server tries to tell whether a given "
+         "patient's scans were used to train a hospital's model. That matters even if no image "
+         "leaks: knowing that a patient was treated at a hospital (for example a cancer "
+         "centre) is itself sensitive. Pick a finished attack run below, or start one.")
+EMPTY = ("No membership-inference results yet. Run the 'mia-paper' preset (button above) to "
+         "attack an undefended federation, then 'mia-secagg' to see what secure aggregation "
+         "changes.")
+NO_ROC = ("This run has no ROC curves stored (made by an older version). Run the 'mia-paper' "
+          "preset again to get them.")
+ROC_CAPTION = ("Each curve slides a threshold over the server's suspicion scores, slice by "
+               "slice: upward = share of training slices it catches, rightward = share of "
+               "other patients' slices it wrongly flags. The dotted diagonal is guessing; a "
+               "curve hugging the top-left corner means the server tells members apart.")
+AUC_CAPTION = ("Slice-level AUCs (the verdict above is per patient). ★ the attack the verdict "
+               "rests on. \"degenerate\": the server saw the same thing from every hospital, so "
+               "the attack could not rank anyone (not a measurement).")
+TPR_CAPTION = ("E.g. \"slices caught at 1% false alarms\": the share of training slices the "
+               "server identifies while wrongly flagging at most 1 in 100 slices of other "
+               "patients (the attacker's true-positive rate at a 1% false-positive rate); shown "
+               "only where there are enough non-member patients to resolve that rate.")
+ATTACKS_EXPLAINED = (
+    "- **FedMIA-I (loss)**: the server checks how well the hospital's uploaded model fits the "
+    "patient's scans, compared with the other hospitals' models, which never saw that "
+    "patient.\n"
+    "- **FedMIA-II (gradient)**: the server checks whether the hospital's update points the "
+    "way the patient's scans would push the model.\n"
+    "- The σ / log variants differ only in how the comparison with the other hospitals is "
+    "turned into a score.\n"
+    "- **Global model loss (Yeom)**: how well the final shared model fits the patient. Anyone "
+    "who receives the model can try this.\n"
+    "- **Hospital's own loss, no reference**: FedMIA-I's signal without the comparison with "
+    "other hospitals.")
+SECAGG_EXPLAINED = (
+    "With **secure aggregation** each hospital masks its upload, so the server only learns the "
+    "sum of all hospitals' updates, never one hospital's. Attacks that study an individual "
+    "hospital's update (FedMIA) then have nothing to work on: whatever they compute from the "
+    "masked uploads is noise, and the page labels them as not applicable. The final shared "
+    "model is still released to everyone, though, so an attack on the **global model's loss** "
+    "is still possible, with or without the defense: that is what a secure-aggregation verdict "
+    "rests on (its patient-level AUC, interval and sample size are in the verdict above).")
+NO_SECAGG_RUN = ("Neither run shown used secure aggregation: start the 'mia-secagg' preset and "
+                 "compare it with this one.")
+DP_INTRO = ("Hospital-level DP: each hospital clips its update and adds noise. Patient-level "
+            "DP: each hospital trains with DP-SGD, bounding every patient's influence. ε comes "
+            "from an RDP accountant (Opacus) at δ = 1e-5; lower ε = more private, and above ε "
+            "10 the guarantee means little. ")
+DP_OLD_TABLE = ("This privacy study was made by an older version without patient-level "
+                "results: start it again.")
+
+
+def tested_words(run: MiaRun) -> str:
+    """What the verdict was tested on: slices and patients per hospital, rounds, defenses."""
+    mia = run.mia
+    n = next(iter(mia.n_candidates.values()), None)
+    if n is None:
+        return ""
+    return (f"Tested per hospital: {n.members} training and {n.nonmembers} held-out slices of "
+            f"{n.member_patients or '?'} and {n.nonmember_patients or '?'} patients, over "
+            f"rounds {', '.join(map(str, mia.rounds))}. Run: {run.defenses or 'no defense'}.")
+
+
+def compared_words(other: MiaRun) -> str:
+    """The compared run's verdict in one line (markdown with its colour)."""
+    o = verdict(other.mia)
+    figure = f" ({o.figure})" if o.figure else ""
+    return f"Compared run, {other.legend()}: :{o.colour}[{o.title}]{figure}."
+
+
+def secagg_sentence(run: MiaRun) -> str:
+    """What the global-model attack still reaches in a secure-aggregation run ("" if none)."""
+    glob = run.mia.baselines.get("global_loss") or {}
+    if not glob:
+        return ""
+    center = max(glob, key=glob.__getitem__)
+    return (f"In **{run.legend()}**, the attack on the global model still reaches AUC "
+            f"**{glob[center]:.2f}** at {hospital_name(center)} ("
+            + ", ".join(f"{hospital_name(c)} {a:.2f}" for c, a in glob.items())
+            + ", slice level).")

@@ -75,6 +75,15 @@ SWEEP_TEXT = {
                            "and two local optimisers (FedAvg)",
 }
 
+INTRO = ("In a **poisoning attack**, one or more hospitals in the federation misbehave: they "
+         "train on spoilt images or send back a spoilt model, to make the shared synthetic-CT "
+         "model worse. The server combines the hospitals' updates with an **aggregation "
+         "rule**; plain averaging (FedAvg) lets one bad update drag everyone along, while "
+         "robust rules (FedMedian, trimmed mean) try to outvote it. Each attack is compared "
+         "with the same federation trained without attackers.")
+EMPTY = ("No poisoning results yet. Choose an attack above and press Run (about 30 seconds per "
+         "rule), or start the study grid.")
+
 
 def rule_name(rule: str) -> str:
     return RULE_NAMES.get(rule, rule)

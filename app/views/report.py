@@ -25,7 +25,14 @@ from app.views import inversion as inv_ui
 from app.views import mia as mia_ui
 from app.views import poisoning as poi_ui
 from app.views import whatif as whatif_ui
-from app.views.common import UNSEEN_LABEL, Verdict, history_figure, hospital_name
+from app.views.common import (
+    RULE_NAMES,
+    UNSEEN_LABEL,
+    Verdict,
+    computed_with,
+    history_figure,
+    hospital_name,
+)
 from engine.analyses.results import (
     DPAuditSummary,
     InversionSummary,
@@ -194,7 +201,9 @@ def _settings(run: RunFiles) -> str:
     timing, versions = s.timing, s.versions
     rows = [("Run id", run.run_id), ("Name", cfg.get("name") or "run"),
             ("Preset", run.status.get("preset") or "custom / not recorded"),
-            ("Seed", cfg.get("seed", "–")), ("Device", s.device or "–"),
+            ("Seed", cfg.get("seed", "–")),
+            # The seed alone does not fix the figures: threads and kernels round differently.
+            ("Computed with", computed_with(run.summary)), ("Device", s.device or "–"),
             ("Runtime", (cfg.get("federation") or {}).get("runtime", "inprocess")),
             ("State", run.status.get("state", "–"))]
     rows += [(f"Time: {k.removesuffix('_s')}", f"{v:.1f} s") for k, v in timing.items()
@@ -277,7 +286,7 @@ def _inversion(run: RunFiles, inv: InversionSummary) -> str:
     table, columns = inv_ui.client_table(inv)
     out.append("<h3>Per hospital</h3>" + _table(table.rename(
         columns={k: label for k, (label, _, _) in columns.items()})))
-    out.append("<h3>Original | reconstruction | error | attacker's average brain</h3>")
+    out.append(f"<h3>{inv_ui.STRIP_CAPTION}</h3>")
     for center in inv.per_client:
         img = _png(run.path / "inversion" / f"{center}.png", hospital_name(center))
         if img:
@@ -395,6 +404,20 @@ def _card(title: str, v: Verdict, detail: str) -> Scorecard:
     return Scorecard(title, v.figure or v.title, colour, detail)
 
 
+HOME_INTRO = (
+    "Several hospitals want a shared AI model that turns a brain **MRI** into a **synthetic "
+    "CT** (sCT), so patients can skip the CT scan for radiotherapy planning. With *federated "
+    "learning* no hospital sends its images anywhere: each one trains the model on its own "
+    "patients and only sends the model's **updates** to a central server, which combines them. "
+    "This lab simulates such a federation on artificial patients so you can see how good the "
+    "shared model gets and what the protections cost.\n\n"
+    "**What can go wrong (the threat model).** A curious server could study a hospital's "
+    "updates to guess whether a given patient was used, or even rebuild their images; a "
+    "dishonest hospital could send harmful updates to spoil the shared model. The defenses "
+    "here — secure aggregation (the server only sees the sum of updates), privacy noise "
+    "(differential privacy) and robust aggregation rules — each block some of these attacks.")
+
+
 def scorecards(summary: RunSummary | None) -> list[Scorecard]:
     """Traffic lights of one finished run's summary: its model's quality and every attack it
     ran (an attack it did not run says where to start one; no summary: every card does).
@@ -438,8 +461,21 @@ def scorecards(summary: RunSummary | None) -> list[Scorecard]:
                            f"Final MAE under attack ÷ MAE without attackers. Green up to "
                            f"{poi_ui.PROTECTED}× where the same attack hurt FedAvg beyond "
                            f"that, grey where it did not (too weak to judge), orange below "
-                           f"{poi_ui.BROKEN:g}×, red from {poi_ui.BROKEN:g}×."))
+                           f"{poi_ui.BROKEN:g}×, red from {poi_ui.BROKEN:g}×."
+                           + _control_words(s)))
     return cards
+
+
+def _control_words(s: RunSummary) -> str:
+    """The FedAvg control beside a robust rule's card: a green rule is only as telling as the
+    damage the same attack did without it."""
+    control = s.poisoning.fedavg_control if s.poisoning else None
+    if control is None or control.self_ or not control.seeds:
+        return ""
+    rule = RULE_NAMES.get(s.federation.aggregator, s.federation.aggregator)
+    n = len(control.seeds)
+    return (f" This run used {rule}; the same attack against FedAvg gave "
+            f"{control.mae_ratio_mean:.2f}× over {n} seed{'' if n == 1 else 's'}.")
 
 
 # --------------------------------------------------------------------------- the study

@@ -133,11 +133,21 @@ class RunRow:
         return ", ".join(parts) or ("none" if self.summary or self.state == "done" else "")
 
     @property
+    def design(self) -> str:
+        """What makes two runs the same experiment, in words: hospitals, patients, rounds,
+        image size."""
+        data = self.config.get("data") if isinstance(self.config.get("data"), dict) else {}
+        return (f"{data.get('centers', '?')} hospitals × {data.get('patients_per_center', '?')}"
+                f" patients · {self.rounds or '?'} rounds · {data.get('image_size', '?')} px")
+
+    @property
     def label(self) -> str:
+        """The run in a picker: when, name, its defenses (if any), state and MAE."""
         when = time.strftime("%d %b %H:%M", time.localtime(self.created or 0))
         mae = f" · MAE {self.final.mae_hu:.0f} HU" if self.final else ""
         state = STATE_TEXT.get(self.state, self.state)
-        return f"{when} · {self.name or 'run'} · {state}{mae}"
+        defended = f" · {self.defenses}" if self.defenses not in ("", "none") else ""
+        return f"{when} · {self.name or 'run'}{defended} · {state}{mae}"
 
     def enabled(self, attack: str) -> bool:
         """Whether the run's config enabled ``attacks.<attack>``."""

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from app.views import inversion as inv_ui
 from app.views import mia as mia_ui
 from app.views import poisoning as poi_ui
-from app.views.common import PAGES_DIR, RULE_NAMES, STATE_TEXT
+from app.views.common import PAGES_DIR, RULE_NAMES, STATE_TEXT, computed_with
 from app.views.results import RunRow
 
 # Summary key → (page, URL parameter that page reads the run id from, link label).
@@ -45,7 +45,8 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
                     for r in rows],
         "Name": [r.name or "run" for r in rows],
         "State": [STATE_TEXT.get(r.state, r.state) for r in rows],
-        "Aggregation rule": [RULE_NAMES.get(r.aggregator, r.aggregator) for r in rows],
+        "Aggregation rule": [RULE_NAMES.get(r.aggregator or "", r.aggregator or "–")
+                             for r in rows],
         "Defenses": [r.defenses for r in rows],
         "Final MAE (HU)": [r.final.mae_hu if r.final else None for r in rows],
         "Attacks": [", ".join(ATTACK_WORDS[a] for a in r.attacks) for r in rows],
@@ -81,11 +82,27 @@ def security_results(row: RunRow) -> dict[str, str]:
     return out
 
 
+def design_warning(a: RunRow, b: RunRow) -> str:
+    """A sentence when two runs are different experiments, not one design with other
+    settings ("" when their designs agree)."""
+    if a.design == b.design:
+        return ""
+    return (f"These runs have different designs ({a.design} against {b.design}): their "
+            "figures and curves differ for that reason too, not only because of their "
+            "defenses or rule.")
+
+
 def compare_frame(a: RunRow, b: RunRow) -> pd.DataFrame:
-    """Two runs side by side: final metrics with the difference (second minus first), how
+    """Two runs side by side: their design, rule and defenses (same or different), final
+    metrics with the difference (second minus first), how
     each was computed (:func:`computed_with`), then every security result either run has
     (with its change where both have a number)."""
-    rows = []
+    rows = [{"Measure": label, "First run": fa, "Second run": fb,
+             "Change (second − first)": "same" if fa == fb else "different"}
+            for label, fa, fb in (("Design", a.design, b.design),
+                                  ("Aggregation rule", RULE_NAMES.get(a.aggregator or "", "?"),
+                                   RULE_NAMES.get(b.aggregator or "", "?")),
+                                  ("Defenses", a.defenses or "none", b.defenses or "none"))]
     for key, label, digits in METRICS:
         va = getattr(a.final, key) if a.final else None
         vb = getattr(b.final, key) if b.final else None
@@ -95,7 +112,7 @@ def compare_frame(a: RunRow, b: RunRow) -> pd.DataFrame:
                                                          ("Change (second − first)", diff))}})
         if diff is not None:
             rows[-1]["Change (second − first)"] = f"{diff:+.{digits}f}"
-    wa, wb = computed_with(a), computed_with(b)
+    wa, wb = computed_with(a.summary), computed_with(b.summary)
     rows.append({"Measure": "Computed with", "First run": wa, "Second run": wb,
                  "Change (second − first)": "same" if wa == wb else
                  "different: part of any difference in the figures is rounding, not the "
@@ -108,35 +125,16 @@ def compare_frame(a: RunRow, b: RunRow) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-TRAINING_WORDS = {"batched": "hospitals trained together",
-                  "partly batched": "some hospitals trained together",
-                  "sequential": "hospitals trained one after another",
-                  "flower": "on Flower"}
-
-
-def computed_with(row: RunRow) -> str:
-    """How a run computed its figures, in words: what decides them besides the settings
-    (``summary.json`` → ``environment``)."""
-    env = row.summary.environment if row.summary else None
-    if env is None:
-        return "not recorded"
-    kernels = ", ".join([env.cpu_capability, *env.kernel_limits.values()])
-    return (f"{env.threads} thread{'' if env.threads == 1 else 's'} on {env.device} "
-            f"({kernels} kernels), {TRAINING_WORDS.get(env.training, env.training)}, "
-            f"{env.precision}, torch {env.torch}, MONAI {env.monai}")
-
-
 def security_change(a: RunRow, b: RunRow, label: str) -> str:
     """The change of a security result's number between two runs, in words ("" if either
-    lacks it): the worst patient-level AUC, the worst body-SSIM gain over the leak test's
-    null (the floor in older runs), the poisoning error ratio."""
+    lacks it): the patient-level AUC the membership verdict shows, the worst body-SSIM gain
+    over the leak test's null (the floor in older runs), the poisoning error ratio."""
     def number(row: RunRow) -> float | None:
         s = row.summary
         if s is None:
             return None
         if label == "Membership inference" and s.mia is not None:
-            aucs = s.mia.figures(s.mia.verdict_attack or s.mia.attack).auc
-            return max(aucs.values()) if aucs else None
+            return mia_ui.verdict(s.mia).value  # the AUC the verdict shows
         if label == "Gradient inversion" and s.inversion is not None:
             _, _, ssim_body, floor = inv_ui.worst_client(s.inversion)
             return ssim_body - floor

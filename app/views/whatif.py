@@ -217,3 +217,24 @@ def whatif_progress_text(sweep: Sweep) -> str:
     part = CELL_TITLES[min(sweep.cells_done, len(CELL_TITLES) - 1)].lower()
     return ("Waiting for its turn in the job queue…" if sweep.state == "queued" else
             f"Experiment {sweep.cells_done + 1} of {sweep.total} ({part}).{phase}")
+
+
+# --------------------------------------------------------------------------- page words
+
+INTRO = ("Pick one patient and the hospital that would train on them. The lab runs the "
+         "live-demo federation (4 hospitals) twice with this patient among that hospital's "
+         "training patients: once **without defenses** and once **with secure aggregation and "
+         "privacy noise**. In both, the curious server then tries to tell whether this patient "
+         "was used (*membership inference*) and to rebuild their images from the hospital's "
+         "update (*gradient inversion*). The two answers are shown side by side.")
+NO_PATIENT = ("No patient to ask about yet: upload an MRI + CT pair on **Data & centers**, or "
+              "add an example patient.")
+EXAMPLE_HELP = ("An artificial patient scanned at the chosen hospital, saved like an upload "
+                "(nobody has trained on it yet).")
+START_HELP = ("Two experiments, one after the other; one that already ran with the same "
+              "settings is reused.")
+MEMBERSHIP_LEAD = "**Was this patient used?** (membership inference) "
+RECONSTRUCTION_LEAD = "**Can their images be rebuilt?** (gradient inversion) "
+SHORT_ATTEMPT = ("A short attempt (50 iterations of Inverting Gradients on the hospital's first "
+                 "recorded update); the Gradient inversion page has stronger ones.")
+PAIR_CAPTIONS = ("Patient's MRI", "Rebuilt MRI", "Patient's CT", "Rebuilt CT")

@@ -1,0 +1,126 @@
+"""What an open browser tab on a running job costs the dashboard's server, in CPU.
+
+A page showing a running job redraws its progress on a timer (``app.views.common.POLL_S``);
+every redraw runs page code in the dashboard's process, on the cores the job trains on. This
+starts the dashboard (as ``make run`` does) on a temporary runs folder, queues a long job
+through the dashboard's own queue, and measures the server's CPU time (its process and
+children, from ``/proc``) over a window with 0, 1 and 2 headless chromium tabs open on the
+job's Federation page.
+
+    python -m benchmarks.tab_cost [--window 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from app.views.common import POLL_S
+from engine.orchestration import jobs
+from engine.orchestration.presets import build_config
+
+OUT = Path("test-output/benchmarks/tab_cost.json")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+        todo += children.get(p, [])
+    return total
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(window: float = 20.0) -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    root = Path(tempfile.mkdtemp(prefix="tab-cost-"))
+    port = _free_port()
+    env = os.environ | {"FEDSCT_RUNS_DIR": str(root)}
+    server = subprocess.Popen([sys.executable, "-m", "engine", "dashboard", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    out: dict[str, float] = {"poll_s": POLL_S, "window_s": window}
+    os.environ["FEDSCT_RUNS_DIR"] = str(root)
+    job = None
+    try:
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        # Long enough for three windows: the study's demo recipe with many rounds.
+        job = jobs.start_job(build_config("study-setup", sets=["federation.rounds=60"]), root,
+                             preset="study-setup")
+        while job.status().get("state") != "running":
+            time.sleep(0.5)
+        page = f"{url}/federation?run={job.run_id}"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium")
+                                        or "/usr/bin/chromium", args=["--no-sandbox"])
+            tabs = []
+            for count in (0, 1, 2):
+                while len(tabs) < count:
+                    tab = browser.new_page()
+                    tab.goto(page, wait_until="networkidle")
+                    tabs.append(tab)
+                time.sleep(5)  # the page's first draw is not part of the steady cost
+                start, t0 = _cpu_seconds(server.pid), time.perf_counter()
+                time.sleep(window)
+                share = (_cpu_seconds(server.pid) - start) / (time.perf_counter() - t0)
+                out[f"server_cpu_share_{count}_tabs"] = round(share, 4)
+                print(f"{count} tab(s): dashboard server at {share:.1%} of a core", flush=True)
+            browser.close()
+    finally:
+        if job is not None:
+            jobs.cancel_job(job, grace_s=5)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+        shutil.rmtree(root, ignore_errors=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--window", type=float, default=20.0,
+                        help="seconds of each measurement window")
+    print(json.dumps(measure(parser.parse_args().window), indent=1))
+
+
+if __name__ == "__main__":
+    main()
