@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from app.views.common import POLL_S
 from engine.orchestration import jobs
@@ -62,7 +63,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(window: float = 20.0) -> dict[str, float]:
+def measure(window: float = 20.0, page_name: str = "federation") -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     root = Path(tempfile.mkdtemp(prefix="tab-cost-"))
@@ -72,7 +73,7 @@ def measure(window: float = 20.0) -> dict[str, float]:
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                               start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    out: dict[str, float] = {"poll_s": POLL_S, "window_s": window}
+    out: dict[str, Any] = {"poll_s": POLL_S, "window_s": window, "page": page_name}
     os.environ["FEDSCT_RUNS_DIR"] = str(root)
     job = None
     try:
@@ -87,7 +88,8 @@ def measure(window: float = 20.0) -> dict[str, float]:
                              preset="study-setup")
         while job.status().get("state") != "running":
             time.sleep(0.5)
-        page = f"{url}/federation?run={job.run_id}"
+        page = (f"{url}/federation?run={job.run_id}" if page_name == "federation"
+                else f"{url}/{page_name}")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium")
                                         or "/usr/bin/chromium", args=["--no-sandbox"])
@@ -119,7 +121,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--window", type=float, default=20.0,
                         help="seconds of each measurement window")
-    print(json.dumps(measure(parser.parse_args().window), indent=1))
+    parser.add_argument("--page", default="federation",
+                        help="the page the tabs show: federation (the job's own run, live "
+                             "chart and banner) or another page's path, e.g. runs (banner)")
+    args = parser.parse_args()
+    print(json.dumps(measure(args.window, args.page), indent=1))
 
 
 if __name__ == "__main__":

@@ -270,6 +270,7 @@ def test_scorecard_thresholds(runs: dict[str, Path]) -> None:
     # A robust rule's card names what the same attack did to FedAvg (its control).
     poi = _summary(runs["poisoning"])
     poi["federation"]["aggregator"] = "fedmedian"
+    poi["poisoning"]["baseline"]["fedmedian"] = poi["poisoning"]["baseline"]["fedavg"]
     poi["poisoning"]["fedavg_control"] = {"aggregator": "fedavg", "self": False,
                                           "seeds": [{"seed": 0, "mae_hu": 690.0,
                                                      "baseline_mae_hu": 250.0,
