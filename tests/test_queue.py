@@ -103,3 +103,23 @@ def test_a_page_calls_its_own_job_yours_and_a_launched_run_starting(
         for job in queue.jobs(tmp_path):
             if job.pid:
                 os.killpg(job.pid, signal.SIGKILL)
+
+
+def test_a_job_never_runs_files_from_the_folder_it_is_queued_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's queue starts jobs in its working folder; files there named like our
+    modules or the standard library's are not run."""
+    from tests.test_serve import decoys
+
+    work = tmp_path / "work"
+    marks = decoys(work)
+    monkeypatch.chdir(work)
+    folder = tmp_path / "runs" / "job"
+    folder.mkdir(parents=True)
+    job = queue.submit(tmp_path / "runs", kind="run", label="job", folder=folder,
+                       cmd=queue.python_module("engine.orchestration.jobs", str(folder)))
+    _wait(lambda: not queue.jobs(tmp_path / "runs"), timeout=60)
+    assert job.state == "running"
+    assert not marks.exists(), sorted(p.name for p in marks.iterdir())
+    # The real job module ran (and refused the folder, which holds no run).
+    assert "fixed for the whole run" in (folder / "log.txt").read_text()

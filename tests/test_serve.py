@@ -51,10 +51,28 @@ def _get(port: int, host: str) -> int:
         conn.close()
 
 
+def decoys(folder: Path) -> Path:
+    """Files named like our modules and the standard library's in ``folder``, each leaving a
+    mark if it is ever run; returns where the marks go."""
+    marks = folder / "ran"
+    mark = f"import pathlib; pathlib.Path({str(marks)!r}).mkdir(exist_ok=True); " \
+           f"pathlib.Path({str(marks)!r}, __name__).touch()\n"
+    for name in ("app/__init__.py", "app/serve.py", "engine/__init__.py",
+                 "engine/orchestration/__init__.py", "engine/orchestration/jobs.py",
+                 "tomllib.py", "streamlit.py"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(mark)
+    return marks
+
+
 def test_started_elsewhere_it_listens_on_loopback_and_checks_host(tmp_path: Path) -> None:
+    """Started from a folder holding decoys, as the `fedsct` command starts (its script does
+    not put the working folder on sys.path): only the dashboard's own code runs."""
     port = _free_port()
+    marks = decoys(tmp_path)
     env = {**os.environ, "FEDSCT_RUNS_DIR": str(tmp_path / "runs")}
-    server = subprocess.Popen([sys.executable, "-m", "engine", "dashboard", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-P", "-m", "engine", "dashboard", "--port",
+                               str(port)],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -78,6 +96,7 @@ def test_started_elsewhere_it_listens_on_loopback_and_checks_host(tmp_path: Path
         # A page whose DNS name was rebound to 127.0.0.1 sends its own name as the Host.
         assert _get(port, "attacker.example") == 400
         assert _get(port, f"attacker.example:{port}") == 400
+        assert not marks.exists(), sorted(p.name for p in marks.iterdir())
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -368,8 +368,10 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(rest: list[str]) -> int:
     """Hand over to the dashboard's own launcher (the engine does not import the dashboard):
-    ``python -m app.serve`` with the remaining arguments, in this process's place."""
-    os.execv(sys.executable, [sys.executable, "-m", "app.serve", *rest])
+    ``python -P -m app.serve`` with the remaining arguments, in this process's place. ``-P``:
+    the working folder is not put on ``sys.path``, so an ``app/serve.py`` or ``tomllib.py``
+    in the folder the dashboard is started from is never run."""
+    os.execv(sys.executable, [sys.executable, "-P", "-m", "app.serve", *rest])
     return 0  # not reached
 
 

@@ -175,5 +175,7 @@ def finished() -> None:
 
 
 def python_module(module: str, *args: str) -> list[str]:
-    """The command that runs ``python -m module args`` with this interpreter."""
-    return [sys.executable, "-m", module, *args]
+    """The command that runs ``python -P -m module args`` with this interpreter: ``-P`` keeps
+    the working folder (where the dashboard was started) off ``sys.path``, so a file there
+    named like one of our modules, or the standard library's, is never run."""
+    return [sys.executable, "-P", "-m", module, *args]
