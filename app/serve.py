@@ -20,6 +20,7 @@ import ipaddress
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from starlette.middleware import Middleware
@@ -77,11 +78,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# Sent with every response: no other site may show the dashboard inside a frame, where a
+# page could trick a signed-in user into clicking its buttons (clickjacking).
+NO_FRAMING = ((b"content-security-policy", b"frame-ancestors 'none'"),
+              (b"x-frame-options", b"DENY"))
+
+
+class NoFraming:
+    """ASGI middleware adding :data:`NO_FRAMING` to every HTTP response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def framed(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *NO_FRAMING]}
+            await send(message)
+
+        await self.app(scope, receive, framed)
+
+
 def build_app(allowed_hosts: list[str], auth: dict[str, str] | None) -> st.App:
-    """The dashboard as an ASGI app that answers only ``allowed_hosts``."""
+    """The dashboard as an ASGI app that answers only ``allowed_hosts`` and may not be
+    framed by another site."""
     hosts = list(dict.fromkeys([*LOOPBACK_HOSTS, "[::1]", *allowed_hosts]))
     return st.App(str(MAIN), secrets={"auth": auth} if auth else None,
-                  middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+                  middleware=[Middleware(NoFraming),
+                              Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from app.views.common import (
     UNSEEN_LABEL,
     Verdict,
     hospital_name,
+    plain,
     progress_text,
     upscale,
 )
@@ -78,7 +79,7 @@ def remembered_run(param: str, instead: str) -> tuple[RunFolder | None,
             run = open_run(run_id)
             cfg = run.config()
         except (FileNotFoundError, OSError, ConfigError):
-            st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing "
+            st.warning(f"Run {plain(run_id)} can't be opened (deleted or damaged); showing "
                        f"{instead}.")
             remember(param, None)
         else:

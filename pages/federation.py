@@ -16,6 +16,7 @@ from app.views.common import (
     describe_config,
     history_figure,
     history_from_metrics,
+    plain,
 )
 from app.views.inversion import verdict as inversion_verdict
 from app.views.mia import verdict as mia_verdict
@@ -252,7 +253,7 @@ def _open_current() -> tuple[RunFolder | None, ExperimentConfig | None]:
         run = open_run(run_id)
         return run, run.config()
     except (FileNotFoundError, OSError, ConfigError):
-        st.warning(f"Run `{run_id}` can't be opened (deleted or damaged); showing none.")
+        st.warning(f"Run {plain(run_id)} can't be opened (deleted or damaged); showing none.")
         set_current_run(None)
         return None, None
 

@@ -193,3 +193,17 @@ def test_an_error_inside_a_page_is_a_sentence_not_a_traceback(runs_dir, monkeypa
     assert any("Something went wrong on this page" in e.value and "index unreadable" in e.value
                for e in at.error)
     assert "index unreadable" in (runs_dir / "dashboard-errors.log").read_text()
+
+
+@pytest.mark.parametrize("page", ["federation", "membership"])
+def test_a_crafted_run_link_is_shown_as_text(page: str) -> None:
+    """A ?run= value is text: no link, image or colour can be slipped into the page."""
+    evil = "x` [Sign in again](https://evil.example) ![i](https://evil.example/a.png) `"
+    at = AppTest.from_file(str(MAIN), default_timeout=60)
+    at.query_params["run" if page == "federation" else "mia_run"] = evil
+    at.run()
+    at.switch_page(FEDERATION if page == "federation" else "../pages/membership.py").run()
+    assert not at.exception, at.exception
+    shown = [w.value for w in at.warning if "can't be opened" in w.value]
+    assert shown and all("](" not in w and "`" not in w.replace("\\`", "") for w in shown)
+    assert "\\[Sign in again\\]" in shown[0]

@@ -40,13 +40,18 @@ def _listening(port: int) -> set[str]:
     return found
 
 
-def _get(port: int, host: str) -> int:
+def _get(port: int, host: str, path: str = "/_stcore/health") -> int:
+    return _response(port, host, path)[0]
+
+
+def _response(port: int, host: str, path: str) -> tuple[int, dict[str, str]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.putrequest("GET", "/_stcore/health", skip_host=True)
+        conn.putrequest("GET", path, skip_host=True)
         conn.putheader("Host", host)
         conn.endheaders()
-        return conn.getresponse().status
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
     finally:
         conn.close()
 
@@ -97,6 +102,12 @@ def test_started_elsewhere_it_listens_on_loopback_and_checks_host(tmp_path: Path
         assert _get(port, "attacker.example") == 400
         assert _get(port, f"attacker.example:{port}") == 400
         assert not marks.exists(), sorted(p.name for p in marks.iterdir())
+        # No other site may frame the dashboard (clickjacking): the page and its API say so.
+        for path in ("/", "/_stcore/health"):
+            status, headers = _response(port, f"127.0.0.1:{port}", path)
+            assert status == 200
+            assert headers["content-security-policy"] == "frame-ancestors 'none'"
+            assert headers["x-frame-options"] == "DENY"
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

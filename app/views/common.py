@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -64,6 +65,19 @@ def hospital_names(centers: list[str]) -> str:
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 PAGES_DIR = ROOT / "pages"
+_MARKDOWN_SIGNS = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$])")
+
+
+def plain(text: str, limit: int = 80) -> str:
+    """Text a user controls (a URL parameter, a file name) made safe inside Markdown: control
+    characters dropped, every Markdown sign escaped (no link, image, code span, colour or
+    formula can be injected), cut to ``limit`` characters."""
+    text = "".join(ch for ch in str(text) if ch.isprintable())
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return _MARKDOWN_SIGNS.sub(r"\\\1", text)
+
+
 # How often a page redraws a job's progress (s). A round takes seconds to minutes: a faster
 # poll shows nothing new and costs the running job CPU (each poll reruns page code).
 POLL_S = 3.0
