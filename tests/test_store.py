@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.core import run_folder
-from engine.core.run_folder import JOB_PID_FILE, RunFolder, process_start
+from engine.core.run_folder import JOB_PID_FILE, RunFolder, process_start, write_json_atomic
 from engine.orchestration.cli import main as cli_main
 from engine.orchestration.jobs import cancel_job
 from engine.orchestration.presets import build_config
@@ -171,3 +171,20 @@ def test_the_recorded_process_is_still_recognised(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_index_follows_a_run_resumed_elsewhere(tmp_path: Path) -> None:
+    """A run interrupted, listed (indexed as interrupted), then resumed to the end by a
+    process that writes only its folder (``fedsct run --resume`` in a terminal): the next
+    listing shows it finished, with its MAE, without rebuilding the index."""
+    run = create_run(build_config("smoke"), tmp_path)
+    run.set_status("interrupted", error="killed")
+    assert [r["state"] for r in RunIndex(tmp_path).list()] == ["interrupted"]
+    time.sleep(0.01)  # a later modification time, on any file system's clock
+    write_json_atomic(run.path / "summary.json", {"federation": {"final": {"mae_hu": 557.5}}})
+    run.set_status("done")
+    (row,) = RunIndex(tmp_path).list()
+    assert (row["state"], row["final_mae_hu"]) == ("done", 557.5)
+    # And the index itself was updated: a raw read of it agrees.
+    (raw,) = RunIndex(tmp_path)._rows()
+    assert raw[4] == "done"

@@ -111,10 +111,12 @@ class RunIndex:
     """
 
     COLUMNS = ("run_id", "created", "name", "preset", "state", "aggregator", "rounds",
-               "secure_aggregation", "final_mae_hu", "wall_s")
+               "secure_aggregation", "final_mae_hu", "wall_s", "status_mtime_ns")
     SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created REAL,"
               " name TEXT, preset TEXT, state TEXT, aggregator TEXT, rounds INTEGER,"
-              " secure_aggregation INTEGER, final_mae_hu REAL, wall_s REAL)")
+              " secure_aggregation INTEGER, final_mae_hu REAL, wall_s REAL,"
+              " status_mtime_ns INTEGER)")
+    INSERT = f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(COLUMNS))})"
 
     def __init__(self, root: str | Path | None = None):
         self.root = runs_root(root)
@@ -138,8 +140,17 @@ class RunIndex:
             con.close()
 
     @staticmethod
+    def _status_mtime(path: Path) -> int | None:
+        """When the run's ``status.json`` last changed (ns), None when it cannot be read."""
+        try:
+            return (path / "status.json").stat().st_mtime_ns
+        except OSError:
+            return None
+
+    @staticmethod
     def _row(run: RunFolder) -> tuple:
         """The index row of ``run``, from whatever of its files can be read."""
+        mtime = RunIndex._status_mtime(run.path)  # before reading: a later change shows
         status = run.status()
         try:
             cfg = _mapping(yaml.safe_load((run.path / "config.yaml").read_text()))
@@ -153,13 +164,12 @@ class RunIndex:
                 _text(fed.get("aggregator")), _number(fed.get("rounds"), int),
                 int(_mapping(cfg.get("defenses")).get("secure_aggregation") is True),
                 _number(final.get("mae_hu")), _number(_mapping(summary.get("timing"))
-                                                      .get("wall_s")))
+                                                      .get("wall_s")), mtime)
 
     def upsert(self, run: RunFolder) -> None:
         try:
             with self._connect() as con:
-                con.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * 10)})",
-                            self._row(run))
+                con.execute(self.INSERT, self._row(run))
         except sqlite3.DatabaseError:
             self._repair()
 
@@ -185,8 +195,7 @@ class RunIndex:
             Path(f"{self.db}{suffix}").unlink(missing_ok=True)
         with self._connect() as con:
             for p in self._folders():
-                con.execute(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * 10)})",
-                            self._row(RunFolder(p)))
+                con.execute(self.INSERT, self._row(RunFolder(p)))
 
     def _rows(self) -> list[tuple]:
         with self._connect() as con:
@@ -214,11 +223,14 @@ class RunIndex:
             path = self.root / rec["run_id"]
             if rec["run_id"] not in folders:
                 continue
-            if rec["state"] in ACTIVE:
-                # The run writes only its folder: an active row may be stale, so read the
-                # whole row from the folder and keep the index up to date.
+            if (rec["state"] in ACTIVE
+                    or self._status_mtime(path) != rec["status_mtime_ns"]):
+                # A run writes only its folder (a resume from a terminal too): a row is stale
+                # when the run's status changed since it was indexed, or may be while the run
+                # is active; read it from the folder and keep the index up to date.
+                before = rec
                 rec = dict(zip(self.COLUMNS, self._row(RunFolder(path)), strict=True))
-                if rec["state"] not in ACTIVE:
+                if rec["state"] not in ACTIVE or rec["state"] != before["state"]:
                     self.upsert(RunFolder(path))
             out.append(rec)
         return out
