@@ -165,3 +165,64 @@ def test_resume_of_an_unknown_run_names_it(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedsct: can't resume") and "no run '20990101-000000-x-0000'" in err
     assert "\n" not in err
+
+
+def _interrupted_after_two_rounds(root: Path) -> RunFolder:
+    """A 3-round smoke run that recorded 2 rounds (checkpoint after round 2), interrupted."""
+    cfg = build_config("smoke", sets=["federation.rounds=3", "federation.checkpoint_every=1"])
+    run = create_run(cfg, root)
+    done = []
+    from engine.orchestration.experiment import execute
+
+    def stop_after_two(entry: dict[str, Any]) -> None:
+        done.append(entry["round"])
+        if entry["round"] == 2:
+            run.request_cancel()
+
+    execute(run, on_round=stop_after_two)
+    assert run.status()["state"] == "cancelled" and max(done) == 2, run.status()
+    return run
+
+
+def _damage(run: RunFolder, case: str) -> None:
+    if case == "status":
+        (run.path / "status.json").write_text("[1, 2]")
+    elif case == "config":
+        # Cut at a line boundary inside the data section: valid YAML whose missing keys
+        # (smoke's 3 hospitals, 32 px, …) would silently become the defaults.
+        lines = (run.path / "config.yaml").read_text().splitlines(keepends=True)
+        cut = next(i for i, line in enumerate(lines) if "centers:" in line)
+        (run.path / "config.yaml").write_text("".join(lines[:cut]))
+    else:
+        import numpy as np
+        path = run.path / "checkpoints" / "latest.npz"
+        arrays = dict(np.load(path))
+        if case == "checkpoint round":
+            arrays["round"] = np.array(999)
+        else:
+            arrays["p0"] = np.zeros(3, dtype=np.float32)
+        np.savez(path, **arrays)
+
+
+DAMAGE = {"status": "status.json is damaged, so what the run did cannot be trusted",
+          "config": "config.yaml is not the config the run started with",
+          "checkpoint round": "checkpoints/latest.npz says round 999, but the run has 3 "
+                              "rounds and recorded up to round 2",
+          "checkpoint model": "checkpoints/latest.npz does not hold this run's model"}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_resume_refuses_damaged_files_in_one_line(tmp_path: Path, case: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """A damaged file is never trusted: no traceback, no silent defaults, no run marked done
+    from a checkpoint it never reached."""
+    root = tmp_path / "runs"
+    run = _interrupted_after_two_rounds(root)
+    _damage(run, case)
+    before = (run.path / "status.json").read_bytes()
+    assert cli_main(["run", "--out", str(root), "--resume", run.run_id]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("fedsct: can't resume"), err
+    assert DAMAGE[case] in err, err
+    assert (run.path / "status.json").read_bytes() == before  # untouched
+    assert not (run.path / "summary.json").exists()

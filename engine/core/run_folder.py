@@ -167,9 +167,9 @@ class RunFolder:
             old = json.loads((self.path / "status.json").read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass
-        status = (old if isinstance(old, dict) else {}) | extra | {"state": state,
-                                                                   "updated": time.time()}
-        if "phase" in extra and extra["phase"] != (old or {}).get("phase"):
+        old = old if isinstance(old, dict) else {}  # a damaged file is replaced, not read
+        status = old | extra | {"state": state, "updated": time.time()}
+        if "phase" in extra and extra["phase"] != old.get("phase"):
             status["progress"] = None  # a new phase reports its own progress
         write_json_atomic(self.path / "status.json", status)
 

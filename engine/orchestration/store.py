@@ -66,15 +66,46 @@ RESUMABLE = ("interrupted", "failed", "cancelled")
 
 def check_resumable(run: RunFolder) -> None:
     """``ValueError`` (one line, naming the reason) unless ``run`` can be resumed: it ended
-    without finishing and ran in process (Flower runtimes start over)."""
-    state = run.status().get("state")
+    without finishing, ran in process (Flower runtimes start over), and its files are the
+    run's own: ``status.json`` readable, ``config.yaml`` the config the run started with (its
+    recorded hash), the checkpoint a round the run has recorded, of the model's shapes."""
+    status = run.status()
+    state = status.get("state")
     if state not in RESUMABLE:
         raise ValueError(f"run {run.run_id} is {state}; only an interrupted, failed or "
                          "cancelled run can be resumed")
-    runtime = run.config().federation.runtime
-    if runtime != "inprocess":
-        raise ValueError(f"run {run.run_id} ran on federation.runtime = {runtime!r}; resuming "
-                         "needs the in-process runtime: start it again instead")
+    start_again = "start the experiment again as a new run instead"
+    if "created" not in status:  # the failed status of a damaged or missing file
+        raise ValueError(f"run {run.run_id}: {status.get('error')}, so what the run did "
+                         f"cannot be trusted; {start_again}")
+    cfg = run.config()
+    if status.get("config_hash") not in (None, config_hash(cfg)):
+        raise ValueError(f"run {run.run_id}: config.yaml is not the config the run started "
+                         f"with (damaged or edited); {start_again}")
+    if cfg.federation.runtime != "inprocess":
+        raise ValueError(f"run {run.run_id} ran on federation.runtime = "
+                         f"{cfg.federation.runtime!r}; resuming needs the in-process runtime: "
+                         "start it again instead")
+    # Here, not at the top: the command line validates configs before torch loads.
+    import numpy as np
+
+    from engine.federation.protocol import load_checkpoint
+    from engine.learning.model import build_model, get_parameters
+
+    checkpoint = load_checkpoint(run.path)
+    if checkpoint is None:
+        return  # nothing to trust: the run starts from round 0
+    rnd, params = checkpoint
+    recorded = max((r.get("round", -1) for r in run.metrics()), default=-1)
+    if not 1 <= rnd <= min(cfg.federation.rounds, recorded):
+        raise ValueError(f"run {run.run_id}: checkpoints/latest.npz says round {rnd}, but the "
+                         f"run has {cfg.federation.rounds} rounds and recorded up to round "
+                         f"{max(recorded, 0)}; delete that file to resume from round 0, or "
+                         f"{start_again}")
+    shapes = [np.shape(a) for a in get_parameters(build_model(cfg))]
+    if [np.shape(a) for a in params] != shapes:
+        raise ValueError(f"run {run.run_id}: checkpoints/latest.npz does not hold this run's "
+                         f"model; delete that file to resume from round 0, or {start_again}")
 
 
 def delete_run(run_id: str, root: str | Path | None = None) -> None:
