@@ -222,3 +222,13 @@ def test_uncompressed_nii_is_accepted(runs_dir: Path) -> None:
     at = _upload(_data_page(), gzip.decompress(mri), gzip.decompress(ct),
                  names=("mri.nii", "ct.nii"))
     assert not at.error and at.slider
+
+
+@pytest.mark.parametrize("letter", ["AB", "", "a", "1"])
+def test_a_hospital_is_one_capital_letter(tmp_path: Path, letter: str) -> None:
+    """'AB' is not hospital A (it was written as patient 1BAB001)."""
+    from app.views.data import save_patient as save
+
+    with pytest.raises(ValueError, match="out of range"):
+        save(tmp_path, letter, 1, None, None, with_mask=False)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []

@@ -188,3 +188,22 @@ def test_the_index_follows_a_run_resumed_elsewhere(tmp_path: Path) -> None:
     # And the index itself was updated: a raw read of it agrees.
     (raw,) = RunIndex(tmp_path)._rows()
     assert raw[4] == "done"
+
+
+def test_a_killed_writer_leaves_nothing_a_resume_keeps(tmp_path: Path) -> None:
+    """The temporary file of an atomic write whose process was killed (a dead pid in its
+    name) is removed when the run starts again; a live process's is left alone."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    dead = folder / ".summary.json.99999999.ab12cd34.tmp"  # above any pid_max
+    live = folder / f".status.json.{os.getpid()}.ab12cd34.tmp"
+    dead.write_text("{")
+    live.write_text("{")
+    assert run_folder.remove_stale_temporaries(folder) == [dead]
+    assert not dead.exists() and live.exists()
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "summary.json", {"x": object()})
+    assert list(tmp_path.iterdir()) == []

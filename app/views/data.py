@@ -123,7 +123,7 @@ def save_patient(folder: Path, letter: str, number: int, pv: PatientVolume,
         FileExistsError: the patient already exists before saving starts, or every number
             of the hospital is taken.
     """
-    if letter not in LETTERS or not 1 <= number <= 999:
+    if len(letter) != 1 or letter not in LETTERS or not 1 <= number <= 999:
         raise ValueError(f"hospital letter {letter!r} / patient number {number} out of range")
     target = folder / patient_id(letter, number)
     if target.exists():

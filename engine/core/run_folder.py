@@ -42,8 +42,26 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place:
     a reader sees the old or the new file, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=_json_default))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a bad value, Ctrl-C: leave no half-written file
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.PID.HEX.tmp``) that a killed process left in
+    ``folder`` while writing a file atomically; those of live processes stay. Returns what
+    was deleted."""
+    gone = []
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is not None and not pid_alive(pid):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
 
 
 def _json_default(o: Any) -> Any:

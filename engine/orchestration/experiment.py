@@ -24,7 +24,7 @@ from engine.attacks.inversion import run_inversion
 from engine.attacks.membership import run_membership
 from engine.core.config import ExperimentConfig
 from engine.core.render import sample_row, save_png
-from engine.core.run_folder import RunFolder, process_identity
+from engine.core.run_folder import RunFolder, process_identity, remove_stale_temporaries
 from engine.data.cohort import AttackerData, attacker_data, load_cohort
 from engine.data.types import Cohort
 from engine.federation.flower_runtime import run_flower
@@ -191,6 +191,8 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
     """
     t0 = time.perf_counter()
     cfg = run.config()
+    for stale in remove_stale_temporaries(run.path):
+        run.log(f"removed {stale.name}, left by a process killed while writing it")
     recorded = run.status().get("threads")
     if resume and isinstance(recorded, int) and recorded >= 1:
         use_threads(recorded)  # the figures of a resumed run are those it would have had
