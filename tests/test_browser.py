@@ -181,7 +181,7 @@ def test_upload_a_nifti_pair_and_see_it_previewed(server, page, tmp_path):
     inputs = _open_data_page(server, page)
     inputs.nth(0).set_input_files(str(mri))
     inputs.nth(1).set_input_files(str(ct))
-    viewer = page.locator("[data-testid='stImage']").filter(has_text="MRI, slice 4 of 7")
+    viewer = page.locator("[data-testid='stImage']").filter(has_text="MRI, slice 5 of 8")
     viewer.locator("img").wait_for(timeout=60_000)
     assert viewer.locator("img").evaluate("img => img.naturalWidth") > 0
     page.get_by_text("32×32×8").wait_for(timeout=10_000)

@@ -207,3 +207,40 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         write_json_atomic(tmp_path / "summary.json", {"x": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_running_status_without_a_process_is_interrupted(tmp_path: Path) -> None:
+    run = create_run(build_config("smoke"), tmp_path)
+    run.set_status("running", phase="training")  # no pid: damaged
+    status = run.status()
+    assert status["state"] == "interrupted" and "names no process" in status["error"]
+    assert json.loads((run.path / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_a_queued_run_that_lost_its_queue_entry_can_be_resumed_or_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued run with no queue entry (damaged and dropped) is marked interrupted on the
+    next listing once the grace for `fedsct run`'s own start has passed; one still waiting
+    in the queue stays queued."""
+    from engine.orchestration import queue, store
+
+    lost = create_run(build_config("smoke", sets=["name=lost"]), tmp_path)
+    waiting = create_run(build_config("smoke", sets=["name=waiting"]), tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    monkeypatch.delenv("FEDSCT_MAX_JOBS", raising=False)
+    queue.submit(tmp_path, kind="run", label="blocker", folder=blocker,
+                 cmd=[sys.executable, "-c", "import time; time.sleep(30)"])
+    queue.submit(tmp_path, kind="run", label="waiting", folder=waiting.path,
+                 cmd=[sys.executable, "-c", "pass"])
+    try:
+        assert {r["name"]: r["state"] for r in RunIndex(tmp_path).list()} == {
+            "lost": "queued", "waiting": "queued"}  # within the grace: nothing decided
+        monkeypatch.setattr(store, "QUEUE_LOST_AFTER_S", 0.0)
+        states = {r["name"]: r["state"] for r in RunIndex(tmp_path).list()}
+        assert states == {"lost": "interrupted", "waiting": "queued"}
+        assert "place in the job queue was lost" in lost.status()["error"]
+    finally:
+        for job in queue.jobs(tmp_path):
+            if job.pid:
+                os.killpg(job.pid, signal.SIGKILL)

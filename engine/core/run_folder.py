@@ -155,7 +155,15 @@ class RunFolder:
         if not isinstance(pid, int) or isinstance(pid, bool):
             pid, start = read_job_pid(self.path)
             status = status | {"pid": pid, "pid_start": start}
-        if status["state"] in ACTIVE and pid is not None and not pid_alive(pid, start):
+        if status["state"] == "running" and pid is None:
+            # Every running run records its process (execute, or the queue's job.pid): a
+            # status without one was damaged, and would otherwise show "running" forever.
+            status = status | {"state": INTERRUPTED, "finished": time.time(),
+                               "error": "status.json names no process for this running run "
+                                        "(damaged); it can be resumed from its last "
+                                        "checkpoint"}
+            write_json_atomic(self.path / "status.json", status)
+        elif status["state"] in ACTIVE and pid is not None and not pid_alive(pid, start):
             # The process may have written its final state between the read above and the
             # check; it is gone now, so what the file holds at this point is final.
             if self._stored_status()["state"] not in ACTIVE:

@@ -24,6 +24,7 @@ import yaml
 from engine.core.config import ExperimentConfig, config_hash
 from engine.core.environment import numeric_environment, same_numbers
 from engine.core.run_folder import ACTIVE, RunFolder, write_json_atomic
+from engine.orchestration import queue
 from engine.orchestration.threads import default_threads
 
 
@@ -106,6 +107,26 @@ def check_resumable(run: RunFolder) -> None:
     if [np.shape(a) for a in params] != shapes:
         raise ValueError(f"run {run.run_id}: checkpoints/latest.npz does not hold this run's "
                          f"model; delete that file to resume from round 0, or {start_again}")
+
+
+# A run queued longer than this without a queue entry (and without a process) has lost its
+# place: `fedsct run` creates a run and starts it at once, the queue holds every other one.
+QUEUE_LOST_AFTER_S = 60.0
+
+
+def lost_in_queue(run: RunFolder, in_queue: set[Path]) -> bool:
+    """Mark ``run`` interrupted when it is queued, has no process and no entry in the job
+    queue (a damaged or deleted entry is dropped by the queue): it would otherwise stay
+    "queued" forever with no way to start, resume or delete it. Returns whether it did."""
+    status = run.status()
+    if (status.get("state") != "queued" or status.get("pid") is not None
+            or run.path in in_queue
+            or time.time() - (status.get("created") or 0.0) < QUEUE_LOST_AFTER_S):
+        return False
+    run.set_status("interrupted", finished=time.time(),
+                   error="its place in the job queue was lost (the queue entry was damaged "
+                         "or deleted); resume it or delete it")
+    return True
 
 
 def delete_run(run_id: str, root: str | Path | None = None) -> None:
@@ -249,11 +270,16 @@ class RunIndex:
                 rows = sorted((self._row(RunFolder(self.root / f)) for f in folders),
                               key=lambda r: r[1] or 0.0, reverse=True)
         out = []
+        in_queue: set[Path] | None = None  # read once, when a queued run needs it
         for row in rows:
             rec = dict(zip(self.COLUMNS, row, strict=True))
             path = self.root / rec["run_id"]
             if rec["run_id"] not in folders:
                 continue
+            if rec["state"] == "queued":
+                in_queue = in_queue if in_queue is not None else {
+                    Path(j.folder) for j in queue.jobs(self.root)}
+                lost_in_queue(RunFolder(path), in_queue)
             if (rec["state"] in ACTIVE
                     or self._status_mtime(path) != rec["status_mtime_ns"]):
                 # A run writes only its folder (a resume from a terminal too): a row is stale
