@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from typing import Any
 import streamlit as st
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from engine.orchestration import queue
+from engine.orchestration.store import runs_root
 
 MAIN = Path(__file__).with_name("main.py")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     allowed = list(args.allowed_host)
     if not is_loopback(args.address) and args.address not in ("0.0.0.0", "::"):
         allowed.append(args.address)
+    # The queue advances on its own while the dashboard runs, whether or not a page is open.
+    threading.Thread(target=queue.advance_forever, args=(runs_root(),), daemon=True,
+                     name="job-queue").start()
     build_app(allowed, auth).run(config={
         "server.address": args.address, "server.port": args.port,
         "server.headless": True, "server.maxUploadSize": MAX_UPLOAD_MB,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -123,3 +124,60 @@ def test_a_job_never_runs_files_from_the_folder_it_is_queued_from(
     assert not marks.exists(), sorted(p.name for p in marks.iterdir())
     # The real job module ran (and refused the folder, which holds no run).
     assert "fixed for the whole run" in (folder / "log.txt").read_text()
+
+
+def test_a_stuck_lock_holder_is_named_not_waited_for(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live process that holds the queue's lock and never lets go: changes to the queue
+    give up after LOCK_TIMEOUT_S with a sentence naming it, instead of hanging every page."""
+    queue.jobs(tmp_path)  # creates the queue folder and its lock file
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; fh = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(fh, fcntl.LOCK_EX); fh.seek(0); fh.truncate(); "
+         "fh.write(str(__import__('os').getpid())); fh.flush(); print('held', flush=True); "
+         "time.sleep(60)", str(tmp_path / queue.QUEUE_DIR / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(queue, "LOCK_TIMEOUT_S", 0.5)
+        t0 = time.monotonic()
+        with pytest.raises(queue.QueueBusy, match=f"locked by process {holder.pid} for more "
+                                                  "than"):
+            queue.jobs(tmp_path)
+        assert time.monotonic() - t0 < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    assert queue.jobs(tmp_path) == []  # free again once the holder is gone
+
+
+@pytest.mark.slow
+def test_the_dashboard_moves_the_queue_on_without_a_browser(tmp_path: Path) -> None:
+    """A job killed with SIGKILL never tells the queue it ended; the dashboard's own watcher
+    notices and starts the next job, with no page open."""
+    from tests.test_serve import _free_port
+
+    runs = tmp_path / "runs"
+    first, second = runs / "first", runs / "second"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+    env = {**os.environ, "FEDSCT_RUNS_DIR": str(runs)}
+    env.pop("FEDSCT_MAX_JOBS", None)
+    server = subprocess.Popen([sys.executable, "-P", "-m", "engine", "dashboard", "--port",
+                               str(_free_port())], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        killed = queue.submit(runs, kind="run", label="first", folder=first,
+                              cmd=[sys.executable, "-c", "import time; time.sleep(120)"])
+        queue.submit(runs, kind="run", label="second", folder=second,
+                     cmd=[sys.executable, "-c", f"open({str(second / 'ran')!r}, 'w')"])
+        assert killed.state == "running" and not (second / "ran").exists()
+        os.killpg(killed.pid, signal.SIGKILL)
+        # No call here that pumps the queue: only the dashboard can start the second job.
+        deadline = time.monotonic() + 60
+        while not (second / "ran").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (second / "ran").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -77,12 +77,38 @@ def _dir(root: Path) -> Path:
     return folder
 
 
+# How long a change to the queue waits for another process holding its lock: changes take
+# milliseconds, so a holder past this is stuck, and waiting on would hang every page.
+LOCK_TIMEOUT_S = 10.0
+
+
+class QueueBusy(RuntimeError):
+    """The queue's lock stayed held past :data:`LOCK_TIMEOUT_S`."""
+
+
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    """One session at a time changes the queue (two clicks at once start one job)."""
-    with open(_dir(root) / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    """One session at a time changes the queue (two clicks at once start one job). The
+    holder's pid is written into the lock file, so a stuck holder can be named."""
+    with open(_dir(root) / ".lock", "a+") as fh:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "?"
+                    raise QueueBusy(f"the job queue has been locked by process {holder} for "
+                                    f"more than {LOCK_TIMEOUT_S:.0f} s; try again, or stop "
+                                    "that process") from None
+                time.sleep(0.05)
         try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -107,6 +133,28 @@ def jobs(root: Path) -> list[Job]:
     return sorted(found, key=lambda j: (j.state != "running", j.submitted))
 
 
+# The jobs this process started: reaped by :func:`reap` so that none stays a zombie.
+_children: list[subprocess.Popen] = []
+
+
+def reap() -> None:
+    """Collect the exit of every job this process started that has ended."""
+    _children[:] = [proc for proc in _children if proc.poll() is None]
+
+
+def advance_forever(root: Path, every_s: float = 5.0) -> None:
+    """Keep the queue moving without a browser: every ``every_s`` reap ended jobs and
+    :func:`pump` (a job killed without saying so leaves the queue, the next one starts). The
+    dashboard runs this in a background thread."""
+    while True:
+        try:
+            reap()
+            pump(root)
+        except (OSError, QueueBusy):  # a full disk, a stuck holder: try again next time
+            pass
+        time.sleep(every_s)
+
+
 def _start(root: Path, path: Path, job: Job) -> None:
     log = open(Path(job.folder) / "log.txt", "a")  # noqa: SIM115 - handed to the child
     env = os.environ | job_environment(default_threads()) | {ENTRY_ENV: str(path)}
@@ -114,6 +162,7 @@ def _start(root: Path, path: Path, job: Job) -> None:
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                             cwd=os.getcwd())
     log.close()
+    _children.append(proc)
     ident = process_identity(proc.pid)
     job.state, job.started = "running", time.time()
     job.pid, job.pid_start = ident["pid"], ident["pid_start"]
