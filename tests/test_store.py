@@ -143,6 +143,22 @@ def test_a_reused_pid_is_not_trusted_or_signalled(tmp_path: Path) -> None:
         sleeper.wait()
 
 
+def test_a_pid_without_its_start_time_is_never_signalled(tmp_path: Path) -> None:
+    """An older run recorded only its pid; a live process has that pid now. Stop asks the run
+    to stop (its cancel file) and marks it stopped, but signals nobody."""
+    sleeper = _sleeper()
+    try:
+        run = create_run(build_config("smoke"), tmp_path)
+        run.set_status("running", pid=sleeper.pid)  # no pid_start
+        cancel_job(run, grace_s=0.5)
+        time.sleep(0.3)
+        assert sleeper.poll() is None, "a process whose identity was not confirmed was signalled"
+        assert run.status()["state"] == "cancelled" and run.cancel_requested()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_a_run_that_finishes_while_its_status_is_read_stays_done(tmp_path: Path,
                                                                   monkeypatch) -> None:
     """The run writes "done" and exits between the status read and the process check: the

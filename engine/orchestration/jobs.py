@@ -61,8 +61,10 @@ def resume_job(run: RunFolder) -> RunFolder:
 
 
 def _terminate(pid: int | None, start: int | None) -> None:
-    """SIGTERM the process group of ``pid``, only if it is still the recorded process."""
-    if pid is not None and pid_alive(pid, start):
+    """SIGTERM the process group of ``pid``, only if it is still the recorded process: a pid
+    without its recorded start time (a run from an older version) cannot be told apart from
+    another process that got the pid later, so it is never signalled."""
+    if pid is not None and start is not None and pid_alive(pid, start):
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
