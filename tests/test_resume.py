@@ -226,3 +226,38 @@ def test_resume_refuses_damaged_files_in_one_line(tmp_path: Path, case: str,
     assert DAMAGE[case] in err, err
     assert (run.path / "status.json").read_bytes() == before  # untouched
     assert not (run.path / "summary.json").exists()
+
+
+def test_stop_reaches_the_attack_at_its_next_iteration(tmp_path: Path) -> None:
+    """Stop pressed while the server attacks: the attack ends at its next progress report, as
+    "stopped by you", not when the attack is done nor by a signal after the grace."""
+    import threading
+
+    from engine.orchestration.experiment import execute
+
+    cfg = build_config("inversion-easy", sets=["federation.rounds=1",
+                                               "attacks.inversion.iterations=20000",
+                                               "attacks.inversion.restarts=1"])
+    run = create_run(cfg, tmp_path / "runs")
+    stopped_at: list[float] = []
+
+    def stop_during_the_attack() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            progress = run.status().get("progress") or {}
+            if progress.get("phase") == "gradient inversion" and progress.get("done"):
+                stopped_at.append(time.monotonic())
+                run.request_cancel()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=stop_during_the_attack)
+    watcher.start()
+    assert execute(run) is None
+    ended = time.monotonic()
+    watcher.join()
+    status = run.status()
+    assert stopped_at and ended - stopped_at[0] < 10, "the attack ran on after Stop"
+    assert status["state"] == "cancelled", status
+    assert status["error"].startswith("stopped by you during gradient inversion (iteration")
+    assert "stopped by you during gradient inversion" in (run.path / "log.txt").read_text()

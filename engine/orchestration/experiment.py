@@ -50,8 +50,19 @@ class RunContext:
     done: dict[str, Any] = field(default_factory=dict)
 
     def progress(self, unit: str) -> Callable[[int, int, str], None]:
-        """Progress of the current step, in ``unit``s (see :meth:`RunFolder.progress`)."""
-        return self.run.progress(self.phase, unit)
+        """Progress of the current step, in ``unit``s (see :meth:`RunFolder.progress`). Every
+        report is also where Stop takes effect: an attack reports each iteration, round or
+        canary, so a stop request ends the run there (``Cancelled``) instead of after the
+        attack, or by a signal once the grace has passed."""
+        report = self.run.progress(self.phase, unit)
+        phase = self.phase
+
+        def step(done: int, total: int, detail: str = "") -> None:
+            if self.run.cancel_requested():
+                raise Cancelled(f"stopped by you during {phase} ({unit} {done} of {total})")
+            report(done, total, detail)
+
+        return step
 
 
 @dataclass(frozen=True)
@@ -257,8 +268,9 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
         run.set_status("done", phase="done", finished=time.time())
         return summary
     except Cancelled as err:
-        run.log(str(err))
-        run.set_status("cancelled", phase="cancelled", finished=time.time())
+        run.log(str(err) or "stopped by you")
+        run.set_status("cancelled", phase="cancelled", finished=time.time(),
+                       error=str(err) or "stopped by you")
     except Exception as err:  # noqa: BLE001 - any failure must end in a readable status
         run.log(traceback.format_exc())
         run.set_status("failed", phase="failed", error=f"{type(err).__name__}: {err}",
