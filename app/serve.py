@@ -25,7 +25,7 @@ from typing import Any
 
 import streamlit as st
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import PlainTextResponse
 
 from engine.orchestration import queue
 from engine.orchestration.store import runs_root
@@ -107,13 +107,41 @@ class NoFraming:
         await self.app(scope, receive, framed)
 
 
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header without its port, lower-case: ``[::1]:8501`` → ``[::1]``
+    (an IPv6 address keeps its brackets; cutting at the first colon would leave ``[``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        return header[: end + 1] if end > 0 else header
+    return header.split(":", 1)[0]
+
+
+class AllowedHosts:
+    """ASGI middleware answering 400 to a request whose ``Host`` is not one of ``allowed``
+    (a page whose DNS name was rebound to this machine sends its own name)."""
+
+    def __init__(self, app: Any, allowed: list[str]) -> None:
+        self.app, self.allowed = app, {h.lower() for h in allowed}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_name(host) not in self.allowed:
+                await PlainTextResponse("Invalid host header", status_code=400)(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(allowed_hosts: list[str], auth: dict[str, str] | None) -> st.App:
     """The dashboard as an ASGI app that answers only ``allowed_hosts`` and may not be
     framed by another site."""
-    hosts = list(dict.fromkeys([*LOOPBACK_HOSTS, "[::1]", *allowed_hosts]))
+    # An IPv6 address is written in brackets in a Host header.
+    hosts = [f"[{h}]" if ":" in h and not h.startswith("[") else h
+             for h in dict.fromkeys([*LOOPBACK_HOSTS, *allowed_hosts])]
     return st.App(str(MAIN), secrets={"auth": auth} if auth else None,
-                  middleware=[Middleware(NoFraming),
-                              Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+                  middleware=[Middleware(NoFraming), Middleware(AllowedHosts, allowed=hosts)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from app.serve import host_name
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -131,3 +133,46 @@ def test_an_incomplete_sign_in_config_is_refused(tmp_path: Path) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "lacks redirect_uri, cookie_secret, client_secret, server_metadata_url" in done.stderr
+
+
+def test_host_names_keep_ipv6_brackets() -> None:
+    assert host_name("[::1]:8501") == "[::1]" and host_name("[::1]") == "[::1]"
+    assert host_name("LocalHost:8501") == "localhost" and host_name("127.0.0.1") == "127.0.0.1"
+    assert host_name("[::1") == "[::1" and host_name("") == ""
+
+
+def test_served_on_ipv6_loopback_it_answers_its_own_address(tmp_path: Path) -> None:
+    """`--address ::1`: browsers send `Host: [::1]:PORT`, which is allowed; a rebound name
+    is not."""
+    port = _free_port()
+    env = {**os.environ, "FEDSCT_RUNS_DIR": str(tmp_path / "runs")}
+    server = subprocess.Popen([sys.executable, "-P", "-m", "engine", "dashboard", "--address",
+                               "::1", "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+
+    def get(host: str) -> int:
+        conn = http.client.HTTPConnection("::1", port, timeout=10)
+        try:
+            conn.putrequest("GET", "/_stcore/health", skip_host=True)
+            conn.putheader("Host", host)
+            conn.endheaders()
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        deadline = time.monotonic() + 90
+        status = 0
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                status = get(f"[::1]:{port}")
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200
+        assert get("attacker.example") == 400
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
