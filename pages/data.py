@@ -22,6 +22,7 @@ from app.views.data import (
     allowed_data_path,
     cohort_counts,
     cohort_sets,
+    confined_patients,
     data_roots,
     next_letter,
     next_number,
@@ -139,7 +140,7 @@ def _synthrad() -> None:
     if not path.strip():
         return
     try:
-        groups = scan_synthrad(allowed_data_path(path, roots))
+        groups = confined_patients(scan_synthrad(allowed_data_path(path, roots)), roots)
     except ValueError as exc:  # a NiftiError too
         st.warning(f"{exc}.")
     else:

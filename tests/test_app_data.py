@@ -215,6 +215,20 @@ def test_synthrad_path_check(runs_dir: Path, tmp_path: Path,
             (root / pid / f"{stem}.nii.gz").write_bytes(data)
     at.text_input(key="synthrad_path").set_value(str(root)).run()
     assert any("hospital A: 1 patients" in s.value for s in at.success)
+    # A patient folder, or a file in one, that links outside the data roots is refused.
+    outside = tmp_path / "outside" / "1BC001"
+    outside.mkdir(parents=True)
+    for stem, data in zip(("mr", "ct"), head_pair(), strict=True):
+        (outside / f"{stem}.nii.gz").write_bytes(data)
+    (root / "1BC001").symlink_to(outside)
+    at.text_input(key="synthrad_path").set_value(str(root) + "/").run()
+    assert not at.success and any("1BC001/ links outside the folders the dashboard may read"
+                                  in w.value for w in at.warning)
+    (root / "1BC001").unlink()
+    (root / "1BB001" / "ct.nii.gz").unlink()
+    (root / "1BB001" / "ct.nii.gz").symlink_to(outside / "ct.nii.gz")
+    at.text_input(key="synthrad_path").set_value(str(root)).run()
+    assert any("1BB001/ct.nii.gz links outside" in w.value for w in at.warning)
 
 
 def test_uncompressed_nii_is_accepted(runs_dir: Path) -> None:

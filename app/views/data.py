@@ -173,6 +173,20 @@ def data_roots(runs_folder: Path) -> list[Path]:
     return [r.resolve() for r in roots]
 
 
+def confined_patients(groups: dict[str, list[Path]], roots: list[Path]) -> dict[str, list[Path]]:
+    """``groups`` (from ``scan_synthrad``) when every patient folder and every file in it
+    resolves inside ``roots``; otherwise ``ValueError`` naming the first that does not: a
+    symbolic link inside an allowed folder must not reach data outside it."""
+    for folders in groups.values():
+        for folder in folders:
+            for path in (folder, *folder.iterdir()):
+                if not any(path.resolve().is_relative_to(root) for root in roots):
+                    raise ValueError(f"{folder.name}/{path.name if path != folder else ''} "
+                                     "links outside the folders the dashboard may read; copy "
+                                     "the data in instead of linking to it")
+    return groups
+
+
 def allowed_data_path(text: str, roots: list[Path]) -> Path:
     """The folder typed in the dashboard, resolved (``..`` and symbolic links followed), if it
     lies inside one of ``roots``; otherwise ``ValueError`` with one line that names the roots
