@@ -17,7 +17,7 @@ import streamlit as st
 from app.views import data as views
 from app.views.common import hospital_name, upscale
 from engine.core.render import CT_WINDOW_HU, to_gray
-from engine.data.nifti import load_affine, load_nifti_pair
+from engine.data.nifti import NiftiError, load_affine, load_nifti_pair
 from engine.data.phantom import center_profile, phantom_patient
 from engine.data.types import PatientVolume
 
@@ -60,17 +60,26 @@ def phantom_preview(centers: int) -> None:
 # and unpickle another on each rerun (up to ~150 MiB each at 256³); two entries are the pair on
 # screen and the one before it.
 @st.cache_resource(max_entries=2, show_spinner="Checking the files…")
-def check_pair(mri: bytes, ct: bytes, mask: bytes | None) -> PatientVolume:
-    """The engine's validation of an uploaded pair; raises NiftiError with a readable message.
-
-    Errors are not cached (Streamlit re-raises and retries), successes are, so moving the
-    slice slider does not re-read the files. The cached volume is shared by every rerun (and
-    by sessions that upload the same files), so its arrays are made read-only.
-    """
-    pv = load_nifti_pair(mri, ct, mask, patient_id="upload")
+def _checked(mri: bytes, ct: bytes, mask: bytes | None) -> PatientVolume | NiftiError:
+    """The engine's verdict on an uploaded pair, the volume or the refusal: both are cached
+    (an exception would not be), so neither a slider move nor a rerun reads the files again.
+    The cached volume is shared by every rerun (and by sessions that upload the same files),
+    so its arrays are made read-only."""
+    try:
+        pv = load_nifti_pair(mri, ct, mask, patient_id="upload")
+    except NiftiError as err:
+        return err
     for array in (pv.mri, pv.ct_hu, pv.mask):
         array.flags.writeable = False
     return pv
+
+
+def check_pair(mri: bytes, ct: bytes, mask: bytes | None) -> PatientVolume:
+    """The checked pair; raises NiftiError with a readable message (see :func:`_checked`)."""
+    checked = _checked(mri, ct, mask)
+    if isinstance(checked, NiftiError):
+        raise checked
+    return checked
 
 
 def slice_viewer(pv: PatientVolume) -> None:

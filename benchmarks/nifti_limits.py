@@ -182,6 +182,14 @@ def write_cases(folder: Path, *, pair: bool) -> dict[str, list[Path]]:
         path = folder / f"{name}.nii.gz"
         path.write_bytes(gzip_bomb(header_bytes(shape, dtype), BOMB_BYTES))
         cases[name] = [path]
+    # Empty 20-byte gzip members filling the size limit before a valid image: no bomb (each
+    # inflates to nothing), but millions of members to start.
+    path = folder / "member-flood.nii.gz"
+    empty = gzip.compress(b"")
+    with open(path, "wb") as f:
+        f.write(empty * ((129 * MIB) // len(empty)))
+        f.write(gzip.compress(header_bytes((8, 8, 8), np.int16) + bytes(8 * 8 * 8 * 2)))
+    cases["member-flood"] = [path]
     side = MAX_SIDE
     axis = np.arange(side, dtype=np.float64)
     volume = np.floor(np.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2

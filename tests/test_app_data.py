@@ -246,3 +246,22 @@ def test_a_hospital_is_one_capital_letter(tmp_path: Path, letter: str) -> None:
     with pytest.raises(ValueError, match="out of range"):
         save(tmp_path, letter, 1, None, None, with_mask=False)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_upload_is_not_read_again_on_every_rerun(
+        runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict on a pair is cached, a refusal as well as a volume: a page rerun (any
+    click) does not read a refused 130 MiB upload again."""
+    import app.data
+
+    reads = []
+    real = app.data.load_nifti_pair
+    monkeypatch.setattr(app.data, "load_nifti_pair",
+                        lambda *a, **k: reads.append(1) or real(*a, **k))
+    _, ct = head_pair()
+    junk = np.random.default_rng(7).bytes(5000)  # not checked by any earlier test
+    at = _upload(_data_page(), junk, ct, names=("refused.nii.gz", "ct.nii.gz"))
+    assert "cannot be used" in at.error[0].value and len(reads) == 1
+    at.run()
+    at.run()
+    assert "cannot be used" in at.error[0].value and len(reads) == 1

@@ -771,6 +771,10 @@ def test_bombs_and_the_largest_volume_measured_in_child_processes(tmp_path: Path
             assert r["outcome"].startswith("refused: ") and "decompresses to more than" in \
                 r["outcome"], (key, r)
             assert r["seconds"] < 1.0 and r["extra_mib"] < 100, (key, r)
+        elif key.startswith("member-flood"):  # 6.8 million empty members inside 129 MiB
+            assert r["outcome"].startswith("refused: ") and "more than 16 members" in \
+                r["outcome"], (key, r)
+            assert r["seconds"] < 1.0 and r["extra_mib"] < 100, (key, r)
         else:  # the largest accepted volume: 256³ float64 → 64 MiB of float32 and buffers
             assert r["outcome"] == "accepted 256x256x256", (key, r)
             assert r["extra_mib"] < 100 and r["seconds"] < 5.0, (key, r)

@@ -72,12 +72,16 @@ class NiftiLimits:
             data); 130 MiB. A stream that yields more than its header declares is refused
             as soon as it does, whatever this limit.
         max_header_extension_bytes: bytes between the fixed header and the voxel data; 1 MiB.
+        max_gzip_members: gzip members one file may hold (an exported NIfTI has one; joined
+            files a few); 16. Millions of empty members inside the size limit would cost
+            seconds of work per file for nothing.
     """
 
     max_file_bytes: int = 130 * 1024**2
     max_voxels: int = 256**3
     max_decompressed_bytes: int = 130 * 1024**2
     max_header_extension_bytes: int = 1 * 1024**2
+    max_gzip_members: int = 16
 
 
 class NiftiError(ValueError):
@@ -159,6 +163,7 @@ class _Stream:
 
     def __init__(self, source: Source, label: str, limits: NiftiLimits) -> None:
         self._label = label
+        self._max_members, self._members = limits.max_gzip_members, 0
         self._file: BinaryIO | None = None
         self._view: memoryview | None = None
         self._pos = 0
@@ -315,6 +320,12 @@ class _Stream:
                 f"{self._label}: has data after the end of its gzip stream that is not gzip "
                 f"(starting with {buf[:8].hex()}); the file was damaged or two files were "
                 f"joined, {_FIX_EXPORT}"
+            )
+        self._members += 1
+        if self._members > self._max_members:
+            raise NiftiError(
+                f"{self._label}: gzip stream has more than {self._max_members} members (an "
+                f"exported NIfTI file has one); {_FIX_EXPORT}"
             )
         self._inbuf = buf
         self._inflater = zlib.decompressobj(wbits=31)  # gzip header and CRC/length trailer
