@@ -260,3 +260,36 @@ def test_a_queued_run_that_lost_its_queue_entry_can_be_resumed_or_deleted(
         for job in queue.jobs(tmp_path):
             if job.pid:
                 os.killpg(job.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):  # noqa: ANN201 - yields a folder
+    """A 200 KiB tmpfs: a smoke run fills it during its first rounds."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_ends_the_run_as_failed_in_one_line(full_disk: Path) -> None:
+    root = full_disk / "runs"
+    done = subprocess.run([sys.executable, "-m", "engine", "run", "--preset", "smoke", "--out",
+                           str(root), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+    (run,) = [RunFolder(p) for p in root.iterdir() if p.is_dir()]
+    status = run.status()
+    assert status["state"] == "failed", status
+    assert status["error"].startswith(f"the disk holding {root} is full")
+    assert "fedsct run --resume" in status["error"]
+    # Listings keep working on the full disk.
+    assert [r["state"] for r in RunIndex(root).list()] == ["failed"]
+    listed = subprocess.run([sys.executable, "-m", "engine", "runs", "--out", str(root)],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and run.run_id in listed.stdout, listed.stderr

@@ -18,6 +18,7 @@ Flower ServerApp included) write through :class:`RunFolder` without knowing abou
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -162,7 +163,7 @@ class RunFolder:
                                "error": "status.json names no process for this running run "
                                         "(damaged); it can be resumed from its last "
                                         "checkpoint"}
-            write_json_atomic(self.path / "status.json", status)
+            self._keep(status)
         elif status["state"] in ACTIVE and pid is not None and not pid_alive(pid, start):
             # The process may have written its final state between the read above and the
             # check; it is gone now, so what the file holds at this point is final.
@@ -172,8 +173,16 @@ class RunFolder:
                                "error": "the run's process ended without finishing (killed, "
                                         "out of memory or a restart); it can be resumed "
                                         "from its last checkpoint"}
-            write_json_atomic(self.path / "status.json", status)
+            self._keep(status)
         return status
+
+    def _keep(self, status: dict[str, Any]) -> None:
+        """Record a status found while reading one; a listing on a full or read-only disk
+        goes on with it unrecorded (the next read finds the same)."""
+        try:
+            write_json_atomic(self.path / "status.json", status)
+        except OSError:
+            pass
 
     def _stored_status(self) -> dict[str, Any]:
         """``status.json`` as written, or a ``failed`` status naming why it cannot be read."""
@@ -197,7 +206,14 @@ class RunFolder:
         status = old | extra | {"state": state, "updated": time.time()}
         if "phase" in extra and extra["phase"] != old.get("phase"):
             status["progress"] = None  # a new phase reports its own progress
-        write_json_atomic(self.path / "status.json", status)
+        try:
+            write_json_atomic(self.path / "status.json", status)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            # A full disk has no room for a second copy: rewrite the file in place (truncating
+            # frees its blocks first), so the run's end is still recorded.
+            (self.path / "status.json").write_text(json.dumps(status, default=_json_default))
 
     def progress(self, phase: str, unit: str,
                  min_interval_s: float = 0.5) -> Callable[[int, int, str], None]:
@@ -263,8 +279,13 @@ class RunFolder:
         write_json_atomic(self.path / "summary.json", summary)
 
     def log(self, message: str) -> None:
-        with open(self.path / "log.txt", "a") as fh:
-            fh.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+        """Append a line to ``log.txt``; on a full (or read-only) disk the line is lost, not
+        the run's way to record how it ended."""
+        try:
+            with open(self.path / "log.txt", "a") as fh:
+                fh.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+        except OSError:
+            pass
 
     # -- cancellation -------------------------------------------------------------
     def request_cancel(self) -> None:

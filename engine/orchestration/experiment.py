@@ -7,6 +7,7 @@ more :class:`AttackStep`.
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from collections.abc import Callable
@@ -273,6 +274,9 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
                        error=str(err) or "stopped by you")
     except Exception as err:  # noqa: BLE001 - any failure must end in a readable status
         run.log(traceback.format_exc())
-        run.set_status("failed", phase="failed", error=f"{type(err).__name__}: {err}",
-                       finished=time.time())
+        error = f"{type(err).__name__}: {err}"
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            error = (f"the disk holding {run.root} is full ({err.strerror}); free some space, "
+                     f"then resume the run (Runs page, or fedsct run --resume {run.run_id})")
+        run.set_status("failed", phase="failed", error=error, finished=time.time())
     return None

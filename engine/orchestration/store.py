@@ -222,6 +222,9 @@ class RunIndex:
         try:
             with self._connect() as con:
                 con.execute(self.INSERT, self._row(run))
+        except sqlite3.OperationalError as err:
+            if "full" not in str(err):  # "database or disk is full": keep the index as it is
+                self._repair()
         except sqlite3.DatabaseError:
             self._repair()
 
@@ -277,9 +280,12 @@ class RunIndex:
             if rec["run_id"] not in folders:
                 continue
             if rec["state"] == "queued":
-                in_queue = in_queue if in_queue is not None else {
-                    Path(j.folder) for j in queue.jobs(self.root)}
-                lost_in_queue(RunFolder(path), in_queue)
+                try:
+                    in_queue = in_queue if in_queue is not None else {
+                        Path(j.folder) for j in queue.jobs(self.root)}
+                    lost_in_queue(RunFolder(path), in_queue)
+                except (OSError, queue.QueueBusy):  # a full disk, a stuck queue: list as is
+                    pass
             if (rec["state"] in ACTIVE
                     or self._status_mtime(path) != rec["status_mtime_ns"]):
                 # A run writes only its folder (a resume from a terminal too): a row is stale
