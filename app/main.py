@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.views.common import ASSETS_DIR, PAGES_DIR
-from app.widgets import job_banner, report_page_error, sidebar, sign_in_required
+from app.views.common import ASSETS_DIR, PAGES_DIR, plain
+from app.widgets import (
+    access_refused,
+    job_banner,
+    report_page_error,
+    sidebar,
+    sign_in_required,
+)
 from engine.orchestration.store import runs_root
 
 st.set_page_config(page_title="FedSCT Security Lab", page_icon="🧠", layout="wide")
@@ -20,6 +26,12 @@ if sign_in_required():
     st.title("FedSCT Security Lab")
     st.markdown("This dashboard holds patients' data: sign in to continue.")
     st.button("Sign in", on_click=st.login, icon=":material/login:")
+    st.stop()
+if refused := access_refused():
+    st.title("FedSCT Security Lab")
+    st.error(f"{plain(refused)} may not use this dashboard: ask its administrator to add you "
+             "to allowed_users.")
+    st.button("Sign out", on_click=st.logout, icon=":material/logout:")
     st.stop()
 css = ASSETS_DIR / "style.css"
 if css.is_file():

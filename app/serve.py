@@ -50,8 +50,10 @@ def is_loopback(address: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
-def read_auth(path: Path) -> dict[str, str]:
-    """The ``[auth]`` section of ``path``; ``ValueError`` naming what is wrong."""
+def read_auth(path: Path, *, need_allowed: bool) -> tuple[dict[str, str], list[str]]:
+    """The ``[auth]`` section of ``path`` and its ``allowed_users`` (addresses, or
+    ``@domain`` for a whole domain); ``ValueError`` naming what is wrong. ``need_allowed``:
+    an empty list is refused (any account the identity provider accepts would get in)."""
     try:
         auth = tomllib.loads(path.read_text()).get("auth")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
@@ -60,7 +62,18 @@ def read_auth(path: Path) -> dict[str, str]:
     if missing:
         raise ValueError(f"--auth-config {path}: the [auth] section lacks "
                          f"{', '.join(missing)} (see the README, 'Share the dashboard')")
-    return {k: str(auth[k]) for k in AUTH_KEYS}
+    assert isinstance(auth, dict)
+    allowed = auth.get("allowed_users", [])
+    if not isinstance(allowed, list) or not all(isinstance(a, str) and a.strip()
+                                                for a in allowed):
+        raise ValueError(f"--auth-config {path}: allowed_users must be a list of e-mail "
+                         "addresses or @domains, e.g. [\"alice@hospital.org\", "
+                         "\"@radiotherapy.example\"]")
+    if need_allowed and not allowed:
+        raise ValueError(f"--auth-config {path}: the [auth] section lacks allowed_users, so "
+                         "anyone with an account at the identity provider could sign in; list "
+                         "who may (e-mail addresses, or @domain for a whole domain)")
+    return {k: str(auth[k]) for k in AUTH_KEYS}, [a.strip().lower() for a in allowed]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -134,20 +147,24 @@ class AllowedHosts:
         await self.app(scope, receive, send)
 
 
-def build_app(allowed_hosts: list[str], auth: dict[str, str] | None) -> st.App:
+def build_app(allowed_hosts: list[str], auth: dict[str, str] | None,
+              allowed_users: list[str] | None = None) -> st.App:
     """The dashboard as an ASGI app that answers only ``allowed_hosts`` and may not be
-    framed by another site."""
+    framed by another site; with ``auth``, only ``allowed_users`` get past sign-in (empty:
+    any signed-in account)."""
     # An IPv6 address is written in brackets in a Host header.
     hosts = [f"[{h}]" if ":" in h and not h.startswith("[") else h
              for h in dict.fromkeys([*LOOPBACK_HOSTS, *allowed_hosts])]
-    return st.App(str(MAIN), secrets={"auth": auth} if auth else None,
+    secrets = {"auth": auth, "access": {"allowed_users": allowed_users or []}} if auth else None
+    return st.App(str(MAIN), secrets=secrets,
                   middleware=[Middleware(NoFraming), Middleware(AllowedHosts, allowed=hosts)])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        auth = read_auth(args.auth_config) if args.auth_config else None
+        auth, users = (read_auth(args.auth_config, need_allowed=not is_loopback(args.address))
+                       if args.auth_config else (None, []))
     except ValueError as err:
         print(f"fedsct dashboard: {err}", file=sys.stderr)
         return 2
@@ -163,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     # The queue advances on its own while the dashboard runs, whether or not a page is open.
     threading.Thread(target=queue.advance_forever, args=(runs_root(),), daemon=True,
                      name="job-queue").start()
-    build_app(allowed, auth).run(config={
+    build_app(allowed, auth, users).run(config={
         "server.address": args.address, "server.port": args.port,
         "server.headless": True, "server.maxUploadSize": MAX_UPLOAD_MB,
         "server.enableXsrfProtection": True, "browser.gatherUsageStats": False,

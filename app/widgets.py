@@ -26,6 +26,7 @@ from app.views.common import (
     plain,
     progress_text,
     upscale,
+    user_allowed,
 )
 from app.views.report import Scorecard
 from app.views.results import (
@@ -53,6 +54,19 @@ def sign_in_required() -> bool:
     except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
         configured = False
     return configured and not st.user.is_logged_in
+
+
+def access_refused() -> str | None:
+    """The signed-in account when sign-in is configured and the account is not in the
+    ``allowed_users`` of ``fedsct dashboard --auth-config``; None when it may go on."""
+    try:
+        if "auth" not in st.secrets:
+            return None
+        allowed = list(st.secrets.get("access", {}).get("allowed_users", []))
+    except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
+        return None
+    email = str(st.user.get("email") or "")
+    return None if user_allowed(email, allowed) else (email or "this account")
 
 
 def sidebar(runs_folder: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.serve import host_name
+from app.views.common import user_allowed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -176,3 +177,48 @@ def test_served_on_ipv6_loopback_it_answers_its_own_address(tmp_path: Path) -> N
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+FULL_AUTH = ('[auth]\nredirect_uri = "https://fedsct.example.org/oauth2callback"\n'
+             'cookie_secret = "s"\nclient_id = "c"\nclient_secret = "x"\n'
+             'server_metadata_url = "https://login.example.org/.well-known/openid-configuration"\n')
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("", "lacks allowed_users, so anyone with an account at the identity provider could sign in"),
+    ("allowed_users = []\n", "lacks allowed_users"),
+    ('allowed_users = "alice@hospital.org"\n', "allowed_users must be a list of e-mail"),
+])
+def test_sign_in_for_other_machines_needs_an_allow_list(tmp_path: Path, extra: str,
+                                                        message: str) -> None:
+    auth = tmp_path / "auth.toml"
+    auth.write_text(FULL_AUTH + extra)
+    done = subprocess.run([sys.executable, "-m", "app.serve", "--address", "0.0.0.0",
+                           "--auth-config", str(auth)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_who_may_sign_in() -> None:
+    allowed = ["alice@hospital.org", "@radiotherapy.example"]
+    assert user_allowed("Alice@Hospital.org", allowed)
+    assert user_allowed("bob@radiotherapy.example", allowed)
+    assert not user_allowed("bob@hospital.org", allowed)
+    assert not user_allowed("eve@evil.radiotherapy.example", allowed)
+    assert not user_allowed("", allowed) and not user_allowed(None, allowed)
+    assert not user_allowed("alice@hospital.org.evil.example", allowed)
+    assert user_allowed("anyone@anywhere.example", [])  # loopback without a list
+    assert read_auth_ok(FULL_AUTH + 'allowed_users = ["Alice@Hospital.org "]\n') == [
+        "alice@hospital.org"]
+
+
+def read_auth_ok(text: str) -> list[str]:
+    import tempfile
+
+    from app.serve import read_auth
+
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
+        fh.write(text)
+    return read_auth(Path(fh.name), need_allowed=True)[1]

@@ -78,6 +78,17 @@ def plain(text: str, limit: int = 80) -> str:
     return _MARKDOWN_SIGNS.sub(r"\\\1", text)
 
 
+def user_allowed(email: str | None, allowed: list[str]) -> bool:
+    """Whether a signed-in account may use the dashboard: ``allowed`` holds e-mail addresses
+    and ``@domain`` entries (lower case); an empty list allows every account."""
+    if not allowed:
+        return True
+    email = (email or "").strip().lower()
+    if "@" not in email:
+        return False
+    return email in allowed or f"@{email.rsplit('@', 1)[1]}" in allowed
+
+
 # How often a page redraws a job's progress (s). A round takes seconds to minutes: a faster
 # poll shows nothing new and costs the running job CPU (each poll reruns page code).
 POLL_S = 3.0
