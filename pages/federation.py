@@ -277,8 +277,12 @@ def main() -> None:
                           if behind else "Trains in the background: you may leave this page "
                           "and come back.")
     if start and cfg is not None:
-        set_current_run(start_job(cfg, preset=preset).run_id)
-        st.rerun()
+        try:
+            set_current_run(start_job(cfg, preset=preset).run_id)
+        except ConfigError as err:  # more than this machine can hold
+            st.error(f"**This run can't be started:** {err}.")
+        else:
+            st.rerun()
     _earlier_runs(rows)
     if run and run_cfg:
         _show_run(run, run_cfg, status, next((r for r in rows if r.run_id == run.run_id),

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.core import run_folder
+from engine.core.config import ConfigError
 from engine.core.run_folder import JOB_PID_FILE, RunFolder, process_start, write_json_atomic
 from engine.orchestration.cli import main as cli_main
 from engine.orchestration.jobs import cancel_job
@@ -293,3 +294,37 @@ def test_a_full_disk_ends_the_run_as_failed_in_one_line(full_disk: Path) -> None
     listed = subprocess.run([sys.executable, "-m", "engine", "runs", "--out", str(root)],
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0 and run.run_id in listed.stdout, listed.stderr
+
+
+def test_the_disk_estimate_matches_what_a_run_writes(runs_dir: Path) -> None:
+    """The server view and checkpoints of a finished smoke run, against the estimate made
+    before it started (within 10 %)."""
+    from engine.orchestration.experiment import execute
+    from engine.orchestration.resources import estimate
+
+    cfg = build_config("smoke", sets=["federation.server_view_rounds=all"])
+    run = create_run(cfg, runs_dir)
+    assert execute(run) is not None
+    written = sum(f.stat().st_size for folder in ("server_view", "checkpoints")
+                  for f in (run.path / folder).iterdir())
+    assert estimate(cfg).disk_bytes == pytest.approx(written, rel=0.10)
+
+
+def test_a_run_the_machine_cannot_hold_is_refused_before_it_starts(
+        full_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = full_disk / "runs"
+    root.mkdir()
+    done = subprocess.run([sys.executable, "-m", "engine", "run", "--preset", "demo", "--set",
+                           "federation.server_view_rounds=all", "--out", str(root)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and "this run would write about" in line, line
+    assert "15 recorded rounds × 4 hospitals × 401,288 parameters" in line
+    assert list(root.iterdir()) == []  # no run folder, nothing queued
+    # Memory: the same sentence, from the machine's available memory.
+    from engine.orchestration import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 10 * 1024**2)
+    with pytest.raises(ConfigError, match="would need about .* of memory"):
+        resources.check_resources(build_config("demo"), full_disk.parent)

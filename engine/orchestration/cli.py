@@ -238,7 +238,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # second; importing torch takes seconds). Imported before the run folder is made, so a
     # broken install leaves no run queued forever.
     from engine.orchestration.experiment import execute
+    from engine.orchestration.resources import check_resources
 
+    try:
+        check_resources(cfg, root)
+    except ConfigError as err:
+        return _refuse(err)
     try:
         run = create_run(cfg, root, preset=args.preset)
     except OSError as err:  # the runs root changed since it was checked

@@ -28,6 +28,7 @@ from engine.core.run_folder import (
 from engine.orchestration import queue
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import study_cells, sweep_spec
+from engine.orchestration.resources import check_resources
 from engine.orchestration.store import check_resumable, create_run, runs_root
 from engine.orchestration.study import run_study, study_folder
 from engine.orchestration.sweeps import CANCEL_FILE, run_sweep, sweep_folder
@@ -38,7 +39,9 @@ JOBS_MODULE = "engine.orchestration.jobs"
 
 def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
               preset: str | None = None) -> RunFolder:
-    """Create a run folder for ``cfg`` and queue its execution in a detached process."""
+    """Create a run folder for ``cfg`` and queue its execution in a detached process;
+    ``ConfigError`` (one line, with the estimate) when the machine cannot hold the run."""
+    check_resources(cfg, runs_root(root))
     run = create_run(cfg, root, preset=preset)
     queue.submit(run.root, kind="run", label=cfg.name or preset or "run", folder=run.path,
                  cmd=queue.python_module(JOBS_MODULE, str(run.path)))
