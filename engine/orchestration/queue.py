@@ -126,6 +126,11 @@ def _entries(root: Path) -> list[tuple[Path, Job | None]]:
     return [(p, _read(p)) for p in sorted(_dir(root).glob("*.json"))]
 
 
+def folders(root: Path) -> set[Path]:
+    """The folders of the jobs in the queue, waiting or running, read without changing it."""
+    return {Path(job.folder) for _, job in _entries(root) if job is not None}
+
+
 def jobs(root: Path) -> list[Job]:
     """Running jobs, then waiting ones in their turn's order (after :func:`pump`)."""
     pump(root)

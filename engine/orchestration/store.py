@@ -281,8 +281,7 @@ class RunIndex:
                 continue
             if rec["state"] == "queued":
                 try:
-                    in_queue = in_queue if in_queue is not None else {
-                        Path(j.folder) for j in queue.jobs(self.root)}
+                    in_queue = in_queue if in_queue is not None else queue.folders(self.root)
                     lost_in_queue(RunFolder(path), in_queue)
                 except (OSError, queue.QueueBusy):  # a full disk, a stuck queue: list as is
                     pass
