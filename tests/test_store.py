@@ -278,6 +278,7 @@ def full_disk(tmp_path: Path):  # noqa: ANN201 - yields a folder
         subprocess.run(["umount", str(folder)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_the_run_as_failed_in_one_line(full_disk: Path) -> None:
     root = full_disk / "runs"
     done = subprocess.run([sys.executable, "-m", "engine", "run", "--preset", "smoke", "--out",
@@ -310,6 +311,7 @@ def test_the_disk_estimate_matches_what_a_run_writes(runs_dir: Path) -> None:
     assert estimate(cfg).disk_bytes == pytest.approx(written, rel=0.10)
 
 
+@pytest.mark.slow
 def test_a_run_the_machine_cannot_hold_is_refused_before_it_starts(
         full_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = full_disk / "runs"
