@@ -97,7 +97,11 @@ def check_resources(cfg: ExperimentConfig, root: Path) -> Needs:
     """The run's needs; ``ConfigError`` (one line with the estimate and what to change) when
     the runs folder's disk or the machine's memory cannot hold them."""
     needs = estimate(cfg)
-    free = shutil.disk_usage(root).free
+    # The runs folder is made with the run's folder: ask the disk of what exists already.
+    where = Path(root).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
     if needs.disk_bytes > DISK_SHARE * free:
         raise ConfigError(
             f"this run would write about {_size(needs.disk_bytes)} (the server view: "
