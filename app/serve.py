@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "localhost and 127.0.0.1 are always allowed")
     p.add_argument("--auth-config", type=Path, metavar="FILE.toml",
                    help="sign-in with an OpenID Connect provider: a TOML file whose [auth] "
-                        "section holds " + ", ".join(AUTH_KEYS))
+                        "section holds " + ", ".join(AUTH_KEYS) + " and, for any address "
+                        "but loopback, allowed_users (e-mail addresses, or @domain)")
     args = p.parse_args(argv)
     if not 1 <= args.port <= 65535:
         p.error(f"--port {args.port} is not a port number (1-65535)")
