@@ -4,9 +4,10 @@ progress, metric cards and image panels. The words, tables and figures they show
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -268,6 +269,16 @@ def sweep_progress(read: Callable[[], Sweep], describe: Callable[[Sweep], str]) 
     st.progress(min(sweep.cells_done / max(sweep.total, 1), 1.0), text=describe(sweep))
 
 
+@contextlib.contextmanager
+def refusal_shown(what: str) -> Iterator[None]:
+    """Around a Start: a refusal (the queue is full, the machine cannot hold the run, a
+    preset the engine no longer takes) is one red line on the page, not a page error."""
+    try:
+        yield
+    except ConfigError as err:
+        st.error(f"**{what} can't be started:** {err}.")
+
+
 def damaged_warnings(paths: list[Path], what: str) -> None:
     """One warning per finished run whose ``what`` results (attack, audit) can't be read."""
     for path in paths:
@@ -326,8 +337,9 @@ def study_box(sweep: Sweep, cell_words: Callable[[str | None], str], *,
                      help=f"Queued behind {behind}: it starts when that job ends." if behind
                      else f"The same as `{command}` in a terminal; finished experiments "
                           "are reused."):
-            (start or (lambda: jobs.start_sweep_job(name)))()
-            st.rerun()
+            with refusal_shown("The study"):
+                (start or (lambda: jobs.start_sweep_job(name)))()
+                st.rerun()
 
 
 def number_table(table: pd.DataFrame, columns: dict[str, tuple[str, str, str]]) -> None:

@@ -31,7 +31,7 @@ from app.views.data import (
     uploads_folder,
     with_file_names,
 )
-from app.widgets import queued_behind
+from app.widgets import queued_behind, refusal_shown
 from engine.core.config import DataConfig
 from engine.data.nifti import NiftiError
 from engine.data.synthrad import scan_synthrad
@@ -61,9 +61,10 @@ def _cohort(folder: Path) -> None:
                  help=(f"Queued behind {behind}: it starts when that job ends. " if behind
                        else "") + "Each hospital trains on all its patients but one, which is "
                        "held out to test the shared model (about a minute)."):
-        run = start_job(build_config(COHORT_PRESET, sets=sets), preset=COHORT_PRESET)
-        remember("run", run.run_id)
-        st.switch_page(str(PAGES_DIR / "federation.py"), query_params={"run": run.run_id})
+        with refusal_shown("The federation"):
+            run = start_job(build_config(COHORT_PRESET, sets=sets), preset=COHORT_PRESET)
+            remember("run", run.run_id)
+            st.switch_page(str(PAGES_DIR / "federation.py"), query_params={"run": run.run_id})
     st.caption("The same from a terminal:")
     st.code(run_command(folder, counts) or "", language="bash")
 

@@ -36,6 +36,7 @@ from app.widgets import (
     number_table,
     preset_jobs,
     queued_behind,
+    refusal_shown,
     run_picker,
     study_section,
     verdict_box,
@@ -197,9 +198,12 @@ def _defenses() -> None:
                 st.session_state[FLASH] = (f"Showing the finished run `{found.run_id}`, which "
                                            "used exactly these settings.")
             else:
-                remember(RUN_PARAM, start_job(cfg, preset=DEFENDED_PRESET).run_id)
-                st.session_state[FLASH] = ("Started the attack with these defenses; its "
-                                           "progress is shown at the top of the page.")
+                with refusal_shown("The attack"):
+                    remember(RUN_PARAM, start_job(cfg, preset=DEFENDED_PRESET).run_id)
+                    st.session_state[FLASH] = ("Started the attack with these defenses; its "
+                                               "progress is shown at the top of the page.")
+                    st.rerun()
+                return
             st.rerun()
 
 

@@ -46,6 +46,7 @@ from app.widgets import (
     damaged_warnings,
     job_progress,
     queued_behind,
+    refusal_shown,
     remembered_run,
     run_picker,
     study_box,
@@ -151,8 +152,13 @@ def _jobs() -> None:
                      help=f"Queued behind {behind}: it starts when that job ends." if behind
                      else "One run per rule, one after the other, in the job queue."):
             todo = [(r, s) for r, s in plans if found[r] is None]
-            started = [start_job(build_config(BASE_PRESET, sets=sets), preset=BASE_PRESET)
-                       for _, sets in todo]
+            started = []
+            with refusal_shown("The attack"):
+                for _, sets in todo:
+                    started.append(start_job(build_config(BASE_PRESET, sets=sets),
+                                             preset=BASE_PRESET))
+            if len(started) < len(todo):  # refused, said above; the banner shows any started
+                return
             remember(RUN_PARAM, started[0].run_id if started else found[plans[0][0]].run_id)
             st.session_state[FLASH] = (
                 "Showing the finished runs with these settings; nothing had to be trained."

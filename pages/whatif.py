@@ -11,7 +11,7 @@ from app.state import persisted, remember, remembered
 from app.views import whatif as views
 from app.views.common import PAGES_DIR, hospital_name
 from app.views.results import Sweep
-from app.widgets import queued_behind, sweep_progress, verdict_box
+from app.widgets import queued_behind, refusal_shown, sweep_progress, verdict_box
 from engine.orchestration.jobs import cancel_sweep, start_sweep_job
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
@@ -70,8 +70,9 @@ def _controls(root: Path) -> tuple[Sweep | None, bool]:
                          type="primary", key="whatif_start",
                          help=(f"Queued behind {behind}: it starts when that job ends. "
                                if behind else "") + views.START_HELP):
-                start_sweep_job("whatif", views.whatif_sets(patient, center))
-                st.rerun()
+                with refusal_shown("The what-if"):
+                    start_sweep_job("whatif", views.whatif_sets(patient, center))
+                    st.rerun()
     return sweep, bool(patients)
 
 

@@ -207,3 +207,15 @@ def test_a_crafted_run_link_is_shown_as_text(page: str) -> None:
     shown = [w.value for w in at.warning if "can't be opened" in w.value]
     assert shown and all("](" not in w and "`" not in w.replace("\\`", "") for w in shown)
     assert "\\[Sign in again\\]" in shown[0]
+
+
+def test_a_full_queue_is_one_line_on_the_start_button(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.orchestration import queue
+
+    monkeypatch.setattr(queue, "MAX_WAITING", 0)
+    at = _federation()
+    at.button(key="start").click().run()
+    assert not at.exception, at.exception
+    assert any("This run can't be started:" in e.value and "waiting in the queue already"
+               in e.value for e in at.error)
+    assert "run" not in at.query_params and RunIndex().list() == []

@@ -181,3 +181,31 @@ def test_the_dashboard_moves_the_queue_on_without_a_browser(tmp_path: Path) -> N
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_queue_takes_at_most_max_waiting_jobs(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A click (or a script) per second must not fill the queue: past MAX_WAITING waiting
+    jobs, every way of queueing refuses in one line, before a run folder is made."""
+    from engine.orchestration import jobs
+    from engine.orchestration.presets import build_config
+
+    monkeypatch.setenv("FEDSCT_RUNS_DIR", str(tmp_path))
+    monkeypatch.delenv("FEDSCT_MAX_JOBS", raising=False)
+    monkeypatch.setattr(queue, "MAX_WAITING", 2)
+    first = _job(tmp_path, "running", 30)
+    try:
+        _job(tmp_path, "w1", 0.1)
+        _job(tmp_path, "w2", 0.1)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        for start in (lambda: jobs.start_job(build_config("smoke")),
+                      lambda: jobs.start_sweep_job("poison-model"),
+                      lambda: jobs.start_study_job("demo"),
+                      lambda: _job(tmp_path, "w3", 0.1)):
+            with pytest.raises(queue.QueueFull, match="2 jobs are waiting in the queue "
+                                                      "already .at most 2."):
+                start()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [*before, "w3"]  # _job's folder
+        assert [j.label for j in queue.jobs(tmp_path)] == ["running", "w1", "w2"]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)

@@ -41,6 +41,7 @@ def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
               preset: str | None = None) -> RunFolder:
     """Create a run folder for ``cfg`` and queue its execution in a detached process;
     ``ConfigError`` (one line, with the estimate) when the machine cannot hold the run."""
+    queue.check_room(runs_root(root))  # before the run's folder is made
     check_resources(cfg, runs_root(root))
     run = create_run(cfg, root, preset=preset)
     queue.submit(run.root, kind="run", label=cfg.name or preset or "run", folder=run.path,
@@ -52,6 +53,7 @@ def resume_job(run: RunFolder) -> RunFolder:
     """Queue an interrupted, failed or cancelled run to go on from its last checkpoint
     (``ValueError`` when it cannot be resumed, see :func:`check_resumable`)."""
     check_resumable(run)
+    queue.check_room(run.root)
     run.clear_cancel()
     # The ended process's identity would make the waiting run look interrupted again.
     (run.path / JOB_PID_FILE).unlink(missing_ok=True)
@@ -95,6 +97,7 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
     """Queue sweep ``name`` (run or resume it) in a detached process; returns its folder,
     whose ``sweep.json`` shows progress (``state``, ``cells_done``, ``current_run``)."""
     spec = sweep_spec(name)
+    queue.check_room(runs_root(root))
     folder = sweep_folder(name, sets, root)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CANCEL_FILE).unlink(missing_ok=True)  # a stale stop must not end the new job
@@ -114,6 +117,7 @@ def start_study_job(scale: str, root: str | Path | None = None) -> Path:
     """Queue the study at ``scale`` (run or continue it, see
     :func:`engine.orchestration.study.run_study`); returns its folder, whose ``sweep.json``
     shows progress like a sweep's."""
+    queue.check_room(runs_root(root))
     folder = study_folder(scale, root)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CANCEL_FILE).unlink(missing_ok=True)

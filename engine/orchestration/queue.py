@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.core.config import ConfigError
 from engine.core.run_folder import (
     JOB_PID_FILE,
     pid_alive,
@@ -84,6 +85,24 @@ LOCK_TIMEOUT_S = 10.0
 
 class QueueBusy(RuntimeError):
     """The queue's lock stayed held past :data:`LOCK_TIMEOUT_S`."""
+
+
+# Jobs that may wait at once: a page that queues on every click (or a script) must not fill
+# the machine's disk and the queue with runs nobody will see for days.
+MAX_WAITING = 8
+
+
+class QueueFull(ConfigError):
+    """:data:`MAX_WAITING` jobs wait already; refused like a setting the machine cannot take,
+    so every Start button shows it in one line."""
+
+
+def check_room(root: Path) -> None:
+    """``QueueFull`` when :data:`MAX_WAITING` jobs are waiting already."""
+    waiting = sum(1 for _, job in _entries(root) if job is not None and job.state == "waiting")
+    if waiting >= MAX_WAITING:
+        raise QueueFull(f"{waiting} jobs are waiting in the queue already (at most "
+                        f"{MAX_WAITING}); wait for them to start, or stop some on the Runs page")
 
 
 @contextlib.contextmanager
@@ -203,6 +222,7 @@ def submit(root: Path, *, kind: str, label: str, folder: Path, cmd: list[str]) -
     job = Job(id=f"{time.time_ns():020d}-{secrets.token_hex(3)}", kind=kind, label=label,
               folder=str(folder), cmd=cmd)
     with _locked(root):
+        check_room(root)
         write_json_atomic(_dir(root) / f"{job.id}.json", asdict(job))
     pump(root)
     return _read(_dir(root) / f"{job.id}.json") or job
