@@ -43,12 +43,14 @@ SYNTHRAD_INTRO = (
     "patient ID (A, B, C) is its hospital. From a terminal: "
     "`fedsct run --preset demo --set data.source=synthrad --set data.path=/path/to/Task1/brain`.")
 _LIMITS = NiftiLimits()
+# The server's cap per uploaded file, in MB (.streamlit/config.toml says why 136: the largest
+# file the loader accepts, 129.1 MiB, passes however a browser counts a megabyte).
+MAX_UPLOAD_MB = 136
 # The loader's limits in the words the upload boxes need: their "Limit 136MB per file" is the
-# same size in decimal megabytes (130 MiB = 136.3 MB), not a second limit.
-UPLOAD_LIMITS = (f"Each file: at most {_LIMITS.max_file_bytes / 2**20:.0f} MiB (the boxes below "
-                 f"count the same size in decimal megabytes: "
-                 f"{_LIMITS.max_file_bytes / 1e6:.0f}MB) and "
-                 f"{round(_LIMITS.max_voxels ** (1 / 3))}³ voxels.")
+# transfer cap just above the loader's limit, not a second, larger one.
+UPLOAD_LIMITS = (f"Each file: at most {_LIMITS.max_file_bytes / 2**20:.0f} MiB and "
+                 f"{round(_LIMITS.max_voxels ** (1 / 3))}³ voxels (the boxes below show the "
+                 f"upload cap, {MAX_UPLOAD_MB}MB, set just above it).")
 
 
 def with_file_names(message: str, names: dict[str, str]) -> str:
