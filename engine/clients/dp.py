@@ -332,13 +332,14 @@ def train_local_dp_sgd(model: torch.nn.Module, global_params: NDArrays, data: Sl
         canary_at = canaries.offsets(params).to(device)
         canary_gen = torch.Generator().manual_seed(seed ^ canaries.seed)
         canary_norms = torch.full((len(canary_at),), canaries.norm, device=device)
+        # A canary's gradient never changes: its clipped size is the same every step.
+        canary_clipped = canary_norms * clip_factors(canary_norms, clip_norm)
     for _ in range(accounting.steps_per_round):
         chosen = (torch.rand(len(ids), generator=gen) < q).nonzero().flatten().tolist()
         total = torch.zeros(sum(v.numel() for v in params.values()), device=device)
         if canaries is not None:
             drawn = (torch.rand(len(canary_at), generator=canary_gen) < q).to(device)
-            total.index_add_(0, canary_at[drawn],
-                             (canary_norms * clip_factors(canary_norms, clip_norm))[drawn])
+            total.index_add_(0, canary_at[drawn], canary_clipped[drawn])
         if chosen:
             rows = torch.isin(owner_all, torch.as_tensor(chosen, device=device))
             remap = {p: i for i, p in enumerate(chosen)}
