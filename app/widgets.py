@@ -286,6 +286,18 @@ def damaged_warnings(paths: list[Path], what: str) -> None:
                    "shown. Run the preset again.")
 
 
+def attack_run(found: tuple[list[R], list[Path]], param: str, label: str, *, what: str,
+               empty: str, help: str) -> R | None:
+    """An attack page's run: a warning per damaged run, ``empty`` when there is none, else
+    the picker's choice (``found`` is a view's ``(runs, damaged summary files)``)."""
+    runs, damaged = found
+    damaged_warnings(damaged, what)
+    if not runs:
+        st.info(empty)
+        return None
+    return run_picker(runs, param, label, help=help)
+
+
 def study_section(name: str, title: str, cell_words: Callable[[str | None], str], *,
                   intro: str = "") -> Sweep | None:
     """A page's section on background study ``name``: the heading, ``intro`` and the study's

@@ -32,12 +32,11 @@ from app.views.inversion import (
 )
 from app.views.results import list_runs
 from app.widgets import (
-    damaged_warnings,
+    attack_run,
     number_table,
     preset_jobs,
     queued_behind,
     refusal_shown,
-    run_picker,
     study_section,
     verdict_box,
 )
@@ -259,15 +258,10 @@ def main() -> None:
              "most of the time.")
     if flash := st.session_state.pop(FLASH, None):
         st.success(flash)
-    runs, damaged = inversion_runs(list_runs())
-    damaged_warnings(damaged, "attack")
-    if not runs:
-        st.info(EMPTY)
-    else:
-        shown = run_picker(runs, RUN_PARAM, "Attacked run",
-                           help="Finished runs that include a gradient-inversion attack, "
-                                "newest first.")
-        assert shown is not None
+    shown = attack_run(inversion_runs(list_runs()), RUN_PARAM, "Attacked run", what="attack",
+                       empty=EMPTY, help="Finished runs that include a gradient-inversion "
+                                         "attack, newest first.")
+    if shown is not None:
         _verdict(shown)
         _table(shown)
         _images(shown)

@@ -43,12 +43,11 @@ from app.views.poisoning import (
 )
 from app.views.results import Sweep, list_runs, read_sweep, sweep_minutes
 from app.widgets import (
-    damaged_warnings,
+    attack_run,
     job_progress,
     queued_behind,
     refusal_shown,
     remembered_run,
-    run_picker,
     study_box,
     verdict_box,
 )
@@ -391,14 +390,11 @@ def main() -> None:
     metric = persisted(st.radio, "Quality measure in the charts", "poi_metric", "mae_hu",
                        options=list(METRICS), format_func=lambda m: METRICS[m],
                        horizontal=True)
-    runs, damaged = poisoning_runs(list_runs())
-    damaged_warnings(damaged, "poisoning")
-    if not runs:
-        st.info(EMPTY)
-    else:
-        shown = run_picker(runs, RUN_PARAM, "Poisoned run",
-                           help="Finished runs with malicious hospitals, newest first.")
-        assert shown is not None
+    found = poisoning_runs(list_runs())
+    runs = found[0]
+    shown = attack_run(found, RUN_PARAM, "Poisoned run", what="poisoning", empty=EMPTY,
+                       help="Finished runs with malicious hospitals, newest first.")
+    if shown is not None:
         _verdicts(shown, runs)
         _curves(shown, runs, metric)
         _detection(shown)
