@@ -27,7 +27,6 @@ import streamlit as st
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
-from app.views.data import MAX_UPLOAD_MB
 from engine.orchestration import queue
 from engine.orchestration.store import runs_root
 
@@ -35,6 +34,9 @@ MAIN = Path(__file__).with_name("main.py")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 AUTH_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret",
              "server_metadata_url")
+# Per uploaded file, in MB: the same figure as .streamlit/config.toml, which says why 136 lets
+# the largest file the NIfTI loader accepts (129.1 MiB) through and no file much larger.
+MAX_UPLOAD_MB = 136
 
 
 def is_loopback(address: str) -> bool:

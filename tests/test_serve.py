@@ -222,3 +222,10 @@ def read_auth_ok(text: str) -> list[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
         fh.write(text)
     return read_auth(Path(fh.name), need_allowed=True)[1]
+
+
+def test_the_upload_cap_the_page_names_is_the_one_served() -> None:
+    from app.serve import MAX_UPLOAD_MB as served
+    from app.views.data import MAX_UPLOAD_MB, UPLOAD_LIMITS
+
+    assert served == MAX_UPLOAD_MB and f"{served}MB" in UPLOAD_LIMITS

@@ -43,8 +43,9 @@ SYNTHRAD_INTRO = (
     "patient ID (A, B, C) is its hospital. From a terminal: "
     "`fedsct run --preset demo --set data.source=synthrad --set data.path=/path/to/Task1/brain`.")
 _LIMITS = NiftiLimits()
-# The server's cap per uploaded file, in MB (.streamlit/config.toml says why 136: the largest
-# file the loader accepts, 129.1 MiB, passes however a browser counts a megabyte).
+# The server's cap per uploaded file, in MB, as app.serve gives it to Streamlit (a test keeps
+# the two equal: app.serve must not import the views, whose import before Streamlit's runtime
+# stops the job banner's live progress). .streamlit/config.toml says why 136.
 MAX_UPLOAD_MB = 136
 # The loader's limits in the words the upload boxes need: their "Limit 136MB per file" is the
 # transfer cap just above the loader's limit, not a second, larger one.
