@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 SETTINGS_KEY = "fed_settings"
 REMEMBERED = "remembered"  # session-key prefix of values mirrored in the URL
@@ -84,3 +85,10 @@ def current_run_id() -> str | None:
 
 def set_current_run(run_id: str | None) -> None:
     remember("run", run_id)
+
+
+def session_owner() -> str | None:
+    """This browser session's id, which the job queue counts jobs by (a per-session cap);
+    None outside a Streamlit session."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None

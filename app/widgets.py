@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.state import remember, remembered
+from app.state import remember, remembered, session_owner
 from app.views.common import (
     METRIC_HELP,
     PAGES_DIR,
@@ -120,8 +120,8 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
                           help=(f"Queued behind {behind}: it starts when that job ends. "
                                 if behind else "") + preset_description(preset)):
                 try:
-                    remember(param, jobs.start_job(build_config(preset),
-                                                   preset=preset).run_id)
+                    remember(param, jobs.start_job(build_config(preset), preset=preset,
+                                                   owner=session_owner()).run_id)
                 except ConfigError as err:  # a preset the engine no longer accepts
                     st.error(f"The '{preset}' preset can't be started: {err}")
                 else:
@@ -350,7 +350,7 @@ def study_box(sweep: Sweep, cell_words: Callable[[str | None], str], *,
                      else f"The same as `{command}` in a terminal; finished experiments "
                           "are reused."):
             with refusal_shown("The study"):
-                (start or (lambda: jobs.start_sweep_job(name)))()
+                (start or (lambda: jobs.start_sweep_job(name, owner=session_owner())))()
                 st.rerun()
 
 

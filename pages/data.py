@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.data import check_pair, phantom_preview, save_patient, slice_viewer
-from app.state import remember
+from app.state import remember, session_owner
 from app.views.common import PAGES_DIR
 from app.views.data import (
     COHORT_PRESET,
@@ -62,7 +62,8 @@ def _cohort(folder: Path) -> None:
                        else "") + "Each hospital trains on all its patients but one, which is "
                        "held out to test the shared model (about a minute)."):
         with refusal_shown("The federation"):
-            run = start_job(build_config(COHORT_PRESET, sets=sets), preset=COHORT_PRESET)
+            run = start_job(build_config(COHORT_PRESET, sets=sets), preset=COHORT_PRESET,
+                            owner=session_owner())
             remember("run", run.run_id)
             st.switch_page(str(PAGES_DIR / "federation.py"), query_params={"run": run.run_id})
     st.caption("The same from a terminal:")

@@ -6,7 +6,15 @@ from typing import Any
 
 import streamlit as st
 
-from app.state import changed, current_run_id, forget, persisted, set_current_run, set_setting
+from app.state import (
+    changed,
+    current_run_id,
+    forget,
+    persisted,
+    session_owner,
+    set_current_run,
+    set_setting,
+)
 from app.views.common import (
     AGGREGATOR_HELP,
     METRIC_HELP,
@@ -278,7 +286,7 @@ def main() -> None:
                           "and come back.")
     if start and cfg is not None:
         try:
-            set_current_run(start_job(cfg, preset=preset).run_id)
+            set_current_run(start_job(cfg, preset=preset, owner=session_owner()).run_id)
         except ConfigError as err:  # more than this machine can hold
             st.error(f"**This run can't be started:** {err}.")
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app.state import persisted, remember
+from app.state import persisted, remember, session_owner
 from app.views.common import hospital_name
 from app.views.inversion import (
     ADAM_DECODED,
@@ -198,7 +198,8 @@ def _defenses() -> None:
                                            "used exactly these settings.")
             else:
                 with refusal_shown("The attack"):
-                    remember(RUN_PARAM, start_job(cfg, preset=DEFENDED_PRESET).run_id)
+                    remember(RUN_PARAM, start_job(cfg, preset=DEFENDED_PRESET,
+                                                          owner=session_owner()).run_id)
                     st.session_state[FLASH] = ("Started the attack with these defenses; its "
                                                "progress is shown at the top of the page.")
                     st.rerun()

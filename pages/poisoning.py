@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.state import persisted, remember
+from app.state import persisted, remember, session_owner
 from app.views.common import AGGREGATOR_HELP, RULE_NAMES, STATE_TEXT, hospital_name
 from app.views.poisoning import (
     BASE_PRESET,
@@ -155,7 +155,7 @@ def _jobs() -> None:
             with refusal_shown("The attack"):
                 for _, sets in todo:
                     started.append(start_job(build_config(BASE_PRESET, sets=sets),
-                                             preset=BASE_PRESET))
+                                             preset=BASE_PRESET, owner=session_owner()))
             if len(started) < len(todo):  # refused, said above; the banner shows any started
                 return
             remember(RUN_PARAM, started[0].run_id if started else found[plans[0][0]].run_id)

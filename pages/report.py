@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.state import session_owner
 from app.views.report import SCALE_WORDS, make_report, metrics_csv, study_cell_words
 from app.views.results import list_runs, read_sweep_folder
 from app.widgets import run_picker, study_box
@@ -56,7 +57,8 @@ def _study() -> None:
                           "full: the study's 256 px images, meant for a GPU.")
     folder = study_folder(scale)
     sweep = read_sweep_folder(folder, f"study-{scale}", len(study_cells(scale)))
-    study_box(sweep, study_cell_words, start=lambda: start_study_job(scale),
+    study_box(sweep, study_cell_words,
+              start=lambda: start_study_job(scale, owner=session_owner()),
               command=f"fedsct study --scale {scale}")
     report = folder / "report.md"
     if report.is_file():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.state import remember
+from app.state import remember, session_owner
 from app.views.common import STATE_TEXT, describe_config
 from app.views.results import RunRow, list_runs
 from app.views.runs import (
@@ -61,7 +61,7 @@ def _resume(row: RunRow) -> None:
                  + "Training goes on from the last round it saved and ends as an "
                    "uninterrupted run would have."):
         try:
-            resume_job(row.run)
+            resume_job(row.run, owner=session_owner())
         except (ValueError, ConfigError, FileNotFoundError) as err:
             st.error(f"This run can't be resumed: {err}")
             return

@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.state import persisted, remember, remembered
+from app.state import persisted, remember, remembered, session_owner
 from app.views import whatif as views
 from app.views.common import PAGES_DIR, hospital_name
 from app.views.results import Sweep
@@ -71,7 +71,8 @@ def _controls(root: Path) -> tuple[Sweep | None, bool]:
                          help=(f"Queued behind {behind}: it starts when that job ends. "
                                if behind else "") + views.START_HELP):
                 with refusal_shown("The what-if"):
-                    start_sweep_job("whatif", views.whatif_sets(patient, center))
+                    start_sweep_job("whatif", views.whatif_sets(patient, center),
+                                    owner=session_owner())
                     st.rerun()
     return sweep, bool(patients)
 

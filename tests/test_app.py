@@ -219,3 +219,16 @@ def test_a_full_queue_is_one_line_on_the_start_button(monkeypatch: pytest.Monkey
     assert any("This run can't be started:" in e.value and "waiting in the queue already"
                in e.value for e in at.error)
     assert "run" not in at.query_params and RunIndex().list() == []
+
+
+def test_the_start_button_counts_the_job_for_this_browser_session(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page passes its session to the queue: at the per-session cap its Start refuses."""
+    from engine.orchestration import queue
+
+    monkeypatch.setattr(queue, "MAX_WAITING_PER_SESSION", 0)
+    at = _federation()
+    at.button(key="start").click().run()
+    assert not at.exception, at.exception
+    assert any("per browser session" in e.value for e in at.error)
+    assert RunIndex().list() == []

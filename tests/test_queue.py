@@ -14,14 +14,14 @@ import pytest
 from engine.orchestration import queue
 
 
-def _job(root: Path, name: str, seconds: float) -> queue.Job:
+def _job(root: Path, name: str, seconds: float, owner: str | None = None) -> queue.Job:
     """A stand-in job (no torch): sleeps, then leaves the queue as a real job does."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     code = (f"import time; time.sleep({seconds}); "
             "from engine.orchestration.queue import finished; finished()")
     return queue.submit(root, kind="run", label=name, folder=folder,
-                        cmd=[sys.executable, "-c", code])
+                        cmd=[sys.executable, "-c", code], owner=owner)
 
 
 def _states(root: Path) -> dict[str, str]:
@@ -207,5 +207,36 @@ def test_the_queue_takes_at_most_max_waiting_jobs(tmp_path: Path,
                 start()
         assert sorted(p.name for p in tmp_path.iterdir()) == [*before, "w3"]  # _job's folder
         assert [j.label for j in queue.jobs(tmp_path)] == ["running", "w1", "w2"]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+
+
+def test_one_session_may_hold_only_its_share_of_the_queue(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session at its cap is refused (naming the per-session cap) while another session,
+    and the command line, can still queue."""
+    from engine.orchestration import jobs
+    from engine.orchestration.presets import build_config
+
+    monkeypatch.setenv("FEDSCT_RUNS_DIR", str(tmp_path))
+    monkeypatch.delenv("FEDSCT_MAX_JOBS", raising=False)
+    monkeypatch.setattr(queue, "MAX_WAITING_PER_SESSION", 2)
+    first = _job(tmp_path, "running", 30, owner="a")
+    try:
+        _job(tmp_path, "a1", 0.1, owner="a")
+        _job(tmp_path, "a2", 0.1, owner="a")
+        before = sorted(p.name for p in tmp_path.iterdir())
+        for start in (lambda: jobs.start_job(build_config("smoke"), owner="a"),
+                      lambda: jobs.start_sweep_job("poison-model", owner="a"),
+                      lambda: jobs.start_study_job("demo", owner="a"),
+                      lambda: _job(tmp_path, "a3", 0.1, owner="a")):
+            with pytest.raises(queue.QueueFull, match="you have 2 jobs waiting in the queue "
+                                                      "already .at most 2 per browser session"):
+                start()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "a3"])
+        _job(tmp_path, "b1", 0.1, owner="b")
+        _job(tmp_path, "cli", 0.1)
+        assert [(j.label, j.owner) for j in queue.jobs(tmp_path)] == [
+            ("running", "a"), ("a1", "a"), ("a2", "a"), ("b1", "b"), ("cli", None)]
     finally:
         os.killpg(first.pid, signal.SIGKILL)

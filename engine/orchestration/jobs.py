@@ -38,22 +38,23 @@ JOBS_MODULE = "engine.orchestration.jobs"
 
 
 def start_job(cfg: ExperimentConfig, root: str | Path | None = None,
-              preset: str | None = None) -> RunFolder:
+              preset: str | None = None, owner: str | None = None) -> RunFolder:
     """Create a run folder for ``cfg`` and queue its execution in a detached process;
-    ``ConfigError`` (one line, with the estimate) when the machine cannot hold the run."""
-    queue.check_room(runs_root(root))  # before the run's folder is made
+    ``ConfigError`` (one line, with the estimate) when the machine cannot hold the run or the
+    queue is full (``owner``: see :class:`engine.orchestration.queue.Job`)."""
+    queue.check_room(runs_root(root), owner)  # before the run's folder is made
     check_resources(cfg, runs_root(root))
     run = create_run(cfg, root, preset=preset)
     queue.submit(run.root, kind="run", label=cfg.name or preset or "run", folder=run.path,
-                 cmd=queue.python_module(JOBS_MODULE, str(run.path)))
+                 cmd=queue.python_module(JOBS_MODULE, str(run.path)), owner=owner)
     return run
 
 
-def resume_job(run: RunFolder) -> RunFolder:
+def resume_job(run: RunFolder, owner: str | None = None) -> RunFolder:
     """Queue an interrupted, failed or cancelled run to go on from its last checkpoint
     (``ValueError`` when it cannot be resumed, see :func:`check_resumable`)."""
     check_resumable(run)
-    queue.check_room(run.root)
+    queue.check_room(run.root, owner)
     run.clear_cancel()
     # The ended process's identity would make the waiting run look interrupted again.
     (run.path / JOB_PID_FILE).unlink(missing_ok=True)
@@ -93,11 +94,11 @@ def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
 
 
 def start_sweep_job(name: str, sets: list[str] | tuple = (),
-                    root: str | Path | None = None) -> Path:
+                    root: str | Path | None = None, owner: str | None = None) -> Path:
     """Queue sweep ``name`` (run or resume it) in a detached process; returns its folder,
     whose ``sweep.json`` shows progress (``state``, ``cells_done``, ``current_run``)."""
     spec = sweep_spec(name)
-    queue.check_room(runs_root(root))
+    queue.check_room(runs_root(root), owner)
     folder = sweep_folder(name, sets, root)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CANCEL_FILE).unlink(missing_ok=True)  # a stale stop must not end the new job
@@ -109,15 +110,16 @@ def start_sweep_job(name: str, sets: list[str] | tuple = (),
     for s in sets:
         args += ["--set", s]
     queue.submit(runs_root(root), kind="sweep", label=f"the {name} study", folder=folder,
-                 cmd=queue.python_module(JOBS_MODULE, *args))
+                 cmd=queue.python_module(JOBS_MODULE, *args), owner=owner)
     return folder
 
 
-def start_study_job(scale: str, root: str | Path | None = None) -> Path:
+def start_study_job(scale: str, root: str | Path | None = None,
+                    owner: str | None = None) -> Path:
     """Queue the study at ``scale`` (run or continue it, see
     :func:`engine.orchestration.study.run_study`); returns its folder, whose ``sweep.json``
     shows progress like a sweep's."""
-    queue.check_room(runs_root(root))
+    queue.check_room(runs_root(root), owner)
     folder = study_folder(scale, root)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CANCEL_FILE).unlink(missing_ok=True)
@@ -127,7 +129,8 @@ def start_study_job(scale: str, root: str | Path | None = None) -> Path:
                                               "cells": [{} for _ in study_cells(scale)]})
     queue.submit(runs_root(root), kind="sweep", label=f"the study ({scale} scale)",
                  folder=folder, cmd=queue.python_module(JOBS_MODULE, "--study", scale, "--out",
-                                                        str(runs_root(root))))
+                                                        str(runs_root(root))),
+                 owner=owner)
     return folder
 
 

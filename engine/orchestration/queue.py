@@ -54,6 +54,8 @@ class Job:
         folder: the run folder or sweep folder the job writes.
         cmd: the command that runs it (``python -m ...``).
         state: ``waiting`` or ``running``.
+        owner: who asked for it (a dashboard's browser session), for the per-session cap;
+            None from the command line.
     """
 
     id: str
@@ -66,6 +68,7 @@ class Job:
     started: float | None = None
     pid: int | None = None
     pid_start: int | None = None
+    owner: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -88,21 +91,29 @@ class QueueBusy(RuntimeError):
 
 
 # Jobs that may wait at once: a page that queues on every click (or a script) must not fill
-# the machine's disk and the queue with runs nobody will see for days.
-MAX_WAITING = 8
+# the machine's disk and the queue with runs nobody will see for days. One browser session
+# may hold half of them (one click comparing all 7 rules fits), so it cannot lock others out.
+MAX_WAITING = 16
+MAX_WAITING_PER_SESSION = 8
 
 
 class QueueFull(ConfigError):
-    """:data:`MAX_WAITING` jobs wait already; refused like a setting the machine cannot take,
-    so every Start button shows it in one line."""
+    """Too many jobs wait already; refused like a setting the machine cannot take, so every
+    Start button shows it in one line."""
 
 
-def check_room(root: Path) -> None:
-    """``QueueFull`` when :data:`MAX_WAITING` jobs are waiting already."""
-    waiting = sum(1 for _, job in _entries(root) if job is not None and job.state == "waiting")
-    if waiting >= MAX_WAITING:
-        raise QueueFull(f"{waiting} jobs are waiting in the queue already (at most "
+def check_room(root: Path, owner: str | None = None) -> None:
+    """``QueueFull`` when :data:`MAX_WAITING` jobs are waiting already, or
+    :data:`MAX_WAITING_PER_SESSION` of them were asked for by ``owner``."""
+    waiting = [job for _, job in _entries(root) if job is not None and job.state == "waiting"]
+    if len(waiting) >= MAX_WAITING:
+        raise QueueFull(f"{len(waiting)} jobs are waiting in the queue already (at most "
                         f"{MAX_WAITING}); wait for them to start, or stop some on the Runs page")
+    mine = sum(1 for job in waiting if owner is not None and job.owner == owner)
+    if mine >= MAX_WAITING_PER_SESSION:
+        raise QueueFull(f"you have {mine} jobs waiting in the queue already (at most "
+                        f"{MAX_WAITING_PER_SESSION} per browser session); wait for them to "
+                        "start, or stop some on the Runs page")
 
 
 @contextlib.contextmanager
@@ -217,12 +228,14 @@ def pump(root: Path) -> None:
                 running += 1
 
 
-def submit(root: Path, *, kind: str, label: str, folder: Path, cmd: list[str]) -> Job:
-    """Queue a job; it starts at once when a slot is free. Returns it (``state`` tells)."""
+def submit(root: Path, *, kind: str, label: str, folder: Path, cmd: list[str],
+           owner: str | None = None) -> Job:
+    """Queue a job for ``owner`` (see :class:`Job`); it starts at once when a slot is free.
+    Returns it (``state`` tells)."""
     job = Job(id=f"{time.time_ns():020d}-{secrets.token_hex(3)}", kind=kind, label=label,
-              folder=str(folder), cmd=cmd)
+              folder=str(folder), cmd=cmd, owner=owner)
     with _locked(root):
-        check_room(root)
+        check_room(root, owner)
         write_json_atomic(_dir(root) / f"{job.id}.json", asdict(job))
     pump(root)
     return _read(_dir(root) / f"{job.id}.json") or job
