@@ -1,25 +1,29 @@
-"""Streamlit widgets of the Data & centers page: phantom preview, the cached NIfTI upload
-check, the slice viewer and saving an uploaded pair into a NIfTI cohort folder.
+"""Streamlit widgets of the Data & centers page: phantom preview, the upload boxes and their
+check (kept per session), and the slice viewer.
 
-Validation is the engine's (``engine.data.nifti``); naming and the folder layout are in
-``app.views.data``. Uploaded volumes are limited to 256³ voxels and 130 MiB per file
-(``engine.data.nifti.NiftiLimits``; ``server.maxUploadSize`` in ``.streamlit/config.toml`` is set
-just above that), so a checked pair holds at most about 150 MiB: two float32 volumes and a mask.
+Validation is the engine's (``engine.data.nifti``), saving too (``engine.data.uploads``).
+Uploaded volumes are limited to 256³ voxels and 130 MiB per file
+(``engine.data.nifti.NiftiLimits``; the server's transfer cap, ``app.views.data.MAX_UPLOAD_MB``,
+is set just above that), so a session holds at most three uploaded files and one checked pair:
+two float32 volumes and a mask, about 150 MiB. Both go when the pair is saved or the session
+ends.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import streamlit as st
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from app.views import data as views
 from app.views.common import hospital_name, upscale
 from engine.core.render import CT_WINDOW_HU, to_gray
-from engine.data.nifti import NiftiError, load_affine, load_nifti_pair
+from engine.data.nifti import NiftiError, load_nifti_pair
 from engine.data.phantom import center_profile, phantom_patient
 from engine.data.types import PatientVolume
+from engine.orchestration.resources import release_freed_memory
 
 PREVIEW_SEED = 0
 PREVIEW_SIZE = 128
@@ -55,31 +59,53 @@ def phantom_preview(centers: int) -> None:
 
 # --------------------------------------------------------------------------- upload checks
 
-
-# A resource cache, not cache_data: cache_data would keep a pickled copy of every checked pair
-# and unpickle another on each rerun (up to ~150 MiB each at 256³); two entries are the pair on
-# screen and the one before it.
-@st.cache_resource(max_entries=2, show_spinner="Checking the files…")
-def _checked(mri: bytes, ct: bytes, mask: bytes | None) -> PatientVolume | NiftiError:
-    """The engine's verdict on an uploaded pair, the volume or the refusal: both are cached
-    (an exception would not be), so neither a slider move nor a rerun reads the files again.
-    The cached volume is shared by every rerun (and by sessions that upload the same files),
-    so its arrays are made read-only."""
-    try:
-        pv = load_nifti_pair(mri, ct, mask, patient_id="upload")
-    except NiftiError as err:
-        return err
-    for array in (pv.mri, pv.ct_hu, pv.mask):
-        array.flags.writeable = False
-    return pv
+_CHECKED = "_upload_checked"  # session key: (the files' upload ids, the engine's verdict)
+_ROUND = "_upload_round"  # session key: bumped to give the upload boxes fresh, empty keys
+BOXES = (("MRI", "up_mri"), ("CT (Hounsfield units)", "up_ct"), ("Body mask (optional)",
+                                                                  "up_mask"))
 
 
-def check_pair(mri: bytes, ct: bytes, mask: bytes | None) -> PatientVolume:
-    """The checked pair; raises NiftiError with a readable message (see :func:`_checked`)."""
-    checked = _checked(mri, ct, mask)
-    if isinstance(checked, NiftiError):
-        raise checked
-    return checked
+def upload_boxes(kinds: list[str]) -> list[UploadedFile | None]:
+    """The three upload boxes side by side (MRI, CT, mask); the file in each, or None."""
+    round_ = st.session_state.get(_ROUND, 0)
+    return [col.file_uploader(label, type=kinds, key=f"{key}-{round_}" if round_ else key)
+            for col, (label, key) in zip(st.columns(3), BOXES, strict=True)]
+
+
+def check_upload(mri: UploadedFile, ct: UploadedFile,
+                 mask: UploadedFile | None) -> PatientVolume:
+    """The engine's verdict on an uploaded pair: the volume, or ``NiftiError`` with a
+    readable message. The verdict (a refusal as well as a volume) is kept in this session
+    for these uploads, so neither a slider move nor a rerun reads the files again, and it
+    goes with the session or with the next upload: one pair per session, never shared."""
+    ids = tuple(f.file_id if f is not None else None for f in (mri, ct, mask))
+    held = st.session_state.get(_CHECKED)
+    if held is None or held[0] != ids:
+        st.session_state.pop(_CHECKED, None)  # the previous pair goes before this one is read
+        with st.spinner("Checking the files…"):
+            try:
+                verdict: PatientVolume | NiftiError = load_nifti_pair(
+                    mri.getvalue(), ct.getvalue(), mask.getvalue() if mask else None,
+                    patient_id="upload")
+            except NiftiError as err:
+                verdict = err
+        st.session_state[_CHECKED] = held = (ids, verdict)
+    if isinstance(held[1], NiftiError):
+        raise held[1]
+    return held[1]
+
+
+def clear_upload(files: list[UploadedFile | None]) -> None:
+    """Forget an upload once it is saved: the checked volume, the uploaded bytes (the
+    server keeps them until the session ends otherwise) and the boxes' contents."""
+    st.session_state.pop(_CHECKED, None)
+    ctx = get_script_run_ctx()
+    if runtime.exists() and ctx is not None:
+        for f in files:
+            if f is not None:
+                runtime.get_instance().uploaded_file_mgr.remove_file(ctx.session_id, f.file_id)
+    st.session_state[_ROUND] = st.session_state.get(_ROUND, 0) + 1
+    release_freed_memory()
 
 
 def slice_viewer(pv: PatientVolume) -> None:
@@ -100,18 +126,3 @@ def slice_viewer(pv: PatientVolume) -> None:
     right.image(upscale(to_gray(views.axial(pv.ct_hu, z), c_lo, c_hi), target),
                 caption=f"CT, slice {shown} of {n} ({c_lo:.0f} to {c_hi:.0f} HU)",
                 width="stretch")
-
-
-def save_patient(folder: Path, letter: str, number: int, mri: bytes, ct: bytes,
-                 mask: bytes | None) -> Path:
-    """Check an uploaded pair and save it as patient ``number`` of hospital ``letter``.
-
-    See ``app.views.data.save_patient`` for the folder written and the numbering rule.
-
-    Raises:
-        FileExistsError: the patient already exists, or the hospital has no free number.
-        NiftiError: the files are unusable.
-    """
-    pv = check_pair(mri, ct, mask)
-    affine = load_affine(mri, name="uploaded MRI")  # the header alone: check_pair read the rest
-    return views.save_patient(folder, letter, number, pv, affine, with_mask=mask is not None)

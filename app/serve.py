@@ -10,24 +10,33 @@ is started from (a ``.streamlit/config.toml`` is only read from the working dire
 * an address other than loopback is refused unless sign-in is configured: Streamlit's
   ``st.login`` with an OpenID Connect provider (``--auth-config`` TOML with an ``[auth]``
   section: ``redirect_uri``, ``cookie_secret``, ``client_id``, ``client_secret``,
-  ``server_metadata_url``); with it, every page asks for sign-in first (``app/main.py``).
+  ``server_metadata_url``); with it, every page asks for sign-in first (``app/main.py``);
+* the server closes sessions whose browser left (:func:`close_abandoned_sessions`), so
+  uploads do not stay in memory for ever.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import gc
 import ipaddress
 import sys
 import threading
+import time
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
+from streamlit import runtime
 
 from engine.orchestration import queue
+from engine.orchestration.resources import release_freed_memory
 from engine.orchestration.store import runs_root
 
 MAIN = Path(__file__).with_name("main.py")
@@ -148,6 +157,67 @@ class AllowedHosts:
         await self.app(scope, receive, send)
 
 
+# Streamlit drops a session whose browser left (tab closed) without shutting it down, so
+# its uploaded files (up to three of 130 MiB) and its state (the checked pair) stayed in the
+# server's memory until it exited. A session that holds uploads and has had no browser for
+# this long is closed; a page reload is a new session anyway, and Streamlit itself forgets a
+# disconnected session after 120 s.
+ABANDONED_AFTER_S = 60.0
+JANITOR_EVERY_S = 10.0
+
+
+def close_abandoned_sessions(rt: Any, left_at: dict[str, float], now: float) -> list[str]:
+    """Close the sessions of ``rt`` (a Streamlit runtime) that hold uploaded files and have
+    had no browser for :data:`ABANDONED_AFTER_S`; returns their ids. ``left_at`` (session id
+    → when it was first seen without a browser) is kept between calls. Runs on the server's
+    event loop (Streamlit's ``close_session`` must)."""
+    mgr = rt.uploaded_file_mgr
+    holders = list(getattr(mgr, "file_storage", {}))
+    closed = []
+    for sid in holders:
+        if rt.is_active_session(sid):
+            left_at.pop(sid, None)
+        elif now - left_at.setdefault(sid, now) >= ABANDONED_AFTER_S:
+            _clear_state(rt, sid)
+            rt.close_session(sid)  # and, in Streamlit, its files
+            mgr.remove_session_files(sid)  # also when Streamlit had forgotten the session
+            left_at.pop(sid)
+            closed.append(sid)
+    for sid in set(left_at) - set(holders):
+        left_at.pop(sid)
+    if closed:
+        gc.collect()  # a closed session is a web of cycles: freed by the collector, not at once
+        release_freed_memory()
+    return closed
+
+
+def _clear_state(rt: Any, sid: str) -> None:
+    """Empty a session's state (our checked pair, the upload boxes' files): a closed session
+    stays reachable inside Streamlit, so closing it alone frees neither (measured in
+    benchmarks/README.md). The runtime's own accessor covers connected sessions only, hence
+    its session manager; without one (another Streamlit), closing is all that is done."""
+    manager = getattr(rt, "_session_mgr", None)
+    info = manager.get_session_info(sid) if manager is not None else None
+    if info is not None:
+        info.session.session_state.clear()
+
+
+@contextlib.asynccontextmanager
+async def _janitor(_app: st.App) -> AsyncIterator[None]:
+    async def sweep() -> None:
+        left_at: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(JANITOR_EVERY_S)
+            if runtime.exists():
+                close_abandoned_sessions(runtime.get_instance(), left_at, time.monotonic())
+
+    task = asyncio.create_task(sweep())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 def build_app(allowed_hosts: list[str], auth: dict[str, str] | None,
               allowed_users: list[str] | None = None) -> st.App:
     """The dashboard as an ASGI app that answers only ``allowed_hosts`` and may not be
@@ -157,7 +227,7 @@ def build_app(allowed_hosts: list[str], auth: dict[str, str] | None,
     hosts = [f"[{h}]" if ":" in h and not h.startswith("[") else h
              for h in dict.fromkeys([*LOOPBACK_HOSTS, *allowed_hosts])]
     secrets = {"auth": auth, "access": {"allowed_users": allowed_users or []}} if auth else None
-    return st.App(str(MAIN), secrets=secrets,
+    return st.App(str(MAIN), secrets=secrets, lifespan=_janitor,
                   middleware=[Middleware(NoFraming), Middleware(AllowedHosts, allowed=hosts)])
 
 

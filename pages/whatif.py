@@ -12,6 +12,7 @@ from app.views import whatif as views
 from app.views.common import PAGES_DIR, hospital_name
 from app.views.results import Sweep
 from app.widgets import queued_behind, refusal_shown, sweep_progress, verdict_box
+from engine.data.uploads import add_example_patient
 from engine.orchestration.jobs import cancel_sweep, start_sweep_job
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
@@ -48,7 +49,7 @@ def _controls(root: Path) -> tuple[Sweep | None, bool]:
         if st.button("Add an example patient", icon=":material/person_add:",
                      key="whatif_example", help=views.EXAMPLE_HELP):
             with st.spinner("Creating an artificial patient…"):
-                added = views.add_example_patient(root, center)
+                added = add_example_patient(root, center)
                 remember(PATIENT_PARAM, next(k for k, p in views.patient_folders(root).items()
                                              if p == added))
             st.rerun()

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.views.data import cohort_counts, run_command
+from app.views.data import run_command
 from engine.core.run_folder import ACTIVE
 from engine.data.cohort import load_cohort
+from engine.data.uploads import cohort_counts
 from engine.orchestration.jobs import cancel_job
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex, open_run
@@ -52,8 +53,9 @@ def _data_page() -> AppTest:
 
 
 def _upload(at: AppTest, mri: bytes, ct: bytes, names=("mri.nii.gz", "ct.nii.gz")) -> AppTest:
-    at.file_uploader(key="up_mri").set_value((names[0], mri, GZ))
-    at.file_uploader(key="up_ct").set_value((names[1], ct, GZ))
+    # By place: a save gives the boxes fresh keys (that is how they are emptied).
+    at.file_uploader[0].set_value((names[0], mri, GZ))
+    at.file_uploader[1].set_value((names[1], ct, GZ))
     at.run()
     assert not at.exception, at.exception
     return at
@@ -133,10 +135,13 @@ def test_saving_builds_a_loadable_cohort_and_refuses_overwrites(runs_dir: Path) 
     assert any("Saved patient 1BA001" in s.value for s in at.success)
     assert sorted(p.name for p in (folder / "1BA001").iterdir()) == ["ct.nii.gz", "mr.nii.gz"]
     assert not at.code  # one patient is not enough to train on yet
+    # The saved pair has left the session: empty boxes, no viewer, no checked volume held.
+    assert [f.value for f in at.file_uploader] == [None, None, None]
+    assert not at.slider and "_upload_checked" not in at.session_state
 
     # Saving the same patient again is refused and leaves the files alone.
     before = (folder / "1BA001" / "mr.nii.gz").stat().st_mtime_ns
-    at = _save(at, 1)
+    at = _save(_upload(at, *head_pair()), 1)
     assert any("already exists" in e.value for e in at.error)
     assert (folder / "1BA001" / "mr.nii.gz").stat().st_mtime_ns == before
 
@@ -172,10 +177,11 @@ def test_mask_is_saved_and_new_hospital_gets_next_letter(runs_dir: Path) -> None
     x, y, z = np.meshgrid(*(np.arange(s) - (s - 1) / 2 for s in SHAPE), indexing="ij")
     mask = _nifti((np.sqrt(x**2 + y**2 + (z * 2) ** 2) < 13).astype(np.uint8))
     at = _data_page()
-    at.file_uploader(key="up_mask").set_value(("mask.nii.gz", mask, GZ))
+    at.file_uploader[2].set_value(("mask.nii.gz", mask, GZ))
     at = _upload(at, mri, ct)
     at = _save(at, 7)
     assert (runs_dir / "uploads" / "1BA007" / "mask.nii.gz").is_file()
+    at = _upload(at, mri, ct)  # the next patient
     assert at.selectbox(key="save_center").options == ["Uploaded hospital A",
                                                        "New uploaded hospital B"]
 
@@ -241,7 +247,7 @@ def test_uncompressed_nii_is_accepted(runs_dir: Path) -> None:
 @pytest.mark.parametrize("letter", ["AB", "", "a", "1"])
 def test_a_hospital_is_one_capital_letter(tmp_path: Path, letter: str) -> None:
     """'AB' is not hospital A (it was written as patient 1BAB001)."""
-    from app.views.data import save_patient as save
+    from engine.data.uploads import save_patient as save
 
     with pytest.raises(ValueError, match="out of range"):
         save(tmp_path, letter, 1, None, None, with_mask=False)  # type: ignore[arg-type]

@@ -33,8 +33,6 @@ import numpy as np
 import pytest
 
 import engine.data.nifti as nifti
-from app.data import save_patient
-from app.views.data import cohort_counts
 from engine.data.nifti import (
     NiftiError,
     load_affine,
@@ -44,6 +42,7 @@ from engine.data.nifti import (
 )
 from engine.data.synthrad import scan_synthrad
 from engine.data.types import PatientVolume
+from engine.data.uploads import cohort_counts, save_patient
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -853,9 +852,11 @@ def test_concurrent_uploads_of_one_patient_number_both_saved_apart(tmp_path: Pat
     saved_total = renumbered = 0
     for trial in range(6):
         marks = (10.0 + 2 * trial, 11.0 + 2 * trial)
-        uploads = [_upload(m) for m in marks]
+        # Checked as the page checks them before Save is pressed.
+        uploads = [(load_nifti_pair(mri, ct, None, patient_id="upload"),
+                    load_affine(mri, name="uploaded MRI")) for mri, ct in map(_upload, marks)]
         number = 2 * trial + 1  # the loser of an overlap gets number + 1
-        results = _race([lambda u=u, n=number: save_patient(folder, "A", n, u[0], u[1], None)
+        results = _race([lambda u=u, n=number: save_patient(folder, "A", n, *u, with_mask=False)
                          for u in uploads])
         saved = [r for r in results if isinstance(r, Path)]
         # Overlapping saves both succeed under different numbers; a save that starts after

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -229,3 +230,46 @@ def test_the_upload_cap_the_page_names_is_the_one_served() -> None:
     from app.views.data import MAX_UPLOAD_MB, UPLOAD_LIMITS
 
     assert served == MAX_UPLOAD_MB and f"{served}MB" in UPLOAD_LIMITS
+
+
+def test_a_session_whose_browser_left_is_closed_and_its_uploads_freed() -> None:
+    """Streamlit forgets a disconnected session without shutting it down, so its uploads
+    stayed in memory until the server exited. Past ABANDONED_AFTER_S without a browser, a
+    session holding uploads is closed and its files dropped; a session with a browser, and
+    one that came back, keep theirs."""
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from app.serve import ABANDONED_AFTER_S, close_abandoned_sessions
+
+    class Runtime:  # the calls the server makes on Streamlit's runtime
+        def __init__(self) -> None:
+            self.uploaded_file_mgr = MemoryUploadedFileManager("/upload")
+            self.active = {"open", "back"}
+            self.closed: list[str] = []
+            self.states = {sid: {"_upload_checked": sid} for sid in ("open", "left", "back")}
+            self._session_mgr = self
+
+        def get_session_info(self, sid: str) -> SimpleNamespace:
+            return SimpleNamespace(session=SimpleNamespace(session_state=self.states[sid]))
+
+        def is_active_session(self, sid: str) -> bool:
+            return sid in self.active
+
+        def close_session(self, sid: str) -> None:
+            self.closed.append(sid)
+
+    rt = Runtime()
+    for sid in ("open", "left", "back"):
+        rt.uploaded_file_mgr.add_file(sid, UploadedFileRec(f"{sid}-mri", "mr.nii", "x",
+                                                           b"\0" * 1000))
+    left_at: dict[str, float] = {"back": 0.0}  # seen without a browser before it came back
+    assert close_abandoned_sessions(rt, left_at, 100.0) == []
+    assert left_at == {"left": 100.0}  # "back" is forgotten: its browser returned
+    assert close_abandoned_sessions(rt, left_at, 100.0 + ABANDONED_AFTER_S - 1) == []
+    assert close_abandoned_sessions(rt, left_at, 100.0 + ABANDONED_AFTER_S) == ["left"]
+    assert rt.closed == ["left"] and left_at == {}
+    assert rt.states == {"open": {"_upload_checked": "open"}, "left": {},
+                         "back": {"_upload_checked": "back"}}
+    assert sorted(rt.uploaded_file_mgr.file_storage) == ["back", "open"]
+    assert rt.uploaded_file_mgr.get_files("left", ["left-mri"]) == []

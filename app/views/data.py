@@ -1,29 +1,23 @@
-"""Pure helpers of the Data & centers page: naming and counting patients in a NIfTI cohort
-folder, slice geometry and display ranges, and the command that trains on the folder.
+"""Pure helpers of the Data & centers page: slice geometry and display ranges, the page's
+words, the command that trains on the uploaded cohort, and which folders may be read.
 
-The folder layout is the one ``data.source: nifti`` reads (``engine.data.cohort`` →
-``engine.data.synthrad``): ``<folder>/<patient ID>/{mr,ct,mask}.nii.gz`` where the ID's third
-character is the hospital's letter, e.g. ``uploads/1BA001/mr.nii.gz`` is patient 1 of
-hospital A.
+The cohort folder itself (naming, counting and saving patients) is the engine's
+``engine.data.uploads``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shlex
-import string
 from pathlib import Path
 
 import numpy as np
 
-from engine.data.nifti import NiftiLimits, save_patient_folder
+from engine.data.nifti import NiftiLimits
 from engine.data.types import PatientVolume
+from engine.data.uploads import uploads_folder
 
-UPLOADS = "uploads"
-ID_PREFIX = "1B"  # SynthRAD2023 style: task 1, brain; the next letter is the hospital
 MIN_PATIENTS = 2  # a hospital needs one patient to train on and one held out
-LETTERS = string.ascii_uppercase
 DATA_ROOTS_ENV = "FEDSCT_DATA_ROOTS"
 
 PHANTOM_INTRO = (
@@ -80,67 +74,6 @@ def volume_facts(pv: PatientVolume) -> dict[str, str]:
         "CT range (HU)": f"{float(pv.ct_hu.min()):.0f} to {float(pv.ct_hu.max()):.0f}",
         "Body voxels": f"{int(pv.mask.sum()):,}",
     }
-
-
-def uploads_folder(runs_folder: Path) -> Path:
-    return runs_folder / UPLOADS
-
-
-def patient_id(letter: str, number: int) -> str:
-    return f"{ID_PREFIX}{letter}{number:03d}"
-
-
-def cohort_counts(folder: Path) -> dict[str, int]:
-    """Hospital letter → number of saved patients in the cohort folder."""
-    counts: dict[str, int] = {}
-    if folder.is_dir():
-        for p in sorted(folder.iterdir()):
-            # Hidden folders are saves in progress (see save_patient_folder), not patients.
-            if p.is_dir() and not p.name.startswith(".") and len(p.name) >= 3 \
-                    and p.name[2] in LETTERS:
-                counts[p.name[2]] = counts.get(p.name[2], 0) + 1
-    return counts
-
-
-def next_letter(counts: dict[str, int]) -> str | None:
-    return next((x for x in LETTERS if x not in counts), None)
-
-
-def next_number(folder: Path, letter: str) -> int:
-    taken = {int(p.name[3:]) for p in folder.glob(f"{ID_PREFIX}{letter}[0-9][0-9][0-9]")}
-    return next(n for n in range(1, 1000) if n not in taken) if len(taken) < 999 else 999
-
-
-def save_patient(folder: Path, letter: str, number: int, pv: PatientVolume,
-                 affine: np.ndarray, *, with_mask: bool) -> Path:
-    """Write a checked patient as ``<folder>/<ID>/{mr,ct[,mask]}.nii.gz``; returns the folder.
-
-    The volumes are written from the validated voxels (RAS order, the MRI's grid, ``affine``
-    its 4×4 voxel→mm matrix), so no free-text header field (which may hold a patient's name)
-    is copied. If another save takes patient ``number`` while this one is writing (two
-    sessions saving at once), the patient gets the next free number instead; the returned
-    folder's name is the ID used.
-
-    Raises:
-        ValueError: the letter is not A–Z or the number not 1–999.
-        FileExistsError: the patient already exists before saving starts, or every number
-            of the hospital is taken.
-    """
-    if len(letter) != 1 or letter not in LETTERS or not 1 <= number <= 999:
-        raise ValueError(f"hospital letter {letter!r} / patient number {number} out of range")
-    target = folder / patient_id(letter, number)
-    if target.exists():
-        raise FileExistsError(errno.EEXIST, "patient already exists", str(target))
-    for n in [number, *range(number + 1, 1000), *range(1, number)]:
-        target = folder / patient_id(letter, n)
-        if target.exists():
-            continue
-        try:
-            return save_patient_folder(pv, target, affine, with_mask=with_mask)
-        except FileExistsError:
-            continue  # another save got this number first: take the next free one
-    raise FileExistsError(errno.EEXIST, f"hospital {letter} has no free patient number left",
-                          str(folder))
 
 
 COHORT_PRESET = "smoke"  # small and quick: a few uploaded patients train in about a minute

@@ -14,7 +14,6 @@ import numpy as np
 import plotly.graph_objects as go
 
 from app.views.common import PHASE_TEXT, Verdict, upscale
-from app.views.data import uploads_folder
 from app.views.inversion import NULL_WORDS, client_leak, leak_level, load_npz
 from app.views.results import Sweep, read_json, read_sweep
 from engine.analyses.results import (
@@ -29,11 +28,9 @@ from engine.analyses.whatif import EXPOSED_RANK, chance_rate
 from engine.core.render import CT_WINDOW_HU, to_gray
 from engine.core.run_folder import RunFolder
 from engine.core.units import unit_to_hu
-from engine.data.nifti import save_patient_folder
-from engine.data.phantom import example_patient_volume
+from engine.data.uploads import EXAMPLES, uploads_folder
 
 SWEEP = "whatif"
-EXAMPLES = "whatif-examples"
 CELL_TITLES = ("Without defenses", "With secure aggregation + clipped noise")
 
 
@@ -47,16 +44,6 @@ def patient_folders(runs_folder: Path) -> dict[str, Path]:
                 if p.is_dir() and not p.name.startswith(".") and (p / "mr.nii.gz").is_file():
                     found[f"{p.name} ({kind})"] = p
     return found
-
-
-def add_example_patient(runs_folder: Path, center: int) -> Path:
-    """Save a new artificial patient scanned at ``center`` (never part of any cohort) under
-    ``<runs root>/whatif-examples/``, as NIfTI like an upload; returns its folder."""
-    parent = runs_folder / EXAMPLES
-    number = next(n for n in range(1, 10_000) if not (parent / f"example-{n:03d}").exists())
-    # Patient numbers from 500 up are never drawn by a cohort (at most 64 + 64 per center).
-    volume = example_patient_volume(0, center, 500 + number)
-    return save_patient_folder(volume, parent / f"example-{number:03d}")
 
 
 def whatif_sets(patient: Path, center: int) -> tuple[str, ...]:
