@@ -10,7 +10,7 @@ import streamlit as st
 from app.state import persisted, remember, remembered, session_owner
 from app.views import whatif as views
 from app.views.common import PAGES_DIR, hospital_name
-from app.views.results import Sweep
+from app.views.results import Sweep, sweep_state_text
 from app.widgets import queued_behind, refusal_shown, sweep_progress, verdict_box
 from engine.data.uploads import add_example_patient
 from engine.orchestration.jobs import cancel_sweep, start_sweep_job
@@ -63,9 +63,10 @@ def _controls(root: Path) -> tuple[Sweep | None, bool]:
                     cancel_sweep(sweep.folder)
                 st.rerun()
         elif sweep and sweep.state != "done":
-            if sweep.state in ("failed", "ended"):
-                st.error(f"The last attempt did not finish (`{sweep.folder / 'log.txt'}` says "
-                         "why). Starting again keeps what finished.")
+            if sweep.state == "cancelled":
+                st.info(sweep_state_text(sweep), icon=":material/stop_circle:")
+            elif sweep.state in ("failed", "ended"):
+                st.error(sweep_state_text(sweep))
             behind = queued_behind()
             if st.button("Run the what-if (about 16 minutes)", icon=":material/play_arrow:",
                          type="primary", key="whatif_start",

@@ -25,7 +25,7 @@ from engine.data.nifti import save_patient_folder
 from engine.data.phantom import example_patient_volume, phantom_cohort
 from engine.data.synthrad import load_synthrad_patient
 from engine.orchestration.presets import build_config
-from engine.orchestration.sweeps import run_sweep
+from engine.orchestration.sweeps import run_sweep, sweep_folder
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 WHATIF = "../pages/whatif.py"
@@ -244,6 +244,30 @@ def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatc
     matched = [s["whatif"]["reconstruction"]["n"] for s in _summaries(finished[1])]
     assert matched[0] == 2
     assert len(at.get("image")) == 4 * sum(matched)
+
+
+@pytest.mark.parametrize(("state", "shown"), [
+    ("cancelled", "Stopped after 1 of 2 experiments. Starting it again continues"),
+    ("ended", "Its process ended without finishing, after 1 of 2 experiments"),
+    ("failed", "Failed after 1 of 2 experiments; `"),
+])
+def test_a_stopped_or_broken_whatif_says_so(tmp_path, monkeypatch, state, shown):
+    """A what-if stopped by its user reads as stopped (not as a failure to look up in a log);
+    one that failed or whose process ended says which, and what Start again does."""
+    root = tmp_path / "runs"
+    at = _page(root, monkeypatch)
+    _button(at, "whatif_example").click().run()
+    patient = root / "whatif-examples" / "example-001"
+    folder = sweep_folder("whatif", app.views.whatif.whatif_sets(patient, 0), root)
+    folder.mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({"name": "whatif", "state": state,
+                                                   "cells_done": 1, "cells": [{}, {}]}))
+    at.run()
+    assert not at.exception, at.exception
+    said = [m.value for m in (*at.info, *at.error)]
+    assert any(m.startswith(shown) for m in said), said
+    assert not any("did not finish" in m for m in said)
+    assert any(b.key == "whatif_start" for b in at.button)
 
 
 def test_start_runs_the_study_in_the_background_and_shows_it(tmp_path, monkeypatch):
