@@ -5,6 +5,9 @@ reusing them."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,7 +53,19 @@ def test_every_cell_of_every_scale_is_a_valid_experiment(scale: str) -> None:
     assert configs[2].defenses.secure_aggregation and configs[4].attacks.inversion.method == "dlg"
     if scale == "full":
         assert {c.data.image_size for c in configs} == {256}
-    assert study.study_folder(scale) == study.study_folder(scale)  # stable, so it resumes
+
+
+@pytest.mark.parametrize("scale", STUDY_SCALES)
+def test_the_study_folder_is_the_same_in_every_process(scale: str, tmp_path: Path) -> None:
+    """``fedsct study`` resumes by finding its folder again, from a new process: the name
+    must not depend on anything a process draws at start (string hashing, set order)."""
+    code = ("import sys; from engine.orchestration.study import study_folder; "
+            "print(study_folder(sys.argv[1], sys.argv[2]))")
+    seen = {subprocess.run([sys.executable, "-c", code, scale, str(tmp_path)], check=True,
+                           capture_output=True, text=True,
+                           env=os.environ | {"PYTHONHASHSEED": seed}).stdout.strip()
+            for seed in ("0", "random")}
+    assert seen == {str(study.study_folder(scale, tmp_path))}
 
 
 def test_an_unknown_scale_is_refused() -> None:
