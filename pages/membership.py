@@ -81,7 +81,7 @@ def _dp_tradeoff() -> None:
                           "it costs", mia.cell_words, intro=mia.DP_INTRO)
     if sweep is None:
         return
-    if not any(r.get("patient_auc_pooled") is not None for r in sweep.rows):
+    if not any(r.patient_auc_pooled is not None for r in sweep.rows):
         st.info(mia.DP_OLD_TABLE)
         return
     st.plotly_chart(mia.dp_figure(sweep.rows))
@@ -104,7 +104,7 @@ def _dp_audit(rows: list[RunRow]) -> None:
             verdict_box(audit.audit_verdict(shown.summary.dp_audit))
         st.dataframe(audit.audit_table(runs), hide_index=True)
     sweep = study_section("dp-audit", "The audit at every ε", audit.audit_cell_words)
-    audited = [r for r in (sweep.rows if sweep else []) if r.get("audit_bound") is not None]
+    audited = [r for r in (sweep.rows if sweep else []) if r.audit_bound is not None]
     if audited:
         st.plotly_chart(audit.audit_figure(audited))
         st.markdown(audit.audit_sweep_sentence(audited))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import streamlit as st
 
 from app.state import persisted, remember, session_owner
@@ -39,6 +37,7 @@ from app.views.poisoning import (
     ratio_heatmap,
     rule_name,
     same_attack,
+    training_words,
     verdict,
 )
 from app.views.results import Sweep, list_runs, read_sweep, sweep_minutes
@@ -254,7 +253,7 @@ def _paper_study(sweep: Sweep, metric: str) -> None:
         return
     rows = sweep.rows or []
     bad = poisoned(rows)
-    kinds = [k for k in NOISE_KINDS if any(r.get("poison_kind") == k for r in bad)]
+    kinds = [k for k in NOISE_KINDS if any(r.poison_kind == k for r in bad)]
     if not kinds:
         st.info("The study has no attacked experiments yet, only clean ones.")
         return
@@ -266,15 +265,15 @@ def _paper_study(sweep: Sweep, metric: str) -> None:
     with c2:
         level = persisted(st.selectbox, "Noise level", f"poi_grid_level_{kind}", levels[-1],
                           options=levels, format_func=lambda v: level_text(kind, v))
-    attackers = malicious_order([str(r.get("malicious")) for r in bad])
+    attackers = malicious_order([str(r.malicious) for r in bad])
     with c3:
         chosen_m = persisted(st.selectbox, "Malicious hospital(s) for the curves",
                              "poi_grid_malicious", attackers[0], options=attackers,
                              format_func=_attackers)
-    cells = [r for r in bad if r.get("poison_kind") == kind and r.get("noise_std") is not None
-             and float(r["noise_std"]) == level]
-    rl, cl, mae, ratio = grid(cells, lambda r: _attackers(r.get("malicious")),
-                              lambda r: rule_name(str(r.get("aggregator"))),
+    cells = [r for r in bad if r.poison_kind == kind and r.noise_std is not None
+             and float(r.noise_std) == level]
+    rl, cl, mae, ratio = grid(cells, lambda r: _attackers(r.malicious),
+                              lambda r: rule_name(str(r.aggregator)),
                               row_order=[_attackers(m) for m in attackers],
                               col_order=[rule_name(a) for a in RULE_NAMES])
     st.plotly_chart(ratio_heatmap(rl, cl, mae, ratio, "aggregation rule",
@@ -291,12 +290,12 @@ def _paper_study(sweep: Sweep, metric: str) -> None:
     else:
         clean = clean_rows(rows)
         lines = []
-        for r in sorted((r for r in cells if r.get("malicious") == chosen_m),
-                        key=lambda r: list(RULE_NAMES).index(r.get("aggregator"))
-                        if r.get("aggregator") in RULE_NAMES else 99):
-            base = clean.get(str(r.get("aggregator")))
-            lines.append((str(r.get("aggregator")), curves.get(str(r.get("run_id"))),
-                          curves.get(str(base.get("run_id"))) if base else None))
+        for r in sorted((r for r in cells if r.malicious == chosen_m),
+                        key=lambda r: list(RULE_NAMES).index(r.aggregator)
+                        if r.aggregator in RULE_NAMES else 99):
+            base = clean.get(str(r.aggregator))
+            lines.append((str(r.aggregator), curves.get(str(r.run_id)),
+                          curves.get(str(base.run_id)) if base else None))
         if lines:
             st.plotly_chart(curves_figure(lines, metric), key="poi_grid_curves")
             st.caption(f"Round by round with {_attackers(chosen_m)} attacking: solid lines are "
@@ -321,8 +320,8 @@ def _model_study(sweep: Sweep, _metric: str) -> None:
         return
     order = [kind_name(k) for k in ("sign_flip", "scaling", "alie")]
     rl, cl, mae, ratio = grid(poisoned(sweep.rows),
-                              lambda r: kind_name(str(r.get("poison_kind"))),
-                              lambda r: rule_name(str(r.get("aggregator"))),
+                              lambda r: kind_name(str(r.poison_kind)),
+                              lambda r: rule_name(str(r.aggregator)),
                               row_order=order, col_order=[rule_name(a) for a in RULE_NAMES])
     st.plotly_chart(ratio_heatmap(rl, cl, mae, ratio, "aggregation rule", "attack"),
                     key="poi_model")
@@ -339,14 +338,10 @@ def _factor_study(sweep: Sweep, _metric: str) -> None:
     if not _has_rows(sweep):
         return
 
-    def training(r: dict[str, Any]) -> str:
-        opt = "SGD" if r.get("optimizer") == "sgd" else "Adam"
-        return f"{str(r.get('loss') or '').upper()} loss, {opt}"
-
     rl, cl, mae, ratio = grid(poisoned(sweep.rows),
-                              lambda r: TARGET_NAMES.get(str(r.get("poison_target")),
-                                                         str(r.get("poison_target"))),
-                              training, row_order=list(TARGET_NAMES.values()))
+                              lambda r: TARGET_NAMES.get(str(r.poison_target),
+                                                         str(r.poison_target)),
+                              training_words, row_order=list(TARGET_NAMES.values()))
     st.plotly_chart(ratio_heatmap(rl, cl, mae, ratio, "local training", "what is noised"),
                     key="poi_factors")
     st.caption("Each cell is one experiment: the shared model's final error when one hospital "
@@ -360,15 +355,8 @@ def _factor_study(sweep: Sweep, _metric: str) -> None:
 def _studies(sweeps: dict[str, Sweep], metric: str) -> None:
     for sweep_name, render in (("poison-paper", _paper_study), ("poison-model", _model_study),
                                ("poison-data-factors", _factor_study)):
-        if sweep_name not in sweeps:
-            continue
-        try:
+        if sweep_name in sweeps:
             render(sweeps[sweep_name], metric)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-            # A table written by an older engine lacks columns: explain, not a traceback.
-            st.warning(f"`{sweeps[sweep_name].folder / 'table.json'}` has results in a format "
-                       "this page can't read. Starting the study again rewrites it (finished "
-                       "experiments are reused).")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import engine.orchestration.jobs
 from app.views.common import hospital_name
 from app.views.dp_audit import audit_verdict
 from app.views.mia import attack_name, dp_sentence, noise_label, verdict
-from engine.analyses.results import DPAuditSummary, MiaSummary
+from engine.analyses.results import DPAuditSummary, MiaSummary, SweepRow
 from engine.core.run_folder import RunFolder
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
@@ -268,10 +268,10 @@ def test_dp_tradeoff_from_sweep_table(runs_dir: Path) -> None:
 
 
 def test_dp_sentence_while_the_sweep_is_young_or_dp_is_too_weak() -> None:
-    base = {"cell": "baseline", "dp_enabled": False, "mae_hu": 100.0}
+    base = SweepRow(cell="baseline", dp_enabled=False, mae_hu=100.0)
     assert "Only the run without privacy noise" in dp_sentence([base])
-    weak = {"dp_enabled": True, "dp_level": "client", "epsilon": 64.0, "mae_hu": 104.0,
-            "mia_verdict": "risk"}
+    weak = SweepRow(dp_enabled=True, dp_level="client", epsilon=64.0, mae_hu=104.0,
+                    mia_verdict="risk")
     assert "every budget tested still leaves evidence" in dp_sentence([base, weak])
     assert noise_label(weak) == "hospital-level DP, ε 64"
 
@@ -279,7 +279,7 @@ def test_dp_sentence_while_the_sweep_is_young_or_dp_is_too_weak() -> None:
 def test_start_button_tracks_the_job(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = []
 
-    def fake_start(cfg, root=None, preset=None):  # noqa: ANN001, ANN202 - start_job's shape
+    def fake_start(cfg, root=None, preset=None, owner=None):  # noqa: ANN001, ANN202 - its shape
         run = create_run(cfg, root, preset=preset)  # stays queued: nothing trains
         started.append((cfg.name, cfg.defenses.secure_aggregation))
         return run

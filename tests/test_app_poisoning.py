@@ -288,9 +288,10 @@ def test_damaged_files_give_warnings(runs_dir: Path, built, paper) -> None:
 
     (folder / "table.json").write_text(json.dumps([{"poison_kind": "update_noise",
                                                     "noise_std": "high", "malicious": "x"}]))
-    at = _page()
-    assert any(str(folder / "table.json") in w.value and "can't read" in w.value
+    at = _page()  # a column of the wrong type: the table is damaged, read as such
+    assert any(str(folder / "table.json") in w.value and "damaged or unreadable" in w.value
                for w in at.warning)
+    assert not at.exception and not _heatmaps(at)
 
     # A poisoning block with no attacked cell gives no verdict, and one that does not read as
     # a run summary gives nothing: either way the file is named as damaged, never a traceback.

@@ -346,3 +346,21 @@ def test_a_run_the_machine_cannot_hold_is_refused_before_it_starts(
     monkeypatch.setattr(resources, "available_memory", lambda: 10 * 1024**2)
     with pytest.raises(ConfigError, match="would need about .* of memory"):
         resources.check_resources(build_config("demo"), full_disk.parent)
+
+
+def test_a_summary_that_would_not_read_fails_its_run_instead_of_being_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Summaries are checked on write: a block every reader would refuse ends the run as
+    failed, naming the block, and no summary.json is left for pages to trip on."""
+    from engine.orchestration import experiment
+
+    real = experiment.build_summary
+    monkeypatch.setattr(experiment, "build_summary",
+                        lambda *a, **k: real(*a, **k) | {"poisoning": {"cells": "none"}})
+    run = create_run(build_config("smoke", sets=["federation.rounds=1"]), tmp_path)
+    assert experiment.execute(run) is None
+    status = run.status()
+    assert status["state"] == "failed"
+    assert status["error"].startswith("SummaryError: the summary this run built: "
+                                      "poisoning.cells: ")
+    assert not (run.path / "summary.json").exists()

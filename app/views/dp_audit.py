@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from app.views.common import Verdict
 from app.views.results import RunRow, finished_with
-from engine.analyses.results import DPAuditSummary
+from engine.analyses.results import DPAuditSummary, SweepRow
 
 CANARIES = {"client": "canary hospitals", "patient": "canary patients in Hospital A's DP-SGD"}
 LEVELS = {"client": "hospital-level DP", "patient": "patient-level DP (DP-SGD)"}
@@ -92,65 +92,65 @@ def _x(epsilon: float | None) -> float:
     return NO_NOISE_X if epsilon is None or not math.isfinite(epsilon) else epsilon
 
 
-def audit_figure(rows: list[dict[str, Any]]) -> go.Figure:
+def audit_figure(rows: list[SweepRow]) -> go.Figure:
     """The ``dp-audit`` sweep: audit bound against the accountant's ε, one line per DP level,
     with the diagonal (a bound above it is a violation) and each cell's cap."""
     fig = go.Figure()
-    done = [r for r in rows if r.get("audit_bound") is not None]
-    xs = [_x(r.get("epsilon")) for r in done] or [1.0, 64.0]
+    done = [r for r in rows if r.audit_bound is not None]
+    xs = [_x(r.epsilon) for r in done] or [1.0, 64.0]
     low, high = min(0.5, *xs), NO_NOISE_X * 1.5
     # Many points: a straight line on the log ε axis is not one on the audit's linear axis.
     diagonal = np.geomspace(low, high, 80).tolist()
     fig.add_trace(go.Scatter(x=diagonal, y=diagonal, mode="lines", name="bound = claim "
                              "(above: a violation)", line={"color": "gray", "dash": "dot"},
                              hoverinfo="skip"))
-    caps = sorted({round(float(r["audit_cap"]), 2) for r in done})
+    caps = sorted({round(float(r.audit_cap), 2) for r in done})
     for cap in caps:
         fig.add_hline(y=cap, line_dash="dash", line_color="#7f8c8d",
                       annotation_text=f"most the canaries can certify: {cap:.2f}",
                       annotation_position="bottom right")
     colours = {"client": "#2471a3", "patient": "#c0392b"}
     for kind, name in LEVELS.items():
-        cells = sorted((r for r in done if r.get("audit_kind") == kind),
-                       key=lambda r: _x(r.get("epsilon")))
+        cells = sorted((r for r in done if r.audit_kind == kind),
+                       key=lambda r: _x(r.epsilon))
         if not cells:
             continue
         fig.add_trace(go.Scatter(
-            x=[_x(r.get("epsilon")) for r in cells], y=[r["audit_bound"] for r in cells],
+            x=[_x(r.epsilon) for r in cells], y=[r.audit_bound for r in cells],
             mode="lines+markers", name=f"{name}: audit lower bound",
             line={"color": colours[kind]},
-            text=[r.get("audit_verdict", "").replace("_", " ") for r in cells],
+            text=[(r.audit_verdict or "").replace("_", " ") for r in cells],
             hovertemplate="claimed ε %{x:.3g}: audit ε ≥ %{y:.2f} (%{text})<extra></extra>"))
     ticks = [1, 4, 8, 16, 64, NO_NOISE_X]
     fig.update_xaxes(type="log", title_text="ε the accountant claims (∞: no noise)",
                      tickvals=ticks, ticktext=[*map(str, ticks[:-1]), "∞"])
     # Linear from 0 (a bound of 0 is common) up to just above the caps: the diagonal leaves
     # the chart where no audit of this size could follow it.
-    top = 1.15 * max([*caps, *(r["audit_bound"] for r in done), 1.0])
+    top = 1.15 * max([*caps, *(r.audit_bound for r in done), 1.0])
     fig.update_yaxes(title_text="ε the audit proves, at least", range=[0, top])
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 20, "b": 10},
                       legend={"orientation": "h", "y": -0.3})
     return fig
 
 
-def audit_sweep_sentence(rows: list[dict[str, Any]]) -> str:
+def audit_sweep_sentence(rows: list[SweepRow]) -> str:
     """The sweep in one sentence per level: violations, and the highest bound found."""
     parts = []
     for kind, name in LEVELS.items():
-        cells = [r for r in rows if r.get("audit_kind") == kind
-                 and r.get("audit_bound") is not None]
+        cells = [r for r in rows if r.audit_kind == kind
+                 and r.audit_bound is not None]
         if not cells:
             continue
-        bad = [r for r in cells if r.get("audit_verdict") == "violation"]
-        noisy = [r for r in cells if r.get("epsilon") is not None]
+        bad = [r for r in cells if r.audit_verdict == "violation"]
+        noisy = [r for r in cells if r.epsilon is not None]
         if bad:
             parts.append(f"**{name}: the audit refutes the accountant at "
-                         + ", ".join(f"ε {r['epsilon']:.3g}" for r in bad) + "**.")
+                         + ", ".join(f"ε {r.epsilon:.3g}" for r in bad) + "**.")
         elif noisy:
-            best = max(noisy, key=lambda r: r["audit_bound"] / r["epsilon"])
+            best = max(noisy, key=lambda r: r.audit_bound / r.epsilon)
             parts.append(f"With **{name}**, no audit bound exceeds the accountant's ε; the "
-                         f"closest: ε ≥ {best['audit_bound']:.2f} against a claim of "
-                         f"{best['epsilon']:.3g}.")
+                         f"closest: ε ≥ {best.audit_bound:.2f} against a claim of "
+                         f"{best.epsilon:.3g}.")
     return " ".join(parts)
 
 

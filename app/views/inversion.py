@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from app.views.common import Verdict, hospital_name, log_ticks, upscale
 from app.views.results import RunRow, finished_with
-from engine.analyses.results import InversionSummary
+from engine.analyses.results import InversionSummary, SweepRow
 from engine.core.metrics import LEAK_MARGIN
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.units import unit_to_hu
@@ -392,9 +392,9 @@ def _setting_label(key: str, value: str, keys: set[str]) -> str | None:
     return f"{key}={v}"
 
 
-def cell_text(row: dict[str, Any], baseline: str) -> str:
+def cell_text(row: SweepRow, baseline: str) -> str:
     """A sweep row's cell label (``loss=l1, norm=instance``) in short plain words."""
-    cell = str(row.get("cell") or "baseline")
+    cell = str(row.cell or "baseline")
     if cell == "baseline":
         return baseline
     parts = [p.split("=", 1) for p in re.split(r", (?=\w+=)", cell) if "=" in p]
@@ -403,14 +403,14 @@ def cell_text(row: dict[str, Any], baseline: str) -> str:
     return " + ".join(words) or cell
 
 
-def factor_figure(rows: list[dict[str, Any]]) -> go.Figure:
+def factor_figure(rows: list[SweepRow]) -> go.Figure:
     """Body SSIM of the reconstruction per factor, beside the attacker's average brain."""
     x = [cell_text(r, "vulnerable design") for r in rows]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=x, y=[r.get("inversion_ssim_body") for r in rows],
+    fig.add_trace(go.Bar(x=x, y=[r.inversion_ssim_body for r in rows],
                          name="attacker's reconstruction", marker_color="#c0392b",
                          hovertemplate="%{x}: body SSIM %{y:.2f}<extra></extra>"))
-    fig.add_trace(go.Bar(x=x, y=[r.get("inversion_floor_ssim_body") for r in rows],
+    fig.add_trace(go.Bar(x=x, y=[r.inversion_floor_ssim_body for r in rows],
                          name="attacker's average brain (floor)", marker_color="#95a5a6",
                          hovertemplate="%{x}: floor %{y:.2f}<extra></extra>"))
     fig.add_hline(y=RECOGNISABLE, line_dash="dot", line_color="gray",
@@ -421,34 +421,34 @@ def factor_figure(rows: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def defense_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def defense_table(rows: list[SweepRow]) -> pd.DataFrame:
     """One row per defense: leak (body SSIM, floor) and cost (sCT MAE, change)."""
-    base = next((r.get("mae_hu") for r in rows if r.get("cell") == "baseline"), None)
+    base = next((r.mae_hu for r in rows if r.cell == "baseline"), None)
     out = []
     for r in rows:
-        mae = r.get("mae_hu")
+        mae = r.mae_hu
         out.append({
             "Defense": cell_text(r, "no defense"),
-            "Body SSIM of the reconstruction": r.get("inversion_ssim_body"),
-            "Floor body SSIM": r.get("inversion_floor_ssim_body"),
+            "Body SSIM of the reconstruction": r.inversion_ssim_body,
+            "Floor body SSIM": r.inversion_floor_ssim_body,
             "Model error, MAE (HU)": mae,
             "Extra error (HU)": (mae - base) if mae is not None and base is not None else None,
-            "Run id": r.get("run_id"),
+            "Run id": r.run_id,
         })
     return pd.DataFrame(out)
 
 
-def defense_figure(rows: list[dict[str, Any]]) -> go.Figure:
+def defense_figure(rows: list[SweepRow]) -> go.Figure:
     """Each defense as a point: how much leaks (up) against what it costs the model (right)."""
     labels = [cell_text(r, "no defense") for r in rows]
     fig = go.Figure()
     fig.add_trace(go.Scatter(
-        x=[r.get("mae_hu") for r in rows], y=[r.get("inversion_ssim_body") for r in rows],
+        x=[r.mae_hu for r in rows], y=[r.inversion_ssim_body for r in rows],
         mode="markers+text", text=labels, textposition="top center", name="defense",
         marker={"size": 11, "color": "#c0392b"},
         hovertemplate="%{text}<br>MAE %{x:.0f} HU · body SSIM %{y:.2f}<extra></extra>"))
-    floors = [r.get("inversion_floor_ssim_body") for r in rows if
-              r.get("inversion_floor_ssim_body") is not None]
+    floors = [r.inversion_floor_ssim_body for r in rows if
+              r.inversion_floor_ssim_body is not None]
     if floors:
         fig.add_hline(y=float(np.mean(floors)), line_dash="dot", line_color="gray",
                       annotation_text="attacker's average brain (floor)",
@@ -466,15 +466,15 @@ def cell_words(label: str | None) -> str:
     return cell_text({"cell": label}, "the design as is")
 
 
-def budget_figure(rows: list[dict[str, Any]]) -> go.Figure:
+def budget_figure(rows: list[SweepRow]) -> go.Figure:
     """How the attack improves with its budget (cells at the default TV weight): body SSIM
     of the reconstruction and of the calibration control, each beside its floor, and the
     final matching loss, against attack iterations (log scale)."""
-    tv = [r.get("inversion_tv_weight") for r in rows]
+    tv = [r.inversion_tv_weight for r in rows]
     default_tv = max(set(tv), key=tv.count) if tv else None
-    rows = sorted((r for r in rows if r.get("inversion_tv_weight") == default_tv),
-                  key=lambda r: r.get("inversion_iterations") or 0)
-    x = [r.get("inversion_iterations") for r in rows]
+    rows = sorted((r for r in rows if r.inversion_tv_weight == default_tv),
+                  key=lambda r: r.inversion_iterations or 0)
+    x = [r.inversion_iterations for r in rows]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
         "how close the attacker gets (body SSIM)", "matching loss it reaches"))
     for key, name, colour, dash in (
@@ -483,11 +483,11 @@ def budget_figure(rows: list[dict[str, Any]]) -> go.Figure:
              "dot"),
             ("calibration_ssim_body", "calibration controls: reconstruction", "#2471a3", "solid"),
             ("calibration_floor_ssim_body", "calibration controls: floor", "#2471a3", "dot")):
-        fig.add_trace(go.Scatter(x=x, y=[r.get(key) for r in rows], name=name,
+        fig.add_trace(go.Scatter(x=x, y=[r.column(key) for r in rows], name=name,
                                  mode="lines+markers", line={"color": colour, "dash": dash},
                                  hovertemplate="%{x:,} iterations: %{y:.3f}<extra></extra>"),
                       row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=[r.get("inversion_final_loss") for r in rows],
+    fig.add_trace(go.Scatter(x=x, y=[r.inversion_final_loss for r in rows],
                              name="matching loss", mode="lines+markers", showlegend=False,
                              line={"color": "#7f8c8d"},
                              hovertemplate="%{x:,} iterations: %{y:.3g}<extra></extra>"),
@@ -496,24 +496,24 @@ def budget_figure(rows: list[dict[str, Any]]) -> go.Figure:
                      **log_ticks(x))
     fig.update_yaxes(title_text="body SSIM (1 = identical)", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="matching loss (log, lower = closer)", type="log",
-                     row=1, col=2, **log_ticks(r.get("inversion_final_loss") for r in rows))
+                     row=1, col=2, **log_ticks(r.inversion_final_loss for r in rows))
     fig.update_layout(height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.3})
     return fig
 
 
-def budget_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def budget_table(rows: list[SweepRow]) -> pd.DataFrame:
     """Every budget cell: iterations, TV weight, the attack's and the control's body SSIM
     beside their floors, and the verdict the run reached."""
     return pd.DataFrame([{
-        "Iterations": r.get("inversion_iterations"),
-        "Restarts": r.get("inversion_restarts"),
-        "TV weight": r.get("inversion_tv_weight"),
-        "Body SSIM": r.get("inversion_ssim_body"),
-        "Floor": r.get("inversion_floor_ssim_body"),
-        "Control body SSIM": r.get("calibration_ssim_body"),
-        "Control floor": r.get("calibration_floor_ssim_body"),
-        "Matching loss": r.get("inversion_final_loss"),
-        "Verdict": VERDICT_WORDS.get(str(r.get("inversion_verdict")), "—"),
-        "Run id": r.get("run_id"),
+        "Iterations": r.inversion_iterations,
+        "Restarts": r.inversion_restarts,
+        "TV weight": r.inversion_tv_weight,
+        "Body SSIM": r.inversion_ssim_body,
+        "Floor": r.inversion_floor_ssim_body,
+        "Control body SSIM": r.calibration_ssim_body,
+        "Control floor": r.calibration_floor_ssim_body,
+        "Matching loss": r.inversion_final_loss,
+        "Verdict": VERDICT_WORDS.get(str(r.inversion_verdict), "—"),
+        "Run id": r.run_id,
     } for r in rows])

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 
 from app.views.common import Verdict, hospital_name
 from app.views.results import RunRow, finished_with, read_json
-from engine.analyses.results import MiaSummary
+from engine.analyses.results import MiaSummary, SweepRow
 
 ATTACK_NAMES = {
     "fedmia-i/phi": "FedMIA-I (loss, per-sample σ)",
@@ -266,14 +266,14 @@ def tpr_table(mia: MiaSummary) -> pd.DataFrame:
 LEVEL_NAMES = {"client": "hospital-level DP", "sample": "patient-level DP"}
 
 
-def noise_label(row: dict[str, Any]) -> str:
+def noise_label(row: SweepRow) -> str:
     """A DP sweep cell in words: "no DP", or the level and the ε it reached."""
-    if not row.get("dp_enabled"):
+    if not row.dp_enabled:
         return "no DP"
-    level = LEVEL_NAMES.get(str(row.get("dp_level") or "client"), "DP")
-    eps = row.get("epsilon")
-    if "epsilon" not in row:  # a table from an older sweep: σ only
-        sigma = float(row.get("noise_multiplier") or 0.0)
+    level = LEVEL_NAMES.get(str(row.dp_level or "client"), "DP")
+    eps = row.epsilon
+    if "epsilon" not in row.model_fields_set:  # a table from an older sweep: σ only
+        sigma = float(row.noise_multiplier or 0.0)
         return "clipping only (σ 0)" if sigma == 0 else f"σ {sigma:g}"
     return f"{level}, ε {eps:.3g}" if eps is not None else f"{level}, ε ∞"
 
@@ -288,31 +288,31 @@ def cell_words(label: str | None) -> str:
     return f"{level}, target ε {float(eps):g}" if eps else level
 
 
-def _eps_label(row: dict[str, Any]) -> str:
-    eps = row.get("epsilon")
+def _eps_label(row: SweepRow) -> str:
+    eps = row.epsilon
     return f"ε {eps:.3g}" if eps is not None else "ε ∞"
 
 
-def dp_figure(rows: list[dict[str, Any]]) -> go.Figure:
+def dp_figure(rows: list[SweepRow]) -> go.Figure:
     """Patient-level AUC (with its interval) of the verdict's attack per privacy budget ε, one
     line per DP level, and the model's error (right axis); the run without DP as dotted
     lines."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_hline(y=0.5, line_dash="dot", line_color="gray", annotation_text="guessing",
                   annotation_position="bottom right")
-    base = next((r for r in rows if not r.get("dp_enabled")), None)
-    if base and base.get("patient_auc_pooled") is not None:
-        fig.add_hline(y=base["patient_auc_pooled"], line_dash="dot", line_color="#c0392b",
-                      annotation_text=f"no DP: AUC {base['patient_auc_pooled']:.2f}",
+    base = next((r for r in rows if not r.dp_enabled), None)
+    if base and base.patient_auc_pooled is not None:
+        fig.add_hline(y=base.patient_auc_pooled, line_dash="dot", line_color="#c0392b",
+                      annotation_text=f"no DP: AUC {base.patient_auc_pooled:.2f}",
                       annotation_position="top left")
     colours = {"client": "#2471a3", "sample": "#c0392b"}
     for level, name in LEVEL_NAMES.items():
-        cells = [r for r in rows if r.get("dp_enabled") and r.get("dp_level") == level]
+        cells = [r for r in rows if r.dp_enabled and r.dp_level == level]
         if not cells:
             continue
         x = [_eps_label(r) for r in cells]
-        y = [r.get("patient_auc_pooled") for r in cells]
-        ci = [r.get("patient_auc_ci_pooled") or [v, v] for r, v in zip(cells, y, strict=True)]
+        y = [r.patient_auc_pooled for r in cells]
+        ci = [r.patient_auc_ci_pooled or [v, v] for r, v in zip(cells, y, strict=True)]
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="lines+markers", name=f"{name}: patient-level AUC",
             line={"color": colours[level]},
@@ -323,7 +323,7 @@ def dp_figure(rows: list[dict[str, Any]]) -> go.Figure:
                                     for c, v in zip(ci, y, strict=True)]},
             hovertemplate="%{x}: AUC %{y:.2f}<extra></extra>"), secondary_y=False)
         fig.add_trace(go.Scatter(
-            x=x, y=[r.get("mae_hu") for r in cells], mode="lines+markers",
+            x=x, y=[r.mae_hu for r in cells], mode="lines+markers",
             name=f"{name}: model error (HU)", line={"dash": "dash", "color": colours[level]},
             marker={"symbol": "square"}, hovertemplate="%{x}: MAE %{y:.0f} HU<extra></extra>"),
             secondary_y=True)
@@ -338,27 +338,27 @@ def dp_figure(rows: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def dp_sentence(rows: list[dict[str, Any]]) -> str:
+def dp_sentence(rows: list[SweepRow]) -> str:
     """For each DP level, the largest ε at which the attack shows no evidence any more, and
     what it costs the model."""
-    base = next((r for r in rows if not r.get("dp_enabled")), None)
-    if all(not r.get("dp_enabled") for r in rows):
+    base = next((r for r in rows if not r.dp_enabled), None)
+    if all(not r.dp_enabled for r in rows):
         return ("Only the run without privacy noise has finished so far; the privacy budgets "
                 "appear here as the sweep goes on.")
     parts = []
     for level, name in LEVEL_NAMES.items():
-        cells = [r for r in rows if r.get("dp_enabled") and r.get("dp_level") == level]
+        cells = [r for r in rows if r.dp_enabled and r.dp_level == level]
         if not cells:
             continue
-        safe = next((r for r in cells if r.get("mia_verdict") == "no_evidence"), None)
+        safe = next((r for r in cells if r.mia_verdict == "no_evidence"), None)
         if safe is None:
             parts.append(f"With **{name}**, every budget tested still leaves evidence of "
                          "membership leakage.")
             continue
         cost = ""
-        if base and base.get("mae_hu") is not None and safe.get("mae_hu") is not None:
-            cost = (f" The model's average error goes from {base['mae_hu']:.0f} HU without DP "
-                    f"to {safe['mae_hu']:.0f} HU ({safe['mae_hu'] - base['mae_hu']:+.0f} HU).")
+        if base and base.mae_hu is not None and safe.mae_hu is not None:
+            cost = (f" The model's average error goes from {base.mae_hu:.0f} HU without DP "
+                    f"to {safe.mae_hu:.0f} HU ({safe.mae_hu - base.mae_hu:+.0f} HU).")
         parts.append(f"With **{name}**, from **{_eps_label(safe)}** on the attack shows no "
                      f"evidence at this sample size.{cost}")
     return " ".join(parts)

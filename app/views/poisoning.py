@@ -29,7 +29,7 @@ from app.views.common import (
 )
 from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import BROKEN, PROTECTED
-from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
+from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary, SweepRow
 from engine.core.config import ROBUST_AGGREGATORS
 from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS
 
@@ -397,12 +397,20 @@ def ratio_heatmap(row_labels: list[str], col_labels: list[str],
     return fig
 
 
-def grid(rows: list[dict[str, Any]], row_of: Any, col_of: Any,
+def training_words(row: SweepRow) -> str:
+    """A factor-study row's local training in words, e.g. "L1 loss, Adam"."""
+    return f"{(row.loss or '').upper()} loss, {'SGD' if row.optimizer == 'sgd' else 'Adam'}"
+
+
+NOT_RUN = SweepRow()  # a grid cell no experiment filled: every column None
+
+
+def grid(rows: list[SweepRow], row_of: Any, col_of: Any,
          row_order: list[str] | None = None, col_order: list[str] | None = None
          ) -> tuple[list[str], list[str], list[list[Any]], list[list[Any]]]:
     """Rows of a sweep table as a grid: labels, final MAE and ``mae_ratio`` per cell (None
     where the study has no such cell). ``row_of``/``col_of`` give a row's labels."""
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    cells: dict[tuple[str, str], SweepRow] = {}
     for r in rows:
         cells[(row_of(r), col_of(r))] = r
     rlabels = list(dict.fromkeys(k[0] for k in cells))
@@ -413,8 +421,8 @@ def grid(rows: list[dict[str, Any]], row_of: Any, col_of: Any,
     if col_order:
         clabels = sorted(clabels, key=lambda v: col_order.index(v) if v in col_order
                          else len(col_order))
-    mae = [[(cells.get((r, c)) or {}).get("mae_hu") for c in clabels] for r in rlabels]
-    ratio = [[(cells.get((r, c)) or {}).get("mae_ratio") for c in clabels] for r in rlabels]
+    mae = [[cells.get((r, c), NOT_RUN).mae_hu for c in clabels] for r in rlabels]
+    ratio = [[cells.get((r, c), NOT_RUN).mae_ratio for c in clabels] for r in rlabels]
     return rlabels, clabels, mae, ratio
 
 
@@ -434,43 +442,43 @@ def malicious_order(values: list[str]) -> list[str]:
     return sorted(set(values), key=lambda v: (len(v.split()), v))
 
 
-def poisoned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("poison_kind")]
+def poisoned(rows: list[SweepRow]) -> list[SweepRow]:
+    return [r for r in rows if r.poison_kind]
 
 
-def clean_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def clean_rows(rows: list[SweepRow]) -> dict[str, SweepRow]:
     """The clean baseline row of each rule (first one wins)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, SweepRow] = {}
     for r in rows:
-        if not r.get("poison_kind"):
-            out.setdefault(str(r.get("aggregator")), r)
+        if not r.poison_kind:
+            out.setdefault(str(r.aggregator), r)
     return out
 
 
-def levels_of(rows: list[dict[str, Any]], kind: str) -> list[float]:
-    return sorted({float(r["noise_std"]) for r in poisoned(rows)
-                   if r.get("poison_kind") == kind and r.get("noise_std") is not None})
+def levels_of(rows: list[SweepRow], kind: str) -> list[float]:
+    return sorted({float(r.noise_std) for r in poisoned(rows)
+                   if r.poison_kind == kind and r.noise_std is not None})
 
 
-def level_figure(rows: list[dict[str, Any]], malicious: str, metric: str) -> go.Figure:
+def level_figure(rows: list[SweepRow], malicious: str, metric: str) -> go.Figure:
     """Final ``metric`` against the noise level, one panel per noise kind and one line per
     rule, for one set of attackers; 'no attack' is the rule's clean run."""
-    kinds = [k for k in NOISE_KINDS if any(r.get("poison_kind") == k for r in rows)]
+    kinds = [k for k in NOISE_KINDS if any(r.poison_kind == k for r in rows)]
     fig = make_subplots(rows=1, cols=max(1, len(kinds)), horizontal_spacing=0.1,
                         subplot_titles=[kind_name(k) for k in kinds] or [""])
     clean = clean_rows(rows)
-    rules = list(dict.fromkeys(str(r.get("aggregator")) for r in poisoned(rows)
-                               if r.get("malicious") == malicious))
+    rules = list(dict.fromkeys(str(r.aggregator) for r in poisoned(rows)
+                               if r.malicious == malicious))
     rules.sort(key=lambda a: list(RULE_NAMES).index(a) if a in RULE_NAMES else 99)
     for col, kind in enumerate(kinds, start=1):
         levels = levels_of(rows, kind)
         for rule in rules:
-            by_level = {float(r["noise_std"]): r for r in poisoned(rows)
-                        if r.get("poison_kind") == kind and r.get("aggregator") == rule
-                        and r.get("malicious") == malicious and r.get("noise_std") is not None}
+            by_level = {float(r.noise_std): r for r in poisoned(rows)
+                        if r.poison_kind == kind and r.aggregator == rule
+                        and r.malicious == malicious and r.noise_std is not None}
             x = ["no attack", *[level_text(kind, v) for v in levels]]
-            y = [(clean.get(rule) or {}).get(metric),
-                 *[(by_level.get(v) or {}).get(metric) for v in levels]]
+            y = [clean.get(rule, NOT_RUN).column(metric),
+                 *[by_level.get(v, NOT_RUN).column(metric) for v in levels]]
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="lines+markers", name=rule_name(rule), legendgroup=rule,
                 showlegend=col == 1, line={"color": RULE_COLOURS.get(rule, "#555555")},

@@ -22,6 +22,8 @@ from engine.analyses.results import (
     Metrics,
     RunSummary,
     SummaryError,
+    SweepRow,
+    parse_sweep_rows,
     read_summary,
 )
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
@@ -228,7 +230,7 @@ class Sweep:
     cells_done: int = 0
     total: int = 0
     current: str | None = None
-    rows: list[dict[str, Any]] | None = None
+    rows: list[SweepRow] | None = None
     damaged: list[Path] = field(default_factory=list)
 
     @property
@@ -278,10 +280,9 @@ def read_sweep_folder(folder: Path, name: str | None = None, total: int = 0) -> 
         else:
             sweep.damaged.append(spec_path)
     if table_path.exists():
-        rows = read_json(table_path)
-        if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
-            sweep.rows = rows
-        else:
+        try:
+            sweep.rows = parse_sweep_rows(read_json(table_path), str(table_path))
+        except SummaryError:  # half-written, damaged, or a column of another type
             sweep.damaged.append(table_path)
     return sweep
 

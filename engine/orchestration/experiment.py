@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from engine.analyses.poisoning import baseline_config, poisoning_report, seed_rows
+from engine.analyses.results import parse_summary
 from engine.analyses.summary import build_summary, volumetric_summary
 from engine.analyses.whatif import run_whatif
 from engine.attacks.dp_audit import run_dp_audit
@@ -265,6 +266,9 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
                                 count_parameters(model), samples, volumetric,
                                 volumetric_s) | ctx.done
+        # Readers take summary.json as a RunSummary: one that would not read as one is this
+        # run's failure, said now, not a damaged file found later by every page.
+        parse_summary(summary, "the summary this run built")
         run.write_summary(summary)
         run.set_status("done", phase="done", finished=time.time())
         return summary

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.analyses.results import RunSummary, SweepRow, read_summary
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import RunFolder, write_json_atomic
 from engine.orchestration.experiment import execute
@@ -35,84 +36,71 @@ INVERSION_COLUMNS = ("ssim_body", "floor_ssim_body", "ssim", "psnr_db", "ssim_ct
                      "psnr_db_ct", "ssim_coarse")
 
 
-def table_row(label: str, sets: list[str], run: RunFolder,
-              s: dict[str, Any]) -> dict[str, Any]:
-    """One table row: the cell's settings, final sCT metrics and every attack's AUCs.
-
-    Settings that sweeps vary are columns of their own (``dp_enabled``, ``noise_multiplier``,
-    ``clip_norm``, ``secure_aggregation``, ``aggregator``, ``prune_fraction``, ``loss``,
-    ``norm``, ``batch_size``, ``local_epochs``, ``image_size``, ``dp_level``), read from the
-    run's config, and the ε the run reached (``epsilon``, null = ∞).
-    Inversion results are ``inversion_<metric>`` (means over clients) and
-    ``inversion_ssim_body[<center>]``; a privacy audit's are ``audit_kind``, ``audit_bound``,
-    ``audit_cap``, ``audit_canaries``, ``audit_confidence`` and ``audit_verdict``. ``s`` is
-    the run's summary.
-    """
+def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
+              preset: str | None = None) -> SweepRow:
+    """One table row (:class:`engine.analyses.results.SweepRow`): the cell's settings, read
+    from the run's config, and the ε it reached; its final sCT metrics; every attack's
+    figures. ``s`` is the run's summary."""
     cfg = run.config()
-    fin = (s.get("federation") or {}).get("final") or {}
-    dp = (s.get("federation") or {}).get("dp") or {}
-    row: dict[str, Any] = {"cell": label, "overrides": " ".join(sets), "run_id": run.run_id,
-                           "dp_enabled": cfg.defenses.dp.enabled,
-                           "dp_level": cfg.defenses.dp.level,
-                           "noise_multiplier": dp.get("noise_multiplier",
-                                                      cfg.defenses.dp.noise_multiplier),
-                           "epsilon": dp.get("epsilon") if cfg.defenses.dp.enabled else None,
-                           "clip_norm": cfg.defenses.dp.clip_norm,
-                           "secure_aggregation": cfg.defenses.secure_aggregation,
-                           "aggregator": cfg.federation.aggregator,
-                           "prune_fraction": cfg.defenses.prune_fraction,
-                           "loss": cfg.federation.loss, "norm": cfg.model.norm,
-                           "batch_size": cfg.federation.batch_size,
-                           "local_epochs": cfg.federation.local_epochs,
-                           "image_size": cfg.data.image_size,
-                           "mae_hu": fin.get("mae_hu"), "psnr_db": fin.get("psnr_db"),
-                           "ssim": fin.get("ssim")}
-    mia = s.get("mia")
-    if mia:
-        for attack, v in mia["variants"].items():
-            row[f"auc_pooled[{attack}]"] = v["pooled_auc"]
-            for center, auc in v["auc"].items():
+    fed, dp = s.federation, s.federation.dp
+    fin = fed.final
+    row: dict[str, Any] = {
+        "cell": label, "overrides": " ".join(sets), "run_id": run.run_id, "preset": preset,
+        "dp_enabled": cfg.defenses.dp.enabled, "dp_level": cfg.defenses.dp.level,
+        # An older run's summary may not say; its config does.
+        "noise_multiplier": (dp.noise_multiplier if "noise_multiplier" in dp.model_fields_set
+                             else cfg.defenses.dp.noise_multiplier),
+        "epsilon": dp.epsilon if cfg.defenses.dp.enabled else None,
+        "clip_norm": cfg.defenses.dp.clip_norm,
+        "secure_aggregation": cfg.defenses.secure_aggregation,
+        "aggregator": cfg.federation.aggregator,
+        "prune_fraction": cfg.defenses.prune_fraction,
+        "loss": cfg.federation.loss, "norm": cfg.model.norm,
+        "optimizer": cfg.federation.optimizer,
+        "batch_size": cfg.federation.batch_size,
+        "local_epochs": cfg.federation.local_epochs,
+        "image_size": cfg.data.image_size,
+        "mae_hu": fin.mae_hu if fin else None, "psnr_db": fin.psnr_db if fin else None,
+        "ssim": fin.ssim if fin else None}
+    if mia := s.mia:
+        for attack, v in mia.variants.items():
+            row[f"auc_pooled[{attack}]"] = v.pooled_auc
+            for center, auc in v.auc.items():
                 row[f"auc[{attack}][{center}]"] = auc
-        verdict_attack = mia.get("verdict_attack") or mia["attack"]
-        pooled = ((mia["variants"].get(verdict_attack) or {}).get("patient") or {}).get(
-            "pooled") or {}
-        row |= {"mia_attack": mia.get("attack"), "patient_auc_pooled": pooled.get("auc"),
-                "patient_auc_ci_pooled": pooled.get("auc_ci"),
-                "mia_verdict": (mia.get("verdict") or {}).get("overall"),
-                "mia_verdict_attack": mia.get("verdict_attack")}
-    poison = s.get("poisoning")
-    row["optimizer"] = cfg.federation.optimizer
-    if poison:
-        cell = poison["cells"][0]
-        row |= {"poison_kind": poison["kind"], "malicious": " ".join(poison["malicious_names"]),
-                "noise_std": poison["noise_std"], "poison_target": poison["target"],
-                "baseline_mae_hu": poison["baseline"][cfg.federation.aggregator]["mae_hu"],
-                "mae_ratio": cell["mae_ratio"],
-                "detected": " ".join(poison["detection"]["detected"])}
-    inv = s.get("inversion")
-    if inv:
-        row["inversion_round"] = next(iter(inv["per_client"].values()))["round"]
-        row |= {f"inversion_{k}": inv[k] for k in INVERSION_COLUMNS}
-        cal = inv.get("calibration") or {}
-        row |= {"inversion_verdict": inv.get("verdict"),
-                "inversion_final_loss": float(np.mean([v["final_loss"]
-                                                       for v in inv["per_client"].values()])),
+        pooled = mia.figures(mia.verdict_attack or mia.attack).pooled
+        row |= {"mia_attack": mia.attack, "patient_auc_pooled": pooled.auc,
+                "patient_auc_ci_pooled": pooled.auc_ci,
+                "mia_verdict": (mia.verdict or {}).get("overall"),
+                "mia_verdict_attack": mia.verdict_attack}
+    if poison := s.poisoning:
+        row |= {"poison_kind": poison.kind, "malicious": " ".join(poison.malicious_names),
+                "noise_std": poison.noise_std, "poison_target": poison.target,
+                "baseline_mae_hu": poison.baseline[cfg.federation.aggregator].mae_hu,
+                "mae_ratio": poison.cells[0].mae_ratio,
+                "detected": " ".join(poison.detection.detected)}
+    if inv := s.inversion:
+        clients = list(inv.per_client.values())
+        losses = [c.final_loss for c in clients if c.final_loss is not None]
+        cal = inv.calibration
+        row |= {"inversion_round": clients[0].round,
+                **{f"inversion_{k}": getattr(inv, k) for k in INVERSION_COLUMNS},
+                "inversion_verdict": inv.verdict,
+                "inversion_final_loss": float(np.mean(losses)) if losses else None,
                 "inversion_tv_weight": cfg.attacks.inversion.tv_weight,
                 "inversion_adam": cfg.attacks.inversion.adam,
-                "inversion_iterations": inv.get("iterations"),
-                "inversion_restarts": inv.get("restarts"),
-                "calibration_ssim_body": cal.get("ssim_body"),
-                "calibration_floor_ssim_body": cal.get("floor_ssim_body"),
-                "calibration_rate": cal.get("rate"),
-                "inversion_null_ssim_body": inv.get("null_ssim_body")}
-        for center, v in inv["per_client"].items():
-            row[f"inversion_ssim_body[{center}]"] = v["ssim_body"]
-    audit = s.get("dp_audit")
-    if audit:
-        row |= {"audit_kind": audit["kind"], "audit_bound": audit["epsilon_lower_bound"],
-                "audit_cap": audit["cap"], "audit_canaries": audit["canaries"],
-                "audit_confidence": audit["confidence"], "audit_verdict": audit["verdict"]}
-    return row
+                "inversion_iterations": inv.iterations,
+                "inversion_restarts": inv.restarts,
+                "calibration_ssim_body": cal.ssim_body if cal else None,
+                "calibration_floor_ssim_body": cal.floor_ssim_body if cal else None,
+                "calibration_rate": cal.rate if cal else None,
+                "inversion_null_ssim_body": inv.null_ssim_body}
+        for center, v in inv.per_client.items():
+            row[f"inversion_ssim_body[{center}]"] = v.ssim_body
+    if audit := s.dp_audit:
+        row |= {"audit_kind": audit.kind, "audit_bound": audit.epsilon_lower_bound,
+                "audit_cap": audit.cap, "audit_canaries": audit.canaries,
+                "audit_confidence": audit.confidence, "audit_verdict": audit.verdict}
+    return SweepRow.model_validate(row)
 
 
 def sweep_folder(name: str, sets: list[str] | tuple = (), root: str | Path | None = None) -> Path:
@@ -201,16 +189,15 @@ def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], 
                         "run_id": None, "reused": False} for c in cells],
              "started": time.time()}
     write_json_atomic(folder / "sweep.json", state)
-    rows: list[dict[str, Any] | None] = [None] * len(cells)
+    rows: list[SweepRow | None] = [None] * len(cells)
     curves: dict[str, Any] = {}
 
     def record(i: int, run: RunFolder, reused: bool) -> None:
         cell = state["cells"][i]
         cell |= {"run_id": run.run_id, "reused": reused}
-        summary = run.summary() or {}
-        rows[i] = table_row(cell["label"], cell["overrides"], run, summary) | {
-            "preset": cell["preset"]}
-        curves[run.run_id] = (summary.get("federation") or {}).get("history")
+        summary = read_summary(run.path / "summary.json") or RunSummary()
+        rows[i] = table_row(cell["label"], cell["overrides"], run, summary, cell["preset"])
+        curves[run.run_id] = [p.model_dump() for p in summary.federation.history] or None
         state.update(cells_done=state["cells_done"] + 1, trained=state["trained"] + (not reused),
                      updated=time.time())
         write_json_atomic(folder / "sweep.json", state)
@@ -287,7 +274,8 @@ def _cancel(running: dict[Future[str], tuple[int, RunFolder]]) -> None:
     wait(running)
 
 
-def write_table(folder: Path, rows: list[dict[str, Any]]) -> None:
+def write_table(folder: Path, table: list[SweepRow]) -> None:
+    rows = [r.table() for r in table]
     write_json_atomic(folder / "table.json", rows)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     tmp = folder / ".table.csv.tmp"
