@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.views.common import hospital_name
 from app.views.inversion import RECOGNISABLE, cell_text, leak_level, verdict
-from engine.analyses.results import InversionSummary
+from engine.analyses.results import InversionSummary, SweepRow
 from engine.core.config import config_hash
 from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration.experiment import execute
@@ -323,4 +323,4 @@ def test_sweep_charts_use_plain_labels(runs_dir: Path) -> None:
     assert any("3 of 7 experiments finished so far" in c.value for c in at.caption)
     assert any(c.value.startswith("Stopped after 3 of 7") for c in at.caption)
     assert at.button(key="sweep_start_inversion-defenses").label == "Continue the study"
-    assert cell_text({"cell": "prune_fraction=0.99"}, "x") == "pruning 99%"
+    assert cell_text(SweepRow(cell="prune_fraction=0.99"), "x") == "pruning 99%"
