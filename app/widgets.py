@@ -311,14 +311,18 @@ def study_section(name: str, title: str, cell_words: Callable[[str | None], str]
         return None
     st.caption(intro + sweep_spec(name)["description"])
     study_box(sweep, cell_words)
+    study_rows(sweep)
+    return sweep if sweep.rows else None
+
+
+def study_rows(sweep: Sweep) -> None:
+    """Above a study's results: a warning per damaged file, and how many experiments have
+    finished while it is not done."""
     for path in sweep.damaged:
         st.warning(f"`{path}` is damaged or unreadable; starting the study again rewrites it "
                    "(finished experiments are reused).")
-    if not sweep.rows:
-        return None
-    if sweep.state != "done" and sweep.total > len(sweep.rows):
+    if sweep.rows and sweep.state != "done" and sweep.total > len(sweep.rows):
         st.caption(f"{len(sweep.rows)} of {sweep.total} experiments finished so far.")
-    return sweep
 
 
 def study_box(sweep: Sweep, cell_words: Callable[[str | None], str], *,

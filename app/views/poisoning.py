@@ -30,8 +30,8 @@ from app.views.common import (
 from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary, SweepRow
-from engine.core.config import ROBUST_AGGREGATORS
-from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS
+from engine.core.config import ROBUST_AGGREGATORS, ConfigError
+from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS, build_config
 
 BASE_PRESET = "poison-base"
 SWEEP_COMMAND = "fedsct sweep --preset {name}"
@@ -65,15 +65,9 @@ METRICS = {"mae_hu": "Average error, MAE (HU) — lower is better",
 METRIC_SHORT = {"mae_hu": "MAE", "psnr_db": "PSNR", "ssim": "SSIM"}
 TARGET_NAMES = {"mri": "noise on the MRI only", "ct": "noise on the CT only",
                 "both": "noise on MRI and CT"}
-SWEEP_TEXT = {
-    "poison-paper": "every single attacking hospital (and every pair for the averaging "
-                    "rules and the median), noise on images or on the upload at a low and a "
-                    "high level, against four rules",
-    "poison-model": "reversed, amplified and 'A Little Is Enough' updates from one hospital "
-                    "against each rule",
-    "poison-data-factors": "strong image noise on the MRI, the CT or both, with two losses "
-                           "and two local optimisers (FedAvg)",
-}
+PAPER_TEXT = ("every single attacking hospital (and every pair for the averaging rules and "
+              "the median), noise on images or on the upload at a low and a high level, "
+              "against four rules")
 
 INTRO = ("In a **poisoning attack**, one or more hospitals in the federation misbehave: they "
          "train on spoilt images or send back a spoilt model, to make the shared synthetic-CT "
@@ -120,6 +114,27 @@ def attack_sets(kind: str, malicious: list[int], rule: str,
 
 
 # Settings that pick the rule; runs that differ only in these attacked the same federation.
+def base_hospitals() -> int:
+    """How many hospitals the poisoning page's federation (:data:`BASE_PRESET`) has."""
+    return build_config(BASE_PRESET).data.centers
+
+
+def attack_plans(kind: str, malicious: list[int], rules: list[str], std: float | None
+                 ) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """One run per rule: (rule, overrides of :data:`BASE_PRESET`) for each rule that can run
+    the attack, and one sentence per rule that can't, saying why."""
+    plans, refusals = [], []
+    for rule in rules:
+        sets = attack_sets(kind, malicious, rule, std)
+        try:
+            build_config(BASE_PRESET, sets=sets)
+        except ConfigError as err:
+            refusals.append(f"{rule_name(rule)} can't run this attack: {err}")
+        else:
+            plans.append((rule, sets))
+    return plans, refusals
+
+
 RULE_KEYS = ("aggregator", "fedprox_mu", "trim_beta", "num_malicious", "multikrum_m")
 
 
@@ -469,7 +484,7 @@ def level_figure(rows: list[SweepRow], malicious: str, metric: str) -> go.Figure
     clean = clean_rows(rows)
     rules = list(dict.fromkeys(str(r.aggregator) for r in poisoned(rows)
                                if r.malicious == malicious))
-    rules.sort(key=lambda a: list(RULE_NAMES).index(a) if a in RULE_NAMES else 99)
+    rules.sort(key=rule_order)
     for col, kind in enumerate(kinds, start=1):
         levels = levels_of(rows, kind)
         for rule in rules:
@@ -490,6 +505,78 @@ def level_figure(rows: list[SweepRow], malicious: str, metric: str) -> go.Figure
                       legend={"orientation": "h", "y": -0.2})
     fig.update_annotations(font_size=13)
     return fig
+
+
+def attackers_text(value: str | None) -> str:
+    """``"center-0 center-2"`` (a sweep table's attackers) → ``"Hospital A + Hospital C"``."""
+    return " + ".join(hospital_name(c) for c in str(value or "").split()) or "none"
+
+
+def rule_order(rule: str | None) -> int:
+    """Where a rule goes in charts and lists: the study's order, unknown rules last."""
+    return list(RULE_NAMES).index(rule) if rule in RULE_NAMES else len(RULE_NAMES)
+
+
+def paper_cells(rows: list[SweepRow], kind: str, level: float) -> list[SweepRow]:
+    """The study grid's attacked experiments with noise ``kind`` at σ ``level``."""
+    return [r for r in poisoned(rows) if r.poison_kind == kind and r.noise_std == level]
+
+
+def paper_heatmap(cells: list[SweepRow], attackers: list[str]) -> go.Figure:
+    """The study grid at one noise level: attackers × rules, final MAE and × clean error."""
+    rl, cl, mae, ratio = grid(cells, lambda r: attackers_text(r.malicious),
+                              lambda r: rule_name(str(r.aggregator)),
+                              row_order=[attackers_text(m) for m in attackers],
+                              col_order=[rule_name(a) for a in RULE_NAMES])
+    return ratio_heatmap(rl, cl, mae, ratio, "aggregation rule", "malicious hospital(s)")
+
+
+def paper_lines(cells: list[SweepRow], rows: list[SweepRow], attackers: str,
+                curves: dict[str, list[HistoryPoint]]
+                ) -> list[tuple[str, list[HistoryPoint], list[HistoryPoint]]]:
+    """Round-by-round lines of ``cells`` with ``attackers`` attacking, one per rule in the
+    study's order, each with the same rule's clean run (for :func:`curves_figure`)."""
+    clean = clean_rows(rows)
+    lines = []
+    for r in sorted((r for r in cells if r.malicious == attackers),
+                    key=lambda r: rule_order(r.aggregator)):
+        base = clean.get(str(r.aggregator))
+        lines.append((str(r.aggregator), curves.get(r.run_id),
+                      curves.get(base.run_id) if base else None))
+    return lines
+
+
+def model_study_figure(rows: list[SweepRow]) -> go.Figure:
+    """The ``poison-model`` study: crafted update × rule."""
+    rl, cl, mae, ratio = grid(poisoned(rows), lambda r: kind_name(str(r.poison_kind)),
+                              lambda r: rule_name(str(r.aggregator)),
+                              row_order=[kind_name(k) for k in ("sign_flip", "scaling", "alie")],
+                              col_order=[rule_name(a) for a in RULE_NAMES])
+    return ratio_heatmap(rl, cl, mae, ratio, "aggregation rule", "attack")
+
+
+def factor_study_figure(rows: list[SweepRow]) -> go.Figure:
+    """The ``poison-data-factors`` study: what is noised × local training."""
+    rl, cl, mae, ratio = grid(poisoned(rows),
+                              lambda r: TARGET_NAMES.get(str(r.poison_target),
+                                                         str(r.poison_target)),
+                              training_words, row_order=list(TARGET_NAMES.values()))
+    return ratio_heatmap(rl, cl, mae, ratio, "local training", "what is noised")
+
+
+# The studies beyond the study grid: title, figure of the rows, caption (page order).
+OTHER_STUDIES = {
+    "poison-model": (
+        "Model poisoning: crafted updates instead of noise", model_study_figure,
+        "Each cell is one experiment: the shared model's final error with one hospital "
+        "sending that crafted update, and how many times the same rule's clean error it is "
+        "(green = unharmed, red = three times or worse)."),
+    "poison-data-factors": (
+        "Which image noise hurts: MRI, CT or both", factor_study_figure,
+        "Each cell is one experiment: the shared model's final error when one hospital "
+        "noises those images, and how many times the clean error of the same training setup "
+        "it is (green = unharmed, red = three times or worse)."),
+}
 
 
 # --------------------------------------------------------------------------- sweeps
