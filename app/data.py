@@ -20,10 +20,19 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 from app.views import data as views
 from app.views.common import hospital_name, upscale
 from engine.core.render import CT_WINDOW_HU, to_gray
-from engine.data.nifti import NiftiError, load_nifti_pair
+from engine.data.nifti import NiftiError, load_affine, load_nifti_pair
 from engine.data.phantom import center_profile, phantom_patient
 from engine.data.types import PatientVolume
+from engine.data.uploads import (
+    cohort_counts,
+    next_letter,
+    next_number,
+    patient_id,
+    save_patient,
+    uploads_folder,
+)
 from engine.orchestration.resources import release_freed_memory
+from engine.orchestration.store import runs_root
 
 PREVIEW_SEED = 0
 PREVIEW_SIZE = 128
@@ -59,6 +68,7 @@ def phantom_preview(centers: int) -> None:
 
 # --------------------------------------------------------------------------- upload checks
 
+SAVED_KEY = "data_saved_message"  # the one-off message after a save
 _CHECKED = "_upload_checked"  # session key: (the files' upload ids, the engine's verdict)
 _ROUND = "_upload_round"  # session key: bumped to give the upload boxes fresh, empty keys
 BOXES = (("MRI", "up_mri"), ("CT (Hounsfield units)", "up_ct"), ("Body mask (optional)",
@@ -126,3 +136,63 @@ def slice_viewer(pv: PatientVolume) -> None:
     right.image(upscale(to_gray(views.axial(pv.ct_hu, z), c_lo, c_hi), target),
                 caption=f"CT, slice {shown} of {n} ({c_lo:.0f} to {c_hi:.0f} HU)",
                 width="stretch")
+
+
+def upload_section() -> tuple[PatientVolume, list[UploadedFile | None]] | None:
+    """The three upload boxes; the checked pair and its files once they belong together."""
+    st.caption(views.UPLOAD_LIMITS)
+    files = upload_boxes(["nii", "nii.gz", "gz"])
+    mri_file, ct_file, mask_file = files
+    if mri_file is None or ct_file is None:
+        st.caption("Choose both an MRI and a CT file to check and preview them.")
+        return None
+    try:
+        pair = check_upload(mri_file, ct_file, mask_file)
+    except NiftiError as exc:
+        names = {f"uploaded {kind}": f.name for kind, f in zip(("MRI", "CT", "mask"), files,
+                                                                strict=True) if f is not None}
+        st.error(f"These files cannot be used. {views.with_file_names(str(exc), names)}.",
+                 icon=":material/error:")
+        return None
+    st.success("The files are readable and belong together.", icon=":material/check_circle:")
+    slice_viewer(pair)
+    return pair, files
+
+
+def save_section(pair: PatientVolume, files: list[UploadedFile | None]) -> None:
+    """Where the checked pair goes (hospital and patient number) and the Save button."""
+    st.subheader("Add this patient to a hospital")
+    folder = uploads_folder(runs_root())
+    counts = cohort_counts(folder)
+    new = next_letter(counts)
+    # "Uploaded": the simulated hospitals above are called Hospital A, B, … too.
+    options = ([f"Uploaded hospital {x}" for x in counts]
+               + ([f"New uploaded hospital {new}"] if new else []))
+    left, right = st.columns(2)
+    choice = left.selectbox("Hospital", options, key="save_center",
+                            help="Patients of one hospital share its scanners.")
+    letter = choice.split()[-1]
+    number = right.number_input("Patient number", 1, 999, next_number(folder, letter),
+                                key="save_number",
+                                help="Any number not used yet in this hospital.")
+    pid = patient_id(letter, int(number))
+    with_mask = files[2] is not None
+    st.caption(f"Will be saved as `{folder / pid}` (`mr.nii.gz`, `ct.nii.gz`"
+               f"{', `mask.nii.gz`' if with_mask else ''}). The third letter of the "
+               f"folder name ({letter}) tells the lab which hospital the patient belongs to.")
+    if st.button("Save this patient", key="save_upload", icon=":material/save:"):
+        try:
+            # The header alone: the voxels were read by the check.
+            affine = load_affine(files[0].getvalue(), name="uploaded MRI")
+            saved = save_patient(folder, letter, int(number), pair, affine, with_mask=with_mask)
+        except FileExistsError:
+            st.error(f"Patient {pid} already exists in `{folder}`; nothing was changed. Choose "
+                     f"another patient number, or delete that folder first to replace it.")
+        except (NiftiError, OSError) as exc:
+            st.error(f"The patient could not be saved: {exc}.")
+        else:
+            # The saved pair leaves the server's memory and the boxes; rerun so the hospital
+            # list and the next free number include the new patient.
+            clear_upload(files)
+            st.session_state[SAVED_KEY] = f"Saved patient {saved.name} to `{saved}`."
+            st.rerun()

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
-from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from app.data import check_upload, clear_upload, phantom_preview, slice_viewer, upload_boxes
+from app.data import SAVED_KEY, phantom_preview, save_section, upload_section
 from app.state import remember, session_owner
 from app.views.common import PAGES_DIR
 from app.views.data import (
@@ -18,33 +17,19 @@ from app.views.data import (
     PHANTOM_INTRO,
     SYNTHRAD_INTRO,
     UPLOAD_INTRO,
-    UPLOAD_LIMITS,
     allowed_data_path,
     cohort_sets,
     confined_patients,
     data_roots,
     run_command,
-    with_file_names,
 )
 from app.widgets import queued_behind, refusal_shown
 from engine.core.config import DataConfig
-from engine.data.nifti import NiftiError, load_affine
 from engine.data.synthrad import scan_synthrad
-from engine.data.types import PatientVolume
-from engine.data.uploads import (
-    LETTERS,
-    cohort_counts,
-    next_letter,
-    next_number,
-    patient_id,
-    save_patient,
-    uploads_folder,
-)
+from engine.data.uploads import LETTERS, cohort_counts, uploads_folder
 from engine.orchestration.jobs import start_job
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
-
-SAVED_KEY = "data_saved_message"
 
 
 def _cohort(folder: Path) -> None:
@@ -75,66 +60,6 @@ def _cohort(folder: Path) -> None:
     st.code(run_command(folder, counts) or "", language="bash")
 
 
-def _upload() -> tuple[PatientVolume, list[UploadedFile | None]] | None:
-    """The three upload boxes; the checked pair and its files once they belong together."""
-    st.caption(UPLOAD_LIMITS)
-    files = upload_boxes(["nii", "nii.gz", "gz"])
-    mri_file, ct_file, mask_file = files
-    if mri_file is None or ct_file is None:
-        st.caption("Choose both an MRI and a CT file to check and preview them.")
-        return None
-    try:
-        pair = check_upload(mri_file, ct_file, mask_file)
-    except NiftiError as exc:
-        names = {f"uploaded {kind}": f.name for kind, f in zip(("MRI", "CT", "mask"), files,
-                                                                strict=True) if f is not None}
-        st.error(f"These files cannot be used. {with_file_names(str(exc), names)}.",
-                 icon=":material/error:")
-        return None
-    st.success("The files are readable and belong together.", icon=":material/check_circle:")
-    slice_viewer(pair)
-    return pair, files
-
-
-def _save(pair: PatientVolume, files: list[UploadedFile | None]) -> None:
-    """Where the checked pair goes (hospital and patient number) and the Save button."""
-    st.subheader("Add this patient to a hospital")
-    folder = uploads_folder(runs_root())
-    counts = cohort_counts(folder)
-    new = next_letter(counts)
-    # "Uploaded": the simulated hospitals above are called Hospital A, B, … too.
-    options = ([f"Uploaded hospital {x}" for x in counts]
-               + ([f"New uploaded hospital {new}"] if new else []))
-    left, right = st.columns(2)
-    choice = left.selectbox("Hospital", options, key="save_center",
-                            help="Patients of one hospital share its scanners.")
-    letter = choice.split()[-1]
-    number = right.number_input("Patient number", 1, 999, next_number(folder, letter),
-                                key="save_number",
-                                help="Any number not used yet in this hospital.")
-    pid = patient_id(letter, int(number))
-    with_mask = files[2] is not None
-    st.caption(f"Will be saved as `{folder / pid}` (`mr.nii.gz`, `ct.nii.gz`"
-               f"{', `mask.nii.gz`' if with_mask else ''}). The third letter of the "
-               f"folder name ({letter}) tells the lab which hospital the patient belongs to.")
-    if st.button("Save this patient", key="save_upload", icon=":material/save:"):
-        try:
-            # The header alone: the voxels were read by the check.
-            affine = load_affine(files[0].getvalue(), name="uploaded MRI")
-            saved = save_patient(folder, letter, int(number), pair, affine, with_mask=with_mask)
-        except FileExistsError:
-            st.error(f"Patient {pid} already exists in `{folder}`; nothing was changed. Choose "
-                     f"another patient number, or delete that folder first to replace it.")
-        except (NiftiError, OSError) as exc:
-            st.error(f"The patient could not be saved: {exc}.")
-        else:
-            # The saved pair leaves the server's memory and the boxes; rerun so the hospital
-            # list and the next free number include the new patient.
-            clear_upload(files)
-            st.session_state[SAVED_KEY] = f"Saved patient {saved.name} to `{saved}`."
-            st.rerun()
-
-
 def _synthrad() -> None:
     st.header("SynthRAD2023 brain data")
     st.markdown(SYNTHRAD_INTRO)
@@ -162,9 +87,9 @@ def main() -> None:
     phantom_preview(DataConfig().centers)
     st.header("Use your own scans (NIfTI)")
     st.markdown(UPLOAD_INTRO)
-    upload = _upload()
+    upload = upload_section()
     if upload is not None:
-        _save(*upload)
+        save_section(*upload)
     if saved_message := st.session_state.pop(SAVED_KEY, None):
         st.success(saved_message, icon=":material/check_circle:")
     _cohort(uploads_folder(runs_root()))

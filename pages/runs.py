@@ -8,6 +8,7 @@ from app.state import remember, session_owner
 from app.views.common import STATE_TEXT, describe_config
 from app.views.results import RunRow, list_runs
 from app.views.runs import (
+    COMPARE_CAPTION,
     compare_frame,
     curves_figure,
     design_warning,
@@ -15,7 +16,7 @@ from app.views.runs import (
     filter_runs,
     runs_frame,
 )
-from app.widgets import queued_behind, run_picker, sample_images
+from app.widgets import metric_cards, queued_behind, run_picker, sample_images
 from engine.core.config import ConfigError
 from engine.core.run_folder import ACTIVE, STATES
 from engine.orchestration.jobs import resume_job
@@ -30,18 +31,13 @@ def _summary(row: RunRow) -> None:
     except (FileNotFoundError, OSError, ValueError, ConfigError):
         st.warning(f"The settings file `config.yaml` of run `{row.run_id}` can't be read "
                    "(missing or damaged).")
-    state = STATE_TEXT.get(row.state, row.state)
     if row.final:
-        specs = (("Average error (MAE)", "{:.0f} HU", "mae_hu"),
-                 ("Image quality (PSNR)", "{:.2f} dB", "psnr_db"),
-                 ("Structural similarity (SSIM)", "{:.3f}", "ssim"))
-        for col, (label, fmt, key) in zip(st.columns(3), specs, strict=True):
-            col.metric(label, fmt.format(getattr(row.final, key)), border=True)
+        metric_cards(row.final, None, "")
     elif row.state == "done":
         st.warning(f"Run `{row.run_id}` finished but its results file `summary.json` is "
                    "missing or damaged.")
     else:
-        st.info(f"This run is {state}; results appear once it has finished.")
+        st.info(f"This run is {STATE_TEXT.get(row.state, row.state)}; results appear when done.")
     if row.state in RESUMABLE:
         _resume(row)
     st.markdown("**See it in detail:**")
@@ -52,9 +48,9 @@ def _summary(row: RunRow) -> None:
 
 def _resume(row: RunRow) -> None:
     """Resume a run that ended without finishing, from its last checkpoint."""
+    error = row.run.status().get("error")
     st.warning(f"This run is {STATE_TEXT.get(row.state, row.state)}"
-               + (f": {row.run.status().get('error')}" if row.run.status().get("error")
-                  else "") + ".")
+               + (f": {error}." if error else "."))
     behind = queued_behind()
     if st.button("Resume from the last checkpoint", icon=":material/resume:", key="resume",
                  help=(f"Queued behind {behind}. " if behind else "")
@@ -106,9 +102,7 @@ def _compare(rows: list[RunRow]) -> None:
         st.warning(warning)
     # A plain table: a few rows to read side by side, selectable and searchable as text.
     st.table(compare_frame(a, b).set_index("Measure"))
-    st.caption("Change: a negative MAE change, or a positive PSNR/SSIM change, means the "
-               "second run's model is better; for the attacks, a lower AUC, body-SSIM gain "
-               "or error ratio means the second run leaks or suffers less.")
+    st.caption(COMPARE_CAPTION)
     st.plotly_chart(curves_figure(a, b))
     for tag, row in (("First run", a), ("Second run", b)):
         st.markdown(f"#### {tag}: {row.name or 'run'} · example images")

@@ -517,3 +517,28 @@ def budget_table(rows: list[SweepRow]) -> pd.DataFrame:
         "Verdict": VERDICT_WORDS.get(str(r.inversion_verdict), "—"),
         "Run id": r.run_id,
     } for r in rows])
+
+
+# --------------------------------------------------------------------------- defenses form
+
+DEFENDED_PRESET = "inversion-easy"  # the vulnerable design the defenses form protects
+DP_LEVELS = {"off": None, "weak (ε 64)": 64.0, "strong (ε 4)": 4.0}
+PRUNE_LEVELS = {"off": None, "90% of each update": 0.9, "99% of each update": 0.99}
+
+
+def defense_sets(*, secagg: bool, slices: bool, epsilon: float | None,
+                 prune: float | None) -> list[str]:
+    """The ``--set`` overrides of :data:`DEFENDED_PRESET` for the chosen defenses: secure
+    aggregation, 4 slices per step, hospital-level DP at ``epsilon`` (clip norm 0.05),
+    pruning of the ``prune`` share of each update."""
+    sets = []
+    if secagg:
+        sets.append("defenses.secure_aggregation=true")
+    if epsilon is not None:
+        sets += ["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.05",
+                 f"defenses.dp.target_epsilon={epsilon}"]
+    if prune is not None:
+        sets.append(f"defenses.prune_fraction={prune}")
+    if slices:
+        sets += ["data.slices_per_patient=4", "federation.batch_size=4"]
+    return sets

@@ -167,3 +167,8 @@ def curves_figure(a: RunRow, b: RunRow) -> go.Figure:
                       xaxis_title="round (0 = untrained)", yaxis_title="MAE (HU)",
                       legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+COMPARE_CAPTION = ("Change: a negative MAE change, or a positive PSNR/SSIM change, means the "
+                   "second run's model is better; for the attacks, a lower AUC, body-SSIM "
+                   "gain or error ratio means the second run leaks or suffers less.")
