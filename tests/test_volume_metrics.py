@@ -18,7 +18,7 @@ from skimage.util import crop
 
 import engine.core.metrics as core_metrics
 from engine.analyses.results import parse_summary
-from engine.analyses.summary import build_summary, native_sct_hu
+from engine.analyses.summary import build_summary
 from engine.core.config import ConfigError
 from engine.core.units import unit_to_hu
 from engine.data.nifti import save_patient_folder
@@ -26,6 +26,7 @@ from engine.data.phantom import example_patient_volume
 from engine.data.preprocess import normalise_mri
 from engine.data.types import Cohort, PatientVolume
 from engine.federation.protocol import FederationResult
+from engine.learning.inference import native_sct_hu
 from engine.metrics import volume_metrics
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config

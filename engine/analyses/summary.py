@@ -12,7 +12,6 @@ import flwr
 import monai
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import __version__
 from engine.clients.behaviour import dp_accountings, dp_epsilon
@@ -21,13 +20,12 @@ from engine.core.config import ExperimentConfig
 from engine.core.environment import numeric_environment
 from engine.core.metrics import mean_over_patients, volume_metrics
 from engine.core.types import NDArrays
-from engine.core.units import HU_MIN, unit_to_hu
 from engine.data.cohort import split_folders
-from engine.data.preprocess import normalise_mri, resample_slices
 from engine.data.synthrad import load_synthrad_patient
-from engine.data.types import CenterData, Cohort, PatientVolume
+from engine.data.types import CenterData, Cohort
 from engine.federation.inprocess import plan_training
 from engine.federation.protocol import FederationResult
+from engine.learning.inference import native_sct_hu
 from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, select_device, set_parameters
 
@@ -89,43 +87,6 @@ def dp_summary(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
 
 # (patient id, CT, synthetic CT, body mask), each (Z, Y, X) on the patient's native grid.
 ScoredVolume = tuple[str, np.ndarray, np.ndarray, np.ndarray]
-
-
-@torch.no_grad()
-def native_sct_hu(model: torch.nn.Module, volume: PatientVolume, image_size: int,
-                  batch_size: int = 32) -> np.ndarray:
-    """The synthetic CT of every axial slice of ``volume``, on the volume's own grid
-    ``(X, Y, Z)`` in HU (−1024 outside the body mask).
-
-    The slices are cut as :func:`engine.data.preprocess.volume_to_slices` cuts the training
-    slices (MRI normalised over the whole volume inside the mask, axial with anterior up,
-    padded to a square and resampled to ``image_size``², MRI 0 outside the resampled mask),
-    but all of them; each prediction is resampled back to the square (bilinear), the padding
-    cut off and the slice put back in place. One batch of slices is held at image size.
-    """
-    mri = normalise_mri(volume.mri, volume.mask)
-
-    def axial(a: np.ndarray) -> np.ndarray:  # (X, Y, Z) RAS → (Z, Y, X), anterior up
-        return np.ascontiguousarray(np.flip(a.transpose(2, 1, 0), axis=1))
-
-    mri_s = resample_slices(axial(mri), image_size, "bilinear")
-    del mri
-    body_s = resample_slices(axial(volume.mask.astype(np.float32)), image_size,
-                             "bilinear") > 0.5
-    mri_s = np.where(body_s, mri_s, 0.0).astype(np.float32)
-    nx, ny, nz = volume.mask.shape
-    side = max(ny, nx)
-    top, left = (side - ny) // 2, (side - nx) // 2
-    out = np.empty((nz, ny, nx), dtype=np.float32)
-    device = next(model.parameters()).device
-    model.eval()
-    for start in range(0, nz, batch_size):
-        x = torch.from_numpy(mri_s[start : start + batch_size, None]).to(device)
-        hu = F.interpolate(unit_to_hu(model(x)), size=(side, side), mode="bilinear",
-                           align_corners=False)
-        out[start : start + batch_size] = hu[:, 0, top : top + ny, left : left + nx].cpu()
-    sct = np.flip(out, axis=1).transpose(2, 1, 0)
-    return np.where(volume.mask, sct, HU_MIN).astype(np.float32)
 
 
 def _phantom_volumes(model: torch.nn.Module, center: CenterData) -> Iterator[ScoredVolume]:
