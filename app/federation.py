@@ -21,7 +21,7 @@ from app.views.common import (
     history_from_metrics,
 )
 from app.views.inversion import verdict as inversion_verdict
-from app.views.mia import verdict as mia_verdict
+from app.views.membership import verdict as mia_verdict
 from app.views.poisoning import poison_words
 from app.views.results import RunRow
 from app.views.runs import DETAIL_PAGES

@@ -8,8 +8,8 @@ import streamlit as st
 
 from app.state import persisted
 from app.views import dp_audit as audit
-from app.views import mia
-from app.views.mia import MiaRun
+from app.views import membership as views
+from app.views.membership import MiaRun
 from app.views.results import RunRow, list_runs
 from app.widgets import damaged_warnings, preset_jobs, run_picker, study_section, verdict_box
 
@@ -35,58 +35,58 @@ def _curves(run: MiaRun, other: MiaRun | None) -> None:
     st.markdown("#### Per hospital: how many patients can the server pick out?")
     roc = run.roc()
     if not roc:
-        st.info(mia.NO_ROC)
+        st.info(views.NO_ROC)
         return
     attacks = list(roc)
     # Open on the attack the verdict rests on (the global model under secure aggregation).
     first = run.mia.verdict_attack or run.mia.attack
     attack = persisted(st.selectbox, "Attack to plot", "mia_attack",
                        first if first in attacks else attacks[0], options=attacks,
-                       format_func=mia.attack_name)
+                       format_func=views.attack_name)
     curves: list[tuple[MiaRun, dict[str, Any], str]] = [(run, roc, "solid")]
     other_roc = other.roc() if other else None
     if other and other_roc:
         curves.append((other, other_roc, "dash"))
         if attack not in other_roc:
-            st.caption(f"The compared run has no {mia.attack_name(attack)} results.")
-    panels = [p for p in roc[attack] if p != mia.POOLED] + [mia.POOLED]
-    st.plotly_chart(mia.roc_figure(panels, curves, attack))
-    st.caption(mia.ROC_CAPTION)
+            st.caption(f"The compared run has no {views.attack_name(attack)} results.")
+    panels = [p for p in roc[attack] if p != views.POOLED] + [views.POOLED]
+    st.plotly_chart(views.roc_figure(panels, curves, attack))
+    st.caption(views.ROC_CAPTION)
 
 
 def _tables(run: MiaRun) -> None:
     st.markdown("#### All attacks at a glance (AUC: 0.5 = guessing, 1 = always right)")
-    st.dataframe(mia.auc_table(run.mia), hide_index=True)
-    st.caption(mia.AUC_CAPTION)
-    st.markdown(f"**{mia.attack_name(run.mia.attack)}: slices caught at a fixed rate of "
+    st.dataframe(views.auc_table(run.mia), hide_index=True)
+    st.caption(views.AUC_CAPTION)
+    st.markdown(f"**{views.attack_name(run.mia.attack)}: slices caught at a fixed rate of "
                 "false alarms**")
-    st.dataframe(mia.tpr_table(run.mia), hide_index=True)
-    st.caption(mia.TPR_CAPTION)
+    st.dataframe(views.tpr_table(run.mia), hide_index=True)
+    st.caption(views.TPR_CAPTION)
     with st.expander("What the attacks do"):
-        st.markdown(mia.ATTACKS_EXPLAINED)
+        st.markdown(views.ATTACKS_EXPLAINED)
 
 
 def _secagg(run: MiaRun, other: MiaRun | None) -> None:
     with st.expander("What secure aggregation hides and what it leaves visible"):
-        st.markdown(mia.SECAGG_EXPLAINED)
+        st.markdown(views.SECAGG_EXPLAINED)
         secagg = next((r for r in (run, other) if r and r.secure_aggregation), None)
         if secagg is None:
-            st.caption(mia.NO_SECAGG_RUN)
-        elif sentence := mia.secagg_sentence(secagg):
+            st.caption(views.NO_SECAGG_RUN)
+        elif sentence := views.secagg_sentence(secagg):
             st.markdown(sentence)
 
 
 def _dp_tradeoff() -> None:
     sweep = study_section("mia-dp", "Differential privacy: how ε changes the attack, and what "
-                          "it costs", mia.cell_words, intro=mia.DP_INTRO)
+                          "it costs", views.cell_words, intro=views.DP_INTRO)
     if sweep is None:
         return
     if not any(r.patient_auc_pooled is not None for r in sweep.rows):
-        st.info(mia.DP_OLD_TABLE)
+        st.info(views.DP_OLD_TABLE)
         return
-    st.plotly_chart(mia.dp_figure(sweep.rows))
+    st.plotly_chart(views.dp_figure(sweep.rows))
     st.caption("Bars: 95% intervals resampling patients, all hospitals together.")
-    st.markdown(mia.dp_sentence(sweep.rows))
+    st.markdown(views.dp_sentence(sweep.rows))
 
 
 def _dp_audit(rows: list[RunRow]) -> None:
@@ -112,20 +112,20 @@ def _dp_audit(rows: list[RunRow]) -> None:
 
 def main() -> None:
     st.title("Membership inference")
-    st.markdown(mia.INTRO)
+    st.markdown(views.INTRO)
     preset_jobs(RUN_PARAM, PRESETS, kind="attack", retry="mia-paper",
                 intro="**Run a new attack experiment** (about 2 minutes each, in the "
                       "background: you may leave this page and come back)")
     rows = list_runs()
-    runs, damaged = mia.mia_runs(rows)
+    runs, damaged = views.mia_runs(rows)
     damaged_warnings(damaged, "attack")
     if not runs:
-        st.info(mia.EMPTY)
+        st.info(views.EMPTY)
     else:
         shown, compare = _pick(runs)
-        verdict_box(mia.verdict(shown.mia), mia.tested_words(shown))
+        verdict_box(views.verdict(shown.mia), views.tested_words(shown))
         if compare:
-            st.markdown(mia.compared_words(compare))
+            st.markdown(views.compared_words(compare))
         _curves(shown, compare)
         _tables(shown)
         _secagg(shown, compare)

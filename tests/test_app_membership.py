@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 import engine.orchestration.jobs
 from app.views.common import hospital_name
 from app.views.dp_audit import audit_verdict
-from app.views.mia import attack_name, dp_sentence, noise_label, verdict
+from app.views.membership import attack_name, dp_sentence, noise_label, verdict
 from engine.analyses.results import DPAuditSummary, MiaSummary, SweepRow
 from engine.core.run_folder import RunFolder
 from engine.orchestration.experiment import execute

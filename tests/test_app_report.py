@@ -17,7 +17,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from app.views import mia as mia_ui
+from app.views import membership as membership_ui
 from app.views.report import build_report, fmt_mae, make_report, scorecards
 from app.views.results import list_runs
 from engine.analyses.poisoning import poisoning_verdict
@@ -120,7 +120,7 @@ def test_report_html_is_complete_and_offline(runs: dict[str, Path]) -> None:
         assert [t for k, t in sections.items() if k != kind and t in text] == []
     assert "No attack ran" in build_report(runs["plain"])
     mia = read_summary(runs["mia"] / "summary.json").mia
-    assert mia_ui.verdict(mia).title.split(":")[0] in build_report(runs["mia"])
+    assert membership_ui.verdict(mia).title.split(":")[0] in build_report(runs["mia"])
     inversion = build_report(runs["inversion"])
     assert inversion.count("data:image/png;base64,") > build_report(runs["plain"]).count(
         "data:image/png;base64,")  # the reconstructions are embedded too

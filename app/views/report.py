@@ -22,7 +22,7 @@ import yaml
 
 from app.views import dp_audit as audit_ui
 from app.views import inversion as inv_ui
-from app.views import mia as mia_ui
+from app.views import membership as membership_ui
 from app.views import poisoning as poi_ui
 from app.views import whatif as whatif_ui
 from app.views.common import (
@@ -258,19 +258,20 @@ def _quality(run: RunFiles, figure: _Figures) -> str:
 
 
 def _membership(run: RunFiles, mia: MiaSummary, figure: _Figures) -> str:
-    v = mia_ui.verdict(mia)
+    v = membership_ui.verdict(mia)
     out = ["<h2>Attack: membership inference</h2>", _verdict_box(v),
-           "<h3>AUC per attack and hospital</h3>", _table(mia_ui.auc_table(mia)),
-           "<h3>Members caught at fixed false-alarm rates</h3>", _table(mia_ui.tpr_table(mia))]
+           "<h3>AUC per attack and hospital</h3>", _table(membership_ui.auc_table(mia)),
+           "<h3>Members caught at fixed false-alarm rates</h3>",
+           _table(membership_ui.tpr_table(mia))]
     roc, why = _json(run.path / "mia" / "roc.json")
     attack = mia.attack
     if isinstance(roc, dict) and isinstance(roc.get(attack), dict):
         panels = list(roc[attack])
-        entry = mia_ui.MiaRun(RunFolder(run.path), float(run.status.get("created") or 0.0),
+        entry = membership_ui.MiaRun(RunFolder(run.path), float(run.status.get("created") or 0.0),
                               "done", run.config or {}, run.summary)
         try:
             out.append("<h3>ROC curves</h3>" + figure(
-                mia_ui.roc_figure(panels, [(entry, roc, "solid")], attack)))
+                membership_ui.roc_figure(panels, [(entry, roc, "solid")], attack)))
         except (KeyError, TypeError, ValueError):
             out.append(_missing("`mia/roc.json` is damaged: no ROC chart."))
             run.problems.append("`mia/roc.json` is damaged")
@@ -436,7 +437,7 @@ def scorecards(summary: RunSummary | None) -> list[Scorecard]:
                                "Not attacked in this run: start an attack on the Membership "
                                "inference page.", page="membership.py"))
     else:
-        cards.append(_card("Privacy risk (membership inference)", mia_ui.verdict(s.mia),
+        cards.append(_card("Privacy risk (membership inference)", membership_ui.verdict(s.mia),
                            "The worst hospital's patient-level AUC (0.5 = guessing) with its "
                            "95% interval. Red or orange: better than chance; grey: no "
                            "evidence at this sample size, which is not the same as safe."))

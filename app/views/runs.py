@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.views import inversion as inv_ui
-from app.views import mia as mia_ui
+from app.views import membership as membership_ui
 from app.views import poisoning as poi_ui
 from app.views.common import PAGES_DIR, RULE_NAMES, STATE_TEXT, computed_with
 from app.views.results import RunRow
@@ -70,7 +70,7 @@ def security_results(row: RunRow) -> dict[str, str]:
         return out
     out["Differential privacy"] = row.dp_text or "off"
     for key, label, verdict in (
-            ("mia", "Membership inference", lambda: mia_ui.verdict(s.mia)),
+            ("mia", "Membership inference", lambda: membership_ui.verdict(s.mia)),
             ("inversion", "Gradient inversion", lambda: inv_ui.verdict(s.inversion)),
             ("poisoning", "Poisoning",
              lambda: poi_ui.verdict(s.poisoning, s.federation.aggregator))):
@@ -134,7 +134,7 @@ def security_change(a: RunRow, b: RunRow, label: str) -> str:
         if s is None:
             return None
         if label == "Membership inference" and s.mia is not None:
-            return mia_ui.verdict(s.mia).value  # the AUC the verdict shows
+            return membership_ui.verdict(s.mia).value  # the AUC the verdict shows
         if label == "Gradient inversion" and s.inversion is not None:
             _, _, ssim_body, floor = inv_ui.worst_client(s.inversion)
             return ssim_body - floor
