@@ -16,18 +16,19 @@ from engine.attacks.inversion import (
     AttackerPrior,
     GradientInversion,
     InversionPayload,
-    decode_adam_step,
     dlg,
     dlg_lbfgs,
-    inversion_payloads,
-    inversion_verdict,
     inverting_gradients,
+)
+from engine.attacks.inversion_objective import (
+    decode_adam_step,
     sign_hinge,
     simulate_update,
     training_mode_copy,
     unreadable_bound,
     update_distance,
 )
+from engine.attacks.inversion_scenario import inversion_payloads, inversion_verdict
 from engine.core.metrics import reconstruction_metrics, template_metrics
 from engine.core.units import hu_to_unit
 from engine.data.cohort import attacker_data, control_slices, load_cohort

@@ -22,12 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.attacks.inversion import (
-    AGGREGATE,
-    AttackerPrior,
-    inversion_verdict,
-    score_reconstruction,
-)
+from engine.attacks.inversion import AGGREGATE, AttackerPrior
+from engine.attacks.inversion_scenario import inversion_verdict, score_reconstruction
 from engine.core.config import ExperimentConfig
 from engine.core.units import unit_to_hu
 from engine.data.cohort import AttackerData, reference_patients, whatif_patient_id

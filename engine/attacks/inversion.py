@@ -7,7 +7,9 @@ client's slices at once) — plus what the protocol makes public (architecture, 
 model, the clients' local training recipe, their reported numbers of examples) and what the
 attacker holds itself (:class:`AttackerPrior`). Every attack has the same shape,
 ``attack.reconstruct(payload) → InversionResult``, split into the objective, the trial (the
-optimisation of all restarts) and the selection of the best restart.
+optimisation of all restarts) and the selection of the best restart; the objective's pieces
+are in :mod:`engine.attacks.inversion_objective`, the scenario in
+:mod:`engine.attacks.inversion_scenario`.
 
 The attacker does not see the client's shuffling, so it simulates the client's local
 training on dummy data with a fixed batch order (as ``breaching`` does), differentiably with
@@ -41,38 +43,30 @@ normalisation removed (:func:`calibrate`); otherwise the verdict is ``inconclusi
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
-from engine.core.config import ExperimentConfig, InversionConfig
-from engine.core.metrics import (
-    LEAK_MARGIN,
-    NULL_DRAWS,
-    NULL_QUANTILE,
-    leak_test,
-    reconstruction_metrics,
-    template_metrics,
+from engine.attacks.inversion_objective import (
+    decode_adam_step,
+    sign_hinge,
+    simulate_update,
+    total_variation,
+    training_mode_copy,
+    unreadable_bound,
+    update_distance,
 )
-from engine.core.render import save_png, to_gray
+from engine.core.config import InversionConfig
 from engine.core.types import NDArrays
 from engine.core.units import hu_to_unit
-from engine.data.cohort import AttackerData, pooled_reference_patients, reference_patients
-from engine.data.types import Cohort, SliceSet
-from engine.federation.aggregators import FedAvg
-from engine.federation.server_view import ServerView
-from engine.learning.local import ADAM_EPS, LocalTraining, train_local
-from engine.learning.model import build_model, build_unet, get_parameters, select_device
+from engine.data.types import SliceSet
+from engine.learning.local import LocalTraining
 
-SMOOTH_L1_EPS = 1e-4
 # The per-client key (and file stem) of the round's aggregate, attacked under secure
 # aggregation where the server holds no individual upload.
 AGGREGATE = "aggregate"
@@ -80,9 +74,6 @@ AGGREGATE = "aggregate"
 # permutation null by LEAK_MARGIN and the null's upper quantile); the calibration control
 # must leak by the same rule.
 VERDICTS = ("leak", "no_leak", "inconclusive")
-# Adam decoding trusts a coordinate when lr − |Δ| spans at least this many float32 spacings
-# of the uploaded parameter (the read-back size is then within ~25 %).
-DECODE_MIN_SPACINGS = 4.0
 
 
 # --------------------------------------------------------------------------- payload
@@ -189,155 +180,6 @@ class InversionResult:
     evaluations: int = 0
     objective: str = "simulated"
     readable_fraction: float = 1.0
-
-
-# --------------------------------------------------------------------------- simulation
-
-
-def _training_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if name == "mse":
-        return lambda pred, y: ((pred - y) ** 2).mean()
-    # L1 surrogate: differentiable in y almost everywhere, so the dummy CT can move.
-    return lambda pred, y: torch.sqrt((pred - y) ** 2 + SMOOTH_L1_EPS).mean()
-
-
-def simulate_update(model: torch.nn.Module, params: dict[str, torch.Tensor],
-                    buffers: dict[str, torch.Tensor], mri: torch.Tensor, ct: torch.Tensor,
-                    local: LocalTraining) -> dict[str, torch.Tensor]:
-    """The client's local training on ``(N, 1, H, W)`` dummies, differentiable in the data.
-
-    Batches are taken in a fixed order every epoch; SGD and Adam are simulated exactly
-    (fresh optimiser state, as clients keep none between rounds). Returns θ_end − θ_start.
-    """
-    loss_fn = _training_loss(local.loss)
-
-    def batch_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = loss_fn(functional_call(model, (p, buffers), (x,)), y)
-        if local.fedprox_mu > 0:
-            out = out + local.fedprox_mu / 2 * sum(((p[k] - params[k]) ** 2).sum() for k in p)
-        return out
-
-    p = dict(params)
-    m = {k: torch.zeros_like(v) for k, v in p.items()}
-    v2 = {k: torch.zeros_like(v) for k, v in p.items()}
-    step, n, bs = 0, len(mri), local.batch_size
-    b1, b2 = 0.9, 0.999
-    for _ in range(local.local_epochs):
-        for s in range(0, n, bs):
-            g = grad(batch_loss)(p, mri[s : s + bs], ct[s : s + bs])
-            step += 1
-            if local.optimizer == "sgd":
-                p = {k: p[k] - local.lr * g[k] for k in p}
-                continue
-            m = {k: b1 * m[k] + (1 - b1) * g[k] for k in p}
-            v2 = {k: b2 * v2[k] + (1 - b2) * g[k] ** 2 for k in p}
-            c1, c2 = 1 - b1**step, 1 - b2**step
-            # +1e-16 inside the sqrt keeps its derivative finite where a gradient is exactly 0.
-            p = {k: p[k] - local.lr * (m[k] / c1) / (torch.sqrt(v2[k] / c2 + 1e-16) + ADAM_EPS)
-                 for k in p}
-    return {k: p[k] - params[k] for k in p}
-
-
-def decode_adam_step(delta: np.ndarray, uploaded: np.ndarray, lr: float,
-                     eps: float = ADAM_EPS) -> tuple[np.ndarray, np.ndarray]:
-    """The gradient a one-step Adam update was made from, read back through Adam's ε.
-
-    One fresh Adam step moves a parameter by Δ = −lr·g/(|g| + ε), so |g| = ε·|Δ|/(lr − |Δ|):
-    the size Adam normalises away survives in how far |Δ| falls short of lr.
-
-    Args:
-        delta: the observed update (uploaded − global), any shape, float64.
-        uploaded: the uploaded parameter values (their float32 spacing bounds how finely
-            lr − |Δ| can be read).
-        lr, eps: the client's Adam learning rate and ε (public recipe).
-
-    Returns ``(gradient, readable)``: the read-back gradient (same shape as ``delta``) and
-    a bool mask of the coordinates where lr − |Δ| exceeds :data:`DECODE_MIN_SPACINGS`
-    spacings of the uploaded value plus Adam's own float32 rounding; elsewhere the size is
-    only a lower bound and the gradient is set to 0.
-    """
-    delta = np.asarray(delta, np.float64)
-    shortfall = lr - np.abs(delta)
-    resolution = _decode_resolution(uploaded, lr)
-    readable = np.isfinite(shortfall) & (shortfall > DECODE_MIN_SPACINGS * resolution)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        size = eps * np.abs(delta) / shortfall
-    gradient = np.where(readable, -np.sign(delta) * size, 0.0)
-    return gradient, readable
-
-
-def _decode_resolution(uploaded: np.ndarray, lr: float) -> np.ndarray:
-    """How finely lr − |Δ| can be read: the float32 spacing of the uploaded value plus a few
-    roundings of Adam's float32 arithmetic."""
-    spacing = np.spacing(np.abs(np.asarray(uploaded, np.float32))).astype(np.float64)
-    return spacing + 4 * 2.0**-24 * lr
-
-
-def unreadable_bound(delta: np.ndarray, uploaded: np.ndarray, lr: float,
-                     eps: float = ADAM_EPS) -> np.ndarray:
-    """What a one-step Adam update still says about the gradient where
-    :func:`decode_adam_step` cannot read its size: ``−sign(Δ)·b`` with ``b`` a lower bound on
-    |g| (0 where the coordinate is readable or did not move).
-
-    There the true shortfall lr − |Δ| is at most the readable threshold plus one resolution
-    step, so |g| = ε·|Δ|/(lr − |Δ|) ≥ ε·|Δ| / ((DECODE_MIN_SPACINGS + 1)·resolution)."""
-    delta = np.asarray(delta, np.float64)
-    _, readable = decode_adam_step(delta, uploaded, lr, eps)
-    most = (DECODE_MIN_SPACINGS + 1) * _decode_resolution(uploaded, lr)
-    bound = eps * np.abs(np.nan_to_num(delta)) / most
-    return np.where(readable, 0.0, -np.sign(np.nan_to_num(delta)) * bound)
-
-
-def sign_hinge(sim: dict[str, torch.Tensor], bound: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Σ relu(|b| − s·sign(b))² / Σ (|b| + |s|)² over the coordinates where ``bound`` is
-    non-zero (``s`` the simulated update): in [0, 1], 1 when every sign is wrong, and zero
-    when the simulated update has every bound's sign and reaches its size (as the true one
-    does), so the term never pulls away from the truth. Dividing by the simulated size as
-    well keeps it on the cosine distance's scale whatever the bound's looseness."""
-    mask = {k: bound[k] != 0 for k in bound}
-    num = sum((torch.relu(bound[k].abs() - sim[k] * bound[k].sign()) ** 2 * mask[k]).sum()
-              for k in bound)
-    den = sum(((bound[k].abs() + sim[k].abs()) ** 2 * mask[k]).sum() for k in bound)
-    return num / (den + 1e-30)
-
-
-def update_distance(sim: dict[str, torch.Tensor], obs: dict[str, torch.Tensor],
-                    distance: str,
-                    weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``l2`` (DLG): Σ‖sim − obs‖² / Σ‖obs‖² (DLG's squared L2, divided by a constant so that
-    L-BFGS's unit step suits updates of any size); ``cosine`` (IG): 1 − cos over all
-    parameters; ``cosine_layers``: mean over parameter tensors of 1 − cos. ``weights`` (0/1
-    per coordinate) leaves coordinates out of the comparison."""
-    if weights is not None:
-        sim = {k: sim[k] * weights[k] for k in obs}
-        obs = {k: obs[k] * weights[k] for k in obs}
-    if distance == "l2":
-        scale = sum((obs[k] ** 2).sum() for k in obs) + 1e-30
-        return sum(((sim[k] - obs[k]) ** 2).sum() for k in obs) / scale
-    if distance == "cosine":
-        dot = sum((sim[k] * obs[k]).sum() for k in obs)
-        ns = torch.sqrt(sum((sim[k] ** 2).sum() for k in obs) + 1e-20)
-        no = torch.sqrt(sum((obs[k] ** 2).sum() for k in obs) + 1e-20)
-        return 1 - dot / (ns * no)
-    terms = [1 - (sim[k] * obs[k]).sum() / (sim[k].norm() * obs[k].norm() + 1e-20) for k in obs]
-    return torch.stack(terms).mean()
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels of ``(..., H, W)``."""
-    return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-            + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
-
-
-def training_mode_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` that computes as the client's did in training: BatchNorm on the
-    batch's own statistics (without updating running statistics), InstanceNorm unchanged."""
-    copied = copy.deepcopy(model).train()
-    for module in copied.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.track_running_stats = False
-            module.running_mean = module.running_var = module.num_batches_tracked = None
-    return copied
 
 
 # --------------------------------------------------------------------------- attack
@@ -697,293 +539,3 @@ def attack_from_config(inv: InversionConfig, seed: int = 0) -> GradientInversion
     knobs |= {k: v for k, v in (("lr", inv.lr), ("tv_weight", inv.tv_weight),
                                 ("distance", inv.distance)) if v is not None}
     return factory(**knobs)
-
-
-# --------------------------------------------------------------------------- scenario
-
-
-def pick_round(recorded: list[int], target: str | int) -> int:
-    if not recorded:
-        raise ValueError("the run has no server view to attack; record rounds with "
-                         "federation.server_view_rounds")
-    if target == "first":
-        return recorded[0]
-    if target == "last":
-        return recorded[-1]
-    if target not in recorded:
-        raise ValueError(f"attacks.inversion.target_round = {target} was not recorded; "
-                         f"recorded rounds: {recorded}")
-    return int(target)
-
-
-def inversion_payloads(run_dir: Path, cfg: ExperimentConfig,
-                       prior: AttackerPrior) -> list[InversionPayload]:
-    """One payload per targeted client, read from the run's server view; where the server
-    holds no individual upload (secure aggregation), one payload of the round's aggregate
-    over every client (client :data:`AGGREGATE`), whatever ``target_center`` says."""
-    inv = cfg.attacks.inversion
-    view = ServerView(run_dir)
-    rnd = view[pick_round(view.rounds, inv.target_round)]
-
-    def count(c: str) -> int:
-        return int(rnd.metadata[c]["num_examples"]) if inv.batch_size == "auto" \
-            else int(inv.batch_size)
-
-    if not rnd.individual_uploads:
-        groups = tuple(count(c) for c in rnd.clients)
-        return [InversionPayload(
-            model=build_model(cfg), param_names=rnd.param_names,
-            global_params=rnd.global_params, client_params=rnd.aggregate,
-            local=LocalTraining.from_config(cfg), num_examples=sum(groups),
-            image_size=cfg.data.image_size, prior=prior, round=rnd.round, client=AGGREGATE,
-            groups=groups)]
-    clients = rnd.clients if inv.target_center == "all" else [rnd.clients[inv.target_center]]
-    payloads = []
-    for c in clients:
-        payloads.append(InversionPayload(
-            model=build_model(cfg), param_names=rnd.param_names,
-            global_params=rnd.global_params, client_params=rnd.client_params(c),
-            local=LocalTraining.from_config(cfg), num_examples=count(c),
-            image_size=cfg.data.image_size, prior=prior,
-            round=rnd.round, client=c,
-        ))
-    return payloads
-
-
-def control_payload(model: torch.nn.Module, slices: SliceSet, local: LocalTraining,
-                    prior: AttackerPrior, image_size: int, seed: int,
-                    groups: tuple[int, ...] = ()) -> InversionPayload:
-    """One calibration control: ``slices`` uploaded after the target's local training
-    ``local`` by ``model`` (the target's architecture without normalisation) from a fresh
-    initialisation drawn with ``seed``, through the real client code. With ``groups`` (an
-    aggregate's client sizes, summing to ``len(slices)``), consecutive groups of slices are
-    trained as separate clients and averaged as FedAvg averages them."""
-    torch.manual_seed(seed)
-    for layer in model.modules():
-        if hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
-    start = get_parameters(model)
-    if not groups:
-        trained, _ = train_local(model, start, slices, local, seed=seed)
-    else:
-        ends = np.cumsum((0, *groups))
-        trained = FedAvg()([
-            (train_local(model, start, slices.select(np.arange(a, b)), local,
-                         seed=seed + k)[0], n)
-            for k, (a, b, n) in enumerate(zip(ends[:-1], ends[1:], groups, strict=True))])
-    return InversionPayload(model, list(model.state_dict()), start, trained, local,
-                            len(slices), image_size, prior, round=1, client="control",
-                            groups=tuple(groups))
-
-
-def score_reconstruction(mri: np.ndarray, ct_unit: np.ndarray, truth: SliceSet,
-                         prior: AttackerPrior, reference: SliceSet,
-                         truth_levels: np.ndarray | None = None) -> dict[str, Any]:
-    """Metrics of a reconstruction ``(R, 1, H, W)`` against the originals, the floor (the
-    prior's mean) and the leak test's null (unrelated ``reference`` patients): the
-    metrics of :func:`reconstruction_metrics`, ``floor_*``, and ``gain``, ``threshold``,
-    ``leak``, ``null_ssim_body`` (the null's mean), ``null_upper``, ``p_value``,
-    ``reference_patients``."""
-    true_ct = hu_to_unit(truth.ct_hu)
-    metrics = reconstruction_metrics(mri, ct_unit, truth.mri, true_ct, truth.mask)
-    floor = template_metrics(prior.mri, prior.ct_unit, truth.mri, true_ct, truth.mask)
-    test = leak_test(mri, ct_unit, truth.mri, true_ct, truth.mask, reference.mri,
-                     hu_to_unit(reference.ct_hu), reference.mask,
-                     truth_patients=truth.patient_ids, truth_levels=truth_levels,
-                     attacker_patients=reference.patient_ids)
-    return metrics | {"floor_ssim": floor["ssim"], "floor_ssim_body": floor["ssim_body"],
-                      "floor_ssim_ct": floor["ssim_ct"], "gain": test["gain"],
-                      "threshold": test["threshold"], "leak": test["leak"],
-                      "null_ssim_body": test["null_mean"], "null_upper": test["null_upper"],
-                      "p_value": test["p_value"],
-                      "reference_patients": test["reference_patients"]}
-
-
-def control_design(cfg: ExperimentConfig, slices: int, groups: tuple[int, ...] = ()) -> str:
-    """The calibration control in words."""
-    local = LocalTraining.from_config(cfg)
-    if groups:
-        steps = local.steps(max(groups))
-        return (f"the hospitals' network without normalisation, the aggregate of "
-                f"{len(groups)} uploads of {'/'.join(map(str, groups))} slices ({slices} in "
-                f"all), {local.optimizer.upper()} {steps} local step"
-                f"{'s' if steps != 1 else ''} each, {local.loss.upper()} loss")
-    steps = local.steps(slices)
-    return (f"the hospitals' network without normalisation, {slices} slice"
-            f"{'s' if slices != 1 else ''} per upload, {local.optimizer.upper()} "
-            f"{steps} local step{'s' if steps != 1 else ''}, {local.loss.upper()} loss")
-
-
-def calibrate(attack: GradientInversion, cfg: ExperimentConfig, control: SliceSet,
-              reference: SliceSet, prior: AttackerPrior, slices: int,
-              on_step: Callable[[int], None] | None = None,
-              groups: tuple[int, ...] = ()) -> dict[str, Any]:
-    """The same attack, same budget, on controls at the target's difficulty: uploads of
-    ``slices`` slices of the ``control`` patient after the target's own local training
-    (optimiser, loss, steps, batch size) by the hospitals' network with only its
-    normalisation removed (normalisation is what makes a U-Net's update hard to invert).
-    With ``groups`` (the attacked aggregate's client sizes) each control is such an
-    aggregate: the slices split into those clients, trained apart and averaged.
-    Each of ``attacks.inversion.control_trials`` trials draws other slices and another
-    initialisation; a trial is recovered by the rule that calls a target's upload leaking
-    (:func:`engine.core.metrics.leak_test` against unrelated ``reference`` patients).
-
-    Returns ``{"recovered"`` (every trial recovered), ``"total"``, ``"rate"``, ``"rate_ci"``
-    (95 % Clopper–Pearson), ``"trials"`` (each trial's ``gain``, ``threshold``,
-    ``recovered``, ``ssim_body``, ``null_ssim_body``), the means ``"ssim_body"``,
-    ``"floor_ssim_body"``, ``"gain"``, and ``"design"``, ``"slices"``, ``"image_size"``,
-    ``"iterations"``, ``"restarts"``, ``"seconds"``}``.
-    """
-    m = cfg.model
-    model = build_unet(tuple(m.channels), "none", m.num_res_units).to(select_device())
-    local = LocalTraining.from_config(cfg)
-    trials, seconds = [], 0.0
-    total = cfg.attacks.inversion.control_trials
-    for t in range(total):
-        seed = cfg.seed + t
-        rng = np.random.default_rng([seed, 0xC0])
-        pick = np.sort(rng.choice(len(control), slices, replace=slices > len(control)))
-        truth = control.select(pick)
-        payload = control_payload(model, truth, local, prior, cfg.data.image_size, seed,
-                                  groups)
-        step = None if on_step is None else (lambda i, t=t: on_step(t * attack.iterations + i))
-        result = attack.reconstruct(payload, step)
-        seconds += result.seconds
-        scored = score_reconstruction(result.mri, result.ct_unit, truth, prior, reference,
-                                      (pick + 0.5) / len(control))
-        trials.append({"seed": seed, "recovered": scored["leak"],
-                       **{k: scored[k] for k in ("gain", "threshold", "ssim_body",
-                                                 "null_ssim_body", "floor_ssim_body")}})
-    recovered = sum(t["recovered"] for t in trials)
-    ci = binomtest(recovered, total).proportion_ci(confidence_level=0.95, method="exact")
-    return {"recovered": recovered == total, "total": total, "rate": recovered / total,
-            "rate_ci": [float(ci.low), float(ci.high)], "trials": trials,
-            **{k: float(np.mean([t[k] for t in trials]))
-               for k in ("ssim_body", "floor_ssim_body", "gain")},
-            "design": control_design(cfg, slices, groups), "slices": slices,
-            "image_size": cfg.data.image_size, "iterations": attack.iterations,
-            "restarts": attack.restarts, "seconds": round(seconds, 2)}
-
-
-def inversion_verdict(per_client: dict[str, dict[str, Any]],
-                      calibration: dict[str, Any] | None) -> str:
-    """``leak`` when some client's reconstruction passes the leak test; ``no_leak`` only when
-    none does *and* the calibration controls at the target's difficulty were all recovered at
-    the same budget; otherwise ``inconclusive`` (the attack is too weak here to tell)."""
-    if any(p["leak"] for p in per_client.values()):
-        return "leak"
-    return "no_leak" if calibration and calibration.get("recovered") else "inconclusive"
-
-
-def run_inversion(run_dir: Path, cfg: ExperimentConfig, cohort: Cohort, attacker: AttackerData,
-                  log: Callable[[str], None] = lambda _msg: None,
-                  progress: Callable[[int, int, str], None] = lambda *_: None
-                  ) -> dict[str, Any]:
-    """Attack the targeted clients of a finished run; calibrate; store images; return the
-    ``inversion`` block of ``summary.json``. ``progress(done, total, detail)`` counts
-    iterations over every attacked hospital and the calibration control.
-
-    The originals (each client's training slices) are used only to score the result.
-    """
-    inv = cfg.attacks.inversion
-    out = Path(run_dir) / "inversion"
-    out.mkdir(exist_ok=True)
-    attack = attack_from_config(inv, cfg.seed)
-    prior = AttackerPrior.from_data(attacker.public)
-    names = [c.name for c in cohort.centers]
-    per_client: dict[str, Any] = {}
-    payloads = inversion_payloads(run_dir, cfg, prior)
-    total = (len(payloads) + inv.control_trials) * attack.iterations  # hospitals, controls
-
-    def steps(k: int, what: str) -> Callable[[int], None]:
-        return lambda i: progress(k * attack.iterations + i, total,
-                                  f"{what}, iteration {i:,} of {attack.iterations:,}")
-
-    for k, payload in enumerate(payloads):
-        if payload.groups:
-            log(f"every upload of round {payload.round} is masked: inverting the round's "
-                f"aggregate of {len(payload.groups)} hospitals ({payload.num_examples} slices "
-                f"at once, {attack.iterations} iterations)")
-            truth = SliceSet.concat([c.train for c in cohort.centers
-                                     if c.name in _aggregated(run_dir, payload.round)])
-            reference = pooled_reference_patients(cfg.data, cfg.seed, cohort, attacker)
-        else:
-            log(f"inverting {payload.client}'s upload of round {payload.round} (hospital "
-                f"{k + 1} of {len(payloads)}, {payload.num_examples} slices, "
-                f"{attack.iterations} iterations)")
-            index = names.index(payload.client)
-            truth = cohort.centers[index].train
-            reference = reference_patients(cfg.data, cfg.seed, cohort, index, attacker)
-        result = attack.reconstruct(payload, steps(k, f"hospital {k + 1} of {len(payloads)}"
-                                                   if not payload.groups else "aggregate"))
-        scored = score_reconstruction(result.mri, result.ct_unit, truth, prior, reference)
-        per_client[payload.client] = {
-            **{k: v for k, v in scored.items() if k != "pairs"},
-            "round": payload.round, "seconds": round(result.seconds, 2),
-            "final_loss": result.losses[-1], "restart_losses": result.restart_losses,
-            "evaluations": result.evaluations, "objective": result.objective,
-            "readable_fraction": result.readable_fraction,
-        }
-        _save_client(out, payload, result, truth, scored["pairs"], cfg.data.image_size)
-    slices = max(p.num_examples for p in payloads)
-    groups = payloads[0].groups
-    design = control_design(cfg, slices, groups)
-    log(f"calibrating: the same attack ({attack.iterations} iterations) on "
-        f"{inv.control_trials} control upload(s) at the target's difficulty ({design})")
-    calibration = calibrate(attack, cfg, attacker.control,
-                            reference_patients(cfg.data, cfg.seed, cohort, None, attacker),
-                            prior, slices, lambda i: progress(
-                                len(payloads) * attack.iterations + i, total,
-                                f"calibration control, iteration {i:,} of "
-                                f"{inv.control_trials * attack.iterations:,}"), groups)
-    keys = ("ssim", "ssim_body", "psnr_db", "ssim_ct", "psnr_db_ct", "ssim_coarse",
-            "floor_ssim", "floor_ssim_body", "null_ssim_body")
-    return {
-        "method": inv.method,
-        **{k: float(np.mean([p[k] for p in per_client.values()])) for k in keys},
-        "per_client": per_client,
-        "iterations": attack.iterations,
-        "restarts": attack.restarts,
-        "inner_iterations": attack.inner_iterations if attack.optimizer == "lbfgs" else None,
-        "evaluations": max(p["evaluations"] for p in per_client.values()),
-        "verdict": inversion_verdict(per_client, calibration),
-        # "aggregate": every upload was masked, the server attacked the round's sum.
-        "observed": AGGREGATE if groups else "uploads",
-        "calibration": calibration,
-        "leak_margin": LEAK_MARGIN,
-        "null": {"draws": NULL_DRAWS, "quantile": NULL_QUANTILE, "margin": LEAK_MARGIN,
-                 "reference_patients": min(p["reference_patients"]
-                                           for p in per_client.values()),
-                 "gain": max(p["null_upper"] - p["null_ssim_body"]
-                             for p in per_client.values())},
-    }
-
-
-def _aggregated(run_dir: Path, rnd: int) -> list[str]:
-    """The clients whose uploads the round's aggregate sums."""
-    return ServerView(run_dir)[rnd].clients
-
-
-def _save_client(out: Path, payload: InversionPayload, result: InversionResult,
-                 truth: SliceSet, pairs: list[list[int]], image_size: int) -> None:
-    """``<client>.npz`` (reconstruction, originals, pairs, floor, loss curve, snapshots) and
-    a PNG of the first matched pair (MRI and CT, original | reconstruction)."""
-    true_ct = hu_to_unit(truth.ct_hu)
-    np.savez_compressed(
-        out / f"{payload.client}.npz", mri=result.mri, ct_unit=result.ct_unit,
-        true_mri=truth.mri, true_ct_unit=true_ct, mask=truth.mask,
-        patient_ids=truth.patient_ids.astype(str),
-        pairs=np.array(pairs, dtype=np.int64).reshape(-1, 2),
-        prior_mri=payload.prior.mri, prior_ct_unit=payload.prior.ct_unit,
-        losses=np.array(result.losses),
-        snapshots_mri=(result.snapshots_mri if result.snapshots_mri is not None
-                       else np.zeros((0,))),
-        snapshots_ct_unit=(result.snapshots_ct_unit if result.snapshots_ct_unit is not None
-                           else np.zeros((0,))),
-        snapshot_iterations=np.array(result.snapshot_iterations),
-    )
-    i, j = pairs[0]
-    row = np.concatenate([to_gray(truth.mri[j, 0], 0, 1), to_gray(result.mri[i, 0], 0, 1),
-                          to_gray(true_ct[j, 0], 0.2, 0.5),
-                          to_gray(result.ct_unit[i, 0], 0.2, 0.5)], axis=1)
-    save_png(row, out / f"{payload.client}.png", scale=max(1, 128 // image_size))

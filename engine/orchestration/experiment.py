@@ -22,7 +22,7 @@ from engine.analyses.results import parse_summary
 from engine.analyses.summary import build_summary, volumetric_summary
 from engine.analyses.whatif import run_whatif
 from engine.attacks.dp_audit import run_dp_audit
-from engine.attacks.inversion import run_inversion
+from engine.attacks.inversion_scenario import run_inversion
 from engine.attacks.membership import run_membership
 from engine.core.config import ExperimentConfig
 from engine.core.render import sample_row, save_png
