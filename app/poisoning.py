@@ -44,7 +44,7 @@ from app.widgets import (
     verdict_box,
 )
 from engine.core.config import AGGREGATORS
-from engine.orchestration.presets import POISON_LEVELS
+from engine.orchestration.sweep_catalogue import POISON_LEVELS
 
 STUDY_RULES = ("fedavg", "fedprox", "fedmedian", "trimmed_mean")
 

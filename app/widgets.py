@@ -43,8 +43,9 @@ from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration import jobs, queue
-from engine.orchestration.presets import build_config, preset_description, sweep_spec
+from engine.orchestration.presets import build_config, preset_description
 from engine.orchestration.store import open_run, runs_root
+from engine.orchestration.sweep_catalogue import sweep_spec
 
 
 def sign_in_required() -> bool:

@@ -10,8 +10,8 @@ from app.views.report import SCALE_WORDS, make_report, metrics_csv, study_cell_w
 from app.views.results import list_runs, read_sweep_folder
 from app.widgets import run_picker, study_box
 from engine.orchestration.jobs import start_study_job
-from engine.orchestration.presets import STUDY_SCALES, study_cells
 from engine.orchestration.study import study_folder
+from engine.orchestration.study_catalogue import STUDY_SCALES, study_cells
 
 PARAM = "report_run"
 

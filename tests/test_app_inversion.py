@@ -23,8 +23,9 @@ from engine.core.config import config_hash
 from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration.experiment import execute
 from engine.orchestration.jobs import cancel_job
-from engine.orchestration.presets import SWEEPS, build_config, cell_label
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex, create_run, open_run
+from engine.orchestration.sweep_catalogue import SWEEPS, cell_label
 from engine.orchestration.sweeps import sweep_folder
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"

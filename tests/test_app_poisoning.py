@@ -34,11 +34,12 @@ from engine.analyses.poisoning import BROKEN, PROTECTED, VERDICTS, poisoning_ver
 from engine.analyses.results import Detection, PoisoningSummary
 from engine.core.config import config_hash
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
-from engine.orchestration import presets, queue
+from engine.orchestration import queue, sweep_catalogue
 from engine.orchestration.experiment import execute
 from engine.orchestration.jobs import cancel_job, cancel_sweep
-from engine.orchestration.presets import POISON_LEVELS, build_config
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex, create_run, open_run
+from engine.orchestration.sweep_catalogue import POISON_LEVELS
 from engine.orchestration.sweeps import run_sweep, sweep_folder
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
@@ -67,7 +68,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
         assert execute(run) is not None, run.status()
         ids[key] = run.run_id
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(presets.SWEEPS, "poison-paper", TINY_PAPER)
+        mp.setitem(sweep_catalogue.SWEEPS, "poison-paper", TINY_PAPER)
         run_sweep("poison-paper", root=root, progress=lambda _msg: None)
     return root, ids
 
@@ -75,7 +76,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
 @pytest.fixture
 def paper(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny sweep stands in for poison-paper (so its folder name is the tiny one's)."""
-    monkeypatch.setitem(presets.SWEEPS, "poison-paper", TINY_PAPER)
+    monkeypatch.setitem(sweep_catalogue.SWEEPS, "poison-paper", TINY_PAPER)
 
 
 def _copy(built: tuple[Path, dict[str, str]], runs_dir: Path) -> dict[str, RunFolder]:
@@ -352,7 +353,7 @@ def test_run_queues_one_rule_after_the_other(runs_dir: Path) -> None:
             (True, "data_noise", 0.1, [1, 2])
         # Spelt like the study's cell, so a finished study experiment would be reused.
         cells = {config_hash(build_config("poison-base", sets=c))
-                 for c in presets.SWEEPS["poison-paper"]["cells"]}
+                 for c in sweep_catalogue.SWEEPS["poison-paper"]["cells"]}
         assert config_hash(cfg) in cells
         assert first.status()["state"] in ACTIVE
         assert at.get("progress")
@@ -454,7 +455,7 @@ def test_study_button_starts_and_stops_the_sweep(runs_dir: Path) -> None:
         assert not at.exception, at.exception
         state = json.loads((folder / "sweep.json").read_text())
         assert state["state"] in ACTIVE
-        total = len(presets.SWEEPS["poison-paper"]["cells"])
+        total = len(sweep_catalogue.SWEEPS["poison-paper"]["cells"])
         assert len(state["cells"]) == total
         assert at.get("progress")
         # The other start buttons stay usable while the study runs; what they start waits in

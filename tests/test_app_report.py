@@ -26,9 +26,10 @@ from engine.analyses.study import STUDY, StudyRow, study_html, study_markdown
 from engine.orchestration import queue
 from engine.orchestration.experiment import execute
 from engine.orchestration.jobs import cancel_sweep
-from engine.orchestration.presets import build_config, study_cells
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
 from engine.orchestration.study import study_folder
+from engine.orchestration.study_catalogue import study_cells
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 REPORT, HOME = "../pages/report.py", "../pages/home.py"  # relative to app/

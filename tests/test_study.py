@@ -17,7 +17,9 @@ from engine.analyses.study import STUDY, bootstrap_mean_ci
 from engine.core.config import ConfigError
 from engine.orchestration import study
 from engine.orchestration.cli import main as cli_main
-from engine.orchestration.presets import STUDY_SCALES, Cell, build_config, study_cells
+from engine.orchestration.presets import build_config
+from engine.orchestration.study_catalogue import STUDY_SCALES, study_cells
+from engine.orchestration.sweep_catalogue import Cell
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from engine.core.config import ConfigError, config_hash
-from engine.orchestration import presets, sweeps
+from engine.orchestration import sweep_catalogue, sweeps
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex
 
@@ -17,7 +17,7 @@ from engine.orchestration.store import RunIndex
 def tiny_sweep(monkeypatch):
     spec = {"description": "two aggregators on the smoke federation", "base": "smoke",
             "cells": [[], ["federation.aggregator=fedmedian"]]}
-    monkeypatch.setitem(presets.SWEEPS, "tiny", spec)
+    monkeypatch.setitem(sweep_catalogue.SWEEPS, "tiny", spec)
     return spec
 
 
@@ -49,7 +49,7 @@ POISONED = ["attacks.poisoning.enabled=true", "attacks.poisoning.kind=update_noi
 def test_parallel_workers_train_clean_cells_first_and_agree(runs_dir, tmp_path, monkeypatch):
     # The poisoned cell comes first in the sweep; with workers it must still start after its
     # clean baseline finished, and reuse it instead of training one of its own.
-    monkeypatch.setitem(presets.SWEEPS, "mixed", {
+    monkeypatch.setitem(sweep_catalogue.SWEEPS, "mixed", {
         "description": "a poisoned cell before the clean ones", "base": "smoke",
         "cells": [POISONED, [], ["federation.aggregator=fedmedian"]]})
     sets = ["federation.rounds=2"]
@@ -72,14 +72,14 @@ def test_parallel_workers_train_clean_cells_first_and_agree(runs_dir, tmp_path, 
 def test_unknown_sweep_and_bad_cell_fail_before_running(runs_dir, monkeypatch):
     with pytest.raises(ConfigError, match="available: mia-dp"):
         sweeps.run_sweep("nope")
-    monkeypatch.setitem(presets.SWEEPS, "broken", {"description": "", "base": "smoke",
+    monkeypatch.setitem(sweep_catalogue.SWEEPS, "broken", {"description": "", "base": "smoke",
                                                   "cells": [[], ["federation.rounds=0"]]})
     with pytest.raises(ConfigError, match="federation.rounds = 0"):
         sweeps.run_sweep("broken")
     assert RunIndex().list() == []
 
 
-@pytest.mark.parametrize("name", list(presets.SWEEPS))
+@pytest.mark.parametrize("name", list(sweep_catalogue.SWEEPS))
 def test_every_sweep_cell_is_a_valid_config(name):
 
     spec = sweeps.sweep_spec(name)
@@ -88,7 +88,7 @@ def test_every_sweep_cell_is_a_valid_config(name):
 
 
 def test_inversion_results_become_columns(runs_dir, monkeypatch):
-    monkeypatch.setitem(presets.SWEEPS, "tiny-inv", {
+    monkeypatch.setitem(sweep_catalogue.SWEEPS, "tiny-inv", {
         "description": "", "base": "smoke",
         "cells": [["defenses.prune_fraction=0.5"]],
     })

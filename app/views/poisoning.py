@@ -31,7 +31,8 @@ from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary, SweepRow
 from engine.core.config import ROBUST_AGGREGATORS, ConfigError
-from engine.orchestration.presets import POISON_AGGREGATORS, POISON_LEVELS, build_config
+from engine.orchestration.presets import build_config
+from engine.orchestration.sweep_catalogue import POISON_AGGREGATORS, POISON_LEVELS
 
 BASE_PRESET = "poison-base"
 SWEEP_COMMAND = "fedsct sweep --preset {name}"

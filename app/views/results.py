@@ -27,8 +27,9 @@ from engine.analyses.results import (
     read_summary,
 )
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
-from engine.orchestration.presets import STUDY_MINUTES, sweep_spec
 from engine.orchestration.store import RunIndex
+from engine.orchestration.study_catalogue import STUDY_MINUTES
+from engine.orchestration.sweep_catalogue import sweep_spec
 from engine.orchestration.sweeps import sweep_folder
 
 

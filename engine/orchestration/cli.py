@@ -13,15 +13,10 @@ from pathlib import Path
 
 from engine.core.config import MAX_MESSAGE, ConfigError
 from engine.core.run_folder import RunFolder
-from engine.orchestration.presets import (
-    PRESETS,
-    STUDY_SCALES,
-    SWEEPS,
-    build_config,
-    study_cells,
-    sweep_spec,
-)
+from engine.orchestration.presets import PRESETS, build_config
 from engine.orchestration.store import RunIndex, check_resumable, create_run, open_run, runs_root
+from engine.orchestration.study_catalogue import STUDY_SCALES, study_cells
+from engine.orchestration.sweep_catalogue import SWEEPS, sweep_spec
 from engine.orchestration.threads import (
     OPENMP_DEFAULTS,
     default_threads,

@@ -27,10 +27,11 @@ from engine.core.run_folder import (
 )
 from engine.orchestration import queue
 from engine.orchestration.experiment import execute
-from engine.orchestration.presets import study_cells, sweep_spec
 from engine.orchestration.resources import check_resources
 from engine.orchestration.store import check_resumable, create_run, runs_root
 from engine.orchestration.study import run_study, study_folder
+from engine.orchestration.study_catalogue import study_cells
+from engine.orchestration.sweep_catalogue import sweep_spec
 from engine.orchestration.sweeps import CANCEL_FILE, run_sweep, sweep_folder
 from engine.orchestration.threads import default_threads, use_threads
 

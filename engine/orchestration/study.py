@@ -25,8 +25,9 @@ from pathlib import Path
 
 from engine.analyses.study import write_study_report
 from engine.core.run_folder import RunFolder
-from engine.orchestration.presets import build_config, study_cells
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
+from engine.orchestration.study_catalogue import study_cells
 from engine.orchestration.sweeps import run_cells
 
 

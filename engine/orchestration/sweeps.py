@@ -28,8 +28,9 @@ from engine.analyses.results import RunSummary, SweepRow, read_summary
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import RunFolder, write_json_atomic
 from engine.orchestration.experiment import execute
-from engine.orchestration.presets import Cell, build_config, sweep_spec
+from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run, find_finished_run, runs_root
+from engine.orchestration.sweep_catalogue import Cell, sweep_spec
 
 CANCEL_FILE = "cancel"
 INVERSION_COLUMNS = ("ssim_body", "floor_ssim_body", "ssim", "psnr_db", "ssim_ct",

@@ -1,0 +1,71 @@
+"""The whole study's cells at each scale (``fedsct study --scale demo|paper|full``): which
+preset and overrides each part of the study runs; running it is
+:mod:`engine.orchestration.study`.
+"""
+
+from __future__ import annotations
+
+from engine.core.config import ConfigError
+from engine.orchestration.sweep_catalogue import SWEEPS, Cell
+
+STUDY_SCALES = ("demo", "paper", "full")
+# Wall time from empty on 2 CPU cores (benchmarks/README.md): demo measured as a whole; paper
+# the sum of its parts' measured times; full is meant for a GPU and was not measured on a CPU.
+STUDY_MINUTES = {"demo": 10, "paper": 45, "full": 600}
+
+# Each part of the study: its key (the report's row), the preset it runs.
+PARTS: dict[str, str] = {
+    "quality": "paper",
+    "membership": "mia-paper",
+    "membership-secagg": "mia-secagg",
+    "membership-evidence": "mia-evidence",
+    "dlg": "dlg-paper",
+    "strongest-inversion": "ig-strong",
+    "poisoning": "poison-base",
+}
+
+# Overrides per scale and part (every cell of the part gets them).
+_DEMO: dict[str, list[str]] = {
+    "quality": ["federation.rounds=8", "data.image_size=64",
+                "federation.server_view_rounds=[8]"],
+    "membership": ["federation.rounds=10", "federation.server_view_rounds=[6,7,8,9,10]"],
+    "membership-secagg": ["federation.rounds=10",
+                          "federation.server_view_rounds=[6,7,8,9,10]"],
+    "membership-evidence": [],
+    "dlg": ["attacks.inversion.iterations=30"],
+    "strongest-inversion": ["attacks.inversion.iterations=100", "attacks.inversion.restarts=2"],
+    "poisoning": ["federation.rounds=8"],
+}
+_FULL_DATA = ["data.image_size=256", "data.patients_per_center=20",
+              "data.heldout_per_center=5", "data.slices_per_patient=32"]
+_FULL: dict[str, list[str]] = {
+    "quality": [*_FULL_DATA, "data.unseen_patients=5", "federation.rounds=50"],
+    "membership": [*_FULL_DATA[:1], "data.slices_per_patient=32"],
+    "membership-secagg": [*_FULL_DATA[:1], "data.slices_per_patient=32"],
+    "membership-evidence": ["data.image_size=256", "data.heldout_per_center=20"],
+    "dlg": ["data.image_size=256"],
+    "strongest-inversion": ["data.image_size=256"],
+    "poisoning": ["data.image_size=256", "data.slices_per_patient=32"],
+}
+SCALE_SETS: dict[str, dict[str, list[str]]] = {
+    "demo": _DEMO, "paper": {part: [] for part in PARTS}, "full": _FULL}
+# The quality part is also measured as the challenge does (whole volumes, native grid).
+QUALITY_SETS = ["evaluation.volumetric=true"]
+
+
+def study_cells(scale: str) -> list[tuple[str, Cell]]:
+    """Every experiment of the study at ``scale`` with the part it belongs to, in the order
+    they run."""
+    if scale not in STUDY_SCALES:
+        raise ConfigError(f"unknown study scale {scale!r}; choose one of {', '.join(STUDY_SCALES)}")
+    extra = SCALE_SETS[scale]
+    cells = []
+    for part, preset in PARTS.items():
+        if part == "poisoning":
+            cells += [(part, Cell(preset, [*own], [*own, *extra[part]]))
+                      for own in SWEEPS["poison-paper"]["cells"]]
+        else:
+            own = [f"name={preset}"]
+            sets = [*own, *extra[part], *(QUALITY_SETS if part == "quality" else [])]
+            cells.append((part, Cell(preset, own, sets)))
+    return cells

@@ -1,0 +1,255 @@
+"""The catalogue of named sweeps: a base preset plus a list of cells, each a list of
+``--set`` overrides. Names are a public interface (``fedsct sweep --preset NAME``); running
+one is :mod:`engine.orchestration.sweeps`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from engine.core.config import ConfigError
+from engine.orchestration.presets import HARDENED_DEFENSES
+
+# Rules that run with 4 centers (Krum, Multi-Krum need > 2f+2 = 4 and Bulyan ≥ 4f+3 = 7
+# centers against one attacker, so they are left out of the 4-center study).
+POISON_AGGREGATORS: dict[str, list[str]] = {
+    "fedavg": [],
+    "fedprox": ["federation.aggregator=fedprox", "federation.fedprox_mu=0.01"],
+    "fedmedian": ["federation.aggregator=fedmedian"],
+    "trimmed_mean": ["federation.aggregator=trimmed_mean"],
+}
+# Low and high level of each noise kind: data noise in normalised units, update noise per
+# parameter in absolute units.
+POISON_LEVELS: dict[str, tuple[float, float]] = {"data_noise": (0.1, 1.0),
+                                                 "update_noise": (0.03, 0.3)}
+# Two attackers out of four are beyond what any robust rule here tolerates (the median needs
+# an honest majority; a 25 % trim of 4 values equals the median): pairs are run with the
+# averaging rules and the median, to show where robustness ends.
+PAIR_AGGREGATORS = ("fedavg", "fedprox", "fedmedian")
+# The privacy budgets of the DP studies (ε after the last round; no DP is ε = ∞).
+DP_EPSILONS = (64.0, 16.0, 4.0, 1.0)
+
+
+def _as_sets(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": {"b": 1}}`` → ``["a.b=1"]`` (the ``--set`` form of a nested override)."""
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _as_sets(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def _poison_cells() -> list[list[str]]:
+    cells = [list(a) for a in POISON_AGGREGATORS.values()]  # clean baselines first
+    singles = [[c] for c in range(4)]
+    pairs = [[a, b] for a in range(4) for b in range(a + 1, 4)]
+    for kind, levels in POISON_LEVELS.items():
+        for std in levels:
+            for name, agg in POISON_AGGREGATORS.items():
+                for bad in singles + (pairs if name in PAIR_AGGREGATORS else []):
+                    cells.append([*agg, "attacks.poisoning.enabled=true",
+                                  f"attacks.poisoning.kind={kind}",
+                                  f"attacks.poisoning.malicious_centers={bad}",
+                                  f"attacks.poisoning.noise_std={std}"])
+    return cells
+
+
+def _model_poison_cells() -> list[list[str]]:
+    cells = [list(a) for a in POISON_AGGREGATORS.values()]
+    for kind in ("sign_flip", "scaling", "alie"):
+        for agg in POISON_AGGREGATORS.values():
+            cells.append([*agg, "attacks.poisoning.enabled=true",
+                          f"attacks.poisoning.kind={kind}"])
+    return cells
+
+
+def _data_noise_cells() -> list[list[str]]:
+    cells = []
+    for loss in ("l1", "mse"):
+        for opt in ("adam", "sgd"):
+            train = [f"federation.loss={loss}", f"federation.optimizer={opt}"]
+            if opt == "sgd":
+                train.append("federation.lr=0.1")
+            cells.append(train)
+            cells += [[*train, "attacks.poisoning.enabled=true",
+                       "attacks.poisoning.kind=data_noise", f"attacks.poisoning.target={t}",
+                       "attacks.poisoning.noise_std=1.0"] for t in ("mri", "ct", "both")]
+    return cells
+
+
+# The privacy audit's ε grid; ∞ is DP's clip without noise.
+AUDIT_EPSILONS = (None, 64.0, 8.0, 4.0, 1.0)
+
+
+def _audit_cell(level: str, epsilon: float | None) -> list[str]:
+    noise = (["defenses.dp.target_epsilon=null", "defenses.dp.noise_multiplier=0"]
+             if epsilon is None else [f"defenses.dp.target_epsilon={epsilon}"])
+    if level == "client":
+        return ["defenses.dp.level=client", *noise]
+    return ["defenses.dp.level=sample", "attacks.dp_audit.kind=patient", *noise]
+
+
+SWEEPS: dict[str, dict[str, Any]] = {
+    "mia-dp": {
+        "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "Differential privacy against membership inference: mia-paper without DP (ε = ∞), "
+            "then hospital-level DP (updates clipped to norm 5) and patient-level DP-SGD "
+            "(per-patient gradients clipped to norm 1) at ε 64, 16, 4 and 1 (δ 1e-5; only "
+            "ε ≤ 10 is a meaningful guarantee); patient-level AUCs with intervals beside the "
+            "model's MAE."
+        ),
+        "base": "mia-paper",
+        "cells": [
+            [],
+            *[["defenses.dp.enabled=true", "defenses.dp.level=client",
+               "defenses.dp.clip_norm=5.0", f"defenses.dp.target_epsilon={e}"]
+              for e in DP_EPSILONS],
+            *[["defenses.dp.enabled=true", "defenses.dp.level=sample",
+               "defenses.dp.clip_norm=1.0", f"defenses.dp.target_epsilon={e}"]
+              for e in DP_EPSILONS],
+        ],
+    },
+    "dp-audit": {
+        "minutes": 1,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "The privacy audit at ε ∞ (clip, no noise), 64, 8, 4 and 1 for hospital-level DP "
+            "(500 canary hospitals) and patient-level DP-SGD (500 canary patients in Hospital "
+            "A): the audit's lower bound against the accountant's ε, beside the most 500 "
+            "canaries can certify."
+        ),
+        "base": "dp-audit",
+        "cells": [_audit_cell(level, e) for level in ("client", "sample")
+                  for e in AUDIT_EPSILONS],
+    },
+    "inversion-factors": {
+        "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "Why a design leaks: inversion-easy, then one factor changed at a time — L1 loss, "
+            "InstanceNorm, 4 slices per step, 4 local steps, a late round, 64 px, Adam (one "
+            "step, attacked with and without reading Adam's step back; and 4 steps); "
+            "reconstruction SSIM beside the mean-image floor, calibrated verdicts."
+        ),
+        "base": "inversion-easy",
+        "cells": [
+            [],
+            ["federation.loss=l1"],
+            ["model.norm=instance"],
+            ["data.slices_per_patient=4", "federation.batch_size=4"],
+            ["federation.local_epochs=4"],
+            ["federation.server_view_rounds=[30]", "attacks.inversion.target_round=last"],
+            ["data.image_size=64"],
+            ["federation.optimizer=adam", "federation.lr=0.002"],
+            ["federation.optimizer=adam", "federation.lr=0.002",
+             "attacks.inversion.adam=simulate"],
+            ["federation.optimizer=adam", "federation.lr=0.002", "federation.local_epochs=4"],
+        ],
+    },
+    "inversion-budget": {
+        "minutes": 45,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "How much attack is enough: ig-strong on the first hospital (A) with 400, 2,000 "
+            "and 8,000 iterations, and at 2,000 iterations with total-variation weights "
+            "0.001, 0.01 and 0.1; matching loss, body SSIM and the calibration control at "
+            "each budget."
+        ),
+        "base": "ig-strong",
+        "cells": [
+            *[["attacks.inversion.target_center=0", f"attacks.inversion.iterations={n}"]
+              for n in (400, 2000, 8000)],
+            *[["attacks.inversion.target_center=0", "attacks.inversion.iterations=2000",
+               f"attacks.inversion.tv_weight={w}"] for w in (0.001, 0.01, 0.1)],
+        ],
+    },
+    "inversion-defenses": {
+        "minutes": 16,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "Defenses against the inversion-easy leak: secure aggregation over 3 centers, "
+            "hospital-level DP (ε 64 and 4), update pruning, 4 slices per step; "
+            "reconstruction SSIM and the cost in sCT MAE (about 15 min)."
+        ),
+        "base": "inversion-easy",
+        "cells": [
+            [],
+            ["defenses.secure_aggregation=true"],
+            *[["defenses.dp.enabled=true", "defenses.dp.clip_norm=0.05",
+               f"defenses.dp.target_epsilon={e}"] for e in (64.0, 4.0)],
+            *[[f"defenses.prune_fraction={f}"] for f in (0.9, 0.99)],
+            ["data.slices_per_patient=4", "federation.batch_size=4"],
+        ],
+    },
+    "whatif": {
+        "minutes": 16,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "One patient with and without defenses: the whatif preset as is, then hardened "
+            "with secure aggregation and clipped noise (clip 5, σ 0.001; ε far above 10, no "
+            "meaningful DP guarantee), where the reconstruction attempt inverts the round's "
+            "aggregate of every hospital. Give the patient "
+            "with --set data.whatif_patient=FOLDER (about 16 min)."
+        ),
+        "base": "whatif",
+        "cells": [[], _as_sets({"defenses": HARDENED_DEFENSES})],
+        "requires": ["data.whatif_patient"],
+    },
+    "poison-paper": {
+        "minutes": 13,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "The study's poisoning grid on poison-base: every single malicious center (and "
+            "every pair for FedAvg, FedProx, FedMedian) × noise on data or on the upload × a "
+            "low and a high level × FedAvg, FedProx, FedMedian, trimmed mean; clean baselines "
+            "first (about 13 min)."
+        ),
+        "base": "poison-base",
+        "cells": _poison_cells(),
+    },
+    "poison-model": {
+        "minutes": 2,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "Model poisoning beyond the study, 4 centers and 1 attacker: sign flip, scaling "
+            "(model replacement) and A Little Is Enough against each rule (about 2 min)."
+        ),
+        "base": "poison-base",
+        "cells": _model_poison_cells(),
+    },
+    "poison-data-factors": {
+        "minutes": 2,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "Which data noise hurts: strong noise (σ 1) on the MRI, the CT or both, with an "
+            "L1 or MSE loss and Adam or SGD local training; FedAvg (about 2 min)."
+        ),
+        "base": "poison-base",
+        "cells": _data_noise_cells(),
+    },
+}
+
+
+def sweep_spec(name: str) -> dict[str, Any]:
+    """Sweep ``name``'s catalogue entry: ``base`` preset, ``cells`` (``--set`` lists),
+    ``description``, ``minutes`` (measured wall time) and optional ``requires``."""
+    if name not in SWEEPS:
+        raise ConfigError(f"unknown sweep preset {name!r}; available: {', '.join(SWEEPS)}")
+    return SWEEPS[name]
+
+
+def cell_label(sets: list[str]) -> str:
+    """``["defenses.dp.clip_norm=5.0"]`` → ``"clip_norm=5.0"``; no overrides → ``"baseline"``."""
+    return ", ".join(key.rsplit(".", 1)[-1] + "=" + value
+                     for key, value in (s.split("=", 1) for s in sets)) or "baseline"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment of a sweep or study: a preset, the overrides that make the cell (its
+    label), and every override applied (with the sweep's or the scale's own)."""
+
+    preset: str
+    own: list[str]
+    sets: list[str]
+
+    @property
+    def label(self) -> str:
+        return cell_label(self.own)
