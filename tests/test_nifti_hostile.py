@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 import engine.data.nifti as nifti
+import engine.data.nifti_header as nifti_header
 from engine.data.nifti import (
     NiftiError,
     load_affine,
@@ -570,7 +571,7 @@ def test_the_suite_is_large_and_covers_both_outcomes() -> None:
 def test_piecewise_decoding_matches_nibabel_at_any_piece_size(
         piece_voxels: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pieces of whole planes, of rows and of partial rows, every orientation."""
-    monkeypatch.setattr(nifti, "_PIECE_VOXELS", piece_voxels)
+    monkeypatch.setattr(nifti_header, "_PIECE_VOXELS", piece_voxels)
     rng = np.random.default_rng(piece_voxels)
     for i in range(40):
         raw = encode(random_parts(rng))
