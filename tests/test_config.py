@@ -173,3 +173,30 @@ def test_data_root_must_hold_a_patient_folder(tmp_path):
     assert "9ZZ777" not in str(err.value)  # the folder's contents are not listed
     with pytest.raises(ConfigError, match=r"data\.whatif_patient = .* lacks ct\.nii\.gz"):
         build_config(sets=[f"data.whatif_patient={lonely / '9ZZ777'}"])
+
+
+def test_allowed_values_outside_the_config_are_the_configs_own() -> None:
+    """The U-Net factory and the inversion attack take the config's values from its types:
+    a value the config allows is accepted there, one it refuses is refused there too."""
+    from typing import get_args
+
+    from engine.attacks.inversion import GradientInversion
+    from engine.core.config import (
+        AdamMode,
+        InversionDistance,
+        InversionInit,
+        InversionPrior,
+        ModelConfig,
+        Norm,
+    )
+    from engine.learning.model import NORMS, build_unet
+
+    assert NORMS == get_args(Norm) and ModelConfig.model_fields["norm"].annotation == Norm
+    for kind, name in ((InversionDistance, "distance"), (InversionInit, "init"),
+                       (InversionPrior, "prior"), (AdamMode, "adam")):
+        for value in get_args(kind):
+            GradientInversion(**{name: value})
+        with pytest.raises(ValueError, match=f"GradientInversion {name} = 'other'"):
+            GradientInversion(**{name: "other"})
+    with pytest.raises(ValueError, match="model.norm = 'layer' is not allowed"):
+        build_unet((4, 8), "layer")

@@ -46,7 +46,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -61,7 +61,13 @@ from engine.attacks.inversion_objective import (
     unreadable_bound,
     update_distance,
 )
-from engine.core.config import InversionConfig
+from engine.core.config import (
+    AdamMode,
+    InversionConfig,
+    InversionDistance,
+    InversionInit,
+    InversionPrior,
+)
 from engine.core.types import NDArrays
 from engine.core.units import hu_to_unit
 from engine.data.types import SliceSet
@@ -74,6 +80,10 @@ AGGREGATE = "aggregate"
 # permutation null by LEAK_MARGIN and the null's upper quantile); the calibration control
 # must leak by the same rule.
 VERDICTS = ("leak", "no_leak", "inconclusive")
+
+
+# The attack's own optimiser (the config picks it through attacks.inversion.method).
+InversionOptimizer = Literal["lbfgs", "adam"]
 
 
 # --------------------------------------------------------------------------- payload
@@ -258,17 +268,17 @@ class GradientInversion:
         decay: Adam learning rate ×0.1 at 3/8, 5/8 and 7/8 of the iterations (as IG).
     """
 
-    optimizer: str = "adam"
-    distance: str = "cosine"
+    optimizer: InversionOptimizer = "adam"
+    distance: InversionDistance = "cosine"
     iterations: int = 1000
     inner_iterations: int = 20
     lr: float = 0.1
     restarts: int = 4
     tv_weight: float = 0.01
-    init: str = "random"
-    prior: str = "none"
+    init: InversionInit = "random"
+    prior: InversionPrior = "none"
     components: int = 40
-    adam: str = "decode"
+    adam: AdamMode = "decode"
     sign_weight: float = 1.0
     box: bool = True
     batched: bool = True
@@ -278,10 +288,10 @@ class GradientInversion:
     decay: bool = False
 
     def __post_init__(self) -> None:
-        checks = {"optimizer": ("lbfgs", "adam"), "distance": ("l2", "cosine", "cosine_layers"),
-                  "init": ("random", "mean"), "prior": ("none", "pca"),
-                  "adam": ("decode", "simulate")}
-        for name, allowed in checks.items():
+        checks = {"optimizer": InversionOptimizer, "distance": InversionDistance,
+                  "init": InversionInit, "prior": InversionPrior, "adam": AdamMode}
+        for name, kind in checks.items():
+            allowed = get_args(kind)
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GradientInversion {name} = {getattr(self, name)!r}; "
                                  f"choose one of {allowed}")

@@ -9,15 +9,16 @@ update inversion.
 from __future__ import annotations
 
 import functools
+from typing import get_args
 
 import numpy as np
 import torch
 from monai.networks.nets import UNet
 
-from engine.core.config import ExperimentConfig
+from engine.core.config import ExperimentConfig, Norm
 from engine.core.types import NDArrays
 
-NORMS = ("instance", "batch", "none")
+NORMS = get_args(Norm)
 
 
 @functools.lru_cache(maxsize=1)

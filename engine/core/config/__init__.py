@@ -18,6 +18,7 @@ from engine.core.config.echo import MAX_ECHO, MAX_MESSAGE
 from engine.core.config.schema import (
     AGGREGATORS,
     ROBUST_AGGREGATORS,
+    AdamMode,
     AttacksConfig,
     ConfigError,
     DataConfig,
@@ -28,8 +29,12 @@ from engine.core.config.schema import (
     ExperimentConfig,
     FederationConfig,
     InversionConfig,
+    InversionDistance,
+    InversionInit,
+    InversionPrior,
     MembershipConfig,
     ModelConfig,
+    Norm,
     PoisoningConfig,
     config_hash,
 )
@@ -45,7 +50,8 @@ from engine.core.config.yaml_input import (
 )
 
 __all__ = [
-    "AGGREGATORS", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_ECHO", "MAX_MESSAGE", "MAX_NODES",
+    "AGGREGATORS", "AdamMode", "InversionDistance", "InversionInit", "InversionPrior", "Norm",
+    "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_ECHO", "MAX_MESSAGE", "MAX_NODES",
     "MAX_SET_CHARS", "ROBUST_AGGREGATORS", "AttacksConfig", "ConfigError", "DPAuditConfig",
     "DPConfig", "DataConfig", "DefensesConfig", "EvaluationConfig", "ExperimentConfig",
     "FederationConfig", "InversionConfig", "MembershipConfig", "ModelConfig",

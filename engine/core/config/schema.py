@@ -16,6 +16,15 @@ from engine.core.config.echo import (
     _show,
 )
 
+# Allowed values stated once, as types: the config's fields use them, and the code that takes
+# the same values outside a config (the U-Net factory, the inversion attack) checks against
+# their arguments (typing.get_args).
+Norm = Literal["instance", "batch", "none"]
+InversionDistance = Literal["l2", "cosine", "cosine_layers"]
+InversionInit = Literal["random", "mean"]
+InversionPrior = Literal["none", "pca"]
+AdamMode = Literal["decode", "simulate"]
+
 ROBUST_AGGREGATORS = ("fedmedian", "trimmed_mean", "krum", "multikrum", "bulyan")
 AGGREGATORS = ("fedavg", "fedprox", *ROBUST_AGGREGATORS)
 
@@ -72,7 +81,7 @@ class ModelConfig(_Section):
 
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2,
                                 max_length=6)
-    norm: Literal["instance", "batch", "none"] = "instance"
+    norm: Norm = "instance"
     num_res_units: int = Field(2, ge=0, le=4)
 
     @model_validator(mode="after")
@@ -218,17 +227,17 @@ class InversionConfig(_Section):
     lr: float | None = Field(None, gt=0.0, le=100.0, description="default: dlg 1.0, ig 0.1")
     restarts: int = Field(4, ge=1, le=64, description="independent starts, batched")
     tv_weight: float | None = Field(None, ge=0.0, le=10.0, description="default: dlg 0, ig 0.01")
-    distance: Literal["l2", "cosine", "cosine_layers"] | None = Field(
+    distance: InversionDistance | None = Field(
         None, description="default: dlg l2, ig cosine"
     )
-    init: Literal["random", "mean"] = Field(
+    init: InversionInit = Field(
         "random", description="mean: start from the attacker's population template"
     )
-    prior: Literal["none", "pca"] = Field(
+    prior: InversionPrior = Field(
         "none", description="pca: search only slices spanned by the attacker's public cohort"
     )
     components: int = Field(40, ge=1, le=128, description="principal components (prior=pca)")
-    adam: Literal["decode", "simulate"] = Field(
+    adam: AdamMode = Field(
         "decode", description="one-step Adam uploads: decode (read the gradient back through "
         "Adam's ε, then match gradients) or simulate (differentiate through Adam's step)")
     sign_weight: float = Field(
