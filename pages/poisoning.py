@@ -21,10 +21,10 @@ from app.views.poisoning import (
     METRICS,
     PAPER_TEXT,
     base_hospitals,
-    cell_words,
     poisoning_runs,
     rule_name,
 )
+from app.views.poisoning_studies import cell_words
 from app.views.results import list_runs, read_sweep
 from app.widgets import (
     attack_run,

@@ -22,13 +22,7 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from app.views.common import hospital_name
-from app.views.poisoning import (
-    TITLES,
-    attack_sets,
-    detection_sentence,
-    poisoning_runs,
-    verdict,
-)
+from app.views.poisoning import TITLES, attack_sets, detection_sentence, poisoning_runs, verdict
 from app.views.results import list_runs
 from engine.analyses.poisoning import BROKEN, PROTECTED, VERDICTS, poisoning_verdict
 from engine.analyses.results import Detection, PoisoningSummary
