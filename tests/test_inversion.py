@@ -29,7 +29,7 @@ from engine.attacks.inversion_objective import (
     update_distance,
 )
 from engine.attacks.inversion_scenario import inversion_payloads, inversion_verdict
-from engine.core.metrics import reconstruction_metrics, template_metrics
+from engine.core.reconstruction_metrics import reconstruction_metrics, template_metrics
 from engine.core.units import hu_to_unit
 from engine.data.cohort import attacker_data, control_slices, load_cohort
 from engine.data.nifti import save_patient_folder

@@ -22,8 +22,8 @@ from engine.attacks.membership import (
     per_sample_gradients_loop,
     reference_scores,
 )
+from engine.core.attack_metrics import better_than_chance, roc_summary, tpr_at_fpr
 from engine.core.config import ConfigError
-from engine.core.metrics import better_than_chance, roc_summary, tpr_at_fpr
 from engine.data.cohort import load_cohort
 from engine.data.types import SliceSet
 from engine.federation.inprocess import run_federation

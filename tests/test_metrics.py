@@ -111,7 +111,7 @@ def test_batched_ssim_equals_skimages():
     """The leak test's many-pairs SSIM is skimage's map, pair by pair."""
     from skimage.metrics import structural_similarity
 
-    from engine.core.metrics import _similarities
+    from engine.core.reconstruction_metrics import _similarities
     rng = np.random.default_rng(0)
     a, b = rng.random((3, 20, 24)), rng.random((4, 20, 24))
     mask = rng.random((4, 20, 24)) > 0.4

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from app.views.common import Verdict, hospital_name, log_ticks, upscale
 from app.views.results import RunRow, finished_with
 from engine.analyses.results import InversionSummary, SweepRow
-from engine.core.metrics import LEAK_MARGIN
+from engine.core.reconstruction_metrics import LEAK_MARGIN
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.units import unit_to_hu
 

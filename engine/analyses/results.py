@@ -188,7 +188,7 @@ class InversionClient(_Block):
     evaluations: int | None = None
     objective: str | None = None
     readable_fraction: float | None = None
-    # The leak test (engine.core.metrics.leak_test); None in runs made before it.
+    # The leak test (reconstruction_metrics.leak_test); None in runs made before it.
     gain: float | None = None
     threshold: float | None = None
     leak: bool | None = None

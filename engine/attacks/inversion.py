@@ -34,7 +34,7 @@ Two properties of the study's recipe need an attacker that knows them:
   through every step instead.
 
 **Verdict.** An upload leaks when its reconstruction passes
-:func:`engine.core.metrics.leak_test`: it beats, by a margin and the null's upper quantile,
+:func:`reconstruction_metrics.leak_test`: it beats, by a margin and the null's upper quantile,
 what the same reconstruction scores against unrelated patients' slices under the same
 matching. A reconstruction that does not shows a leak-free *target* only if the same attack,
 at the same budget, rebuilds uploads of the target's own difficulty with only the network's
@@ -76,7 +76,7 @@ from engine.learning.local import LocalTraining
 # The per-client key (and file stem) of the round's aggregate, attacked under secure
 # aggregation where the server holds no individual upload.
 AGGREGATE = "aggregate"
-# A client leaks when engine.core.metrics.leak_test says so (its reconstruction beats the
+# A client leaks when reconstruction_metrics.leak_test says so (its reconstruction beats the
 # permutation null by LEAK_MARGIN and the null's upper quantile); the calibration control
 # must leak by the same rule.
 VERDICTS = ("leak", "no_leak", "inconclusive")

@@ -22,7 +22,7 @@ from engine.attacks.inversion import (
     attack_from_config,
 )
 from engine.core.config import ExperimentConfig
-from engine.core.metrics import (
+from engine.core.reconstruction_metrics import (
     LEAK_MARGIN,
     NULL_DRAWS,
     NULL_QUANTILE,
@@ -166,7 +166,7 @@ def calibrate(attack: GradientInversion, cfg: ExperimentConfig, control: SliceSe
     aggregate: the slices split into those clients, trained apart and averaged.
     Each of ``attacks.inversion.control_trials`` trials draws other slices and another
     initialisation; a trial is recovered by the rule that calls a target's upload leaking
-    (:func:`engine.core.metrics.leak_test` against unrelated ``reference`` patients).
+    (:func:`reconstruction_metrics.leak_test` against unrelated ``reference`` patients).
 
     Returns ``{"recovered"`` (every trial recovered), ``"total"``, ``"rate"``, ``"rate_ci"``
     (95 % Clopper–Pearson), ``"trials"`` (each trial's ``gain``, ``threshold``,

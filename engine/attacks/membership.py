@@ -43,8 +43,8 @@ import torch
 from scipy.stats import norm
 from torch.func import functional_call, grad, vmap
 
+from engine.core.attack_metrics import better_than_chance, roc_summary
 from engine.core.config import ExperimentConfig
-from engine.core.metrics import better_than_chance, roc_summary
 from engine.core.types import NDArrays
 from engine.data.cohort import whatif_patient_id
 from engine.data.types import Cohort, SliceSet
@@ -378,7 +378,7 @@ def patient_level(scores: np.ndarray, members: np.ndarray,
 def evaluate_membership(result: MembershipResult, *, level: str = "slice",
                         bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """ROC analysis of every attack: per center and pooled over centers, at slice and at
-    patient level; every interval resamples patients (see :func:`engine.core.metrics.roc_summary`)
+    patient level; every interval resamples patients (see :func:`attack_metrics.roc_summary`)
     and is also given Bonferroni-corrected for the hospitals and the pooled test together.
 
     Returns ``{attack: {"per_center": {center: roc_summary}, "pooled": roc_summary (both at

@@ -234,7 +234,7 @@ _REFERENCE_FIRST = 10_000  # patient indices far from every hospital's own
 def reference_patients(data: DataConfig, seed: int, cohort: Cohort, center: int | None,
                        attacker: AttackerData) -> SliceSet:
     """Unrelated patients as alike the uploaded ones as the data allow, for the null of
-    :func:`engine.core.metrics.leak_test` (the evaluator's, not the attacker's knowledge).
+    :func:`reconstruction_metrics.leak_test` (the evaluator's, not the attacker's knowledge).
 
     ``center``: the hospital's index, or ``None`` for the calibration control. Phantom: the
     hospital's held-out patients plus :data:`REFERENCE_PATIENTS` more of its scanner profile
