@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
+import logging
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ from engine.orchestration.resources import release_freed_memory
 from engine.orchestration.store import runs_root
 
 MAIN = Path(__file__).with_name("main.py")
+_LOG = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 AUTH_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret",
              "server_metadata_url")
@@ -208,8 +210,13 @@ async def _janitor(_app: st.App) -> AsyncIterator[None]:
         left_at: dict[str, float] = {}
         while True:
             await asyncio.sleep(JANITOR_EVERY_S)
-            if runtime.exists():
+            if not runtime.exists():
+                continue
+            try:
                 close_abandoned_sessions(runtime.get_instance(), left_at, time.monotonic())
+            except Exception:  # noqa: BLE001 - a failed sweep must not end the sweeping
+                _LOG.warning("closing abandoned sessions failed; trying again in %.0f s",
+                             JANITOR_EVERY_S, exc_info=True)
 
     task = asyncio.create_task(sweep())
     try:

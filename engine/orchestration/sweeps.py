@@ -68,9 +68,10 @@ def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
             row[f"auc_pooled[{attack}]"] = v.pooled_auc
             for center, auc in v.auc.items():
                 row[f"auc[{attack}][{center}]"] = auc
-        pooled = mia.figures(mia.verdict_attack or mia.attack).pooled
-        row |= {"mia_attack": mia.attack, "patient_auc_pooled": pooled.auc,
-                "patient_auc_ci_pooled": pooled.auc_ci,
+        variant = mia.variants.get(mia.verdict_attack or mia.attack)
+        pooled = variant.patient.pooled if variant else None
+        row |= {"mia_attack": mia.attack, "patient_auc_pooled": pooled.auc if pooled else None,
+                "patient_auc_ci_pooled": pooled.auc_ci if pooled else None,
                 "mia_verdict": (mia.verdict or {}).get("overall"),
                 "mia_verdict_attack": mia.verdict_attack}
     if poison := s.poisoning:
@@ -198,7 +199,7 @@ def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], 
         cell |= {"run_id": run.run_id, "reused": reused}
         summary = read_summary(run.path / "summary.json") or RunSummary()
         rows[i] = table_row(cell["label"], cell["overrides"], run, summary, cell["preset"])
-        curves[run.run_id] = [p.model_dump() for p in summary.federation.history] or None
+        curves[run.run_id] = [p.model_dump() for p in summary.federation.history]
         state.update(cells_done=state["cells_done"] + 1, trained=state["trained"] + (not reused),
                      updated=time.time())
         write_json_atomic(folder / "sweep.json", state)
