@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.nifti import NiftiLimits
+from engine.data.nifti import DEFAULT_LIMITS
 from engine.data.types import PatientVolume
 from engine.data.uploads import uploads_folder
 
@@ -36,15 +36,14 @@ SYNTHRAD_INTRO = (
     "folders (`1BA001/mr.nii.gz`, `ct.nii.gz`, `mask.nii.gz`, …). The third letter of each "
     "patient ID (A, B, C) is its hospital. From a terminal: "
     "`fedsct run --preset demo --set data.source=synthrad --set data.path=/path/to/Task1/brain`.")
-_LIMITS = NiftiLimits()
 # The server's cap per uploaded file, in MB, as app.serve gives it to Streamlit (a test keeps
 # the two equal: app.serve must not import the views, whose import before Streamlit's runtime
 # stops the job banner's live progress). .streamlit/config.toml says why 136.
 MAX_UPLOAD_MB = 136
 # The loader's limits in the words the upload boxes need: their "Limit 136MB per file" is the
 # transfer cap just above the loader's limit, not a second, larger one.
-UPLOAD_LIMITS = (f"Each file: at most {_LIMITS.max_file_bytes / 2**20:.0f} MiB and "
-                 f"{round(_LIMITS.max_voxels ** (1 / 3))}³ voxels (the boxes below show the "
+UPLOAD_LIMITS = (f"Each file: at most {DEFAULT_LIMITS.max_file_bytes / 2**20:.0f} MiB and "
+                 f"{round(DEFAULT_LIMITS.max_voxels ** (1 / 3))}³ voxels (the boxes below show the "
                  f"upload cap, {MAX_UPLOAD_MB}MB, set just above it).")
 
 

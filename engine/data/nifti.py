@@ -297,6 +297,7 @@ def load_nifti_pair(
 
 
 __all__: list[str] = [
+    "DEFAULT_LIMITS",
     "NiftiError",
     "NiftiLimits",
     "body_mask_from_ct",

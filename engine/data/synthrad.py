@@ -10,11 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.data.nifti import NiftiError, NiftiLimits, load_nifti_pair
+from engine.data.nifti import DEFAULT_LIMITS, NiftiError, NiftiLimits, load_nifti_pair
 from engine.data.types import PatientVolume
 
-# Module-level instance keeps the signature's default without a call in the def (ruff B008).
-_DEFAULT_LIMITS = NiftiLimits()
 _STRICT_ID = re.compile(r"^\d[A-Z][A-Z]\d{3}$")
 _LAYOUT = (
     "expected <root>/<patient ID>/{mr,ct,mask}.nii.gz with IDs like 1BA001 "
@@ -84,7 +82,7 @@ def scan_synthrad(root: str | Path) -> dict[str, list[Path]]:
     return dict(sorted(centers.items()))
 
 
-def load_synthrad_patient(folder: Path, limits: NiftiLimits = _DEFAULT_LIMITS) -> PatientVolume:
+def load_synthrad_patient(folder: Path, limits: NiftiLimits = DEFAULT_LIMITS) -> PatientVolume:
     """Load one SynthRAD2023 patient folder; ``patient_id`` is the folder name.
 
     Returns:
