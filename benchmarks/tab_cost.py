@@ -16,17 +16,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from app.views.common import POLL_S
+from benchmarks.dashboard import chromium, dashboard
 from engine.orchestration import jobs
 from engine.orchestration.presets import build_config
 
@@ -57,60 +53,41 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(window: float = 20.0, page_name: str = "federation") -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     root = Path(tempfile.mkdtemp(prefix="tab-cost-"))
-    port = _free_port()
-    env = os.environ | {"FEDSCT_RUNS_DIR": str(root)}
-    server = subprocess.Popen([sys.executable, "-m", "engine", "dashboard", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"poll_s": POLL_S, "window_s": window, "page": page_name}
     os.environ["FEDSCT_RUNS_DIR"] = str(root)
-    job = None
     try:
-        for _ in range(200):
+        with dashboard(root) as (server, url):
+            # Long enough for three windows: the study's demo recipe with many rounds.
+            job = jobs.start_job(build_config("study-setup", sets=["federation.rounds=60"]),
+                                 root, preset="study-setup")
             try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.3)
-        # Long enough for three windows: the study's demo recipe with many rounds.
-        job = jobs.start_job(build_config("study-setup", sets=["federation.rounds=60"]), root,
-                             preset="study-setup")
-        while job.status().get("state") != "running":
-            time.sleep(0.5)
-        page = (f"{url}/federation?run={job.run_id}" if page_name == "federation"
-                else f"{url}/{page_name}")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium")
-                                        or "/usr/bin/chromium", args=["--no-sandbox"])
-            tabs = []
-            for count in (0, 1, 2):
-                while len(tabs) < count:
-                    tab = browser.new_page()
-                    tab.goto(page, wait_until="networkidle")
-                    tabs.append(tab)
-                time.sleep(5)  # the page's first draw is not part of the steady cost
-                start, t0 = _cpu_seconds(server.pid), time.perf_counter()
-                time.sleep(window)
-                share = (_cpu_seconds(server.pid) - start) / (time.perf_counter() - t0)
-                out[f"server_cpu_share_{count}_tabs"] = round(share, 4)
-                print(f"{count} tab(s): dashboard server at {share:.1%} of a core", flush=True)
-            browser.close()
+                while job.status().get("state") != "running":
+                    time.sleep(0.5)
+                page = (f"{url}/federation?run={job.run_id}" if page_name == "federation"
+                        else f"{url}/{page_name}")
+                with sync_playwright() as p:
+                    browser = chromium(p)
+                    tabs = []
+                    for count in (0, 1, 2):
+                        while len(tabs) < count:
+                            tab = browser.new_page()
+                            tab.goto(page, wait_until="networkidle")
+                            tabs.append(tab)
+                        time.sleep(5)  # the page's first draw is not part of the steady cost
+                        start, t0 = _cpu_seconds(server.pid), time.perf_counter()
+                        time.sleep(window)
+                        share = (_cpu_seconds(server.pid) - start) / (time.perf_counter() - t0)
+                        out[f"server_cpu_share_{count}_tabs"] = round(share, 4)
+                        print(f"{count} tab(s): dashboard server at {share:.1%} of a core",
+                              flush=True)
+                    browser.close()
+            finally:
+                jobs.cancel_job(job, grace_s=5)
     finally:
-        if job is not None:
-            jobs.cancel_job(job, grace_s=5)
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
         shutil.rmtree(root, ignore_errors=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1))

@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from app.serve import ABANDONED_AFTER_S
-from benchmarks.tab_cost import _free_port
+from benchmarks.dashboard import chromium, dashboard
 
 OUT = Path("test-output/benchmarks/upload_memory.json")
 SHAPE = (256, 256, 256)
@@ -59,53 +54,39 @@ def measure(then: str = "save", wait: float = 90.0) -> dict[str, Any]:
 
     root, scratch = (Path(tempfile.mkdtemp(prefix=p)) for p in ("upmem-runs-", "upmem-files-"))
     files = _files(scratch)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "engine", "dashboard", "--port", str(port)],
-                              env=os.environ | {"FEDSCT_RUNS_DIR": str(root)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"then": then, "file_mib": files["a_mr"].stat().st_size / 2**20,
                            "abandoned_after_s": ABANDONED_AFTER_S, "rss_mib": {}}
-
-    def note(step: str) -> None:
-        out["rss_mib"][step] = _rss_mib(server.pid)
-        print(f"{step}: server at {out['rss_mib'][step]:.0f} MiB", flush=True)
-
     try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.3)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium")
-                                        or "/usr/bin/chromium", args=["--no-sandbox"])
-            tab = browser.new_page()
-            tab.goto(f"{url}/data", wait_until="networkidle")
-            time.sleep(3)
-            note("page open")
-            for tag in ("a", "b"):
-                boxes = tab.locator("input[type=file]")
-                for i, name in enumerate((f"{tag}_mr", f"{tag}_ct", "mask")):
-                    boxes.nth(i).set_input_files(str(files[name]))
-                tab.get_by_text("belong together").wait_for(timeout=120_000)
+        with dashboard(root) as (server, url):
+
+            def note(step: str) -> None:
+                out["rss_mib"][step] = _rss_mib(server.pid)
+                print(f"{step}: server at {out['rss_mib'][step]:.0f} MiB", flush=True)
+
+            with sync_playwright() as p:
+                browser = chromium(p)
+                tab = browser.new_page()
+                tab.goto(f"{url}/data", wait_until="networkidle")
                 time.sleep(3)
-                note(f"pair {tag} checked")
-            if then == "save":
-                tab.get_by_role("button", name="Save this patient").click()
-                tab.get_by_text("Saved patient").wait_for(timeout=120_000)
-                time.sleep(3)
-                note("saved")
-            browser.close()
-        closed = time.monotonic()
-        for at in (10.0, wait):
-            time.sleep(max(0.0, at - (time.monotonic() - closed)))
-            note(f"tab closed +{at:.0f} s")
+                note("page open")
+                for tag in ("a", "b"):
+                    boxes = tab.locator("input[type=file]")
+                    for i, name in enumerate((f"{tag}_mr", f"{tag}_ct", "mask")):
+                        boxes.nth(i).set_input_files(str(files[name]))
+                    tab.get_by_text("belong together").wait_for(timeout=120_000)
+                    time.sleep(3)
+                    note(f"pair {tag} checked")
+                if then == "save":
+                    tab.get_by_role("button", name="Save this patient").click()
+                    tab.get_by_text("Saved patient").wait_for(timeout=120_000)
+                    time.sleep(3)
+                    note("saved")
+                browser.close()
+            closed = time.monotonic()
+            for at in (10.0, wait):
+                time.sleep(max(0.0, at - (time.monotonic() - closed)))
+                note(f"tab closed +{at:.0f} s")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
