@@ -154,7 +154,7 @@ def defenses() -> None:
             else:
                 with refusal_shown("The attack"):
                     remember(RUN_PARAM, start_job(cfg, preset=DEFENDED_PRESET,
-                                                          owner=session_owner()).run_id)
+                                                  owner=session_owner()).run_id)
                     st.session_state[FLASH] = ("Started the attack with these defenses; its "
                                                "progress is shown at the top of the page.")
                     st.rerun()
@@ -165,7 +165,7 @@ def defenses() -> None:
 def factor_study() -> None:
     sweep = study_section("inversion-factors", "Why a design leaks: one factor changed at a "
                           "time", cell_words)
-    if sweep and sweep.rows:
+    if sweep:  # study_section returns a study only when it has rows
         st.plotly_chart(factor_figure(sweep.rows), key="inv_factors")
         st.caption("Each pair of bars starts from the vulnerable design and changes one thing; "
                    "red is how close the attacker's reconstruction gets (inside the head), "
@@ -175,7 +175,7 @@ def factor_study() -> None:
 def budget_study() -> None:
     sweep = study_section("inversion-budget", "How much attack is enough: the budget study",
                           cell_words)
-    if sweep and sweep.rows:
+    if sweep:
         st.plotly_chart(budget_figure(sweep.rows), key="inv_budget")
         st.caption("Left: red is the strongest attack on the study's model, blue the same "
                    "attack at the same budget on the calibration controls (their mean); dotted "
@@ -191,7 +191,7 @@ def budget_study() -> None:
 def defense_study() -> None:
     sweep = study_section("inversion-defenses", "Defenses: what they block and what they "
                           "cost", cell_words)
-    if sweep and sweep.rows:
+    if sweep:
         st.plotly_chart(defense_figure(sweep.rows), key="inv_defenses")
         st.caption("Each point is one defense: lower means less of the patient's image "
                    "leaks, further right means the shared model's synthetic CT gets worse.")

@@ -45,15 +45,15 @@ from app.widgets import (
     study_section,
     verdict_box,
 )
-from engine.core.config import AGGREGATORS
+from engine.core.config import AGGREGATORS, ExperimentConfig
 from engine.orchestration.sweep_catalogue import POISON_LEVELS
 
 STUDY_RULES = ("fedavg", "fedprox", "fedmedian", "trimmed_mean")
 
 
-def attack_controls() -> tuple[list[tuple[str, list[str]]], bool]:
-    """The attack chosen in the controls as (rule, overrides of poison-base) per rule; False
-    when the choice can't run (an error says why)."""
+def attack_controls() -> tuple[list[tuple[str, ExperimentConfig]], bool]:
+    """The attack chosen in the controls as (rule, its config) per rule; False when the
+    choice can't run (an error says why)."""
     left, right = st.columns(2)
     with left:
         kind = persisted(st.selectbox, "Attack", "poi_kind", "update_noise",

@@ -36,7 +36,6 @@ from app.widgets import (
 )
 from engine.core.run_folder import ACTIVE
 from engine.orchestration.jobs import cancel_job, start_job
-from engine.orchestration.presets import build_config
 from engine.orchestration.store import find_finished_run, runs_root
 
 RUN_PARAM = "poi_run"
@@ -55,8 +54,7 @@ def _jobs() -> None:
         st.markdown(f"**Attack the federation** ({base_hospitals()} hospitals, about 30 seconds "
                     "per rule, in the background: you may leave this page and come back)")
         plans, ok = attack_controls()
-        found = {rule: find_finished_run(build_config(BASE_PRESET, sets=sets), runs_root())
-                 for rule, sets in plans}
+        found = {rule: find_finished_run(cfg, runs_root()) for rule, cfg in plans}
         reused = [f"{rule_name(r)} (`{f.run_id}`)" for r, f in found.items() if f]
         if reused:
             st.caption("Finished runs with exactly these settings exist for "
@@ -66,12 +64,11 @@ def _jobs() -> None:
                      disabled=not ok,
                      help=f"Queued behind {behind}: it starts when that job ends." if behind
                      else "One run per rule, one after the other, in the job queue."):
-            todo = [(r, s) for r, s in plans if found[r] is None]
+            todo = [(r, cfg) for r, cfg in plans if found[r] is None]
             started = []
             with refusal_shown("The attack"):
-                for _, sets in todo:
-                    started.append(start_job(build_config(BASE_PRESET, sets=sets),
-                                             preset=BASE_PRESET, owner=session_owner()))
+                for _, cfg in todo:
+                    started.append(start_job(cfg, preset=BASE_PRESET, owner=session_owner()))
             if len(started) < len(todo):  # refused, said above; the banner shows any started
                 return
             remember(RUN_PARAM, started[0].run_id if started else found[plans[0][0]].run_id)

@@ -7,6 +7,7 @@ The studies' tables and charts are :mod:`app.views.poisoning_studies`.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from app.views.common import (
 from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
-from engine.core.config import ROBUST_AGGREGATORS, ConfigError
+from engine.core.config import ROBUST_AGGREGATORS, ConfigError, ExperimentConfig
 from engine.orchestration.presets import build_config
 from engine.orchestration.sweep_catalogue import POISON_AGGREGATORS, POISON_LEVELS
 
@@ -107,31 +108,30 @@ def attack_sets(kind: str, malicious: list[int], rule: str,
     return sets
 
 
-# --------------------------------------------------------------------------- runs
-
-
-# Settings that pick the rule; runs that differ only in these attacked the same federation.
+@functools.cache  # the preset is fixed: build it once, not on every rerun of the page
 def base_hospitals() -> int:
     """How many hospitals the poisoning page's federation (:data:`BASE_PRESET`) has."""
     return build_config(BASE_PRESET).data.centers
 
 
 def attack_plans(kind: str, malicious: list[int], rules: list[str], std: float | None
-                 ) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """One run per rule: (rule, overrides of :data:`BASE_PRESET`) for each rule that can run
-    the attack, and one sentence per rule that can't, saying why."""
+                 ) -> tuple[list[tuple[str, ExperimentConfig]], list[str]]:
+    """One run per rule: (rule, its config, :data:`BASE_PRESET` with the attack) for each
+    rule that can run the attack, and one sentence per rule that can't, saying why."""
     plans, refusals = [], []
     for rule in rules:
-        sets = attack_sets(kind, malicious, rule, std)
         try:
-            build_config(BASE_PRESET, sets=sets)
+            plans.append((rule, build_config(BASE_PRESET,
+                                             sets=attack_sets(kind, malicious, rule, std))))
         except ConfigError as err:
             refusals.append(f"{rule_name(rule)} can't run this attack: {err}")
-        else:
-            plans.append((rule, sets))
     return plans, refusals
 
 
+# --------------------------------------------------------------------------- runs
+
+
+# Settings that pick the rule; runs that differ only in these attacked the same federation.
 RULE_KEYS = ("aggregator", "fedprox_mu", "trim_beta", "num_malicious", "multikrum_m")
 
 
