@@ -178,14 +178,6 @@ def describe_config(cfg: ExperimentConfig) -> str:
             f"{cfg.data.image_size} px images{where}")
 
 
-def run_label(rec: dict[str, Any]) -> str:
-    """A run-list row as one line: when, name, rule and result."""
-    when = time.strftime("%d %b %H:%M", time.localtime(rec["created"] or 0))
-    mae = f" · MAE {rec['final_mae_hu']:.0f} HU" if rec.get("final_mae_hu") is not None else ""
-    rule = RULE_NAMES.get(rec["aggregator"], rec["aggregator"])
-    return f"{when} · {rec['name'] or 'run'} · {rule} · {rec['rounds']} rounds{mae}"
-
-
 def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame({
         "Started": [time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
