@@ -9,7 +9,7 @@ from tolerances import FACTOR, measured
 
 from engine.data.cohort import load_cohort
 from engine.federation.inprocess import run_federation
-from engine.federation.secagg import SecAggParams, quantization_error_bound
+from engine.federation.secagg_encoding import SecAggParams, quantization_error_bound
 from engine.federation.server_view import ServerView
 from engine.learning.local import LocalTraining, train_local
 from engine.learning.model import build_unet, get_parameters

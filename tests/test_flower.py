@@ -24,7 +24,7 @@ from engine.attacks.dp_audit import run_dp_audit
 from engine.core.config import ConfigError
 from engine.core.run_folder import RunFolder
 from engine.federation.flower_app import EngineStrategy, failure_text
-from engine.federation.secagg import SecAggParams, quantization_error_bound
+from engine.federation.secagg_encoding import SecAggParams, quantization_error_bound
 from engine.federation.server_view import ServerView
 from engine.learning.model import build_model, get_parameters
 from engine.orchestration.experiment import execute

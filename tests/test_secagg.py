@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.federation.secagg import (
-    SecAggError,
-    SecAggParams,
-    SecAggSession,
-    quantization_error_bound,
-    secure_weighted_mean,
-)
+from engine.federation.secagg import SecAggError, SecAggSession, secure_weighted_mean
+from engine.federation.secagg_encoding import SecAggParams, quantization_error_bound
 
 SHAPES = [(4, 3, 3, 3), (17,), (), (5, 7)]
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.types import NDArrays
-from engine.federation.secagg import decode_single_upload
+from engine.federation.secagg_encoding import decode_single_upload
 
 VIEW_DIR = "server_view"
 
