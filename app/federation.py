@@ -32,7 +32,7 @@ from app.widgets import (
     sample_images,
 )
 from engine.core.config import AGGREGATORS, ExperimentConfig
-from engine.core.run_folder import ACTIVE, RunFolder
+from engine.core.run_folder import RunFolder, RunStatus
 from engine.orchestration.jobs import cancel_job
 
 RUNTIMES = {"inprocess": "In this process (fastest)",
@@ -178,12 +178,12 @@ def attacks(row: RunRow) -> None:
                          icon=":material/open_in_new:")
 
 
-def show_run(run: RunFolder, cfg: ExperimentConfig, status: dict[str, Any],
+def show_run(run: RunFolder, cfg: ExperimentConfig, status: RunStatus,
               row: RunRow | None) -> None:
     st.subheader(f"Run: {cfg.name or 'custom'}")
     st.caption(f"{describe_config(cfg)} · run id `{run.run_id}`")
-    state = status.get("state")
-    if state in ACTIVE:
+    state = status.state
+    if status.active:
         if st.button("Stop this run", icon=":material/stop_circle:", key="cancel"):
             with st.spinner("Stopping: the current hospital finishes its step first…"):
                 cancel_job(run, grace_s=15)
@@ -192,7 +192,7 @@ def show_run(run: RunFolder, cfg: ExperimentConfig, status: dict[str, Any],
     elif state == "done" and row is not None:
         results(row)
     elif state in ("failed", "interrupted"):
-        st.error(f"This run did not finish: {status.get('error') or 'unknown error'}\n\n"
+        st.error(f"This run did not finish: {status.error or 'unknown error'}\n\n"
                  "What to do: resume it on the Runs page, or start it again; if it fails "
                  "again, send the technical log below to the lab's maintainers.")
         log = run.path / "log.txt"

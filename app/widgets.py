@@ -41,7 +41,7 @@ from app.views.results import (
 from engine.analyses.results import Metrics
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
-from engine.core.run_folder import ACTIVE, RunFolder
+from engine.core.run_folder import RunFolder, RunStatus
 from engine.orchestration import jobs, queue
 from engine.orchestration.presets import build_config, preset_description
 from engine.orchestration.store import open_run, runs_root
@@ -86,7 +86,7 @@ def job_progress(run_id: str, total_rounds: int) -> None:
 
 
 def remembered_run(param: str, instead: str) -> tuple[RunFolder | None,
-                                                    ExperimentConfig | None, dict[str, Any]]:
+                                                    ExperimentConfig | None, RunStatus | None]:
     """The run remembered under ``param`` (URL and session), its config and status. One that
     can't be opened is forgotten with a warning saying what is shown ``instead``."""
     run_id = remembered(param)
@@ -100,7 +100,7 @@ def remembered_run(param: str, instead: str) -> tuple[RunFolder | None,
             remember(param, None)
         else:
             return run, cfg, run.status()
-    return None, None, {}
+    return None, None, None
 
 
 def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str, kind: str,
@@ -112,7 +112,7 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
     Returns whether that run is active.
     """
     job, cfg, status = remembered_run(param, f"the newest {kind} run instead")
-    active = status.get("state") in ACTIVE
+    active = status is not None and status.active
     behind = queued_behind(job.path if job else None)
     with st.container(border=True):
         st.markdown(intro)
@@ -127,9 +127,9 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
                     st.error(f"The '{preset}' preset can't be started: {err}")
                 else:
                     st.rerun()
-        if job and cfg and active:
+        if job and cfg and status and active:
             st.markdown(f"**{cfg.name or 'run'}** (run id `{job.run_id}`) is "
-                        f"{STATE_TEXT[status['state']]}; its results appear below when it "
+                        f"{STATE_TEXT[status.state]}; its results appear below when it "
                         "finishes.")
             job_progress(job.run_id, cfg.federation.rounds)
             if note:
@@ -138,9 +138,9 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
                 with st.spinner("Stopping: the current hospital finishes its step first…"):
                     jobs.cancel_job(job, grace_s=15)
                 st.rerun()
-        elif status.get("state") in ("failed", "interrupted"):
+        elif status and status.state in ("failed", "interrupted"):
             st.error(f"The last attack run did not finish: "
-                     f"{status.get('error') or 'unknown error'}. Resume it on the Runs page "
+                     f"{status.error or 'unknown error'}. Resume it on the Runs page "
                      f"or try the '{retry}' preset again; the Federation page shows its log.")
     return active
 
@@ -153,7 +153,7 @@ def progress_bar(run_id: str, total_rounds: int) -> list[dict[str, Any]]:
     except FileNotFoundError:
         st.rerun(scope="app")
     status = run.status()
-    if status.get("state") not in ACTIVE:
+    if not status.active:
         st.rerun(scope="app")
     records = run.metrics()
     started = any(j.state == "running" and Path(j.folder) == run.path

@@ -55,7 +55,7 @@ def _run(preset: str, root: Path, threads: int, extra: dict[str, str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
-    assert run.status()["state"] == "done", run.status()
+    assert run.status().state == "done", run.status()
     return seconds
 
 

@@ -65,7 +65,7 @@ def measure(window: float = 20.0, page_name: str = "federation") -> dict[str, An
             job = jobs.start_job(build_config("study-setup", sets=["federation.rounds=60"]),
                                  root, preset="study-setup")
             try:
-                while job.status().get("state") != "running":
+                while job.status().state != "running":
                     time.sleep(0.5)
                 page = (f"{url}/federation?run={job.run_id}" if page_name == "federation"
                         else f"{url}/{page_name}")

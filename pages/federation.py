@@ -89,9 +89,9 @@ def main() -> None:
                "their images. Pick an experiment, start it, and watch the model learn.")
     rows = list_runs()
     run, run_cfg = _open_current()
-    status = run.status() if run else {}
+    status = run.status() if run else None
     with st.container(border=True):
-        cfg, preset = _settings(status.get("preset"))
+        cfg, preset = _settings(status.preset if status else None)
         behind = queued_behind(run.path if run else None)
         # Not the primary (red) button while a job runs: pressing it queues a second one.
         start = st.button("Queue training" if behind else "Start training",
@@ -109,7 +109,7 @@ def main() -> None:
         else:
             st.rerun()
     _earlier_runs(rows)
-    if run and run_cfg:
+    if run and run_cfg and status:
         show_run(run, run_cfg, status, next((r for r in rows if r.run_id == run.run_id),
                                              None))
 

@@ -34,7 +34,6 @@ from app.widgets import (
     remembered_run,
     study_box,
 )
-from engine.core.run_folder import ACTIVE
 from engine.orchestration.jobs import cancel_job, start_job
 from engine.orchestration.store import find_finished_run, runs_root
 
@@ -49,7 +48,7 @@ def _jobs() -> None:
     """The attack controls, the Run button (one run per rule, through the job queue) and the
     progress of the run started here."""
     job, cfg, status = remembered_run(RUN_PARAM, "the newest poisoning run instead")
-    active = status.get("state") in ACTIVE
+    active = status is not None and status.active
     with st.container(border=True):
         st.markdown(f"**Attack the federation** ({base_hospitals()} hospitals, about 30 seconds "
                     "per rule, in the background: you may leave this page and come back)")
@@ -79,9 +78,9 @@ def _jobs() -> None:
                 "go one after the other" + (f", after {behind}" if behind else "")
                 + "; the banner at the top shows their progress.")
             st.rerun()
-        if job and cfg and active:
+        if job and cfg and status and active:
             st.markdown(f"The attack under **{rule_name(cfg.federation.aggregator)}** (run id "
-                        f"`{job.run_id}`) is {STATE_TEXT[status['state']]}; its results appear "
+                        f"`{job.run_id}`) is {STATE_TEXT[status.state]}; its results appear "
                         "below when it finishes.")
             job_progress(job.run_id, cfg.federation.rounds)
             st.caption("After the last round the same federation is trained again without "
@@ -90,9 +89,9 @@ def _jobs() -> None:
                 with st.spinner("Stopping: the current hospital finishes its step first…"):
                     cancel_job(job, grace_s=15)
                 st.rerun()
-        elif status.get("state") in ("failed", "interrupted"):
+        elif status and status.state in ("failed", "interrupted"):
             st.error(f"The last attack run did not finish: "
-                     f"{status.get('error') or 'unknown error'}. The Runs page can resume it; "
+                     f"{status.error or 'unknown error'}. The Runs page can resume it; "
                      "the Federation page shows its log.")
 
 

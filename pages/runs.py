@@ -48,7 +48,7 @@ def _summary(row: RunRow) -> None:
 
 def _resume(row: RunRow) -> None:
     """Resume a run that ended without finishing, from its last checkpoint."""
-    error = row.run.status().get("error")
+    error = row.run.status().error
     st.warning(f"This run is {STATE_TEXT.get(row.state, row.state)}"
                + (f": {error}." if error else "."))
     behind = queued_behind()

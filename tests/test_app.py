@@ -128,9 +128,9 @@ def test_smoke_run_from_start_button_to_results() -> None:
     assert at.get("progress")
     run = open_run(run_id)
     deadline = time.monotonic() + 120
-    while run.status()["state"] in ACTIVE and time.monotonic() < deadline:
+    while run.status().state in ACTIVE and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert run.status()["state"] == "done", run.status()
+    assert run.status().state == "done", run.status()
 
     # A browser reload: a new session that only has the URL.
     at = _federation(run_id)
@@ -159,7 +159,7 @@ def test_live_progress_then_stop() -> None:
 
     at.button(key="cancel").click().run()
     assert not at.exception, at.exception
-    assert run.status()["state"] == "cancelled"
+    assert run.status().state == "cancelled"
     assert any("stopped" in i.value for i in at.info)
 
 
@@ -171,9 +171,9 @@ def test_unseen_hospital_is_labelled() -> None:
     })
     run = start_job(cfg, preset="demo")
     deadline = time.monotonic() + 120
-    while run.status()["state"] in ACTIVE and time.monotonic() < deadline:
+    while run.status().state in ACTIVE and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert run.status()["state"] == "done", run.status()
+    assert run.status().state == "done", run.status()
 
     at = _federation(run.run_id)
     hospitals = at.dataframe[0].value["Hospital"].tolist()

@@ -160,7 +160,7 @@ def test_saving_builds_a_loadable_cohort_and_refuses_overwrites(runs_dir: Path) 
                         if r["name"] == "uploaded-cohort"))
     try:
         cfg = run.config()
-        assert run.status()["state"] in ACTIVE
+        assert run.status().state in ACTIVE
     finally:
         cancel_job(run, grace_s=0)
     assert (cfg.data.source, cfg.data.path, cfg.data.centers) == ("nifti", str(folder), 1)

@@ -226,7 +226,7 @@ def test_defense_rerun_starts_a_defended_job(runs_dir: Path) -> None:
                 cfg.defenses.dp.clip_norm) == (True, 4.0, 0.05)
         assert cfg.defenses.prune_fraction == 0.9
         assert cfg.federation.batch_size == 1
-        assert job.status()["state"] in ACTIVE
+        assert job.status().state in ACTIVE
         assert at.get("progress")
         # One job runs at a time; the buttons stay usable and say the next one queues.
         for key in ("rerun_defended", "start_inversion-easy"):
@@ -236,12 +236,12 @@ def test_defense_rerun_starts_a_defended_job(runs_dir: Path) -> None:
         assert not at.exception, at.exception
         second = open_run(at.query_params["inv_run"])
         assert second.run_id != job.run_id
-        assert second.status()["state"] == "queued"  # behind the defended run
+        assert second.status().state == "queued"  # behind the defended run
     finally:
         cancel_job(job, grace_s=0)
-    assert job.status()["state"] == "cancelled"
+    assert job.status().state == "cancelled"
     cancel_job(second, grace_s=0)
-    assert second.status()["state"] == "cancelled"
+    assert second.status().state == "cancelled"
 
 
 def test_defense_rerun_reuses_an_identical_finished_run(runs_dir: Path, tiny: Path,

@@ -349,12 +349,12 @@ def test_run_queues_one_rule_after_the_other(runs_dir: Path) -> None:
         cells = {config_hash(build_config("poison-base", sets=c))
                  for c in sweep_catalogue.SWEEPS["poison-paper"]["cells"]}
         assert config_hash(cfg) in cells
-        assert first.status()["state"] in ACTIVE
+        assert first.status().state in ACTIVE
         assert at.get("progress")
         # The next rule waits in the engine's queue behind the first: the same attack.
         assert second.config().federation.aggregator == "fedmedian"
         assert second.config().attacks.poisoning == poison
-        assert second.status()["state"] == "queued"
+        assert second.status().state == "queued"
         assert [(Path(j.folder), j.state) for j in queue.jobs(runs_dir)] == [
             (first.path, "running"), (second.path, "waiting")]
         assert any("Queued the attack under FedProx, FedMedian: the runs go one after the "
@@ -375,7 +375,7 @@ def test_run_queues_one_rule_after_the_other(runs_dir: Path) -> None:
         assert at.query_params["poi_run"] in [r.run_id for r in more]
         assert sorted(r.config().federation.aggregator for r in more) == ["fedmedian",
                                                                            "fedprox"]
-        assert [r.status()["state"] for r in more] == ["queued", "queued"]
+        assert [r.status().state for r in more] == ["queued", "queued"]
         waiting = {Path(j.folder) for j in queue.jobs(runs_dir) if j.state == "waiting"}
         assert {sweep, *(r.path for r in more)} <= waiting
     finally:
@@ -387,7 +387,7 @@ def test_run_queues_one_rule_after_the_other(runs_dir: Path) -> None:
         _stop(second)
         _stop(first)
     assert json.loads((sweep / "sweep.json").read_text())["state"] == "cancelled"
-    assert [r.status()["state"] for r in more] == ["cancelled", "cancelled"]
+    assert [r.status().state for r in more] == ["cancelled", "cancelled"]
     at.run()  # stopped: nothing more starts, and nothing is queued behind any more
     assert not at.exception, at.exception
     assert queue.jobs(runs_dir) == []
@@ -470,10 +470,10 @@ def test_study_button_starts_and_stops_the_sweep(runs_dir: Path) -> None:
             (folder, "running"), (model, "waiting"), *((r.path, "waiting") for r in queued)]
         assert queued[0].run_id == at.query_params["poi_run"]
         assert [r.config().federation.aggregator for r in queued] == ["fedavg", "fedmedian"]
-        assert [r.status()["state"] for r in queued] == ["queued", "queued"]
+        assert [r.status().state for r in queued] == ["queued", "queued"]
         for run in queued:
             cancel_job(run, grace_s=0)
-            assert run.status()["state"] == "cancelled"
+            assert run.status().state == "cancelled"
         cancel_sweep(model, grace_s=0)
         assert json.loads((model / "sweep.json").read_text())["state"] == "cancelled"
 

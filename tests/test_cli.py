@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engine.core.run_folder import RunFolder
+from engine.core.run_folder import RunFolder, RunStatus
 from engine.federation.server_view import ServerView
 from engine.orchestration.jobs import cancel_job, start_job
 from engine.orchestration.presets import build_config
@@ -29,7 +29,7 @@ def test_run_smoke_writes_complete_run_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = RunFolder(__import__("pathlib").Path(proc.stdout.strip().splitlines()[-1]))
     assert "round   2/2" in proc.stderr
-    assert run.status()["state"] == "done"
+    assert run.status().state == "done"
     assert (run.path / "config.yaml").exists() and (run.path / "checkpoints/final.pt").exists()
     metrics = run.metrics()
     assert [m["round"] for m in metrics] == [0, 1, 2]
@@ -102,11 +102,11 @@ def test_presets_and_help():
     assert "--set KEY.PATH=VALUE" in fedsct("run", "--help").stdout
 
 
-def wait_for(run: RunFolder, states: tuple[str, ...], timeout: float = 180.0) -> dict:
+def wait_for(run: RunFolder, states: tuple[str, ...], timeout: float = 180.0) -> RunStatus:
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = run.status()
-        if status["state"] in states:
+        if status.state in states:
             return status
         time.sleep(0.3)
     raise AssertionError(f"run stayed {run.status()} for {timeout} s")
@@ -115,7 +115,7 @@ def wait_for(run: RunFolder, states: tuple[str, ...], timeout: float = 180.0) ->
 def test_background_job_completes_and_is_indexed(runs_dir):
     run = start_job(build_config("smoke", sets=["federation.rounds=1"]), preset="smoke")
     status = wait_for(run, ("done", "failed"))
-    assert status["state"] == "done", (run.path / "log.txt").read_text()
+    assert status.state == "done", (run.path / "log.txt").read_text()
     rows = RunIndex().list()
     assert rows[0]["run_id"] == run.run_id and rows[0]["final_mae_hu"] > 0
     assert open_run(run.run_id).summary() is not None
@@ -131,7 +131,7 @@ def test_cancel_stops_a_running_job(runs_dir):
         time.sleep(0.3)
     assert len(run.metrics()) >= 2, (run.path / "log.txt").read_text()
     cancel_job(run)
-    assert run.status()["state"] == "cancelled"
+    assert run.status().state == "cancelled"
     assert run.summary() is None
     assert len(run.metrics()) < 200
 
@@ -139,9 +139,9 @@ def test_cancel_stops_a_running_job(runs_dir):
 def test_dead_process_is_reported_not_left_running(runs_dir):
     run = start_job(build_config("demo", sets=["federation.rounds=200"]))
     wait_for(run, ("running",))
-    os.killpg(run.status()["pid"], signal.SIGKILL)
+    os.killpg(run.status().pid, signal.SIGKILL)
     status = wait_for(run, ("interrupted",), timeout=20)
-    assert "ended without finishing" in status["error"] and "can be resumed" in status["error"]
+    assert "ended without finishing" in status.error and "can be resumed" in status.error
 
 
 def test_open_run_rejects_unknown_and_path_like_ids(runs_dir):

@@ -168,7 +168,7 @@ def test_killed_supernode_fails_the_run_with_a_clear_message(tmp_path):
     # Killed as soon as the untrained model is measured: round 1 already lacks the center.
     run, summary = _deploy_with_fault(tmp_path, kill_after_round=0)
     assert summary is None
-    error = run.status()["error"]
+    error = run.status().error
     assert "centers replied (missing center-1)" in error and "min_centers = 3" in error
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.core.run_folder import RunStatus
 from engine.orchestration import queue
 
 
@@ -97,7 +98,7 @@ def test_a_page_calls_its_own_job_yours_and_a_launched_run_starting(
         assert queued_behind() == "mine and 1 more"
         assert queued_behind(Path(mine.folder)) == "your run and 1 more"
         # Launched by the queue, not yet marked running by its process: starting, not waiting.
-        queued = {"state": "queued"}
+        queued = RunStatus(state="queued")
         assert progress_text(queued, [], 5, started=True)[1] == "Starting…"
         assert progress_text(queued, [], 5)[1] == "Waiting for its turn in the job queue…"
     finally:

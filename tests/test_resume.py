@@ -91,16 +91,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     killed_at = _rounds_written(run_path)
     run = RunFolder(run_path)
     status = run.status()
-    assert status["state"] == "interrupted", (kill_after, status)
+    assert status.state == "interrupted", (kill_after, status)
     assert not (run_path / "summary.json").exists()
 
-    assert status["threads"] == 1
+    assert status.threads == 1
     # Resumed where another default applies: the run goes on with the count it started on.
     resumed = _fedsct(root, "--resume", run.run_id, env=ENV | {"OMP_NUM_THREADS": "2"})
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, (kill_after, killed_at, err)
     assert Path(out.strip()) == run_path
-    assert run.status()["state"] == "done"
+    assert run.status().state == "done"
     assert "resuming after round" in (run_path / "log.txt").read_text() or killed_at < 2
     got = _results(run_path)
     # Identical, not close: the rounds after the checkpoint are recomputed exactly.
@@ -112,9 +112,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
 
 def _wait(run: RunFolder) -> str:
     deadline = time.monotonic() + 300
-    while run.status()["state"] in ACTIVE and time.monotonic() < deadline:
+    while run.status().state in ACTIVE and time.monotonic() < deadline:
         time.sleep(0.2)
-    return run.status()["state"]
+    return run.status().state
 
 
 def test_a_stopped_run_resumes_from_the_dashboard_queue(runs_dir: Path) -> None:
@@ -151,12 +151,12 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path: Path, case: str,
     root = tmp_path / "runs"
     run = create_run(build_config("smoke", sets=sets), root)
     run.set_status("failed" if case == "flower" else "done", error=None)
-    state = run.status()["state"]
+    state = run.status().state
     assert cli_main(["run", "--out", str(root), "--resume", run.run_id, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("fedsct: can't resume") or case == "with a preset"
     assert message in err, err
-    assert run.status()["state"] == state  # untouched
+    assert run.status().state == state  # untouched
 
 
 def test_resume_of_an_unknown_run_names_it(tmp_path: Path,
@@ -180,7 +180,7 @@ def _interrupted_after_two_rounds(root: Path) -> RunFolder:
             run.request_cancel()
 
     execute(run, on_round=stop_after_two)
-    assert run.status()["state"] == "cancelled" and max(done) == 2, run.status()
+    assert run.status().state == "cancelled" and max(done) == 2, run.status()
     return run
 
 
@@ -244,8 +244,8 @@ def test_stop_reaches_the_attack_at_its_next_iteration(tmp_path: Path) -> None:
     def stop_during_the_attack() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            progress = run.status().get("progress") or {}
-            if progress.get("phase") == "gradient inversion" and progress.get("done"):
+            progress = run.status().progress
+            if progress and progress.phase == "gradient inversion" and progress.done:
                 stopped_at.append(time.monotonic())
                 run.request_cancel()
                 return
@@ -258,6 +258,6 @@ def test_stop_reaches_the_attack_at_its_next_iteration(tmp_path: Path) -> None:
     watcher.join()
     status = run.status()
     assert stopped_at and ended - stopped_at[0] < 10, "the attack ran on after Stop"
-    assert status["state"] == "cancelled", status
-    assert status["error"].startswith("stopped by you during gradient inversion (iteration")
+    assert status.state == "cancelled", status
+    assert status.error.startswith("stopped by you during gradient inversion (iteration")
     assert "stopped by you during gradient inversion" in (run.path / "log.txt").read_text()

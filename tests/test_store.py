@@ -20,7 +20,14 @@ import pytest
 
 from engine.core import run_folder
 from engine.core.config import ConfigError
-from engine.core.run_folder import JOB_PID_FILE, RunFolder, process_start, write_json_atomic
+from engine.core.run_folder import (
+    JOB_PID_FILE,
+    Progress,
+    RunFolder,
+    RunStatus,
+    process_start,
+    write_json_atomic,
+)
 from engine.orchestration.cli import main as cli_main
 from engine.orchestration.jobs import cancel_job
 from engine.orchestration.presets import build_config
@@ -46,6 +53,8 @@ DAMAGE = {
     "status.json is not JSON": ("status.json", b"{\"state\": \"do"),
     "pid is a string": ("status.json", b"{\"state\": \"running\", \"pid\": \"12\"}"),
     "state unknown": ("status.json", b"{\"state\": \"exploded\"}"),
+    "fields of other types": ("status.json", b"{\"state\": \"done\", \"created\": \"x\", "
+                              b"\"preset\": 3, \"progress\": [1], \"error\": {}}"),
     "config.yaml is not UTF-8": ("config.yaml", b"name: \xff\xfe\xfa\n"),
     "config.yaml is a list": ("config.yaml", b"- 1\n- 2\n"),
     "metrics.jsonl is garbage": ("metrics.jsonl", b"\x00\xff{not json\n[]\n"),
@@ -66,6 +75,22 @@ def test_a_damaged_run_file_never_breaks_a_listing(tmp_path: Path, case: str,
     assert broken.run_id in capsys.readouterr().out
     assert cli_main(["runs", "--out", str(tmp_path), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_a_status_field_of_another_type_reads_as_absent() -> None:
+    """status.json is typed on read: each field of the wrong type is None, never a crash in
+    a page (a damaged file shows what can be read)."""
+    status = RunStatus.parse({"state": "running", "phase": "gradient inversion", "pid": True,
+                              "threads": 2.0, "created": "yesterday", "progress": {
+                                  "phase": "gradient inversion", "done": "3", "total": 50,
+                                  "unit": "iteration", "eta_s": 12}})
+    assert (status.pid, status.threads, status.created) == (None, 2, None)
+    assert status.active and status.step_progress == Progress(
+        "gradient inversion", 0, 50, "iteration", "", 12.0)
+    # An earlier phase's progress is not the current step's.
+    assert RunStatus.parse({"state": "running", "phase": "training",
+                            "progress": {"phase": "data", "total": 3}}).step_progress is None
+    assert Progress.parse({"phase": "data", "total": 0}) is None
 
 
 @pytest.mark.parametrize("damage", ["garbage", "damaged page", "extra column",
@@ -128,7 +153,7 @@ def test_a_reused_pid_is_not_trusted_or_signalled(tmp_path: Path) -> None:
         # As if the run's own process had had this pid, but started at another time.
         run.set_status("running", pid=sleeper.pid, pid_start=start - 1)
         status = run.status()
-        assert status["state"] == "interrupted" and "resumed" in status["error"]
+        assert status.state == "interrupted" and "resumed" in status.error
         assert json.loads((run.path / "status.json").read_text())["state"] == "interrupted"
         assert {r["run_id"]: r["state"] for r in RunIndex(tmp_path).list()} == {
             run.run_id: "interrupted"}
@@ -139,7 +164,7 @@ def test_a_reused_pid_is_not_trusted_or_signalled(tmp_path: Path) -> None:
         cancel_job(other, grace_s=0.5)
         time.sleep(0.3)
         assert sleeper.poll() is None, "an unrelated process was signalled"
-        assert other.status()["state"] in ("interrupted", "cancelled")
+        assert other.status().state in ("interrupted", "cancelled")
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -155,7 +180,7 @@ def test_a_pid_without_its_start_time_is_never_signalled(tmp_path: Path) -> None
         cancel_job(run, grace_s=0.5)
         time.sleep(0.3)
         assert sleeper.poll() is None, "a process whose identity was not confirmed was signalled"
-        assert run.status()["state"] == "cancelled" and run.cancel_requested()
+        assert run.status().state == "cancelled" and run.cancel_requested()
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -173,7 +198,7 @@ def test_a_run_that_finishes_while_its_status_is_read_stays_done(tmp_path: Path,
         return False
 
     monkeypatch.setattr(run_folder, "pid_alive", finishes_then_gone)
-    assert run.status()["state"] == "done"
+    assert run.status().state == "done"
     assert json.loads((run.path / "status.json").read_text())["state"] == "done"
 
 
@@ -182,10 +207,10 @@ def test_the_recorded_process_is_still_recognised(tmp_path: Path) -> None:
     try:
         run = create_run(build_config("smoke"), tmp_path)
         run.set_status("running", pid=sleeper.pid, pid_start=process_start(sleeper.pid))
-        assert run.status()["state"] == "running"
+        assert run.status().state == "running"
         os.kill(sleeper.pid, signal.SIGKILL)
         sleeper.wait()
-        assert run.status()["state"] == "interrupted"
+        assert run.status().state == "interrupted"
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -231,7 +256,7 @@ def test_a_running_status_without_a_process_is_interrupted(tmp_path: Path) -> No
     run = create_run(build_config("smoke"), tmp_path)
     run.set_status("running", phase="training")  # no pid: damaged
     status = run.status()
-    assert status["state"] == "interrupted" and "names no process" in status["error"]
+    assert status.state == "interrupted" and "names no process" in status.error
     assert json.loads((run.path / "status.json").read_text())["state"] == "interrupted"
 
 
@@ -257,7 +282,7 @@ def test_a_queued_run_that_lost_its_queue_entry_can_be_resumed_or_deleted(
         monkeypatch.setattr(store, "QUEUE_LOST_AFTER_S", 0.0)
         states = {r["name"]: r["state"] for r in RunIndex(tmp_path).list()}
         assert states == {"lost": "interrupted", "waiting": "queued"}
-        assert "place in the job queue was lost" in lost.status()["error"]
+        assert "place in the job queue was lost" in lost.status().error
     finally:
         for job in queue.jobs(tmp_path):
             if job.pid:
@@ -304,9 +329,9 @@ def test_a_full_disk_ends_the_run_as_failed_in_one_line(full_disk: Path) -> None
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
     (run,) = [RunFolder(p) for p in root.iterdir() if p.is_dir()]
     status = run.status()
-    assert status["state"] == "failed", status
-    assert status["error"].startswith(f"the disk holding {root} is full")
-    assert "fedsct run --resume" in status["error"]
+    assert status.state == "failed", status
+    assert status.error.startswith(f"the disk holding {root} is full")
+    assert "fedsct run --resume" in status.error
     # Listings keep working on the full disk.
     assert [r["state"] for r in RunIndex(root).list()] == ["failed"]
     listed = subprocess.run([sys.executable, "-m", "engine", "runs", "--out", str(root)],
@@ -360,7 +385,7 @@ def test_a_summary_that_would_not_read_fails_its_run_instead_of_being_written(
     run = create_run(build_config("smoke", sets=["federation.rounds=1"]), tmp_path)
     assert experiment.execute(run) is None
     status = run.status()
-    assert status["state"] == "failed"
-    assert status["error"].startswith("SummaryError: the summary this run built: "
+    assert status.state == "failed"
+    assert status.error.startswith("SummaryError: the summary this run built: "
                                       "poisoning.cells: ")
     assert not (run.path / "summary.json").exists()

@@ -79,6 +79,21 @@ def test_unknown_sweep_and_bad_cell_fail_before_running(runs_dir, monkeypatch):
     assert RunIndex().list() == []
 
 
+def test_sweep_progress_is_typed_and_never_points_outside_the_runs_root(tmp_path):
+    assert sweeps.read_sweep_progress(tmp_path) is None  # never started
+    (tmp_path / "sweep.json").write_text(json.dumps({
+        "state": "running", "cells_done": 1, "current_run": "../../etc",
+        "cells": [{"label": "clean", "run_id": "20261207-a"}, {"label": 3, "run_id": "/x"},
+                  "junk"]}))
+    progress = sweeps.read_sweep_progress(tmp_path)
+    assert progress == sweeps.SweepProgress("running", 1, ("clean", None, None),
+                                            ("20261207-a", None, None), None)
+    for damaged in ('{"state": "running"}', '{"cells_done": "two"}', "[1]", '{"cells_do'):
+        (tmp_path / "sweep.json").write_text(damaged)
+        with pytest.raises(ValueError, match="sweep.json is damaged"):
+            sweeps.read_sweep_progress(tmp_path)
+
+
 @pytest.mark.parametrize("name", list(sweep_catalogue.SWEEPS))
 def test_every_sweep_cell_is_a_valid_config(name):
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine.core.environment import numeric_environment
-from engine.core.run_folder import ACTIVE, write_json_atomic
+from engine.core.run_folder import write_json_atomic
 from engine.orchestration.jobs import start_job
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run, find_finished_run
@@ -130,16 +130,16 @@ def test_same_threads_same_figures_alone_and_beside_a_busy_process(tmp_path: Pat
 
 def _wait(run) -> str:
     deadline = time.monotonic() + 300
-    while run.status().get("state") in ACTIVE and time.monotonic() < deadline:
+    while run.status().active and time.monotonic() < deadline:
         time.sleep(0.2)
-    return run.status()["state"]
+    return run.status().state
 
 
 def test_a_queued_job_runs_on_the_configured_count(runs_dir: Path, clean_env) -> None:
     clean_env.setenv("FEDSCT_THREADS", "1")
     run = start_job(build_config("smoke", sets=["federation.rounds=1"]), preset="smoke")
     assert _wait(run) == "done", (run.path / "log.txt").read_text()
-    assert run.status()["threads"] == 1
+    assert run.status().threads == 1
     assert run.summary()["environment"]["threads"] == 1
     assert "torch threads 1, fixed for the whole run" in (run.path / "log.txt").read_text()
 

@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 from engine.analyses.results import RunSummary
 from engine.clients.dp import epsilon_text, planned_epsilon
 from engine.core.config import ExperimentConfig
+from engine.core.run_folder import RunStatus
 
 
 @dataclass
@@ -141,25 +142,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def progress_text(status: dict[str, Any], records: list[dict[str, Any]],
+def progress_text(status: RunStatus, records: list[dict[str, Any]],
                   total_rounds: int, started: bool = False) -> tuple[float, str]:
     """(share done of the current phase, the line under the bar) of a run's status: the
     phase, how far it is (round, hospital and iteration of an attack) and the time left at
     the speed measured so far. ``started``: the queue has launched the run's process, which
     has not marked the run running yet."""
-    if status.get("state") == "queued":
+    if status.state == "queued":
         return 0.0, "Starting…" if started else "Waiting for its turn in the job queue…"
-    phase = str(status.get("phase") or "")
-    text = PHASE_TEXT.get(phase, "Working…")
-    progress = status.get("progress") if isinstance(status.get("progress"), dict) else None
-    if progress and progress.get("phase") == phase and progress.get("total"):
-        done, total = int(progress.get("done") or 0), int(progress["total"])
-        detail = str(progress.get("detail") or "")
-        text += f" {str(progress.get('unit') or 'step').capitalize()} {done:,} of {total:,}"
-        text += f" ({detail})." if detail else "."
-        if progress.get("eta_s") is not None and done < total:
-            text += f" About {_duration(float(progress['eta_s']))} left in this step."
-        return min(done / total, 1.0), text
+    text = PHASE_TEXT.get(status.phase or "", "Working…")
+    if (step := status.step_progress) is not None:
+        text += f" {step.unit.capitalize()} {step.done:,} of {step.total:,}"
+        text += f" ({step.detail})." if step.detail else "."
+        if step.eta_s is not None and step.done < step.total:
+            text += f" About {_duration(step.eta_s)} left in this step."
+        return min(step.done / step.total, 1.0), text
     done = records[-1]["round"] if records else 0
     return min(done / max(total_rounds, 1), 1.0), f"{text} Round {done} of {total_rounds}."
 

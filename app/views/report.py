@@ -43,7 +43,7 @@ from engine.analyses.results import (
     WhatifSummary,
     read_summary,
 )
-from engine.core.run_folder import RunFolder
+from engine.core.run_folder import RunFolder, RunStatus
 from engine.orchestration.presets import preset_title
 
 # plotly.js names its map-data server as a default setting; the report draws no maps, so the
@@ -79,7 +79,7 @@ class RunFiles:
     path: Path
     summary: RunSummary | None = None
     config: dict[str, Any] | None = None
-    status: dict[str, Any] = field(default_factory=dict)
+    status: RunStatus = RunStatus(state="unknown")
     metrics: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -105,8 +105,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
         run.problems.append("`summary.json` is damaged: no results to report")
     if run.summary is None and "summary.json" not in " ".join(run.problems):
         run.problems.append("`summary.json` is missing: no results to report")
-    status, _ = _json(run.path / "status.json")
-    run.status = status if isinstance(status, dict) else {}
+    run.status = RunFolder(run.path).recorded_status()
     try:
         cfg = yaml.safe_load((run.path / "config.yaml").read_text())
         run.config = cfg if isinstance(cfg, dict) else None
@@ -200,12 +199,12 @@ def _settings(run: RunFiles) -> str:
     s = run.summary or RunSummary()
     timing, versions = s.timing, s.versions
     rows = [("Run id", run.run_id), ("Name", cfg.get("name") or "run"),
-            ("Preset", run.status.get("preset") or "custom / not recorded"),
+            ("Preset", run.status.preset or "custom / not recorded"),
             ("Seed", cfg.get("seed", "–")),
             # The seed alone does not fix the figures: threads and kernels round differently.
             ("Computed with", computed_with(run.summary)), ("Device", s.device or "–"),
             ("Runtime", (cfg.get("federation") or {}).get("runtime", "inprocess")),
-            ("State", run.status.get("state", "–"))]
+            ("State", run.status.state)]
     rows += [(f"Time: {k.removesuffix('_s')}", f"{v:.1f} s") for k, v in timing.items()
              if isinstance(v, int | float)]
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
@@ -267,7 +266,7 @@ def _membership(run: RunFiles, mia: MiaSummary, figure: _Figures) -> str:
     attack = mia.attack
     if isinstance(roc, dict) and isinstance(roc.get(attack), dict):
         panels = list(roc[attack])
-        entry = membership_ui.MiaRun(RunFolder(run.path), float(run.status.get("created") or 0.0),
+        entry = membership_ui.MiaRun(RunFolder(run.path), run.status.created or 0.0,
                               "done", run.config or {}, run.summary)
         try:
             out.append("<h3>ROC curves</h3>" + figure(

@@ -30,7 +30,7 @@ from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
 from engine.orchestration.store import RunIndex
 from engine.orchestration.study_catalogue import STUDY_MINUTES
 from engine.orchestration.sweep_catalogue import sweep_spec
-from engine.orchestration.sweeps import sweep_folder
+from engine.orchestration.sweeps import SweepProgress, read_sweep_progress, sweep_folder
 
 
 @functools.lru_cache(maxsize=256)
@@ -233,6 +233,7 @@ class Sweep:
     current: str | None = None
     rows: list[SweepRow] | None = None
     damaged: list[Path] = field(default_factory=list)
+    progress: SweepProgress | None = None  # sweep.json as read
 
     @property
     def active(self) -> bool:
@@ -260,26 +261,21 @@ def read_sweep_folder(folder: Path, name: str | None = None, total: int = 0) -> 
     """The state of the sweep in ``folder`` (``name`` defaults to the folder's name without
     its hash; ``total`` is the cell count until ``sweep.json`` says otherwise)."""
     sweep = Sweep(name or folder.name.rsplit("-", 1)[0], folder, total=total)
-    spec_path, table_path = folder / "sweep.json", folder / "table.json"
-    if spec_path.exists():
-        spec = read_json(spec_path)
-        try:
-            cells_done = int(spec.get("cells_done") or 0) if isinstance(spec, dict) else None
-        except (TypeError, ValueError):
-            cells_done = None
-        if isinstance(spec, dict) and cells_done is not None:
-            sweep.state = str(spec.get("state") or "running")
-            sweep.cells_done = cells_done
-            cells = spec.get("cells")
-            if isinstance(cells, list) and cells:
-                sweep.total = len(cells)
-                if sweep.cells_done < len(cells) and isinstance(cells[sweep.cells_done], dict):
-                    sweep.current = cells[sweep.cells_done].get("label")
-            # A background sweep whose process ended without saying so was killed.
-            if sweep.active and sweep.process[0] and not pid_alive(*sweep.process):
-                sweep.state = "ended"
-        else:
-            sweep.damaged.append(spec_path)
+    table_path = folder / "table.json"
+    try:
+        sweep.progress = progress = read_sweep_progress(folder)
+    except ValueError:
+        sweep.damaged.append(folder / "sweep.json")
+        progress = None
+    if progress is not None:
+        sweep.state, sweep.cells_done = progress.state, progress.cells_done
+        if progress.labels:
+            sweep.total = len(progress.labels)
+            if sweep.cells_done < sweep.total:
+                sweep.current = progress.labels[sweep.cells_done]
+        # A background sweep whose process ended without saying so was killed.
+        if sweep.active and sweep.process[0] and not pid_alive(*sweep.process):
+            sweep.state = "ended"
     if table_path.exists():
         try:
             sweep.rows = parse_sweep_rows(read_json(table_path), str(table_path))

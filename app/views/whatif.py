@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from app.views.common import PHASE_TEXT, Verdict, upscale
 from app.views.inversion import NULL_WORDS, client_leak, leak_level, load_npz
-from app.views.results import Sweep, read_json, read_sweep
+from app.views.results import Sweep, read_sweep
 from engine.analyses.results import (
     RunSummary,
     SummaryError,
@@ -71,12 +71,10 @@ class WhatifCell:
 
 def finished_cells(sweep: Sweep) -> list[WhatifCell | None]:
     """Both sides of a what-if study, None where that experiment has not finished."""
-    spec = read_json(sweep.folder / "sweep.json")
-    cells = spec.get("cells") if isinstance(spec, dict) else None
+    run_ids = sweep.progress.run_ids if sweep.progress else ()
     out: list[WhatifCell | None] = []
     for k, title in enumerate(CELL_TITLES):
-        cell = cells[k] if isinstance(cells, list) and k < len(cells) else None
-        run_id = cell.get("run_id") if isinstance(cell, dict) else None
+        run_id = run_ids[k] if k < len(run_ids) else None
         run = RunFolder(sweep.folder.parent.parent / str(run_id))
         try:
             summary = read_summary(run.path / "summary.json") if run_id else None
@@ -194,13 +192,11 @@ def patient_pairs(run: RunFolder, whatif: WhatifSummary,
 
 def whatif_progress_text(sweep: Sweep) -> str:
     """The progress line of a running what-if study."""
-    spec = read_json(sweep.folder / "sweep.json")
-    current = spec.get("current_run") if isinstance(spec, dict) else None
+    current = sweep.progress.current_run if sweep.progress else None
     phase = ""
     if current and sweep.state == "running":
-        status = read_json(sweep.folder.parent.parent / current / "status.json")
-        if isinstance(status, dict):
-            phase = " " + PHASE_TEXT.get(str(status.get("phase")), "")
+        status = RunFolder(sweep.folder.parent.parent / current).recorded_status()
+        phase = " " + PHASE_TEXT.get(status.phase or "", "")
     part = CELL_TITLES[min(sweep.cells_done, len(CELL_TITLES) - 1)].lower()
     return ("Waiting for its turn in the job queue…" if sweep.state == "queued" else
             f"Experiment {sweep.cells_done + 1} of {sweep.total} ({part}).{phase}")

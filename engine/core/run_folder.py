@@ -119,6 +119,88 @@ def read_job_pid(folder: Path) -> tuple[int | None, int | None]:
         return None, None
 
 
+def number_or_none(value: Any, kind: type = float) -> Any:
+    """``value`` as ``kind`` when it is a plain number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return kind(value)
+
+
+def text_or_none(value: Any) -> str | None:
+    """``value`` when it is a string, else None."""
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the current step of a run is: ``done`` of ``total`` ``unit``s (rounds,
+    iterations, canaries), what it is working on (``detail``) and the seconds left at the
+    step's speed so far (``eta_s``, None before the first unit)."""
+
+    phase: str
+    done: int
+    total: int
+    unit: str = "step"
+    detail: str = ""
+    eta_s: float | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> Progress | None:
+        """The progress block of ``status.json``; None when absent or not a progress."""
+        if not isinstance(raw, dict) or text_or_none(raw.get("phase")) is None:
+            return None
+        total = number_or_none(raw.get("total"), int)
+        if not total or total < 1:
+            return None
+        return cls(phase=raw["phase"], done=number_or_none(raw.get("done"), int) or 0,
+                   total=total, unit=text_or_none(raw.get("unit")) or "step",
+                   detail=text_or_none(raw.get("detail")) or "",
+                   eta_s=number_or_none(raw.get("eta_s")))
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run's ``status.json``, typed. Written by the run's own process (and the queue); a
+    field of the wrong type reads as absent, so a damaged field cannot break a listing.
+
+    Times are seconds since the epoch; ``pid``/``pid_start`` identify the run's process
+    (:func:`pid_alive`); ``threads`` is the torch thread count the run started with (a
+    resume uses it again); ``config_hash`` the hash of the config it was created with."""
+
+    state: str
+    phase: str | None = None
+    error: str | None = None
+    preset: str | None = None
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    updated: float | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    threads: int | None = None
+    config_hash: str | None = None
+    progress: Progress | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def step_progress(self) -> Progress | None:
+        """The progress of the current phase (an earlier phase's is stale)."""
+        return self.progress if self.progress and self.progress.phase == self.phase else None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> RunStatus:
+        """``raw`` (a dict whose ``state`` is one of :data:`STATES`) as a RunStatus."""
+        texts = {k: text_or_none(raw.get(k)) for k in ("phase", "error", "preset", "config_hash")}
+        times = {k: number_or_none(raw.get(k)) for k in ("created", "started", "finished",
+                                                            "updated")}
+        counts = {k: number_or_none(raw.get(k), int) for k in ("pid", "pid_start", "threads")}
+        return cls(state=raw["state"], **texts, **times, **counts,
+                   progress=Progress.parse(raw.get("progress")))
+
+
 @dataclass
 class RunFolder:
     """One run's folder; every write is atomic or append-only."""
@@ -147,10 +229,13 @@ class RunFolder:
         return validate_config(data)
 
     # -- status -----------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RunStatus:
         """Current status. An active run whose process is gone (killed, out of memory, the
         machine restarted, or its pid now belongs to another process) becomes
         ``interrupted`` on disk, so that it can be resumed and is never shown as running."""
+        return RunStatus.parse(self._live_status())
+
+    def _live_status(self) -> dict[str, Any]:
         status = self._stored_status()
         pid, start = status.get("pid"), status.get("pid_start")
         if not isinstance(pid, int) or isinstance(pid, bool):
@@ -168,13 +253,18 @@ class RunFolder:
             # The process may have written its final state between the read above and the
             # check; it is gone now, so what the file holds at this point is final.
             if self._stored_status()["state"] not in ACTIVE:
-                return self.status()
+                return self._live_status()
             status = status | {"state": INTERRUPTED, "finished": time.time(),
                                "error": "the run's process ended without finishing (killed, "
                                         "out of memory or a restart); it can be resumed "
                                         "from its last checkpoint"}
             self._keep(status)
         return status
+
+    def recorded_status(self) -> RunStatus:
+        """``status.json`` as written, without checking the run's process (so without
+        writing): for reports and progress lines of another job's run."""
+        return RunStatus.parse(self._stored_status())
 
     def _keep(self, status: dict[str, Any]) -> None:
         """Record a status found while reading one; a listing on a full or read-only disk

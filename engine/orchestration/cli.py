@@ -257,7 +257,7 @@ def _finish(run: RunFolder, summary: dict | None, quiet: bool) -> int:
     not finish."""
     status = run.status()
     if summary is None:
-        print(f"fedsct: run {status['state']}: {status.get('error', '')} (see {run.path}/log.txt)",
+        print(f"fedsct: run {status.state}: {status.error or ''} (see {run.path}/log.txt)",
               file=sys.stderr)
         return 1
     if not quiet:

@@ -206,8 +206,8 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
     cfg = run.config()
     for stale in remove_stale_temporaries(run.path):
         run.log(f"removed {stale.name}, left by a process killed while writing it")
-    recorded = run.status().get("threads")
-    if resume and isinstance(recorded, int) and recorded >= 1:
+    recorded = run.status().threads
+    if resume and recorded is not None and recorded >= 1:
         use_threads(recorded)  # the figures of a resumed run are those it would have had
     threads = torch.get_num_threads()
     run.set_status("running", **process_identity(), started=time.time(), phase="data",

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from engine.core.config import ExperimentConfig
 from engine.core.run_folder import (
-    ACTIVE,
     JOB_PID_FILE,
     RunFolder,
     pid_alive,
@@ -32,7 +31,12 @@ from engine.orchestration.store import check_resumable, create_run, runs_root
 from engine.orchestration.study import run_study, study_folder
 from engine.orchestration.study_catalogue import study_cells
 from engine.orchestration.sweep_catalogue import sweep_spec
-from engine.orchestration.sweeps import CANCEL_FILE, run_sweep, sweep_folder
+from engine.orchestration.sweeps import (
+    CANCEL_FILE,
+    read_sweep_progress,
+    run_sweep,
+    sweep_folder,
+)
 from engine.orchestration.threads import default_threads, use_threads
 
 JOBS_MODULE = "engine.orchestration.jobs"
@@ -87,10 +91,10 @@ def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
     run.request_cancel()
     status = run.status()
     deadline = time.time() + grace_s
-    while time.time() < deadline and run.status().get("state") in ACTIVE:
+    while time.time() < deadline and run.status().active:
         time.sleep(0.2)
-    if run.status().get("state") in ACTIVE:
-        _terminate(status.get("pid"), status.get("pid_start"))
+    if run.status().active:
+        _terminate(status.pid, status.pid_start)
         run.set_status("cancelled", phase="cancelled", finished=time.time())
 
 
@@ -148,12 +152,13 @@ def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
     deadline = time.time() + grace_s
     while time.time() < deadline:
         try:
-            current = json.loads((folder / "sweep.json").read_text()).get("current_run")
-        except (OSError, ValueError):
-            current = None
+            progress = read_sweep_progress(folder)
+        except ValueError:  # damaged: its process is still stopped below
+            progress = None
+        current = progress.current_run if progress else None
         if current:
             run = RunFolder(folder.parent.parent / current)
-            if run.path.is_dir() and run.status().get("state") in ACTIVE:
+            if run.path.is_dir() and run.status().active:
                 run.request_cancel()
         if not pid_alive(pid, start):
             return
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         run = RunFolder(Path(args[0]))
         run.log(f"torch threads {threads}, fixed for the whole run")
         done = execute(run, resume="--resume" in args[1:])
-        return 0 if done is not None or run.status()["state"] == "cancelled" else 1
+        return 0 if done is not None or run.status().state == "cancelled" else 1
     finally:
         queue.finished()
 

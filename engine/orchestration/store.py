@@ -23,7 +23,13 @@ import yaml
 
 from engine.core.config import ExperimentConfig, config_hash
 from engine.core.environment import numeric_environment, same_numbers
-from engine.core.run_folder import ACTIVE, RunFolder, write_json_atomic
+from engine.core.run_folder import (
+    ACTIVE,
+    RunFolder,
+    number_or_none,
+    text_or_none,
+    write_json_atomic,
+)
 from engine.orchestration import queue
 from engine.orchestration.threads import default_threads
 
@@ -71,16 +77,16 @@ def check_resumable(run: RunFolder) -> None:
     run's own: ``status.json`` readable, ``config.yaml`` the config the run started with (its
     recorded hash), the checkpoint a round the run has recorded, of the model's shapes."""
     status = run.status()
-    state = status.get("state")
+    state = status.state
     if state not in RESUMABLE:
         raise ValueError(f"run {run.run_id} is {state}; only an interrupted, failed or "
                          "cancelled run can be resumed")
     start_again = "start the experiment again as a new run instead"
-    if "created" not in status:  # the failed status of a damaged or missing file
-        raise ValueError(f"run {run.run_id}: {status.get('error')}, so what the run did "
+    if status.created is None:  # the failed status of a damaged or missing file
+        raise ValueError(f"run {run.run_id}: {status.error}, so what the run did "
                          f"cannot be trusted; {start_again}")
     cfg = run.config()
-    if status.get("config_hash") not in (None, config_hash(cfg)):
+    if status.config_hash not in (None, config_hash(cfg)):
         raise ValueError(f"run {run.run_id}: config.yaml is not the config the run started "
                          f"with (damaged or edited); {start_again}")
     if cfg.federation.runtime != "inprocess":
@@ -119,9 +125,8 @@ def lost_in_queue(run: RunFolder, in_queue: set[Path]) -> bool:
     queue (a damaged or deleted entry is dropped by the queue): it would otherwise stay
     "queued" forever with no way to start, resume or delete it. Returns whether it did."""
     status = run.status()
-    if (status.get("state") != "queued" or status.get("pid") is not None
-            or run.path in in_queue
-            or time.time() - (status.get("created") or 0.0) < QUEUE_LOST_AFTER_S):
+    if (status.state != "queued" or status.pid is not None or run.path in in_queue
+            or time.time() - (status.created or 0.0) < QUEUE_LOST_AFTER_S):
         return False
     run.set_status("interrupted", finished=time.time(),
                    error="its place in the job queue was lost (the queue entry was damaged "
@@ -132,7 +137,7 @@ def lost_in_queue(run: RunFolder, in_queue: set[Path]) -> bool:
 def delete_run(run_id: str, root: str | Path | None = None) -> None:
     """Delete a finished run's folder and index row (active runs must be cancelled first)."""
     run = open_run(run_id, root)
-    if run.status().get("state") in ACTIVE:
+    if run.status().active:
         raise RuntimeError(f"run {run_id} is still active; cancel it before deleting")
     shutil.rmtree(run.path)
     RunIndex(run.root).remove(run_id)
@@ -140,17 +145,6 @@ def delete_run(run_id: str, root: str | Path | None = None) -> None:
 
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any, kind: type = float) -> Any:
-    """``value`` as ``kind`` when it is a plain number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return kind(value)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class RunIndex:
@@ -211,12 +205,12 @@ class RunIndex:
         summary = run.summary() or {}
         fed = _mapping(cfg.get("federation"))
         final = _mapping(_mapping(summary.get("federation")).get("final"))
-        return (run.run_id, _number(status.get("created")), _text(cfg.get("name")) or "",
-                _text(status.get("preset")), _text(status.get("state")),
-                _text(fed.get("aggregator")), _number(fed.get("rounds"), int),
+        return (run.run_id, status.created, text_or_none(cfg.get("name")) or "",
+                status.preset, status.state,
+                text_or_none(fed.get("aggregator")), number_or_none(fed.get("rounds"), int),
                 int(_mapping(cfg.get("defenses")).get("secure_aggregation") is True),
-                _number(final.get("mae_hu")), _number(_mapping(summary.get("timing"))
-                                                      .get("wall_s")), mtime)
+                number_or_none(final.get("mae_hu")),
+                number_or_none(_mapping(summary.get("timing")).get("wall_s")), mtime)
 
     def upsert(self, run: RunFolder) -> None:
         try:

@@ -28,7 +28,7 @@ from engine.core.run_folder import RunFolder
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
 from engine.orchestration.study_catalogue import study_cells
-from engine.orchestration.sweeps import run_cells
+from engine.orchestration.sweeps import read_sweep_progress, run_cells
 
 
 def study_folder(scale: str, root: str | Path | None = None) -> Path:
@@ -55,12 +55,12 @@ def run_study(scale: str, *, root: str | Path | None = None,
                        header={"name": f"study-{scale}", "base": "study", "scale": scale,
                                "description": f"The study's analyses at the {scale} scale"},
                        progress=progress, workers=workers)
-    state = json.loads((folder / "sweep.json").read_text())
-    if state.get("state") == "done":
+    state = read_sweep_progress(folder)
+    if state is not None and state.state == "done":
         base = runs_root(root)
         summaries = []
-        for part, cell, entry in zip(parts, cells, state["cells"], strict=True):
-            run = RunFolder(base / entry["run_id"])
+        for part, cell, run_id in zip(parts, cells, state.run_ids, strict=True):
+            run = RunFolder(base / str(run_id))
             summaries.append((part, cell.own, run.run_id, run.summary() or {}))
         write_study_report(folder, scale, summaries)
         progress(f"study report: {folder / 'report.html'}")

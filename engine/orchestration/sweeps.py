@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 
 from engine.analyses.results import RunSummary, SweepRow, read_summary
 from engine.core.config import ConfigError, ExperimentConfig
-from engine.core.run_folder import RunFolder, write_json_atomic
+from engine.core.run_folder import RunFolder, number_or_none, text_or_none, write_json_atomic
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run, find_finished_run, runs_root
@@ -35,6 +36,47 @@ from engine.orchestration.sweep_catalogue import Cell, sweep_spec
 CANCEL_FILE = "cancel"
 INVERSION_COLUMNS = ("ssim_body", "floor_ssim_body", "ssim", "psnr_db", "ssim_ct",
                      "psnr_db_ct", "ssim_coarse")
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """A sweep folder's ``sweep.json`` as its readers need it: the sweep's ``state``
+    (queued, running, done, failed, cancelled), how many cells finished, each cell's label
+    and run id (None before the cell ran) and the run being trained now."""
+
+    state: str
+    cells_done: int
+    labels: tuple[str | None, ...] = ()
+    run_ids: tuple[str | None, ...] = ()
+    current_run: str | None = None
+
+
+def _run_id(value: Any) -> str | None:
+    """A run id as a sweep records it; anything else (a path, another type) is None, so a
+    damaged file cannot point a reader outside the runs root."""
+    text = text_or_none(value)
+    return text if text and "/" not in text and not text.startswith(".") else None
+
+
+def read_sweep_progress(folder: Path) -> SweepProgress | None:
+    """``folder``'s ``sweep.json``, typed; None when the sweep never started. ``ValueError``
+    naming the file when it is damaged (unreadable, or without a count of finished cells)."""
+    path = folder / "sweep.json"
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raw = None
+    done = number_or_none(raw.get("cells_done"), int) if isinstance(raw, dict) else None
+    if done is None or done < 0:
+        raise ValueError(f"{path} is damaged")
+    cells = raw.get("cells") if isinstance(raw.get("cells"), list) else []
+    cells = [c if isinstance(c, dict) else {} for c in cells]
+    return SweepProgress(state=text_or_none(raw.get("state")) or "running", cells_done=done,
+                         labels=tuple(text_or_none(c.get("label")) for c in cells),
+                         run_ids=tuple(_run_id(c.get("run_id")) for c in cells),
+                         current_run=_run_id(raw.get("current_run")))
 
 
 def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
@@ -144,7 +186,7 @@ def _execute_folder(path: str) -> str:
     """Execute the run in ``path``; returns its final state."""
     run = RunFolder(Path(path))
     execute(run)
-    return str(run.status().get("state"))
+    return run.status().state
 
 
 class _InProcess:
@@ -253,7 +295,7 @@ def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
             ended_cells = [(future, *running.pop(future)) for future in finished]
             for future, i, run in ended_cells:
                 try:
-                    ended, error = future.result(), run.status().get("error")
+                    ended, error = future.result(), run.status().error
                 except Exception as err:  # the worker process died (killed, out of memory)
                     ended, error = "failed", f"its worker process ended ({err})"
                 if ended == "cancelled":
