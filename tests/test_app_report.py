@@ -22,7 +22,7 @@ from app.views.report import build_report, fmt_mae, make_report, scorecards
 from app.views.results import list_runs
 from engine.analyses.poisoning import poisoning_verdict
 from engine.analyses.results import read_summary
-from engine.analyses.study import STUDY, StudyRow, study_html, study_markdown
+from engine.analyses.study_report import STUDY, StudyRow, study_html, study_markdown
 from engine.orchestration import queue
 from engine.orchestration.experiment import execute
 from engine.orchestration.jobs import cancel_sweep

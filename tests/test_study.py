@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.analyses.results import parse_summary
-from engine.analyses.study import STUDY, bootstrap_mean_ci
+from engine.analyses.study_report import STUDY, bootstrap_mean_ci
 from engine.core.config import ConfigError
 from engine.orchestration import study
 from engine.orchestration.cli import main as cli_main

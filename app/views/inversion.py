@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 from app.views.common import Verdict, hospital_name, log_ticks, upscale
 from app.views.results import RunRow, finished_with
 from engine.analyses.results import InversionSummary, SweepRow
+from engine.core.config import ExperimentConfig
 from engine.core.reconstruction_metrics import LEAK_MARGIN
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.units import unit_to_hu
@@ -65,12 +66,12 @@ class InversionRun(RunRow):
 
     @property
     def loss(self) -> str:
-        return str((self.config.get("federation") or {}).get("loss") or "")
+        return self.cfg.federation.loss if self.cfg else ""
 
     @property
     def short_defenses(self) -> str:
         parts = [self.defenses] if self.defenses not in ("", "none") else []
-        batch = slices_per_step(self.config)
+        batch = slices_per_step(self.cfg) if self.cfg else 1
         if batch > 1:
             parts.append(f"{batch} slices per step")
         return " + ".join(parts) or "no defense"
@@ -84,11 +85,10 @@ class InversionRun(RunRow):
         return self.path / "inversion" / f"{center}.npz"
 
 
-def slices_per_step(config: dict[str, Any]) -> int:
-    """Slices in one local step of a run's config (no more than a hospital has)."""
-    data = config.get("data") or {}
-    return min((config.get("federation") or {}).get("batch_size") or 1,
-               (data.get("patients_per_center") or 1) * (data.get("slices_per_patient") or 1))
+def slices_per_step(cfg: ExperimentConfig) -> int:
+    """Slices in one local step of a run (no more than a hospital has)."""
+    return min(cfg.federation.batch_size,
+               cfg.data.patients_per_center * cfg.data.slices_per_patient)
 
 
 def inversion_runs(rows: list[RunRow]) -> tuple[list[InversionRun], list[Path]]:

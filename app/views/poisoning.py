@@ -169,10 +169,10 @@ class PoisonRun(RunRow):
     def attack_key(self) -> str:
         """The run's settings without the rule: equal keys = same attack on the same
         federation, so their curves can share a chart."""
-        cfg = json.loads(json.dumps(self.config))
+        cfg = self.cfg.model_dump(mode="json") if self.cfg else {}
         cfg.pop("name", None)
         for key in RULE_KEYS:
-            (cfg.get("federation") or {}).pop(key, None)
+            cfg.get("federation", {}).pop(key, None)
         return json.dumps(cfg, sort_keys=True)
 
 

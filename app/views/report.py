@@ -43,6 +43,7 @@ from engine.analyses.results import (
     WhatifSummary,
     read_summary,
 )
+from engine.core.config import ConfigError, ExperimentConfig, validate_config
 from engine.core.run_folder import RunFolder, RunStatus
 from engine.orchestration.presets import preset_title
 
@@ -86,6 +87,15 @@ class RunFiles:
     @property
     def run_id(self) -> str:
         return self.path.name
+
+    @property
+    def cfg(self) -> ExperimentConfig | None:
+        """The settings validated (None when they no longer are: the report still shows them
+        as written)."""
+        try:
+            return validate_config(self.config) if self.config else None
+        except ConfigError:
+            return None
 
 
 def _json(path: Path) -> tuple[Any, str | None]:
@@ -267,7 +277,7 @@ def _membership(run: RunFiles, mia: MiaSummary, figure: _Figures) -> str:
     if isinstance(roc, dict) and isinstance(roc.get(attack), dict):
         panels = list(roc[attack])
         entry = membership_ui.MiaRun(RunFolder(run.path), run.status.created or 0.0,
-                              "done", run.config or {}, run.summary)
+                              "done", run.cfg, run.summary)
         try:
             out.append("<h3>ROC curves</h3>" + figure(
                 membership_ui.roc_figure(panels, [(entry, roc, "solid")], attack)))

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from app.views.common import STATE_TEXT
 from engine.analyses.results import (
     DPSummary,
@@ -26,6 +24,7 @@ from engine.analyses.results import (
     parse_sweep_rows,
     read_summary,
 )
+from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
 from engine.orchestration.store import RunIndex
 from engine.orchestration.study_catalogue import STUDY_MINUTES
@@ -49,8 +48,9 @@ def read_json(path: Path) -> Any | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _read_yaml(path: str, mtime: float) -> Any:
-    return yaml.safe_load(Path(path).read_text())
+def _read_config(folder: str, mtime: float) -> ExperimentConfig:
+    # Shared between reruns: callers read it, never change it.
+    return RunFolder(Path(folder)).config()
 
 
 # Summary keys of the attacks, and the config section that enables each.
@@ -69,7 +69,7 @@ class RunRow:
     run: RunFolder
     created: float | None
     state: str
-    config: dict[str, Any]
+    cfg: ExperimentConfig | None  # None when config.yaml is missing or damaged
     summary: RunSummary | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -83,7 +83,8 @@ class RunRow:
 
     @property
     def name(self) -> str:
-        return str(self.config.get("name") or (self.summary.name if self.summary else "") or "")
+        return (self.cfg.name if self.cfg else None) or (self.summary.name if self.summary
+                                                           else "") or ""
 
     @property
     def federation(self) -> FederationSummary | None:
@@ -91,22 +92,19 @@ class RunRow:
 
     @property
     def aggregator(self) -> str | None:
-        fed = self.config.get("federation")
         return (self.federation.aggregator if self.federation else
-                fed.get("aggregator", "fedavg") if isinstance(fed, dict) else None)
+                self.cfg.federation.aggregator if self.cfg else None)
 
     @property
     def rounds(self) -> int | None:
-        fed = self.config.get("federation")
         return (self.federation.rounds if self.federation else
-                fed.get("rounds") if isinstance(fed, dict) else None)
+                self.cfg.federation.rounds if self.cfg else None)
 
     @property
     def secure_aggregation(self) -> bool:
         if self.federation:
             return self.federation.secure_aggregation
-        defenses = self.config.get("defenses")
-        return isinstance(defenses, dict) and defenses.get("secure_aggregation") is True
+        return self.cfg is not None and self.cfg.defenses.secure_aggregation
 
     @property
     def final(self) -> Metrics | None:
@@ -139,9 +137,11 @@ class RunRow:
     def design(self) -> str:
         """What makes two runs the same experiment, in words: hospitals, patients, rounds,
         image size."""
-        data = self.config.get("data") if isinstance(self.config.get("data"), dict) else {}
-        return (f"{data.get('centers', '?')} hospitals × {data.get('patients_per_center', '?')}"
-                f" patients · {self.rounds or '?'} rounds · {data.get('image_size', '?')} px")
+        if self.cfg is None:
+            return f"? hospitals × ? patients · {self.rounds or '?'} rounds · ? px"
+        data = self.cfg.data
+        return (f"{data.centers} hospitals × {data.patients_per_center} patients · "
+                f"{self.rounds or '?'} rounds · {data.image_size} px")
 
     @property
     def label(self) -> str:
@@ -154,9 +154,7 @@ class RunRow:
 
     def enabled(self, attack: str) -> bool:
         """Whether the run's config enabled ``attacks.<attack>``."""
-        section = (self.config.get("attacks") or {}) if isinstance(
-            self.config.get("attacks"), dict) else {}
-        return isinstance(section.get(attack), dict) and bool(section[attack].get("enabled"))
+        return self.cfg is not None and getattr(self.cfg.attacks, attack).enabled
 
 
 def dp_words(dp: DPSummary) -> str:
@@ -178,12 +176,9 @@ def _row(root: Path, rec: dict[str, Any]) -> RunRow:
     run = RunFolder(root / rec["run_id"])
     problems = []
     try:
-        config = _read_yaml(str(run.path / "config.yaml"),
-                            (run.path / "config.yaml").stat().st_mtime)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        config = None
-    if not isinstance(config, dict):
-        config = {}
+        cfg = _read_config(str(run.path), (run.path / "config.yaml").stat().st_mtime)
+    except (OSError, ConfigError):
+        cfg = None
         problems.append(f"`config.yaml` of run `{run.run_id}` is missing or damaged")
     summary = None
     try:
@@ -193,8 +188,7 @@ def _row(root: Path, rec: dict[str, Any]) -> RunRow:
         pass
     except (OSError, SummaryError) as err:
         problems.append(f"`summary.json` of run `{run.run_id}` is damaged ({err})")
-    return RunRow(run, rec.get("created"), rec.get("state") or "failed", config, summary,
-                  problems)
+    return RunRow(run, rec["created"], rec["state"] or "failed", cfg, summary, problems)
 
 
 @functools.lru_cache(maxsize=512)

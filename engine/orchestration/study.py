@@ -6,7 +6,7 @@ aggregation rule and malicious-center configuration. A study runs all of them (p
 strongest inversion attack and a membership attack with enough patients for a verdict) as
 the cells of one sweep, so finished runs are reused, a stopped study continues where it
 stopped, and progress is in ``sweep.json``; then it writes the study report beside the
-study's published figures (:mod:`engine.analyses.study`).
+study's published figures (:mod:`engine.analyses.study_report`).
 
 Scales:
 
@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.analyses.study import write_study_report
+from engine.analyses.study_report import write_study_report
 from engine.core.run_folder import RunFolder
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import runs_root
