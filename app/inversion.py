@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from app.state import persisted, remember, session_owner
-from app.views.common import hospital_name
+from app.views.common import expected_words, hospital_name
 from app.views.inversion import (
     DEFENDED_PRESET,
     DP_LEVELS,
@@ -34,7 +34,8 @@ from app.widgets import (
 from engine.core.config import ConfigError
 from engine.orchestration.jobs import start_job
 from engine.orchestration.presets import build_config
-from engine.orchestration.store import find_finished_run, runs_root
+from engine.orchestration.store import RunIndex, find_finished_run, runs_root
+from engine.orchestration.timings import expected_runs
 
 RUN_PARAM = "inv_run"
 FLASH = "inv_flash"  # a one-off message shown after the page reruns
@@ -142,11 +143,14 @@ def defenses() -> None:
         if found:
             st.caption(f"A finished run with exactly these settings exists (`{found.run_id}`): "
                        "the button shows it instead of training again.")
+        else:
+            st.caption(expected_words(expected_runs([cfg], DEFENDED_PRESET,
+                                                    RunIndex().list()), start=True) + ".")
         behind = queued_behind()
         if st.button("Rerun the attack with these defenses", key="rerun_defended",
                      icon=":material/shield:",
                      help=f"Queued behind {behind}: it starts when that job ends." if behind
-                     else "About 2 minutes in the background."):
+                     else "Trains in the background."):
             if found:
                 remember(RUN_PARAM, found.run_id)
                 st.session_state[FLASH] = (f"Showing the finished run `{found.run_id}`, which "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.state import persisted
-from app.views.common import AGGREGATOR_HELP, hospital_name
+from app.views.common import AGGREGATOR_HELP, expected_words, hospital_name
 from app.views.poisoning import (
     KIND_HELP,
     KIND_NAMES,
@@ -39,7 +39,7 @@ from app.views.poisoning_studies import (
     paper_lines,
     poisoned,
 )
-from app.views.results import Sweep, sweep_minutes
+from app.views.results import Sweep, sweep_expected
 from app.widgets import (
     study_rows,
     study_section,
@@ -149,8 +149,8 @@ def paper_study(sweep: Sweep, metric: str) -> None:
     if not sweep.rows:
         if sweep.folder / "table.json" not in sweep.damaged:
             st.info(f"This study has not been run yet: start it above or run "
-                    f"`{SWEEP_COMMAND.format(name=sweep.name)}` in a terminal (about "
-                    f"{sweep_minutes(sweep.name)} minutes).")
+                    f"`{SWEEP_COMMAND.format(name=sweep.name)}` in a terminal "
+                    f"({expected_words(sweep_expected(sweep))}).")
         return
     rows, bad = sweep.rows, poisoned(sweep.rows)
     kinds = [k for k in NOISE_KINDS if any(r.poison_kind == k for r in bad)]

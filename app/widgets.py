@@ -23,6 +23,7 @@ from app.views.common import (
     STATE_TEXT,
     UNSEEN_LABEL,
     Verdict,
+    expected_words,
     hospital_name,
     plain,
     progress_text,
@@ -44,8 +45,9 @@ from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat
 from engine.core.run_folder import RunFolder, RunStatus
 from engine.orchestration import jobs, queue
 from engine.orchestration.presets import build_config, preset_description
-from engine.orchestration.store import open_run, runs_root
+from engine.orchestration.store import RunIndex, open_run, runs_root
 from engine.orchestration.sweep_catalogue import sweep_spec
+from engine.orchestration.timings import expected_preset
 
 
 def sign_in_required() -> bool:
@@ -114,6 +116,7 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
     job, cfg, status = remembered_run(param, f"the newest {kind} run instead")
     active = status is not None and status.active
     behind = queued_behind(job.path if job else None)
+    runs = RunIndex().list()
     with st.container(border=True):
         st.markdown(intro)
         for col, (preset, label) in zip(st.columns(len(presets)), presets, strict=True):
@@ -127,6 +130,7 @@ def preset_jobs(param: str, presets: tuple[tuple[str, str], ...], *, intro: str,
                     st.error(f"The '{preset}' preset can't be started: {err}")
                 else:
                     st.rerun()
+            col.caption(expected_words(expected_preset(preset, runs), start=True) + ".")
         if job and cfg and status and active:
             st.markdown(f"**{cfg.name or 'run'}** (run id `{job.run_id}`) is "
                         f"{STATE_TEXT[status.state]}; its results appear below when it "

@@ -59,8 +59,8 @@ def main() -> None:
     st.markdown(INTRO)
     preset_jobs(
         RUN_PARAM, PRESETS, kind="inversion", retry="inversion-easy",
-        intro="**Run a new attack experiment** (2 to 20 minutes, in the background: you may "
-              "leave this page and come back)",
+        intro="**Run a new attack experiment** (in the background: you may leave this page "
+              "and come back; the time each takes is under its button)",
         note="After the last round the server attacks the hospitals' uploads; that takes "
              "most of the time.")
     if flash := st.session_state.pop(FLASH, None):

@@ -94,7 +94,7 @@ def _dp_audit(rows: list[RunRow]) -> None:
     st.caption(audit.AUDIT_INTRO)
     preset_jobs(AUDIT_PARAM, (("dp-audit", "Audit hospital-level DP at ε 8"),),
                 kind="audit", retry="dp-audit",
-                intro="**Run a privacy audit** (about 10 s, in the background)")
+                intro="**Run a privacy audit** (in the background)")
     runs, damaged = audit.audit_runs(rows)
     damaged_warnings(damaged, "audit")
     if runs:
@@ -114,8 +114,8 @@ def main() -> None:
     st.title("Membership inference")
     st.markdown(views.INTRO)
     preset_jobs(RUN_PARAM, PRESETS, kind="attack", retry="mia-paper",
-                intro="**Run a new attack experiment** (about 2 minutes each, in the "
-                      "background: you may leave this page and come back)")
+                intro="**Run a new attack experiment** (in the background: you may leave "
+                      "this page and come back; the time each takes is under its button)")
     rows = list_runs()
     runs, damaged = views.mia_runs(rows)
     damaged_warnings(damaged, "attack")

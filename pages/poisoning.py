@@ -20,6 +20,7 @@ from app.views.poisoning import (
     INTRO,
     METRICS,
     PAPER_TEXT,
+    attack_time_text,
     base_hospitals,
     poisoning_runs,
     rule_name,
@@ -50,9 +51,10 @@ def _jobs() -> None:
     job, cfg, status = remembered_run(RUN_PARAM, "the newest poisoning run instead")
     active = status is not None and status.active
     with st.container(border=True):
-        st.markdown(f"**Attack the federation** ({base_hospitals()} hospitals, about 30 seconds "
-                    "per rule, in the background: you may leave this page and come back)")
+        st.markdown(f"**Attack the federation** ({base_hospitals()} hospitals, in the "
+                    "background: you may leave this page and come back)")
         plans, ok = attack_controls()
+        st.caption(attack_time_text([cfg for _, cfg in plans]))
         found = {rule: find_finished_run(cfg, runs_root()) for rule, cfg in plans}
         reused = [f"{rule_name(r)} (`{f.run_id}`)" for r, f in found.items() if f]
         if reused:

@@ -9,8 +9,8 @@ import streamlit as st
 
 from app.state import persisted, remember, remembered, session_owner
 from app.views import whatif as views
-from app.views.common import PAGES_DIR, hospital_name
-from app.views.results import Sweep, sweep_state_text
+from app.views.common import PAGES_DIR, expected_words, hospital_name
+from app.views.results import Sweep, sweep_expected, sweep_state_text
 from app.widgets import queued_behind, refusal_shown, sweep_progress, verdict_box
 from engine.data.uploads import add_example_patient
 from engine.orchestration.jobs import cancel_sweep, start_sweep_job
@@ -68,7 +68,8 @@ def _controls(root: Path) -> tuple[Sweep | None, bool]:
             elif sweep.state in ("failed", "ended"):
                 st.error(sweep_state_text(sweep))
             behind = queued_behind()
-            if st.button("Run the what-if (about 16 minutes)", icon=":material/play_arrow:",
+            st.caption(f"Two experiments, {expected_words(sweep_expected(sweep))}.")
+            if st.button("Run the what-if", icon=":material/play_arrow:",
                          type="primary", key="whatif_start",
                          help=(f"Queued behind {behind}: it starts when that job ends. "
                                if behind else "") + views.START_HELP):

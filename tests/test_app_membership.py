@@ -22,7 +22,7 @@ from app.views.membership import attack_name, dp_sentence, noise_label, verdict
 from engine.analyses.results import DPAuditSummary, MiaSummary, SweepRow
 from engine.core.run_folder import RunFolder
 from engine.orchestration.experiment import execute
-from engine.orchestration.presets import build_config
+from engine.orchestration.presets import PRESETS, build_config
 from engine.orchestration.store import create_run, open_run
 from engine.orchestration.sweeps import sweep_folder
 
@@ -86,6 +86,10 @@ def test_no_runs_shows_guidance(runs_dir: Path) -> None:
     assert not at.get("plotly_chart")
     for preset in ("mia-paper", "mia-secagg"):
         assert not at.button(key=f"start_{preset}").disabled
+    # Under each button, how long it takes: nothing ran here yet, so the reference figure.
+    minutes = [f"About {PRESETS[p]['minutes']:.0f} min (on 2 quiet CPU cores" for p in
+               ("mia-paper", "mia-secagg")]
+    assert all(any(c.value.startswith(m) for c in at.caption) for m in minutes)
 
 
 def test_run_shows_verdict_curves_and_tables(runs_dir: Path, trained: dict[str, Path]) -> None:

@@ -214,8 +214,10 @@ def test_page_without_patients_offers_an_example(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     assert (root / "whatif-examples" / "example-001" / "mr.nii.gz").is_file()
     assert [s.value for s in at.selectbox if s.label == "Patient"] == ["example-001 (example)"]
-    assert [b.label for b in at.button if b.key == "whatif_start"] == [
-        "Run the what-if (about 16 minutes)"]
+    assert [b.label for b in at.button if b.key == "whatif_start"] == ["Run the what-if"]
+    # How long, for this patient's two experiments: nothing ran here, the reference figure.
+    assert "Two experiments, about 16 min (on 2 quiet CPU cores" in [
+        c.value[:51] for c in at.caption]
 
 
 def test_page_shows_both_sides_of_a_finished_study(finished, patient, monkeypatch):

@@ -19,6 +19,7 @@ from engine.analyses.results import RunSummary
 from engine.clients.dp import epsilon_text, planned_epsilon
 from engine.core.config import ExperimentConfig
 from engine.core.run_folder import RunStatus
+from engine.orchestration.timings import Expected
 
 
 @dataclass
@@ -140,6 +141,24 @@ def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def expected_words(e: Expected, start: bool = False) -> str:
+    """How long a preset, sweep or study will take, and what the figure rests on; ``start``:
+    as the start of a sentence."""
+    words = _expected_words(e)
+    return words[0].upper() + words[1:] if start else words
+
+
+def _expected_words(e: Expected) -> str:
+    if e.to_run == 0:
+        return "already finished: the results show at once"
+    basis = (f"at this machine's speed, measured over its last {e.basis} finished "
+             f"run{'s' if e.basis > 1 else ''}" if e.basis else
+             "on 2 quiet CPU cores; nothing has finished here yet to measure this machine")
+    reused = (f"; {e.reused} of {e.cells} experiments already finished and reused"
+              if e.reused else "")
+    return f"about {_duration(e.seconds)} ({basis}{reused})"
 
 
 def progress_text(status: RunStatus, records: list[dict[str, Any]],

@@ -48,7 +48,7 @@ INTRO = ("In a **gradient-inversion attack**, a curious server takes one hospita
          "same way, with **unrelated patients' slices** (the null): only what clearly beats the "
          "null was learnt from the hospital. Pick a finished attack run below, or start one.")
 EMPTY = ("No gradient-inversion results yet. Start 'Attack a vulnerable design' above to see a "
-         "leak (about 2 minutes), then the study's DLG attack to see why the study found none.")
+         "leak, then the study's DLG attack to see why the study found none.")
 # What each hospital's inversion/<center>.png shows, left to right (engine.attacks.inversion).
 STRIP_CAPTION = "MRI: original | rebuilt · CT: original | rebuilt (the first matched slice)"
 

@@ -7,6 +7,7 @@ The studies' tables and charts are :mod:`app.views.poisoning_studies`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -19,6 +20,7 @@ import plotly.graph_objects as go
 from app.views.common import (
     RULE_NAMES,
     Verdict,
+    expected_words,
     hospital_name,
     hospital_names,
     log_line_label,
@@ -29,7 +31,9 @@ from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
 from engine.core.config import ROBUST_AGGREGATORS, ConfigError, ExperimentConfig
 from engine.orchestration.presets import build_config
+from engine.orchestration.store import RunIndex
 from engine.orchestration.sweep_catalogue import POISON_AGGREGATORS, POISON_LEVELS
+from engine.orchestration.timings import expected_runs
 
 BASE_PRESET = "poison-base"
 SWEEP_COMMAND = "fedsct sweep --preset {name}"
@@ -73,8 +77,7 @@ INTRO = ("In a **poisoning attack**, one or more hospitals in the federation mis
          "rule**; plain averaging (FedAvg) lets one bad update drag everyone along, while "
          "robust rules (FedMedian, trimmed mean) try to outvote it. Each attack is compared "
          "with the same federation trained without attackers.")
-EMPTY = ("No poisoning results yet. Choose an attack above and press Run (about 30 seconds per "
-         "rule), or start the study grid.")
+EMPTY = "No poisoning results yet. Choose an attack above and press Run, or start the study grid."
 
 
 def rule_name(rule: str) -> str:
@@ -126,6 +129,18 @@ def attack_plans(kind: str, malicious: list[int], rules: list[str], std: float |
         except ConfigError as err:
             refusals.append(f"{rule_name(rule)} can't run this attack: {err}")
     return plans, refusals
+
+
+def attack_time_text(configs: list[ExperimentConfig]) -> str:
+    """How long the attack runs of ``configs`` (one per rule) will take, in words."""
+    if not configs:
+        return ""
+    e = expected_runs(configs, BASE_PRESET, RunIndex().list())
+    # Each attacked run also trains its federation without attackers (the comparison),
+    # unless a finished clean run is reused: on the safe side, twice the preset's time.
+    e = dataclasses.replace(e, seconds=2 * e.seconds)
+    rules = f"{len(configs)} rule{'s' if len(configs) > 1 else ''}"
+    return f"{rules}, one after the other: {expected_words(e)}."
 
 
 # --------------------------------------------------------------------------- runs

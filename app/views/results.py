@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.views.common import STATE_TEXT
+from app.views.common import STATE_TEXT, expected_words
 from engine.analyses.results import (
     DPSummary,
     FederationSummary,
@@ -27,9 +27,9 @@ from engine.analyses.results import (
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
 from engine.orchestration.store import RunIndex
-from engine.orchestration.study_catalogue import STUDY_MINUTES
 from engine.orchestration.sweep_catalogue import sweep_spec
 from engine.orchestration.sweeps import SweepProgress, read_sweep_progress, sweep_folder
+from engine.orchestration.timings import Expected, expected_study, expected_sweep
 
 
 @functools.lru_cache(maxsize=256)
@@ -221,6 +221,7 @@ class Sweep:
 
     name: str
     folder: Path
+    sets: tuple[str, ...] = ()  # the overrides it runs with (the what-if's patient)
     state: str | None = None  # None: never started
     cells_done: int = 0
     total: int = 0
@@ -247,8 +248,10 @@ class Sweep:
 def read_sweep(name: str, sets: tuple[str, ...] = ()) -> Sweep:
     """The state of sweep ``name`` run with ``sets`` in the runs root (its
     :func:`engine.orchestration.sweeps.sweep_folder`)."""
-    return read_sweep_folder(sweep_folder(name, sets), name,
-                             total=len(sweep_spec(name)["cells"]))
+    sweep = read_sweep_folder(sweep_folder(name, sets), name,
+                              total=len(sweep_spec(name)["cells"]))
+    sweep.sets = tuple(sets)
+    return sweep
 
 
 def read_sweep_folder(folder: Path, name: str | None = None, total: int = 0) -> Sweep:
@@ -278,12 +281,12 @@ def read_sweep_folder(folder: Path, name: str | None = None, total: int = 0) -> 
     return sweep
 
 
-def sweep_minutes(name: str) -> int:
-    """Measured wall time of sweep (or ``study-<scale>``) ``name`` on the reference machine,
-    in minutes."""
-    if name.startswith("study-"):
-        return STUDY_MINUTES.get(name.removeprefix("study-"), 60)
-    return int(sweep_spec(name).get("minutes", 10))
+def sweep_expected(sweep: Sweep) -> Expected:
+    """How long ``sweep`` (or the study, ``study-<scale>``) will take on this machine."""
+    runs = RunIndex().list()
+    if sweep.name.startswith("study-"):
+        return expected_study(sweep.name.removeprefix("study-"), runs)
+    return expected_sweep(sweep.name, runs, sweep.sets)
 
 
 def sweep_state_text(sweep: Sweep) -> str:
@@ -300,7 +303,7 @@ def sweep_state_text(sweep: Sweep) -> str:
     if sweep.state == "ended":
         return (f"Its process ended without finishing, after {done} of {n} experiments (it was "
                 "killed or ran out of memory). Starting it again continues where it stopped.")
-    return f"Not run yet: {n} experiments, about {sweep_minutes(sweep.name)} minutes."
+    return f"Not run yet: {n} experiments, {expected_words(sweep_expected(sweep))}."
 
 
 def sweep_progress_text(sweep: Sweep, cell_words: Callable[[str | None], str]) -> str:

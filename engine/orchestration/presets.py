@@ -118,8 +118,13 @@ _DP_AUDIT: dict[str, Any] = {
                         "target_epsilon": 8.0}},
     "attacks": {"dp_audit": {"enabled": True, "canaries": 500}},
 }
+
+# Each preset: "title", "description", "minutes" (wall time of one run on the reference
+# machine, 2 quiet CPU cores: benchmarks/README.md, "Preset times"; the dashboard scales it by
+# this machine's measured speed, engine.orchestration.timings) and "config".
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
+        "minutes": 0.15,
         "title": "Quick check (3 hospitals, seconds)",
         "description": (
             "Tiny federation for checks: 3 centers, 32 px, 5 rounds (a few seconds on 2 CPUs)."
@@ -133,6 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "demo": {
+        "minutes": 0.6,
         "title": "Demo federation (4 hospitals + an unseen one)",
         "description": (
             "4 hospitals + an unseen one learn MRI→CT at 64 px in about 40 s; visibly improves."
@@ -147,6 +153,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "paper": {
+        "minutes": 1,
         "title": "The study's design, scaled to a CPU",
         "description": (
             "The study's design scaled to a CPU: 4 centers + an unseen 5th, FedProx "
@@ -164,6 +171,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "mia-paper": {
+        "minutes": 2,
         "title": "Membership attack as in the study",
         "description": (
             "Membership inference as in the study, no defense: 4 centers with 2 training "
@@ -174,6 +182,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _MIA_BASE,
     },
     "mia-secagg": {
+        "minutes": 2,
         "title": "Membership attack with secure aggregation",
         "description": (
             "mia-paper with secure aggregation: the server only holds masked uploads; the "
@@ -184,6 +193,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "defenses": {"secure_aggregation": True}},
     },
     "mia-evidence": {
+        "minutes": 0.45,
         "title": "Membership attack with enough patients for a verdict",
         "description": (
             "Membership inference with enough patients to support a verdict: 4 hospitals × "
@@ -194,6 +204,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _MIA_EVIDENCE,
     },
     "dlg-paper": {
+        "minutes": 20,
         "title": "The study's DLG attack",
         "description": (
             "The study's DLG: its U-Net (InstanceNorm, L1, Adam) at 64 px, every client "
@@ -207,6 +218,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                              "target_center": "all"}}},
     },
     "ig-strong": {
+        "minutes": 6,
         "title": "Strongest inversion attack on the study's model",
         "description": (
             "The strongest inversion found against the study's model (as dlg-paper, B=1, "
@@ -218,6 +230,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                              "iterations": 400, "restarts": 4}}},
     },
     "inversion-easy": {
+        "minutes": 4,
         "title": "Inversion attack on a design known to leak",
         "description": (
             "A design that leaks: no normalisation, MSE loss, plain SGD, one slice per "
@@ -227,6 +240,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _INVERSION_EASY,
     },
     "study-setup": {
+        "minutes": 0.35,
         "title": "Live demo: the study's setup",
         "description": (
             "Live demo — the study's setup: 4 hospitals, L1, Adam, InstanceNorm U-Net at "
@@ -236,6 +250,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _STUDY_DEMO,
     },
     "hardened": {
+        "minutes": 0.4,
         "title": "Live demo: hardened (secure aggregation + clipped noise)",
         "description": (
             "Live demo — study-setup hardened with secure aggregation and each hospital's "
@@ -246,6 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": {**_STUDY_DEMO, "name": "hardened", "defenses": HARDENED_DEFENSES},
     },
     "whatif": {
+        "minutes": 4.5,
         "title": "What-if for one patient",
         "description": (
             "What-if for one patient: study-setup with data.whatif_patient among hospital "
@@ -257,6 +273,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": _WHATIF,
     },
     "poisoned-hospital": {
+        "minutes": 0.55,
         "title": "Live demo: a poisoned hospital",
         "description": (
             "Live demo — study-setup without attacks, but the first hospital (A) sends its "
@@ -268,6 +285,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "attacks": _noisy_upload(0.3)},
     },
     "poison-base": {
+        "minutes": 0.15,
         "title": "Clean federation for the poisoning studies",
         "description": (
             "The clean federation the poisoning presets and sweeps attack: 4 centers, 32 px, "
@@ -276,6 +294,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": POISON_BASE,
     },
     "poison-high": {
+        "minutes": 0.85,
         "title": "Poisoning: strong noise on one upload",
         "description": (
             "One malicious center adds strong noise (σ 0.3 per parameter) to the model it "
@@ -286,6 +305,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "attacks": _noisy_upload(0.3, seeds=3)},
     },
     "poison-low": {
+        "minutes": 0.85,
         "title": "Poisoning: weak noise on one upload",
         "description": (
             "One malicious center adds weak noise (σ 0.03 per parameter) to its upload: "
@@ -296,6 +316,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "attacks": _noisy_upload(0.03, seeds=3)},
     },
     "dp-audit": {
+        "minutes": 0.2,
         "title": "Privacy audit: does the noise give the ε the accountant claims?",
         "description": (
             "4 hospitals with hospital-level DP at ε 8 (δ 1e-5, Opacus's accountant); 500 canary "

@@ -157,11 +157,11 @@ class RunIndex:
     """
 
     COLUMNS = ("run_id", "created", "name", "preset", "state", "aggregator", "rounds",
-               "secure_aggregation", "final_mae_hu", "wall_s", "status_mtime_ns")
+               "secure_aggregation", "final_mae_hu", "wall_s", "status_mtime_ns", "config_hash")
     SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created REAL,"
               " name TEXT, preset TEXT, state TEXT, aggregator TEXT, rounds INTEGER,"
               " secure_aggregation INTEGER, final_mae_hu REAL, wall_s REAL,"
-              " status_mtime_ns INTEGER)")
+              " status_mtime_ns INTEGER, config_hash TEXT)")
     INSERT = f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(COLUMNS))})"
 
     def __init__(self, root: str | Path | None = None):
@@ -210,7 +210,8 @@ class RunIndex:
                 text_or_none(fed.get("aggregator")), number_or_none(fed.get("rounds"), int),
                 int(_mapping(cfg.get("defenses")).get("secure_aggregation") is True),
                 number_or_none(final.get("mae_hu")),
-                number_or_none(_mapping(summary.get("timing")).get("wall_s")), mtime)
+                number_or_none(_mapping(summary.get("timing")).get("wall_s")), mtime,
+                status.config_hash)
 
     def upsert(self, run: RunFolder) -> None:
         try:

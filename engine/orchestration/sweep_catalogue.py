@@ -235,6 +235,12 @@ def sweep_spec(name: str) -> dict[str, Any]:
     return SWEEPS[name]
 
 
+def sweep_cells(name: str, sets: list[str] | tuple = ()) -> list[Cell]:
+    """Sweep ``name``'s experiments, each with ``sets`` applied after its own overrides."""
+    spec = sweep_spec(name)
+    return [Cell(spec["base"], list(own), [*own, *sets]) for own in spec["cells"]]
+
+
 def cell_label(sets: list[str]) -> str:
     """``["defenses.dp.clip_norm=5.0"]`` → ``"clip_norm=5.0"``; no overrides → ``"baseline"``."""
     return ", ".join(key.rsplit(".", 1)[-1] + "=" + value

@@ -31,7 +31,7 @@ from engine.core.run_folder import RunFolder, number_or_none, text_or_none, writ
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run, find_finished_run, runs_root
-from engine.orchestration.sweep_catalogue import Cell, sweep_spec
+from engine.orchestration.sweep_catalogue import Cell, sweep_cells, sweep_spec
 
 CANCEL_FILE = "cancel"
 INVERSION_COLUMNS = ("ssim_body", "floor_ssim_body", "ssim", "psnr_db", "ssim_ct",
@@ -164,7 +164,7 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
     resumes from there. ``workers``: see :func:`run_cells`.
     """
     spec = sweep_spec(name)
-    cells = [Cell(spec["base"], list(own), [*own, *sets]) for own in spec["cells"]]
+    cells = sweep_cells(name, sets)
     configs = [build_config(c.preset, sets=c.sets) for c in cells]  # validate all first
     for key in spec.get("requires", []):
         section, field = key.split(".")
