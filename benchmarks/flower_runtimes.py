@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.federation.flower_runtime import descendants
+from engine.core.processes import descendants
 
 RUNTIMES = ("inprocess", "flower-sim", "flower-deploy")
 RULES = {"fedavg": [], "fedmedian": ["federation.aggregator=fedmedian"],

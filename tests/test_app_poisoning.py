@@ -27,7 +27,8 @@ from app.views.results import list_runs
 from engine.analyses.poisoning import BROKEN, PROTECTED, VERDICTS, poisoning_verdict
 from engine.analyses.results import Detection, PoisoningSummary
 from engine.core.config import config_hash
-from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
+from engine.core.processes import pid_alive, read_job_pid
+from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration import queue, sweep_catalogue
 from engine.orchestration.experiment import execute
 from engine.orchestration.jobs import cancel_job, cancel_sweep

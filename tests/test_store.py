@@ -20,14 +20,8 @@ import pytest
 
 from engine.core import run_folder
 from engine.core.config import ConfigError
-from engine.core.run_folder import (
-    JOB_PID_FILE,
-    Progress,
-    RunFolder,
-    RunStatus,
-    process_start,
-    write_json_atomic,
-)
+from engine.core.processes import JOB_PID_FILE, process_start
+from engine.core.run_folder import Progress, RunFolder, RunStatus, write_json_atomic
 from engine.orchestration.cli import main as cli_main
 from engine.orchestration.jobs import cancel_job
 from engine.orchestration.presets import build_config

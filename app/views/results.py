@@ -25,7 +25,8 @@ from engine.analyses.results import (
     read_summary,
 )
 from engine.core.config import ConfigError, ExperimentConfig
-from engine.core.run_folder import ACTIVE, RunFolder, pid_alive, read_job_pid
+from engine.core.processes import pid_alive, read_job_pid
+from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration.store import RunIndex
 from engine.orchestration.sweep_catalogue import sweep_spec
 from engine.orchestration.sweeps import SweepProgress, read_sweep_progress, sweep_folder

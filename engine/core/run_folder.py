@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 
 from engine.core.config import ConfigError, ExperimentConfig, validate_config
+from engine.core.processes import pid_alive, read_job_pid
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
-JOB_PID_FILE = "job.pid"  # written by the process that launched a background run
 ACTIVE = ("queued", "running")
 # A run whose process ended without finishing: it can be resumed from its last checkpoint.
 INTERRUPTED = "interrupted"
@@ -71,52 +71,6 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22):
-    with the pid, it identifies the process even after the pid is reused. None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[-1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def pid_alive(pid: int | None, start: int | None = None) -> bool:
-    """Whether process ``pid`` still runs (a zombie counts as ended) and, when its recorded
-    ``start`` is given, is the same process (not another one that got the pid later)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[-1].split()
-    except OSError:
-        return start is None  # no /proc: cannot tell a reused pid apart
-    if fields[0] == "Z":  # a zombie child still answers kill(0)
-        return False
-    return start is None or fields[19] == str(start)
-
-
-def process_identity(pid: int | None = None) -> dict[str, int | None]:
-    """``{"pid", "pid_start"}`` of ``pid`` (default: this process), as runs record it."""
-    pid = os.getpid() if pid is None else pid
-    return {"pid": pid, "pid_start": process_start(pid)}
-
-
-def read_job_pid(folder: Path) -> tuple[int | None, int | None]:
-    """(pid, start) from a ``job.pid`` file ("PID START", or "PID" from older versions)."""
-    try:
-        parts = (folder / JOB_PID_FILE).read_text().split()
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else None
-    except (OSError, ValueError, IndexError):
-        return None, None
 
 
 def number_or_none(value: Any, kind: type = float) -> Any:

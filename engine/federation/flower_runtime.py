@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from engine.core.config import ExperimentConfig
-from engine.core.run_folder import RunFolder, pid_alive
+from engine.core.processes import descendants, pid_alive, signal_all, spawn
+from engine.core.run_folder import RunFolder
 from engine.federation.flower_app import (
     ERROR_FILE,
     FINAL_PARAMS,
@@ -136,33 +137,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first), read from /proc; empty elsewhere."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        ppid = next((int(line.split()[1]) for line in status.splitlines()
-                     if line.startswith("PPid:")), 0)
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        out += children
-        todo += children
-    return out
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 class LocalDeployment:
     """A SuperLink and one SuperNode per center on 127.0.0.1, as child processes.
 
@@ -183,11 +157,8 @@ class LocalDeployment:
         return f"127.0.0.1:{self.port}"
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=flower_env(self.home),
-                                cwd=self.folder)
-        log.close()
+        proc = spawn(cmd, self.folder / f"{name}.log", env=flower_env(self.home),
+                     cwd=self.folder)
         self.procs[name] = proc
         return proc
 
@@ -219,7 +190,7 @@ class LocalDeployment:
         for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 proc.terminate()
-        _signal_all(helpers, signal.SIGTERM)
+        signal_all(helpers, signal.SIGTERM)
         deadline = time.time() + 10
         for proc in self.procs.values():
             try:
@@ -230,7 +201,7 @@ class LocalDeployment:
         while helpers and time.time() < deadline:
             helpers = [pid for pid in helpers if pid_alive(pid)]
             time.sleep(0.1)
-        _signal_all(helpers, signal.SIGKILL)
+        signal_all(helpers, signal.SIGKILL)
 
     def check_alive(self) -> None:
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}

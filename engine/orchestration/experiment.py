@@ -25,8 +25,9 @@ from engine.attacks.dp_audit import run_dp_audit
 from engine.attacks.inversion_scenario import run_inversion
 from engine.attacks.membership import run_membership
 from engine.core.config import ExperimentConfig
+from engine.core.processes import process_identity
 from engine.core.render import sample_row, save_png
-from engine.core.run_folder import RunFolder, process_identity, remove_stale_temporaries
+from engine.core.run_folder import RunFolder, remove_stale_temporaries
 from engine.data.cohort import AttackerData, attacker_data, load_cohort
 from engine.data.types import Cohort
 from engine.federation.flower_runtime import run_flower

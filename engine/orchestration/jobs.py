@@ -10,20 +10,13 @@ and its process group is terminated if it does not stop in time.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 from engine.core.config import ExperimentConfig
-from engine.core.run_folder import (
-    JOB_PID_FILE,
-    RunFolder,
-    pid_alive,
-    read_job_pid,
-    write_json_atomic,
-)
+from engine.core.processes import JOB_PID_FILE, pid_alive, read_job_pid, terminate_group
+from engine.core.run_folder import RunFolder, write_json_atomic
 from engine.orchestration import queue
 from engine.orchestration.experiment import execute
 from engine.orchestration.resources import check_resources
@@ -71,17 +64,6 @@ def resume_job(run: RunFolder, owner: str | None = None) -> RunFolder:
     return run
 
 
-def _terminate(pid: int | None, start: int | None) -> None:
-    """SIGTERM the process group of ``pid``, only if it is still the recorded process: a pid
-    without its recorded start time (a run from an older version) cannot be told apart from
-    another process that got the pid later, so it is never signalled."""
-    if pid is not None and start is not None and pid_alive(pid, start):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
     """Stop a run: a waiting one leaves the queue at once; a running one is asked to stop and
     its process group is terminated if it is still alive after ``grace_s``."""
@@ -94,7 +76,7 @@ def cancel_job(run: RunFolder, grace_s: float = 20.0) -> None:
     while time.time() < deadline and run.status().active:
         time.sleep(0.2)
     if run.status().active:
-        _terminate(status.pid, status.pid_start)
+        terminate_group(status.pid, status.pid_start)
         run.set_status("cancelled", phase="cancelled", finished=time.time())
 
 
@@ -163,7 +145,7 @@ def cancel_sweep(folder: Path, grace_s: float = 20.0) -> None:
         if not pid_alive(pid, start):
             return
         time.sleep(0.3)
-    _terminate(pid, start)
+    terminate_group(pid, start)
 
 
 def _read_json(path: Path) -> dict:

@@ -31,12 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.core.config import ConfigError
-from engine.core.run_folder import (
-    JOB_PID_FILE,
-    pid_alive,
-    process_identity,
-    write_json_atomic,
-)
+from engine.core.processes import JOB_PID_FILE, pid_alive, process_identity, spawn
+from engine.core.run_folder import write_json_atomic
 from engine.orchestration.threads import default_threads, job_environment, max_jobs
 
 QUEUE_DIR = "queue"
@@ -191,12 +187,9 @@ def advance_forever(root: Path, every_s: float = 5.0) -> None:
 
 
 def _start(root: Path, path: Path, job: Job) -> None:
-    log = open(Path(job.folder) / "log.txt", "a")  # noqa: SIM115 - handed to the child
     env = os.environ | job_environment(default_threads()) | {ENTRY_ENV: str(path)}
-    proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, env=env,
-                            cwd=os.getcwd())
-    log.close()
+    proc = spawn(job.cmd, Path(job.folder) / "log.txt", env=env, cwd=os.getcwd(),
+                 new_session=True)
     _children.append(proc)
     ident = process_identity(proc.pid)
     job.state, job.started = "running", time.time()
