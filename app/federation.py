@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from app.params import POISONING_RUN
 from app.state import (
     persisted,
 )
@@ -139,7 +140,7 @@ def results(row: RunRow) -> None:
                  "the untrained model; the striped or blotchy synthetic CTs further down are "
                  "what the attack did to it.")
         st.page_link(str(PAGES_DIR / "poisoning.py"), label="See the attack in detail",
-                     query_params={"poi_run": row.run_id}, icon=":material/coronavirus:")
+                     query_params={POISONING_RUN: row.run_id}, icon=":material/coronavirus:")
         metric_cards(fed.final, poison.baseline[fed.aggregator],
                      "than the same federation without attackers")
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from app.params import INVERSION_RUN
 from app.state import persisted, remember, session_owner
 from app.views.common import expected_words, hospital_name
 from app.views.inversion import (
@@ -37,7 +38,6 @@ from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex, find_finished_run, runs_root
 from engine.orchestration.timings import expected_runs
 
-RUN_PARAM = "inv_run"
 FLASH = "inv_flash"  # a one-off message shown after the page reruns
 
 def images(run: InversionRun) -> None:
@@ -152,12 +152,12 @@ def defenses() -> None:
                      help=f"Queued behind {behind}: it starts when that job ends." if behind
                      else "Trains in the background."):
             if found:
-                remember(RUN_PARAM, found.run_id)
+                remember(INVERSION_RUN, found.run_id)
                 st.session_state[FLASH] = (f"Showing the finished run `{found.run_id}`, which "
                                            "used exactly these settings.")
             else:
                 with refusal_shown("The attack"):
-                    remember(RUN_PARAM, start_job(cfg, preset=DEFENDED_PRESET,
+                    remember(INVERSION_RUN, start_job(cfg, preset=DEFENDED_PRESET,
                                                   owner=session_owner()).run_id)
                     st.session_state[FLASH] = ("Started the attack with these defenses; its "
                                                "progress is shown at the top of the page.")

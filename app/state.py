@@ -13,6 +13,8 @@ from typing import Any
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from app.params import FEDERATION_RUN
+
 SETTINGS_KEY = "fed_settings"
 REMEMBERED = "remembered"  # session-key prefix of values mirrored in the URL
 
@@ -80,11 +82,11 @@ def remember(param: str, value: str | None) -> None:
 
 def current_run_id() -> str | None:
     """The run on the Federation page (``?run=``)."""
-    return remembered("run")
+    return remembered(FEDERATION_RUN)
 
 
 def set_current_run(run_id: str | None) -> None:
-    remember("run", run_id)
+    remember(FEDERATION_RUN, run_id)
 
 
 def session_owner() -> str | None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app.params import FEDERATION_RUN, INVERSION_RUN, MEMBERSHIP_RUN, POISONING_RUN, RUNS_OPEN
 from app.state import remember, remembered, session_owner
 from app.views.common import (
     METRIC_HELP,
@@ -445,13 +446,13 @@ def _job_page(job: queue.Job) -> tuple[str, dict[str, str]]:
     try:
         attacks = RunFolder(folder).config().attacks
     except (ConfigError, OSError):
-        return "runs.py", {"runs_open": folder.name}
-    for enabled, page, param in ((attacks.poisoning.enabled, "poisoning.py", "poi_run"),
-                                 (attacks.inversion.enabled, "inversion.py", "inv_run"),
-                                 (attacks.membership.enabled, "membership.py", "mia_run")):
+        return "runs.py", {RUNS_OPEN: folder.name}
+    for enabled, page, param in ((attacks.poisoning.enabled, "poisoning.py", POISONING_RUN),
+                                 (attacks.inversion.enabled, "inversion.py", INVERSION_RUN),
+                                 (attacks.membership.enabled, "membership.py", MEMBERSHIP_RUN)):
         if enabled:
             return page, {param: folder.name}
-    return "federation.py", {"run": folder.name}
+    return "federation.py", {FEDERATION_RUN: folder.name}
 
 
 @st.fragment(run_every=POLL_S)

@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.data import SAVED_KEY, phantom_preview, save_section, upload_section
+from app.params import FEDERATION_RUN
 from app.state import remember, session_owner
 from app.views.common import PAGES_DIR
 from app.views.data import (
@@ -54,8 +55,9 @@ def _cohort(folder: Path) -> None:
         with refusal_shown("The federation"):
             run = start_job(build_config(COHORT_PRESET, sets=sets), preset=COHORT_PRESET,
                             owner=session_owner())
-            remember("run", run.run_id)
-            st.switch_page(str(PAGES_DIR / "federation.py"), query_params={"run": run.run_id})
+            remember(FEDERATION_RUN, run.run_id)
+            st.switch_page(str(PAGES_DIR / "federation.py"),
+                           query_params={FEDERATION_RUN: run.run_id})
     st.caption("The same from a terminal:")
     st.code(run_command(folder, counts) or "", language="bash")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.params import FEDERATION_RUN, HOME_RUN
 from app.views.common import PAGES_DIR, runs_table
 from app.views.report import HOME_INTRO, scorecards
 from app.views.results import RunRow, list_runs
@@ -19,7 +20,7 @@ def _scorecards(rows: list[RunRow]) -> None:
                    "demos there take a minute or two each), or an attack from the cards below.")
         render_scorecards(scorecards(None), PAGES_DIR)
         return
-    row = run_picker(done, "home_run", "Run", help="The scorecards describe this one run: "
+    row = run_picker(done, HOME_RUN, "Run", help="The scorecards describe this one run: "
                      "its model and the attacks it ran. Newest first.")
     assert row is not None
     st.caption("Traffic lights of this run: green = shown to be safe or good, orange = watch, "
@@ -41,7 +42,7 @@ def _latest() -> None:
     st.caption("Select a row to open that run on the Federation page.")
     if picked.selection.rows:
         run_id = table["Run id"].iloc[picked.selection.rows[0]]
-        st.switch_page(str(PAGES_DIR / "federation.py"), query_params={"run": run_id})
+        st.switch_page(str(PAGES_DIR / "federation.py"), query_params={FEDERATION_RUN: run_id})
 
 
 def main() -> None:

@@ -7,13 +7,13 @@ import streamlit as st
 
 from app.inversion import (
     FLASH,
-    RUN_PARAM,
     budget_study,
     defense_study,
     defenses,
     factor_study,
     images,
 )
+from app.params import INVERSION_RUN
 from app.views.inversion import (
     ADAM_DECODED,
     EMPTY,
@@ -58,14 +58,14 @@ def main() -> None:
     st.title("Gradient inversion")
     st.markdown(INTRO)
     preset_jobs(
-        RUN_PARAM, PRESETS, kind="inversion", retry="inversion-easy",
+        INVERSION_RUN, PRESETS, kind="inversion", retry="inversion-easy",
         intro="**Run a new attack experiment** (in the background: you may leave this page "
               "and come back; the time each takes is under its button)",
         note="After the last round the server attacks the hospitals' uploads; that takes "
              "most of the time.")
     if flash := st.session_state.pop(FLASH, None):
         st.success(flash)
-    shown = attack_run(inversion_runs(list_runs()), RUN_PARAM, "Attacked run", what="attack",
+    shown = attack_run(inversion_runs(list_runs()), INVERSION_RUN, "Attacked run", what="attack",
                        empty=EMPTY, help="Finished runs that include a gradient-inversion "
                                          "attack, newest first.")
     if shown is not None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+from app.params import AUDIT_RUN, MEMBERSHIP_COMPARE, MEMBERSHIP_RUN
 from app.state import persisted
 from app.views import dp_audit as audit
 from app.views import membership as views
@@ -13,7 +14,6 @@ from app.views.membership import MiaRun
 from app.views.results import RunRow, list_runs
 from app.widgets import damaged_warnings, preset_jobs, run_picker, study_section, verdict_box
 
-RUN_PARAM, COMPARE_PARAM, AUDIT_PARAM = "mia_run", "mia_compare", "audit_run"
 PRESETS = (("mia-paper", "Attack an undefended federation"),
            ("mia-secagg", "Attack with secure aggregation"))
 
@@ -21,10 +21,10 @@ PRESETS = (("mia-paper", "Attack an undefended federation"),
 def _pick(runs: list[MiaRun]) -> tuple[MiaRun, MiaRun | None]:
     """The run to show and an optional one to overlay, both kept in the URL."""
     left, right = st.columns(2)
-    shown = run_picker(runs, RUN_PARAM, "Attacked run", column=left,
+    shown = run_picker(runs, MEMBERSHIP_RUN, "Attacked run", column=left,
                        help="Finished runs that include a membership-inference attack.")
     assert shown is not None
-    other = run_picker(runs, COMPARE_PARAM, "Compare with", column=right, optional=True,
+    other = run_picker(runs, MEMBERSHIP_COMPARE, "Compare with", column=right, optional=True,
                        exclude=shown.run_id,
                        help="Overlay a second run, e.g. the same federation with secure "
                             "aggregation.")
@@ -92,13 +92,13 @@ def _dp_tradeoff() -> None:
 def _dp_audit(rows: list[RunRow]) -> None:
     st.markdown("#### Privacy audit: does the noise give the ε the accountant claims?")
     st.caption(audit.AUDIT_INTRO)
-    preset_jobs(AUDIT_PARAM, (("dp-audit", "Audit hospital-level DP at ε 8"),),
+    preset_jobs(AUDIT_RUN, (("dp-audit", "Audit hospital-level DP at ε 8"),),
                 kind="audit", retry="dp-audit",
                 intro="**Run a privacy audit** (in the background)")
     runs, damaged = audit.audit_runs(rows)
     damaged_warnings(damaged, "audit")
     if runs:
-        shown = run_picker(runs, AUDIT_PARAM, "Audited run",
+        shown = run_picker(runs, AUDIT_RUN, "Audited run",
                            help="Finished runs with a privacy audit (attacks.dp_audit).")
         if shown is not None and shown.summary and shown.summary.dp_audit:
             verdict_box(audit.audit_verdict(shown.summary.dp_audit))
@@ -113,7 +113,7 @@ def _dp_audit(rows: list[RunRow]) -> None:
 def main() -> None:
     st.title("Membership inference")
     st.markdown(views.INTRO)
-    preset_jobs(RUN_PARAM, PRESETS, kind="attack", retry="mia-paper",
+    preset_jobs(MEMBERSHIP_RUN, PRESETS, kind="attack", retry="mia-paper",
                 intro="**Run a new attack experiment** (in the background: you may leave "
                       "this page and come back; the time each takes is under its button)")
     rows = list_runs()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.params import POISONING_RUN
 from app.poisoning import (
     attack_controls,
     attack_curves,
@@ -38,7 +39,6 @@ from app.widgets import (
 from engine.orchestration.jobs import cancel_job, start_job
 from engine.orchestration.store import find_finished_run, runs_root
 
-RUN_PARAM = "poi_run"
 FLASH = "poi_flash"
 
 
@@ -48,7 +48,7 @@ FLASH = "poi_flash"
 def _jobs() -> None:
     """The attack controls, the Run button (one run per rule, through the job queue) and the
     progress of the run started here."""
-    job, cfg, status = remembered_run(RUN_PARAM, "the newest poisoning run instead")
+    job, cfg, status = remembered_run(POISONING_RUN, "the newest poisoning run instead")
     active = status is not None and status.active
     with st.container(border=True):
         st.markdown(f"**Attack the federation** ({base_hospitals()} hospitals, in the "
@@ -72,7 +72,7 @@ def _jobs() -> None:
                     started.append(start_job(cfg, preset=BASE_PRESET, owner=session_owner()))
             if len(started) < len(todo):  # refused, said above; the banner shows any started
                 return
-            remember(RUN_PARAM, started[0].run_id if started else found[plans[0][0]].run_id)
+            remember(POISONING_RUN, started[0].run_id if started else found[plans[0][0]].run_id)
             st.session_state[FLASH] = (
                 "Showing the finished runs with these settings; nothing had to be trained."
                 if not started else
@@ -115,7 +115,7 @@ def main() -> None:
                        horizontal=True)
     found = poisoning_runs(list_runs())
     runs = found[0]
-    shown = attack_run(found, RUN_PARAM, "Poisoned run", what="poisoning", empty=EMPTY,
+    shown = attack_run(found, POISONING_RUN, "Poisoned run", what="poisoning", empty=EMPTY,
                        help="Finished runs with malicious hospitals, newest first.")
     if shown is not None:
         rule_verdicts(shown, runs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.params import REPORT_RUN
 from app.state import session_owner
 from app.views.report import SCALE_WORDS, make_report, metrics_csv, study_cell_words
 from app.views.results import list_runs, read_sweep_folder
@@ -13,14 +14,13 @@ from engine.orchestration.jobs import start_study_job
 from engine.orchestration.study import study_folder
 from engine.orchestration.study_catalogue import STUDY_SCALES, study_cells
 
-PARAM = "report_run"
 
 def _run_report() -> None:
     rows = [r for r in list_runs() if r.state == "done"]
     if not rows:
         st.info("No finished run yet: train one on the Federation page.")
         return
-    row = run_picker(rows, PARAM, "Run", help="A finished run, newest first.")
+    row = run_picker(rows, REPORT_RUN, "Run", help="A finished run, newest first.")
     assert row is not None
 
     report = make_report(row.path)

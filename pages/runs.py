@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.params import RUNS_FIRST, RUNS_OPEN, RUNS_SECOND
 from app.state import remember, session_owner
 from app.views.common import STATE_TEXT, describe_config
 from app.views.results import RunRow, list_runs
@@ -21,8 +22,6 @@ from engine.core.config import ConfigError
 from engine.core.run_folder import ACTIVE, STATES
 from engine.orchestration.jobs import resume_job
 from engine.orchestration.store import RESUMABLE, delete_run, open_run
-
-OPEN_PARAM, FIRST_PARAM, SECOND_PARAM = "runs_open", "runs_a", "runs_b"
 
 
 def _summary(row: RunRow) -> None:
@@ -80,7 +79,7 @@ def _delete(row: RunRow) -> None:
             except (FileNotFoundError, RuntimeError, OSError) as err:
                 st.error(f"The run could not be deleted: {err}")
                 return
-            remember(OPEN_PARAM, None)
+            remember(RUNS_OPEN, None)
             st.session_state.pop("confirm_delete", None)
             st.toast(f"Deleted run `{row.run_id}`.")
             st.rerun()
@@ -92,9 +91,9 @@ def _compare(rows: list[RunRow]) -> None:
         st.caption("Comparing needs two finished runs with readable results.")
         return
     left, right = st.columns(2)
-    a = run_picker(done, FIRST_PARAM, "First run", column=left, default=done[1].run_id,
+    a = run_picker(done, RUNS_FIRST, "First run", column=left, default=done[1].run_id,
                    help="The run to compare from.")
-    b = run_picker(done, SECOND_PARAM, "Second run", column=right, default=done[0].run_id,
+    b = run_picker(done, RUNS_SECOND, "Second run", column=right, default=done[0].run_id,
                    help="The run to compare with it.")
     if not (a and b):
         return
@@ -137,7 +136,7 @@ def main() -> None:
         return
     shown = _list(runs)
     st.subheader("Open a run")
-    opened = run_picker(shown or runs, OPEN_PARAM, "Run", optional=True,
+    opened = run_picker(shown or runs, RUNS_OPEN, "Run", optional=True,
                         help="A run to open: its results, links to its pages, resume or "
                              "delete.")
     if opened:

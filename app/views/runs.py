@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from app.params import FEDERATION_RUN, INVERSION_RUN, MEMBERSHIP_RUN, POISONING_RUN
 from app.views import inversion as inv_ui
 from app.views import membership as membership_ui
 from app.views import poisoning as poi_ui
@@ -17,10 +18,10 @@ from app.views.results import RunRow
 
 # Summary key → (page, URL parameter that page reads the run id from, link label).
 DETAIL_PAGES = {
-    "federation": (PAGES_DIR / "federation.py", "run", "Training results (Federation)"),
-    "mia": (PAGES_DIR / "membership.py", "mia_run", "Membership inference attack"),
-    "inversion": (PAGES_DIR / "inversion.py", "inv_run", "Gradient inversion attack"),
-    "poisoning": (PAGES_DIR / "poisoning.py", "poi_run", "Poisoning attack"),
+    "federation": (PAGES_DIR / "federation.py", FEDERATION_RUN, "Training results (Federation)"),
+    "mia": (PAGES_DIR / "membership.py", MEMBERSHIP_RUN, "Membership inference attack"),
+    "inversion": (PAGES_DIR / "inversion.py", INVERSION_RUN, "Gradient inversion attack"),
+    "poisoning": (PAGES_DIR / "poisoning.py", POISONING_RUN, "Poisoning attack"),
 }
 ATTACK_WORDS = {"mia": "membership", "inversion": "inversion", "poisoning": "poisoning",
                 "whatif": "what-if", "dp_audit": "privacy audit"}
