@@ -107,6 +107,25 @@ def _figure(auc: float, ci: tuple[float, float] | list[float] | None) -> str:
     return f"patient-level AUC {auc:.2f} (interval {ci[0]:.2f}–{ci[1]:.2f})"
 
 
+def _pooled_words(mia: MiaSummary, attack: str) -> list[str]:
+    """The verdict's sentences on all hospitals pooled: the AUC, its interval and sample,
+    and the correction for the attacks tried ([] without pooled figures)."""
+    pooled = mia.figures(attack).pooled
+    if pooled.auc is None:
+        return []
+    n = pooled.n
+    words = [f"All hospitals together, {attack_name(attack)}: patient-level AUC "
+             f"**{pooled.auc:.2f}** ({interval_words(pooled.auc_ci)}) from "
+             f"{n.members} training and {n.nonmembers} held-out patients."]
+    fam, p = pooled.auc_ci_family, pooled.p_value
+    if fam and p is not None and mia.family:
+        words.append(f"Counted as better than chance only if the interval corrected for "
+                     f"{mia.family} tests ({fam[0]:.2f}–{fam[1]:.2f}) lies above 0.5 and an "
+                     f"exact rank test agrees (here p = {p:.2g}, needed < "
+                     f"{0.05 / mia.family:.2g}).")
+    return words
+
+
 def verdict(mia: MiaSummary) -> Verdict:
     """The engine's patient-level verdict (``mia.verdict``). Every run is told on the same
     basis: all hospitals pooled at patient level (what the engine's overall verdict always
@@ -127,18 +146,8 @@ def verdict(mia: MiaSummary) -> Verdict:
     pooled = figures.pooled
     if center is None and pooled.auc is None:
         return Verdict("gray", NO_SIGNAL, "No hospital has patient-level figures.")
-    parts, figure = [], ""
+    parts, figure = _pooled_words(mia, attack), ""
     if pooled.auc is not None:
-        n = pooled.n
-        parts.append(f"All hospitals together, {attack_name(attack)}: patient-level AUC "
-                     f"**{pooled.auc:.2f}** ({interval_words(pooled.auc_ci)}) from "
-                     f"{n.members} training and {n.nonmembers} held-out patients.")
-        fam, p = pooled.auc_ci_family, pooled.p_value
-        if fam and p is not None and mia.family:
-            parts.append(f"Counted as better than chance only if the interval corrected for "
-                         f"{mia.family} tests ({fam[0]:.2f}–{fam[1]:.2f}) lies above 0.5 and "
-                         f"an exact rank test agrees (here p = {p:.2g}, needed < "
-                         f"{0.05 / mia.family:.2g}).")
         figure = _figure(pooled.auc, pooled.auc_ci)
     if center is not None and (len(aucs) > 1 or pooled.auc is None):
         ci = figures.auc_ci.get(center)
