@@ -338,7 +338,15 @@ class MembershipAttack:
             result.timing_s["fedmia-ii"] = time.perf_counter() - t0
         newest = payload.rounds[-1].aggregate
         global_signal = loss_signals(model, newest, mri, ct, loss)
+        self._score(result, signals, global_signal, clients, names, bounds)
+        return result
 
+    def _score(self, result: MembershipResult, signals: dict[str, np.ndarray],
+               global_signal: np.ndarray, clients: list[str], names: list[str],
+               bounds: np.ndarray) -> None:
+        """Fill ``result``'s scores and degeneracy flags from the signals: per candidate
+        center (its slices ``bounds[i]:bounds[i + 1]`` of the signals), every variant and
+        score against the other clients as references, then the two baselines."""
         for i, name in enumerate(names):
             sl = slice(bounds[i], bounds[i + 1])
             k = clients.index(name)
@@ -355,7 +363,6 @@ class MembershipAttack:
                 signals["fedmia-i"][:, k, sl].mean(axis=0))
             for b in BASELINES:
                 result.degenerate.setdefault(b, {})[name] = _all_tied(result.scores[b][name])
-        return result
 
 
 def _all_tied(scores: np.ndarray) -> bool:

@@ -164,6 +164,42 @@ def _ssim_block(a: np.ndarray, b: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return ssim_map[(slice(r, -r),) * 3][inner]
 
 
+def _error_sums(ct: np.ndarray, sct: np.ndarray, body: np.ndarray,
+                step: int) -> tuple[float, float, int]:
+    """Over the mask voxels, ``step`` planes at a time: the sum of |ct − sct| (unclipped),
+    the sum of squared differences of both clipped to [−1024, 3000], and the voxel count."""
+    abs_sum = sq_sum = 0.0
+    n = 0
+    for z0 in range(0, ct.shape[0], step):
+        m = body[z0 : z0 + step]
+        a, b = _hu64(ct[z0 : z0 + step][m]), _hu64(sct[z0 : z0 + step][m])
+        abs_sum += float(np.abs(a - b).sum())
+        sq_sum += float(((np.clip(a, HU_MIN, HU_MAX) - np.clip(b, HU_MIN, HU_MAX)) ** 2).sum())
+        n += int(m.sum())
+    return abs_sum, sq_sum, n
+
+
+def _ssim_sum(ct: np.ndarray, sct: np.ndarray, body: np.ndarray,
+              step: int) -> tuple[float, int]:
+    """The SSIM map summed over the mask voxels at least the window's radius inside every
+    border, and their count: blocks of ``step`` planes, each read with a halo of the radius
+    so that the map is exact where it is summed (see :func:`_ssim_block`)."""
+    nz = ct.shape[0]
+    r = SSIM_WINDOW // 2
+    ssim_sum, n_ssim = 0.0, 0
+    for z0 in range(r, nz - r, step):
+        z1 = min(nz - r, z0 + step)
+        inner = body[z0:z1, r:-r, r:-r]
+        if not inner.any():
+            continue
+        halo = slice(z0 - r, z1 + r)
+        s = _ssim_block(_ssim_input(ct[halo], body[halo]), _ssim_input(sct[halo], body[halo]),
+                        inner)
+        ssim_sum += float(s.sum())
+        n_ssim += int(inner.sum())
+    return ssim_sum, n_ssim
+
+
 def volume_metrics(ct_hu: Any, sct_hu: Any, mask: Any) -> dict[str, float]:
     """MAE (HU), PSNR (dB) and SSIM of one patient's CT volume, as the SynthRAD2023 challenge
     scores it (``functions/image_metrics.py`` of github.com/SynthRAD2023/metrics,
@@ -202,26 +238,8 @@ def volume_metrics(ct_hu: Any, sct_hu: Any, mask: Any) -> dict[str, float]:
     ct, sct, body = _check_volumes(ct_hu, sct_hu, mask)
     nz, ny, nx = ct.shape
     step = max(1, _BLOCK_VOXELS // (ny * nx))
-    abs_sum = sq_sum = 0.0
-    n = 0
-    for z0 in range(0, nz, step):
-        m = body[z0 : z0 + step]
-        a, b = _hu64(ct[z0 : z0 + step][m]), _hu64(sct[z0 : z0 + step][m])
-        abs_sum += float(np.abs(a - b).sum())
-        sq_sum += float(((np.clip(a, HU_MIN, HU_MAX) - np.clip(b, HU_MIN, HU_MAX)) ** 2).sum())
-        n += int(m.sum())
-    r = SSIM_WINDOW // 2
-    ssim_sum, n_ssim = 0.0, 0
-    for z0 in range(r, nz - r, step):
-        z1 = min(nz - r, z0 + step)
-        inner = body[z0:z1, r:-r, r:-r]
-        if not inner.any():
-            continue
-        halo = slice(z0 - r, z1 + r)
-        s = _ssim_block(_ssim_input(ct[halo], body[halo]), _ssim_input(sct[halo], body[halo]),
-                        inner)
-        ssim_sum += float(s.sum())
-        n_ssim += int(inner.sum())
+    abs_sum, sq_sum, n = _error_sums(ct, sct, body, step)
+    ssim_sum, n_ssim = _ssim_sum(ct, sct, body, step)
     mse = sq_sum / n
     psnr = float("inf") if mse == 0 else float(10 * np.log10(HU_RANGE**2 / mse))
     return {"mae_hu": abs_sum / n, "psnr_db": psnr, "ssim": ssim_sum / n_ssim}

@@ -223,6 +223,45 @@ def body_mask_from_ct(ct_hu: np.ndarray) -> np.ndarray:
     return body
 
 
+def _check_mri(mri: np.ndarray, label: str) -> None:
+    """Refuse an MRI that looks like a CT in HU (files swapped) or is blank."""
+    if float(np.percentile(_sample(mri), 1)) < -500.0:
+        raise NiftiError(
+            f"{label}: values go down to {float(mri.min()):g}, which looks like a CT in "
+            f"HU rather than an MRI; check that the MRI and CT files were not swapped"
+        )
+    if float(mri.max()) - float(mri.min()) <= 0.0:
+        raise NiftiError(
+            f"{label}: every voxel has the same value ({float(mri.min()):g}); the "
+            f"MRI is blank, upload the real scan"
+        )
+
+
+def _body_mask(
+    mask: Source | None,
+    mri: tuple[np.ndarray, np.ndarray],
+    ct_data: np.ndarray,
+    mri_label: str,
+    ct_label: str,
+    limits: NiftiLimits,
+    max_mm: float,
+) -> np.ndarray:
+    """The pair's body mask: ``mask`` loaded and checked (0/1, on the MRI's grid) when
+    given, else derived from the CT (refused when nothing in it is body)."""
+    if mask is not None:
+        mask_label = f"mask {_label_for(mask, 'uploaded mask')}"
+        mask_data, mask_aff = _load(mask, mask_label, limits)
+        _check_same_grid(mri, (mask_data, mask_aff), mri_label, mask_label, max_mm)
+        return _check_mask(mask_data, mask_label)
+    body = body_mask_from_ct(ct_data)
+    if not body.any():
+        raise NiftiError(
+            f"{ct_label}: no voxel is above −500 HU, so no body mask can be derived; check "
+            f"the CT or upload a mask"
+        )
+    return body
+
+
 def load_nifti_pair(
     mri: Source,
     ct: Source,
@@ -258,35 +297,11 @@ def load_nifti_pair(
     _check_same_grid(
         (mri_data, mri_aff), (ct_data, ct_aff), mri_label, ct_label, max_misregistration_mm
     )
-    if float(np.percentile(_sample(mri_data), 1)) < -500.0:
-        raise NiftiError(
-            f"{mri_label}: values go down to {float(mri_data.min()):g}, which looks like a CT in "
-            f"HU rather than an MRI; check that the MRI and CT files were not swapped"
-        )
-    if float(mri_data.max()) - float(mri_data.min()) <= 0.0:
-        raise NiftiError(
-            f"{mri_label}: every voxel has the same value ({float(mri_data.min()):g}); the "
-            f"MRI is blank, upload the real scan"
-        )
+    _check_mri(mri_data, mri_label)
     _check_ct_is_hu(ct_data, ct_label)
-    if mask is not None:
-        mask_label = f"mask {_label_for(mask, 'uploaded mask')}"
-        mask_data, mask_aff = _load(mask, mask_label, limits)
-        _check_same_grid(
-            (mri_data, mri_aff),
-            (mask_data, mask_aff),
-            mri_label,
-            mask_label,
-            max_misregistration_mm,
-        )
-        body = _check_mask(mask_data, mask_label)
-    else:
-        body = body_mask_from_ct(ct_data)
-        if not body.any():
-            raise NiftiError(
-                f"{ct_label}: no voxel is above −500 HU, so no body mask can be derived; check "
-                f"the CT or upload a mask"
-            )
+    body = _body_mask(
+        mask, (mri_data, mri_aff), ct_data, mri_label, ct_label, limits, max_misregistration_mm
+    )
     return PatientVolume(
         patient_id=patient_id,
         mri=mri_data.astype(np.float32, copy=False),

@@ -136,6 +136,38 @@ def train_round(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cohort:
     return trained, metadata
 
 
+def _log_plan(plan: TrainingPlan) -> None:
+    """The one log line saying which centers train batched, and why not all."""
+    if plan.batched:
+        others = f"; the others one after another: {plan.reason}" if plan.reason else ""
+        logger.info("local training: centers %s batched%s", list(plan.batched), others)
+    else:
+        logger.info("local training: one center after another: %s", plan.reason)
+
+
+def _starting_point(
+    cfg: ExperimentConfig,
+    cohort: Cohort,
+    model: torch.nn.Module,
+    on_round: Callable[[dict[str, Any]], None] | None,
+    start: tuple[int, NDArrays, list[dict[str, Any]]] | None,
+) -> tuple[NDArrays, int, FederationResult, RoundRecorder]:
+    """Where training begins: the global model, the first round to train, the result so
+    far and its recorder. From scratch the untrained model is recorded as round 0; from a
+    checkpoint (``start``) the result is rebuilt from its records."""
+    if start is None:
+        global_params, first = get_parameters(model), 1
+        result = FederationResult(final_params=global_params)
+        recorder = RoundRecorder(cfg, cohort, result, on_round, model)
+        recorder.record(0, global_params, {})
+    else:
+        done, global_params, records = start
+        first = done + 1
+        result = FederationResult.from_records(records, global_params)
+        recorder = RoundRecorder(cfg, cohort, result, on_round, model)
+    return global_params, first, result, recorder
+
+
 def run_federation(
     cfg: ExperimentConfig,
     cohort: Cohort,
@@ -168,21 +200,9 @@ def run_federation(
     aggregator = make_aggregator(fed)
     train_sets, malicious = training_sets(cfg, cohort)
     plan = plan_training(cfg, model, train_sets)
-    if plan.batched:
-        others = f"; the others one after another: {plan.reason}" if plan.reason else ""
-        logger.info("local training: centers %s batched%s", list(plan.batched), others)
-    else:
-        logger.info("local training: one center after another: %s", plan.reason)
-    if start is None:
-        global_params, first = get_parameters(model), 1
-        result = FederationResult(final_params=global_params)
-        recorder = RoundRecorder(cfg, cohort, result, on_round, model)
-        recorder.record(0, global_params, {})
-    else:
-        done, global_params, records = start
-        first = done + 1
-        result = FederationResult.from_records(records, global_params)
-        recorder = RoundRecorder(cfg, cohort, result, on_round, model)
+    _log_plan(plan)
+    global_params, first, result, recorder = _starting_point(cfg, cohort, model, on_round,
+                                                             start)
     every = fed.checkpoint_every
     for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()

@@ -49,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parser(sub)
+    _add_sweep_parser(sub)
+    _add_study_parser(sub)
+    sub.add_parser("presets", help="list the named presets and sweeps")
+    sub.add_parser("dashboard", add_help=False,
+                   help="serve the dashboard on http://127.0.0.1:8501 (see `fedsct dashboard "
+                        "--help`)")
+    ls = sub.add_parser("runs", help="list the runs in the runs root")
+    ls.add_argument("--out", metavar="DIR", help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """``fedsct run``: one experiment, new or resumed."""
     r = sub.add_parser("run", help="run one experiment and write a run folder",
                        description="Run one experiment headless. Settings are applied in "
                        "order: defaults, --preset, --config, --set.")
@@ -64,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                         "it ends as the uninterrupted run would have")
     r.add_argument("--quiet", action="store_true", help="print only the run folder path")
     _threads_option(r, "the run")
+
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    """``fedsct sweep``: a named sweep, run or resumed."""
     sw = sub.add_parser("sweep", help="run or resume a sweep of experiments into one table",
                         description="Run a named sweep; cells whose exact config already "
                         "finished are reused, so rerunning the same command resumes it.")
@@ -78,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
                          "1.9× faster); the thread count is part of the figures, so cells "
                          "trained this way are reused only by sweeps on one thread")
     _threads_option(sw, "each cell (with --workers 1)")
+
+
+def _add_study_parser(sub: argparse._SubParsersAction) -> None:
+    """``fedsct study``: every analysis of the study at one scale, and its report."""
     st = sub.add_parser("study", help="run the study's analyses and write one study report",
                         description="Run every analysis of the FedSynthCT-Brain security "
                         "study (sCT quality, membership inference with and without secure "
@@ -93,14 +116,6 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--workers", type=_workers, default=1, metavar="N",
                     help="experiments trained at once, as for `fedsct sweep --workers`")
     _threads_option(st, "each experiment (with --workers 1)")
-    sub.add_parser("presets", help="list the named presets and sweeps")
-    sub.add_parser("dashboard", add_help=False,
-                   help="serve the dashboard on http://127.0.0.1:8501 (see `fedsct dashboard "
-                        "--help`)")
-    ls = sub.add_parser("runs", help="list the runs in the runs root")
-    ls.add_argument("--out", metavar="DIR", help="runs root (default: $FEDSCT_RUNS_DIR or ./runs)")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
-    return p
 
 
 def _threads_option(parser: argparse.ArgumentParser, what: str) -> None:

@@ -190,6 +190,76 @@ def _resume_point(run: RunFolder) -> tuple[int, Any, list[dict[str, Any]]] | Non
     return checkpoint[0], checkpoint[1], run.metrics()
 
 
+def _train(run: RunFolder, cfg: ExperimentConfig, cohort: Cohort,
+           on_round: Callable[[dict[str, Any]], None] | None,
+           resume: bool) -> FederationResult:
+    """The federation of the run: from the start, from its last checkpoint (``resume``), or
+    only rebuilt from its records when every round was already trained. Each round's record
+    is written, reported as progress and logged, then passed to ``on_round``."""
+    training = run.progress("training", "round")
+
+    def record(entry: dict[str, Any]) -> None:
+        run.append_metrics(entry)
+        training(entry["round"], cfg.federation.rounds, "")
+        if on_round:
+            on_round(entry)
+        g = entry.get("global") or {}
+        run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
+
+    start = _resume_point(run) if resume else None
+    if start is not None and start[0] >= cfg.federation.rounds:  # only attacks were left
+        return FederationResult.from_records(start[2], start[1])
+    if cfg.federation.runtime == "inprocess":
+        return run_federation(cfg, cohort, run_dir=run.path, on_round=record,
+                              should_stop=run.cancel_requested, start=start)
+    # its ServerApp writes the round records and the log itself
+    return run_flower(cfg, run, on_round=on_round)
+
+
+def _save_final_model(run: RunFolder, cfg: ExperimentConfig,
+                      result: FederationResult) -> torch.nn.Module:
+    """The trained global model, saved as ``checkpoints/final.pt``; returned for its size."""
+    ckpt = run.path / "checkpoints"
+    ckpt.mkdir(exist_ok=True)
+    model = build_model(cfg)
+    set_parameters(model, result.final_params)
+    torch.save(model.state_dict(), ckpt / "final.pt")
+    return model
+
+
+def _volumetric(run: RunFolder, cfg: ExperimentConfig, cohort: Cohort,
+                result: FederationResult) -> tuple[dict[str, Any] | None, float]:
+    """The per-volume evaluation (``evaluation.volumetric``) and the seconds it took;
+    ``(None, 0.0)`` when it is off."""
+    if not cfg.evaluation.volumetric:
+        return None, 0.0
+    run.set_status("running", phase="volumetric evaluation")
+    t_vol = time.perf_counter()
+    volumetric = volumetric_summary(cfg, cohort, result.final_params, log=run.log)
+    volumetric_s = time.perf_counter() - t_vol
+    run.log(f"volumetric evaluation: {volumetric_s:.1f} s")
+    return volumetric, volumetric_s
+
+
+def _run_attacks(ctx: RunContext) -> dict[str, Any]:
+    """Every enabled step of :data:`ATTACKS`, in order; their summary blocks by key."""
+    for step in ATTACKS:
+        if step.enabled(ctx.cfg):
+            ctx.phase = step.phase
+            ctx.run.set_status("running", phase=step.phase)
+            ctx.run.log(f"{step.phase}: starting")
+            ctx.done[step.key] = step.run(ctx)
+    return ctx.done
+
+
+def _failure_message(run: RunFolder, err: Exception) -> str:
+    """The ``error`` of a failed run's status; a full disk says how to go on."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return (f"the disk holding {run.root} is full ({err.strerror}); free some space, "
+                f"then resume the run (Runs page, or fedsct run --resume {run.run_id})")
+    return f"{type(err).__name__}: {err}"
+
+
 def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = None,
             resume: bool = False) -> dict[str, Any] | None:
     """Run the experiment stored in ``run`` and write its results there.
@@ -226,47 +296,14 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
                     if cfg.attacks.inversion.enabled else None)
         data_s = time.perf_counter() - t0
         run.set_status("running", phase="training", data_s=round(data_s, 3))
-        training = run.progress("training", "round")
-
-        def record(entry: dict[str, Any]) -> None:
-            run.append_metrics(entry)
-            training(entry["round"], cfg.federation.rounds, "")
-            if on_round:
-                on_round(entry)
-            g = entry.get("global") or {}
-            run.log(f"round {entry['round']}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
-
-        start = _resume_point(run) if resume else None
-        if start is not None and start[0] >= cfg.federation.rounds:  # only attacks were left
-            result = FederationResult.from_records(start[2], start[1])
-        elif cfg.federation.runtime == "inprocess":
-            result = run_federation(cfg, cohort, run_dir=run.path, on_round=record,
-                                    should_stop=run.cancel_requested, start=start)
-        else:  # its ServerApp writes the round records and the log itself
-            result = run_flower(cfg, run, on_round=on_round)
-        ckpt = run.path / "checkpoints"
-        ckpt.mkdir(exist_ok=True)
-        model = build_model(cfg)
-        set_parameters(model, result.final_params)
-        torch.save(model.state_dict(), ckpt / "final.pt")
+        result = _train(run, cfg, cohort, on_round, resume)
+        model = _save_final_model(run, cfg, result)
         samples = _save_samples(run, cfg, cohort, result)
-        volumetric, volumetric_s = None, 0.0
-        if cfg.evaluation.volumetric:
-            run.set_status("running", phase="volumetric evaluation")
-            t_vol = time.perf_counter()
-            volumetric = volumetric_summary(cfg, cohort, result.final_params, log=run.log)
-            volumetric_s = time.perf_counter() - t_vol
-            run.log(f"volumetric evaluation: {volumetric_s:.1f} s")
-        ctx = RunContext(run, cfg, cohort, result, attacker)
-        for step in ATTACKS:
-            if step.enabled(cfg):
-                ctx.phase = step.phase
-                run.set_status("running", phase=step.phase)
-                run.log(f"{step.phase}: starting")
-                ctx.done[step.key] = step.run(ctx)
+        volumetric, volumetric_s = _volumetric(run, cfg, cohort, result)
+        done = _run_attacks(RunContext(run, cfg, cohort, result, attacker))
         summary = build_summary(cfg, cohort, result, time.perf_counter() - t0, data_s,
                                 count_parameters(model), samples, volumetric,
-                                volumetric_s) | ctx.done
+                                volumetric_s) | done
         # Readers take summary.json as a RunSummary: one that would not read as one is this
         # run's failure, said now, not a damaged file found later by every page.
         parse_summary(summary, "the summary this run built")
@@ -279,9 +316,6 @@ def execute(run: RunFolder, on_round: Callable[[dict[str, Any]], None] | None = 
                        error=str(err) or "stopped by you")
     except Exception as err:  # noqa: BLE001 - any failure must end in a readable status
         run.log(traceback.format_exc())
-        error = f"{type(err).__name__}: {err}"
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            error = (f"the disk holding {run.root} is full ({err.strerror}); free some space, "
-                     f"then resume the run (Runs page, or fedsct run --resume {run.run_id})")
-        run.set_status("failed", phase="failed", error=error, finished=time.time())
+        run.set_status("failed", phase="failed", error=_failure_message(run, err),
+                       finished=time.time())
     return None

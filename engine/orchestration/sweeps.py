@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.analyses.results import RunSummary, SweepRow, read_summary
+from engine.analyses.results import (
+    InversionSummary,
+    MiaSummary,
+    RunSummary,
+    SweepRow,
+    read_summary,
+)
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import RunFolder, number_or_none, text_or_none, write_json_atomic
 from engine.orchestration.experiment import execute
@@ -79,6 +85,47 @@ def read_sweep_progress(folder: Path) -> SweepProgress | None:
                          current_run=_run_id(raw.get("current_run")))
 
 
+def _mia_columns(mia: MiaSummary) -> dict[str, Any]:
+    """A row's membership-inference columns: every attack's pooled and per-center AUC, then
+    the patient-level AUC and the verdict of the attack the verdict rests on."""
+    row: dict[str, Any] = {}
+    for attack, v in mia.variants.items():
+        row[f"auc_pooled[{attack}]"] = v.pooled_auc
+        for center, auc in v.auc.items():
+            row[f"auc[{attack}][{center}]"] = auc
+    variant = mia.variants.get(mia.verdict_attack or mia.attack)
+    pooled = variant.patient.pooled if variant else None
+    row |= {"mia_attack": mia.attack, "patient_auc_pooled": pooled.auc if pooled else None,
+            "patient_auc_ci_pooled": pooled.auc_ci if pooled else None,
+            "mia_verdict": (mia.verdict or {}).get("overall"),
+            "mia_verdict_attack": mia.verdict_attack}
+    return row
+
+
+def _inversion_columns(inv: InversionSummary, cfg: ExperimentConfig) -> dict[str, Any]:
+    """A row's gradient-inversion columns: the attack's figures and settings, its
+    calibration, then the body SSIM per center."""
+    clients = list(inv.per_client.values())
+    losses = [c.final_loss for c in clients if c.final_loss is not None]
+    cal = inv.calibration
+    row: dict[str, Any] = {
+        "inversion_round": clients[0].round,
+        **{f"inversion_{k}": getattr(inv, k) for k in INVERSION_COLUMNS},
+        "inversion_verdict": inv.verdict,
+        "inversion_final_loss": float(np.mean(losses)) if losses else None,
+        "inversion_tv_weight": cfg.attacks.inversion.tv_weight,
+        "inversion_adam": cfg.attacks.inversion.adam,
+        "inversion_iterations": inv.iterations,
+        "inversion_restarts": inv.restarts,
+        "calibration_ssim_body": cal.ssim_body if cal else None,
+        "calibration_floor_ssim_body": cal.floor_ssim_body if cal else None,
+        "calibration_rate": cal.rate if cal else None,
+        "inversion_null_ssim_body": inv.null_ssim_body}
+    for center, v in inv.per_client.items():
+        row[f"inversion_ssim_body[{center}]"] = v.ssim_body
+    return row
+
+
 def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
               preset: str | None = None) -> SweepRow:
     """One table row (:class:`engine.analyses.results.SweepRow`): the cell's settings, read
@@ -106,16 +153,7 @@ def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
         "mae_hu": fin.mae_hu if fin else None, "psnr_db": fin.psnr_db if fin else None,
         "ssim": fin.ssim if fin else None}
     if mia := s.mia:
-        for attack, v in mia.variants.items():
-            row[f"auc_pooled[{attack}]"] = v.pooled_auc
-            for center, auc in v.auc.items():
-                row[f"auc[{attack}][{center}]"] = auc
-        variant = mia.variants.get(mia.verdict_attack or mia.attack)
-        pooled = variant.patient.pooled if variant else None
-        row |= {"mia_attack": mia.attack, "patient_auc_pooled": pooled.auc if pooled else None,
-                "patient_auc_ci_pooled": pooled.auc_ci if pooled else None,
-                "mia_verdict": (mia.verdict or {}).get("overall"),
-                "mia_verdict_attack": mia.verdict_attack}
+        row |= _mia_columns(mia)
     if poison := s.poisoning:
         row |= {"poison_kind": poison.kind, "malicious": " ".join(poison.malicious_names),
                 "noise_std": poison.noise_std, "poison_target": poison.target,
@@ -123,23 +161,7 @@ def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
                 "mae_ratio": poison.cells[0].mae_ratio,
                 "detected": " ".join(poison.detection.detected)}
     if inv := s.inversion:
-        clients = list(inv.per_client.values())
-        losses = [c.final_loss for c in clients if c.final_loss is not None]
-        cal = inv.calibration
-        row |= {"inversion_round": clients[0].round,
-                **{f"inversion_{k}": getattr(inv, k) for k in INVERSION_COLUMNS},
-                "inversion_verdict": inv.verdict,
-                "inversion_final_loss": float(np.mean(losses)) if losses else None,
-                "inversion_tv_weight": cfg.attacks.inversion.tv_weight,
-                "inversion_adam": cfg.attacks.inversion.adam,
-                "inversion_iterations": inv.iterations,
-                "inversion_restarts": inv.restarts,
-                "calibration_ssim_body": cal.ssim_body if cal else None,
-                "calibration_floor_ssim_body": cal.floor_ssim_body if cal else None,
-                "calibration_rate": cal.rate if cal else None,
-                "inversion_null_ssim_body": inv.null_ssim_body}
-        for center, v in inv.per_client.items():
-            row[f"inversion_ssim_body[{center}]"] = v.ssim_body
+        row |= _inversion_columns(inv, cfg)
     if audit := s.dp_audit:
         row |= {"audit_kind": audit.kind, "audit_bound": audit.epsilon_lower_bound,
                 "audit_cap": audit.cap, "audit_canaries": audit.canaries,
