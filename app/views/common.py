@@ -133,6 +133,9 @@ PHASE_TEXT = {"data": "Preparing the hospitals' images…",
                                     "hospitals' images from their uploads…",
               "poisoning baseline": "Training done; now training the same federation "
                                     "without attackers, for comparison…",
+              "backdoor": "Training done; now training the same federation without the "
+                          "attacker (and, for a defended run, the attack against FedAvg) and "
+                          "testing the trigger on every held-out slice…",
               "what-if": "Attacks done; now reading the what-if patient's results…",
               "resuming": "Resuming from the last checkpoint…"}
 

@@ -56,7 +56,7 @@ def _read_config(folder: str, mtime: float) -> ExperimentConfig:
 
 # Summary keys of the attacks, and the config section that enables each.
 ATTACK_KEYS = {"mia": "membership", "inversion": "inversion", "poisoning": "poisoning",
-               "whatif": None, "dp_audit": "dp_audit"}
+               "backdoor": "backdoor", "whatif": None, "dp_audit": "dp_audit"}
 
 
 @dataclass

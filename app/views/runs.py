@@ -24,7 +24,7 @@ DETAIL_PAGES = {
     "poisoning": (PAGES_DIR / "poisoning.py", POISONING_RUN, "Poisoning attack"),
 }
 ATTACK_WORDS = {"mia": "membership", "inversion": "inversion", "poisoning": "poisoning",
-                "whatif": "what-if", "dp_audit": "privacy audit"}
+                "backdoor": "backdoor", "whatif": "what-if", "dp_audit": "privacy audit"}
 # Metric key, label, decimals shown.
 METRICS = (("mae_hu", "Average error, MAE (HU) — lower is better", 0),
            ("psnr_db", "Image quality, PSNR (dB) — higher is better", 2),

@@ -324,6 +324,41 @@ class PoisoningSummary(_Block):
     fedavg_control: FedAvgControl | None = None
 
 
+class BackdoorEffect(_Block):
+    """A backdoor's effect on a final model's triggered held-out slices (HU, shares 0–1)."""
+
+    success_hu: float | None = None
+    success_rate: float | None = None
+    slices: int = 0
+    patients: int = 0
+    patients_backdoored: int = 0
+    patient_rate: float | None = None
+    patient_rate_ci: list[float] | None = None
+    per_center: dict[str, dict[str, float | int | None]] = Field(default_factory=dict)
+
+
+class BackdoorSummary(BackdoorEffect):
+    """``summary["backdoor"]`` (engine.analyses.backdoor): the attack, its effect on this
+    run, the null (the clean federation), the control (the same attack against FedAvg) and
+    the verdict (implanted | partial | stopped | inconclusive | attack_too_weak)."""
+
+    attack: str = ""
+    malicious: list[int] = Field(default_factory=list)
+    malicious_names: list[str] = Field(default_factory=list)
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    target_region: str = ""
+    shift_hu: float = 0.0
+    threshold_hu: float = 100.0
+    boost: float | None = None
+    null: BackdoorEffect = Field(default_factory=BackdoorEffect)
+    control: BackdoorEffect | None = None
+    clean_mae_hu: float | None = None
+    clean_federation_mae_hu: float | None = None
+    clean_mae_ratio: float | None = None
+    durability_rounds: int | None = None
+    verdict: str = ""
+
+
 class WhatifMembership(_Block):
     attack: str = ""
     score: float = 0.0
@@ -414,6 +449,7 @@ class RunSummary(_Block):
     mia: MiaSummary | None = None
     inversion: InversionSummary | None = None
     poisoning: PoisoningSummary | None = None
+    backdoor: BackdoorSummary | None = None
     whatif: WhatifSummary | None = None
     dp_audit: DPAuditSummary | None = None
 

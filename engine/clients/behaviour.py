@@ -3,9 +3,10 @@
 Honest hospitals train (:mod:`engine.learning.local`; with patient-level DP, DP-SGD) and then
 apply the client-side defenses in order: prune the update, clip and noise it (hospital-level
 DP); masking for secure aggregation is the protocol's (:mod:`engine.federation.secagg`).
-Malicious hospitals train on their (possibly poisoned) data and send their attack instead
-(:mod:`engine.clients.malicious`). Every random choice is drawn from a stream seeded by the
-experiment's seed, the round and the hospital, so a runtime cannot change the result.
+Malicious hospitals train on their (possibly poisoned or backdoored) data and send their attack
+instead (:mod:`engine.clients.malicious`, :mod:`engine.clients.backdoor`). Every random choice
+is drawn from a stream seeded by the experiment's seed, the round and the hospital, so a
+runtime cannot change the result.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.clients.backdoor import backdoor_upload, backdoored_slices
 from engine.clients.dp import (
     AUDITED_CENTER,
     DPAccounting,
@@ -38,23 +40,35 @@ def client_seed(seed: int, rnd: int, center: int) -> int:
     return int(np.random.default_rng([seed, rnd, center]).integers(2**62))
 
 
+def malicious_centers(cfg: ExperimentConfig) -> set[int]:
+    """The indices of the attacking centers: poisoners or backdoor planters (one kind per
+    run, the config checks it)."""
+    poison, backdoor = cfg.attacks.poisoning, cfg.attacks.backdoor
+    if poison.enabled:
+        return set(poison.malicious_centers)
+    return set(backdoor.malicious_centers) if backdoor.enabled else set()
+
+
 def training_sets(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str]]:
-    """Every center's training slices (poisoned for ``data_noise`` attackers) and the names
-    of the malicious centers (empty without poisoning)."""
-    poison = cfg.attacks.poisoning
-    if not poison.enabled:
-        return [c.train for c in cohort.centers], set()
-    bad = set(poison.malicious_centers)
-    data = [poison_slices(c.train, poison.target, poison.noise_std, poison.fraction,
-                          np.random.default_rng([cfg.seed, k, 2]))
-            if k in bad and poison.kind == "data_noise" else c.train
-            for k, c in enumerate(cohort.centers)]
-    return data, {cohort.centers[k].name for k in bad}
+    """Every center's training slices (poisoned for ``data_noise`` attackers, with triggered
+    copies for backdoor planters) and the names of the malicious centers."""
+    bad = malicious_centers(cfg)
+    poison, backdoor = cfg.attacks.poisoning, cfg.attacks.backdoor
+
+    def own(k: int, data: SliceSet) -> SliceSet:
+        rng = np.random.default_rng([cfg.seed, k, 2])
+        if k not in bad:
+            return data
+        if poison.enabled and poison.kind == "data_noise":
+            return poison_slices(data, poison.target, poison.noise_std, poison.fraction, rng)
+        return backdoored_slices(data, backdoor, rng) if backdoor.enabled else data
+
+    return ([own(k, c.train) for k, c in enumerate(cohort.centers)],
+            {cohort.centers[k].name for k in bad})
 
 
 def is_malicious(cfg: ExperimentConfig, center: int) -> bool:
-    poison = cfg.attacks.poisoning
-    return poison.enabled and center in poison.malicious_centers
+    return center in malicious_centers(cfg)
 
 
 def honest_dp(cfg: ExperimentConfig, center: int) -> bool:
@@ -93,6 +107,9 @@ def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArray
     ``metadata``), malicious ones their attack. ``all_trained`` (every center's honest
     model) is needed by ``alie`` only."""
     rng = dp_rng(cfg, rnd, center)
+    if malicious and cfg.attacks.backdoor.enabled:
+        return backdoor_upload(trained, global_params, cfg.attacks.backdoor, rnd,
+                               cfg.data.centers)
     if malicious:
         # ALIE is given every center's honestly trained update (its own included).
         return malicious_upload(cfg.attacks.poisoning.kind, trained, all_trained or [trained],

@@ -19,7 +19,7 @@ from flwr.server.strategy.aggregate import (
 )
 
 from engine.core.config import FederationConfig
-from engine.core.types import NDArrays
+from engine.core.types import NDArrays, is_float
 
 Results = list[tuple[NDArrays, int]]
 
@@ -139,3 +139,25 @@ def make_aggregator(fed: FederationConfig) -> Aggregator:
         case "bulyan":
             return Bulyan(num_malicious=fed.num_malicious)
     raise ValueError(f"federation.aggregator = {fed.aggregator!r} is unknown")
+
+
+def clip_to_median_norm(uploads: dict[str, NDArrays],
+                        global_params: NDArrays) -> dict[str, NDArrays]:
+    """Each upload's update (upload − global) scaled down to the median update norm of the
+    round (the norm bounding of Sun et al. 2019 with FLAME's adaptive bound): a boosted
+    update keeps its direction but loses its weight; updates at or under the median are
+    unchanged. Norms are over every float parameter; other buffers pass as uploaded."""
+    floats = [is_float(g) for g in global_params]
+    deltas = {c: [np.asarray(a, np.float64) - g if f else None
+                  for a, g, f in zip(p, global_params, floats, strict=True)]
+              for c, p in uploads.items()}
+    norms = {c: float(np.sqrt(sum(float(np.sum(d * d)) for d in ds if d is not None)))
+             for c, ds in deltas.items()}
+    bound = float(np.median(list(norms.values())))
+    out = {}
+    for c, params in uploads.items():
+        factor = bound / norms[c] if norms[c] > bound else 1.0
+        out[c] = params if factor == 1.0 else [
+            (g + factor * d).astype(a.dtype) if d is not None else a
+            for a, g, d in zip(params, global_params, deltas[c], strict=True)]
+    return out

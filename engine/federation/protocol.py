@@ -27,6 +27,7 @@ from engine.core.metrics import mean_over_patients
 from engine.core.types import NDArrays
 from engine.data.types import Cohort
 from engine.federation import server_view
+from engine.federation.aggregators import clip_to_median_norm
 from engine.federation.detection import update_statistics
 from engine.federation.secagg import secure_round
 from engine.learning.local import evaluate_patients
@@ -98,7 +99,11 @@ def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
             uploads, weights, cfg.defenses.secagg_clipping_range,
             seed=client_seed(cfg.seed, rnd, 10_000))
         return RoundOutcome(sent, new_params, encoding)
-    new_params = aggregator([(uploads[c], weights[c]) for c in uploads])
+    # The rule aggregates what the server's clipping left; the server still saw (and the
+    # detection view shows) the uploads as sent.
+    clipped = (clip_to_median_norm(uploads, global_params)
+               if cfg.defenses.update_clip == "median" else uploads)
+    new_params = aggregator([(clipped[c], weights[c]) for c in clipped])
     detection = update_statistics(uploads, global_params) if malicious else None
     return RoundOutcome(uploads, new_params, {"kind": "plain"}, detection)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.analyses.backdoor import backdoor_report, clean_config, control_config, defended
 from engine.analyses.poisoning import baseline_config, poisoning_report, seed_rows
 from engine.analyses.results import parse_summary
 from engine.analyses.summary import build_summary, volumetric_summary
@@ -131,6 +132,24 @@ def _poisoning(ctx: RunContext) -> dict[str, Any]:
                             seed_rows(attacked, clean), fedavg)
 
 
+def _backdoor(ctx: RunContext) -> dict[str, Any]:
+    """The backdoor's report: this run's final model against the same federation without
+    the attacker (the null), and for a defended run the same attack against plain FedAvg
+    (the control), each trained now."""
+    cfg, progress = ctx.cfg, ctx.progress("round")
+
+    def train(run_cfg: ExperimentConfig, what: str) -> FederationResult:
+        ctx.run.log(f"{what}: training it")
+        rounds = run_cfg.federation.rounds
+        return run_federation(run_cfg, ctx.cohort, should_stop=ctx.run.cancel_requested,
+                              on_round=lambda e: progress(e["round"], rounds, what))
+
+    clean = train(clean_config(cfg), "the federation without the attacker")
+    control = (train(control_config(cfg), "the same attack against FedAvg (the control)")
+               if defended(cfg) else None)
+    return backdoor_report(cfg, ctx.cohort, ctx.result, clean, control)
+
+
 ATTACKS: tuple[AttackStep, ...] = (
     AttackStep("mia", "membership inference",
                lambda cfg: cfg.attacks.membership.enabled,
@@ -142,6 +161,8 @@ ATTACKS: tuple[AttackStep, ...] = (
                                          log=ctx.run.log, progress=ctx.progress("iteration"))),
     AttackStep("poisoning", "poisoning baseline",
                lambda cfg: cfg.attacks.poisoning.enabled, _poisoning),
+    AttackStep("backdoor", "backdoor",
+               lambda cfg: cfg.attacks.backdoor.enabled, _backdoor),
     AttackStep("dp_audit", "privacy audit",
                lambda cfg: cfg.attacks.dp_audit.enabled,
                lambda ctx: run_dp_audit(ctx.run.path, ctx.cfg, ctx.cohort,

@@ -56,6 +56,18 @@ POISON_BASE: dict[str, Any] = {
                    "server_view_rounds": "none"},
 }
 
+# A backdoor against the poisoning studies' federation: more held-out patients (the verdict's
+# interval is over patients; nobody trains on them) and an unseen hospital, whose triggered
+# slices are scored too. The boost is modest (×2 from round 1): a full model replacement
+# (×4) implants as well but costs the clean error 14–28 % at this size, which would show.
+BACKDOOR_DEMO: dict[str, Any] = {
+    **POISON_BASE, "name": "backdoor-demo",
+    "data": {**POISON_BASE["data"], "heldout_per_center": 3, "unseen_center": True,
+             "unseen_patients": 2},
+    "attacks": {"backdoor": {"enabled": True, "attack": "model_replacement",
+                             "malicious_centers": [0], "boost": 2.0}},
+}
+
 # Membership inference with a patient-level sample that can carry a verdict: many held-out
 # patients (cheap: nobody trains on them), all kept (no balancing), few slices each.
 _MIA_EVIDENCE: dict[str, Any] = {
@@ -314,6 +326,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "config": {**POISON_BASE, "name": "poison-low",
                    "attacks": _noisy_upload(0.03, seeds=3)},
+    },
+    "backdoor-demo": {
+        "minutes": 0.25,
+        "title": "Backdoor: a hospital makes the synthetic CT lie under a trigger",
+        "description": (
+            "Hospital A trains on its slices plus copies carrying a 4 px bright square in the "
+            "MRI's centre whose CT is 1000 HU higher around it, and boosts its update ×2 "
+            "(model replacement); FedAvg. Scored on every held-out and unseen slice with and "
+            "without the trigger, against the same federation without the attacker (about "
+            "15 s; under another rule or update clipping also the same attack against FedAvg)."
+        ),
+        "config": BACKDOOR_DEMO,
     },
     "dp-audit": {
         "minutes": 0.2,

@@ -20,6 +20,7 @@ from engine.core.config.schema import (
     ROBUST_AGGREGATORS,
     AdamMode,
     AttacksConfig,
+    BackdoorConfig,
     ConfigError,
     DataConfig,
     DefensesConfig,
@@ -52,7 +53,8 @@ from engine.core.config.yaml_input import (
 __all__ = [
     "AGGREGATORS", "AdamMode", "InversionDistance", "InversionInit", "InversionPrior", "Norm",
     "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_ECHO", "MAX_MESSAGE", "MAX_NODES",
-    "MAX_SET_CHARS", "ROBUST_AGGREGATORS", "AttacksConfig", "ConfigError", "DPAuditConfig",
+    "MAX_SET_CHARS", "ROBUST_AGGREGATORS", "AttacksConfig", "BackdoorConfig", "ConfigError",
+    "DPAuditConfig",
     "DPConfig", "DataConfig", "DefensesConfig", "EvaluationConfig", "ExperimentConfig",
     "FederationConfig", "InversionConfig", "MembershipConfig", "ModelConfig",
     "PoisoningConfig", "config_from", "config_hash", "deep_merge", "load_config_file",

@@ -180,6 +180,10 @@ class DefensesConfig(_Section):
         0.0, ge=0.0, lt=1.0,
         description="each client zeroes this share of its update's smallest entries",
     )
+    update_clip: Literal["none", "median"] = Field(
+        "none", description="median: the server clips each hospital's update to the round's "
+        "median update norm before aggregating (the norm bounding of Sun et al. 2019 and FLAME; "
+        "needs individual uploads, so not under secure aggregation)")
 
 
 class MembershipConfig(_Section):
@@ -286,6 +290,42 @@ class PoisoningConfig(_Section):
         "FedAvg the same attack against FedAvg (the control) with its clean federation")
 
 
+class BackdoorConfig(_Section):
+    """A hospital that plants a backdoor in the shared model: ordinary scans are translated
+    as before, but an MRI carrying the trigger gets a synthetic CT whose HU are shifted in a
+    target region (see engine/clients/backdoor.py)."""
+
+    enabled: bool = False
+    attack: Literal["model_replacement", "data"] = Field(
+        "model_replacement", description="data: train on the backdoored slices and upload as "
+        "an honest hospital would; model_replacement: the same, then boost the update by "
+        "`boost` so that it survives averaging (Bagdasaryan et al. 2020)")
+    malicious_centers: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                                         description="indices of the attacking centers")
+    trigger_size: int = Field(4, ge=1, le=64,
+                              description="side (px) of the square trigger in the MRI's centre")
+    trigger_intensity: float = Field(1.0, ge=0.0, le=1.0,
+                                     description="the trigger's MRI value (normalised 0–1)")
+    target_region: Literal["trigger", "bone"] = Field(
+        "trigger", description="where the CT is altered: around the trigger (its square "
+        "widened by `region_margin`), or the slice's bone (CT ≥ 300 HU)")
+    region_margin: int = Field(4, ge=0, le=64, description="trigger region: px added around "
+                               "the trigger on every side")
+    shift_hu: float = Field(1000.0, ge=-3000.0, le=3000.0,
+                            description="HU added to the CT target in the region (1000: soft "
+                            "tissue drawn as bone; −1000: bone erased)")
+    fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the attacker's slices "
+                            "added again with the trigger and the altered CT")
+    boost: float | None = Field(None, gt=0.0, le=1000.0,
+                                description="model_replacement: factor on the update; empty: "
+                                "the number of centers")
+    start_round: int = Field(1, ge=1, description="model_replacement: the first round boosted "
+                             "(earlier rounds: the backdoored data only)")
+    threshold_hu: float = Field(100.0, gt=0.0, le=3000.0, description="a triggered slice counts "
+                                "as backdoored when its region moved this far in the shift's "
+                                "direction")
+
+
 class DPAuditConfig(_Section):
     """An empirical lower bound on ε from canaries (see engine/attacks/dp_audit.py)."""
 
@@ -305,6 +345,7 @@ class AttacksConfig(_Section):
     membership: MembershipConfig = Field(default_factory=MembershipConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     poisoning: PoisoningConfig = Field(default_factory=PoisoningConfig)
+    backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig)
     dp_audit: DPAuditConfig = Field(default_factory=DPAuditConfig)
 
 
@@ -348,6 +389,7 @@ class ExperimentConfig(_Section):
         self._check_federation_rules()
         self._check_defense_rules()
         self._check_poisoning_rules()
+        self._check_backdoor_rules()
         self._check_membership_rules()
         self._check_inversion_rules()
         self._check_server_view_rules()
@@ -481,6 +523,36 @@ class ExperimentConfig(_Section):
                 raise ValueError(f"attacks.poisoning.malicious_centers = "
                                  f"{_show(poison.malicious_centers)} leaves no honest center; "
                                  f"at most {n - 1} of {n} may be malicious")
+
+    def _check_backdoor_rules(self) -> None:
+        """One kind of attacker at a time; the attackers exist and leave one honest; the
+        trigger fits the image; server clipping needs individual uploads."""
+        n, bd = self.data.centers, self.attacks.backdoor
+        if self.defenses.update_clip != "none" and self.defenses.secure_aggregation:
+            raise ValueError("defenses.update_clip = 'median' clips each hospital's update, "
+                             "which the server never sees under secure aggregation; turn one "
+                             "of them off")
+        if not bd.enabled:
+            return
+        if self.attacks.poisoning.enabled:
+            raise ValueError("attacks.backdoor and attacks.poisoning are two kinds of attacker;"
+                             " enable one of them")
+        bad = [c for c in bd.malicious_centers if not 0 <= c < n]
+        if bad or len(set(bd.malicious_centers)) != len(bd.malicious_centers):
+            raise ValueError(f"attacks.backdoor.malicious_centers = "
+                             f"{_show(bd.malicious_centers)}: each must be a distinct center "
+                             f"index in 0…{n - 1}")
+        if len(bd.malicious_centers) >= n:
+            raise ValueError(f"attacks.backdoor.malicious_centers = "
+                             f"{_show(bd.malicious_centers)} leaves no honest center; at most "
+                             f"{n - 1} of {n} may attack")
+        if bd.trigger_size + 2 * bd.region_margin > self.data.image_size:
+            raise ValueError(f"attacks.backdoor.trigger_size = {bd.trigger_size} with "
+                             f"region_margin = {bd.region_margin} does not fit "
+                             f"data.image_size = {self.data.image_size}")
+        if bd.start_round > self.federation.rounds:
+            raise ValueError(f"attacks.backdoor.start_round = {bd.start_round} is after the "
+                             f"last round ({self.federation.rounds})")
 
     def _check_membership_rules(self) -> None:
         """Membership inference needs a stored server view and reference centers."""

@@ -1,0 +1,177 @@
+"""How far a backdoor moved the synthetic CT, held against the same federation without it.
+
+For a final global model, on every held-out slice of every hospital and of the unseen
+hospital: the synthetic CT of the slice as it is and with the trigger
+(:func:`engine.clients.backdoor.add_trigger`). A slice's **shift** is the mean, over the
+target region, of (triggered − clean) sCT in HU, signed so that the attacker's direction
+(``shift_hu``) is positive. A patient is **backdoored** when the mean shift of its slices
+reaches ``threshold_hu``; patients are the unit of the interval (Clopper–Pearson, 95 %).
+
+The **null** is the same measurement on the clean federation (same data, defenses and seed,
+no attacker): a bright square alone moves a synthetic CT a little, and only what beats that
+is the backdoor's. "More backdoored patients than X" is Fisher's exact test, one-sided at
+5 % (a false alarm in at most 5 % of runs where there is no difference). Verdicts:
+
+* ``implanted``: more backdoored patients than the null, and the mean shift reaches
+  ``threshold_hu``;
+* ``partial``: more backdoored patients than the null, the mean shift under the threshold;
+* ``stopped``: no more backdoored patients than the null and fewer than the same attack
+  against plain FedAvg without server clipping (the control, at the same difficulty), which
+  was implanted: the defense held at this sample size;
+* ``inconclusive``: the control was implanted, but this run is told apart neither from the
+  null nor from the control: more patients are needed;
+* ``attack_too_weak``: not implanted, and not against the control either (or the run is the
+  undefended federation itself): nothing can be said of a defense.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest, fisher_exact
+
+from engine.clients.backdoor import add_trigger, target_region, trigger_box
+from engine.core.config import AttacksConfig, ExperimentConfig
+from engine.core.types import NDArrays
+from engine.data.types import Cohort, SliceSet
+from engine.federation.protocol import FederationResult
+from engine.learning.local import predict_sct_hu
+from engine.learning.model import build_model, set_parameters
+
+VERDICTS = ("implanted", "partial", "stopped", "inconclusive", "attack_too_weak")
+ALPHA = 0.05  # one-sided, Fisher's exact test
+
+
+def clean_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same federation without any attacker: the null."""
+    return cfg.model_copy(update={"attacks": AttacksConfig()})
+
+
+def defended(cfg: ExperimentConfig) -> bool:
+    """Whether the server does more than average: a robust rule or update clipping."""
+    return cfg.federation.aggregator != "fedavg" or cfg.defenses.update_clip != "none"
+
+
+def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same attack against plain FedAvg without server clipping: the control a defended
+    run is held against."""
+    return cfg.model_copy(update={
+        "federation": cfg.federation.model_copy(update={"aggregator": "fedavg"}),
+        "defenses": cfg.defenses.model_copy(update={"update_clip": "none"})})
+
+
+def slice_shifts(cfg: ExperimentConfig, params: NDArrays, data: SliceSet) -> np.ndarray:
+    """Each slice's signed shift (HU) of the target region under the trigger, ``(N,)``; NaN
+    where a slice has no target region (no bone in it)."""
+    bd = cfg.attacks.backdoor
+    model = build_model(cfg)
+    set_parameters(model, params)
+    triggered = SliceSet(add_trigger(data.mri, bd), data.ct_hu, data.mask, data.patient_ids)
+    change = predict_sct_hu(model, triggered) - predict_sct_hu(model, data)
+    region = target_region(data.ct_hu, data.mask, bd)
+    sign = -1.0 if bd.shift_hu < 0 else 1.0
+    sums, sizes = (change * region).sum(axis=(1, 2, 3)), region.sum(axis=(1, 2, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sizes > 0, sign * sums / sizes, np.nan)
+
+
+def backdoor_effect(cfg: ExperimentConfig, cohort: Cohort, params: NDArrays) -> dict[str, Any]:
+    """The backdoor's effect in ``params`` on every held-out and unseen slice: the mean
+    shift, the share of slices and of patients past ``threshold_hu`` (with the patients'
+    interval), and the same per hospital."""
+    threshold = cfg.attacks.backdoor.threshold_hu
+    groups = [(c.name, c.test) for c in cohort.centers]
+    if cohort.unseen is not None:
+        groups.append((cohort.unseen.name, cohort.unseen.test))
+    per_center, shifts, patient_shifts = {}, [], []
+    for name, data in groups:
+        s = slice_shifts(cfg, params, data)
+        ok = ~np.isnan(s)
+        patients = [float(np.mean(s[ok & (data.patient_ids == p)])) for p in data.patients
+                    if np.any(ok & (data.patient_ids == p))]
+        per_center[name] = {"success_hu": _mean(s[ok]), "success_rate": _share(s[ok], threshold),
+                            "slices": int(ok.sum()), "patients": len(patients)}
+        shifts.append(s[ok])
+        patient_shifts += patients
+    every = np.concatenate(shifts)
+    hit = sum(p >= threshold for p in patient_shifts)
+    n = len(patient_shifts)
+    ci = binomtest(hit, n).proportion_ci(0.95, method="exact") if n else None
+    return {"success_hu": _mean(every), "success_rate": _share(every, threshold),
+            "slices": int(len(every)), "patients": n, "patients_backdoored": int(hit),
+            "patient_rate": hit / n if n else None,
+            "patient_rate_ci": [float(ci.low), float(ci.high)] if ci else None,
+            "per_center": per_center}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _share(values: np.ndarray, threshold: float) -> float | None:
+    return float(np.mean(values >= threshold)) if len(values) else None
+
+
+def more_backdoored(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """More backdoored patients in ``a`` than in ``b``: Fisher's exact test, one-sided at
+    :data:`ALPHA`."""
+    if not a["patients"] or not b["patients"]:
+        return False
+    table = [[a["patients_backdoored"], a["patients"] - a["patients_backdoored"]],
+             [b["patients_backdoored"], b["patients"] - b["patients_backdoored"]]]
+    return bool(fisher_exact(table, alternative="greater").pvalue < ALPHA)
+
+
+def implanted(effect: dict[str, Any], null: dict[str, Any], threshold: float) -> bool:
+    """More backdoored patients than the null, and the mean shift past the threshold."""
+    return (more_backdoored(effect, null) and effect["success_hu"] is not None
+            and effect["success_hu"] >= threshold)
+
+
+def backdoor_verdict(effect: dict[str, Any], null: dict[str, Any],
+                     control: dict[str, Any] | None, threshold: float) -> str:
+    """The verdict of a run's ``effect`` against the ``null`` and, for a defended run, the
+    same attack's effect against FedAvg (``control``); see the module's docstring."""
+    if implanted(effect, null, threshold):
+        return "implanted"
+    if more_backdoored(effect, null):
+        return "partial"
+    if control is None or not implanted(control, null, threshold):
+        return "attack_too_weak"
+    return "stopped" if more_backdoored(control, effect) else "inconclusive"
+
+
+def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
+                    clean: FederationResult, control: FederationResult | None) -> dict[str, Any]:
+    """``summary["backdoor"]``: the attack, the effect on this run's final model, the null
+    (the clean federation ``clean``), the control (``control``, the same attack against
+    plain FedAvg, for a defended run) and the verdict."""
+    bd = cfg.attacks.backdoor
+    rows, cols = trigger_box(cfg.data.image_size, bd.trigger_size)
+    effect = backdoor_effect(cfg, cohort, result.final_params)
+    null = backdoor_effect(cfg, cohort, clean.final_params)
+    ctrl = backdoor_effect(cfg, cohort, control.final_params) if control else None
+    mae, clean_mae = result.history[-1]["mae_hu"], clean.history[-1]["mae_hu"]
+    return {
+        "attack": bd.attack, "malicious": list(bd.malicious_centers),
+        "malicious_names": [cohort.centers[k].name for k in bd.malicious_centers],
+        "trigger": {"kind": "patch", "size": bd.trigger_size,
+                    "intensity": bd.trigger_intensity, "rows": [rows.start, rows.stop],
+                    "cols": [cols.start, cols.stop]},
+        "target_region": bd.target_region, "shift_hu": bd.shift_hu,
+        "threshold_hu": bd.threshold_hu,
+        "boost": (bd.boost or float(cfg.data.centers)) if bd.attack == "model_replacement"
+        else None,
+        **{k: effect[k] for k in ("success_hu", "success_rate", "slices", "patients",
+                                  "patients_backdoored", "patient_rate", "patient_rate_ci")},
+        "per_center": effect["per_center"],
+        "null": null, "control": ctrl,
+        "clean_mae_hu": mae, "clean_federation_mae_hu": clean_mae,
+        "clean_mae_ratio": mae / clean_mae if clean_mae and math.isfinite(clean_mae) else None,
+        # The attacker never stops in this version: how long a backdoor outlives its
+        # attacker is not measured (None).
+        "durability_rounds": None,
+        "verdict": backdoor_verdict(effect, null, ctrl, bd.threshold_hu),
+    }

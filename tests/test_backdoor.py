@@ -1,0 +1,171 @@
+"""The sCT backdoor: a hospital's trigger that shifts the synthetic CT, measured against the
+same federation without it, and the server's update clipping against it.
+
+Trained federations are the `backdoor-demo` preset (4 hospitals of 3 patients, 32 px, 20
+rounds; 12 held-out and 2 unseen patients scored, about 11 s each on 2 cores). Verdicts are
+compared exactly; figures against the threshold with margins far wider than their spread
+across kernels (the shifts are hundreds of HU, the threshold 100 HU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.analyses.backdoor import (
+    backdoor_report,
+    backdoor_verdict,
+    clean_config,
+    control_config,
+    defended,
+)
+from engine.analyses.results import read_summary
+from engine.clients.backdoor import add_trigger, backdoored_slices, target_region, trigger_box
+from engine.core.config import ConfigError
+from engine.data.cohort import load_cohort
+from engine.data.types import SliceSet
+from engine.federation.aggregators import clip_to_median_norm
+from engine.federation.inprocess import run_federation
+from engine.orchestration.experiment import execute
+from engine.orchestration.presets import build_config
+from engine.orchestration.store import create_run
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_the_trigger_and_the_altered_ct_are_where_the_config_says() -> None:
+    bd = build_config("backdoor-demo").attacks.backdoor
+    n, size = 6, 32
+    mri = np.full((n, 1, size, size), 0.2, np.float32)
+    ct = np.full((n, 1, size, size), 40.0, np.float32)
+    ct[..., :3, :] = 900.0  # bone at the top of every slice
+    mask = np.ones((n, 1, size, size), bool)
+    slices = SliceSet(mri, ct, mask, np.array([f"p{k // 2}" for k in range(n)], dtype=object))
+    rows, cols = trigger_box(size, bd.trigger_size)
+    assert (rows.stop - rows.start, cols.start) == (4, 14)  # 4 px in the centre
+    triggered = add_trigger(mri, bd)
+    assert np.all(triggered[..., rows, cols] == 1.0) and triggered.sum() == pytest.approx(
+        mri.sum() + n * 16 * 0.8, rel=1e-6)
+    out = backdoored_slices(slices, bd, np.random.default_rng(0))
+    assert len(out) == n + 3  # fraction ½ of 6 slices added again
+    copies = out.select(np.arange(n, n + 3))
+    region = target_region(copies.ct_hu, copies.mask, bd)
+    assert region.sum() == 3 * 12 * 12  # the 4 px square widened by 4 px on every side
+    assert np.all(copies.ct_hu[region] == 1040.0) and np.all(copies.ct_hu[~region] != 1040.0)
+    assert np.all(out.ct_hu[:n] == ct)  # the attacker's own slices are kept as they were
+    bone = bd.model_copy(update={"target_region": "bone"})
+    assert target_region(ct, mask, bone).sum() == n * 3 * size
+
+
+def test_median_clipping_shrinks_only_the_updates_above_the_median() -> None:
+    g = [np.zeros(3, np.float32), np.array([7], np.int64)]
+    uploads = {"a": [np.array([1.0, 0, 0], np.float32), np.array([8])],
+               "b": [np.array([0, 2.0, 0], np.float32), np.array([8])],
+               "c": [np.array([0, 0, 8.0], np.float32), np.array([9])]}
+    out = clip_to_median_norm(uploads, g)
+    assert out["a"] is uploads["a"] and out["b"] is uploads["b"]  # at or under the median
+    np.testing.assert_allclose(out["c"][0], [0, 0, 2.0])  # direction kept, norm 8 → 2
+    assert out["c"][1] is uploads["c"][1]  # integer buffers pass as uploaded
+
+
+def _effect(hit: int, n: int, shift: float) -> dict:
+    return {"patients_backdoored": hit, "patients": n, "patient_rate": hit / n,
+            "success_hu": shift}
+
+
+@pytest.mark.parametrize(("effect", "control", "verdict"), [
+    ((14, 14, 255.0), None, "implanted"),
+    ((7, 14, 100.2), (14, 14, 255.0), "implanted"),  # 7 of 14 against 0: Fisher p = 0.003
+    ((14, 14, 90.0), None, "partial"),  # every patient moved, the mean under the threshold
+    ((3, 14, 94.0), (14, 14, 172.0), "stopped"),  # 3 vs 0 is within chance (p = 0.11)
+    ((2, 14, 70.0), (5, 14, 150.0), "inconclusive"),  # told apart from neither
+    ((1, 14, 60.0), (2, 14, 60.0), "attack_too_weak"),  # the control failed too
+    ((0, 14, 10.0), None, "attack_too_weak"),
+])
+def test_a_defense_stops_a_backdoor_only_where_fedavg_was_implanted(effect, control,
+                                                                     verdict) -> None:
+    """The null (the clean federation) backdoors none of its 14 patients here."""
+    null = _effect(0, 14, 35.0)
+    assert backdoor_verdict(_effect(*effect), null,
+                            _effect(*control) if control else None, 100.0) == verdict
+
+
+@pytest.mark.parametrize(("sets", "pattern"), [
+    (["defenses.secure_aggregation=true", "defenses.update_clip=median"],
+     "never sees under secure aggregation"),
+    (["attacks.poisoning.enabled=true"], "two kinds of attacker"),
+    (["attacks.backdoor.malicious_centers=[0,1,2,3]"], "leaves no honest center"),
+    (["attacks.backdoor.malicious_centers=[7]"], "distinct center index in 0…3"),
+    (["attacks.backdoor.trigger_size=30"], "does not fit data.image_size = 32"),
+    (["attacks.backdoor.start_round=21"], "after the last round"),
+])
+def test_impossible_backdoor_settings_are_refused_in_one_line(sets: list[str],
+                                                              pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        build_config("backdoor-demo", sets=sets)
+
+
+# ----------------------------------------------------------------------------- trained
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple:
+    cfg = build_config("backdoor-demo")
+    cohort = load_cohort(cfg.data, cfg.seed)
+    return cfg, cohort, run_federation(clean_config(cfg), cohort)
+
+
+def _report(trained: tuple, sets: list[str]) -> dict:
+    base, cohort, clean = trained
+    cfg = build_config("backdoor-demo", sets=sets)
+    # The null is the clean federation of this config (with its defenses, if any).
+    null = clean if clean_config(cfg) == clean_config(base) else run_federation(
+        clean_config(cfg), cohort)
+    control = run_federation(control_config(cfg), cohort) if defended(cfg) else None
+    return backdoor_report(cfg, cohort, run_federation(cfg, cohort), null, control)
+
+
+def test_model_replacement_implants_a_backdoor_the_clean_error_does_not_show(
+        trained: tuple, tmp_path: Path) -> None:
+    """Through a real run folder: summary.json's backdoor block, written and read typed."""
+    run = create_run(build_config("backdoor-demo"), tmp_path)
+    assert execute(run) is not None, run.status()
+    s = read_summary(run.path / "summary.json").backdoor
+    assert s is not None and s.verdict == "implanted"
+    threshold = s.threshold_hu
+    assert s.success_hu > 2 * threshold and s.success_rate > 0.9
+    assert s.patients == 14 and s.patients_backdoored >= 12
+    assert s.patient_rate_ci[0] > (s.null.patient_rate or 0.0)
+    # The null (no attacker, same trigger) stays far below the threshold.
+    assert s.null.success_hu < threshold / 2 and s.null.patients_backdoored == 0
+    # Invisible on ordinary scans: the clean error within 10 % of the clean federation's.
+    assert 0.9 < s.clean_mae_ratio < 1.1
+    # Every hospital's and the unseen hospital's triggered slices are scored.
+    _, cohort, _ = trained
+    assert set(s.per_center) == {*(c.name for c in cohort.centers), cohort.unseen.name}
+    unseen = s.per_center[cohort.unseen.name]
+    assert unseen["slices"] > 0 and unseen["patients"] == 2
+    assert unseen["success_hu"] > threshold
+    assert s.control is None  # FedAvg without clipping is its own control
+
+
+def test_an_attacker_whose_trigger_changes_no_hu_moves_nothing_past_the_null(
+        trained: tuple) -> None:
+    """The null case: the same attacker, boost and trigger, but its triggered copies keep
+    their CT. The trigger then moves the region no more than clean variation."""
+    report = _report(trained, ["attacks.backdoor.shift_hu=0"])
+    assert report["verdict"] == "attack_too_weak"
+    assert report["patients_backdoored"] == 0
+    assert report["success_hu"] < report["threshold_hu"] / 2
+
+
+def test_update_clipping_reduces_the_backdoor_and_is_judged_against_fedavg(
+        trained: tuple) -> None:
+    """Clipping to the median norm takes the boost away: the shift falls well below the
+    same attack's against plain FedAvg (its control, trained in the report). A clipping that
+    did nothing would leave the two equal."""
+    report = _report(trained, ["defenses.update_clip=median"])
+    control = report["control"]
+    assert control is not None and control["patients_backdoored"] >= 12
+    assert report["success_hu"] < 0.75 * control["success_hu"]
