@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from engine.analyses.backdoor import (
     backdoor_report,
@@ -148,6 +149,14 @@ def test_model_replacement_implants_a_backdoor_the_clean_error_does_not_show(
     assert unseen["slices"] > 0 and unseen["patients"] == 2
     assert unseen["success_hu"] > threshold
     assert s.control is None  # FedAvg without clipping is its own control
+    # One triggered slice of the unseen hospital: MRI | clean sCT | backdoored sCT | change.
+    assert s.example is not None and s.example["hospital"] == cohort.unseen.name
+    with np.load(run.path / s.example["npz"]) as ex:
+        region = ex["region"]
+        shift = (ex["sct_backdoored"] - ex["sct_clean"])[region].mean()
+        assert region.any() and shift > threshold
+    png = Image.open(run.path / s.example["png"])
+    assert png.size == (4 * 128, 128)
 
 
 def test_an_attacker_whose_trigger_changes_no_hu_moves_nothing_past_the_null(

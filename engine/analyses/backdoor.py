@@ -27,6 +27,7 @@ is the backdoor's. "More backdoored patients than X" is Fisher's exact test, one
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from scipy.stats import binomtest, fisher_exact
 
 from engine.clients.backdoor import add_trigger, target_region, trigger_box
 from engine.core.config import AttacksConfig, ExperimentConfig
+from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, save_png, to_gray, to_heat
 from engine.core.types import NDArrays
 from engine.data.types import Cohort, SliceSet
 from engine.federation.protocol import FederationResult
@@ -143,11 +145,47 @@ def backdoor_verdict(effect: dict[str, Any], null: dict[str, Any],
     return "stopped" if more_backdoored(control, effect) else "inconclusive"
 
 
+def triggered_example(cfg: ExperimentConfig, cohort: Cohort, params: NDArrays,
+                      clean_params: NDArrays, folder: Path) -> dict[str, str]:
+    """One triggered slice of a hospital that did not attack (the unseen hospital's when
+    there is one), as ``backdoor/example.png`` and ``.npz``: the triggered MRI, the clean
+    federation's sCT of it, this run's sCT of it, and this run's minus the clean one's (HU,
+    heat 0–``ERROR_MAX_HU``, in the target region only). Returns the files, relative to the
+    run folder's parent ``folder``."""
+    bd = cfg.attacks.backdoor
+    honest = [c for k, c in enumerate(cohort.centers) if k not in bd.malicious_centers]
+    group = cohort.unseen if cohort.unseen is not None else honest[0]
+    data = group.test.for_patient(group.test.patients[0])
+    sl = data.select(np.array([len(data) // 2]))
+    triggered = SliceSet(add_trigger(sl.mri, bd), sl.ct_hu, sl.mask, sl.patient_ids)
+    scts = []
+    for p in (clean_params, params):
+        model = build_model(cfg)
+        set_parameters(model, p)
+        scts.append(predict_sct_hu(model, triggered)[0, 0])
+    region = target_region(sl.ct_hu, sl.mask, bd)[0, 0]
+    sign = -1.0 if bd.shift_hu < 0 else 1.0
+    change = np.where(region, np.maximum(sign * (scts[1] - scts[0]), 0.0), 0.0)
+    gray = [to_gray(triggered.mri[0, 0], 0, 1), to_gray(scts[0], *CT_WINDOW_HU),
+            to_gray(scts[1], *CT_WINDOW_HU)]
+    row = np.concatenate([*(np.repeat(g[..., None], 3, axis=-1) for g in gray),
+                          to_heat(change, ERROR_MAX_HU)], axis=1)
+    out = folder / "backdoor"
+    out.mkdir(exist_ok=True)
+    save_png(row, out / "example.png", scale=max(1, 128 // cfg.data.image_size))
+    np.savez_compressed(out / "example.npz", mri=triggered.mri[0, 0], sct_clean=scts[0],
+                        sct_backdoored=scts[1], region=region, ct_hu=sl.ct_hu[0, 0])
+    return {"hospital": group.name, "png": "backdoor/example.png",
+            "npz": "backdoor/example.npz"}
+
+
 def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
-                    clean: FederationResult, control: FederationResult | None) -> dict[str, Any]:
+                    clean: FederationResult, control: FederationResult | None,
+                    folder: Path | None = None) -> dict[str, Any]:
     """``summary["backdoor"]``: the attack, the effect on this run's final model, the null
     (the clean federation ``clean``), the control (``control``, the same attack against
-    plain FedAvg, for a defended run) and the verdict."""
+    plain FedAvg, for a defended run), the verdict and, with the run's ``folder``, one
+    triggered slice's images (:func:`triggered_example`)."""
     bd = cfg.attacks.backdoor
     rows, cols = trigger_box(cfg.data.image_size, bd.trigger_size)
     effect = backdoor_effect(cfg, cohort, result.final_params)
@@ -174,4 +212,6 @@ def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRes
         # attacker is not measured (None).
         "durability_rounds": None,
         "verdict": backdoor_verdict(effect, null, ctrl, bd.threshold_hu),
+        "example": (triggered_example(cfg, cohort, result.final_params, clean.final_params,
+                                      folder) if folder is not None else None),
     }

@@ -357,6 +357,8 @@ class BackdoorSummary(BackdoorEffect):
     clean_mae_ratio: float | None = None
     durability_rounds: int | None = None
     verdict: str = ""
+    # One triggered slice (hospital, png and npz paths in the run folder); None: not saved.
+    example: dict[str, str] | None = None
 
 
 class WhatifMembership(_Block):

@@ -147,7 +147,7 @@ def _backdoor(ctx: RunContext) -> dict[str, Any]:
     clean = train(clean_config(cfg), "the federation without the attacker")
     control = (train(control_config(cfg), "the same attack against FedAvg (the control)")
                if defended(cfg) else None)
-    return backdoor_report(cfg, ctx.cohort, ctx.result, clean, control)
+    return backdoor_report(cfg, ctx.cohort, ctx.result, clean, control, ctx.run.path)
 
 
 ATTACKS: tuple[AttackStep, ...] = (
