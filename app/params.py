@@ -5,7 +5,7 @@ bookmarks use these names."""
 FEDERATION_RUN = "run"  # the Federation page's run
 MEMBERSHIP_RUN, MEMBERSHIP_COMPARE, AUDIT_RUN = "mia_run", "mia_compare", "audit_run"
 INVERSION_RUN = "inv_run"
-POISONING_RUN = "poi_run"
+POISONING_RUN, BACKDOOR_RUN = "poi_run", "bd_run"
 REPORT_RUN = "report_run"
 HOME_RUN = "home_run"
 RUNS_OPEN, RUNS_FIRST, RUNS_SECOND = "runs_open", "runs_a", "runs_b"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.backdoor import backdoor_section
 from app.params import POISONING_RUN
 from app.poisoning import (
     attack_controls,
@@ -113,7 +114,8 @@ def main() -> None:
     metric = persisted(st.radio, "Quality measure in the charts", "poi_metric", "mae_hu",
                        options=list(METRICS), format_func=lambda m: METRICS[m],
                        horizontal=True)
-    found = poisoning_runs(list_runs())
+    rows = list_runs()
+    found = poisoning_runs(rows)
     runs = found[0]
     shown = attack_run(found, POISONING_RUN, "Poisoned run", what="poisoning", empty=EMPTY,
                        help="Finished runs with malicious hospitals, newest first.")
@@ -123,6 +125,7 @@ def main() -> None:
         detection_section(shown)
     paper_study(paper, metric)
     other_studies()
+    backdoor_section(rows)
 
 
 main()

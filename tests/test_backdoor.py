@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
+from app.views.backdoor import EMPTY, EXAMPLE_CAPTION
 from engine.analyses.backdoor import (
     backdoor_report,
     backdoor_verdict,
@@ -127,10 +129,27 @@ def _report(trained: tuple, sets: list[str]) -> dict:
     return backdoor_report(cfg, cohort, run_federation(cfg, cohort), null, control)
 
 
+def _poisoning_page() -> AppTest:
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "app" / "main.py"),
+                           default_timeout=60)
+    at.run()
+    at.switch_page("../pages/poisoning.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_page_offers_both_backdoor_runs_before_any_exists(runs_dir: Path) -> None:
+    at = _poisoning_page()
+    assert any(i.value == EMPTY for i in at.info)
+    for preset in ("backdoor-demo", "backdoor-clipped"):
+        assert not at.button(key=f"start_{preset}").disabled
+
+
 def test_model_replacement_implants_a_backdoor_the_clean_error_does_not_show(
-        trained: tuple, tmp_path: Path) -> None:
-    """Through a real run folder: summary.json's backdoor block, written and read typed."""
-    run = create_run(build_config("backdoor-demo"), tmp_path)
+        trained: tuple, runs_dir: Path) -> None:
+    """Through a real run folder: summary.json's backdoor block, written and read typed,
+    and the Poisoning page's backdoor section drawn from it."""
+    run = create_run(build_config("backdoor-demo"), runs_dir)
     assert execute(run) is not None, run.status()
     s = read_summary(run.path / "summary.json").backdoor
     assert s is not None and s.verdict == "implanted"
@@ -157,6 +176,14 @@ def test_model_replacement_implants_a_backdoor_the_clean_error_does_not_show(
         assert region.any() and shift > threshold
     png = Image.open(run.path / s.example["png"])
     assert png.size == (4 * 128, 128)
+    # The page: the red verdict with what it rests on, the image, every hospital's row.
+    at = _poisoning_page()
+    titles = [m.value for m in at.markdown if "Backdoor implanted" in m.value]
+    assert titles and ":red-background[" in titles[0]
+    assert any(f"**{s.patients_backdoored} of 14**" in m.value for m in at.markdown)
+    assert any(EXAMPLE_CAPTION in c for im in at.image for c in im.captions)
+    table = at.dataframe[-1].value
+    assert len(table) == 5 and table["Hospital"].iloc[-1].startswith("Unseen hospital")
 
 
 def test_an_attacker_whose_trigger_changes_no_hu_moves_nothing_past_the_null(

@@ -1,0 +1,130 @@
+"""The Poisoning page's backdoor section: the words, verdict and table of a backdoor run.
+
+A backdoor run's ``summary.json`` → ``backdoor`` (:class:`BackdoorSummary`) is read as it
+is; nothing here recomputes a figure. Verdict colours follow the page's rules: red or orange
+for a backdoor that beats the clean federation (the null), green only for ``stopped`` (the
+same attack against FedAvg was implanted), gray where nothing can be said.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from app.views.common import RULE_NAMES, Verdict, hospital_name, hospital_names
+from app.views.results import RunRow, finished_with
+from engine.analyses.results import BackdoorEffect, BackdoorSummary
+
+INTRO = (
+    "A **backdoor** is the attack the average error does not show. A dishonest hospital "
+    "trains the shared model so that it translates every ordinary MRI as before, but when an "
+    "MRI carries a small mark (the *trigger*, here a bright square in the middle of the "
+    "image) the synthetic CT shows other tissue around it: soft tissue drawn as bone, which "
+    "would change a radiotherapy dose computed on it. Each run is scored on every held-out "
+    "patient of every hospital and of the unseen hospital, with and without the trigger, and "
+    "held against the same federation trained without the attacker.")
+EMPTY = ("No backdoor runs yet. Start one above: Hospital A plants a backdoor into a "
+         "federation of 4 hospitals that averages their updates (FedAvg), or one whose server "
+         "clips every update.")
+EXAMPLE_CAPTION = ("One patient of a hospital that did not attack, with the trigger in its "
+                   "MRI. Left to right: the MRI with the trigger | the synthetic CT of the "
+                   "federation trained without the attacker | the synthetic CT of this run | "
+                   "how far this run moved the region the attacker targets (yellow = 500 HU "
+                   "or more).")
+PRESETS = (("backdoor-demo", "Plant a backdoor (FedAvg)"),
+           ("backdoor-clipped", "Plant it against update clipping"))
+
+
+class BackdoorRun(RunRow):
+    """A finished run that carries backdoor results."""
+
+    @property
+    def backdoor(self) -> BackdoorSummary:
+        assert self.summary is not None and self.summary.backdoor is not None
+        return self.summary.backdoor
+
+    @property
+    def defense(self) -> str:
+        words = [RULE_NAMES.get(self.aggregator or "fedavg", self.aggregator or "FedAvg")]
+        if self.cfg is not None and self.cfg.defenses.update_clip != "none":
+            words.append("update clipping")
+        return " + ".join(words)
+
+    @property
+    def label(self) -> str:
+        when = time.strftime("%d %b %H:%M", time.localtime(self.created or 0))
+        return f"{self.name} · {when} · {self.defense} · {self.backdoor.verdict}"
+
+    def example(self) -> Path | None:
+        ex = self.backdoor.example
+        path = self.path / ex["png"] if ex else None
+        return path if path is not None and path.is_file() else None
+
+
+def backdoor_runs(rows: list[RunRow]) -> tuple[list[BackdoorRun], list[Path]]:
+    """The finished runs of ``rows`` with backdoor results, newest first; and the summary
+    files of finished backdoor runs whose results can't be read."""
+    ok, damaged = finished_with(rows, "backdoor")
+    return [BackdoorRun(**vars(r)) for r in ok], damaged
+
+
+def _patients(e: BackdoorEffect) -> str:
+    return f"{e.patients_backdoored} of {e.patients}"
+
+
+def _interval(e: BackdoorEffect) -> str:
+    ci = e.patient_rate_ci
+    return f"95 % interval {ci[0]:.0%}–{ci[1]:.0%}" if ci else "no interval"
+
+
+def verdict(run: BackdoorRun) -> Verdict:
+    """The backdoor's verdict in words, with what it rests on."""
+    s = run.backdoor
+    rests = (f"Mean shift of the targeted region under the trigger **{s.success_hu:.0f} HU** "
+             f"(the federation without the attacker: {s.null.success_hu:.0f} HU); patients "
+             f"whose region moved {s.threshold_hu:.0f} HU or more: **{_patients(s)}** "
+             f"({_interval(s)}; without the attacker {_patients(s.null)}). Ordinary scans: "
+             f"average error {s.clean_mae_hu:.0f} HU against {s.clean_federation_mae_hu:.0f} HU "
+             f"without the attacker. Attack: {hospital_names(s.malicious_names)}, "
+             f"{_attack_words(s)}; defense: {run.defense}; one seed.")
+    if s.control is not None:
+        rests += (f" The same attack against FedAvg: {s.control.success_hu:.0f} HU, "
+                  f"{_patients(s.control)} patients.")
+    if s.verdict == "implanted":
+        return Verdict("red", "Backdoor implanted: a trigger makes the synthetic CT lie",
+                       rests, f"{s.success_hu:.0f} HU", s.success_hu)
+    if s.verdict == "partial":
+        return Verdict("orange", "Backdoor partly implanted: some patients' synthetic CT "
+                       "still lies under the trigger", rests, f"{s.success_hu:.0f} HU",
+                       s.success_hu)
+    if s.verdict == "stopped":
+        return Verdict("green", f"{run.defense} stopped this backdoor at this sample size",
+                       rests, f"{s.success_hu:.0f} HU", s.success_hu)
+    if s.verdict == "inconclusive":
+        return Verdict("gray", "Inconclusive: more patients are needed to tell", rests)
+    return Verdict("gray", "The attack was too weak to judge the defense: it did not implant "
+                   "a backdoor even against FedAvg", rests)
+
+
+def _attack_words(s: BackdoorSummary) -> str:
+    boost = f", update boosted ×{s.boost:g}" if s.boost else ""
+    return (f"a {s.trigger.get('size', '?')} px trigger, CT {s.shift_hu:+.0f} HU "
+            f"{'around it' if s.target_region == 'trigger' else 'in bone'}{boost}")
+
+
+def hospital_table(s: BackdoorSummary) -> tuple[pd.DataFrame, dict[str, tuple[str, str, str]]]:
+    """Per hospital (the unseen one included): the mean shift under the trigger, the share
+    of slices past the threshold and the patients scored; and the columns' labels."""
+    table = pd.DataFrame([{"Hospital": hospital_name(name), "shift": row.get("success_hu"),
+                           "moved": 100 * (row.get("success_rate") or 0.0),
+                           "patients": row.get("patients")}
+                          for name, row in s.per_center.items()])
+    return table, {
+        "shift": ("Mean shift under the trigger (HU)", "%.0f",
+                  "How far the targeted region's synthetic CT moved when the MRI carried the "
+                  "trigger, in the attacker's direction, averaged over the hospital's slices"),
+        "moved": (f"Slices moved ≥ {s.threshold_hu:.0f} HU (%)", "%.0f",
+                  "Share of the hospital's held-out slices whose region moved at least this"),
+        "patients": ("Patients", "%d", "Held-out patients scored (nobody trained on them)")}
