@@ -9,7 +9,7 @@ import streamlit as st
 from app.params import BACKDOOR_RUN
 from app.views import backdoor as views
 from app.views.results import RunRow
-from app.widgets import attack_run, number_table, preset_jobs, verdict_box
+from app.widgets import attack_run, number_table, preset_jobs, study_section, verdict_box
 
 
 def backdoor_section(rows: list[RunRow]) -> None:
@@ -23,9 +23,20 @@ def backdoor_section(rows: list[RunRow]) -> None:
                      "every held-out slice is scored with and without the trigger.")
     run = attack_run(views.backdoor_runs(rows), BACKDOOR_RUN, "Backdoor run", what="backdoor",
                      empty=views.EMPTY, help="The verdict, image and table describe this run.")
-    if run is None:
-        return
+    if run is not None:
+        _run(run)
+    backdoor_study()
+
+
+def _run(run: views.BackdoorRun) -> None:
     box = verdict_box(views.verdict(run))
     if (png := run.example()) is not None:
         box.image(str(png), caption=views.EXAMPLE_CAPTION)
     number_table(*views.hospital_table(run.backdoor))
+
+
+def backdoor_study() -> None:
+    """The backdoor study: start or follow it, then one line per attack × defense."""
+    sweep = study_section(views.STUDY, views.STUDY_TITLE, views.cell_words)
+    if sweep is not None and sweep.rows:
+        st.dataframe(views.study_table(sweep.rows), hide_index=True)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app.views.backdoor import EMPTY, EXAMPLE_CAPTION
+from app.views.backdoor import EMPTY, EXAMPLE_CAPTION, cell_words, study_table
 from engine.analyses.backdoor import (
     backdoor_report,
     backdoor_verdict,
@@ -23,7 +23,7 @@ from engine.analyses.backdoor import (
     control_config,
     defended,
 )
-from engine.analyses.results import read_summary
+from engine.analyses.results import SweepRow, read_summary
 from engine.clients.backdoor import add_trigger, backdoored_slices, target_region, trigger_box
 from engine.core.config import ConfigError
 from engine.data.cohort import load_cohort
@@ -205,3 +205,23 @@ def test_update_clipping_reduces_the_backdoor_and_is_judged_against_fedavg(
     control = report["control"]
     assert control is not None and control["patients_backdoored"] >= 12
     assert report["success_hu"] < 0.75 * control["success_hu"]
+
+
+def test_the_study_table_pools_seeds_per_attack_defense_and_attackers() -> None:
+    def row(shift: float, clip: str = "none", bad: str = "center-0") -> SweepRow:
+        return SweepRow(backdoor_attack="model_replacement", aggregator="fedavg",
+                        update_clip=clip, malicious=bad, backdoor_success_hu=shift,
+                        backdoor_patients=14, backdoor_patients_backdoored=7,
+                        backdoor_clean_mae_ratio=1.0, backdoor_verdict="implanted")
+
+    table = study_table([row(250), row(260), row(240), row(140, "median"),
+                         row(300, bad="center-0 center-1")])
+    assert table["Defense"].tolist() == ["FedAvg", "FedAvg + update clipping", "FedAvg"]
+    assert table["Attackers"].tolist() == [1, 1, 2]
+    first = table.iloc[0]
+    assert (first["Seeds"], first["Mean shift (HU)"]) == (3, 250.0)
+    assert first["95 % interval"] == "225 – 275"  # t(0.975, 2) · 10 / √3 = 24.8
+    assert first["Patients backdoored"] == "21 of 42"
+    assert table.iloc[1]["95 % interval"] == "one seed"
+    assert cell_words("attack=data, malicious_centers=[0,1], update_clip=median, seed=2") == (
+        "Backdoored data only, FedAvg + update clipping, 2 attackers, seed 2")

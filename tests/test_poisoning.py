@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.analyses.poisoning import poisoning_verdict, ratio_interval
+from engine.analyses.poisoning import mean_interval, poisoning_verdict
 from engine.clients.malicious import (
     alie_upload,
     noisy_upload,
@@ -43,10 +43,10 @@ def test_protected_needs_an_attack_that_hurt_fedavg(ratios, fedavg, expected):
 
 
 def test_ratio_interval_is_students_over_seeds():
-    lo, hi = ratio_interval([1.0, 1.2, 1.4])
+    lo, hi = mean_interval([1.0, 1.2, 1.4])
     assert (lo + hi) / 2 == pytest.approx(1.2)
     assert hi - lo == pytest.approx(2 * 4.302653 * 0.2 / np.sqrt(3), rel=1e-5)
-    assert ratio_interval([1.3]) is None
+    assert mean_interval([1.3]) is None
 
 
 def test_sign_flip_and_scaling_act_on_the_update():

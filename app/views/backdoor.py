@@ -8,6 +8,7 @@ same attack against FedAvg was implanted), gray where nothing can be said.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pandas as pd
 
 from app.views.common import RULE_NAMES, Verdict, hospital_name, hospital_names
 from app.views.results import RunRow, finished_with
-from engine.analyses.results import BackdoorEffect, BackdoorSummary
+from engine.analyses.poisoning import mean_interval
+from engine.analyses.results import BackdoorEffect, BackdoorSummary, SweepRow
 
 INTRO = (
     "A **backdoor** is the attack the average error does not show. A dishonest hospital "
@@ -128,3 +130,60 @@ def hospital_table(s: BackdoorSummary) -> tuple[pd.DataFrame, dict[str, tuple[st
         "moved": (f"Slices moved ≥ {s.threshold_hu:.0f} HU (%)", "%.0f",
                   "Share of the hospital's held-out slices whose region moved at least this"),
         "patients": ("Patients", "%d", "Held-out patients scored (nobody trained on them)")}
+
+
+# --------------------------------------------------------------------------- the study
+
+STUDY = "backdoor-paper"
+STUDY_TITLE = "The backdoor study: each attack against each defense, over seeds"
+ATTACK_NAMES = {"model_replacement": "Model replacement (boost ×2)",
+                "data": "Backdoored data only"}
+
+
+def defense_name(aggregator: str | None, update_clip: str | None) -> str:
+    words = [RULE_NAMES.get(aggregator or "fedavg", aggregator or "FedAvg")]
+    if update_clip and update_clip != "none":
+        words.append("update clipping")
+    return " + ".join(words)
+
+
+def cell_words(label: str | None) -> str:
+    """A backdoor study cell label (``attack=data, malicious_centers=[0], …``) in words."""
+    parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
+    attackers = parts.get("malicious_centers", "[0]").strip("[]").split(",")
+    return (f"{ATTACK_NAMES.get(parts.get('attack', ''), parts.get('attack', '?'))}, "
+            f"{defense_name(parts.get('aggregator'), parts.get('update_clip'))}, "
+            f"{len(attackers)} attacker{'s' if len(attackers) > 1 else ''}, "
+            f"seed {parts.get('seed', '0')}")
+
+
+def study_table(rows: list[SweepRow]) -> pd.DataFrame:
+    """One line per attack × defense × attackers: the mean shift under the trigger over
+    seeds with its 95 % interval, the backdoored patients over all seeds, the clean error's
+    ratio and each seed's verdict."""
+    groups: dict[tuple, list[SweepRow]] = {}
+    for r in rows:
+        if r.backdoor_attack is None:
+            continue
+        key = (r.backdoor_attack, defense_name(r.aggregator, r.update_clip),
+               len((r.malicious or "").split()))
+        groups.setdefault(key, []).append(r)
+    lines = []
+    for (attack, defense, attackers), group in groups.items():
+        shifts = [r.backdoor_success_hu for r in group if r.backdoor_success_hu is not None]
+        ci = mean_interval(shifts)
+        lines.append({
+            "Attack": ATTACK_NAMES.get(attack, attack), "Defense": defense,
+            "Attackers": attackers, "Seeds": len(group),
+            "Mean shift (HU)": sum(shifts) / len(shifts) if shifts else None,
+            "95 % interval": f"{ci[0]:.0f} – {ci[1]:.0f}" if ci else "one seed",
+            "Patients backdoored": f"{sum(r.backdoor_patients_backdoored or 0 for r in group)}"
+                                   f" of {sum(r.backdoor_patients or 0 for r in group)}",
+            "Clean error ratio": _mean([r.backdoor_clean_mae_ratio for r in group]),
+            "Verdicts": ", ".join(r.backdoor_verdict or "?" for r in group)})
+    return pd.DataFrame(lines)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None

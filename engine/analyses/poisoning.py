@@ -29,11 +29,12 @@ PROTECTED = 1.25
 VERDICTS = ("protected", "damaged", "broken", "attack_too_weak")
 
 
-def ratio_interval(ratios: list[float]) -> list[float] | None:
-    """95 % Student-t interval of the mean error ratio over seeds (None for one seed)."""
-    if len(ratios) < 2:
+def mean_interval(values: list[float]) -> list[float] | None:
+    """95 % Student-t interval of the mean over seeds (an error ratio, a backdoor's shift);
+    None for one seed."""
+    if len(values) < 2:
         return None
-    r = np.asarray(ratios, dtype=float)
+    r = np.asarray(values, dtype=float)
     half = student_t.ppf(0.975, len(r) - 1) * r.std(ddof=1) / np.sqrt(len(r))
     return [float(r.mean() - half), float(r.mean() + half)]
 
@@ -110,10 +111,10 @@ def verdict_block(cfg: ExperimentConfig, seeds: list[dict[str, Any]],
         "verdict": poisoning_verdict(ratios, control_ratios),
         "seeds": seeds,
         "mae_ratio_mean": float(np.mean(ratios)),
-        "ratio_ci": ratio_interval(ratios),
+        "ratio_ci": mean_interval(ratios),
         "fedavg_control": None if not control else {
             "aggregator": "fedavg", "self": own, "seeds": control,
             "mae_ratio_mean": float(np.mean(control_ratios)),
-            "ratio_ci": ratio_interval(control_ratios),
+            "ratio_ci": mean_interval(control_ratios),
             "hurt": min(control_ratios) > PROTECTED},
     }

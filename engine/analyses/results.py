@@ -563,6 +563,17 @@ class SweepRow(_Block):
     calibration_floor_ssim_body: float | None = None
     calibration_rate: float | None = None
     inversion_null_ssim_body: float | None = None
+    # Backdoor: the attack, the server's update clipping, its effect and verdict.
+    update_clip: str | None = None
+    backdoor_attack: str | None = None
+    backdoor_success_hu: float | None = None
+    backdoor_success_rate: float | None = None
+    backdoor_patients: int | None = None
+    backdoor_patients_backdoored: int | None = None
+    backdoor_null_success_hu: float | None = None
+    backdoor_control_success_hu: float | None = None
+    backdoor_clean_mae_ratio: float | None = None
+    backdoor_verdict: str | None = None
     # Privacy audit.
     audit_kind: str | None = None
     audit_bound: float | None = None

@@ -162,6 +162,16 @@ def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
                 "detected": " ".join(poison.detection.detected)}
     if inv := s.inversion:
         row |= _inversion_columns(inv, cfg)
+    if bd := s.backdoor:
+        row |= {"update_clip": cfg.defenses.update_clip, "backdoor_attack": bd.attack,
+                "malicious": " ".join(bd.malicious_names),
+                "backdoor_success_hu": bd.success_hu,
+                "backdoor_success_rate": bd.success_rate, "backdoor_patients": bd.patients,
+                "backdoor_patients_backdoored": bd.patients_backdoored,
+                "backdoor_null_success_hu": bd.null.success_hu,
+                "backdoor_control_success_hu": bd.control.success_hu if bd.control else None,
+                "backdoor_clean_mae_ratio": bd.clean_mae_ratio,
+                "backdoor_verdict": bd.verdict}
     if audit := s.dp_audit:
         row |= {"audit_kind": audit.kind, "audit_bound": audit.epsilon_lower_bound,
                 "audit_cap": audit.cap, "audit_canaries": audit.canaries,
