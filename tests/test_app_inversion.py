@@ -18,7 +18,8 @@ from streamlit.testing.v1 import AppTest
 
 from app.views.common import hospital_name
 from app.views.inversion import RECOGNISABLE, cell_text, leak_level, verdict
-from engine.analyses.results import InversionSummary, SweepRow
+from engine.analyses.results import InversionSummary
+from engine.analyses.sweep_table import SweepRow
 from engine.core.config import config_hash
 from engine.core.run_folder import ACTIVE, RunFolder
 from engine.orchestration.experiment import execute

@@ -19,7 +19,8 @@ import engine.orchestration.jobs
 from app.views.common import hospital_name
 from app.views.dp_audit import audit_verdict
 from app.views.membership import attack_name, dp_sentence, noise_label, verdict
-from engine.analyses.results import DPAuditSummary, MiaSummary, SweepRow
+from engine.analyses.results import DPAuditSummary, MiaSummary
+from engine.analyses.sweep_table import SweepRow
 from engine.core.run_folder import RunFolder
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import PRESETS, build_config

@@ -23,7 +23,8 @@ from engine.analyses.backdoor import (
     control_config,
     defended,
 )
-from engine.analyses.results import SweepRow, read_summary
+from engine.analyses.results import read_summary
+from engine.analyses.sweep_table import SweepRow
 from engine.clients.backdoor import add_trigger, backdoored_slices, target_region, trigger_box
 from engine.core.config import ConfigError
 from engine.data.cohort import load_cohort

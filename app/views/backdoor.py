@@ -17,7 +17,8 @@ import pandas as pd
 from app.views.common import RULE_NAMES, Verdict, hospital_name, hospital_names
 from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import mean_interval
-from engine.analyses.results import BackdoorEffect, BackdoorSummary, SweepRow
+from engine.analyses.results import BackdoorEffect, BackdoorSummary
+from engine.analyses.sweep_table import SweepRow
 
 INTRO = (
     "A **backdoor** is the attack the average error does not show. A dishonest hospital "

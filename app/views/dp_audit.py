@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 
 from app.views.common import Verdict
 from app.views.results import RunRow, finished_with
-from engine.analyses.results import DPAuditSummary, SweepRow
+from engine.analyses.results import DPAuditSummary
+from engine.analyses.sweep_table import SweepRow
 
 CANARIES = {"client": "canary hospitals", "patient": "canary patients in Hospital A's DP-SGD"}
 LEVELS = {"client": "hospital-level DP", "patient": "patient-level DP (DP-SGD)"}

@@ -21,7 +21,8 @@ from plotly.subplots import make_subplots
 
 from app.views.common import Verdict, hospital_name, log_ticks, upscale
 from app.views.results import RunRow, finished_with
-from engine.analyses.results import InversionSummary, SweepRow
+from engine.analyses.results import InversionSummary
+from engine.analyses.sweep_table import SweepRow
 from engine.core.config import ExperimentConfig
 from engine.core.reconstruction_metrics import LEAK_MARGIN
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, to_gray, to_heat

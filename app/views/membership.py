@@ -17,7 +17,8 @@ from plotly.subplots import make_subplots
 
 from app.views.common import Verdict, hospital_name
 from app.views.results import RunRow, finished_with, read_json
-from engine.analyses.results import MiaSummary, SweepRow
+from engine.analyses.results import MiaSummary
+from engine.analyses.sweep_table import SweepRow
 
 ATTACK_NAMES = {
     "fedmia-i/phi": "FedMIA-I (loss, per-sample σ)",

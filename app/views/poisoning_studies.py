@@ -26,7 +26,8 @@ from app.views.poisoning import (
     level_text,
     rule_name,
 )
-from engine.analyses.results import HistoryPoint, SweepRow
+from engine.analyses.results import HistoryPoint
+from engine.analyses.sweep_table import SweepRow
 
 
 def ratio_heatmap(row_labels: list[str], col_labels: list[str],

@@ -20,10 +20,9 @@ from engine.analyses.results import (
     Metrics,
     RunSummary,
     SummaryError,
-    SweepRow,
-    parse_sweep_rows,
     read_summary,
 )
+from engine.analyses.sweep_table import SweepRow, parse_sweep_rows
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.processes import pid_alive, read_job_pid
 from engine.core.run_folder import ACTIVE, RunFolder

@@ -29,9 +29,9 @@ from engine.analyses.results import (
     InversionSummary,
     MiaSummary,
     RunSummary,
-    SweepRow,
     read_summary,
 )
+from engine.analyses.sweep_table import SweepRow
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.run_folder import RunFolder, number_or_none, text_or_none, write_json_atomic
 from engine.orchestration.experiment import execute
@@ -128,7 +128,7 @@ def _inversion_columns(inv: InversionSummary, cfg: ExperimentConfig) -> dict[str
 
 def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
               preset: str | None = None) -> SweepRow:
-    """One table row (:class:`engine.analyses.results.SweepRow`): the cell's settings, read
+    """One table row (:class:`engine.analyses.sweep_table.SweepRow`): the cell's settings, read
     from the run's config, and the ε it reached; its final sCT metrics; every attack's
     figures. ``s`` is the run's summary."""
     cfg = run.config()

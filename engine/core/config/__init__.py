@@ -8,35 +8,38 @@ Types are strict (true is not 1, "5" is not 5). Config files and ``--set`` value
 YAML 1.2 with limits checked while parsing: no anchors, aliases or tags, no duplicate keys,
 bounded size, depth and number of values.
 
-The package's parts: ``schema`` (the sections, the cross-key rules, the hash), ``echo``
-(how input is quoted in messages), ``data_folders`` (cheap checks of the folders a config
-names), ``validation`` (a dict to a config, or one line per bad key) and ``yaml_input``
-(reading files and ``--set`` values). Import from the package itself.
+The package's parts: ``schema`` (the sections, the cross-key rules, the hash), ``attacks``
+(the attacks' sections), ``section`` (the sections' strict base), ``echo`` (how input is
+quoted in messages), ``data_folders`` (cheap checks of the folders a config names),
+``validation`` (a dict to a config, or one line per bad key) and ``yaml_input`` (reading
+files and ``--set`` values). Import from the package itself.
 """
 
-from engine.core.config.echo import MAX_ECHO, MAX_MESSAGE
-from engine.core.config.schema import (
-    AGGREGATORS,
-    ROBUST_AGGREGATORS,
+from engine.core.config.attacks import (
     AdamMode,
     AttacksConfig,
     BackdoorConfig,
-    ConfigError,
-    DataConfig,
-    DefensesConfig,
     DPAuditConfig,
-    DPConfig,
-    EvaluationConfig,
-    ExperimentConfig,
-    FederationConfig,
     InversionConfig,
     InversionDistance,
     InversionInit,
     InversionPrior,
     MembershipConfig,
+    PoisoningConfig,
+)
+from engine.core.config.echo import MAX_ECHO, MAX_MESSAGE
+from engine.core.config.schema import (
+    AGGREGATORS,
+    ROBUST_AGGREGATORS,
+    ConfigError,
+    DataConfig,
+    DefensesConfig,
+    DPConfig,
+    EvaluationConfig,
+    ExperimentConfig,
+    FederationConfig,
     ModelConfig,
     Norm,
-    PoisoningConfig,
     config_hash,
 )
 from engine.core.config.validation import deep_merge, validate_config
