@@ -22,10 +22,12 @@ from engine.analyses.backdoor import (
     clean_config,
     control_config,
     defended,
+    durability,
 )
 from engine.analyses.results import read_summary
 from engine.analyses.sweep_table import SweepRow
 from engine.clients.backdoor import add_trigger, backdoored_slices, target_region, trigger_box
+from engine.clients.behaviour import training_sets
 from engine.core.config import ConfigError
 from engine.data.cohort import load_cohort
 from engine.data.types import SliceSet
@@ -103,6 +105,9 @@ def test_a_defense_stops_a_backdoor_only_where_fedavg_was_implanted(effect, cont
     (["attacks.backdoor.malicious_centers=[7]"], "distinct center index in 0…3"),
     (["attacks.backdoor.trigger_size=30"], "does not fit data.image_size = 32"),
     (["attacks.backdoor.start_round=21"], "after the last round"),
+    (["attacks.backdoor.stop_round=20"], "to one round before the last"),
+    (["attacks.backdoor.start_round=5", "attacks.backdoor.stop_round=4"],
+     "must be from start_round = 5"),
 ])
 def test_impossible_backdoor_settings_are_refused_in_one_line(sets: list[str],
                                                               pattern: str) -> None:
@@ -226,3 +231,28 @@ def test_the_study_table_pools_seeds_per_attack_defense_and_attackers() -> None:
     assert table.iloc[1]["95 % interval"] == "one seed"
     assert cell_words("attack=data, malicious_centers=[0,1], update_clip=median, seed=2") == (
         "Backdoored data only, FedAvg + update clipping, 2 attackers, seed 2")
+
+
+def test_durability_counts_the_rounds_until_the_backdoor_is_first_gone() -> None:
+    null = _effect(0, 14, 35.0)
+    kept, gone = _effect(14, 14, 250.0), _effect(1, 14, 60.0)
+    assert durability([(11, kept), (12, kept), (13, gone), (14, kept)], null, 100.0) == 2
+    assert durability([(11, gone), (12, kept)], null, 100.0) == 0
+
+
+def test_a_backdoor_is_followed_after_its_attacker_stops(trained: tuple) -> None:
+    """The attacker stops after round 10 and trains on its own slices from round 11: every
+    later round's global model is scored, and the backdoor fades (at this size it is gone
+    within a round: the honest rounds overwrite it)."""
+    _, cohort, clean = trained
+    cfg = build_config("backdoor-demo", sets=["attacks.backdoor.stop_round=10"])
+    own, _ = training_sets(cfg, cohort, attack=False)
+    assert len(own[0]) == len(cohort.centers[0].train)  # no triggered copies after the stop
+    after: list = []
+    result = run_federation(cfg, cohort, on_global=lambda r, p: after.append((r, p))
+                            if r > 10 else None)
+    report = backdoor_report(cfg, cohort, result, clean, None, None, after)
+    assert [a["round"] for a in report["after_stop"]] == list(range(11, 21))
+    assert report["durability_rounds"] < 10  # gone before the last round (here: at once)
+    assert report["after_stop"][-1]["success_hu"] < report["threshold_hu"]
+    assert report["verdict"] == "attack_too_weak"

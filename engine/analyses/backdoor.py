@@ -179,19 +179,35 @@ def triggered_example(cfg: ExperimentConfig, cohort: Cohort, params: NDArrays,
             "npz": "backdoor/example.npz"}
 
 
+def durability(effects: list[tuple[int, dict[str, Any]]], null: dict[str, Any],
+               threshold: float) -> int:
+    """Rounds after the attacker stopped (``effects``: each later round and the effect in
+    its global model, in order) during which the backdoor stayed implanted, counted until
+    the first round it was not."""
+    kept = 0
+    for _, effect in effects:
+        if not implanted(effect, null, threshold):
+            break
+        kept += 1
+    return kept
+
+
 def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
                     clean: FederationResult, control: FederationResult | None,
-                    folder: Path | None = None) -> dict[str, Any]:
+                    folder: Path | None = None,
+                    after_stop: list[tuple[int, NDArrays]] | None = None) -> dict[str, Any]:
     """``summary["backdoor"]``: the attack, the effect on this run's final model, the null
     (the clean federation ``clean``), the control (``control``, the same attack against
     plain FedAvg, for a defended run), the verdict and, with the run's ``folder``, one
-    triggered slice's images (:func:`triggered_example`)."""
+    triggered slice's images (:func:`triggered_example`). ``after_stop``: the global
+    model of every round after the attacker stopped (``stop_round``), for the durability."""
     bd = cfg.attacks.backdoor
     rows, cols = trigger_box(cfg.data.image_size, bd.trigger_size)
     effect = backdoor_effect(cfg, cohort, result.final_params)
     null = backdoor_effect(cfg, cohort, clean.final_params)
     ctrl = backdoor_effect(cfg, cohort, control.final_params) if control else None
     mae, clean_mae = result.history[-1]["mae_hu"], clean.history[-1]["mae_hu"]
+    later = [(r, backdoor_effect(cfg, cohort, p)) for r, p in after_stop or []]
     return {
         "attack": bd.attack, "malicious": list(bd.malicious_centers),
         "malicious_names": [cohort.centers[k].name for k in bd.malicious_centers],
@@ -208,9 +224,10 @@ def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRes
         "null": null, "control": ctrl,
         "clean_mae_hu": mae, "clean_federation_mae_hu": clean_mae,
         "clean_mae_ratio": mae / clean_mae if clean_mae and math.isfinite(clean_mae) else None,
-        # The attacker never stops in this version: how long a backdoor outlives its
-        # attacker is not measured (None).
-        "durability_rounds": None,
+        # None: the attacker attacked to the last round, so there is nothing to outlive.
+        "durability_rounds": durability(later, null, bd.threshold_hu) if later else None,
+        "after_stop": [{"round": r, "success_hu": e["success_hu"],
+                        "patients_backdoored": e["patients_backdoored"]} for r, e in later],
         "verdict": backdoor_verdict(effect, null, ctrl, bd.threshold_hu),
         "example": (triggered_example(cfg, cohort, result.final_params, clean.final_params,
                                       folder) if folder is not None else None),

@@ -355,7 +355,10 @@ class BackdoorSummary(BackdoorEffect):
     clean_mae_hu: float | None = None
     clean_federation_mae_hu: float | None = None
     clean_mae_ratio: float | None = None
+    # Rounds the backdoor stayed implanted after the attacker stopped (None: it never
+    # stopped), and each later round's effect (round, success_hu, patients_backdoored).
     durability_rounds: int | None = None
+    after_stop: list[dict[str, float | int | None]] = Field(default_factory=list)
     verdict: str = ""
     # One triggered slice (hospital, png and npz paths in the run folder); None: not saved.
     example: dict[str, str] | None = None

@@ -69,8 +69,10 @@ def backdoored_slices(slices: SliceSet, bd: BackdoorConfig,
 
 def backdoor_upload(trained: NDArrays, global_params: NDArrays, bd: BackdoorConfig,
                     rnd: int, centers: int) -> NDArrays:
-    """What the attacker sends in round ``rnd``: its model as trained (``data``, or before
-    ``start_round``), else the update boosted by ``boost`` (default ``centers``)."""
-    if bd.attack != "model_replacement" or rnd < bd.start_round:
+    """What the attacker sends in round ``rnd``: its model as trained (``data``, before
+    ``start_round`` or after ``stop_round``), else the update boosted by ``boost`` (default
+    ``centers``)."""
+    stopped = bd.stop_round is not None and rnd > bd.stop_round
+    if bd.attack != "model_replacement" or rnd < bd.start_round or stopped:
         return trained
     return scaled_upload(trained, global_params, bd.boost or float(centers))

@@ -49,15 +49,24 @@ def malicious_centers(cfg: ExperimentConfig) -> set[int]:
     return set(backdoor.malicious_centers) if backdoor.enabled else set()
 
 
-def training_sets(cfg: ExperimentConfig, cohort: Cohort) -> tuple[list, set[str]]:
+def attacking(cfg: ExperimentConfig, rnd: int) -> bool:
+    """Whether the attackers attack in round ``rnd`` (a backdoor planter stops after
+    ``attacks.backdoor.stop_round``)."""
+    stop = cfg.attacks.backdoor.stop_round if cfg.attacks.backdoor.enabled else None
+    return stop is None or rnd <= stop
+
+
+def training_sets(cfg: ExperimentConfig, cohort: Cohort,
+                  attack: bool = True) -> tuple[list, set[str]]:
     """Every center's training slices (poisoned for ``data_noise`` attackers, with triggered
-    copies for backdoor planters) and the names of the malicious centers."""
+    copies for backdoor planters; with ``attack`` False, as in a round after the attackers
+    stopped, every center's own) and the names of the malicious centers."""
     bad = malicious_centers(cfg)
     poison, backdoor = cfg.attacks.poisoning, cfg.attacks.backdoor
 
     def own(k: int, data: SliceSet) -> SliceSet:
         rng = np.random.default_rng([cfg.seed, k, 2])
-        if k not in bad:
+        if k not in bad or not attack:
             return data
         if poison.enabled and poison.kind == "data_noise":
             return poison_slices(data, poison.target, poison.noise_std, poison.fraction, rng)

@@ -56,6 +56,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import ServerApp
 
 from engine.clients.behaviour import (
+    attacking,
     client_update,
     client_upload,
     dp_rng,
@@ -95,7 +96,8 @@ def _experiment(config_json: str) -> ExperimentConfig:
 
 
 @functools.lru_cache(maxsize=2)
-def _center_data(config_json: str, center: int, data_path: str) -> tuple[Any, bool]:
+def _center_data(config_json: str, center: int, data_path: str,
+                 attack: bool = True) -> tuple[Any, bool]:
     """(training slices, malicious?) of ``center``; cached across rounds.
 
     Without ``data_path`` the center's patients come from the experiment's cohort (the
@@ -107,7 +109,7 @@ def _center_data(config_json: str, center: int, data_path: str) -> tuple[Any, bo
         folders = [f for group in scan_synthrad(data_path).values() for f in group]
         return folder_slices(folders, cfg.data), False
     cohort = load_cohort(cfg.data, cfg.seed)
-    sets, malicious = training_sets(cfg, cohort)
+    sets, malicious = training_sets(cfg, cohort, attack=attack)
     return sets[center], cohort.centers[center].name in malicious
 
 
@@ -125,7 +127,8 @@ class CenterClient(NumPyClient):
                              f"of the experiment (0…{cfg.data.centers - 1}); start it with "
                              f"--node-config \"partition-id=K\"")
         rnd = int(config["round"])
-        data, malicious = _center_data(str(config["experiment"]), self.center, self.data_path)
+        data, malicious = _center_data(str(config["experiment"]), self.center, self.data_path,
+                                       attacking(cfg, rnd))
         model = build_model(cfg)
         trained, meta = client_update(cfg, model, rnd, self.center, data, parameters)
         # DP is applied by the ClientApp's mod (_client_dp), after this returns.

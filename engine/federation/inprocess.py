@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from engine.clients.behaviour import (
+    attacking,
     client_seed,
     client_update,
     client_upload,
@@ -168,6 +169,17 @@ def _starting_point(
     return global_params, first, result, recorder
 
 
+def _training_data(cfg: ExperimentConfig,
+                   cohort: Cohort) -> tuple[list[SliceSet], list[SliceSet], set[str]]:
+    """The centers' training sets while the attackers attack and after they stopped (a
+    backdoor planter then trains on its own slices; one batching plan fits both), and the
+    malicious centers' names."""
+    attack_sets, malicious = training_sets(cfg, cohort)
+    if attacking(cfg, cfg.federation.rounds):
+        return attack_sets, attack_sets, malicious
+    return attack_sets, training_sets(cfg, cohort, attack=False)[0], malicious
+
+
 def run_federation(
     cfg: ExperimentConfig,
     cohort: Cohort,
@@ -176,6 +188,7 @@ def run_federation(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     start: tuple[int, NDArrays, list[dict[str, Any]]] | None = None,
+    on_global: Callable[[int, NDArrays], None] | None = None,
 ) -> FederationResult:
     """Train the federation described by ``cfg`` on ``cohort``.
 
@@ -189,6 +202,8 @@ def run_federation(
             returning True raises :class:`Cancelled`.
         start: ``(round, global model after it, the records up to it)`` to resume from a
             checkpoint; the rounds after it then run exactly as they would have.
+        on_global: called after each round with (round, new global model): for analyses
+            that follow the model round by round (a backdoor's durability).
 
     With ``run_dir``, the global model is checkpointed every ``federation.checkpoint_every``
     rounds (and after the last). Which hospitals train as one batched computation is decided
@@ -198,7 +213,7 @@ def run_federation(
     model = build_model(cfg)
     names = list(model.state_dict())
     aggregator = make_aggregator(fed)
-    train_sets, malicious = training_sets(cfg, cohort)
+    train_sets, own_sets, malicious = _training_data(cfg, cohort)
     plan = plan_training(cfg, model, train_sets)
     _log_plan(plan)
     global_params, first, result, recorder = _starting_point(cfg, cohort, model, on_round,
@@ -206,11 +221,11 @@ def run_federation(
     every = fed.checkpoint_every
     for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()
-        trained, metadata = train_round(cfg, model, rnd, cohort, train_sets, global_params,
-                                        plan, should_stop)
-        honest = list(trained.values())
+        sets = train_sets if attacking(cfg, rnd) else own_sets
+        trained, metadata = train_round(cfg, model, rnd, cohort, sets, global_params, plan,
+                                        should_stop)
         uploads = {name: client_upload(cfg, rnd, k, params, metadata[name], global_params,
-                                       name in malicious, honest)
+                                       name in malicious, list(trained.values()))
                    for k, (name, params) in enumerate(trained.items())}
         weights = {c: int(metadata[c]["num_examples"]) for c in uploads}
         outcome = server_round(cfg, rnd, uploads, weights, global_params, aggregator,
@@ -218,6 +233,8 @@ def run_federation(
         global_params = close_round(cfg, run_dir, rnd, global_params, outcome, metadata, names)
         result.train_s += time.perf_counter() - t0
         recorder.record(rnd, global_params, metadata, outcome.detection)
+        if on_global is not None:
+            on_global(rnd, global_params)
         # After the record: a resumed run drops records newer than its checkpoint.
         if run_dir is not None and every and (rnd % every == 0 or rnd == fed.rounds):
             save_checkpoint(run_dir, rnd, global_params)

@@ -29,6 +29,7 @@ from engine.core.config import ExperimentConfig
 from engine.core.processes import process_identity
 from engine.core.render import sample_row, save_png
 from engine.core.run_folder import RunFolder, remove_stale_temporaries
+from engine.core.types import NDArrays
 from engine.data.cohort import AttackerData, attacker_data, load_cohort
 from engine.data.types import Cohort
 from engine.federation.flower_runtime import run_flower
@@ -147,7 +148,15 @@ def _backdoor(ctx: RunContext) -> dict[str, Any]:
     clean = train(clean_config(cfg), "the federation without the attacker")
     control = (train(control_config(cfg), "the same attack against FedAvg (the control)")
                if defended(cfg) else None)
-    return backdoor_report(cfg, ctx.cohort, ctx.result, clean, control, ctx.run.path)
+    after_stop: list[tuple[int, NDArrays]] = []
+    if (stop := cfg.attacks.backdoor.stop_round) is not None:
+        # The run's own rounds are not kept: the same federation again, in process, keeping
+        # the global model of every round after the attacker stopped.
+        ctx.run.log("the rounds after the attacker stopped: training them again")
+        run_federation(cfg, ctx.cohort, should_stop=ctx.run.cancel_requested,
+                       on_global=lambda r, p: after_stop.append((r, p)) if r > stop else None)
+    return backdoor_report(cfg, ctx.cohort, ctx.result, clean, control, ctx.run.path,
+                           after_stop)
 
 
 ATTACKS: tuple[AttackStep, ...] = (

@@ -48,7 +48,7 @@ def _hash(preset: str, sets: tuple[str, ...]) -> str:
     return config_hash(build_config(preset, sets=list(sets)))
 
 
-def cell_hash(cell: Cell) -> str:
+def _cell_hash(cell: Cell) -> str:
     return _hash(cell.preset, tuple(cell.sets))
 
 
@@ -61,7 +61,7 @@ def reference_seconds() -> dict[str, float]:
     for name, spec in SWEEPS.items():
         try:
             cells = sweep_cells(name)
-            hashes = [cell_hash(c) for c in cells]
+            hashes = [_cell_hash(c) for c in cells]
         except ConfigError:  # a sweep that needs a value from the user (the what-if patient)
             continue
         for h in hashes:
@@ -100,7 +100,7 @@ def expected_cells(cells: list[Cell], reference_s: float,
                    runs: list[dict[str, Any]]) -> Expected:
     """:func:`expected_configs` of a sweep's or the study's ``cells``, whose time on the
     reference machine was measured as a whole (``reference_s``): each an equal share."""
-    return expected_configs([cell_hash(c) for c in cells],
+    return expected_configs([_cell_hash(c) for c in cells],
                             [reference_s / len(cells)] * len(cells), runs)
 
 

@@ -154,6 +154,10 @@ class BackdoorConfig(_Section):
                                 "the number of centers")
     start_round: int = Field(1, ge=1, description="model_replacement: the first round boosted "
                              "(earlier rounds: the backdoored data only)")
+    stop_round: int | None = Field(None, ge=1, description="the last round the attacker "
+                                   "attacks; afterwards it trains on its own slices and "
+                                   "uploads as it trained (how long the backdoor outlives it "
+                                   "is measured); empty: to the last round")
     threshold_hu: float = Field(100.0, gt=0.0, le=3000.0, description="a triggered slice counts "
                                 "as backdoored when its region moved this far in the shift's "
                                 "direction")

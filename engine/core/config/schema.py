@@ -380,6 +380,12 @@ class ExperimentConfig(_Section):
         if bd.start_round > self.federation.rounds:
             raise ValueError(f"attacks.backdoor.start_round = {bd.start_round} is after the "
                              f"last round ({self.federation.rounds})")
+        last = self.federation.rounds
+        if bd.stop_round is not None and not bd.start_round <= bd.stop_round < last:
+            raise ValueError(f"attacks.backdoor.stop_round = {bd.stop_round} must be from "
+                             f"start_round = {bd.start_round} to one round before the last "
+                             f"({self.federation.rounds - 1}), so that rounds without the "
+                             "attacker follow")
 
     def _check_membership_rules(self) -> None:
         """Membership inference needs a stored server view and reference centers."""
