@@ -31,7 +31,7 @@ from engine.clients.behaviour import training_sets
 from engine.core.config import ConfigError
 from engine.data.cohort import load_cohort
 from engine.data.types import SliceSet
-from engine.federation.aggregators import clip_to_median_norm
+from engine.federation.aggregators import clip_to_median_norm, flame
 from engine.federation.inprocess import run_federation
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
@@ -97,6 +97,25 @@ def test_a_defense_stops_a_backdoor_only_where_fedavg_was_implanted(effect, cont
                             _effect(*control) if control else None, 100.0) == verdict
 
 
+def test_flame_admits_the_majority_clips_averages_and_adds_its_noise() -> None:
+    """Three hospitals pull one way, a fourth (boosted ×10) the other: HDBSCAN on cosine
+    distances leaves it out, the rest are clipped to the median norm and averaged; the noise
+    is λ × that median."""
+    g = [np.zeros(4, np.float32)]
+    uploads = {"a": [np.array([1.0, 0.1, 0, 0], np.float32)],
+               "b": [np.array([1.0, 0, 0.1, 0], np.float32)],
+               "c": [np.array([2.0, 0, 0, 0.1], np.float32)],
+               "d": [np.array([-10.0, 10.0, 0, 0], np.float32)]}
+    new, admitted = flame(uploads, g, 0.0, np.random.default_rng(0))
+    assert admitted == ["a", "b", "c"]
+    median = float(np.median([np.linalg.norm(u[0]) for u in uploads.values()]))  # ≈ 1.5
+    c = uploads["c"][0] * median / np.linalg.norm(uploads["c"][0])
+    np.testing.assert_allclose(new[0], (uploads["a"][0] + uploads["b"][0] + c) / 3, rtol=1e-6)
+    noisy, _ = flame(uploads, g, 0.1, np.random.default_rng(0))
+    spread = float(np.std(noisy[0] - new[0]))
+    assert 0.02 < spread < 0.5  # σ = 0.1 × 1.5 = 0.15 on 4 values
+
+
 @pytest.mark.parametrize(("sets", "pattern"), [
     (["defenses.secure_aggregation=true", "defenses.update_clip=median"],
      "never sees under secure aggregation"),
@@ -106,6 +125,8 @@ def test_a_defense_stops_a_backdoor_only_where_fedavg_was_implanted(effect, cont
     (["attacks.backdoor.trigger_size=30"], "does not fit data.image_size = 32"),
     (["attacks.backdoor.start_round=21"], "after the last round"),
     (["attacks.backdoor.stop_round=20"], "to one round before the last"),
+    (["defenses.flame=true", "federation.aggregator=fedmedian"], "filters, clips and averages"),
+    (["defenses.flame=true", "defenses.update_clip=median"], "defenses.update_clip = none"),
     (["attacks.backdoor.start_round=5", "attacks.backdoor.stop_round=4"],
      "must be from start_round = 5"),
 ])
@@ -200,6 +221,16 @@ def test_an_attacker_whose_trigger_changes_no_hu_moves_nothing_past_the_null(
     assert report["verdict"] == "attack_too_weak"
     assert report["patients_backdoored"] == 0
     assert report["success_hu"] < report["threshold_hu"] / 2
+
+
+def test_flame_stops_the_boosted_backdoor_that_fedavg_lets_in(trained: tuple) -> None:
+    """FLAME leaves the attacker's update out of most rounds: the shift stays under the
+    threshold and far below the same attack's against FedAvg (the control)."""
+    report = _report(trained, ["defenses.flame=true"])
+    control = report["control"]
+    assert control is not None and control["patients_backdoored"] >= 12
+    assert report["success_hu"] < report["threshold_hu"] < control["success_hu"]
+    assert report["verdict"] in ("stopped", "partial")
 
 
 def test_update_clipping_reduces_the_backdoor_and_is_judged_against_fedavg(

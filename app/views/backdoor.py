@@ -29,15 +29,16 @@ INTRO = (
     "patient of every hospital and of the unseen hospital, with and without the trigger, and "
     "held against the same federation trained without the attacker.")
 EMPTY = ("No backdoor runs yet. Start one above: Hospital A plants a backdoor into a "
-         "federation of 4 hospitals that averages their updates (FedAvg), or one whose server "
-         "clips every update.")
+         "federation of 4 hospitals that averages their updates (FedAvg), one whose server "
+         "clips every update, or one that filters them with FLAME.")
 EXAMPLE_CAPTION = ("One patient of a hospital that did not attack, with the trigger in its "
                    "MRI. Left to right: the MRI with the trigger | the synthetic CT of the "
                    "federation trained without the attacker | the synthetic CT of this run | "
                    "how far this run moved the region the attacker targets (yellow = 500 HU "
                    "or more).")
 PRESETS = (("backdoor-demo", "Plant a backdoor (FedAvg)"),
-           ("backdoor-clipped", "Plant it against update clipping"))
+           ("backdoor-clipped", "Plant it against update clipping"),
+           ("backdoor-flame", "Plant it against FLAME"))
 
 
 class BackdoorRun(RunRow):
@@ -50,10 +51,9 @@ class BackdoorRun(RunRow):
 
     @property
     def defense(self) -> str:
-        words = [RULE_NAMES.get(self.aggregator or "fedavg", self.aggregator or "FedAvg")]
-        if self.cfg is not None and self.cfg.defenses.update_clip != "none":
-            words.append("update clipping")
-        return " + ".join(words)
+        d = self.cfg.defenses if self.cfg is not None else None
+        return defense_name(self.aggregator, d.update_clip if d else None,
+                            d.flame if d else None)
 
     @property
     def label(self) -> str:
@@ -141,7 +141,11 @@ ATTACK_NAMES = {"model_replacement": "Model replacement (boost ×2)",
                 "data": "Backdoored data only"}
 
 
-def defense_name(aggregator: str | None, update_clip: str | None) -> str:
+def defense_name(aggregator: str | None, update_clip: str | None,
+                 flame: bool | None = None) -> str:
+    """The server's defense in words: FLAME, or the rule with update clipping if any."""
+    if flame:
+        return "FLAME"
     words = [RULE_NAMES.get(aggregator or "fedavg", aggregator or "FedAvg")]
     if update_clip and update_clip != "none":
         words.append("update clipping")
@@ -152,8 +156,10 @@ def cell_words(label: str | None) -> str:
     """A backdoor study cell label (``attack=data, malicious_centers=[0], …``) in words."""
     parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
     attackers = parts.get("malicious_centers", "[0]").strip("[]").split(",")
+    defense = defense_name(parts.get("aggregator"), parts.get("update_clip"),
+                           parts.get("flame") == "true")
     return (f"{ATTACK_NAMES.get(parts.get('attack', ''), parts.get('attack', '?'))}, "
-            f"{defense_name(parts.get('aggregator'), parts.get('update_clip'))}, "
+            f"{defense}, "
             f"{len(attackers)} attacker{'s' if len(attackers) > 1 else ''}, "
             f"seed {parts.get('seed', '0')}")
 
@@ -166,7 +172,7 @@ def study_table(rows: list[SweepRow]) -> pd.DataFrame:
     for r in rows:
         if r.backdoor_attack is None:
             continue
-        key = (r.backdoor_attack, defense_name(r.aggregator, r.update_clip),
+        key = (r.backdoor_attack, defense_name(r.aggregator, r.update_clip, r.flame),
                len((r.malicious or "").split()))
         groups.setdefault(key, []).append(r)
     lines = []

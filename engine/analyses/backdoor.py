@@ -52,16 +52,17 @@ def clean_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def defended(cfg: ExperimentConfig) -> bool:
-    """Whether the server does more than average: a robust rule or update clipping."""
-    return cfg.federation.aggregator != "fedavg" or cfg.defenses.update_clip != "none"
+    """Whether the server does more than average: a robust rule, update clipping or FLAME."""
+    return (cfg.federation.aggregator != "fedavg" or cfg.defenses.update_clip != "none"
+            or cfg.defenses.flame)
 
 
 def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The same attack against plain FedAvg without server clipping: the control a defended
-    run is held against."""
+    """The same attack against plain FedAvg without server clipping or FLAME: the control a
+    defended run is held against."""
     return cfg.model_copy(update={
         "federation": cfg.federation.model_copy(update={"aggregator": "fedavg"}),
-        "defenses": cfg.defenses.model_copy(update={"update_clip": "none"})})
+        "defenses": cfg.defenses.model_copy(update={"update_clip": "none", "flame": False})})
 
 
 def slice_shifts(cfg: ExperimentConfig, params: NDArrays, data: SliceSet) -> np.ndarray:

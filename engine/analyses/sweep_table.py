@@ -79,6 +79,7 @@ class SweepRow(_Block):
     inversion_null_ssim_body: float | None = None
     # Backdoor: the attack, the server's update clipping, its effect and verdict.
     update_clip: str | None = None
+    flame: bool | None = None
     backdoor_attack: str | None = None
     backdoor_success_hu: float | None = None
     backdoor_success_rate: float | None = None

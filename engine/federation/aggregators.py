@@ -141,19 +141,20 @@ def make_aggregator(fed: FederationConfig) -> Aggregator:
     raise ValueError(f"federation.aggregator = {fed.aggregator!r} is unknown")
 
 
-def clip_to_median_norm(uploads: dict[str, NDArrays],
-                        global_params: NDArrays) -> dict[str, NDArrays]:
+def clip_to_median_norm(uploads: dict[str, NDArrays], global_params: NDArrays,
+                        bound: float | None = None) -> dict[str, NDArrays]:
     """Each upload's update (upload − global) scaled down to the median update norm of the
-    round (the norm bounding of Sun et al. 2019 with FLAME's adaptive bound): a boosted
-    update keeps its direction but loses its weight; updates at or under the median are
-    unchanged. Norms are over every float parameter; other buffers pass as uploaded."""
+    round (the norm bounding of Sun et al. 2019 with FLAME's adaptive bound), or to
+    ``bound``: a boosted update keeps its direction but loses its weight; updates at or
+    under the bound are unchanged. Norms are over every float parameter; other buffers pass
+    as uploaded."""
     floats = [is_float(g) for g in global_params]
     deltas = {c: [np.asarray(a, np.float64) - g if f else None
                   for a, g, f in zip(p, global_params, floats, strict=True)]
               for c, p in uploads.items()}
     norms = {c: float(np.sqrt(sum(float(np.sum(d * d)) for d in ds if d is not None)))
              for c, ds in deltas.items()}
-    bound = float(np.median(list(norms.values())))
+    bound = float(np.median(list(norms.values()))) if bound is None else bound
     out = {}
     for c, params in uploads.items():
         factor = bound / norms[c] if norms[c] > bound else 1.0
@@ -161,3 +162,44 @@ def clip_to_median_norm(uploads: dict[str, NDArrays],
             (g + factor * d).astype(a.dtype) if d is not None else a
             for a, g, d in zip(params, global_params, deltas[c], strict=True)]
     return out
+
+
+def flame(uploads: dict[str, NDArrays], global_params: NDArrays, noise_lambda: float,
+          rng: np.random.Generator) -> tuple[NDArrays, list[str]]:
+    """FLAME (Nguyen et al. 2022) on one round's uploads: HDBSCAN on the updates' cosine
+    distances (minimum cluster size ⌊n/2⌋ + 1, a single cluster allowed, as FLAME's own
+    code does) admits the majority cluster (everyone when it finds none); each admitted
+    update is clipped to the median update norm of the round (:func:`clip_to_median_norm`),
+    they are averaged with equal weights, and Gaussian noise of standard deviation
+    ``noise_lambda`` × that median is added to every float parameter. Updates are upload −
+    global (the paper clusters the local models, which share the global model as their
+    origin). Returns the new global model and the admitted names."""
+    names = list(uploads)
+    floats = [is_float(g) for g in global_params]
+    flat = np.stack([np.concatenate([(np.asarray(a, np.float64) - g).ravel()
+                                     for a, g, f in zip(uploads[c], global_params, floats,
+                                                        strict=True) if f])
+                     for c in names])
+    unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    distance = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    np.fill_diagonal(distance, 0.0)
+    from sklearn.cluster import HDBSCAN  # here: scikit-learn takes a second to import
+
+    labels = HDBSCAN(min_cluster_size=len(names) // 2 + 1, min_samples=1, copy=True,
+                     allow_single_cluster=True,
+                     metric="precomputed").fit_predict(distance)
+    clusters = [k for k in set(labels) if k >= 0]
+    major = max(clusters, key=lambda k: int(np.sum(labels == k))) if clusters else None
+    admitted = [c for c, k in zip(names, labels, strict=True) if major is None or k == major]
+    bound = float(np.median(np.linalg.norm(flat, axis=1)))
+    clipped = clip_to_median_norm({c: uploads[c] for c in admitted}, global_params,
+                                  bound=bound)
+    out = []
+    for i, (g, f) in enumerate(zip(global_params, floats, strict=True)):
+        if not f:
+            out.append(uploads[admitted[0]][i])
+            continue
+        mean = np.mean([np.asarray(clipped[c][i], np.float64) for c in admitted], axis=0)
+        noisy = mean + rng.normal(0.0, noise_lambda * bound, g.shape)
+        out.append(noisy.astype(g.dtype))
+    return out, admitted

@@ -27,7 +27,7 @@ from engine.core.metrics import mean_over_patients
 from engine.core.types import NDArrays
 from engine.data.types import Cohort
 from engine.federation import server_view
-from engine.federation.aggregators import clip_to_median_norm
+from engine.federation.aggregators import clip_to_median_norm, flame
 from engine.federation.detection import update_statistics
 from engine.federation.secagg import secure_round
 from engine.learning.local import evaluate_patients
@@ -101,9 +101,13 @@ def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
         return RoundOutcome(sent, new_params, encoding)
     # The rule aggregates what the server's clipping left; the server still saw (and the
     # detection view shows) the uploads as sent.
-    clipped = (clip_to_median_norm(uploads, global_params)
-               if cfg.defenses.update_clip == "median" else uploads)
-    new_params = aggregator([(clipped[c], weights[c]) for c in clipped])
+    if cfg.defenses.flame:
+        new_params, _ = flame(uploads, global_params, cfg.defenses.flame_noise,
+                              np.random.default_rng([cfg.seed, rnd, 10_001]))
+    else:
+        clipped = (clip_to_median_norm(uploads, global_params)
+                   if cfg.defenses.update_clip == "median" else uploads)
+        new_params = aggregator([(clipped[c], weights[c]) for c in clipped])
     detection = update_statistics(uploads, global_params) if malicious else None
     return RoundOutcome(uploads, new_params, {"kind": "plain"}, detection)
 

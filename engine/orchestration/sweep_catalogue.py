@@ -84,7 +84,8 @@ def _data_noise_cells() -> list[list[str]]:
 # The backdoor study's defenses: the server's rule or update clipping.
 BACKDOOR_DEFENSES = {"FedAvg": [], "update clipping": ["defenses.update_clip=median"],
                      "FedMedian": ["federation.aggregator=fedmedian"],
-                     "trimmed mean": ["federation.aggregator=trimmed_mean"]}
+                     "trimmed mean": ["federation.aggregator=trimmed_mean"],
+                     "FLAME": ["defenses.flame=true"]}
 
 
 def _backdoor_cells() -> list[list[str]]:
@@ -244,7 +245,8 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "minutes": 15,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The sCT backdoor beyond the study: model replacement (boost ×2) or backdoored "
-            "data only, against FedAvg, update clipping, FedMedian and the trimmed mean, with "
+            "data only, against FedAvg, update clipping, FedMedian, the trimmed mean and FLAME, "
+            "with "
             "one or two attackers of 4 hospitals, 3 seeds; each run against the same "
             "federation without the attacker and, when defended, the attack against FedAvg "
             "(about 15 min)."

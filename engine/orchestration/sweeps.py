@@ -163,7 +163,8 @@ def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
     if inv := s.inversion:
         row |= _inversion_columns(inv, cfg)
     if bd := s.backdoor:
-        row |= {"update_clip": cfg.defenses.update_clip, "backdoor_attack": bd.attack,
+        row |= {"update_clip": cfg.defenses.update_clip, "flame": cfg.defenses.flame,
+                "backdoor_attack": bd.attack,
                 "malicious": " ".join(bd.malicious_names),
                 "backdoor_success_hu": bd.success_hu,
                 "backdoor_success_rate": bd.success_rate, "backdoor_patients": bd.patients,

@@ -170,6 +170,13 @@ class DefensesConfig(_Section):
         0.0, ge=0.0, lt=1.0,
         description="each client zeroes this share of its update's smallest entries",
     )
+    flame: bool = Field(
+        False, description="FLAME (Nguyen et al. 2022) instead of the aggregation rule: "
+        "HDBSCAN on the updates' cosine distances admits the majority, each is clipped to the "
+        "round's median update norm, they are averaged and Gaussian noise (flame_noise × that "
+        "median) is added; needs individual uploads and federation.aggregator = fedavg")
+    flame_noise: float = Field(0.001, ge=0.0, le=1.0,
+                               description="FLAME's noise, as a multiple of the median norm")
     update_clip: Literal["none", "median"] = Field(
         "none", description="median: the server clips each hospital's update to the round's "
         "median update norm before aggregating (the norm bounding of Sun et al. 2019 and FLAME; "
@@ -354,7 +361,13 @@ class ExperimentConfig(_Section):
     def _check_backdoor_rules(self) -> None:
         """One kind of attacker at a time; the attackers exist and leave one honest; the
         trigger fits the image; server clipping needs individual uploads."""
-        n, bd = self.data.centers, self.attacks.backdoor
+        n, bd, d = self.data.centers, self.attacks.backdoor, self.defenses
+        if d.flame and (d.secure_aggregation or self.federation.aggregator != "fedavg"
+                        or d.update_clip != "none" or n < 3):
+            raise ValueError("defenses.flame = true filters, clips and averages the individual "
+                             "updates itself: it needs data.centers ≥ 3, "
+                             "federation.aggregator = fedavg, defenses.update_clip = none and "
+                             "no secure aggregation")
         if self.defenses.update_clip != "none" and self.defenses.secure_aggregation:
             raise ValueError("defenses.update_clip = 'median' clips each hospital's update, "
                              "which the server never sees under secure aggregation; turn one "
