@@ -168,7 +168,7 @@ def _poisoning_page() -> AppTest:
 def test_the_page_offers_both_backdoor_runs_before_any_exists(runs_dir: Path) -> None:
     at = _poisoning_page()
     assert any(i.value == EMPTY for i in at.info)
-    for preset in ("backdoor-demo", "backdoor-clipped"):
+    for preset in ("backdoor-demo", "backdoor-clipped", "backdoor-flame"):
         assert not at.button(key=f"start_{preset}").disabled
 
 
