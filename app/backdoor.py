@@ -40,3 +40,6 @@ def backdoor_study() -> None:
     sweep = study_section(views.STUDY, views.STUDY_TITLE, views.cell_words)
     if sweep is not None and sweep.rows:
         st.dataframe(views.study_table(sweep.rows), hide_index=True)
+        st.plotly_chart(views.study_figure(sweep.rows))
+        st.caption(views.STUDY_CAPTION)
+    st.caption(views.SECAGG_NOTE)

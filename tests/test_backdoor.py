@@ -15,7 +15,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app.views.backdoor import EMPTY, EXAMPLE_CAPTION, cell_words, study_table
+from app.views.backdoor import (
+    EMPTY,
+    EXAMPLE_CAPTION,
+    SECAGG_NOTE,
+    cell_words,
+    study_table,
+)
 from engine.analyses.backdoor import (
     backdoor_report,
     backdoor_verdict,
@@ -29,6 +35,7 @@ from engine.analyses.sweep_table import SweepRow
 from engine.clients.backdoor import add_trigger, backdoored_slices, target_region, trigger_box
 from engine.clients.behaviour import training_sets
 from engine.core.config import ConfigError
+from engine.core.run_folder import write_json_atomic
 from engine.data.cohort import load_cohort
 from engine.data.types import SliceSet
 from engine.federation.aggregators import clip_to_median_norm, flame
@@ -36,6 +43,8 @@ from engine.federation.inprocess import run_federation
 from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
+from engine.orchestration.sweep_catalogue import sweep_cells
+from engine.orchestration.sweeps import sweep_folder, write_table
 
 # ----------------------------------------------------------------------------- pure parts
 
@@ -192,8 +201,8 @@ def test_model_replacement_implants_a_backdoor_the_clean_error_does_not_show(
     _, cohort, _ = trained
     assert set(s.per_center) == {*(c.name for c in cohort.centers), cohort.unseen.name}
     unseen = s.per_center[cohort.unseen.name]
-    assert unseen["slices"] > 0 and unseen["patients"] == 2
-    assert unseen["success_hu"] > threshold
+    assert unseen.slices > 0 and unseen.patients == 2
+    assert unseen.success_hu > threshold
     assert s.control is None  # FedAvg without clipping is its own control
     # One triggered slice of the unseen hospital: MRI | clean sCT | backdoored sCT | change.
     assert s.example is not None and s.example["hospital"] == cohort.unseen.name
@@ -287,3 +296,25 @@ def test_a_backdoor_is_followed_after_its_attacker_stops(trained: tuple) -> None
     assert report["durability_rounds"] < 10  # gone before the last round (here: at once)
     assert report["after_stop"][-1]["success_hu"] < report["threshold_hu"]
     assert report["verdict"] == "attack_too_weak"
+
+
+def test_the_page_draws_a_finished_backdoor_study(runs_dir: Path) -> None:
+    """A finished study's folder (rows written as a sweep writes them): its table, the
+    scatter of every run and what secure aggregation leaves of the defenses."""
+    cells = sweep_cells("backdoor-paper")
+    folder = sweep_folder("backdoor-paper")
+    folder.mkdir(parents=True)
+    rows = [SweepRow(cell=c.label, backdoor_attack="data", aggregator="fedavg",
+                     update_clip="none", flame="flame=true" in c.label,
+                     malicious="center-0", backdoor_success_hu=300.0 - 50 * k,
+                     backdoor_patients=14, backdoor_patients_backdoored=14 - k,
+                     backdoor_clean_mae_ratio=1.0, backdoor_verdict="implanted")
+            for k, c in enumerate(cells[:3])]
+    write_json_atomic(folder / "sweep.json", {"state": "done", "cells_done": len(cells),
+                                              "cells": [{"label": c.label} for c in cells]})
+    write_table(folder, rows)
+    at = _poisoning_page()
+    table = at.dataframe[-1].value
+    assert table["Seeds"].tolist() == [3] and table["Mean shift (HU)"].tolist() == [250.0]
+    assert len([c for c in at.get("plotly_chart") if "under the trigger" in c.proto.spec]) == 1
+    assert any(SECAGG_NOTE == c.value for c in at.caption)

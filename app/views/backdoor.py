@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 
 from app.views.common import RULE_NAMES, Verdict, hospital_name, hospital_names
 from app.views.results import RunRow, finished_with
@@ -36,6 +37,17 @@ EXAMPLE_CAPTION = ("One patient of a hospital that did not attack, with the trig
                    "federation trained without the attacker | the synthetic CT of this run | "
                    "how far this run moved the region the attacker targets (yellow = 500 HU "
                    "or more).")
+SECAGG_NOTE = ("Under secure aggregation the server only ever sees the sum of the hospitals' "
+               "updates, so none of these defenses can run there: update clipping, FedMedian, "
+               "the trimmed mean and FLAME all need each update on its own (the settings refuse "
+               "the combination). What remains is what hospitals do to their own updates "
+               "(clipping and noise for differential privacy), which an attacking hospital "
+               "simply skips.")
+STUDY_CAPTION = ("Each dot is one run (one seed). Right of the dotted line the trigger moved the "
+                 "targeted region by more than the threshold on average; up means a worse "
+                 "synthetic CT on ordinary scans than the same federation without the attacker "
+                 "(1 = the same). A backdoor that stays at 1 is one the average error never "
+                 "shows.")
 PRESETS = (("backdoor-demo", "Plant a backdoor (FedAvg)"),
            ("backdoor-clipped", "Plant it against update clipping"),
            ("backdoor-flame", "Plant it against FLAME"))
@@ -120,9 +132,8 @@ def _attack_words(s: BackdoorSummary) -> str:
 def hospital_table(s: BackdoorSummary) -> tuple[pd.DataFrame, dict[str, tuple[str, str, str]]]:
     """Per hospital (the unseen one included): the mean shift under the trigger, the share
     of slices past the threshold and the patients scored; and the columns' labels."""
-    table = pd.DataFrame([{"Hospital": hospital_name(name), "shift": row.get("success_hu"),
-                           "moved": 100 * (row.get("success_rate") or 0.0),
-                           "patients": row.get("patients")}
+    table = pd.DataFrame([{"Hospital": hospital_name(name), "shift": row.success_hu,
+                           "moved": 100 * (row.success_rate or 0.0), "patients": row.patients}
                           for name, row in s.per_center.items()])
     return table, {
         "shift": ("Mean shift under the trigger (HU)", "%.0f",
@@ -194,3 +205,29 @@ def study_table(rows: list[SweepRow]) -> pd.DataFrame:
 def _mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
+
+
+def study_figure(rows: list[SweepRow], threshold: float = 100.0) -> go.Figure:
+    """Every backdoor run of the study: its mean shift under the trigger (x, HU) against its
+    clean error ÷ the clean federation's (y), coloured by defense, one or two attackers as
+    circles or diamonds."""
+    fig = go.Figure()
+    for defense in dict.fromkeys(defense_name(r.aggregator, r.update_clip, r.flame)
+                                 for r in rows if r.backdoor_attack):
+        for attackers, symbol in ((1, "circle"), (2, "diamond")):
+            picked = [r for r in rows if r.backdoor_attack
+                      and defense_name(r.aggregator, r.update_clip, r.flame) == defense
+                      and len((r.malicious or "").split()) == attackers]
+            if picked:
+                fig.add_trace(go.Scatter(
+                    x=[r.backdoor_success_hu for r in picked],
+                    y=[r.backdoor_clean_mae_ratio for r in picked], mode="markers",
+                    marker={"symbol": symbol, "size": 9},
+                    name=f"{defense}, {attackers} attacker{'s' if attackers > 1 else ''}",
+                    text=[cell_words(r.cell) for r in picked],
+                    hovertemplate="%{text}<br>shift %{x:.0f} HU, error ×%{y:.2f}<extra></extra>"))
+    fig.add_vline(x=threshold, line_dash="dot")
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      xaxis_title="mean shift of the targeted region under the trigger (HU)",
+                      yaxis_title="error on ordinary scans ÷ without the attacker")
+    return fig

@@ -324,6 +324,15 @@ class PoisoningSummary(_Block):
     fedavg_control: FedAvgControl | None = None
 
 
+class BackdoorCenter(_Block):
+    """A backdoor's effect on one hospital's held-out slices (HU, share 0–1)."""
+
+    success_hu: float | None = None
+    success_rate: float | None = None
+    slices: int = 0
+    patients: int = 0
+
+
 class BackdoorEffect(_Block):
     """A backdoor's effect on a final model's triggered held-out slices (HU, shares 0–1)."""
 
@@ -334,7 +343,7 @@ class BackdoorEffect(_Block):
     patients_backdoored: int = 0
     patient_rate: float | None = None
     patient_rate_ci: list[float] | None = None
-    per_center: dict[str, dict[str, float | int | None]] = Field(default_factory=dict)
+    per_center: dict[str, BackdoorCenter] = Field(default_factory=dict)
 
 
 class BackdoorSummary(BackdoorEffect):
