@@ -29,6 +29,7 @@ from engine.analyses.backdoor import (
     control_config,
     defended,
     durability,
+    more_backdoored,
 )
 from engine.analyses.results import read_summary
 from engine.analyses.sweep_table import SweepRow
@@ -85,25 +86,37 @@ def test_median_clipping_shrinks_only_the_updates_above_the_median() -> None:
 
 
 def _effect(hit: int, n: int, shift: float) -> dict:
+    """A model's effect on the same n patients, the first ``hit`` of them backdoored."""
     return {"patients_backdoored": hit, "patients": n, "patient_rate": hit / n,
-            "success_hu": shift}
+            "success_hu": shift, "patient_hits": {f"p{k}": k < hit for k in range(n)}}
 
 
-@pytest.mark.parametrize(("effect", "control", "verdict"), [
-    ((14, 14, 255.0), None, "implanted"),
-    ((7, 14, 100.2), (14, 14, 255.0), "implanted"),  # 7 of 14 against 0: Fisher p = 0.003
-    ((14, 14, 90.0), None, "partial"),  # every patient moved, the mean under the threshold
-    ((3, 14, 94.0), (14, 14, 172.0), "stopped"),  # 3 vs 0 is within chance (p = 0.11)
-    ((2, 14, 70.0), (5, 14, 150.0), "inconclusive"),  # told apart from neither
-    ((1, 14, 60.0), (2, 14, 60.0), "attack_too_weak"),  # the control failed too
-    ((0, 14, 10.0), None, "attack_too_weak"),
+@pytest.mark.parametrize(("effect", "control", "ratio", "verdict"), [
+    ((14, 14, 255.0), None, 1.0, "implanted"),
+    ((7, 14, 100.2), (14, 14, 255.0), 1.0, "implanted"),  # 7 of 14 vs 0: sign test p = 0.008
+    ((14, 14, 90.0), None, 1.0, "partial"),  # every patient moved, the mean under threshold
+    ((3, 14, 94.0), (14, 14, 172.0), 1.0, "stopped"),  # 3 vs 0 is within chance (p = 0.125)
+    ((2, 14, 70.0), (5, 14, 150.0), 1.0, "inconclusive"),  # told apart from neither
+    ((0, 14, 10.0), (14, 14, 255.0), 1.6, "inconclusive"),  # a broken model shows no shift
+    ((1, 14, 60.0), (2, 14, 60.0), 1.0, "attack_too_weak"),  # the control failed too
+    ((0, 14, 10.0), None, 1.0, "attack_too_weak"),
 ])
-def test_a_defense_stops_a_backdoor_only_where_fedavg_was_implanted(effect, control,
+def test_a_defense_stops_a_backdoor_only_where_fedavg_was_implanted(effect, control, ratio,
                                                                      verdict) -> None:
-    """The null (the clean federation) backdoors none of its 14 patients here."""
+    """The null (the clean federation, here also the control's) backdoors none of the 14
+    patients; every model is scored on the same patients."""
     null = _effect(0, 14, 35.0)
-    assert backdoor_verdict(_effect(*effect), null,
-                            _effect(*control) if control else None, 100.0) == verdict
+    assert backdoor_verdict(_effect(*effect), null, _effect(*control) if control else None,
+                            null if control else None, 100.0, ratio) == verdict
+
+
+def test_the_sign_test_pairs_the_patients() -> None:
+    """Four patients backdoored in the run and none in the null: p = 1/16 > 5 %, not more
+    (an unpaired test would call it); five: p = 1/32."""
+    assert not more_backdoored(_effect(4, 14, 0.0), _effect(0, 14, 0.0))
+    assert more_backdoored(_effect(5, 14, 0.0), _effect(0, 14, 0.0))
+    # The same five patients backdoored in both models: nothing discordant, nothing more.
+    assert not more_backdoored(_effect(5, 14, 0.0), _effect(5, 14, 0.0))
 
 
 def test_flame_admits_the_majority_clips_averages_and_adds_its_noise() -> None:
@@ -162,7 +175,10 @@ def _report(trained: tuple, sets: list[str]) -> dict:
     null = clean if clean_config(cfg) == clean_config(base) else run_federation(
         clean_config(cfg), cohort)
     control = run_federation(control_config(cfg), cohort) if defended(cfg) else None
-    return backdoor_report(cfg, cohort, run_federation(cfg, cohort), null, control)
+    # The control's own clean federation is plain FedAvg without the attacker: the fixture's.
+    assert clean_config(control_config(cfg)) == clean_config(base)
+    return backdoor_report(cfg, cohort, run_federation(cfg, cohort), null, control,
+                           clean if control else None)
 
 
 def _poisoning_page() -> AppTest:
@@ -291,7 +307,7 @@ def test_a_backdoor_is_followed_after_its_attacker_stops(trained: tuple) -> None
     after: list = []
     result = run_federation(cfg, cohort, on_global=lambda r, p: after.append((r, p))
                             if r > 10 else None)
-    report = backdoor_report(cfg, cohort, result, clean, None, None, after)
+    report = backdoor_report(cfg, cohort, result, clean, after_stop=after)
     assert [a["round"] for a in report["after_stop"]] == list(range(11, 21))
     assert report["durability_rounds"] < 10  # gone before the last round (here: at once)
     assert report["after_stop"][-1]["success_hu"] < report["threshold_hu"]

@@ -94,29 +94,34 @@ def _interval(e: BackdoorEffect) -> str:
     return f"95 % interval {ci[0]:.0%}–{ci[1]:.0%}" if ci else "no interval"
 
 
+def _hu(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} HU"
+
+
 def verdict(run: BackdoorRun) -> Verdict:
-    """The backdoor's verdict in words, with what it rests on."""
+    """The backdoor's verdict in words, with what it rests on ("–" where a figure could not
+    be measured, e.g. a bone region on slices without bone)."""
     s = run.backdoor
-    rests = (f"Mean shift of the targeted region under the trigger **{s.success_hu:.0f} HU** "
-             f"(the federation without the attacker: {s.null.success_hu:.0f} HU); patients "
+    rests = (f"Mean shift of the targeted region under the trigger **{_hu(s.success_hu)}** "
+             f"(the federation without the attacker: {_hu(s.null.success_hu)}); patients "
              f"whose region moved {s.threshold_hu:.0f} HU or more: **{_patients(s)}** "
              f"({_interval(s)}; without the attacker {_patients(s.null)}). Ordinary scans: "
-             f"average error {s.clean_mae_hu:.0f} HU against {s.clean_federation_mae_hu:.0f} HU "
+             f"average error {_hu(s.clean_mae_hu)} against {_hu(s.clean_federation_mae_hu)} "
              f"without the attacker. Attack: {hospital_names(s.malicious_names)}, "
              f"{_attack_words(s)}; defense: {run.defense}; one seed.")
     if s.control is not None:
-        rests += (f" The same attack against FedAvg: {s.control.success_hu:.0f} HU, "
+        rests += (f" The same attack against FedAvg: {_hu(s.control.success_hu)}, "
                   f"{_patients(s.control)} patients.")
+    figure = _hu(s.success_hu)
     if s.verdict == "implanted":
         return Verdict("red", "Backdoor implanted: a trigger makes the synthetic CT lie",
-                       rests, f"{s.success_hu:.0f} HU", s.success_hu)
+                       rests, figure, s.success_hu)
     if s.verdict == "partial":
         return Verdict("orange", "Backdoor partly implanted: some patients' synthetic CT "
-                       "still lies under the trigger", rests, f"{s.success_hu:.0f} HU",
-                       s.success_hu)
+                       "still lies under the trigger", rests, figure, s.success_hu)
     if s.verdict == "stopped":
         return Verdict("green", f"{run.defense} stopped this backdoor at this sample size",
-                       rests, f"{s.success_hu:.0f} HU", s.success_hu)
+                       rests, figure, s.success_hu)
     if s.verdict == "inconclusive":
         return Verdict("gray", "Inconclusive: more patients are needed to tell", rests)
     return Verdict("gray", "The attack was too weak to judge the defense: it did not implant "

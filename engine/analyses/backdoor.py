@@ -9,17 +9,24 @@ reaches ``threshold_hu``; patients are the unit of the interval (Clopper–Pears
 
 The **null** is the same measurement on the clean federation (same data, defenses and seed,
 no attacker): a bright square alone moves a synthetic CT a little, and only what beats that
-is the backdoor's. "More backdoored patients than X" is Fisher's exact test, one-sided at
-5 % (a false alarm in at most 5 % of runs where there is no difference). Verdicts:
+is the backdoor's. The two models are scored on the same patients, so "more backdoored
+patients than X" is the exact sign test on the patients backdoored in one model and not the
+other (McNemar's exact test), one-sided at 5 %. The interval and the tests are over the
+patients of one trained model per arm; how much a run varies from seed to seed is the
+study's (``backdoor-paper``) to show. Verdicts:
 
 * ``implanted``: more backdoored patients than the null, and the mean shift reaches
   ``threshold_hu``;
 * ``partial``: more backdoored patients than the null, the mean shift under the threshold;
-* ``stopped``: no more backdoored patients than the null and fewer than the same attack
-  against plain FedAvg without server clipping (the control, at the same difficulty), which
-  was implanted: the defense held at this sample size;
-* ``inconclusive``: the control was implanted, but this run is told apart neither from the
-  null nor from the control: more patients are needed;
+* ``stopped``: not more backdoored patients than the null (not significantly), the mean
+  shift under the threshold, the error on ordinary scans within ``PROTECTED`` of the clean
+  federation's (a model broken by its defense shows no shift either), and fewer backdoored
+  patients than the same attack against plain FedAvg without server clipping (the control,
+  judged against its own clean federation), which was implanted: the defense held at this
+  sample size;
+* ``inconclusive``: the control was implanted, but this run meets neither ``implanted`` nor
+  ``stopped`` (told apart from neither, or its clean error grew): more patients are needed,
+  or the defense cost the model too much;
 * ``attack_too_weak``: not implanted, and not against the control either (or the run is the
   undefended federation itself): nothing can be said of a defense.
 """
@@ -31,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest, fisher_exact
+from scipy.stats import binom, binomtest
 
 from engine.clients.backdoor import add_trigger, target_region, trigger_box
 from engine.core.config import AttacksConfig, ExperimentConfig
@@ -43,7 +50,8 @@ from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, set_parameters
 
 VERDICTS = ("implanted", "partial", "stopped", "inconclusive", "attack_too_weak")
-ALPHA = 0.05  # one-sided, Fisher's exact test
+ALPHA = 0.05  # one-sided, the exact sign test on discordant patients
+PROTECTED = 1.25  # the clean error a stopping defense may cost (as engine.analyses.poisoning)
 
 
 def clean_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -53,8 +61,9 @@ def clean_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def defended(cfg: ExperimentConfig) -> bool:
     """Whether the server does more than average: a robust rule, update clipping or FLAME."""
-    return (cfg.federation.aggregator != "fedavg" or cfg.defenses.update_clip != "none"
-            or cfg.defenses.flame)
+    # FedProx aggregates as FedAvg does (its μ acts in local training): not a defense.
+    return (cfg.federation.aggregator not in ("fedavg", "fedprox")
+            or cfg.defenses.update_clip != "none" or cfg.defenses.flame)
 
 
 def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -73,6 +82,9 @@ def slice_shifts(cfg: ExperimentConfig, params: NDArrays, data: SliceSet) -> np.
     set_parameters(model, params)
     triggered = SliceSet(add_trigger(data.mri, bd), data.ct_hu, data.mask, data.patient_ids)
     change = predict_sct_hu(model, triggered) - predict_sct_hu(model, data)
+    if not np.all(np.isfinite(change)):
+        raise ValueError("the model's synthetic CT is not finite (the federation diverged): "
+                         "its backdoor cannot be measured")
     region = target_region(data.ct_hu, data.mask, bd)
     sign = -1.0 if bd.shift_hu < 0 else 1.0
     sums, sizes = (change * region).sum(axis=(1, 2, 3)), region.sum(axis=(1, 2, 3))
@@ -88,25 +100,25 @@ def backdoor_effect(cfg: ExperimentConfig, cohort: Cohort, params: NDArrays) -> 
     groups = [(c.name, c.test) for c in cohort.centers]
     if cohort.unseen is not None:
         groups.append((cohort.unseen.name, cohort.unseen.test))
-    per_center, shifts, patient_shifts = {}, [], []
+    per_center, shifts, patient_shifts = {}, [], {}
     for name, data in groups:
         s = slice_shifts(cfg, params, data)
         ok = ~np.isnan(s)
-        patients = [float(np.mean(s[ok & (data.patient_ids == p)])) for p in data.patients
-                    if np.any(ok & (data.patient_ids == p))]
+        patients = {f"{name}/{p}": float(np.mean(s[ok & (data.patient_ids == p)]))
+                    for p in data.patients if np.any(ok & (data.patient_ids == p))}
         per_center[name] = {"success_hu": _mean(s[ok]), "success_rate": _share(s[ok], threshold),
                             "slices": int(ok.sum()), "patients": len(patients)}
         shifts.append(s[ok])
-        patient_shifts += patients
+        patient_shifts |= patients
     every = np.concatenate(shifts)
-    hit = sum(p >= threshold for p in patient_shifts)
-    n = len(patient_shifts)
+    hits = {p: bool(v >= threshold) for p, v in patient_shifts.items()}
+    hit, n = sum(hits.values()), len(hits)
     ci = binomtest(hit, n).proportion_ci(0.95, method="exact") if n else None
     return {"success_hu": _mean(every), "success_rate": _share(every, threshold),
             "slices": int(len(every)), "patients": n, "patients_backdoored": int(hit),
             "patient_rate": hit / n if n else None,
             "patient_rate_ci": [float(ci.low), float(ci.high)] if ci else None,
-            "per_center": per_center}
+            "per_center": per_center, "patient_hits": hits}
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -118,13 +130,16 @@ def _share(values: np.ndarray, threshold: float) -> float | None:
 
 
 def more_backdoored(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """More backdoored patients in ``a`` than in ``b``: Fisher's exact test, one-sided at
-    :data:`ALPHA`."""
-    if not a["patients"] or not b["patients"]:
+    """More backdoored patients in ``a`` than in ``b`` (two models scored on the same
+    patients): the exact sign test on the patients backdoored in one and not the other,
+    one-sided at :data:`ALPHA`."""
+    only_a = sum(hit and not b["patient_hits"].get(p, False)
+                 for p, hit in a["patient_hits"].items())
+    only_b = sum(hit and not a["patient_hits"].get(p, False)
+                 for p, hit in b["patient_hits"].items())
+    if only_a == 0:
         return False
-    table = [[a["patients_backdoored"], a["patients"] - a["patients_backdoored"]],
-             [b["patients_backdoored"], b["patients"] - b["patients_backdoored"]]]
-    return bool(fisher_exact(table, alternative="greater").pvalue < ALPHA)
+    return bool(binom.sf(only_a - 1, only_a + only_b, 0.5) < ALPHA)
 
 
 def implanted(effect: dict[str, Any], null: dict[str, Any], threshold: float) -> bool:
@@ -134,16 +149,21 @@ def implanted(effect: dict[str, Any], null: dict[str, Any], threshold: float) ->
 
 
 def backdoor_verdict(effect: dict[str, Any], null: dict[str, Any],
-                     control: dict[str, Any] | None, threshold: float) -> str:
+                     control: dict[str, Any] | None, control_null: dict[str, Any] | None,
+                     threshold: float, clean_mae_ratio: float | None) -> str:
     """The verdict of a run's ``effect`` against the ``null`` and, for a defended run, the
-    same attack's effect against FedAvg (``control``); see the module's docstring."""
+    same attack's effect against FedAvg (``control``, judged against its own clean
+    federation ``control_null``); see the module's docstring."""
     if implanted(effect, null, threshold):
         return "implanted"
     if more_backdoored(effect, null):
         return "partial"
-    if control is None or not implanted(control, null, threshold):
+    if control is None or not implanted(control, control_null or null, threshold):
         return "attack_too_weak"
-    return "stopped" if more_backdoored(control, effect) else "inconclusive"
+    held = (effect["success_hu"] is not None and effect["success_hu"] < threshold
+            and clean_mae_ratio is not None and clean_mae_ratio <= PROTECTED
+            and more_backdoored(control, effect))
+    return "stopped" if held else "inconclusive"
 
 
 def triggered_example(cfg: ExperimentConfig, cohort: Cohort, params: NDArrays,
@@ -194,20 +214,26 @@ def durability(effects: list[tuple[int, dict[str, Any]]], null: dict[str, Any],
 
 
 def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationResult,
-                    clean: FederationResult, control: FederationResult | None,
+                    clean: FederationResult, control: FederationResult | None = None,
+                    control_clean: FederationResult | None = None,
                     folder: Path | None = None,
                     after_stop: list[tuple[int, NDArrays]] | None = None) -> dict[str, Any]:
     """``summary["backdoor"]``: the attack, the effect on this run's final model, the null
     (the clean federation ``clean``), the control (``control``, the same attack against
-    plain FedAvg, for a defended run), the verdict and, with the run's ``folder``, one
-    triggered slice's images (:func:`triggered_example`). ``after_stop``: the global
-    model of every round after the attacker stopped (``stop_round``), for the durability."""
+    plain FedAvg, for a defended run, with its own clean federation ``control_clean``), the
+    verdict and, with the run's ``folder``, one triggered slice's images
+    (:func:`triggered_example`). ``after_stop``: the global model of every round after the
+    attacker stopped (``stop_round``), for the durability (each held against the final
+    clean model)."""
     bd = cfg.attacks.backdoor
     rows, cols = trigger_box(cfg.data.image_size, bd.trigger_size)
     effect = backdoor_effect(cfg, cohort, result.final_params)
     null = backdoor_effect(cfg, cohort, clean.final_params)
     ctrl = backdoor_effect(cfg, cohort, control.final_params) if control else None
+    ctrl_null = (backdoor_effect(cfg, cohort, control_clean.final_params) if control_clean
+                 else None)
     mae, clean_mae = result.history[-1]["mae_hu"], clean.history[-1]["mae_hu"]
+    ratio = mae / clean_mae if clean_mae and math.isfinite(clean_mae) else None
     later = [(r, backdoor_effect(cfg, cohort, p)) for r, p in after_stop or []]
     return {
         "attack": bd.attack, "malicious": list(bd.malicious_centers),
@@ -222,14 +248,13 @@ def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRes
         **{k: effect[k] for k in ("success_hu", "success_rate", "slices", "patients",
                                   "patients_backdoored", "patient_rate", "patient_rate_ci")},
         "per_center": effect["per_center"],
-        "null": null, "control": ctrl,
-        "clean_mae_hu": mae, "clean_federation_mae_hu": clean_mae,
-        "clean_mae_ratio": mae / clean_mae if clean_mae and math.isfinite(clean_mae) else None,
+        "null": null, "control": ctrl, "control_null": ctrl_null,
+        "clean_mae_hu": mae, "clean_federation_mae_hu": clean_mae, "clean_mae_ratio": ratio,
         # None: the attacker attacked to the last round, so there is nothing to outlive.
         "durability_rounds": durability(later, null, bd.threshold_hu) if later else None,
         "after_stop": [{"round": r, "success_hu": e["success_hu"],
                         "patients_backdoored": e["patients_backdoored"]} for r, e in later],
-        "verdict": backdoor_verdict(effect, null, ctrl, bd.threshold_hu),
+        "verdict": backdoor_verdict(effect, null, ctrl, ctrl_null, bd.threshold_hu, ratio),
         "example": (triggered_example(cfg, cohort, result.final_params, clean.final_params,
                                       folder) if folder is not None else None),
     }

@@ -344,6 +344,8 @@ class BackdoorEffect(_Block):
     patient_rate: float | None = None
     patient_rate_ci: list[float] | None = None
     per_center: dict[str, BackdoorCenter] = Field(default_factory=dict)
+    # "<hospital>/<patient>" → backdoored (its mean shift past the threshold).
+    patient_hits: dict[str, bool] = Field(default_factory=dict)
 
 
 class BackdoorSummary(BackdoorEffect):
@@ -361,6 +363,7 @@ class BackdoorSummary(BackdoorEffect):
     boost: float | None = None
     null: BackdoorEffect = Field(default_factory=BackdoorEffect)
     control: BackdoorEffect | None = None
+    control_null: BackdoorEffect | None = None  # the control's own clean federation
     clean_mae_hu: float | None = None
     clean_federation_mae_hu: float | None = None
     clean_mae_ratio: float | None = None

@@ -185,9 +185,11 @@ def flame(uploads: dict[str, NDArrays], global_params: NDArrays, noise_lambda: f
     np.fill_diagonal(distance, 0.0)
     from sklearn.cluster import HDBSCAN  # here: scikit-learn takes a second to import
 
-    labels = HDBSCAN(min_cluster_size=len(names) // 2 + 1, min_samples=1, copy=True,
-                     allow_single_cluster=True,
-                     metric="precomputed").fit_predict(distance)
+    # Fewer than 3 uploads (a Flower round that went on without some) have no majority to
+    # find: everyone is admitted, and clipping and noise still apply.
+    labels = (np.zeros(len(names), int) if len(names) < 3 else
+              HDBSCAN(min_cluster_size=len(names) // 2 + 1, min_samples=1, copy=True,
+                      allow_single_cluster=True, metric="precomputed").fit_predict(distance))
     clusters = [k for k in set(labels) if k >= 0]
     major = max(clusters, key=lambda k: int(np.sum(labels == k))) if clusters else None
     admitted = [c for c, k in zip(names, labels, strict=True) if major is None or k == major]

@@ -106,6 +106,12 @@ def _center_data(config_json: str, center: int, data_path: str,
     """
     cfg = _experiment(config_json)
     if data_path:
+        if cfg.attacks.poisoning.enabled or cfg.attacks.backdoor.enabled:
+            # Its attack (poisoned or triggered copies) is made from the cohort's slices; on
+            # its own folder it would silently train honestly while the report says otherwise.
+            raise ValueError("a SuperNode on its own data-path cannot run "
+                             "attacks.poisoning or attacks.backdoor; simulate the attack on "
+                             "the shared cohort instead")
         folders = [f for group in scan_synthrad(data_path).values() for f in group]
         return folder_slices(folders, cfg.data), False
     cohort = load_cohort(cfg.data, cfg.seed)

@@ -169,11 +169,20 @@ def _starting_point(
     return global_params, first, result, recorder
 
 
+def _plan(cfg: ExperimentConfig, model: torch.nn.Module, train_sets: list[SliceSet],
+          own_sets: list[SliceSet]) -> TrainingPlan:
+    """The batching plan, checked on the sets of the rounds after a backdoor planter stops
+    too: one plan serves every round, or none is batched."""
+    plan = plan_training(cfg, model, train_sets)
+    if own_sets is not train_sets and plan_training(cfg, model, own_sets) != plan:
+        return TrainingPlan((), "the attacker's training set changes when it stops")
+    return plan
+
+
 def _training_data(cfg: ExperimentConfig,
                    cohort: Cohort) -> tuple[list[SliceSet], list[SliceSet], set[str]]:
     """The centers' training sets while the attackers attack and after they stopped (a
-    backdoor planter then trains on its own slices; one batching plan fits both), and the
-    malicious centers' names."""
+    backdoor planter then trains on its own slices), and the malicious centers' names."""
     attack_sets, malicious = training_sets(cfg, cohort)
     if attacking(cfg, cfg.federation.rounds):
         return attack_sets, attack_sets, malicious
@@ -214,7 +223,7 @@ def run_federation(
     names = list(model.state_dict())
     aggregator = make_aggregator(fed)
     train_sets, own_sets, malicious = _training_data(cfg, cohort)
-    plan = plan_training(cfg, model, train_sets)
+    plan = _plan(cfg, model, train_sets, own_sets)
     _log_plan(plan)
     global_params, first, result, recorder = _starting_point(cfg, cohort, model, on_round,
                                                              start)

@@ -136,7 +136,7 @@ def _poisoning(ctx: RunContext) -> dict[str, Any]:
 def _backdoor(ctx: RunContext) -> dict[str, Any]:
     """The backdoor's report: this run's final model against the same federation without
     the attacker (the null), and for a defended run the same attack against plain FedAvg
-    (the control), each trained now."""
+    (the control) with its own clean federation, each trained now."""
     cfg, progress = ctx.cfg, ctx.progress("round")
 
     def train(run_cfg: ExperimentConfig, what: str) -> FederationResult:
@@ -146,17 +146,25 @@ def _backdoor(ctx: RunContext) -> dict[str, Any]:
                               on_round=lambda e: progress(e["round"], rounds, what))
 
     clean = train(clean_config(cfg), "the federation without the attacker")
-    control = (train(control_config(cfg), "the same attack against FedAvg (the control)")
-               if defended(cfg) else None)
+    control = control_clean = None
+    if defended(cfg):
+        control = train(control_config(cfg), "the same attack against FedAvg (the control)")
+        control_clean = train(clean_config(control_config(cfg)), "FedAvg without the attacker")
     after_stop: list[tuple[int, NDArrays]] = []
     if (stop := cfg.attacks.backdoor.stop_round) is not None:
         # The run's own rounds are not kept: the same federation again, in process, keeping
         # the global model of every round after the attacker stopped.
+        rounds = cfg.federation.rounds
         ctx.run.log("the rounds after the attacker stopped: training them again")
-        run_federation(cfg, ctx.cohort, should_stop=ctx.run.cancel_requested,
-                       on_global=lambda r, p: after_stop.append((r, p)) if r > stop else None)
-    return backdoor_report(cfg, ctx.cohort, ctx.result, clean, control, ctx.run.path,
-                           after_stop)
+
+        def keep(r: int, p: NDArrays) -> None:
+            progress(r, rounds, "the rounds after the attacker stopped, again")
+            if r > stop:
+                after_stop.append((r, p))
+
+        run_federation(cfg, ctx.cohort, should_stop=ctx.run.cancel_requested, on_global=keep)
+    return backdoor_report(cfg, ctx.cohort, ctx.result, clean, control, control_clean,
+                           ctx.run.path, after_stop)
 
 
 ATTACKS: tuple[AttackStep, ...] = (

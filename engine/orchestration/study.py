@@ -56,7 +56,9 @@ def run_study(scale: str, *, root: str | Path | None = None,
                                "description": f"The study's analyses at the {scale} scale"},
                        progress=progress, workers=workers)
     state = read_sweep_progress(folder)
-    if state is not None and state.state == "done":
+    # A run id the file lost (damaged) leaves the report unwritten rather than built from
+    # an empty summary.
+    if state is not None and state.state == "done" and None not in state.run_ids:
         base = runs_root(root)
         summaries = []
         for part, cell, run_id in zip(parts, cells, state.run_ids, strict=True):

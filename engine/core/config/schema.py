@@ -394,6 +394,11 @@ class ExperimentConfig(_Section):
             raise ValueError(f"attacks.backdoor.start_round = {bd.start_round} is after the "
                              f"last round ({self.federation.rounds})")
         last = self.federation.rounds
+        if bd.stop_round is not None and self.federation.runtime != "inprocess":
+            raise ValueError("attacks.backdoor.stop_round follows the backdoor round by round "
+                             "by training the same federation again in process, which "
+                             "matches only an in-process run: use federation.runtime = "
+                             "inprocess")
         if bd.stop_round is not None and not bd.start_round <= bd.stop_round < last:
             raise ValueError(f"attacks.backdoor.stop_round = {bd.stop_round} must be from "
                              f"start_round = {bd.start_round} to one round before the last "
