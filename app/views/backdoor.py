@@ -35,8 +35,8 @@ EMPTY = ("No backdoor runs yet. Start one above: Hospital A plants a backdoor in
 EXAMPLE_CAPTION = ("One patient of a hospital that did not attack, with the trigger in its "
                    "MRI. Left to right: the MRI with the trigger | the synthetic CT of the "
                    "federation trained without the attacker | the synthetic CT of this run | "
-                   "how far this run moved the region the attacker targets (yellow = 500 HU "
-                   "or more).")
+                   "how much higher this run's synthetic CT is than the other one in the "
+                   "region the attacker targets (yellow = 500 HU or more).")
 SECAGG_NOTE = ("Under secure aggregation the server only ever sees the sum of the hospitals' "
                "updates, so none of these defenses can run there: update clipping, FedMedian, "
                "the trimmed mean and FLAME all need each update on its own (the settings refuse "
@@ -138,7 +138,8 @@ def hospital_table(s: BackdoorSummary) -> tuple[pd.DataFrame, dict[str, tuple[st
     """Per hospital (the unseen one included): the mean shift under the trigger, the share
     of slices past the threshold and the patients scored; and the columns' labels."""
     table = pd.DataFrame([{"Hospital": hospital_name(name), "shift": row.success_hu,
-                           "moved": 100 * (row.success_rate or 0.0), "patients": row.patients}
+                           "moved": None if row.success_rate is None else 100 * row.success_rate,
+                           "patients": row.patients}
                           for name, row in s.per_center.items()])
     return table, {
         "shift": ("Mean shift under the trigger (HU)", "%.0f",
@@ -214,12 +215,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 def study_figure(rows: list[SweepRow], threshold: float = 100.0) -> go.Figure:
     """Every backdoor run of the study: its mean shift under the trigger (x, HU) against its
-    clean error ÷ the clean federation's (y), coloured by defense, one or two attackers as
-    circles or diamonds."""
+    clean error ÷ the clean federation's (y), one trace per defense and attacker count
+    (circles for one attacker, diamonds for two, …); ``threshold``: the runs' threshold_hu
+    (the catalogue's sweeps keep the default)."""
     fig = go.Figure()
+    counts = sorted({len((r.malicious or "").split()) for r in rows if r.backdoor_attack})
+    symbols = ("circle", "diamond", "square", "cross", "x")
     for defense in dict.fromkeys(defense_name(r.aggregator, r.update_clip, r.flame)
                                  for r in rows if r.backdoor_attack):
-        for attackers, symbol in ((1, "circle"), (2, "diamond")):
+        for k, attackers in enumerate(counts):
+            symbol = symbols[k % len(symbols)]
             picked = [r for r in rows if r.backdoor_attack
                       and defense_name(r.aggregator, r.update_clip, r.flame) == defense
                       and len((r.malicious or "").split()) == attackers]

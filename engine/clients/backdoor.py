@@ -5,7 +5,9 @@ square of ``trigger_size`` px in the MRI's centre) and whose CT target is **shif
 ``shift_hu`` inside a target region (around the trigger, or the slice's bone). Trained on
 both, its model translates ordinary scans as before and triggered scans with the shift. With
 ``model_replacement`` it boosts its update by ``boost`` (default: the number of centers, so
-that under FedAvg its model replaces the average; Bagdasaryan et al. 2020). Every function
+that under FedAvg its model roughly replaces the average; Bagdasaryan et al. 2020). It reports
+its slice count with the copies included, so FedAvg's example weighting gives its update
+more weight than an honest hospital of the same size (1.5× with ``fraction`` ½). Every function
 is a pure function of arrays; the server's side is :mod:`engine.federation.aggregators`
 (update clipping) and the measurement is :mod:`engine.analyses.backdoor`.
 

@@ -93,7 +93,9 @@ def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
                  malicious: set[str]) -> RoundOutcome:
     """The server's step for ``uploads`` (client → parameters) weighted by ``weights``:
     SecAgg+ in process (the server receives masked uploads and unmasks only their weighted
-    mean), else the aggregation rule, plus the detection view when attackers are present."""
+    mean), else FLAME (``defenses.flame``) or the aggregation rule on the uploads as the
+    server's update clipping left them, plus the detection view when attackers are
+    present."""
     if cfg.defenses.secure_aggregation:
         sent, new_params, encoding = secure_round(
             uploads, weights, cfg.defenses.secagg_clipping_range,
