@@ -155,11 +155,13 @@ def expected_words(e: Expected, start: bool = False) -> str:
 
 def _expected_words(e: Expected) -> str:
     if e.to_run == 0:
-        return "already finished: the results show at once"
+        return ("already finished: the results show at once if they ran on this machine's "
+                "thread count (else they are trained again)")
     basis = (f"at this machine's speed, measured over its last {e.basis} finished "
              f"run{'s' if e.basis > 1 else ''}" if e.basis else
              "on 2 quiet CPU cores; nothing has finished here yet to measure this machine")
-    reused = (f"; {e.reused} of {e.cells} experiments already finished and reused"
+    reused = (f"; {e.reused} of {e.cells} experiments already finished, reused if they ran "
+              "on this machine's thread count"
               if e.reused else "")
     return f"about {_duration(e.seconds)} ({basis}{reused})"
 
