@@ -242,14 +242,14 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "cells": _data_noise_cells(),
     },
     "backdoor-paper": {
-        "minutes": 17,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 18,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The sCT backdoor beyond the study: model replacement (boost ×2) or backdoored "
             "data only, against FedAvg, update clipping, FedMedian, the trimmed mean and FLAME, "
             "with "
             "one or two attackers of 4 hospitals, 3 seeds; each run against the same "
             "federation without the attacker and, when defended, the attack against FedAvg "
-            "(about 17 min)."
+            "(about 18 min)."
         ),
         "base": "backdoor-demo",
         "cells": _backdoor_cells(),
