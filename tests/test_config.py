@@ -51,6 +51,10 @@ def test_set_parses_yaml_values():
 def test_unknown_preset_lists_available():
     with pytest.raises(ConfigError, match="available: smoke, demo, paper"):
         build_config("nope")
+    # A near miss names the preset meant; a catalogue too long for one line points to the list.
+    with pytest.raises(ConfigError, match=r"'backdoor-dem' \(did you mean 'backdoor-demo'\?\)"
+                                          r".*in all: `fedsct presets` lists them\)$"):
+        build_config("backdoor-dem")
 
 
 def test_config_file(tmp_path):

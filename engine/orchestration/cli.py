@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.core.config import MAX_MESSAGE, ConfigError
+from engine.core.config.echo import unknown_name
 from engine.core.run_folder import RunFolder
 from engine.orchestration.presets import PRESETS, build_config
 from engine.orchestration.store import RunIndex, check_resumable, create_run, open_run, runs_root
@@ -173,7 +174,7 @@ def _check_name(name: str, catalogue: dict, kind: str) -> None:
     """A preset or sweep name that exists; checked here so that the refusal echoes only a
     short piece of what was typed."""
     if name not in catalogue:
-        raise ConfigError(f"unknown {kind} {_short(name, 40)}; available: {', '.join(catalogue)}")
+        raise ConfigError(unknown_name(kind, name, list(catalogue)))
 
 
 def _usable_runs_root(out: str | None) -> Path:

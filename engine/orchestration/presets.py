@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.config import ConfigError, ExperimentConfig, config_from
+from engine.core.config.echo import unknown_name
 
 _MIA_BASE: dict[str, Any] = {
     "name": "mia-paper",
@@ -381,7 +382,7 @@ def preset_names() -> list[str]:
 def preset_overrides(name: str) -> dict[str, Any]:
     """The config overrides of preset ``name`` (a fresh copy)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+        raise ConfigError(unknown_name("preset", name, list(PRESETS)))
     return copy.deepcopy(PRESETS[name]["config"])
 
 

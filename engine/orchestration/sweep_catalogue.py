@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.core.config import ConfigError
+from engine.core.config.echo import unknown_name
 from engine.orchestration.presets import HARDENED_DEFENSES
 
 # Rules that run with 4 centers (Krum, Multi-Krum need > 2f+2 = 4 and Bulyan ≥ 4f+3 = 7
@@ -261,7 +262,7 @@ def sweep_spec(name: str) -> dict[str, Any]:
     """Sweep ``name``'s catalogue entry: ``base`` preset, ``cells`` (``--set`` lists),
     ``description``, ``minutes`` (measured wall time) and optional ``requires``."""
     if name not in SWEEPS:
-        raise ConfigError(f"unknown sweep preset {name!r}; available: {', '.join(SWEEPS)}")
+        raise ConfigError(unknown_name("sweep preset", name, list(SWEEPS)))
     return SWEEPS[name]
 
 

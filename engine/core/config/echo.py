@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import reprlib
 from typing import Any
@@ -45,3 +46,19 @@ def _key_text(key: Any) -> str:
 
 def _has_control_chars(text: str) -> bool:
     return _CONTROL.search(text) is not None
+
+
+# How much of a catalogue an "unknown name" message lists before pointing at `fedsct presets`.
+MAX_LISTED = 150
+
+
+def unknown_name(kind: str, name: Any, names: list[str]) -> str:
+    """The one-line refusal of a name not in a catalogue (a preset, a sweep): the name cut
+    short, the closest known name, and the known names, as many as fit a readable line."""
+    close = difflib.get_close_matches(str(name)[:100], names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    listed = ", ".join(names)
+    if len(listed) > MAX_LISTED:
+        listed = listed[:MAX_LISTED].rsplit(", ", 1)[0]
+        listed += f", … ({len(names)} in all: `fedsct presets` lists them)"
+    return f"unknown {kind} {_clip(repr(str(name)), 40)}{hint}; available: {listed}"
