@@ -34,7 +34,7 @@ run: install
 # priority, on the core time the suite leaves idle (its figures do not depend on the load),
 # and prints its report at the end.
 NUMERIC_TESTS := tests/test_golden.py tests/test_batched.py tests/test_federation.py \
-	tests/test_membership.py tests/test_metrics.py tests/test_backdoor.py
+	tests/test_membership.py tests/test_metrics.py
 OTHER_CPU := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
 test: install browser
