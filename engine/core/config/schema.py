@@ -348,15 +348,7 @@ class ExperimentConfig(_Section):
                              f"at the attacker, which only federation.runtime = 'inprocess' "
                              f"simulates (got {fed.runtime!r})")
         if poison.enabled:
-            bad = [c for c in poison.malicious_centers if not 0 <= c < n]
-            if bad or len(set(poison.malicious_centers)) != len(poison.malicious_centers):
-                raise ValueError(f"attacks.poisoning.malicious_centers = "
-                                 f"{_show(poison.malicious_centers)}: each must be a distinct "
-                                 f"center index in 0…{n - 1}")
-            if len(poison.malicious_centers) >= n:
-                raise ValueError(f"attacks.poisoning.malicious_centers = "
-                                 f"{_show(poison.malicious_centers)} leaves no honest center; "
-                                 f"at most {n - 1} of {n} may be malicious")
+            _check_attackers("attacks.poisoning.malicious_centers", poison.malicious_centers, n)
 
     def _check_backdoor_rules(self) -> None:
         """One kind of attacker at a time; the attackers exist and leave one honest; the
@@ -377,15 +369,7 @@ class ExperimentConfig(_Section):
         if self.attacks.poisoning.enabled:
             raise ValueError("attacks.backdoor and attacks.poisoning are two kinds of attacker;"
                              " enable one of them")
-        bad = [c for c in bd.malicious_centers if not 0 <= c < n]
-        if bad or len(set(bd.malicious_centers)) != len(bd.malicious_centers):
-            raise ValueError(f"attacks.backdoor.malicious_centers = "
-                             f"{_show(bd.malicious_centers)}: each must be a distinct center "
-                             f"index in 0…{n - 1}")
-        if len(bd.malicious_centers) >= n:
-            raise ValueError(f"attacks.backdoor.malicious_centers = "
-                             f"{_show(bd.malicious_centers)} leaves no honest center; at most "
-                             f"{n - 1} of {n} may attack")
+        _check_attackers("attacks.backdoor.malicious_centers", bd.malicious_centers, n)
         if bd.trigger_size + 2 * bd.region_margin > self.data.image_size:
             raise ValueError(f"attacks.backdoor.trigger_size = {bd.trigger_size} with "
                              f"region_margin = {bd.region_margin} does not fit "
@@ -458,6 +442,17 @@ class ExperimentConfig(_Section):
         if rounds == "last":
             return rnd == self.federation.rounds
         return rnd in rounds
+
+
+def _check_attackers(key: str, centers: list[int], n: int) -> None:
+    """The attacking centers (``key``) are distinct indices of the ``n`` centers and leave
+    one honest."""
+    if any(not 0 <= c < n for c in centers) or len(set(centers)) != len(centers):
+        raise ValueError(f"{key} = {_show(centers)}: each must be a distinct center index in "
+                         f"0…{n - 1}")
+    if len(centers) >= n:
+        raise ValueError(f"{key} = {_show(centers)} leaves no honest center; at most "
+                         f"{n - 1} of {n} may be malicious")
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
