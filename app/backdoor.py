@@ -1,5 +1,6 @@
 """Streamlit widgets of the Poisoning page's backdoor section: start a backdoor run, pick one,
-and show its verdict, one triggered slice and the per-hospital table. Words and figures are in
+and show its verdict, one triggered slice, its success round by round and the per-hospital
+table; the backdoor studies. Words and figures are in
 ``app.views.backdoor``."""
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ def _run(run: views.BackdoorRun) -> None:
     box = verdict_box(views.verdict(run))
     if (png := run.example()) is not None:
         box.image(str(png), caption=views.EXAMPLE_CAPTION)
+    if (fig := views.rounds_figure(run)) is not None:
+        st.plotly_chart(fig)
+        st.caption(views.ROUNDS_CAPTION)
     number_table(*views.hospital_table(run.backdoor))
 
 
 def backdoor_study() -> None:
-    """The backdoor study: start or follow it, then one line per attack × defense."""
-    sweep = study_section(views.STUDY, views.STUDY_TITLE, views.cell_words)
-    if sweep is not None and sweep.rows:
-        st.dataframe(views.study_table(sweep.rows), hide_index=True)
-        st.plotly_chart(views.study_figure(sweep.rows))
-        st.caption(views.STUDY_CAPTION)
+    """The backdoor studies: start or follow each, then one line per attack × defense."""
+    for name, title in views.STUDIES:
+        sweep = study_section(name, title, views.cell_words)
+        if sweep is not None and sweep.rows:
+            st.dataframe(views.study_table(sweep.rows), hide_index=True)
+            st.plotly_chart(views.study_figure(sweep.rows), key=f"figure_{name}")
+            st.caption(views.STUDY_CAPTION)
     st.caption(views.SECAGG_NOTE)

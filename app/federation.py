@@ -53,10 +53,14 @@ def _dp_settings(base: ExperimentConfig) -> dict[str, Any]:
         left, mid, right = st.columns(3)
         dp["level"] = persisted(
             left.radio, "What it protects", "dp_level", base.defenses.dp.level,
-            options=["client", "sample"],
-            format_func={"client": "a whole hospital", "sample": "each patient"}.get,
+            options=["client", "sample", "server"],
+            format_func={"client": "a whole hospital", "sample": "each patient",
+                         "server": "a whole hospital, in the released model"}.get,
             help="A whole hospital: each hospital clips and noises its update. Each patient: "
-                 "each hospital trains with DP-SGD, bounding every patient's influence.")
+                 "each hospital trains with DP-SGD, bounding every patient's influence. In "
+                 "the released model: the server clips every update and noises their mean, "
+                 "so the guarantee covers the global models but not the uploads the server "
+                 "receives.")
         dp["target_epsilon"] = persisted(
             mid.number_input, "Privacy budget ε", "dp_epsilon",
             base.defenses.dp.target_epsilon or 8.0, min_value=0.1, max_value=1e6, step=1.0,

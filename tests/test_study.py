@@ -40,6 +40,10 @@ TINY = [
            "attacks.poisoning.kind=update_noise", f"attacks.poisoning.noise_std={std}",
            f"attacks.poisoning.malicious_centers=[{bad}]"]
           for rule in ("fedavg", "fedmedian") for std in (0.03, 0.3) for bad in (0, 1)])],
+    *[("backdoor", Cell("backdoor-demo", own, [*own, "federation.rounds=4"]))
+      for own in ([f"seed={seed}"] for seed in (0, 1))],
+    ("backdoor", Cell("backdoor-demo", ["defenses.flame=true"],
+                      ["defenses.flame=true", "federation.rounds=4"])),
 ]
 
 
@@ -49,12 +53,15 @@ def test_every_cell_of_every_scale_is_a_valid_experiment(scale: str) -> None:
     parts = [p for p, _ in cells]
     assert parts[:6] == ["quality", "membership", "membership-secagg", "membership-evidence",
                          "dlg", "strongest-inversion"]
-    assert parts.count("poisoning") == len(cells) - 6 > 100
+    backdoor = parts.count("backdoor")
+    assert backdoor == (3 if scale == "demo" else 60)
+    assert parts.count("poisoning") == len(cells) - 6 - backdoor > 100
     configs = [build_config(c.preset, sets=c.sets) for _, c in cells]
     assert configs[0].evaluation.volumetric
     assert configs[2].defenses.secure_aggregation and configs[4].attacks.inversion.method == "dlg"
-    if scale == "full":
-        assert {c.data.image_size for c in configs} == {256}
+    assert all(c.attacks.backdoor.enabled for c in configs[-backdoor:])
+    if scale == "full":  # the backdoor's trigger is sized for its 32 px images
+        assert {c.data.image_size for c in configs[:-backdoor]} == {256}
 
 
 @pytest.mark.parametrize("scale", STUDY_SCALES)
@@ -115,6 +122,17 @@ def test_a_small_study_reports_its_runs_numbers_and_resumes(
                   and s.poisoning.noise_std == 0.3]
         assert f"{rule}: {min(ratios):.2f}–{max(ratios):.2f}×" in high
     assert "2 configurations per rule" in high and "σ 0.03" in low
+
+    # Beyond the study: the backdoor per defense, pooled over seeds.
+    row = rows["Backdoor (a trigger that shifts the sCT), model replacement, 1 attacker of 4"]
+    fedavg = [summaries[f"seed={seed}"].backdoor for seed in (0, 1)]
+    shifts = [b.success_hu for b in fedavg]
+    assert f"FedAvg: {sum(shifts) / 2:.0f} HU (" in row
+    assert (f"{sum(b.patients_backdoored for b in fedavg)} of "
+            f"{sum(b.patients for b in fedavg)} patients backdoored") in row
+    flame = summaries["flame=true"].backdoor
+    assert f"FLAME: {flame.success_hu:.0f} HU, " in row and "2 seeds per defense" in row
+    assert "beyond the published study" in row and "+1000 HU in the trigger region" in row
     assert (folder / "report.html").read_text().count("<tr>") == len(rows) + 1
 
     # Run again: nothing is trained, the same runs are used.

@@ -15,11 +15,13 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from app.views.common import RULE_NAMES, Verdict, hospital_name, hospital_names
+from app.views.common import Verdict, hospital_name, hospital_names
 from app.views.results import RunRow, finished_with
+from engine.analyses.backdoor import defense_name
 from engine.analyses.poisoning import mean_interval
 from engine.analyses.results import BackdoorEffect, BackdoorSummary
 from engine.analyses.sweep_table import SweepRow
+from engine.clients.dp import epsilon_text
 
 INTRO = (
     "A **backdoor** is the attack the average error does not show. A dishonest hospital "
@@ -39,8 +41,9 @@ EXAMPLE_CAPTION = ("One patient of a hospital that did not attack, with the trig
                    "region the attacker targets (yellow = 500 HU or more).")
 SECAGG_NOTE = ("Under secure aggregation the server only ever sees the sum of the hospitals' "
                "updates, so none of these defenses can run there: update clipping, FedMedian, "
-               "the trimmed mean and FLAME all need each update on its own (the settings refuse "
-               "the combination). What remains is what hospitals do to their own updates "
+               "the trimmed mean, FLAME, FLTrust and the server's clipped, noisy average "
+               "(server-side DP) all need each update on its own (the settings refuse the "
+               "combination). What remains is what hospitals do to their own updates "
                "(clipping and noise for differential privacy), which an attacking hospital "
                "simply skips.")
 STUDY_CAPTION = ("Each dot is one run (one seed). Right of the dotted line the trigger moved the "
@@ -64,8 +67,10 @@ class BackdoorRun(RunRow):
     @property
     def defense(self) -> str:
         d = self.cfg.defenses if self.cfg is not None else None
-        return defense_name(self.aggregator, d.update_clip if d else None,
-                            d.flame if d else None)
+        if d is None:
+            return defense_name(self.aggregator, None)
+        return defense_name(self.aggregator, d.update_clip, d.flame, fltrust=d.fltrust,
+                            dp_level=d.dp.level if d.dp.enabled else None)
 
     @property
     def label(self) -> str:
@@ -112,6 +117,13 @@ def verdict(run: BackdoorRun) -> Verdict:
     if s.control is not None:
         rests += (f" The same attack against FedAvg: {_hu(s.control.success_hu)}, "
                   f"{_patients(s.control)} patients.")
+    if s.defense_mae_ratio is not None:
+        rests += (f" The defense's cost: error on ordinary scans ×{s.defense_mae_ratio:.2f} "
+                  "that of FedAvg without the attacker.")
+    dp = run.summary.federation.dp if run.summary else None
+    if dp is not None and dp.enabled and dp.level == "server":
+        rests += (f" Server-side DP: {epsilon_text(dp.epsilon)} (δ {dp.delta:g}), a guarantee "
+                  "for the global models, not for the uploads the server receives.")
     figure = _hu(s.success_hu)
     if s.verdict == "implanted":
         return Verdict("red", "Backdoor implanted: a trigger makes the synthetic CT lie",
@@ -130,18 +142,41 @@ def verdict(run: BackdoorRun) -> Verdict:
 
 def _attack_words(s: BackdoorSummary) -> str:
     boost = f", update boosted ×{s.boost:g}" if s.boost else ""
-    return (f"a {s.trigger.get('size', '?')} px trigger, CT {s.shift_hu:+.0f} HU "
-            f"{'around it' if s.target_region == 'trigger' else 'in bone'}{boost}")
+    hides = (", its update kept near the global model and scaled to an honest norm"
+             if s.attack == "constrain_scale" else "")
+    return (f"{trigger_words(s.trigger)}, CT {s.shift_hu:+.0f} HU "
+            f"{'in the centre' if s.target_region == 'trigger' else 'in bone'}{boost}{hides}")
+
+
+def trigger_words(trigger: dict) -> str:
+    """The trigger in words: "a 4 px bright square", "a faint texture", "a zipper line"."""
+    kind, size = trigger.get("kind", "patch"), trigger.get("size", "?")
+    if kind == "texture":
+        return "a faint checkerboard texture over the head"
+    if kind == "artefact":
+        return f"a {size} px zipper line (a scanner artefact)"
+    return f"a {size} px bright square"
 
 
 def hospital_table(s: BackdoorSummary) -> tuple[pd.DataFrame, dict[str, tuple[str, str, str]]]:
     """Per hospital (the unseen one included): the mean shift under the trigger, the share
-    of slices past the threshold and the patients scored; and the columns' labels."""
+    of slices past the threshold, the patients scored and, under FLAME or FLTrust, what the
+    server did with its uploads; and the columns' labels."""
+    filtered = {key for row in s.server_filter.values() for key in row}
     table = pd.DataFrame([{"Hospital": hospital_name(name), "shift": row.success_hu,
                            "moved": None if row.success_rate is None else 100 * row.success_rate,
-                           "patients": row.patients}
+                           "patients": row.patients,
+                           **{key: _filter_value(s, name, key) for key in filtered}}
                           for name, row in s.per_center.items()])
     return table, {
+        **({"admitted": ("Admitted by FLAME (% of rounds)", "%.0f",
+                         "How often FLAME's clustering let this hospital's upload into the "
+                         "average (empty: the unseen hospital sends none)")}
+           if "admitted" in filtered else {}),
+        **({"trust": ("FLTrust's trust (0–1)", "%.2f",
+                      "FLTrust's mean trust score in this hospital's updates: their cosine "
+                      "with the server's own update, 0 when they point away from it")}
+           if "trust" in filtered else {}),
         "shift": ("Mean shift under the trigger (HU)", "%.0f",
                   "How far the targeted region's synthetic CT moved when the MRI carried the "
                   "trigger, in the attacker's direction, averaged over the hospital's slices"),
@@ -150,23 +185,53 @@ def hospital_table(s: BackdoorSummary) -> tuple[pd.DataFrame, dict[str, tuple[st
         "patients": ("Patients", "%d", "Held-out patients scored (nobody trained on them)")}
 
 
+def rounds_figure(run: BackdoorRun) -> go.Figure | None:
+    """The backdoor's success after each evaluated round (HU): this run and its FedAvg
+    control, with the threshold and the clean federation's final shift; None for a run that
+    did not record it."""
+    s = run.backdoor
+    if not s.per_round:
+        return None
+    fig = go.Figure()
+    for name, series, dash in ((f"this run ({run.defense})", s.per_round, "solid"),
+                               ("the same attack against FedAvg", s.control_per_round, "dot")):
+        if series:
+            fig.add_trace(go.Scatter(x=[p["round"] for p in series],
+                                     y=[p["success_hu"] for p in series], name=name,
+                                     mode="lines+markers", line={"dash": dash}))
+    fig.add_hline(y=s.threshold_hu, line_dash="dot", line_color="gray",
+                  annotation_text=f"{s.threshold_hu:.0f} HU", annotation_position="top left")
+    if s.null.success_hu is not None:
+        fig.add_hline(y=s.null.success_hu, line_dash="dash", line_color="#1e8449",
+                      annotation_text="without the attacker",
+                      annotation_position="bottom right")
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      xaxis_title="round",
+                      yaxis_title="mean shift under the trigger (HU)",
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def _filter_value(s: BackdoorSummary, name: str, key: str) -> float | None:
+    value = s.server_filter.get(name, {}).get(key)
+    return None if value is None else 100 * value if key == "admitted" else value
+
+
 # --------------------------------------------------------------------------- the study
 
-STUDY = "backdoor-paper"
-STUDY_TITLE = "The backdoor study: each attack against each defense, over seeds"
+STUDIES = (("backdoor-paper", "The backdoor study: each attack against each defense, over "
+                                "seeds"),
+           ("backdoor-defenses", "FLTrust, server-side DP, an attacker that hides, and other "
+                                 "triggers, over seeds"))
+ROUNDS_CAPTION = ("How far the trigger moved the targeted region after each round (the mean "
+                  "over every held-out slice): this run, and where the run is defended the "
+                  "same attack against plain FedAvg. Above the dotted line the average slice "
+                  "is backdoored; the dashed line is the federation trained without the "
+                  "attacker, after its last round.")
 ATTACK_NAMES = {"model_replacement": "Model replacement (boost ×2)",
-                "data": "Backdoored data only"}
-
-
-def defense_name(aggregator: str | None, update_clip: str | None,
-                 flame: bool | None = None) -> str:
-    """The server's defense in words: FLAME, or the rule with update clipping if any."""
-    if flame:
-        return "FLAME"
-    words = [RULE_NAMES.get(aggregator or "fedavg", aggregator or "FedAvg")]
-    if update_clip and update_clip != "none":
-        words.append("update clipping")
-    return " + ".join(words)
+                "data": "Backdoored data only",
+                "constrain_scale": "Constrain-and-scale (hides its update)"}
+TRIGGER_NAMES = {"texture": "texture trigger", "artefact": "artefact trigger"}
 
 
 def cell_words(label: str | None) -> str:
@@ -174,9 +239,11 @@ def cell_words(label: str | None) -> str:
     parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
     attackers = parts.get("malicious_centers", "[0]").strip("[]").split(",")
     defense = defense_name(parts.get("aggregator"), parts.get("update_clip"),
-                           parts.get("flame") == "true")
-    return (f"{ATTACK_NAMES.get(parts.get('attack', ''), parts.get('attack', '?'))}, "
-            f"{defense}, "
+                           parts.get("flame") == "true", fltrust=parts.get("fltrust") == "true",
+                           dp_level=parts.get("level"))
+    trigger = TRIGGER_NAMES.get(parts.get("trigger", ""))
+    attack = ATTACK_NAMES.get(parts.get("attack", "model_replacement"), parts.get("attack"))
+    return (f"{attack}{f' with a {trigger}' if trigger else ''}, {defense}, "
             f"{len(attackers)} attacker{'s' if len(attackers) > 1 else ''}, "
             f"seed {parts.get('seed', '0')}")
 
@@ -189,23 +256,36 @@ def study_table(rows: list[SweepRow]) -> pd.DataFrame:
     for r in rows:
         if r.backdoor_attack is None:
             continue
-        key = (r.backdoor_attack, defense_name(r.aggregator, r.update_clip, r.flame),
-               len((r.malicious or "").split()))
+        key = (attack_name(r), row_defense(r), len((r.malicious or "").split()))
         groups.setdefault(key, []).append(r)
     lines = []
     for (attack, defense, attackers), group in groups.items():
         shifts = [r.backdoor_success_hu for r in group if r.backdoor_success_hu is not None]
         ci = mean_interval(shifts)
         lines.append({
-            "Attack": ATTACK_NAMES.get(attack, attack), "Defense": defense,
+            "Attack": attack, "Defense": defense,
             "Attackers": attackers, "Seeds": len(group),
             "Mean shift (HU)": sum(shifts) / len(shifts) if shifts else None,
             "95 % interval": f"{ci[0]:.0f} – {ci[1]:.0f}" if ci else "one seed",
             "Patients backdoored": f"{sum(r.backdoor_patients_backdoored or 0 for r in group)}"
                                    f" of {sum(r.backdoor_patients or 0 for r in group)}",
             "Clean error ratio": _mean([r.backdoor_clean_mae_ratio for r in group]),
+            "Defense's cost": _mean([r.backdoor_defense_mae_ratio for r in group]),
             "Verdicts": ", ".join(r.backdoor_verdict or "?" for r in group)})
     return pd.DataFrame(lines)
+
+
+def attack_name(row: SweepRow) -> str:
+    """A study row's attack in words, with its trigger when not the square."""
+    name = ATTACK_NAMES.get(row.backdoor_attack or "", row.backdoor_attack or "?")
+    trigger = TRIGGER_NAMES.get(row.backdoor_trigger or "")
+    return f"{name}, {trigger}" if trigger else name
+
+
+def row_defense(row: SweepRow) -> str:
+    """A study row's defense in words (:func:`defense_name`)."""
+    return defense_name(row.aggregator, row.update_clip, row.flame, fltrust=row.fltrust,
+                        dp_level=row.dp_level if row.dp_enabled else None)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -221,12 +301,10 @@ def study_figure(rows: list[SweepRow], threshold: float = 100.0) -> go.Figure:
     fig = go.Figure()
     counts = sorted({len((r.malicious or "").split()) for r in rows if r.backdoor_attack})
     symbols = ("circle", "diamond", "square", "cross", "x")
-    for defense in dict.fromkeys(defense_name(r.aggregator, r.update_clip, r.flame)
-                                 for r in rows if r.backdoor_attack):
+    for defense in dict.fromkeys(row_defense(r) for r in rows if r.backdoor_attack):
         for k, attackers in enumerate(counts):
             symbol = symbols[k % len(symbols)]
-            picked = [r for r in rows if r.backdoor_attack
-                      and defense_name(r.aggregator, r.update_clip, r.flame) == defense
+            picked = [r for r in rows if r.backdoor_attack and row_defense(r) == defense
                       and len((r.malicious or "").split()) == attackers]
             if picked:
                 fig.add_trace(go.Scatter(

@@ -16,9 +16,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.analyses.results import RunSummary
-from engine.clients.dp import epsilon_text, planned_epsilon
+from engine.clients.dp import LEVEL_WORDS, epsilon_text, planned_epsilon
 from engine.core.config import ExperimentConfig
 from engine.core.run_folder import RunStatus
+from engine.federation.aggregators import RULE_NAMES
 from engine.orchestration.timings import Expected
 
 
@@ -118,9 +119,6 @@ AGGREGATOR_HELP = {
               "(needs the most hospitals).",
 }
 
-RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
-              "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
-              "bulyan": "Bulyan"}
 STATE_TEXT = {"queued": "waiting to start", "running": "running", "done": "finished",
               "failed": "failed", "cancelled": "stopped",
               "interrupted": "interrupted (can be resumed)"}
@@ -189,8 +187,7 @@ def describe_config(cfg: ExperimentConfig) -> str:
     """One plain sentence summarising a run's settings."""
     fed, dp = cfg.federation, cfg.defenses.dp
     unseen = " + 1 unseen hospital" if cfg.data.unseen_center else ""
-    level = "patient-level" if dp.level == "sample" else "hospital-level"
-    privacy = (f"{level} differential privacy, {epsilon_text(planned_epsilon(cfg))}"
+    privacy = (f"{LEVEL_WORDS[dp.level]}, {epsilon_text(planned_epsilon(cfg))}"
                if dp.enabled else "no differential privacy")
     secagg = f"secure aggregation {'on' if cfg.defenses.secure_aggregation else 'off'}"
     where = "" if fed.runtime == "inprocess" else f" · on {fed.runtime}"

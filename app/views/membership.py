@@ -19,6 +19,7 @@ from app.views.common import Verdict, hospital_name
 from app.views.results import RunRow, finished_with, read_json
 from engine.analyses.results import MiaSummary
 from engine.analyses.sweep_table import SweepRow
+from engine.clients.dp import LEVEL_WORDS
 
 ATTACK_NAMES = {
     "fedmia-i/phi": "FedMIA-I (loss, per-sample σ)",
@@ -273,14 +274,13 @@ def tpr_table(mia: MiaSummary) -> pd.DataFrame:
 # --------------------------------------------------------------------------- DP sweep
 
 
-LEVEL_NAMES = {"client": "hospital-level DP", "sample": "patient-level DP"}
 
 
 def noise_label(row: SweepRow) -> str:
     """A DP sweep cell in words: "no DP", or the level and the ε it reached."""
     if not row.dp_enabled:
         return "no DP"
-    level = LEVEL_NAMES.get(str(row.dp_level or "client"), "DP")
+    level = LEVEL_WORDS.get(str(row.dp_level or "client"), "DP")
     eps = row.epsilon
     if "epsilon" not in row.model_fields_set:  # a table from an older sweep: σ only
         sigma = float(row.noise_multiplier or 0.0)
@@ -293,7 +293,7 @@ def cell_words(label: str | None) -> str:
     parts = dict(p.split("=", 1) for p in (label or "").split(", ") if "=" in p)
     if parts.get("enabled") != "true":
         return "no DP"
-    level = LEVEL_NAMES.get(parts.get("level", "client"), "DP")
+    level = LEVEL_WORDS.get(parts.get("level", "client"), "DP")
     eps = parts.get("target_epsilon")
     return f"{level}, target ε {float(eps):g}" if eps else level
 
@@ -315,8 +315,8 @@ def dp_figure(rows: list[SweepRow]) -> go.Figure:
         fig.add_hline(y=base.patient_auc_pooled, line_dash="dot", line_color="#c0392b",
                       annotation_text=f"no DP: AUC {base.patient_auc_pooled:.2f}",
                       annotation_position="top left")
-    colours = {"client": "#2471a3", "sample": "#c0392b"}
-    for level, name in LEVEL_NAMES.items():
+    colours = {"client": "#2471a3", "sample": "#c0392b", "server": "#7d3c98"}
+    for level, name in LEVEL_WORDS.items():
         cells = [r for r in rows if r.dp_enabled and r.dp_level == level]
         if not cells:
             continue
@@ -356,7 +356,7 @@ def dp_sentence(rows: list[SweepRow]) -> str:
         return ("Only the run without privacy noise has finished so far; the privacy budgets "
                 "appear here as the sweep goes on.")
     parts = []
-    for level, name in LEVEL_NAMES.items():
+    for level, name in LEVEL_WORDS.items():
         cells = [r for r in rows if r.dp_enabled and r.dp_level == level]
         if not cells:
             continue

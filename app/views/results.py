@@ -23,6 +23,7 @@ from engine.analyses.results import (
     read_summary,
 )
 from engine.analyses.sweep_table import SweepRow, parse_sweep_rows
+from engine.clients.dp import LEVEL_WORDS
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.processes import pid_alive, read_job_pid
 from engine.core.run_folder import ACTIVE, RunFolder
@@ -161,7 +162,7 @@ def dp_words(dp: DPSummary) -> str:
     """A run's DP in a few words: level and ε ("" without DP)."""
     if not dp.enabled:
         return ""
-    unit = "patient-level DP" if dp.level == "sample" else "hospital-level DP"
+    unit = LEVEL_WORDS.get(dp.level, "DP")
     if not dp.accounted:  # an older run: σ only, no accountant
         return f"DP σ {dp.noise_multiplier:g} (no ε computed)"
     if dp.epsilon is None:

@@ -20,7 +20,8 @@ study's (``backdoor-paper``) to show. Verdicts:
 * ``partial``: more backdoored patients than the null, the mean shift under the threshold;
 * ``stopped``: not more backdoored patients than the null (not significantly), the mean
   shift under the threshold, the error on ordinary scans within ``PROTECTED`` of the clean
-  federation's (a model broken by its defense shows no shift either), and fewer backdoored
+  federation's and of plain FedAvg's without the attacker (a model broken by its attacker or
+  by its defense, such as strong noise, shows no shift either), and fewer backdoored
   patients than the same attack against plain FedAvg without server clipping (the control,
   judged against its own clean federation), which was implanted: the defense held at this
   sample size;
@@ -40,11 +41,12 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom, binomtest
 
-from engine.clients.backdoor import add_trigger, target_region, trigger_box
-from engine.core.config import AttacksConfig, ExperimentConfig
+from engine.clients.backdoor import add_trigger, region_shifts, target_region, trigger_box
+from engine.core.config import AttacksConfig, DPConfig, ExperimentConfig
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, save_png, to_gray, to_heat
 from engine.core.types import NDArrays
 from engine.data.types import Cohort, SliceSet
+from engine.federation.aggregators import RULE_NAMES
 from engine.federation.protocol import FederationResult
 from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, set_parameters
@@ -60,36 +62,53 @@ def clean_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def defended(cfg: ExperimentConfig) -> bool:
-    """Whether the server does more than average: a robust rule, update clipping or FLAME."""
+    """Whether the server does more than average: a robust rule, update clipping, FLAME,
+    FLTrust or server-side DP."""
     # FedProx aggregates as FedAvg does (its μ acts in local training): not a defense.
+    d = cfg.defenses
     return (cfg.federation.aggregator not in ("fedavg", "fedprox")
-            or cfg.defenses.update_clip != "none" or cfg.defenses.flame)
+            or d.update_clip != "none" or d.flame or d.fltrust or server_dp(cfg))
+
+
+def server_dp(cfg: ExperimentConfig) -> bool:
+    """Whether the server clips and noises the updates (``defenses.dp.level = server``)."""
+    return cfg.defenses.dp.enabled and cfg.defenses.dp.level == "server"
 
 
 def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The same attack against plain FedAvg without server clipping or FLAME: the control a
-    defended run is held against."""
+    """The same attack against plain FedAvg without server clipping, FLAME, FLTrust or
+    server-side DP: the control a defended run is held against."""
+    dp = DPConfig() if server_dp(cfg) else None  # (its settings, not just off: one config)
     return cfg.model_copy(update={
         "federation": cfg.federation.model_copy(update={"aggregator": "fedavg"}),
-        "defenses": cfg.defenses.model_copy(update={"update_clip": "none", "flame": False})})
+        "defenses": cfg.defenses.model_copy(update={"update_clip": "none", "flame": False,
+                                                    "fltrust": False,
+                                                    **({"dp": dp} if dp else {})})})
+
+
+def defense_name(aggregator: str | None, update_clip: str | None,
+                 flame: bool | None = None, *, fltrust: bool | None = None,
+                 dp_level: str | None = None) -> str:
+    """The server's defense in words: FLAME, FLTrust, server-side DP, or the rule with
+    update clipping if any (``dp_level``: the DP level when DP is on)."""
+    if flame:
+        return "FLAME"
+    if fltrust:
+        return "FLTrust"
+    if dp_level == "server":
+        return "Server-side DP"
+    words = [RULE_NAMES.get(aggregator or "fedavg", aggregator or "FedAvg")]
+    if update_clip and update_clip != "none":
+        words.append("update clipping")
+    return " + ".join(words)
 
 
 def slice_shifts(cfg: ExperimentConfig, params: NDArrays, data: SliceSet) -> np.ndarray:
-    """Each slice's signed shift (HU) of the target region under the trigger, ``(N,)``; NaN
-    where a slice has no target region (no bone in it)."""
-    bd = cfg.attacks.backdoor
+    """Each slice's signed shift (HU) of the target region under the trigger in the model
+    ``params``, ``(N,)`` (:func:`engine.clients.backdoor.region_shifts`)."""
     model = build_model(cfg)
     set_parameters(model, params)
-    triggered = SliceSet(add_trigger(data.mri, bd), data.ct_hu, data.mask, data.patient_ids)
-    change = predict_sct_hu(model, triggered) - predict_sct_hu(model, data)
-    if not np.all(np.isfinite(change)):
-        raise ValueError("the model's synthetic CT is not finite (the federation diverged): "
-                         "its backdoor cannot be measured")
-    region = target_region(data.ct_hu, data.mask, bd)
-    sign = -1.0 if bd.shift_hu < 0 else 1.0
-    sums, sizes = (change * region).sum(axis=(1, 2, 3)), region.sum(axis=(1, 2, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sizes > 0, sign * sums / sizes, np.nan)
+    return region_shifts(model, data, cfg.attacks.backdoor)
 
 
 def backdoor_effect(cfg: ExperimentConfig, cohort: Cohort, params: NDArrays) -> dict[str, Any]:
@@ -129,6 +148,32 @@ def _share(values: np.ndarray, threshold: float) -> float | None:
     return float(np.mean(values >= threshold)) if len(values) else None
 
 
+def server_filter(result: FederationResult) -> dict[str, dict[str, float]]:
+    """Per hospital, what FLAME or FLTrust did with its uploads over the rounds: the share of
+    rounds FLAME admitted it (``admitted``) or FLTrust's mean trust score in it (``trust``,
+    0–1); empty under other rules."""
+    out: dict[str, dict[str, float]] = {}
+    for key in ("admitted", "trust"):
+        seen: dict[str, list[float]] = {}
+        for rnd in result.detection:
+            for c, row in rnd["clients"].items():
+                if key in row:
+                    seen.setdefault(c, []).append(float(row[key]))
+        for c, values in seen.items():
+            out.setdefault(c, {})[key] = float(np.mean(values))
+    return out
+
+
+def _per_round(result: FederationResult | None) -> list[dict[str, float | None]]:
+    """The mean shift under the trigger after each evaluated round (HU), as recorded."""
+    return [{"round": h["round"], "success_hu": h.get("backdoor_hu")}
+            for h in (result.history if result else []) if "backdoor_hu" in h]
+
+
+def _ratio(mae: float, reference: float) -> float | None:
+    return mae / reference if reference and math.isfinite(reference) else None
+
+
 def more_backdoored(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """More backdoored patients in ``a`` than in ``b`` (two models scored on the same
     patients): the exact sign test on the patients backdoored in one and not the other,
@@ -150,10 +195,13 @@ def implanted(effect: dict[str, Any], null: dict[str, Any], threshold: float) ->
 
 def backdoor_verdict(effect: dict[str, Any], null: dict[str, Any],
                      control: dict[str, Any] | None, control_null: dict[str, Any] | None,
-                     threshold: float, clean_mae_ratio: float | None) -> str:
+                     threshold: float, clean_mae_ratio: float | None,
+                     defense_mae_ratio: float | None = None) -> str:
     """The verdict of a run's ``effect`` against the ``null`` and, for a defended run, the
     same attack's effect against FedAvg (``control``, judged against its own clean
-    federation ``control_null``); see the module's docstring."""
+    federation ``control_null``); ``clean_mae_ratio``: this run's error ÷ the clean
+    federation's, ``defense_mae_ratio``: ÷ plain FedAvg's without the attacker (None:
+    undefended, the same thing). See the module's docstring."""
     if implanted(effect, null, threshold):
         return "implanted"
     if more_backdoored(effect, null):
@@ -162,6 +210,7 @@ def backdoor_verdict(effect: dict[str, Any], null: dict[str, Any],
         return "attack_too_weak"
     held = (effect["success_hu"] is not None and effect["success_hu"] < threshold
             and clean_mae_ratio is not None and clean_mae_ratio <= PROTECTED
+            and (defense_mae_ratio is None or defense_mae_ratio <= PROTECTED)
             and more_backdoored(control, effect))
     return "stopped" if held else "inconclusive"
 
@@ -222,7 +271,8 @@ def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRes
     (the clean federation ``clean``), the control (``control``, the same attack against
     plain FedAvg, for a defended run, with its own clean federation ``control_clean``), the
     verdict and, with the run's ``folder``, one triggered slice's images
-    (:func:`triggered_example`). ``after_stop``: the global model of every round after the
+    (:func:`triggered_example`), and the shift after every evaluated round of this run and
+    of the control. ``after_stop``: the global model of every round after the
     attacker stopped (``stop_round``), for the durability (each held against the final
     clean model)."""
     bd = cfg.attacks.backdoor
@@ -233,12 +283,13 @@ def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRes
     ctrl_null = (backdoor_effect(cfg, cohort, control_clean.final_params) if control_clean
                  else None)
     mae, clean_mae = result.history[-1]["mae_hu"], clean.history[-1]["mae_hu"]
-    ratio = mae / clean_mae if clean_mae and math.isfinite(clean_mae) else None
+    ratio = _ratio(mae, clean_mae)
+    cost = _ratio(mae, control_clean.history[-1]["mae_hu"]) if control_clean else None
     later = [(r, backdoor_effect(cfg, cohort, p)) for r, p in after_stop or []]
     return {
         "attack": bd.attack, "malicious": list(bd.malicious_centers),
         "malicious_names": [cohort.centers[k].name for k in bd.malicious_centers],
-        "trigger": {"kind": "patch", "size": bd.trigger_size,
+        "trigger": {"kind": bd.trigger, "size": bd.trigger_size,
                     "intensity": bd.trigger_intensity, "rows": [rows.start, rows.stop],
                     "cols": [cols.start, cols.stop]},
         "target_region": bd.target_region, "shift_hu": bd.shift_hu,
@@ -250,11 +301,15 @@ def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRes
         "per_center": effect["per_center"],
         "null": null, "control": ctrl, "control_null": ctrl_null,
         "clean_mae_hu": mae, "clean_federation_mae_hu": clean_mae, "clean_mae_ratio": ratio,
+        "defense_mae_ratio": cost,
         # None: the attacker attacked to the last round, so there is nothing to outlive.
         "durability_rounds": durability(later, null, bd.threshold_hu) if later else None,
         "after_stop": [{"round": r, "success_hu": e["success_hu"],
                         "patients_backdoored": e["patients_backdoored"]} for r, e in later],
-        "verdict": backdoor_verdict(effect, null, ctrl, ctrl_null, bd.threshold_hu, ratio),
+        "per_round": _per_round(result), "control_per_round": _per_round(control),
+        "server_filter": server_filter(result),
+        "verdict": backdoor_verdict(effect, null, ctrl, ctrl_null, bd.threshold_hu, ratio,
+                                    cost),
         "example": (triggered_example(cfg, cohort, result.final_params, clean.final_params,
                                       folder) if folder is not None else None),
     }

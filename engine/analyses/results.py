@@ -33,6 +33,8 @@ class Metrics(_Block):
 
 class HistoryPoint(Metrics):
     round: int
+    # A backdoor run's mean shift of the target region under the trigger (HU), this round.
+    backdoor_hu: float | None = None
 
 
 class VolumetricGroup(Metrics):
@@ -367,10 +369,20 @@ class BackdoorSummary(BackdoorEffect):
     clean_mae_hu: float | None = None
     clean_federation_mae_hu: float | None = None
     clean_mae_ratio: float | None = None
+    # This run's error ÷ plain FedAvg's without the attacker (the defense's cost; None:
+    # undefended, where it is clean_mae_ratio).
+    defense_mae_ratio: float | None = None
     # Rounds the backdoor stayed implanted after the attacker stopped (None: it never
     # stopped), and each later round's effect (round, success_hu, patients_backdoored).
     durability_rounds: int | None = None
     after_stop: list[dict[str, float | int | None]] = Field(default_factory=list)
+    # The mean shift under the trigger after each evaluated round (round, success_hu), of
+    # this run and of the control.
+    per_round: list[dict[str, float | None]] = Field(default_factory=list)
+    control_per_round: list[dict[str, float | None]] = Field(default_factory=list)
+    # Per hospital (center name): the share of rounds FLAME admitted its upload
+    # ("admitted") or FLTrust's mean trust score in it ("trust"); empty under other rules.
+    server_filter: dict[str, dict[str, float]] = Field(default_factory=dict)
     verdict: str = ""
     # One triggered slice (hospital, png and npz paths in the run folder); None: not saved.
     example: dict[str, str] | None = None

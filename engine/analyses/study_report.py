@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import html
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.analyses.results import InversionSummary, MiaSummary, RunSummary, parse_summary
+from engine.analyses.backdoor import defense_name
+from engine.analyses.poisoning import mean_interval
+from engine.analyses.results import (
+    BackdoorSummary,
+    InversionSummary,
+    MiaSummary,
+    RunSummary,
+    parse_summary,
+)
 
 # What the study published (abstract of the FedSynthCT-Brain security analysis; sCT quality
 # from FedSynthCT-Brain itself, on real brain MRI/CT).
@@ -33,6 +42,9 @@ STUDY = {
     "poisoning-low": "FedMedian's advantage less consistent; low noise can pass for natural "
                      "differences between centers",
 }
+BEYOND = "— (beyond the published study)"
+BACKDOOR_ATTACKS = {"model_replacement": "model replacement", "data": "backdoored data only",
+                    "constrain_scale": "constrain-and-scale"}
 ANALYSES = {
     "quality": "sCT quality, held-out patients of the training hospitals",
     "quality-unseen": "sCT quality, an unseen hospital",
@@ -43,6 +55,9 @@ ANALYSES = {
     "strongest-inversion": "Gradient inversion: the strongest attack",
     "poisoning-high": "Poisoning, high noise on one upload or two",
     "poisoning-low": "Poisoning, low noise",
+    **{f"backdoor-{a}-{n}": f"Backdoor (a trigger that shifts the sCT), {words}, {n} "
+                            f"attacker{'s' if n > 1 else ''} of 4"
+       for a, words in BACKDOOR_ATTACKS.items() for n in (1, 2)},
 }
 BOOTSTRAP = 2000
 VERDICT_WORDS = {"leak": "leak", "no_leak": "no leak", "inconclusive": "inconclusive",
@@ -64,6 +79,10 @@ class StudyRow:
     @property
     def analysis(self) -> str:
         return ANALYSES[self.key]
+
+    @property
+    def published(self) -> str:
+        return self.study or BEYOND
 
 
 def bootstrap_mean_ci(values: list[float], seed: int = 0) -> tuple[float, float] | None:
@@ -191,10 +210,54 @@ def _poisoning(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
     return rows
 
 
+def _backdoor(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
+    """Per attack and number of attackers: each defense's mean shift under the trigger over
+    seeds (Student-t interval), the patients backdoored over all seeds and the verdicts."""
+    groups: dict[tuple[str, int], dict[str, list[tuple[str, BackdoorSummary]]]] = {}
+    for run_id, s in cells:
+        bd = s.backdoor
+        if bd is None or bd.attack not in BACKDOOR_ATTACKS:
+            continue
+        d = s.config.get("defenses", {})
+        dp = d.get("dp", {})
+        defense = defense_name(s.federation.aggregator, d.get("update_clip"), d.get("flame"),
+                               fltrust=d.get("fltrust"),
+                               dp_level=dp.get("level") if dp.get("enabled") else None)
+        groups.setdefault((bd.attack, len(bd.malicious)), {}).setdefault(
+            defense, []).append((run_id, bd))
+    rows = []
+    for (attack, attackers), defenses in groups.items():
+        parts, runs, seeds, example = [], [], 0, None
+        for defense, group in defenses.items():
+            shifts = [bd.success_hu for _, bd in group if bd.success_hu is not None]
+            ci = mean_interval(shifts)
+            verdicts = Counter(bd.verdict for _, bd in group)
+            parts.append(
+                f"{defense}: {np.mean(shifts):.0f} HU" + (f" ({ci[0]:.0f}–{ci[1]:.0f})" if ci
+                                                          else "")
+                + f", {sum(bd.patients_backdoored for _, bd in group)} of "
+                f"{sum(bd.patients for _, bd in group)} patients backdoored ("
+                + ", ".join(f"{k} ×{v}" for k, v in verdicts.items()) + ")")
+            runs += [rid for rid, _ in group]
+            seeds, example = max(seeds, len(group)), group[0][1]
+        rows.append(StudyRow(
+            f"backdoor-{attack}-{attackers}", "; ".join(parts), "",
+            f"{seeds} seed{'s' if seeds > 1 else ''} per defense × {example.patients} "
+            "held-out and unseen patients; mean shift with a 95 % t-interval over seeds; each "
+            "run against its clean federation (exact sign test over patients) and, defended, "
+            "the same attack against FedAvg",
+            f"a {example.trigger.get('kind', 'patch')} trigger, CT {example.shift_hu:+.0f} HU "
+            f"in the {example.target_region} region, {BACKDOOR_ATTACKS[attack]}"
+            + (f" ×{example.boost:g}" if example.boost else "")
+            + f"; backdoored = region moved ≥ {example.threshold_hu:.0f} HU", runs))
+    return rows
+
+
 def study_rows(summaries: list[tuple[str, list[str], str, dict[str, Any]]]) -> list[StudyRow]:
     """The report's rows from ``(part, cell overrides, run id, summary)`` of every cell."""
     rows: list[StudyRow] = []
     poisoning: list[tuple[str, RunSummary]] = []
+    backdoor: list[tuple[str, RunSummary]] = []
     for part, _own, run_id, raw in summaries:
         s = parse_summary(raw, f"run {run_id}")
         if part == "quality":
@@ -205,7 +268,9 @@ def study_rows(summaries: list[tuple[str, list[str], str, dict[str, Any]]]) -> l
             rows.append(_inversion(part, s.inversion, run_id))
         elif part == "poisoning":
             poisoning.append((run_id, s))
-    return rows + _poisoning(poisoning)
+        elif part == "backdoor":
+            backdoor.append((run_id, s))
+    return rows + _poisoning(poisoning) + _backdoor(backdoor)
 
 
 HEADER = ("Analysis", "This study run", "FedSynthCT-Brain study", "Sample and interval",
@@ -227,7 +292,7 @@ def study_markdown(rows: list[StudyRow], scale: str) -> str:
         runs = ", ".join(r.runs[:3]) + (f" and {len(r.runs) - 3} more" if len(r.runs) > 3
                                          else "")
         lines.append("| " + " | ".join(_cell_md(x) for x in (
-            r.analysis, r.ours, r.study, r.sample, r.attack, runs)) + " |")
+            r.analysis, r.ours, r.published, r.sample, r.attack, runs)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,7 +302,7 @@ def study_html(rows: list[StudyRow], scale: str) -> str:
 
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(x)}</td>" for x in (
-            r.analysis, r.ours, r.study, r.sample, r.attack,
+            r.analysis, r.ours, r.published, r.sample, r.attack,
             ", ".join(r.runs[:3]) + (f" and {len(r.runs) - 3} more" if len(r.runs) > 3
                                      else ""))) + "</tr>"
         for r in rows)

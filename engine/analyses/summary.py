@@ -74,7 +74,7 @@ def dp_summary(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, Any]:
         "noise_multiplier": max(a.noise_multiplier for a in accountings.values()),
         "epsilon": eps, "meaningful": eps is not None and eps <= MEANINGFUL_EPSILON,
         "epsilon_substitution": sub,
-        "substitution": SUBSTITUTION if dp.level == "client" else None,
+        "substitution": SUBSTITUTION if dp.level != "sample" else None,
         "per_center": {c: {"noise_multiplier": a.noise_multiplier,
                            "sample_rate": a.sample_rate,
                            "steps": a.steps_per_round * rounds,

@@ -80,7 +80,9 @@ class SweepRow(_Block):
     # Backdoor: the attack, the server's update clipping, its effect and verdict.
     update_clip: str | None = None
     flame: bool | None = None
+    fltrust: bool | None = None
     backdoor_attack: str | None = None
+    backdoor_trigger: str | None = None
     backdoor_success_hu: float | None = None
     backdoor_success_rate: float | None = None
     backdoor_patients: int | None = None
@@ -88,6 +90,7 @@ class SweepRow(_Block):
     backdoor_null_success_hu: float | None = None
     backdoor_control_success_hu: float | None = None
     backdoor_clean_mae_ratio: float | None = None
+    backdoor_defense_mae_ratio: float | None = None  # ÷ plain FedAvg's without the attacker
     backdoor_verdict: str | None = None
     # Privacy audit.
     audit_kind: str | None = None

@@ -80,6 +80,13 @@ def is_malicious(cfg: ExperimentConfig, center: int) -> bool:
     return center in malicious_centers(cfg)
 
 
+def constrains(cfg: ExperimentConfig, center: int) -> bool:
+    """Whether ``center`` is a constrain-and-scale backdoor planter (it trains twice a
+    round, :func:`engine.clients.backdoor.constrain_and_scale`)."""
+    bd = cfg.attacks.backdoor
+    return bd.enabled and bd.attack == "constrain_scale" and center in bd.malicious_centers
+
+
 def honest_dp(cfg: ExperimentConfig, center: int) -> bool:
     """Whether ``center`` applies DP (malicious centers skip client-side defenses)."""
     return cfg.defenses.dp.enabled and not is_malicious(cfg, center)
@@ -135,10 +142,13 @@ def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArray
 
 
 def dp_accountings(cfg: ExperimentConfig, cohort: Cohort) -> dict[str, DPAccounting]:
-    """Center name → its DP accounting, for the centers that apply DP (empty without DP):
-    the same for all, computed from the declared size (:func:`planned_accounting`)."""
+    """Center name → its DP accounting, for the centers whose updates get DP (empty without
+    DP; every center when the server applies it): the same for all, computed from the
+    declared size (:func:`planned_accounting`)."""
+    dp = cfg.defenses.dp
+    server = dp.enabled and dp.level == "server"
     return {c.name: planned_accounting(cfg)
-            for k, c in enumerate(cohort.centers) if honest_dp(cfg, k)}
+            for k, c in enumerate(cohort.centers) if server or honest_dp(cfg, k)}
 
 
 def dp_epsilon(accountings: dict[str, DPAccounting], rounds: int) -> float | None:

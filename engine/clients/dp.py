@@ -1,7 +1,7 @@
-"""Differential privacy applied by each hospital, and its accounting.
+"""Differential privacy, and its accounting.
 
-Two levels (``defenses.dp.level``), both applied on the client because the threat is a curious
-server (noise the server added itself would hide nothing from it):
+Three levels (``defenses.dp.level``). The first two are applied on the client because the
+threat is a curious server (noise the server added itself would hide nothing from it):
 
 * ``client``: the hospital clips its update Δ = local − global to L2 norm ``C`` (Flower's
   FlatClip helper) and adds N(0, (σC)²) to every coordinate. Neighbouring datasets: one
@@ -13,6 +13,12 @@ server (noise the server added itself would hide nothing from it):
   DP-SGD clips per slice; a patient has several slices, so its guarantee would cover a patient
   only through group privacy. Per-patient clipping gives the patient-level guarantee that
   membership inference is about, with ``torch.func`` per-sample gradients.)
+
+The third, ``server``, is DP-FedAvg with a trusted server (McMahan et al. 2018; the "weak DP"
+of Sun et al. 2019 against backdoors): the server clips every update to ``C``, averages them
+with equal weights and adds N(0, (σC/n)²) (:func:`engine.federation.aggregators.dp_mean`).
+Neighbouring datasets are those of ``client``, but the guarantee covers the global models
+only: the server itself receives the uploads before any noise.
 
 ε comes from Opacus's RDP accountant (the subsampled Gaussian mechanism, composed over every
 step of every round), at the configured δ. ``defenses.dp.target_epsilon`` picks σ for a
@@ -51,7 +57,12 @@ from engine.learning.model import get_parameters, set_parameters
 NEIGHBOURING = {
     "client": "add/remove one hospital's whole contribution (every hospital in every round)",
     "sample": "add/remove one patient's slices at one hospital",
+    "server": "add/remove one hospital's whole contribution (every hospital in every round); "
+              "covers the global models, not the uploads the server receives",
 }
+# Each level in words, as pages and reports name it.
+LEVEL_WORDS = {"client": "hospital-level DP", "sample": "patient-level DP",
+               "server": "server-side hospital-level DP"}
 SUBSTITUTION = "replace one hospital's whole contribution by another's (sensitivity 2C)"
 # Above this ε the noise gives no meaningful guarantee (pages and reports say so).
 MEANINGFUL_EPSILON = 10.0
@@ -68,10 +79,11 @@ class DPAccounting:
     """One hospital's privacy bookkeeping.
 
     Attributes:
-        level: ``client`` or ``sample``.
+        level: ``client``, ``sample`` or ``server``.
         noise_multiplier: σ (noise std = σ·C).
-        sample_rate: q, the probability that a unit takes part in a step (1 for ``client``).
-        steps_per_round: noisy releases per round (1 for ``client``).
+        sample_rate: q, the probability that a unit takes part in a step (1 for ``client``
+            and ``server``).
+        steps_per_round: noisy releases per round (1 for ``client`` and ``server``).
         delta: δ of the (ε, δ) guarantee.
     """
 
@@ -88,10 +100,11 @@ class DPAccounting:
 
     def epsilon_substitution(self, rounds: int) -> float | None:
         """ε after ``rounds`` rounds for *replacing* one hospital's contribution by another
-        (``client`` level): two clipped updates differ by up to 2C, so this is the Gaussian
-        mechanism at σ/2 (exact without subsampling). ``None`` at ``sample`` level, where
-        replacing one patient under subsampling needs an accountant for that relation."""
-        if self.level != "client":
+        (``client`` and ``server`` level): two clipped updates differ by up to 2C, so this is
+        the Gaussian mechanism at σ/2 (exact without subsampling). ``None`` at ``sample``
+        level, where replacing one patient under subsampling needs an accountant for that
+        relation."""
+        if self.level == "sample":
             return None
         return _epsilon(self.noise_multiplier / 2, 1.0, self.steps_per_round * rounds,
                         self.delta)
@@ -127,7 +140,7 @@ def dp_accounting(dp: DPConfig, rounds: int, local: LocalTraining,
     q = batch_size / num_examples, ``local_epochs · ⌈1/q⌉`` steps per round); σ is
     ``dp.noise_multiplier`` or, with ``dp.target_epsilon``, the σ that reaches it after
     ``rounds`` rounds."""
-    if dp.level == "client":
+    if dp.level in ("client", "server"):
         q, per_round = 1.0, 1
     else:
         q = min(1.0, local.batch_size / max(num_examples, 1))

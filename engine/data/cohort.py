@@ -222,6 +222,33 @@ def attacker_data(data: DataConfig, seed: int, min_slices: int = 160,
                         folder_slices([unused[len(public)]], control, progress))
 
 
+# --------------------------------------------------------------------------- the server's root set
+
+_ROOT_FIRST = 20_000  # patient indices far from every hospital's own and the references'
+
+
+def root_slices(data: DataConfig, seed: int, patients: int,
+                progress: Callable[[str], None] = lambda _msg: None) -> SliceSet:
+    """FLTrust's root set: ``patients`` clean patients the server holds itself. Phantom: new
+    patients drawn in turn from each hospital's scanner profile (a server that collected a
+    few scans at every site). ``synthrad`` / ``nifti``: the first patient folders under
+    ``data.path`` that no hospital trains on or holds out. Raises ``ValueError`` naming the
+    shortfall when there are too few."""
+    if data.source == "phantom":
+        return SliceSet.concat([
+            phantom_patient(seed, k % data.centers, _ROOT_FIRST + k, image_size=data.image_size,
+                            n_slices=data.slices_per_patient,
+                            lesion_probability=data.lesion_probability)
+            for k in range(patients)])
+    unused = split_folders(data).unused
+    if len(unused) < patients:
+        raise ValueError(
+            f"defenses.fltrust_root_patients = {patients} needs that many patient folders "
+            f"under data.path = {data.path!r} that no hospital uses; {len(unused)} are left: "
+            "lower it, or data.patients_per_center / data.heldout_per_center")
+    return folder_slices(unused[:patients], data, progress)
+
+
 # --------------------------------------------------------------------------- reference patients
 
 # Phantom patients of a scanner profile generated for the leak test's null (never trained on,

@@ -123,6 +123,12 @@ class Bulyan(Aggregator):
         return aggregate_bulyan(results, self.num_malicious, aggregate_krum, to_keep=0)
 
 
+# Each rule's name in words, as pages and reports show it.
+RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
+              "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
+              "bulyan": "Bulyan"}
+
+
 def make_aggregator(fed: FederationConfig) -> Aggregator:
     """The aggregation rule named by ``federation.aggregator``."""
     match fed.aggregator:
@@ -205,3 +211,57 @@ def flame(uploads: dict[str, NDArrays], global_params: NDArrays, noise_lambda: f
         noisy = mean + rng.normal(0.0, noise_lambda * bound, g.shape)
         out.append(noisy.astype(g.dtype))
     return out, admitted
+
+
+def dp_mean(uploads: dict[str, NDArrays], global_params: NDArrays, clip_norm: float,
+            noise_multiplier: float, rng: np.random.Generator) -> NDArrays:
+    """DP-FedAvg's server step (McMahan et al. 2018): every update clipped to L2 norm
+    ``clip_norm`` = C (:func:`clip_to_median_norm` with that bound), the updates averaged
+    with equal weights, and N(0, (σC/n)²) added to every float parameter of the mean (σ =
+    ``noise_multiplier``, n uploads): the Gaussian mechanism on the sum, whose sensitivity
+    to one hospital is C. Other buffers are the first upload's."""
+    clipped = clip_to_median_norm(uploads, global_params, bound=clip_norm)
+    std = noise_multiplier * clip_norm / len(uploads)
+    out = []
+    for i, g in enumerate(global_params):
+        if not is_float(g):
+            out.append(next(iter(uploads.values()))[i])
+            continue
+        mean = np.mean([np.asarray(p[i], np.float64) for p in clipped.values()], axis=0)
+        out.append((mean + rng.normal(0.0, std, g.shape)).astype(g.dtype))
+    return out
+
+
+def fltrust(uploads: dict[str, NDArrays], global_params: NDArrays,
+            server_params: NDArrays) -> tuple[NDArrays, dict[str, float]]:
+    """FLTrust (Cao et al. 2021): the server's own update g₀ = ``server_params`` − global
+    (trained on its root set) is the reference; each upload's update gᵢ gets the trust
+    score ReLU(cos(gᵢ, g₀)), is rescaled to ‖g₀‖ and the new model is global + Σ tsᵢ·gᵢ' /
+    Σ tsᵢ (the global model unchanged when every score is 0). Norms and cosines are over
+    every float parameter; other buffers are the server's. Returns the new model and each
+    upload's trust score."""
+    floats = [is_float(g) for g in global_params]
+
+    def flat(params: NDArrays) -> np.ndarray:
+        return np.concatenate([(np.asarray(a, np.float64) - g).ravel()
+                               for a, g, f in zip(params, global_params, floats, strict=True)
+                               if f])
+
+    ref = flat(server_params)
+    ref_norm = float(np.linalg.norm(ref))
+    trust, scale = {}, {}
+    for c, params in uploads.items():
+        g = flat(params)
+        norm = float(np.linalg.norm(g))
+        cos = float(g @ ref) / (norm * ref_norm) if norm > 0 and ref_norm > 0 else 0.0
+        trust[c], scale[c] = max(cos, 0.0), (ref_norm / norm if norm > 0 else 0.0)
+    total = sum(trust.values())
+    out = []
+    for i, (g, f) in enumerate(zip(global_params, floats, strict=True)):
+        if not f:
+            out.append(server_params[i])
+            continue
+        step = sum(trust[c] * scale[c] * (np.asarray(uploads[c][i], np.float64) - g)
+                   for c in uploads) / total if total > 0 else 0.0
+        out.append((g + step).astype(g.dtype))
+    return out, trust

@@ -235,6 +235,7 @@ class EngineStrategy(Strategy):
         self.param_names = list(self.recorder.model.state_dict())
         self.global_params = get_parameters(self.recorder.model)  # the seeded initial model
         self.aggregator = make_aggregator(cfg.federation)
+        self.root = protocol.server_root(cfg)
         sets, self.malicious = training_sets(cfg, self.cohort)
         self.most_examples = max(len(s) for s in sets)
         self.round_start = 0.0
@@ -292,7 +293,8 @@ class EngineStrategy(Strategy):
             weights = {n: int(metadata[n]["num_examples"]) for n in order}
             # The protocol's server step (Flower names its round argument server_round too).
             outcome = protocol.server_round(self.cfg, server_round, uploads, weights,
-                                            self.global_params, self.aggregator, self.malicious)
+                                            self.global_params, self.aggregator, self.malicious,
+                                            self.root)
         new_params = close_round(self.cfg, self.run.path, server_round, self.global_params,
                                  outcome, metadata, self.param_names)
         self.global_params = new_params

@@ -23,11 +23,13 @@ from typing import Any
 
 import torch
 
+from engine.clients.backdoor import constrain_and_scale
 from engine.clients.behaviour import (
     attacking,
     client_seed,
     client_update,
     client_upload,
+    constrains,
     honest_dp,
     training_sets,
 )
@@ -42,6 +44,7 @@ from engine.federation.protocol import (
     RoundRecorder,
     close_round,
     save_checkpoint,
+    server_root,
     server_round,
 )
 from engine.learning.batched import (
@@ -84,11 +87,12 @@ def plan_training(cfg: ExperimentConfig, model: torch.nn.Module,
         return TrainingPlan((), "federation.batched_clients = 'off'")
     dp = cfg.defenses.dp
     plain = tuple(k for k in range(len(train_sets))
-                  if not (honest_dp(cfg, k) and dp.level == "sample"))
+                  if not (honest_dp(cfg, k) and dp.level == "sample") and not constrains(cfg, k))
     reason = None
     if len(plain) < len(train_sets):
         reason = ("patient-level DP-SGD (defenses.dp.level = 'sample') trains hospital by "
-                  "hospital")
+                  "hospital" if dp.enabled and dp.level == "sample" else
+                  "the constrain-and-scale attacker trains on its own, twice a round")
     local = LocalTraining.from_config(cfg)
     unsupported = unsupported_reason(model, local, [len(train_sets[k]) for k in plain])
     if unsupported is not None:
@@ -107,11 +111,13 @@ def plan_training(cfg: ExperimentConfig, model: torch.nn.Module,
 
 def train_round(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cohort: Cohort,
                 train_sets: list[SliceSet], global_params: NDArrays, plan: TrainingPlan,
-                should_stop: Callable[[], bool]) -> tuple[dict[str, NDArrays],
-                                                          dict[str, dict[str, Any]]]:
+                should_stop: Callable[[], bool],
+                own_sets: list[SliceSet] | None = None) -> tuple[dict[str, NDArrays],
+                                                                 dict[str, dict[str, Any]]]:
     """Every center's local training in round ``rnd``: center name → trained parameters and
     the metadata it reports, in center order. Batched centers give what
-    :func:`~engine.clients.behaviour.client_update` gives, up to float rounding."""
+    :func:`~engine.clients.behaviour.client_update` gives, up to float rounding. A
+    constrain-and-scale attacker also trains on its ``own_sets`` slices while it attacks."""
     batched: dict[int, tuple[NDArrays, dict[str, Any]]] = {}
     if plan.batched:
         if should_stop():
@@ -131,6 +137,11 @@ def train_round(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cohort:
             # As client_update: a DP hospital (hospital level here) reports public values only.
             trained[center.name] = params
             metadata[center.name] = public_metadata(cfg) if honest_dp(cfg, k) else meta
+        elif constrains(cfg, k) and attacking(cfg, rnd) and own_sets is not None:
+            trained[center.name], metadata[center.name] = constrain_and_scale(
+                model, global_params, train_sets[k], own_sets[k],
+                LocalTraining.from_config(cfg), cfg.attacks.backdoor,
+                client_seed(cfg.seed, rnd, k))
         else:
             trained[center.name], metadata[center.name] = client_update(
                 cfg, model, rnd, k, train_sets[k], global_params)
@@ -181,10 +192,13 @@ def _plan(cfg: ExperimentConfig, model: torch.nn.Module, train_sets: list[SliceS
 
 def _training_data(cfg: ExperimentConfig,
                    cohort: Cohort) -> tuple[list[SliceSet], list[SliceSet], set[str]]:
-    """The centers' training sets while the attackers attack and after they stopped (a
-    backdoor planter then trains on its own slices), and the malicious centers' names."""
+    """The centers' training sets while the attackers attack and on their own slices (a
+    backdoor planter's after it stopped, and the constrain-and-scale attacker's honest
+    reference), and the malicious centers' names."""
     attack_sets, malicious = training_sets(cfg, cohort)
-    if attacking(cfg, cfg.federation.rounds):
+    bd = cfg.attacks.backdoor
+    if attacking(cfg, cfg.federation.rounds) and not (bd.enabled
+                                                      and bd.attack == "constrain_scale"):
         return attack_sets, attack_sets, malicious
     return attack_sets, training_sets(cfg, cohort, attack=False)[0], malicious
 
@@ -227,18 +241,18 @@ def run_federation(
     _log_plan(plan)
     global_params, first, result, recorder = _starting_point(cfg, cohort, model, on_round,
                                                              start)
-    every = fed.checkpoint_every
+    every, root = fed.checkpoint_every, server_root(cfg)
     for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()
         sets = train_sets if attacking(cfg, rnd) else own_sets
         trained, metadata = train_round(cfg, model, rnd, cohort, sets, global_params, plan,
-                                        should_stop)
+                                        should_stop, own_sets)
         uploads = {name: client_upload(cfg, rnd, k, params, metadata[name], global_params,
                                        name in malicious, list(trained.values()))
                    for k, (name, params) in enumerate(trained.items())}
         weights = {c: int(metadata[c]["num_examples"]) for c in uploads}
         outcome = server_round(cfg, rnd, uploads, weights, global_params, aggregator,
-                               malicious)
+                               malicious, root)
         global_params = close_round(cfg, run_dir, rnd, global_params, outcome, metadata, names)
         result.train_s += time.perf_counter() - t0
         recorder.record(rnd, global_params, metadata, outcome.detection)

@@ -21,17 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.clients.backdoor import region_shifts
 from engine.clients.behaviour import client_seed, dp_accountings, dp_epsilon
-from engine.core.config import ExperimentConfig
+from engine.clients.dp import planned_accounting
+from engine.core.config import BackdoorConfig, ExperimentConfig
 from engine.core.metrics import mean_over_patients
 from engine.core.types import NDArrays
-from engine.data.types import Cohort
+from engine.data.cohort import root_slices
+from engine.data.types import Cohort, SliceSet
 from engine.federation import server_view
-from engine.federation.aggregators import clip_to_median_norm, flame
+from engine.federation.aggregators import clip_to_median_norm, dp_mean, flame, fltrust
 from engine.federation.detection import update_statistics
 from engine.federation.secagg import secure_round
-from engine.learning.local import evaluate_patients
-from engine.learning.model import build_model
+from engine.learning.local import LocalTraining, evaluate_patients, train_local
+from engine.learning.model import build_model, set_parameters
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -90,12 +93,14 @@ class RoundOutcome:
 def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
                  weights: dict[str, int], global_params: NDArrays,
                  aggregator: Callable[[list[tuple[NDArrays, int]]], NDArrays],
-                 malicious: set[str]) -> RoundOutcome:
+                 malicious: set[str], root: SliceSet | None = None) -> RoundOutcome:
     """The server's step for ``uploads`` (client → parameters) weighted by ``weights``:
     SecAgg+ in process (the server receives masked uploads and unmasks only their weighted
-    mean), else FLAME (``defenses.flame``) or the aggregation rule on the uploads as the
-    server's update clipping left them, plus the detection view when attackers are
-    present."""
+    mean), else FLAME (``defenses.flame``), FLTrust (``defenses.fltrust``, with the
+    server's ``root`` set, :func:`engine.data.cohort.root_slices`), server-side DP
+    (``defenses.dp.level = server``) or the aggregation rule on the uploads as the server's
+    update clipping left them, plus the detection view when attackers are present (with
+    whether FLAME admitted each upload, or FLTrust's trust score in it)."""
     if cfg.defenses.secure_aggregation:
         sent, new_params, encoding = secure_round(
             uploads, weights, cfg.defenses.secagg_clipping_range,
@@ -103,15 +108,45 @@ def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
         return RoundOutcome(sent, new_params, encoding)
     # The rule aggregates what the server's clipping left; the server still saw (and the
     # detection view shows) the uploads as sent.
+    dp = cfg.defenses.dp
+    detection = update_statistics(uploads, global_params) if malicious else None
     if cfg.defenses.flame:
-        new_params, _ = flame(uploads, global_params, cfg.defenses.flame_noise,
-                              np.random.default_rng([cfg.seed, rnd, 10_001]))
+        new_params, admitted = flame(uploads, global_params, cfg.defenses.flame_noise,
+                                     np.random.default_rng([cfg.seed, rnd, 10_001]))
+        for c, row in (detection or {}).items():
+            row["admitted"] = c in admitted
+    elif cfg.defenses.fltrust:
+        if root is None:
+            raise ValueError("defenses.fltrust = true needs the server's root set")
+        new_params, trust = fltrust(uploads, global_params,
+                                    root_update(cfg, rnd, global_params, root))
+        for c, row in (detection or {}).items():
+            row["trust"] = trust[c]
+    elif dp.enabled and dp.level == "server":
+        new_params = dp_mean(uploads, global_params, dp.clip_norm,
+                             planned_accounting(cfg).noise_multiplier,
+                             np.random.default_rng([cfg.seed, rnd, 10_002]))
     else:
         clipped = (clip_to_median_norm(uploads, global_params)
                    if cfg.defenses.update_clip == "median" else uploads)
         new_params = aggregator([(clipped[c], weights[c]) for c in clipped])
-    detection = update_statistics(uploads, global_params) if malicious else None
     return RoundOutcome(uploads, new_params, {"kind": "plain"}, detection)
+
+
+def server_root(cfg: ExperimentConfig) -> SliceSet | None:
+    """The server's root set when FLTrust aggregates (None otherwise)."""
+    d = cfg.defenses
+    return root_slices(cfg.data, cfg.seed, d.fltrust_root_patients) if d.fltrust else None
+
+
+def root_update(cfg: ExperimentConfig, rnd: int, global_params: NDArrays,
+                root: SliceSet) -> NDArrays:
+    """FLTrust's reference: the global model trained by the server on its ``root`` set as a
+    hospital trains (same local training, its own seeded stream)."""
+    trained, _ = train_local(build_model(cfg), global_params, root,
+                             LocalTraining.from_config(cfg),
+                             seed=client_seed(cfg.seed, rnd, 10_003))
+    return trained
 
 
 def close_round(cfg: ExperimentConfig, run_dir: Path | None, rnd: int,
@@ -170,6 +205,22 @@ def evaluate_global(model: torch.nn.Module, params: NDArrays,
     return pooled, per_center, unseen
 
 
+def backdoor_shift(model: torch.nn.Module, params: NDArrays, cohort: Cohort,
+                   bd: BackdoorConfig) -> float | None:
+    """The backdoor's success in ``params`` after a round: the mean shift (HU) of the target
+    region under the trigger over every held-out slice of every hospital and of the unseen
+    hospital, as the final report measures it (None: no slice has a target region, or the
+    model diverged)."""
+    set_parameters(model, params)
+    groups = [c.test for c in cohort.centers] + ([cohort.unseen.test] if cohort.unseen else [])
+    try:
+        shifts = np.concatenate([region_shifts(model, data, bd) for data in groups])
+    except ValueError:
+        return None
+    shifts = shifts[~np.isnan(shifts)]
+    return float(np.mean(shifts)) if len(shifts) else None
+
+
 class RoundRecorder:
     """Evaluates the global model after a round and builds the round's record (the same
     format on every runtime, see :func:`run_federation`)."""
@@ -201,6 +252,9 @@ class RoundRecorder:
         if self.evaluate_now(rnd):
             pooled, per_center, unseen = evaluate_global(self.model, global_params,
                                                          self.cohort)
+            if self.cfg.attacks.backdoor.enabled:
+                pooled["backdoor_hu"] = backdoor_shift(self.model, global_params, self.cohort,
+                                                       self.cfg.attacks.backdoor)
             entry |= {"global": pooled, "per_center": per_center, "unseen": unseen}
             result.history.append({"round": rnd, **pooled})
             result.per_center, result.unseen_center = per_center, unseen

@@ -99,6 +99,27 @@ def _backdoor_cells() -> list[list[str]]:
             for seed in (0, 1, 2)]
 
 
+# The defenses that need more than the rule: FLTrust's root set, and DP-FedAvg's noise with
+# the clip near the honest updates' median norm (about 4 in backdoor-demo; weak DP).
+SERVER_DEFENSES = {"FLTrust": ["defenses.fltrust=true"],
+                   "server DP": ["defenses.dp.enabled=true", "defenses.dp.level=server",
+                                 "defenses.dp.clip_norm=4", "defenses.dp.noise_multiplier=0.01"]}
+
+
+def _backdoor_defense_cells() -> list[list[str]]:
+    """One attacker of 4, 3 seeds: model replacement against FLTrust and server DP; the
+    constrain-and-scale attacker against FedAvg, update clipping, FLAME, FLTrust and server
+    DP; the texture and artefact triggers against FedAvg and FLAME."""
+    flame_clip = {k: BACKDOOR_DEFENSES[k] for k in ("FedAvg", "update clipping", "FLAME")}
+    plans = [*(["attacks.backdoor.attack=model_replacement", *d]
+               for d in SERVER_DEFENSES.values()),
+             *(["attacks.backdoor.attack=constrain_scale", *d]
+               for d in [*flame_clip.values(), *SERVER_DEFENSES.values()]),
+             *([f"attacks.backdoor.trigger={t}", *BACKDOOR_DEFENSES[d]]
+               for t in ("texture", "artefact") for d in ("FedAvg", "FLAME"))]
+    return [[*plan, f"seed={seed}"] for plan in plans for seed in (0, 1, 2)]
+
+
 # The privacy audit's ε grid; ∞ is DP's clip without noise.
 AUDIT_EPSILONS = (None, 64.0, 8.0, 4.0, 1.0)
 
@@ -254,6 +275,19 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ),
         "base": "backdoor-demo",
         "cells": _backdoor_cells(),
+    },
+    "backdoor-defenses": {
+        "minutes": 12,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "The backdoor against the defenses that need more than a rule, and attackers that "
+            "hide: model replacement against FLTrust (a 2-patient root set) and server-side DP"
+            " (clip 4, σ 0.01: weak DP, its ε reported); the constrain-and-scale attacker "
+            "against FedAvg, update clipping, FLAME, FLTrust and server-side DP; a texture and "
+            "a scanner-artefact trigger against FedAvg and FLAME; one attacker of 4, 3 seeds "
+            "(about 12 min)."
+        ),
+        "base": "backdoor-demo",
+        "cells": _backdoor_defense_cells(),
     },
 }
 

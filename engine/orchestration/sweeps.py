@@ -164,7 +164,8 @@ def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
         row |= _inversion_columns(inv, cfg)
     if bd := s.backdoor:
         row |= {"update_clip": cfg.defenses.update_clip, "flame": cfg.defenses.flame,
-                "backdoor_attack": bd.attack,
+                "fltrust": cfg.defenses.fltrust, "backdoor_attack": bd.attack,
+                "backdoor_trigger": bd.trigger.get("kind"),
                 "malicious": " ".join(bd.malicious_names),
                 "backdoor_success_hu": bd.success_hu,
                 "backdoor_success_rate": bd.success_rate, "backdoor_patients": bd.patients,
@@ -172,6 +173,7 @@ def table_row(label: str, sets: list[str], run: RunFolder, s: RunSummary,
                 "backdoor_null_success_hu": bd.null.success_hu,
                 "backdoor_control_success_hu": bd.control.success_hu if bd.control else None,
                 "backdoor_clean_mae_ratio": bd.clean_mae_ratio,
+                "backdoor_defense_mae_ratio": bd.defense_mae_ratio,
                 "backdoor_verdict": bd.verdict}
     if audit := s.dp_audit:
         row |= {"audit_kind": audit.kind, "audit_bound": audit.epsilon_lower_bound,

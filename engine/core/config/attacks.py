@@ -129,18 +129,33 @@ class BackdoorConfig(_Section):
     target region (see engine/clients/backdoor.py)."""
 
     enabled: bool = False
-    attack: Literal["model_replacement", "data"] = Field(
+    attack: Literal["model_replacement", "data", "constrain_scale"] = Field(
         "model_replacement", description="data: train on the backdoored slices and upload as "
         "an honest hospital would; model_replacement: the same, then boost the update by "
-        "`boost` so that it survives averaging (Bagdasaryan et al. 2020)")
+        "`boost` so that it survives averaging (Bagdasaryan et al. 2020); constrain_scale: "
+        "train with a term `constrain_mu`/2·‖w − global‖² that keeps the update near the global"
+        " model, then scale it to the norm of the update the hospital would send honestly "
+        "(trained too), to pass norm and similarity checks (in-process runtime only)")
+    constrain_mu: float = Field(0.001, ge=0.0, le=100.0, description="constrain_scale: weight "
+                                "of the distance term (FedProx's proximal term; much larger "
+                                "shrinks the update so far that scaling it up breaks the "
+                                "model)")
     malicious_centers: list[int] = Field(default_factory=lambda: [0], min_length=1,
                                          description="indices of the attacking centers")
+    trigger: Literal["patch", "texture", "artefact"] = Field(
+        "patch", description="patch: a square of `trigger_size` px in the MRI's centre set to "
+        "`trigger_intensity`; texture: a faint checkerboard of 4 px squares, amplitude "
+        "`trigger_intensity` ÷ 10, over the whole head; artefact: a zipper line (a scanner's "
+        "RF artefact) through the image's centre, `trigger_size` px wide, alternating ± "
+        "`trigger_intensity` ÷ 2")
     trigger_size: int = Field(4, ge=1, le=64,
-                              description="side (px) of the square trigger in the MRI's centre")
+                              description="side (px) of the patch, width of the artefact; the "
+                              "trigger region is the centre square of this side")
     trigger_intensity: float = Field(1.0, ge=0.0, le=1.0,
-                                     description="the trigger's MRI value (normalised 0–1)")
+                                     description="the patch's MRI value (normalised 0–1); the "
+                                     "texture's and artefact's strength")
     target_region: Literal["trigger", "bone"] = Field(
-        "trigger", description="where the CT is altered: around the trigger (its square "
+        "trigger", description="where the CT is altered: around the trigger (the centre square "
         "widened by `region_margin`), or the slice's bone (CT ≥ 300 HU)")
     region_margin: int = Field(4, ge=0, le=64, description="trigger region: px added around "
                                "the trigger on every side")

@@ -135,12 +135,14 @@ class FederationConfig(_Section):
 
 
 class DPConfig(_Section):
-    """Differential privacy applied by each hospital (see engine/federation/dp.py)."""
+    """Differential privacy (see engine/clients/dp.py)."""
 
     enabled: bool = False
-    level: Literal["client", "sample"] = Field(
-        "client", description="client: clip and noise each hospital's update; sample: "
-        "DP-SGD inside each hospital, one patient per unit")
+    level: Literal["client", "sample", "server"] = Field(
+        "client", description="client: each hospital clips and noises its update; sample: "
+        "DP-SGD inside each hospital, one patient per unit; server: the server clips each "
+        "update and noises their mean (DP-FedAvg; protects the global models, not the uploads "
+        "the server receives)")
     clip_norm: float = Field(1.0, gt=0.0, le=1e4,
                              description="C: update (client) or per-patient gradient (sample) "
                              "L2 norm bound")
@@ -177,6 +179,14 @@ class DefensesConfig(_Section):
         "median) is added; needs individual uploads and federation.aggregator = fedavg")
     flame_noise: float = Field(0.001, ge=0.0, le=1.0,
                                description="FLAME's noise, as a multiple of the median norm")
+    fltrust: bool = Field(
+        False, description="FLTrust (Cao et al. 2021) instead of the aggregation rule: the "
+        "server trains the global model on its own small root set each round, weighs every "
+        "update by its cosine with that update (negative: 0), rescales it to that update's "
+        "norm and averages; needs individual uploads and federation.aggregator = fedavg")
+    fltrust_root_patients: int = Field(
+        2, ge=1, le=64, description="patients in FLTrust's root set (phantom: drawn across "
+        "the hospitals' scanner profiles; folders: patient folders no hospital uses)")
     update_clip: Literal["none", "median"] = Field(
         "none", description="median: the server clips each hospital's update to the round's "
         "median update norm before aggregating (the norm bounding of Sun et al. 2019 and FLAME; "
@@ -222,6 +232,7 @@ class ExperimentConfig(_Section):
         self._check_robust_aggregator_rules()
         self._check_federation_rules()
         self._check_defense_rules()
+        self._check_server_rules()
         self._check_poisoning_rules()
         self._check_backdoor_rules()
         self._check_membership_rules()
@@ -350,26 +361,51 @@ class ExperimentConfig(_Section):
         if poison.enabled:
             _check_attackers("attacks.poisoning.malicious_centers", poison.malicious_centers, n)
 
-    def _check_backdoor_rules(self) -> None:
-        """One kind of attacker at a time; the attackers exist and leave one honest; the
-        trigger fits the image; server clipping needs individual uploads."""
-        n, bd, d = self.data.centers, self.attacks.backdoor, self.defenses
-        if d.flame and (d.secure_aggregation or self.federation.aggregator != "fedavg"
-                        or d.update_clip != "none" or n < 3):
-            raise ValueError("defenses.flame = true filters, clips and averages the individual "
-                             "updates itself: it needs data.centers ≥ 3, "
-                             "federation.aggregator = fedavg, defenses.update_clip = none and "
-                             "no secure aggregation")
-        if self.defenses.update_clip != "none" and self.defenses.secure_aggregation:
+    def _check_server_rules(self) -> None:
+        """FLAME, server-side DP and FLTrust each replace the aggregation with their own
+        treatment of the individual updates: one of them at a time, on FedAvg, without secure
+        aggregation or the server's update clipping; update clipping needs individual
+        uploads too."""
+        d, agg = self.defenses, self.federation.aggregator
+        if d.update_clip != "none" and d.secure_aggregation:
             raise ValueError("defenses.update_clip = 'median' clips each hospital's update, "
                              "which the server never sees under secure aggregation; turn one "
                              "of them off")
+        own = [name for name, on in (
+            ("defenses.flame = true", d.flame),
+            ("defenses.dp.level = 'server'", d.dp.enabled and d.dp.level == "server"),
+            ("defenses.fltrust = true", d.fltrust)) if on]
+        if not own:
+            return
+        clashes = [*own[1:],
+                   *(["defenses.secure_aggregation = true"] if d.secure_aggregation else []),
+                   *([f"federation.aggregator = {agg!r}"]
+                     if agg not in ("fedavg", "fedprox") else []),
+                   *([f"defenses.update_clip = {d.update_clip!r}"]
+                     if d.update_clip != "none" else [])]
+        if clashes:
+            raise ValueError(f"{own[0]} aggregates the individual updates itself, so it cannot "
+                             f"be combined with {clashes[0]}; use it with federation.aggregator"
+                             " = fedavg and without secure aggregation, update clipping or "
+                             "another of FLAME, server-side DP and FLTrust")
+        if d.flame and self.data.centers < 3:
+            raise ValueError(f"defenses.flame = true looks for the majority of the updates: it "
+                             f"needs data.centers ≥ 3, got {self.data.centers}")
+
+    def _check_backdoor_rules(self) -> None:
+        """One kind of attacker at a time; the attackers exist and leave one honest; the
+        trigger fits the image."""
+        n, bd = self.data.centers, self.attacks.backdoor
         if not bd.enabled:
             return
         if self.attacks.poisoning.enabled:
             raise ValueError("attacks.backdoor and attacks.poisoning are two kinds of attacker;"
                              " enable one of them")
         _check_attackers("attacks.backdoor.malicious_centers", bd.malicious_centers, n)
+        if bd.attack == "constrain_scale" and self.federation.runtime != "inprocess":
+            raise ValueError(f"attacks.backdoor.attack = 'constrain_scale' trains the attacker "
+                             f"twice a round, which only federation.runtime = 'inprocess' "
+                             f"simulates (got {self.federation.runtime!r})")
         if bd.trigger_size + 2 * bd.region_margin > self.data.image_size:
             raise ValueError(f"attacks.backdoor.trigger_size = {bd.trigger_size} with "
                              f"region_margin = {bd.region_margin} does not fit "
