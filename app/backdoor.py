@@ -33,7 +33,7 @@ def _run(run: views.BackdoorRun) -> None:
     box = verdict_box(views.verdict(run))
     if (png := run.example()) is not None:
         box.image(str(png), caption=views.EXAMPLE_CAPTION)
-    if (fig := views.rounds_figure(run)) is not None:
+    if (fig := views.rounds_figure(run.backdoor, run.defense)) is not None:
         st.plotly_chart(fig)
         st.caption(views.ROUNDS_CAPTION)
     number_table(*views.hospital_table(run.backdoor))

@@ -1,5 +1,6 @@
 """Streamlit widgets of the Poisoning page: the attack controls, one attacked run's
-verdicts, curves and detection, and the studies. Words, figures and row filtering are in
+verdicts, curves and detection, and the studies (the strongest attacker's breakdown curves
+among them). Words, figures and row filtering are in
 ``app.views.poisoning``."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.state import persisted
+from app.views import breakdown as bd_views
 from app.views.common import AGGREGATOR_HELP, expected_words, hospital_name
 from app.views.poisoning import (
     KIND_HELP,
@@ -45,6 +47,7 @@ from app.widgets import (
     study_section,
     verdict_box,
 )
+from engine.analyses.breakdown import breakdown
 from engine.core.config import AGGREGATORS, ExperimentConfig
 from engine.orchestration.sweep_catalogue import POISON_LEVELS
 
@@ -199,3 +202,21 @@ def other_studies() -> None:
         if sweep := study_section(name, title, cell_words):
             st.plotly_chart(figure(sweep.rows), key=f"poi_{name}")
             st.caption(caption)
+
+
+def breakdown_study() -> None:
+    """The strongest attacker against each rule: breakdown curves, the worst-case table and
+    every cell."""
+    sweep = study_section(bd_views.STUDY, bd_views.TITLE, bd_views.cell_words,
+                          intro=bd_views.INTRO)
+    if sweep is None:
+        return
+    cells = breakdown(sweep.rows)
+    if not cells:
+        return
+    st.plotly_chart(bd_views.breakdown_figure(cells), key="poi_breakdown")
+    st.caption(bd_views.CAPTION)
+    st.markdown("**Each rule against its worst attack**")
+    st.dataframe(bd_views.worst_table(cells), hide_index=True)
+    with st.expander("Every rule, number of attackers and attack (mean error ratio)"):
+        st.dataframe(bd_views.cell_table(cells), hide_index=True)

@@ -9,10 +9,12 @@ import streamlit as st
 from app.params import AUDIT_RUN, MEMBERSHIP_COMPARE, MEMBERSHIP_RUN
 from app.state import persisted
 from app.views import dp_audit as audit
+from app.views import frontier
 from app.views import membership as views
 from app.views.membership import MiaRun
 from app.views.results import RunRow, list_runs
 from app.widgets import damaged_warnings, preset_jobs, run_picker, study_section, verdict_box
+from engine.analyses.frontier import frontier as frontier_points
 
 PRESETS = (("mia-paper", "Attack an undefended federation"),
            ("mia-secagg", "Attack with secure aggregation"))
@@ -89,6 +91,16 @@ def _dp_tradeoff() -> None:
     st.markdown(views.dp_sentence(sweep.rows))
 
 
+def _dp_frontier() -> None:
+    for name, title in frontier.STUDIES:
+        sweep = study_section(name, title, frontier.cell_words, intro=frontier.INTRO)
+        if sweep is not None:
+            points = frontier_points(sweep.rows)
+            st.plotly_chart(frontier.frontier_figure(points), key=f"mia_{name}")
+            st.caption(frontier.CAPTION)
+            st.markdown(frontier.frontier_sentence(points, frontier.hospitals(name)))
+
+
 def _dp_audit(rows: list[RunRow]) -> None:
     st.markdown("#### Privacy audit: does the noise give the ε the accountant claims?")
     st.caption(audit.AUDIT_INTRO)
@@ -130,6 +142,7 @@ def main() -> None:
         _tables(shown)
         _secagg(shown, compare)
     _dp_tradeoff()
+    _dp_frontier()
     _dp_audit(rows)
 
 

@@ -9,6 +9,7 @@ from app.params import POISONING_RUN
 from app.poisoning import (
     attack_controls,
     attack_curves,
+    breakdown_study,
     detection_section,
     other_studies,
     paper_study,
@@ -125,6 +126,7 @@ def main() -> None:
         detection_section(shown)
     paper_study(paper, metric)
     other_studies()
+    breakdown_study()
     backdoor_section(rows)
 
 

@@ -49,8 +49,9 @@ def _study() -> None:
     st.caption("Every analysis of the FedSynthCT-Brain security study — synthetic-CT quality, "
                "membership inference with and without secure aggregation, the study's DLG "
                "and the strongest inversion attack, high- and low-noise poisoning under each "
-               "rule — run one after the other, then one table puts each result beside the "
-               "study's published figure, with the sample and interval it rests on.")
+               "rule, and beyond it the backdoor against each defense — run one after the "
+               "other, then one table puts each result beside the study's published figure, "
+               "with the sample and interval it rests on.")
     scale = st.radio("Scale", list(STUDY_SCALES), horizontal=True, key="study_scale",
                      format_func=lambda x: SCALE_WORDS[x],
                      help="demo: minutes on this machine; paper: the presets as they are; "

@@ -24,6 +24,7 @@ from app.views.backdoor import (
     cell_words,
     study_table,
 )
+from app.views.report import make_report
 from engine.analyses.backdoor import (
     backdoor_report,
     backdoor_verdict,
@@ -333,6 +334,11 @@ def test_model_replacement_implants_a_backdoor_the_clean_error_does_not_show(
     assert any(f"**{s.patients_backdoored} of 14**" in m.value for m in at.markdown)
     assert any(EXAMPLE_CAPTION in c for im in at.image for c in im.captions)
     assert any(ROUNDS_CAPTION == c.value for c in at.caption)
+    # The run's report: the same verdict, the image, the chart and every hospital's row.
+    report = make_report(run.path)
+    assert "backdoor" in report.attacks and not report.problems
+    assert "Backdoor implanted" in report.html and "data:image/png;base64" in report.html
+    assert ROUNDS_CAPTION in report.html and report.html.count("Unseen hospital") >= 1
     table = at.dataframe[-1].value
     assert len(table) == 5 and table["Hospital"].iloc[-1].startswith("Unseen hospital")
 

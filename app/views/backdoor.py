@@ -19,9 +19,10 @@ from app.views.common import Verdict, hospital_name, hospital_names
 from app.views.results import RunRow, finished_with
 from engine.analyses.backdoor import defense_name
 from engine.analyses.poisoning import mean_interval
-from engine.analyses.results import BackdoorEffect, BackdoorSummary
+from engine.analyses.results import BackdoorEffect, BackdoorSummary, RunSummary
 from engine.analyses.sweep_table import SweepRow
 from engine.clients.dp import epsilon_text
+from engine.core.config import ExperimentConfig
 
 INTRO = (
     "A **backdoor** is the attack the average error does not show. A dishonest hospital "
@@ -66,11 +67,7 @@ class BackdoorRun(RunRow):
 
     @property
     def defense(self) -> str:
-        d = self.cfg.defenses if self.cfg is not None else None
-        if d is None:
-            return defense_name(self.aggregator, None)
-        return defense_name(self.aggregator, d.update_clip, d.flame, fltrust=d.fltrust,
-                            dp_level=d.dp.level if d.dp.enabled else None)
+        return config_defense(self.cfg, self.aggregator)
 
     @property
     def label(self) -> str:
@@ -81,6 +78,15 @@ class BackdoorRun(RunRow):
         ex = self.backdoor.example
         path = self.path / ex["png"] if ex else None
         return path if path is not None and path.is_file() else None
+
+
+def config_defense(cfg: ExperimentConfig | None, aggregator: str | None) -> str:
+    """A run's server defense in words, from its config (``aggregator`` without one)."""
+    if cfg is None:
+        return defense_name(aggregator, None)
+    d = cfg.defenses
+    return defense_name(cfg.federation.aggregator, d.update_clip, d.flame, fltrust=d.fltrust,
+                        dp_level=d.dp.level if d.dp.enabled else None)
 
 
 def backdoor_runs(rows: list[RunRow]) -> tuple[list[BackdoorRun], list[Path]]:
@@ -104,24 +110,32 @@ def _hu(value: float | None) -> str:
 
 
 def verdict(run: BackdoorRun) -> Verdict:
+    """The run's backdoor verdict (:func:`summary_verdict`)."""
+    assert run.summary is not None
+    return summary_verdict(run.summary, run.defense)
+
+
+def summary_verdict(summary: RunSummary, defense: str) -> Verdict:
     """The backdoor's verdict in words, with what it rests on ("–" where a figure could not
-    be measured, e.g. a bone region on slices without bone)."""
-    s = run.backdoor
+    be measured, e.g. a bone region on slices without bone); ``defense``: the run's server
+    defense in words."""
+    s = summary.backdoor
+    assert s is not None
     rests = (f"Mean shift of the targeted region under the trigger **{_hu(s.success_hu)}** "
              f"(the federation without the attacker: {_hu(s.null.success_hu)}); patients "
              f"whose region moved {s.threshold_hu:.0f} HU or more: **{_patients(s)}** "
              f"({_interval(s)}; without the attacker {_patients(s.null)}). Ordinary scans: "
              f"average error {_hu(s.clean_mae_hu)} against {_hu(s.clean_federation_mae_hu)} "
              f"without the attacker. Attack: {hospital_names(s.malicious_names)}, "
-             f"{_attack_words(s)}; defense: {run.defense}; one seed.")
+             f"{_attack_words(s)}; defense: {defense}; one seed.")
     if s.control is not None:
         rests += (f" The same attack against FedAvg: {_hu(s.control.success_hu)}, "
                   f"{_patients(s.control)} patients.")
     if s.defense_mae_ratio is not None:
         rests += (f" The defense's cost: error on ordinary scans ×{s.defense_mae_ratio:.2f} "
                   "that of FedAvg without the attacker.")
-    dp = run.summary.federation.dp if run.summary else None
-    if dp is not None and dp.enabled and dp.level == "server":
+    dp = summary.federation.dp
+    if dp.enabled and dp.level == "server":
         rests += (f" Server-side DP: {epsilon_text(dp.epsilon)} (δ {dp.delta:g}), a guarantee "
                   "for the global models, not for the uploads the server receives.")
     figure = _hu(s.success_hu)
@@ -132,7 +146,7 @@ def verdict(run: BackdoorRun) -> Verdict:
         return Verdict("orange", "Backdoor partly implanted: some patients' synthetic CT "
                        "still lies under the trigger", rests, figure, s.success_hu)
     if s.verdict == "stopped":
-        return Verdict("green", f"{run.defense} stopped this backdoor at this sample size",
+        return Verdict("green", f"{defense} stopped this backdoor at this sample size",
                        rests, figure, s.success_hu)
     if s.verdict == "inconclusive":
         return Verdict("gray", "Inconclusive: more patients are needed to tell", rests)
@@ -185,15 +199,14 @@ def hospital_table(s: BackdoorSummary) -> tuple[pd.DataFrame, dict[str, tuple[st
         "patients": ("Patients", "%d", "Held-out patients scored (nobody trained on them)")}
 
 
-def rounds_figure(run: BackdoorRun) -> go.Figure | None:
-    """The backdoor's success after each evaluated round (HU): this run and its FedAvg
-    control, with the threshold and the clean federation's final shift; None for a run that
-    did not record it."""
-    s = run.backdoor
+def rounds_figure(s: BackdoorSummary, defense: str) -> go.Figure | None:
+    """The backdoor's success after each evaluated round (HU): this run (its server
+    ``defense`` in words) and its FedAvg control, with the threshold and the clean
+    federation's final shift; None for a run that did not record it."""
     if not s.per_round:
         return None
     fig = go.Figure()
-    for name, series, dash in ((f"this run ({run.defense})", s.per_round, "solid"),
+    for name, series, dash in ((f"this run ({defense})", s.per_round, "solid"),
                                ("the same attack against FedAvg", s.control_per_round, "dot")):
         if series:
             fig.add_trace(go.Scatter(x=[p["round"] for p in series],

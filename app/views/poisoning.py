@@ -45,6 +45,10 @@ KIND_NAMES = {
     "sign_flip": "reversed update",
     "scaling": "amplified update (model replacement)",
     "alie": "A Little Is Enough",
+    "min_max": "Min-Max (adapts to the honest updates)",
+    "min_sum": "Min-Sum (adapts to the honest updates)",
+    "alie_opt": "A Little Is Enough, tuned to the rule",
+    "ipm_opt": "reversed average, tuned to the rule (IPM)",
 }
 KIND_HELP = {
     "data_noise": "The hospital trains on images spoilt with random noise (a broken scanner "
@@ -56,6 +60,15 @@ KIND_HELP = {
                "everyone else's (model replacement).",
     "alie": "The attackers send a change that is slightly wrong but stays within the normal "
             "spread of honest hospitals, so it is hard to spot (Baruch et al., 2019).",
+    "min_max": "Each round the attackers see the honest hospitals' changes and send the one "
+               "farthest from their average that is no farther from any of them than two "
+               "honest ones are from each other (Shejwalkar & Houmansadr, 2021).",
+    "min_sum": "As Min-Max, but the attackers' change may be no farther from the honest ones "
+               "in total than the most isolated honest hospital is.",
+    "alie_opt": "A Little Is Enough with its shift chosen each round, by trying the server's "
+                "own rule, to pull the result farthest from the honest average.",
+    "ipm_opt": "The attackers send the honest average reversed, scaled each round by trying "
+               "the server's own rule for the most damage (Xie et al., 2020).",
 }
 NOISE_KINDS = tuple(POISON_LEVELS)
 RULE_COLOURS = {"fedavg": "#c0392b", "fedprox": "#e67e22", "fedmedian": "#2471a3",

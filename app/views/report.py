@@ -20,6 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import yaml
 
+from app.views import backdoor as bd_ui
 from app.views import dp_audit as audit_ui
 from app.views import inversion as inv_ui
 from app.views import membership as membership_ui
@@ -34,6 +35,7 @@ from app.views.common import (
     hospital_name,
 )
 from engine.analyses.results import (
+    BackdoorSummary,
     DPAuditSummary,
     InversionSummary,
     MiaSummary,
@@ -329,6 +331,25 @@ def _poisoning(run: RunFiles, poison: PoisoningSummary, figure: _Figures) -> str
     return "".join(out)
 
 
+def _backdoor(run: RunFiles, bd: BackdoorSummary, figure: _Figures) -> str:
+    defense = bd_ui.config_defense(run.cfg, (run.summary or RunSummary()).federation.aggregator)
+    out = ["<h2>Attack: backdoor</h2>",
+           _verdict_box(bd_ui.summary_verdict(run.summary or RunSummary(backdoor=bd), defense))]
+    if bd.example:
+        img = _png(run.path / bd.example["png"], "a triggered slice")
+        if img:
+            out.append(f"<h3>{_md(bd_ui.EXAMPLE_CAPTION)}</h3>{img}")
+        else:
+            out.append(_missing(f"`{bd.example['png']}` is missing or damaged."))
+            run.problems.append(f"`{bd.example['png']}` is missing or damaged")
+    if (fig := bd_ui.rounds_figure(bd, defense)) is not None:
+        out.append(f"<h3>Round by round</h3><p>{_md(bd_ui.ROUNDS_CAPTION)}</p>" + figure(fig))
+    table, columns = bd_ui.hospital_table(bd)
+    out.append("<h3>Per hospital</h3>" + _table(table.rename(
+        columns={k: label for k, (label, _, _) in columns.items()})))
+    return "".join(out)
+
+
 def _whatif(run: RunFiles, whatif: WhatifSummary, figure: _Figures) -> str:
     out = [f"<h2>What-if: patient {html.escape(whatif.patient)} at "
            f"{html.escape(hospital_name(whatif.center))}</h2>"]
@@ -363,6 +384,7 @@ def make_report(run_dir: str | Path) -> Report:
     sections = (("mia", "membership inference", lambda b: _membership(run, b, figure)),
                 ("inversion", "gradient inversion", lambda b: _inversion(run, b)),
                 ("poisoning", "poisoning", lambda b: _poisoning(run, b, figure)),
+                ("backdoor", "backdoor", lambda b: _backdoor(run, b, figure)),
                 ("whatif", "what-if for one patient", lambda b: _whatif(run, b, figure)),
                 ("dp_audit", "privacy audit", _dp_audit))
     for key, label, section in sections:
@@ -495,7 +517,10 @@ SCALE_WORDS = {"demo": "Demo (minutes)", "paper": "Paper (the presets as they ar
 
 
 def study_cell_words(label: str | None) -> str:
-    """A running study cell in words: a preset's title, or a poisoning experiment."""
+    """A running study cell in words: a preset's title, a backdoor experiment (its label
+    names the backdoor's attack) or a poisoning experiment."""
     if label and label.startswith("name="):
         return preset_title(label.removeprefix("name="))
+    if label and label.startswith("attack="):
+        return bd_ui.cell_words(label)
     return poi_ui.cell_words(label)

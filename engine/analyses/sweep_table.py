@@ -50,6 +50,9 @@ class SweepRow(_Block):
     patient_auc_ci_pooled: Interval | None = None
     mia_verdict: str | None = None
     mia_verdict_attack: str | None = None
+    # The global-model attack (what anyone who sees the released models can run), likewise.
+    global_patient_auc_pooled: float | None = None
+    global_patient_auc_ci_pooled: Interval | None = None
     # Poisoning: ``malicious`` and ``detected`` are hospital names separated by spaces.
     poison_kind: str | None = None
     malicious: str | None = None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.clients.adaptive import ADAPTIVE_KINDS, Rule
 from engine.clients.backdoor import backdoor_upload, backdoored_slices
 from engine.clients.dp import (
     AUDITED_CENTER,
@@ -80,6 +81,17 @@ def is_malicious(cfg: ExperimentConfig, center: int) -> bool:
     return center in malicious_centers(cfg)
 
 
+def sampled_centers(cfg: ExperimentConfig, rnd: int) -> list[int]:
+    """The centers that take part in round ``rnd``: each with probability
+    ``federation.sample_rate`` (Poisson sampling, seeded by the seed and the round; every
+    center when it is 1)."""
+    n, q = cfg.data.centers, cfg.federation.sample_rate
+    if q >= 1.0:
+        return list(range(n))
+    draws = np.random.default_rng([cfg.seed, rnd, 20_000]).random(n)
+    return [k for k in range(n) if draws[k] < q]
+
+
 def constrains(cfg: ExperimentConfig, center: int) -> bool:
     """Whether ``center`` is a constrain-and-scale backdoor planter (it trains twice a
     round, :func:`engine.clients.backdoor.constrain_and_scale`)."""
@@ -117,19 +129,25 @@ def client_update(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cente
 
 def client_upload(cfg: ExperimentConfig, rnd: int, center: int, trained: NDArrays,
                   metadata: dict[str, Any], global_params: NDArrays, malicious: bool,
-                  all_trained: list[NDArrays] | None = None, *, dp: bool = True) -> NDArrays:
+                  all_trained: list[NDArrays] | None = None, *, dp: bool = True,
+                  rule: Rule | None = None) -> NDArrays:
     """What center ``center`` sends after training: honest centers apply the client-side
     defenses (pruning, then DP unless ``dp`` is False; DP's clip and noise go into
     ``metadata``), malicious ones their attack. ``all_trained`` (every center's honest
-    model) is needed by ``alie`` only."""
+    model) is needed by ``alie`` and the adaptive kinds, ``rule`` (the server's rule on flat
+    updates) by the adaptive kinds only."""
     rng = dp_rng(cfg, rnd, center)
     if malicious and cfg.attacks.backdoor.enabled:
         return backdoor_upload(trained, global_params, cfg.attacks.backdoor, rnd,
                                cfg.data.centers)
     if malicious:
-        # ALIE is given every center's honestly trained update (its own included).
-        return malicious_upload(cfg.attacks.poisoning.kind, trained, all_trained or [trained],
-                                global_params, cfg.attacks.poisoning, rng)
+        # ALIE is given every center's honestly trained update (its own included); the
+        # adaptive attackers the honest centers' (in center order in ``all_trained``) and
+        # the server's rule.
+        poison, given = cfg.attacks.poisoning, all_trained or [trained]
+        if poison.kind in ADAPTIVE_KINDS:
+            given = [m for k, m in enumerate(given) if k not in poison.malicious_centers]
+        return malicious_upload(poison.kind, trained, given, global_params, poison, rng, rule)
     if cfg.defenses.prune_fraction:
         trained = prune_update(trained, global_params, cfg.defenses.prune_fraction)
     dp_cfg = cfg.defenses.dp

@@ -15,10 +15,14 @@ threat is a curious server (noise the server added itself would hide nothing fro
   membership inference is about, with ``torch.func`` per-sample gradients.)
 
 The third, ``server``, is DP-FedAvg with a trusted server (McMahan et al. 2018; the "weak DP"
-of Sun et al. 2019 against backdoors): the server clips every update to ``C``, averages them
-with equal weights and adds N(0, (σC/n)²) (:func:`engine.federation.aggregators.dp_mean`).
-Neighbouring datasets are those of ``client``, but the guarantee covers the global models
-only: the server itself receives the uploads before any noise.
+of Sun et al. 2019 against backdoors): each round every hospital takes part with probability
+q (``federation.sample_rate``), the server clips every update to ``C``, sums them, adds
+N(0, (σC)²) and divides by the expected count qn
+(:func:`engine.federation.aggregators.dp_mean`). Neighbouring datasets are those of
+``client``, and the accountant counts the sampling (the subsampled Gaussian mechanism, as
+for DP-SGD), but the guarantee covers the global models only: the server itself receives
+the uploads before any noise, and knows who took part (so ``client`` level claims no
+amplification from sampling).
 
 ε comes from Opacus's RDP accountant (the subsampled Gaussian mechanism, composed over every
 step of every round), at the configured δ. ``defenses.dp.target_epsilon`` picks σ for a
@@ -135,12 +139,15 @@ def _noise_for(target_epsilon: float, sample_rate: float, steps: int, delta: flo
 
 
 def dp_accounting(dp: DPConfig, rounds: int, local: LocalTraining,
-                  num_examples: int) -> DPAccounting:
+                  num_examples: int, sample_rate: float = 1.0) -> DPAccounting:
     """The accounting of a hospital with ``num_examples`` training slices (``sample`` level:
-    q = batch_size / num_examples, ``local_epochs · ⌈1/q⌉`` steps per round); σ is
+    q = batch_size / num_examples, ``local_epochs · ⌈1/q⌉`` steps per round; ``server``
+    level: q = ``sample_rate``, the share of hospitals sampled each round); σ is
     ``dp.noise_multiplier`` or, with ``dp.target_epsilon``, the σ that reaches it after
     ``rounds`` rounds."""
-    if dp.level in ("client", "server"):
+    if dp.level == "server":  # the released model hides who took part: amplification
+        q, per_round = sample_rate, 1
+    elif dp.level == "client":  # the server sees who took part: no amplification claimed
         q, per_round = 1.0, 1
     else:
         q = min(1.0, local.batch_size / max(num_examples, 1))
@@ -161,7 +168,7 @@ def planned_accounting(cfg: ExperimentConfig) -> DPAccounting:
     slices, so that nothing released depends on a hospital's real size (and a settings page
     can show it before any data is loaded)."""
     return dp_accounting(cfg.defenses.dp, cfg.federation.rounds, LocalTraining.from_config(cfg),
-                         declared_examples(cfg))
+                         declared_examples(cfg), cfg.federation.sample_rate)
 
 
 def planned_epsilon(cfg: ExperimentConfig) -> float | None:

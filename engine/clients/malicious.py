@@ -14,6 +14,8 @@ function of arrays, so it can be tested with hand-made inputs:
 * :func:`alie_upload` — ``alie`` ("A Little Is Enough", Baruch et al. 2019): per coordinate,
   the honest updates' mean minus ``z`` standard deviations; it stays inside the spread of
   honest updates, which is what lets it pass median- and distance-based rules.
+* ``min_max``, ``min_sum``, ``alie_opt``, ``ipm_opt`` — adaptive attackers tuned to the
+  server's rule each round (:mod:`engine.clients.adaptive`).
 
 A malicious center deviates from the protocol, so client-side defenses (pruning, DP) are not
 applied to its upload.
@@ -23,12 +25,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.clients.adaptive import (
+    ADAPTIVE_KINDS,
+    Rule,
+    adaptive_update,
+    as_params,
+    flat_update,
+)
 from engine.core.config import PoisoningConfig
 from engine.core.types import NDArrays, is_float
 from engine.core.units import hu_to_unit, unit_to_hu
 from engine.data.types import SliceSet
 
-UPDATE_KINDS = ("update_noise", "sign_flip", "scaling", "alie")
+UPDATE_KINDS = ("update_noise", "sign_flip", "scaling", "alie", *ADAPTIVE_KINDS)
 
 
 def poison_slices(slices: SliceSet, target: str, noise_std: float, fraction: float,
@@ -88,9 +97,19 @@ def alie_upload(honest: list[NDArrays], global_params: NDArrays, z: float) -> ND
 
 def malicious_upload(kind: str, own: NDArrays, honest: list[NDArrays],
                      global_params: NDArrays, poisoning: PoisoningConfig,
-                     rng: np.random.Generator) -> NDArrays:
+                     rng: np.random.Generator, rule: Rule | None = None) -> NDArrays:
     """The upload of a malicious center that trained ``own`` (for ``data_noise``: the
-    model trained on its poisoned data, sent as is)."""
+    model trained on its poisoned data, sent as is). ``honest``: the models the attacker is
+    given (ALIE: every center's; the adaptive kinds: the honest centers'); ``rule``: the
+    server's rule on flat updates, for the adaptive kinds (:mod:`engine.clients.adaptive`)."""
+    if kind in ADAPTIVE_KINDS:
+        if rule is None:
+            raise ValueError(f"attacks.poisoning.kind = {kind!r} needs the server's rule")
+        deltas = np.stack([flat_update(h, global_params) for h in honest])
+        start = poisoning.z if kind == "alie_opt" else poisoning.scale
+        update, _ = adaptive_update(kind, deltas, rule, len(poisoning.malicious_centers),
+                                    poisoning.perturbation, start)
+        return as_params(update, global_params, own)
     if kind == "update_noise":
         return noisy_upload(own, poisoning.noise_std, rng)
     if kind == "sign_flip":

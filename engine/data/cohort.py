@@ -147,7 +147,7 @@ def _folder_cohort(data: DataConfig, progress: Callable[[str], None]) -> Cohort:
 # --------------------------------------------------------------------------- the attacker's data
 
 # Phantom patients the attacker holds come from another seed and four scanner profiles that
-# no hospital has (centers are 0 … 16), sampled with the federation's slice protocol.
+# no hospital has (centers are 0 … 64), sampled with the federation's slice protocol.
 ATTACKER_SEED_OFFSET = 1_000_003
 ATTACKER_PROFILES = (90, 91, 92, 93)
 # Two patients for the average anatomy and its principal components, one for the control.

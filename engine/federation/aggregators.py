@@ -7,6 +7,7 @@ global model this equals global + the rule applied to the updates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,6 +148,20 @@ def make_aggregator(fed: FederationConfig) -> Aggregator:
     raise ValueError(f"federation.aggregator = {fed.aggregator!r} is unknown")
 
 
+def update_rule(aggregator: Aggregator, update_clip: str) -> Callable[[list[np.ndarray]],
+                                                                       np.ndarray]:
+    """The server's rule on one round's flat updates (each ``(d,)``, equal weights): the
+    server's update clipping (``update_clip``), then ``aggregator``. What an adaptive
+    attacker optimises against (:mod:`engine.clients.adaptive`)."""
+    def rule(updates: list[np.ndarray]) -> np.ndarray:
+        zero = [np.zeros_like(updates[0])]
+        ups = {str(k): [u] for k, u in enumerate(updates)}
+        if update_clip == "median":
+            ups = clip_to_median_norm(ups, zero)
+        return np.asarray(aggregator([(u, 1) for u in ups.values()])[0])
+    return rule
+
+
 def clip_to_median_norm(uploads: dict[str, NDArrays], global_params: NDArrays,
                         bound: float | None = None) -> dict[str, NDArrays]:
     """Each upload's update (upload − global) scaled down to the median update norm of the
@@ -214,21 +229,29 @@ def flame(uploads: dict[str, NDArrays], global_params: NDArrays, noise_lambda: f
 
 
 def dp_mean(uploads: dict[str, NDArrays], global_params: NDArrays, clip_norm: float,
-            noise_multiplier: float, rng: np.random.Generator) -> NDArrays:
+            noise_multiplier: float, rng: np.random.Generator,
+            expected: float | None = None) -> NDArrays:
     """DP-FedAvg's server step (McMahan et al. 2018): every update clipped to L2 norm
-    ``clip_norm`` = C (:func:`clip_to_median_norm` with that bound), the updates averaged
-    with equal weights, and N(0, (σC/n)²) added to every float parameter of the mean (σ =
-    ``noise_multiplier``, n uploads): the Gaussian mechanism on the sum, whose sensitivity
-    to one hospital is C. Other buffers are the first upload's."""
+    ``clip_norm`` = C (:func:`clip_to_median_norm` with that bound), summed, N(0, (σC)²)
+    added to every float coordinate of the sum (σ = ``noise_multiplier``: the Gaussian
+    mechanism, whose sensitivity to one hospital is C), divided by ``expected`` (the expected
+    number of uploads qn under sampling; default: the uploads received) and added to the
+    global model. No upload (nobody sampled): the noise alone. Other buffers are the first
+    upload's, or the global model's."""
     clipped = clip_to_median_norm(uploads, global_params, bound=clip_norm)
-    std = noise_multiplier * clip_norm / len(uploads)
+    count = float(expected if expected is not None else len(uploads))
     out = []
     for i, g in enumerate(global_params):
         if not is_float(g):
-            out.append(next(iter(uploads.values()))[i])
+            out.append(next(iter(uploads.values()))[i] if uploads else g)
             continue
-        mean = np.mean([np.asarray(p[i], np.float64) for p in clipped.values()], axis=0)
-        out.append((mean + rng.normal(0.0, std, g.shape)).astype(g.dtype))
+        models = [np.asarray(p[i], np.float64) for p in clipped.values()]
+        # (sum of updates + N(0, (σC)²)) / count, as global + mean update + N(0, (σC/count)²);
+        # when everyone took part, the mean of the clipped models is that mean update.
+        mean = (np.mean(models, axis=0) if len(models) == count else
+                g + sum((m - g for m in models), np.zeros(g.shape)) / count)
+        noise = rng.normal(0.0, noise_multiplier * clip_norm / count, g.shape)
+        out.append((mean + noise).astype(g.dtype))
     return out
 
 

@@ -31,13 +31,14 @@ from engine.clients.behaviour import (
     client_upload,
     constrains,
     honest_dp,
+    sampled_centers,
     training_sets,
 )
 from engine.clients.dp import public_metadata
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.types import NDArrays
 from engine.data.types import Cohort, SliceSet
-from engine.federation.aggregators import make_aggregator
+from engine.federation.aggregators import make_aggregator, update_rule
 from engine.federation.protocol import (
     Cancelled,
     FederationResult,
@@ -112,24 +113,32 @@ def plan_training(cfg: ExperimentConfig, model: torch.nn.Module,
 def train_round(cfg: ExperimentConfig, model: torch.nn.Module, rnd: int, cohort: Cohort,
                 train_sets: list[SliceSet], global_params: NDArrays, plan: TrainingPlan,
                 should_stop: Callable[[], bool],
-                own_sets: list[SliceSet] | None = None) -> tuple[dict[str, NDArrays],
-                                                                 dict[str, dict[str, Any]]]:
-    """Every center's local training in round ``rnd``: center name → trained parameters and
-    the metadata it reports, in center order. Batched centers give what
-    :func:`~engine.clients.behaviour.client_update` gives, up to float rounding. A
-    constrain-and-scale attacker also trains on its ``own_sets`` slices while it attacks."""
+                own_sets: list[SliceSet] | None = None,
+                present: list[int] | None = None) -> tuple[dict[str, NDArrays],
+                                                           dict[str, dict[str, Any]]]:
+    """The local training in round ``rnd`` of every center, or of those ``present``
+    (sampled): center name → trained parameters and the metadata it reports, in center
+    order. Batched centers give what :func:`~engine.clients.behaviour.client_update` gives,
+    up to float rounding. A constrain-and-scale attacker also trains on its ``own_sets``
+    slices while it attacks."""
+    here = set(range(len(cohort.centers)) if present is None else present)
+    together = [k for k in plan.batched if k in here]
+    if len(together) < 2:  # one sampled hospital trains on its own
+        together = []
     batched: dict[int, tuple[NDArrays, dict[str, Any]]] = {}
-    if plan.batched:
+    if together:
         if should_stop():
             raise Cancelled(f"cancelled during round {rnd}")
         outs = train_local_batched(
-            model, global_params, [train_sets[k] for k in plan.batched],
+            model, global_params, [train_sets[k] for k in together],
             LocalTraining.from_config(cfg),
-            seeds=[client_seed(cfg.seed, rnd, k) for k in plan.batched])
-        batched = dict(zip(plan.batched, outs, strict=True))
+            seeds=[client_seed(cfg.seed, rnd, k) for k in together])
+        batched = dict(zip(together, outs, strict=True))
     trained: dict[str, NDArrays] = {}
     metadata: dict[str, dict[str, Any]] = {}
     for k, center in enumerate(cohort.centers):
+        if k not in here:
+            continue
         if should_stop():
             raise Cancelled(f"cancelled during round {rnd}")
         if k in batched:
@@ -242,14 +251,17 @@ def run_federation(
     global_params, first, result, recorder = _starting_point(cfg, cohort, model, on_round,
                                                              start)
     every, root = fed.checkpoint_every, server_root(cfg)
+    rule = update_rule(aggregator, cfg.defenses.update_clip)
+    index = {c.name: k for k, c in enumerate(cohort.centers)}
     for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()
         sets = train_sets if attacking(cfg, rnd) else own_sets
         trained, metadata = train_round(cfg, model, rnd, cohort, sets, global_params, plan,
-                                        should_stop, own_sets)
-        uploads = {name: client_upload(cfg, rnd, k, params, metadata[name], global_params,
-                                       name in malicious, list(trained.values()))
-                   for k, (name, params) in enumerate(trained.items())}
+                                        should_stop, own_sets, sampled_centers(cfg, rnd))
+        uploads = {name: client_upload(cfg, rnd, index[name], params, metadata[name],
+                                       global_params, name in malicious,
+                                       list(trained.values()), rule=rule)
+                   for name, params in trained.items()}
         weights = {c: int(metadata[c]["num_examples"]) for c in uploads}
         outcome = server_round(cfg, rnd, uploads, weights, global_params, aggregator,
                                malicious, root)

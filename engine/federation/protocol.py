@@ -125,7 +125,10 @@ def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
     elif dp.enabled and dp.level == "server":
         new_params = dp_mean(uploads, global_params, dp.clip_norm,
                              planned_accounting(cfg).noise_multiplier,
-                             np.random.default_rng([cfg.seed, rnd, 10_002]))
+                             np.random.default_rng([cfg.seed, rnd, 10_002]),
+                             expected=cfg.federation.sample_rate * cfg.data.centers)
+    elif not uploads:  # nobody was sampled this round: the model stays
+        new_params = global_params
     else:
         clipped = (clip_to_median_norm(uploads, global_params)
                    if cfg.defenses.update_clip == "median" else uploads)

@@ -106,7 +106,8 @@ def _add_study_parser(sub: argparse._SubParsersAction) -> None:
                         description="Run every analysis of the FedSynthCT-Brain security "
                         "study (sCT quality, membership inference with and without secure "
                         "aggregation, DLG and the strongest inversion, high/low-noise "
-                        "poisoning per rule) at one scale, then write report.md and "
+                        "poisoning per rule; beyond it, the sCT backdoor per defense) at one "
+                        "scale, then write report.md and "
                         "report.html beside the study's figures. Finished runs are reused, "
                         "so rerunning the command continues a stopped study.")
     st.add_argument("--scale", choices=STUDY_SCALES, default="demo",

@@ -306,6 +306,51 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "config": POISON_BASE,
     },
+    **{f"hospitals-{n}": {
+        "minutes": minutes,
+        "title": f"{n} hospitals",
+        "description": (
+            f"The poisoning studies' clean federation with {n} hospitals, each its own scanner "
+            f"profile (3 patients, 32 px, 20 rounds), trained as one batched computation "
+            f"(about {words})."
+        ),
+        "config": {**POISON_BASE, "name": f"hospitals-{n}",
+                   "data": {**POISON_BASE["data"], "centers": n}},
+    } for n, minutes, words in ((8, 0.25, "15 s"), (16, 0.5, "30 s"), (64, 2.0, "2 min"))},
+    "dp-frontier": {
+        "minutes": 1.0,
+        "title": "Server-side DP at ε 8 with 16 hospitals",
+        "description": (
+            "16 hospitals; the server clips every update to norm 4, averages them and adds the "
+            "Gaussian noise that gives ε 8 (δ 1e-5) after 20 rounds (DP-FedAvg: the guarantee "
+            "covers the released models, not the uploads the server receives). Membership "
+            "inference on the last 6 rounds: FedMIA on the uploads and the attack on the "
+            "released global models (about 1 min)."
+        ),
+        "config": {**POISON_BASE, "name": "dp-frontier",
+                   "data": {**POISON_BASE["data"], "centers": 16},
+                   "federation": {**POISON_BASE["federation"],
+                                  "server_view_rounds": list(range(15, 21))},
+                   "defenses": {"dp": {"enabled": True, "level": "server", "clip_norm": 4.0,
+                                       "target_epsilon": 8.0}},
+                   "attacks": {"membership": {"enabled": True, "rounds": "all",
+                                              "balance": False}}},
+    },
+    "poison-adaptive": {
+        "minutes": 1.0,
+        "title": "The strongest attacker against the median, 16 hospitals",
+        "description": (
+            "16 hospitals under FedMedian; 3 of them (A, B, C) collude with Min-Max: each "
+            "round they see the honest updates and send the update farthest from their mean "
+            "that stays as close to them as they are to each other. Held against the clean "
+            "federation and the same attack against FedAvg (about 1 min)."
+        ),
+        "config": {**POISON_BASE, "name": "poison-adaptive",
+                   "data": {**POISON_BASE["data"], "centers": 16},
+                   "federation": {**POISON_BASE["federation"], "aggregator": "fedmedian"},
+                   "attacks": {"poisoning": {"enabled": True, "kind": "min_max",
+                                             "malicious_centers": [0, 1, 2]}}},
+    },
     "poison-high": {
         "minutes": 0.85,
         "title": "Poisoning: strong noise on one upload",

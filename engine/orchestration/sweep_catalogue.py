@@ -120,6 +120,49 @@ def _backdoor_defense_cells() -> list[list[str]]:
     return [[*plan, f"seed={seed}"] for plan in plans for seed in (0, 1, 2)]
 
 
+# The breakdown study: each rule with f attackers of 8 up to its limit (Krum n ≥ 2f+3,
+# Bulyan n ≥ 4f+3, median f < n/2, the trimmed mean f ≤ βn; FedAvg, the control, to 3), the
+# fixed ALIE beside the four adaptive attackers; Krum and Bulyan told f.
+BREAKDOWN_RULES = {"fedavg": ([], 3), "fedmedian": ([], 3),
+                   "trimmed_mean": (["federation.trim_beta=0.25"], 2),
+                   "krum": ([], 2), "bulyan": ([], 1)}
+BREAKDOWN_KINDS = ("alie", "alie_opt", "ipm_opt", "min_max", "min_sum")
+
+
+def _breakdown_cells() -> list[list[str]]:
+    """Clean runs first (each rule and f, so that every attacked run reuses its baseline),
+    then FedAvg under attack (the control every other rule reuses), then the other rules;
+    seeds 0–2 as cells."""
+    def rule(name: str, f: int) -> list[str]:
+        return [f"federation.aggregator={name}", *BREAKDOWN_RULES[name][0],
+                f"federation.num_malicious={f}"]
+
+    pairs = [(name, f) for name, (_, top) in BREAKDOWN_RULES.items()
+             for f in range(1, top + 1)]
+    seeds = [f"seed={s}" for s in (0, 1, 2)]
+    clean = [[*rule(name, f), seed] for name, f in pairs for seed in seeds]
+    attacked = [[*rule(name, f), "attacks.poisoning.enabled=true",
+                 f"attacks.poisoning.kind={kind}",
+                 f"attacks.poisoning.malicious_centers=[{','.join(map(str, range(f)))}]", seed]
+                for name, f in pairs for kind in BREAKDOWN_KINDS for seed in seeds]
+    return clean + attacked
+
+
+# The frontier's ε grid: the issue's 16 … 1, and above it where utility may come back.
+FRONTIER_EPSILONS = (1024.0, 256.0, 64.0, 16.0, 8.0, 4.0, 2.0, 1.0)
+
+
+def _frontier_cells(server_dp: list[str]) -> list[list[str]]:
+    """Without DP, then each ε of :data:`FRONTIER_EPSILONS`, seeds 0–2; ``server_dp``: the
+    DP settings a base preset without them needs (and its sampling), on every cell."""
+    off = [s for s in server_dp if s.startswith("federation.")]
+    return [[*cell, f"seed={seed}"]
+            for cell in ([*off, "defenses.dp.enabled=false"],
+                         *([*server_dp, "defenses.dp.enabled=true",
+                            f"defenses.dp.target_epsilon={e}"] for e in FRONTIER_EPSILONS))
+            for seed in (0, 1, 2)]
+
+
 # The privacy audit's ε grid; ∞ is DP's clip without noise.
 AUDIT_EPSILONS = (None, 64.0, 8.0, 4.0, 1.0)
 
@@ -275,6 +318,42 @@ SWEEPS: dict[str, dict[str, Any]] = {
         ),
         "base": "backdoor-demo",
         "cells": _backdoor_cells(),
+    },
+    "poison-breakdown": {
+        "minutes": 30,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "The strongest attacker against each rule as the attackers grow: 8 hospitals; "
+            "FedAvg, FedMedian, the trimmed mean (β 0.25), Krum and Bulyan with 1 attacker up "
+            "to each rule's limit (Krum n ≥ 2f+3, Bulyan n ≥ 4f+3, the median f < n/2); ALIE "
+            "(z 1) and the adaptive attackers that see the round's honest updates (ALIE and "
+            "IPM with their factor tuned to the rule, Min-Max, Min-Sum); seeds 0–2, each "
+            "against its clean federation (about 30 min)."
+        ),
+        "base": "hospitals-8",
+        "cells": _breakdown_cells(),
+    },
+    "dp-frontier": {
+        "minutes": 12,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "The privacy–utility frontier with 16 hospitals: server-side DP (DP-FedAvg, clip "
+            "4, every hospital every round) at ε 1024, 256, 64, 16, 8, 4, 2 and 1 (δ 1e-5) "
+            "and without DP, seeds 0–2; the model's error beside the membership attacks' "
+            "patient-level AUC (about 12 min)."
+        ),
+        "base": "dp-frontier",
+        "cells": _frontier_cells([]),
+    },
+    "dp-frontier-64": {
+        "minutes": 7,  # wall time on 2 CPU cores, benchmarks/README.md
+        "description": (
+            "The same frontier with 64 hospitals, a quarter of them sampled each round (the "
+            "accountant counts the sampling): server-side DP at ε 1024 … 1 and without DP, "
+            "seeds 0–2; the model's error only (the membership attacks need every hospital "
+            "in every round) (about 7 min)."
+        ),
+        "base": "hospitals-64",
+        "cells": _frontier_cells(["federation.sample_rate=0.25", "defenses.dp.level=server",
+                                  "defenses.dp.clip_norm=4"]),
     },
     "backdoor-defenses": {
         "minutes": 12,  # wall time on 2 CPU cores, benchmarks/README.md

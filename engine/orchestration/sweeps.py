@@ -95,10 +95,14 @@ def _mia_columns(mia: MiaSummary) -> dict[str, Any]:
             row[f"auc[{attack}][{center}]"] = auc
     variant = mia.variants.get(mia.verdict_attack or mia.attack)
     pooled = variant.patient.pooled if variant else None
+    glob = mia.variants.get("global_loss")
+    glob_pooled = glob.patient.pooled if glob else None
     row |= {"mia_attack": mia.attack, "patient_auc_pooled": pooled.auc if pooled else None,
             "patient_auc_ci_pooled": pooled.auc_ci if pooled else None,
             "mia_verdict": (mia.verdict or {}).get("overall"),
-            "mia_verdict_attack": mia.verdict_attack}
+            "mia_verdict_attack": mia.verdict_attack,
+            "global_patient_auc_pooled": glob_pooled.auc if glob_pooled else None,
+            "global_patient_auc_ci_pooled": glob_pooled.auc_ci if glob_pooled else None}
     return row
 
 

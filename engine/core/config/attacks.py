@@ -106,17 +106,25 @@ class PoisoningConfig(_Section):
     """Malicious centers that poison the federation (see engine/attacks/poisoning.py)."""
 
     enabled: bool = False
-    kind: Literal["data_noise", "update_noise", "sign_flip", "scaling", "alie"] = Field(
-        "update_noise", description="noise on data or on the upload, or model poisoning"
+    kind: Literal["data_noise", "update_noise", "sign_flip", "scaling", "alie", "min_max",
+                  "min_sum", "alie_opt", "ipm_opt"] = Field(
+        "update_noise", description="noise on data or on the upload, or model poisoning; "
+        "min_max, min_sum, alie_opt, ipm_opt: adaptive attackers that see the round's honest "
+        "updates and tune their update to the server's rule (in-process runtime only)"
     )
+    perturbation: Literal["std", "unit", "sign"] = Field(
+        "std", description="min_max / min_sum: the direction added to the honest mean "
+        "(−std, −unit mean, −sign of the mean)")
     malicious_centers: list[int] = Field(default_factory=lambda: [0], min_length=1,
                                          description="indices of the malicious centers")
     noise_std: float = Field(0.1, ge=0.0, le=100.0,
                              description="data_noise: normalised units; update_noise: absolute")
     target: Literal["mri", "ct", "both"] = Field("both", description="data_noise: what is noised")
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="data_noise: share of slices")
-    scale: float = Field(4.0, gt=0.0, le=1000.0, description="sign_flip / scaling factor")
-    z: float = Field(1.0, ge=0.0, le=10.0, description="alie: standard deviations shifted")
+    scale: float = Field(4.0, gt=0.0, le=1000.0, description="sign_flip / scaling factor; "
+                         "ipm_opt: the ε its search starts from")
+    z: float = Field(1.0, ge=0.0, le=10.0, description="alie: standard deviations shifted; "
+                     "alie_opt: the z its search starts from")
     seeds: int = Field(
         1, ge=1, le=10, description="seeds the verdict rests on (the run's seed, then seed+1 "
         "…): each adds the attacked and the clean federation, and under a rule other than "

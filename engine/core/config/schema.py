@@ -30,7 +30,7 @@ class DataConfig(_Section):
     """Where the federation's data come from and how slices are cut."""
 
     source: Literal["phantom", "synthrad", "nifti"] = "phantom"
-    centers: int = Field(4, ge=1, le=16, description="training centers (hospitals)")
+    centers: int = Field(4, ge=1, le=64, description="training centers (hospitals)")
     patients_per_center: int = Field(3, ge=1, le=64, description="training patients per center")
     heldout_per_center: int = Field(
         1, ge=1, le=64, description="held-out patients per center, never trained on"
@@ -94,10 +94,14 @@ class FederationConfig(_Section):
         None, description="flower-deploy: a SuperLink connection in $FLWR_HOME/config.toml "
         "to run on, instead of starting a local SuperLink and SuperNodes")
     min_centers: int | None = Field(
-        None, ge=1, le=16, description="Flower runtimes: a round goes on with this many "
+        None, ge=1, le=64, description="Flower runtimes: a round goes on with this many "
         "replies (default: all centers); SecAgg+'s reconstruction threshold is this, at "
         "least 2 and at most centers − 1")
     rounds: int = Field(10, ge=1, le=1000)
+    sample_rate: float = Field(
+        1.0, gt=0.0, le=1.0, description="in-process runtime: each round every hospital takes "
+        "part with this probability (Poisson sampling, seeded by the round), as in DP-FedAvg; "
+        "server-side DP's accountant counts it (privacy amplification by sampling)")
     local_epochs: int = Field(1, ge=1, le=100)
     batch_size: int = Field(8, ge=1, le=512)
     lr: float = Field(2e-3, gt=0.0, le=1.0, description="local learning rate")
@@ -106,8 +110,8 @@ class FederationConfig(_Section):
     aggregator: Literal[AGGREGATORS] = "fedavg"  # type: ignore[valid-type]
     fedprox_mu: float = Field(0.0, ge=0.0, le=10.0, description="FedProx proximal weight μ")
     trim_beta: float = Field(0.25, gt=0.0, lt=0.5, description="trimmed_mean: cut per side")
-    num_malicious: int = Field(1, ge=0, le=16, description="krum/multikrum/bulyan: f")
-    multikrum_m: int = Field(2, ge=1, le=16, description="multikrum: models averaged")
+    num_malicious: int = Field(1, ge=0, le=64, description="krum/multikrum/bulyan: f")
+    multikrum_m: int = Field(2, ge=1, le=64, description="multikrum: models averaged")
     eval_every: int = Field(1, ge=1, le=1000, description="evaluate every k rounds (and last)")
     checkpoint_every: int = Field(
         1, ge=0, le=1000, description="keep the global model every k rounds (and after the "
@@ -327,8 +331,10 @@ class ExperimentConfig(_Section):
             )
 
     def _check_federation_rules(self) -> None:
-        """``min_centers`` fits the federation; Flower's SecAgg+ runtime needs ≥ 3 centers."""
+        """``min_centers`` fits the federation; Flower's SecAgg+ runtime needs ≥ 3 centers;
+        hospital sampling runs in process, on averaging, without attacks."""
         fed, n = self.federation, self.data.centers
+        self._check_sampling_rules()
         if fed.min_centers is not None and fed.min_centers > n:
             raise ValueError(f"federation.min_centers = {fed.min_centers} is more than "
                              f"data.centers = {n}")
@@ -340,6 +346,30 @@ class ExperimentConfig(_Section):
             if (fed.min_centers or n) < 2:
                 raise ValueError("federation.min_centers = 1 with secure aggregation would "
                                  "reveal a single center's update; use 2 or more")
+
+    def _check_sampling_rules(self) -> None:
+        fed, d, a = self.federation, self.defenses, self.attacks
+        if fed.sample_rate == 1.0:
+            return
+        what = f"federation.sample_rate = {fed.sample_rate:g}"
+        clashes = [(f"federation.runtime = {fed.runtime!r}", fed.runtime != "inprocess"),
+                   (f"federation.aggregator = {fed.aggregator!r}",
+                    fed.aggregator not in ("fedavg", "fedprox")),
+                   ("defenses.secure_aggregation = true", d.secure_aggregation),
+                   ("defenses.flame = true", d.flame), ("defenses.fltrust = true", d.fltrust),
+                   ("attacks.membership.enabled = true", a.membership.enabled),
+                   ("attacks.inversion.enabled = true", a.inversion.enabled),
+                   ("attacks.dp_audit.enabled = true", a.dp_audit.enabled),
+                   ("data.whatif_patient", self.data.whatif_patient is not None),
+                   ("attacks.poisoning.enabled = true", a.poisoning.enabled),
+                   ("attacks.backdoor.enabled = true", a.backdoor.enabled)]
+        for setting, clash in clashes:
+            if clash:
+                raise ValueError(
+                    f"{what} leaves hospitals out of some rounds, which {setting} does not "
+                    "support (sampling runs in process, on averaging without secure "
+                    "aggregation, and the attacks and their reports follow every hospital in "
+                    "every round); use federation.sample_rate = 1 or drop that setting")
 
     def _check_defense_rules(self) -> None:
         """Sample-level DP cannot be combined with batch normalisation."""
@@ -354,12 +384,39 @@ class ExperimentConfig(_Section):
         """ALIE needs the in-process runtime; malicious centers exist, differ, leave one honest."""
         fed, n = self.federation, self.data.centers
         poison = self.attacks.poisoning
-        if poison.enabled and poison.kind == "alie" and fed.runtime != "inprocess":
-            raise ValueError(f"attacks.poisoning.kind = 'alie' needs every center's update "
-                             f"at the attacker, which only federation.runtime = 'inprocess' "
-                             f"simulates (got {fed.runtime!r})")
+        if poison.enabled and poison.kind in OMNISCIENT_KINDS and fed.runtime != "inprocess":
+            raise ValueError(f"attacks.poisoning.kind = {poison.kind!r} needs every center's "
+                             f"update at the attacker, which only federation.runtime = "
+                             f"'inprocess' simulates (got {fed.runtime!r})")
         if poison.enabled:
             _check_attackers("attacks.poisoning.malicious_centers", poison.malicious_centers, n)
+        if poison.enabled and poison.kind in OMNISCIENT_KINDS[1:]:
+            self._check_adaptive_rules(len(poison.malicious_centers))
+
+    def _check_adaptive_rules(self, f: int) -> None:
+        """An adaptive attacker tunes its update to the aggregation rule: one of the rules
+        it models, with no more attackers than the rule is built to withstand (its
+        breakdown point); beyond it the rule promises nothing and the cell would measure
+        nothing about it."""
+        d, fed, n = self.defenses, self.federation, self.data.centers
+        kind = self.attacks.poisoning.kind
+        for setting, on in (("defenses.flame = true", d.flame),
+                            ("defenses.fltrust = true", d.fltrust),
+                            ("defenses.dp.level = 'server'",
+                             d.dp.enabled and d.dp.level == "server"),
+                            ("defenses.secure_aggregation = true", d.secure_aggregation)):
+            if on:
+                raise ValueError(f"attacks.poisoning.kind = {kind!r} tunes its update to the "
+                                 f"aggregation rule, and {setting} is not one it models; use "
+                                 "federation.aggregator and defenses.update_clip instead")
+        limit = {"krum": ((n - 3) // 2, "n ≥ 2f+3"), "multikrum": ((n - 3) // 2, "n ≥ 2f+3"),
+                 "bulyan": ((n - 3) // 4, "n ≥ 4f+3"), "fedmedian": ((n - 1) // 2, "f < n/2"),
+                 "trimmed_mean": (int(fed.trim_beta * n), "f ≤ β·n")}.get(fed.aggregator)
+        if limit is not None and f > limit[0]:
+            raise ValueError(
+                f"{f} attackers are beyond what federation.aggregator = {fed.aggregator!r} "
+                f"withstands with data.centers = {n} ({limit[1]}: at most {limit[0]}); use "
+                "fewer attacks.poisoning.malicious_centers or more centers")
 
     def _check_server_rules(self) -> None:
         """FLAME, server-side DP and FLTrust each replace the aggregation with their own
@@ -478,6 +535,11 @@ class ExperimentConfig(_Section):
         if rounds == "last":
             return rnd == self.federation.rounds
         return rnd in rounds
+
+
+# Poisoning kinds whose attacker is given every center's update of the round (ALIE, then the
+# adaptive attackers of engine.clients.adaptive).
+OMNISCIENT_KINDS = ("alie", "min_max", "min_sum", "alie_opt", "ipm_opt")
 
 
 def _check_attackers(key: str, centers: list[int], n: int) -> None:

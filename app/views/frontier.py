@@ -1,0 +1,95 @@
+"""The Membership page's "DP that keeps the model useful" section: the privacy–utility
+frontiers of the ``dp-frontier`` studies in words and one figure each. The figures are
+:mod:`engine.analyses.frontier`'s."""
+
+from __future__ import annotations
+
+import re
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine.analyses.frontier import USEFUL, FrontierPoint, smallest_useful_epsilon
+from engine.orchestration.presets import build_config
+from engine.orchestration.sweep_catalogue import sweep_spec
+
+STUDIES = (("dp-frontier", "Differential privacy that keeps the model useful? 16 hospitals "
+                            "share the noise"),
+           ("dp-frontier-64", "The same with 64 hospitals, a quarter of them each round"))
+INTRO = ("With 4 hospitals, noise strong enough for a meaningful ε ruins the model. Added by "
+         "the server to the average of many hospitals' clipped updates (DP-FedAvg), the same "
+         "guarantee costs far less, because the noise is shared. The guarantee covers the "
+         "models the federation releases, not the uploads the server itself receives. ")
+CAPTION = ("Left axis: the model's error ÷ the same federation's without DP (mean over seeds, "
+           "95 % interval); the dotted line is 1.5×. Right axis (where the study attacks): "
+           "patient-level membership AUC of the attack on the released global models, which "
+           "the noise bounds, and of FedMIA on the uploads, which the server sees before it "
+           "adds noise (0.5 = guessing).")
+
+
+def _label(p: FrontierPoint) -> str:
+    return "no DP" if p.epsilon is None else f"ε {p.epsilon:.3g}"
+
+
+def frontier_figure(points: list[FrontierPoint]) -> go.Figure:
+    """Error ratio and membership AUCs against ε (no DP first, then ε falling)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = [_label(p) for p in points]
+    fig.add_trace(go.Scatter(
+        x=x, y=[p.ratio for p in points], mode="lines+markers", name="error ÷ without DP",
+        line={"color": "#2471a3", "width": 3},
+        error_y={"type": "data", "symmetric": False,
+                 "array": [(p.ratio_ci[1] - p.ratio) if p.ratio_ci and p.ratio else None
+                           for p in points],
+                 "arrayminus": [(p.ratio - p.ratio_ci[0]) if p.ratio_ci and p.ratio else None
+                                for p in points]},
+        hovertemplate="%{x}: error ×%{y:.2f}<extra></extra>"), secondary_y=False)
+    for name, values, colour in (
+            ("attack on the released models (AUC)", [p.global_auc for p in points], "#c0392b"),
+            ("FedMIA on the uploads (AUC)", [p.server_auc for p in points], "#e67e22")):
+        if any(v is not None for v in values):
+            fig.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=name,
+                                     line={"color": colour, "dash": "dash"},
+                                     hovertemplate="%{x}: AUC %{y:.2f}<extra></extra>"),
+                          secondary_y=True)
+    fig.add_hline(y=USEFUL, line_dash="dot", line_color="gray", secondary_y=False)
+    fig.update_yaxes(title_text="error ÷ without DP (lower = better)", rangemode="tozero",
+                     secondary_y=False)
+    fig.update_yaxes(title_text="membership AUC (0.5 = guessing)", range=[0, 1.05],
+                     secondary_y=True, showgrid=False)
+    fig.update_xaxes(title_text="privacy budget ε after the last round (lower = more private)")
+    fig.update_layout(height=400, margin={"l": 10, "r": 10, "t": 20, "b": 10},
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def frontier_sentence(points: list[FrontierPoint], hospitals: int) -> str:
+    """The frontier's verdict: the smallest ε whose model stays within 1.5× of the
+    non-private error, with what it rests on, or that none does at this scale."""
+    if not any(p.epsilon is None for p in points):
+        return "The run without DP has not finished yet: the ratios appear once it has."
+    seeds = max(len(p.mae_hu) for p in points)
+    best = smallest_useful_epsilon(points)
+    tried = ", ".join(_label(p) for p in points if p.epsilon is not None)
+    if best is None:
+        return (f"With {hospitals} hospitals, no ε tried ({tried}) keeps the model within "
+                f"{USEFUL:g}× of its error without DP ({seeds} seeds each).")
+    ci = best.ratio_ci
+    return (f"With {hospitals} hospitals, the smallest ε that keeps the model within "
+            f"{USEFUL:g}× of its error without DP is **{best.epsilon:.3g}** (δ 1e-5): error "
+            f"×{best.ratio:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+            + f" over {len(best.mae_hu)} seeds; tried {tried}.")
+
+
+def hospitals(study: str) -> int:
+    """A frontier study's number of hospitals (its base preset's)."""
+    return build_config(sweep_spec(study)["base"]).data.centers
+
+
+def cell_words(label: str | None) -> str:
+    """A frontier study cell label in words."""
+    parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
+    seed = parts.get("seed", "0")
+    if parts.get("enabled") != "true":
+        return f"without DP, seed {seed}"
+    return f"server-side DP at ε {parts.get('target_epsilon', '?')}, seed {seed}"

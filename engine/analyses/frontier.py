@@ -1,0 +1,69 @@
+"""The privacy–utility frontier: the model's error and the membership attacks' AUC against ε.
+
+From a DP sweep's table (one row per run; the run without DP is the reference): for each ε,
+the mean error over seeds and its ratio to the non-private mean error (95 % Student-t
+interval over seeds), and the patient-level AUCs of the membership attacks. The verdict of
+the frontier is the smallest ε whose mean error stays within ``USEFUL`` × the non-private
+one, or none at this scale. Pure functions of
+:class:`~engine.analyses.sweep_table.SweepRow` lists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.analyses.poisoning import mean_interval
+from engine.analyses.sweep_table import SweepRow
+
+USEFUL = 1.5  # the error a private model may cost and still count as useful
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One ε of the frontier, over its seeds (``epsilon`` None: no DP)."""
+
+    epsilon: float | None
+    mae_hu: tuple[float, ...]
+    ratio: float | None  # mean error ÷ the non-private mean error
+    ratio_ci: list[float] | None  # over seeds, each seed's error ÷ the non-private mean
+    server_auc: float | None  # FedMIA on the uploads, patient level, mean over seeds
+    global_auc: float | None  # the global-model attack, patient level, mean over seeds
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(known)) if known else None
+
+
+def frontier(rows: list[SweepRow]) -> list[FrontierPoint]:
+    """The frontier's points, the non-private one first, then ε descending."""
+    groups: dict[float | None, list[SweepRow]] = {}
+    for r in rows:
+        if r.mae_hu is None:
+            continue
+        eps = r.epsilon if r.dp_enabled else None
+        groups.setdefault(eps, []).append(r)
+    base = groups.get(None)
+    base_mae = float(np.mean([r.mae_hu for r in base])) if base else None
+    points = []
+    for eps in sorted(groups, key=lambda e: -math.inf if e is None else -e):
+        group = groups[eps]
+        maes = tuple(float(r.mae_hu) for r in group)
+        ratios = [m / base_mae for m in maes] if base_mae else []
+        points.append(FrontierPoint(
+            eps, maes, float(np.mean(ratios)) if ratios else None,
+            mean_interval(ratios) if ratios else None,
+            _mean([r.patient_auc_pooled for r in group]),
+            _mean([r.global_patient_auc_pooled for r in group])))
+    return points
+
+
+def smallest_useful_epsilon(points: list[FrontierPoint]) -> FrontierPoint | None:
+    """The point with the smallest ε whose mean error is within :data:`USEFUL` × the
+    non-private one (None: no ε does, or no reference)."""
+    useful = [p for p in points if p.epsilon is not None and p.ratio is not None
+              and p.ratio <= USEFUL]
+    return min(useful, key=lambda p: p.epsilon) if useful else None
