@@ -99,6 +99,7 @@ def _dp_frontier() -> None:
             st.plotly_chart(frontier.frontier_figure(points), key=f"mia_{name}")
             st.caption(frontier.CAPTION)
             st.markdown(frontier.frontier_sentence(points, frontier.hospitals(name)))
+            st.markdown(frontier.attack_sentence(points))
 
 
 def _dp_audit(rows: list[RunRow]) -> None:

@@ -165,12 +165,15 @@ def _row(rule: str, f: int, kind: str, ratio: float, seed: int = 0) -> SweepRow:
 def _rows() -> list[SweepRow]:
     """FedAvg breaks under every attack; the median holds one attacker's strongest attack
     (Min-Max, 1.1×) and is damaged by two; Krum's strongest attack also leaves FedAvg
-    unhurt at one seed, so nothing can be said of it."""
+    unhurt at one seed, so nothing can be said of it; the trimmed mean's strongest attack
+    (IPM, 1.2×) did not hurt FedAvg at every seed either, but Min-Max, which it also
+    stopped, did: it holds."""
     table = {("fedavg", 1): {"alie": (1.6, 1.5, 1.7), "min_max": (2.5, 2.2, 2.8)},
              ("fedavg", 2): {"alie": (1.9, 2.1, 2.0), "min_max": (3.0, 3.2, 2.9)},
              ("fedmedian", 1): {"alie": (1.0, 1.05, 1.02), "min_max": (1.1, 1.12, 1.08)},
              ("fedmedian", 2): {"alie": (1.2, 1.3, 1.25), "min_max": (1.5, 1.4, 1.6)},
              ("krum", 1): {"ipm_opt": (1.1, 1.0, 1.05)},
+             ("trimmed_mean", 1): {"ipm_opt": (1.2, 1.2, 1.2), "min_max": (1.0, 1.0, 1.0)},
              ("fedavg", 1, "ipm"): {"ipm_opt": (1.4, 1.2, 1.5)}}
     rows = []
     for key, kinds in table.items():
@@ -182,7 +185,7 @@ def _rows() -> list[SweepRow]:
 def test_breakdown_takes_the_strongest_attack_per_rule_and_attackers() -> None:
     cells = {(c.rule, c.attackers): c for c in breakdown(_rows())}
     assert [k for k in cells] == [("fedavg", 1), ("fedavg", 2), ("fedmedian", 1),
-                                  ("fedmedian", 2), ("krum", 1)]
+                                  ("fedmedian", 2), ("krum", 1), ("trimmed_mean", 1)]
     assert cells[("fedavg", 1)].strongest.kind == "min_max"
     assert cells[("fedavg", 1)].verdict == "broken"  # mean 2.5
     assert cells[("fedmedian", 1)].strongest.mean == pytest.approx(1.1)
@@ -190,6 +193,9 @@ def test_breakdown_takes_the_strongest_attack_per_rule_and_attackers() -> None:
     assert cells[("fedmedian", 2)].verdict == "damaged"  # 1.5 > 1.25
     # Krum's strongest attack, IPM, hurt FedAvg beyond 1.25 at two seeds of three only.
     assert cells[("krum", 1)].verdict == "attack_too_weak"
+    trimmed = cells[("trimmed_mean", 1)]
+    assert (trimmed.strongest.kind, trimmed.control.kind) == ("ipm_opt", "min_max")
+    assert trimmed.verdict == "holds"
     assert cells[("fedavg", 1)].strongest.interval[0] < 2.5 < cells[
         ("fedavg", 1)].strongest.interval[1]
     worst = worst_cases(list(cells.values()))
@@ -212,7 +218,10 @@ def test_the_page_draws_a_finished_breakdown_study(runs_dir: Path) -> None:
     assert not at.exception, at.exception
     assert any(CAPTION == c.value for c in at.caption)
     worst = next(d.value for d in at.dataframe if "Strongest attack" in d.value.columns)
-    assert worst["Rule"].tolist() == ["FedAvg", "FedMedian", "Krum"]
+    assert worst["Rule"].tolist() == ["FedAvg", "FedMedian", "Krum", "Trimmed mean"]
     assert worst["Verdict"].tolist() == [VERDICT_WORDS["broken"], VERDICT_WORDS["damaged"],
-                                         VERDICT_WORDS["attack_too_weak"]]
+                                         VERDICT_WORDS["attack_too_weak"],
+                                         VERDICT_WORDS["holds"]]
+    assert worst["Control (the attack that hurt FedAvg most)"].iloc[3] == (
+        "Min-Max: ×2.50 (lowest seed ×2.20)")
     assert worst["Error ratio [95 % interval]"].iloc[1].startswith("×1.50 [")

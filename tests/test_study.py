@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.analyses.results import parse_summary
-from engine.analyses.study_report import STUDY, bootstrap_mean_ci
+from engine.analyses.study_report import ANALYSES, STUDY, bootstrap_mean_ci
 from engine.core.config import ConfigError
 from engine.orchestration import study
 from engine.orchestration.cli import main as cli_main
@@ -44,6 +44,14 @@ TINY = [
       for own in ([f"seed={seed}"] for seed in (0, 1))],
     ("backdoor", Cell("backdoor-demo", ["defenses.flame=true"],
                       ["defenses.flame=true", "federation.rounds=4"])),
+    *[("breakdown", Cell("hospitals-8", own, [*own, "federation.rounds=2"])) for own in (
+        ["federation.aggregator=fedmedian"], ["federation.aggregator=fedavg"],
+        *[[f"federation.aggregator={rule}", "attacks.poisoning.enabled=true",
+           "attacks.poisoning.kind=min_max", "attacks.poisoning.malicious_centers=[0]"]
+          for rule in ("fedavg", "fedmedian")])],
+    *[("frontier", Cell("dp-frontier", own, [*own, "federation.rounds=2",
+                                             "federation.server_view_rounds=all"]))
+      for own in (["defenses.dp.enabled=false"], ["defenses.dp.target_epsilon=8.0"])],
 ]
 
 
@@ -53,15 +61,23 @@ def test_every_cell_of_every_scale_is_a_valid_experiment(scale: str) -> None:
     parts = [p for p, _ in cells]
     assert parts[:6] == ["quality", "membership", "membership-secagg", "membership-evidence",
                          "dlg", "strongest-inversion"]
-    backdoor = parts.count("backdoor")
-    assert backdoor == (3 if scale == "demo" else 60)
-    assert parts.count("poisoning") == len(cells) - 6 - backdoor > 100
+    beyond = {"breakdown": (6, 198), "backdoor": (3, 60), "frontier": (2, 27)}
+    for part, (demo, other) in beyond.items():
+        assert parts.count(part) == (demo if scale == "demo" else other)
+    assert parts.count("poisoning") == 140
+    assert len(cells) == 6 + 140 + sum(parts.count(p) for p in beyond)
     configs = [build_config(c.preset, sets=c.sets) for _, c in cells]
     assert configs[0].evaluation.volumetric
     assert configs[2].defenses.secure_aggregation and configs[4].attacks.inversion.method == "dlg"
-    assert all(c.attacks.backdoor.enabled for c in configs[-backdoor:])
-    if scale == "full":  # the backdoor's trigger is sized for its 32 px images
-        assert {c.data.image_size for c in configs[:-backdoor]} == {256}
+    assert all(c.attacks.backdoor.enabled for c, p in zip(configs, parts, strict=True)
+               if p == "backdoor")
+    assert all(c.data.centers == 8 for c, p in zip(configs, parts, strict=True)
+               if p == "breakdown")
+    assert all(c.data.centers == 16 and c.defenses.dp.level == "server"
+               for c, p in zip(configs, parts, strict=True) if p == "frontier")
+    if scale == "full":  # the parts beyond the study keep their sweeps' own size
+        assert {c.data.image_size for c, p in zip(configs, parts, strict=True)
+                if p not in beyond} == {256}
 
 
 @pytest.mark.parametrize("scale", STUDY_SCALES)
@@ -133,6 +149,17 @@ def test_a_small_study_reports_its_runs_numbers_and_resumes(
     flame = summaries["flame=true"].backdoor
     assert f"FLAME: {flame.success_hu:.0f} HU, " in row and "2 seeds per defense" in row
     assert "beyond the published study" in row and "+1000 HU in the trigger region" in row
+
+    # The strongest attacker per rule, and DP with 16 hospitals.
+    row = rows[ANALYSES["breakdown"]]
+    median = summaries["aggregator=fedmedian, enabled=true, kind=min_max, "
+                       "malicious_centers=[0]"].poisoning
+    assert f"fedmedian: ×{median.cells[0].mae_ratio:.2f} with 1 attacker (min_max)" in row
+    assert "8 hospitals" in row
+    row = rows[ANALYSES["frontier"]]
+    eps = summaries["target_epsilon=8.0"].federation.dp.epsilon
+    assert f"ε {eps:.3g}: error ×" in row and "16 hospitals" in row
+    assert "Smallest ε within 1.5× the error without DP: " in row
     assert (folder / "report.html").read_text().count("<tr>") == len(rows) + 1
 
     # Run again: nothing is trained, the same runs are used.

@@ -21,7 +21,7 @@ INTRO = ("A rule that survives a fixed attack may still fall to an attacker who 
 KIND_NAMES = {"alie": "ALIE (z 1, fixed)", "alie_opt": "ALIE tuned to the rule",
               "ipm_opt": "IPM tuned to the rule", "min_max": "Min-Max", "min_sum": "Min-Sum"}
 VERDICT_WORDS = {"broken": "broken (error doubled)", "damaged": "damaged (> 25 % worse)",
-                 "holds": "holds (FedAvg hurt by the same attack)",
+                 "holds": "holds (an attack it stopped hurt FedAvg)",
                  "attack_too_weak": "attack too weak to judge"}
 CAPTION = ("Each point: the strongest attack against the rule with that many attackers, "
            "its error ÷ the same federation's without attackers, mean over 3 seeds with its "
@@ -73,6 +73,10 @@ def worst_table(cells: list[BreakdownCell]) -> pd.DataFrame:
         "Error ratio [95 % interval]": _ratio(c), "Seeds": len(c.strongest.ratios),
         "Same attack against FedAvg": (f"×{c.fedavg.mean:.2f}" if c.fedavg and rule != "fedavg"
                                        else "–"),
+        "Control (the attack that hurt FedAvg most)": (
+            f"{KIND_NAMES.get(c.control.kind, c.control.kind)}: ×{c.control.mean:.2f} "
+            f"(lowest seed ×{min(c.control.ratios):.2f})" if c.control and rule != "fedavg"
+            else "–"),
         "Verdict": VERDICT_WORDS[c.verdict]}
         for rule, c in worst_cases(cells).items()])
 

@@ -10,8 +10,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.analyses.frontier import USEFUL, FrontierPoint, smallest_useful_epsilon
+from engine.clients.dp import MEANINGFUL_EPSILON
 from engine.orchestration.presets import build_config
 from engine.orchestration.sweep_catalogue import sweep_spec
+
+CHANCE_BAND = 0.6  # an AUC below this without DP leaves nothing for DP to take away
 
 STUDIES = (("dp-frontier", "Differential privacy that keeps the model useful? 16 hospitals "
                             "share the noise"),
@@ -75,10 +78,33 @@ def frontier_sentence(points: list[FrontierPoint], hospitals: int) -> str:
         return (f"With {hospitals} hospitals, no ε tried ({tried}) keeps the model within "
                 f"{USEFUL:g}× of its error without DP ({seeds} seeds each).")
     ci = best.ratio_ci
-    return (f"With {hospitals} hospitals, the smallest ε that keeps the model within "
-            f"{USEFUL:g}× of its error without DP is **{best.epsilon:.3g}** (δ 1e-5): error "
-            f"×{best.ratio:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-            + f" over {len(best.mae_hu)} seeds; tried {tried}.")
+    words = (f"With {hospitals} hospitals, the smallest ε that keeps the model within "
+             f"{USEFUL:g}× of its error without DP is **{best.epsilon:.3g}** (δ 1e-5): error "
+             f"×{best.ratio:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+             + f" over {len(best.mae_hu)} seeds; tried {tried}.")
+    if best.epsilon > MEANINGFUL_EPSILON:
+        words += (f" Above ε {MEANINGFUL_EPSILON:g} the guarantee means little: no "
+                  "meaningful ε keeps the model useful at this scale.")
+    return words
+
+
+def attack_sentence(points: list[FrontierPoint]) -> str:
+    """What the membership AUCs beside the frontier can and cannot show ("" without them)."""
+    base = next((p for p in points if p.epsilon is None), None)
+    noised = [p for p in points if p.epsilon is not None and p.server_auc is not None]
+    if base is None or base.global_auc is None or not noised:
+        return ""
+    uploads = (f"FedMIA on the uploads, which the server receives before it adds noise, stays "
+               f"at AUC {min(p.server_auc for p in noised):.2f}–"
+               f"{max(p.server_auc for p in noised):.2f} at every ε: server-side DP does not "
+               "protect patients from the server itself.")
+    if base.global_auc < CHANCE_BAND:
+        return (f"The attack on the released models is near guessing even without DP (AUC "
+                f"{base.global_auc:.2f}), so this study cannot show what the noise protects "
+                f"there. {uploads}")
+    return (f"The attack on the released models: AUC {base.global_auc:.2f} without DP, "
+            + ", ".join(f"{p.global_auc:.2f} at ε {p.epsilon:.3g}" for p in noised
+                        if p.global_auc is not None) + f". {uploads}")
 
 
 def hospitals(study: str) -> int:

@@ -21,7 +21,9 @@ import plotly.graph_objects as go
 import yaml
 
 from app.views import backdoor as bd_ui
+from app.views import breakdown as breakdown_ui
 from app.views import dp_audit as audit_ui
+from app.views import frontier as frontier_ui
 from app.views import inversion as inv_ui
 from app.views import membership as membership_ui
 from app.views import poisoning as poi_ui
@@ -518,9 +520,15 @@ SCALE_WORDS = {"demo": "Demo (minutes)", "paper": "Paper (the presets as they ar
 
 def study_cell_words(label: str | None) -> str:
     """A running study cell in words: a preset's title, a backdoor experiment (its label
-    names the backdoor's attack) or a poisoning experiment."""
-    if label and label.startswith("name="):
+    names the backdoor's attack), a breakdown experiment (it names the rule's f), a DP
+    frontier experiment (it starts with DP on or off) or a poisoning experiment."""
+    label = label or ""
+    if label.startswith("name="):
         return preset_title(label.removeprefix("name="))
-    if label and label.startswith("attack="):
+    if label.startswith("attack="):
         return bd_ui.cell_words(label)
+    if "num_malicious=" in label:
+        return breakdown_ui.cell_words(label)
+    if label.startswith("enabled="):
+        return frontier_ui.cell_words(label)
     return poi_ui.cell_words(label)

@@ -7,11 +7,11 @@ mean), and a verdict on the rule at that f, judged against that attack only:
 
 * ``broken``: the strongest attack's mean ratio reaches ``BROKEN`` (the error doubled);
 * ``damaged``: above ``PROTECTED`` (25 % worse);
-* ``holds``: within ``PROTECTED`` while the same attack with the same attackers hurt FedAvg
-  beyond ``PROTECTED`` at every seed (the control; a rule "holds" only where the attack
-  works);
-* ``attack_too_weak``: within ``PROTECTED``, but the attack did not hurt FedAvg at every
-  seed either, so the cell says nothing of the rule (FedAvg itself: its own control).
+* ``holds``: every attack tried stayed within ``PROTECTED`` (the strongest included), and
+  one of them, with the same attackers, hurt FedAvg beyond ``PROTECTED`` at every seed (the
+  control: a rule "holds" only against an attack that works);
+* ``attack_too_weak``: within ``PROTECTED``, but no attack tried hurt FedAvg at every seed
+  either, so the cell says nothing of the rule (FedAvg itself: its own control).
 
 The worst case of a rule is its cell with the highest ratio. Pure functions of
 :class:`~engine.analyses.sweep_table.SweepRow` lists, so the page, the study report and the
@@ -54,7 +54,10 @@ class BreakdownCell:
     attackers: int
     attacks: tuple[AttackCell, ...]
     strongest: AttackCell
-    fedavg: AttackCell | None  # the strongest attack against FedAvg, same f (the control)
+    fedavg: AttackCell | None  # the strongest attack's ratios against FedAvg, same f
+    # Of the attacks tried here, the one that hurt FedAvg most (its ratios against FedAvg,
+    # same f): what a "holds" rests on.
+    control: AttackCell | None
     verdict: str
 
 
@@ -74,7 +77,8 @@ def _cells(rows: list[SweepRow]) -> dict[tuple[str, int], dict[str, list[float]]
 
 
 def verdict(strongest: AttackCell, control: AttackCell | None, rule: str) -> str:
-    """The rule's verdict at one f against its strongest attack (see the module)."""
+    """The rule's verdict at one f against its strongest attack, with ``control`` the
+    attack tried here that hurt FedAvg most (see the module)."""
     if strongest.mean >= BROKEN:
         return "broken"
     if strongest.mean > PROTECTED:
@@ -92,11 +96,11 @@ def breakdown(rows: list[SweepRow]) -> list[BreakdownCell]:
             list(dict.fromkeys(k[0] for k in cells)).index(kv[0][0]), kv[0][1])):
         tried = tuple(AttackCell(kind, tuple(r)) for kind, r in attacks.items())
         strongest = max(tried, key=lambda a: a.mean)
-        control_attacks = cells.get(("fedavg", f), {})
-        control = (AttackCell(strongest.kind, tuple(control_attacks[strongest.kind]))
-                   if strongest.kind in control_attacks else None)
-        out.append(BreakdownCell(rule, f, tried, strongest, control,
-                                 verdict(strongest, control, rule)))
+        on_fedavg = {kind: AttackCell(kind, tuple(r))
+                     for kind, r in cells.get(("fedavg", f), {}).items() if kind in attacks}
+        control = max(on_fedavg.values(), key=lambda a: min(a.ratios), default=None)
+        out.append(BreakdownCell(rule, f, tried, strongest, on_fedavg.get(strongest.kind),
+                                 control, verdict(strongest, control, rule)))
     return out
 
 

@@ -1,16 +1,17 @@
 """The privacy–utility frontier: the model's error and the membership attacks' AUC against ε.
 
-From a DP sweep's table (one row per run; the run without DP is the reference): for each ε,
-the mean error over seeds and its ratio to the non-private mean error (95 % Student-t
-interval over seeds), and the patient-level AUCs of the membership attacks. The verdict of
-the frontier is the smallest ε whose mean error stays within ``USEFUL`` × the non-private
-one, or none at this scale. Pure functions of
+From a DP sweep's table (one row per run; the runs without DP are the reference): for each
+ε, the errors over seeds and their ratio to the error without DP at the same seed (mean and
+95 % Student-t interval over seeds), and the patient-level AUCs of the membership attacks.
+The verdict of the frontier is the smallest ε whose mean ratio stays within ``USEFUL``, or
+none at this scale. Pure functions of
 :class:`~engine.analyses.sweep_table.SweepRow` lists.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +28,8 @@ class FrontierPoint:
 
     epsilon: float | None
     mae_hu: tuple[float, ...]
-    ratio: float | None  # mean error ÷ the non-private mean error
-    ratio_ci: list[float] | None  # over seeds, each seed's error ÷ the non-private mean
+    ratio: float | None  # mean over seeds of the error ÷ the same seed's without DP
+    ratio_ci: list[float] | None  # 95 % Student-t over seeds
     server_auc: float | None  # FedMIA on the uploads, patient level, mean over seeds
     global_auc: float | None  # the global-model attack, patient level, mean over seeds
 
@@ -38,21 +39,30 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
+def seed_of(row: SweepRow) -> str | None:
+    """The seed a sweep row's cell names (``seed=2``), or None."""
+    found = re.search(r"(?:^|, )seed=(\d+)", row.cell or "")
+    return found.group(1) if found else None
+
+
 def frontier(rows: list[SweepRow]) -> list[FrontierPoint]:
-    """The frontier's points, the non-private one first, then ε descending."""
+    """The frontier's points, the non-private one first, then ε descending. Each run's
+    error is divided by the run without DP of the same seed (same patients), or by the mean
+    of the runs without DP where its seed has none."""
     groups: dict[float | None, list[SweepRow]] = {}
     for r in rows:
         if r.mae_hu is None:
             continue
         eps = r.epsilon if r.dp_enabled else None
         groups.setdefault(eps, []).append(r)
-    base = groups.get(None)
-    base_mae = float(np.mean([r.mae_hu for r in base])) if base else None
+    base = {seed_of(r): float(r.mae_hu) for r in groups.get(None, [])}
+    base_mean = float(np.mean(list(base.values()))) if base else None
     points = []
     for eps in sorted(groups, key=lambda e: -math.inf if e is None else -e):
         group = groups[eps]
         maes = tuple(float(r.mae_hu) for r in group)
-        ratios = [m / base_mae for m in maes] if base_mae else []
+        ratios = ([float(r.mae_hu) / base.get(seed_of(r), base_mean) for r in group]
+                  if base_mean else [])
         points.append(FrontierPoint(
             eps, maes, float(np.mean(ratios)) if ratios else None,
             mean_interval(ratios) if ratios else None,

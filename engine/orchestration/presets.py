@@ -316,16 +316,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "config": {**POISON_BASE, "name": f"hospitals-{n}",
                    "data": {**POISON_BASE["data"], "centers": n}},
-    } for n, minutes, words in ((8, 0.25, "15 s"), (16, 0.5, "30 s"), (64, 2.0, "2 min"))},
+    } for n, minutes, words in ((8, 0.2, "12 s"), (16, 0.25, "15 s"), (64, 0.6, "40 s"))},
     "dp-frontier": {
-        "minutes": 1.0,
+        "minutes": 0.45,
         "title": "Server-side DP at ε 8 with 16 hospitals",
         "description": (
             "16 hospitals; the server clips every update to norm 4, averages them and adds the "
             "Gaussian noise that gives ε 8 (δ 1e-5) after 20 rounds (DP-FedAvg: the guarantee "
             "covers the released models, not the uploads the server receives). Membership "
             "inference on the last 6 rounds: FedMIA on the uploads and the attack on the "
-            "released global models (about 1 min)."
+            "released global models (about 30 s)."
         ),
         "config": {**POISON_BASE, "name": "dp-frontier",
                    "data": {**POISON_BASE["data"], "centers": 16},
@@ -337,13 +337,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                                               "balance": False}}},
     },
     "poison-adaptive": {
-        "minutes": 1.0,
+        "minutes": 0.5,
         "title": "The strongest attacker against the median, 16 hospitals",
         "description": (
             "16 hospitals under FedMedian; 3 of them (A, B, C) collude with Min-Max: each "
             "round they see the honest updates and send the update farthest from their mean "
             "that stays as close to them as they are to each other. Held against the clean "
-            "federation and the same attack against FedAvg (about 1 min)."
+            "federation and the same attack against FedAvg (about 30 s)."
         ),
         "config": {**POISON_BASE, "name": "poison-adaptive",
                    "data": {**POISON_BASE["data"], "centers": 16},

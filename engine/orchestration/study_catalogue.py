@@ -11,7 +11,7 @@ from engine.orchestration.sweep_catalogue import SWEEPS, Cell
 STUDY_SCALES = ("demo", "paper", "full")
 # Wall time from empty on 2 CPU cores (benchmarks/README.md): demo measured as a whole; paper
 # the sum of its parts' measured times; full is meant for a GPU and was not measured on a CPU.
-STUDY_MINUTES = {"demo": 11, "paper": 63, "full": 600}
+STUDY_MINUTES = {"demo": 13, "paper": 98, "full": 600}
 
 # Each part of the study: its key (the report's row), the preset it runs.
 PARTS: dict[str, str] = {
@@ -22,7 +22,9 @@ PARTS: dict[str, str] = {
     "dlg": "dlg-paper",
     "strongest-inversion": "ig-strong",
     "poisoning": "poison-base",
+    "breakdown": "hospitals-8",
     "backdoor": "backdoor-demo",
+    "frontier": "dp-frontier",
 }
 
 # Overrides per scale and part (every cell of the part gets them).
@@ -36,14 +38,30 @@ _DEMO: dict[str, list[str]] = {
     "dlg": ["attacks.inversion.iterations=30"],
     "strongest-inversion": ["attacks.inversion.iterations=100", "attacks.inversion.restarts=2"],
     "poisoning": ["federation.rounds=8"],
+    "breakdown": [],
     "backdoor": [],
+    "frontier": [],
 }
-# The backdoor beyond the study: at the demo scale model replacement against FedAvg, update
-# clipping and FLAME, one seed; else the whole backdoor-paper sweep (at backdoor-demo's size
-# at every scale: its trigger and region are sized for 32 px images).
-_DEMO_BACKDOOR = [["attacks.backdoor.attack=model_replacement",
-                   "attacks.backdoor.malicious_centers=[0]", *defense, "seed=0"]
-                  for defense in ([], ["defenses.update_clip=median"], ["defenses.flame=true"])]
+# Parts that run a sweep's cells, at the sweep's own size at every scale (the backdoor's
+# trigger is sized for 32 px images; the many-hospitals parts are about the count, not the
+# image): the whole sweep, or at the demo scale a few of its cells, one seed. Beyond the
+# published study: the strongest attacker per rule, the backdoor, DP with many hospitals.
+SWEPT = {"poisoning": "poison-paper", "breakdown": "poison-breakdown",
+         "backdoor": "backdoor-paper", "frontier": "dp-frontier"}
+_ATTACK = ["attacks.poisoning.enabled=true", "attacks.poisoning.malicious_centers=[0]"]
+_DEMO_CELLS = {
+    "breakdown": [[f"federation.aggregator={rule}", "federation.num_malicious=1", *attack,
+                   "seed=0"]
+                  for rule in ("fedavg", "fedmedian")
+                  for attack in ([], [*_ATTACK, "attacks.poisoning.kind=alie_opt"],
+                                 [*_ATTACK, "attacks.poisoning.kind=min_max"])],
+    "backdoor": [["attacks.backdoor.attack=model_replacement",
+                  "attacks.backdoor.malicious_centers=[0]", *defense, "seed=0"]
+                 for defense in ([], ["defenses.update_clip=median"],
+                                 ["defenses.flame=true"])],
+    "frontier": [["defenses.dp.enabled=false", "seed=0"],
+                 ["defenses.dp.enabled=true", "defenses.dp.target_epsilon=8.0", "seed=0"]],
+}
 _FULL_DATA = ["data.image_size=256", "data.patients_per_center=20",
               "data.heldout_per_center=5", "data.slices_per_patient=32"]
 _FULL: dict[str, list[str]] = {
@@ -54,7 +72,9 @@ _FULL: dict[str, list[str]] = {
     "dlg": ["data.image_size=256"],
     "strongest-inversion": ["data.image_size=256"],
     "poisoning": ["data.image_size=256", "data.slices_per_patient=32"],
+    "breakdown": [],
     "backdoor": [],
+    "frontier": [],
 }
 SCALE_SETS: dict[str, dict[str, list[str]]] = {
     "demo": _DEMO, "paper": {part: [] for part in PARTS}, "full": _FULL}
@@ -70,9 +90,9 @@ def study_cells(scale: str) -> list[tuple[str, Cell]]:
     extra = SCALE_SETS[scale]
     cells = []
     for part, preset in PARTS.items():
-        if part in ("poisoning", "backdoor"):
-            owns = (SWEEPS["poison-paper"]["cells"] if part == "poisoning"
-                    else _DEMO_BACKDOOR if scale == "demo" else SWEEPS["backdoor-paper"]["cells"])
+        if part in SWEPT:
+            owns = (SWEEPS[SWEPT[part]]["cells"] if scale != "demo" or part not in _DEMO_CELLS
+                    else _DEMO_CELLS[part])
             cells += [(part, Cell(preset, [*own], [*own, *extra[part]])) for own in owns]
         else:
             own = [f"name={preset}"]

@@ -307,38 +307,38 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "cells": _data_noise_cells(),
     },
     "backdoor-paper": {
-        "minutes": 18,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 20,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The sCT backdoor beyond the study: model replacement (boost ×2) or backdoored "
             "data only, against FedAvg, update clipping, FedMedian, the trimmed mean and FLAME, "
             "with "
             "one or two attackers of 4 hospitals, 3 seeds; each run against the same "
             "federation without the attacker and, when defended, the attack against FedAvg "
-            "(about 18 min)."
+            "(about 20 min)."
         ),
         "base": "backdoor-demo",
         "cells": _backdoor_cells(),
     },
     "poison-breakdown": {
-        "minutes": 30,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 23,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The strongest attacker against each rule as the attackers grow: 8 hospitals; "
             "FedAvg, FedMedian, the trimmed mean (β 0.25), Krum and Bulyan with 1 attacker up "
             "to each rule's limit (Krum n ≥ 2f+3, Bulyan n ≥ 4f+3, the median f < n/2); ALIE "
             "(z 1) and the adaptive attackers that see the round's honest updates (ALIE and "
             "IPM with their factor tuned to the rule, Min-Max, Min-Sum); seeds 0–2, each "
-            "against its clean federation (about 30 min)."
+            "against its clean federation (about 23 min)."
         ),
         "base": "hospitals-8",
         "cells": _breakdown_cells(),
     },
     "dp-frontier": {
-        "minutes": 12,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 10,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The privacy–utility frontier with 16 hospitals: server-side DP (DP-FedAvg, clip "
             "4, every hospital every round) at ε 1024, 256, 64, 16, 8, 4, 2 and 1 (δ 1e-5) "
             "and without DP, seeds 0–2; the model's error beside the membership attacks' "
-            "patient-level AUC (about 12 min)."
+            "patient-level AUC (about 10 min)."
         ),
         "base": "dp-frontier",
         "cells": _frontier_cells([]),
