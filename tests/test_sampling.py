@@ -120,10 +120,13 @@ def test_a_sampled_federation_with_server_dp_trains_the_sampled_hospitals_only()
 
 
 def _frontier_rows() -> list[SweepRow]:
-    """No DP: 200, 210, 190 HU; ε 16: ×1.2 of that; ε 4: ×1.4; ε 1: ×3."""
+    """No DP: 200, 300, 100 HU at seeds 0–2; ε 16: ×1.2, 1.3, 1.1 of the same seed's; ε 4:
+    ×1.3, 1.5, 1.4; ε 1: ×3 (a ratio of means, or to the mean, would differ)."""
     rows = []
-    for eps, factor in ((None, 1.0), (16.0, 1.2), (4.0, 1.4), (1.0, 3.0)):
-        for seed, mae in enumerate((200.0, 210.0, 190.0)):
+    for eps, factors in ((None, (1.0, 1.0, 1.0)), (16.0, (1.2, 1.3, 1.1)),
+                         (4.0, (1.3, 1.5, 1.4)), (1.0, (3.0, 3.0, 3.0))):
+        for seed, (mae, factor) in enumerate(zip((200.0, 300.0, 100.0), factors,
+                                                 strict=True)):
             rows.append(SweepRow(
                 cell=(f"enabled=false, seed={seed}" if eps is None
                       else f"target_epsilon={eps}, seed={seed}"),
@@ -136,7 +139,11 @@ def _frontier_rows() -> list[SweepRow]:
 def test_the_frontier_names_the_smallest_useful_epsilon() -> None:
     points = frontier(_frontier_rows())
     assert [p.epsilon for p in points] == [None, 16.0, 4.0, 1.0]
-    assert points[2].ratio == pytest.approx(1.4)
+    assert points[2].ratio == pytest.approx(1.4)  # each seed against its own
+    assert points[1].ratio == pytest.approx(1.2)
+    # A run whose seed has no run without DP is held against their mean (200 HU).
+    extra = SweepRow(cell="target_epsilon=2.0", dp_enabled=True, epsilon=2.0, mae_hu=500.0)
+    assert frontier([*_frontier_rows(), extra])[3].ratio == pytest.approx(2.5)
     assert points[0].global_auc == pytest.approx(0.8)
     assert smallest_useful_epsilon(points).epsilon == 4.0
     # Without the ε 16 and 4 runs nothing is useful; without the reference, no ratio.

@@ -296,9 +296,12 @@ def attack_name(row: SweepRow) -> str:
 
 
 def row_defense(row: SweepRow) -> str:
-    """A study row's defense in words (:func:`defense_name`)."""
-    return defense_name(row.aggregator, row.update_clip, row.flame, fltrust=row.fltrust,
+    """A study row's defense in words (:func:`defense_name`), with server-side DP's ε."""
+    name = defense_name(row.aggregator, row.update_clip, row.flame, fltrust=row.fltrust,
                         dp_level=row.dp_level if row.dp_enabled else None)
+    if row.dp_enabled and row.dp_level == "server":
+        name += f" ({epsilon_text(row.epsilon)})"
+    return name
 
 
 def _mean(values: list[float | None]) -> float | None:

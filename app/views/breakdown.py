@@ -22,7 +22,8 @@ KIND_NAMES = {"alie": "ALIE (z 1, fixed)", "alie_opt": "ALIE tuned to the rule",
               "ipm_opt": "IPM tuned to the rule", "min_max": "Min-Max", "min_sum": "Min-Sum"}
 VERDICT_WORDS = {"broken": "broken (error doubled)", "damaged": "damaged (> 25 % worse)",
                  "holds": "holds (an attack it stopped hurt FedAvg)",
-                 "attack_too_weak": "attack too weak to judge"}
+                 "attack_too_weak": "attack too weak to judge",
+                 "inconclusive": "inconclusive (the seeds disagree: more are needed)"}
 CAPTION = ("Each point: the strongest attack against the rule with that many attackers, "
            "its error ÷ the same federation's without attackers, mean over 3 seeds with its "
            "95 % interval. Above the dotted line (1.25) the rule let the attack through; at "

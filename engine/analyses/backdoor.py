@@ -308,8 +308,9 @@ def backdoor_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRes
                         "patients_backdoored": e["patients_backdoored"]} for r, e in later],
         "per_round": _per_round(result), "control_per_round": _per_round(control),
         "server_filter": server_filter(result),
+        # A defended run whose cost cannot be measured cannot be "stopped" (inf fails it).
         "verdict": backdoor_verdict(effect, null, ctrl, ctrl_null, bd.threshold_hu, ratio,
-                                    cost),
+                                    math.inf if cost is None and control_clean else cost),
         "example": (triggered_example(cfg, cohort, result.final_params, clean.final_params,
                                       folder) if folder is not None else None),
     }

@@ -3,15 +3,20 @@
 From a breakdown sweep's table (one row per run: rule, attack, attackers, seed, final error
 ÷ the same federation's clean error), for every rule and number of attackers f: each attack's
 mean error ratio over seeds (95 % Student-t interval), the strongest attack (the highest
-mean), and a verdict on the rule at that f, judged against that attack only:
+mean), and a verdict on the rule at that f, judged against that attack's interval (its mean
+where there is one seed):
 
-* ``broken``: the strongest attack's mean ratio reaches ``BROKEN`` (the error doubled);
-* ``damaged``: above ``PROTECTED`` (25 % worse);
-* ``holds``: every attack tried stayed within ``PROTECTED`` (the strongest included), and
-  one of them, with the same attackers, hurt FedAvg beyond ``PROTECTED`` at every seed (the
-  control: a rule "holds" only against an attack that works);
+* ``broken``: the mean reaches ``BROKEN`` (the error doubled) and the interval lies above
+  ``PROTECTED``;
+* ``damaged``: the interval lies above ``PROTECTED`` (25 % worse);
+* ``holds``: the interval lies within ``PROTECTED`` (every other attack tried had a lower
+  mean), and one of the attacks tried, with the same attackers, hurt FedAvg beyond
+  ``PROTECTED`` at every seed (the control: a rule "holds" only against an attack that
+  works);
 * ``attack_too_weak``: within ``PROTECTED``, but no attack tried hurt FedAvg at every seed
-  either, so the cell says nothing of the rule (FedAvg itself: its own control).
+  either, so the cell says nothing of the rule (FedAvg itself: its own control);
+* ``inconclusive``: the interval straddles ``PROTECTED``: the seeds disagree, more are
+  needed.
 
 The worst case of a rule is its cell with the highest ratio. Pure functions of
 :class:`~engine.analyses.sweep_table.SweepRow` lists, so the page, the study report and the
@@ -27,7 +32,7 @@ import numpy as np
 from engine.analyses.poisoning import BROKEN, PROTECTED, mean_interval
 from engine.analyses.sweep_table import SweepRow
 
-VERDICTS = ("broken", "damaged", "holds", "attack_too_weak")
+VERDICTS = ("broken", "damaged", "holds", "attack_too_weak", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,11 @@ def _cells(rows: list[SweepRow]) -> dict[tuple[str, int], dict[str, list[float]]
 def verdict(strongest: AttackCell, control: AttackCell | None, rule: str) -> str:
     """The rule's verdict at one f against its strongest attack, with ``control`` the
     attack tried here that hurt FedAvg most (see the module)."""
-    if strongest.mean >= BROKEN:
-        return "broken"
-    if strongest.mean > PROTECTED:
-        return "damaged"
+    low, high = strongest.interval or (strongest.mean, strongest.mean)
+    if low > PROTECTED:
+        return "broken" if strongest.mean >= BROKEN else "damaged"
+    if high > PROTECTED:
+        return "inconclusive"
     hurt = (control is not None and rule != "fedavg"
             and min(control.ratios) > PROTECTED)
     return "holds" if hurt else "attack_too_weak"

@@ -55,8 +55,9 @@ def frontier(rows: list[SweepRow]) -> list[FrontierPoint]:
             continue
         eps = r.epsilon if r.dp_enabled else None
         groups.setdefault(eps, []).append(r)
-    base = {seed_of(r): float(r.mae_hu) for r in groups.get(None, [])}
-    base_mean = float(np.mean(list(base.values()))) if base else None
+    plain = groups.get(None, [])
+    base = {seed_of(r): float(r.mae_hu) for r in plain if seed_of(r) is not None}
+    base_mean = float(np.mean([r.mae_hu for r in plain])) if plain else None
     points = []
     for eps in sorted(groups, key=lambda e: -math.inf if e is None else -e):
         group = groups[eps]

@@ -298,6 +298,7 @@ def _frontier(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
         glob = mia.variants.get("global_loss") if mia else None
         main = mia.variants.get(mia.verdict_attack or mia.attack) if mia else None
         rows.append(SweepRow(
+            cell=f"seed={s.config.get('seed', 0)}",
             dp_enabled=dp.enabled, epsilon=dp.epsilon if dp.enabled else None,
             mae_hu=s.federation.final.mae_hu if s.federation.final else None,
             patient_auc_pooled=main.patient.pooled.auc if main else None,
@@ -319,8 +320,9 @@ def _frontier(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
     seeds = max(len(p.mae_hu) for p in points)
     return [StudyRow(
         "frontier", ours, "",
-        f"{hospitals} hospitals; {seeds} seed{'s' if seeds > 1 else ''} per ε; error ratio of "
-        "the means; patient-level AUCs pooled over hospitals",
+        f"{hospitals} hospitals; {seeds} seed{'s' if seeds > 1 else ''} per ε; each run's "
+        "error ÷ the same seed's without DP, mean over seeds; patient-level AUCs pooled over "
+        "hospitals",
         "DP-FedAvg at the server (clip, average, Gaussian noise; RDP accountant, δ 1e-5); "
         "FedMIA on the uploads and the loss attack on the released global models",
         [rid for rid, _ in cells])]

@@ -138,7 +138,9 @@ def line_maximize(damage: Callable[[float], float], start: float,
     return float(x)
 
 
-_LAST: dict[tuple, tuple[np.ndarray, float]] = {}  # the round's update, for every attacker
+# The round's update, for every attacker: its inputs (the rule itself, held so that it is
+# compared by identity, not by an id a freed rule could pass on) and the result.
+_LAST: list[tuple[tuple, Rule, np.ndarray, float]] = []
 
 
 def adaptive_update(kind: str, honest: np.ndarray, rule: Rule, attackers: int,
@@ -149,11 +151,11 @@ def adaptive_update(kind: str, honest: np.ndarray, rule: Rule, attackers: int,
     send the same update: the last one computed is kept for the next with the same inputs
     (keyed by a digest of the honest updates), so the search runs once a round."""
     key = (kind, hashlib.sha256(np.ascontiguousarray(honest).tobytes()).hexdigest(),
-           id(rule), attackers, perturb, start)
-    if key not in _LAST:
-        _LAST.clear()
-        _LAST[key] = _adaptive_update(kind, honest, rule, attackers, perturb, start)
-    update, factor = _LAST[key]
+           honest.shape, attackers, perturb, start)
+    if _LAST and _LAST[0][0] == key and _LAST[0][1] is rule:
+        return _LAST[0][2].copy(), _LAST[0][3]
+    update, factor = _adaptive_update(kind, honest, rule, attackers, perturb, start)
+    _LAST[:] = [(key, rule, update, factor)]
     return update.copy(), factor
 
 

@@ -118,8 +118,8 @@ def constrain_and_scale(model: torch.nn.Module, global_params: NDArrays,
     distance of Sun et al. 2019 as the anomaly term): trained on the ``backdoored`` slices
     with ``constrain_mu``/2·‖w − global‖² added to its loss (FedProx's proximal term), then
     its update scaled to the norm of the update it would send honestly (the same training on
-    its ``own`` slices), so that it looks like an honest hospital's to a norm bound or a
-    similarity check. Returns the model and its training metadata."""
+    its ``own`` slices), so that a norm bound sees an honest hospital's and the distance term
+    keeps it near the honest direction. Returns the model and its training metadata."""
     honest, _ = train_local(model, global_params, own, local, seed=seed)
     trained, meta = train_local(model, global_params, backdoored,
                                 replace(local, fedprox_mu=bd.constrain_mu), seed=seed)

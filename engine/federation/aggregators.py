@@ -236,14 +236,14 @@ def dp_mean(uploads: dict[str, NDArrays], global_params: NDArrays, clip_norm: fl
     added to every float coordinate of the sum (σ = ``noise_multiplier``: the Gaussian
     mechanism, whose sensitivity to one hospital is C), divided by ``expected`` (the expected
     number of uploads qn under sampling; default: the uploads received) and added to the
-    global model. No upload (nobody sampled): the noise alone. Other buffers are the first
-    upload's, or the global model's."""
+    global model. No upload (nobody sampled): the noise alone. Other buffers stay the global
+    model's."""
     clipped = clip_to_median_norm(uploads, global_params, bound=clip_norm)
     count = float(expected if expected is not None else len(uploads))
     out = []
     for i, g in enumerate(global_params):
-        if not is_float(g):
-            out.append(next(iter(uploads.values()))[i] if uploads else g)
+        if not is_float(g):  # (a hospital's counters would release its data size)
+            out.append(g)
             continue
         models = [np.asarray(p[i], np.float64) for p in clipped.values()]
         # (sum of updates + N(0, (σC)²)) / count, as global + mean update + N(0, (σC/count)²);

@@ -143,7 +143,8 @@ class BackdoorConfig(_Section):
         "`boost` so that it survives averaging (Bagdasaryan et al. 2020); constrain_scale: "
         "train with a term `constrain_mu`/2·‖w − global‖² that keeps the update near the global"
         " model, then scale it to the norm of the update the hospital would send honestly "
-        "(trained too), to pass norm and similarity checks (in-process runtime only)")
+        "(trained too), to pass norm checks near the honest direction (in-process runtime "
+        "only)")
     constrain_mu: float = Field(0.001, ge=0.0, le=100.0, description="constrain_scale: weight "
                                 "of the distance term (FedProx's proximal term; much larger "
                                 "shrinks the update so far that scaling it up breaks the "

@@ -402,13 +402,15 @@ class ExperimentConfig(_Section):
         kind = self.attacks.poisoning.kind
         for setting, on in (("defenses.flame = true", d.flame),
                             ("defenses.fltrust = true", d.fltrust),
-                            ("defenses.dp.level = 'server'",
-                             d.dp.enabled and d.dp.level == "server"),
+                            (f"defenses.dp.level = {d.dp.level!r}", d.dp.enabled),
+                            (f"defenses.prune_fraction = {d.prune_fraction:g}",
+                             d.prune_fraction > 0),
                             ("defenses.secure_aggregation = true", d.secure_aggregation)):
             if on:
                 raise ValueError(f"attacks.poisoning.kind = {kind!r} tunes its update to the "
-                                 f"aggregation rule, and {setting} is not one it models; use "
-                                 "federation.aggregator and defenses.update_clip instead")
+                                 f"honest updates and the aggregation rule, and {setting} is "
+                                 "not one it models; use federation.aggregator and "
+                                 "defenses.update_clip instead")
         limit = {"krum": ((n - 3) // 2, "n ≥ 2f+3"), "multikrum": ((n - 3) // 2, "n ≥ 2f+3"),
                  "bulyan": ((n - 3) // 4, "n ≥ 4f+3"), "fedmedian": ((n - 1) // 2, "f < n/2"),
                  "trimmed_mean": (int(fed.trim_beta * n), "f ≤ β·n")}.get(fed.aggregator)
@@ -417,6 +419,11 @@ class ExperimentConfig(_Section):
                 f"{f} attackers are beyond what federation.aggregator = {fed.aggregator!r} "
                 f"withstands with data.centers = {n} ({limit[1]}: at most {limit[0]}); use "
                 "fewer attacks.poisoning.malicious_centers or more centers")
+        if fed.aggregator in ("krum", "multikrum", "bulyan") and f > fed.num_malicious:
+            raise ValueError(
+                f"{f} attackers against federation.aggregator = {fed.aggregator!r} told "
+                f"federation.num_malicious = {fed.num_malicious}: the rule is built for that "
+                "many; set federation.num_malicious to the number of attackers")
 
     def _check_server_rules(self) -> None:
         """FLAME, server-side DP and FLTrust each replace the aggregation with their own
