@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from engine.clients.adaptive import Rule
 from engine.clients.backdoor import constrain_and_scale
 from engine.clients.behaviour import (
     attacking,
@@ -212,6 +213,17 @@ def _training_data(cfg: ExperimentConfig,
     return attack_sets, training_sets(cfg, cohort, attack=False)[0], malicious
 
 
+def _uploads(cfg: ExperimentConfig, rnd: int, cohort: Cohort, trained: dict[str, NDArrays],
+             metadata: dict[str, dict[str, Any]], global_params: NDArrays,
+             malicious: set[str], rule: Rule) -> dict[str, NDArrays]:
+    """What each center that trained in round ``rnd`` sends (by its index in the cohort,
+    which sampling makes differ from its position among those that trained)."""
+    index = {c.name: k for k, c in enumerate(cohort.centers)}
+    return {name: client_upload(cfg, rnd, index[name], params, metadata[name], global_params,
+                                name in malicious, list(trained.values()), rule=rule)
+            for name, params in trained.items()}
+
+
 def run_federation(
     cfg: ExperimentConfig,
     cohort: Cohort,
@@ -252,16 +264,12 @@ def run_federation(
                                                              start)
     every, root = fed.checkpoint_every, server_root(cfg)
     rule = update_rule(aggregator, cfg.defenses.update_clip)
-    index = {c.name: k for k, c in enumerate(cohort.centers)}
     for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()
         sets = train_sets if attacking(cfg, rnd) else own_sets
         trained, metadata = train_round(cfg, model, rnd, cohort, sets, global_params, plan,
                                         should_stop, own_sets, sampled_centers(cfg, rnd))
-        uploads = {name: client_upload(cfg, rnd, index[name], params, metadata[name],
-                                       global_params, name in malicious,
-                                       list(trained.values()), rule=rule)
-                   for name, params in trained.items()}
+        uploads = _uploads(cfg, rnd, cohort, trained, metadata, global_params, malicious, rule)
         weights = {c: int(metadata[c]["num_examples"]) for c in uploads}
         outcome = server_round(cfg, rnd, uploads, weights, global_params, aggregator,
                                malicious, root)
