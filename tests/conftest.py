@@ -50,3 +50,32 @@ def runs_dir(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     monkeypatch.setenv("FEDSCT_RUNS_DIR", str(root))
     return root
+
+
+@pytest.fixture
+def finished_study(runs_dir):
+    """``(name, rows, page)`` → the dashboard opened on ``page`` (``"poisoning.py"``) after
+    sweep ``name`` finished with ``rows`` (its folder written as a sweep writes it: every
+    cell done, the table)."""
+    from streamlit.testing.v1 import AppTest
+
+    from engine.core.run_folder import write_json_atomic
+    from engine.orchestration.sweep_catalogue import sweep_cells
+    from engine.orchestration.sweeps import sweep_folder, write_table
+
+    def open_page(name: str, rows: list, page: str) -> AppTest:
+        cells = sweep_cells(name)
+        folder = sweep_folder(name)
+        folder.mkdir(parents=True)
+        write_json_atomic(folder / "sweep.json", {"state": "done", "cells_done": len(cells),
+                                                  "cells": [{"label": c.label}
+                                                            for c in cells]})
+        write_table(folder, rows)
+        at = AppTest.from_file(str(os.path.join(os.path.dirname(__file__), "..", "app",
+                                                "main.py")), default_timeout=60)
+        at.run()
+        at.switch_page(f"../pages/{page}").run()
+        assert not at.exception, at.exception
+        return at
+
+    return open_page

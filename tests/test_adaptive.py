@@ -9,11 +9,9 @@ rounding and compared with tolerances of 1e-9 relative."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from app.views.breakdown import CAPTION, VERDICT_WORDS
 from engine.analyses.breakdown import breakdown, worst_cases
@@ -28,7 +26,6 @@ from engine.clients.adaptive import (
     rule_damage,
 )
 from engine.core.config import ConfigError
-from engine.core.run_folder import write_json_atomic
 from engine.data.cohort import load_cohort
 from engine.federation.aggregators import (
     Bulyan,
@@ -40,8 +37,6 @@ from engine.federation.aggregators import (
 )
 from engine.federation.inprocess import run_federation
 from engine.orchestration.presets import build_config
-from engine.orchestration.sweep_catalogue import sweep_cells
-from engine.orchestration.sweeps import sweep_folder, write_table
 
 RULES = {"fedavg": FedAvg(), "fedmedian": FedMedian(), "trimmed_mean": TrimmedMean(beta=0.2),
          "krum": Krum(num_malicious=2), "bulyan": Bulyan(num_malicious=2)}
@@ -213,20 +208,10 @@ def test_breakdown_takes_the_strongest_attack_per_rule_and_attackers() -> None:
     assert (worst["fedmedian"].attackers, worst["fedavg"].attackers) == (2, 2)
 
 
-def test_the_page_draws_a_finished_breakdown_study(runs_dir: Path) -> None:
+def test_the_page_draws_a_finished_breakdown_study(finished_study) -> None:
     """A finished study's folder (rows written as a sweep writes them): the curves, the
     worst-case table with each rule's verdict, and every cell."""
-    cells = sweep_cells("poison-breakdown")
-    folder = sweep_folder("poison-breakdown")
-    folder.mkdir(parents=True)
-    write_json_atomic(folder / "sweep.json", {"state": "done", "cells_done": len(cells),
-                                              "cells": [{"label": c.label} for c in cells]})
-    write_table(folder, _rows())
-    at = AppTest.from_file(str(Path(__file__).parents[1] / "app" / "main.py"),
-                           default_timeout=60)
-    at.run()
-    at.switch_page("../pages/poisoning.py").run()
-    assert not at.exception, at.exception
+    at = finished_study("poison-breakdown", _rows(), "poisoning.py")
     assert any(CAPTION == c.value for c in at.caption)
     worst = next(d.value for d in at.dataframe if "Strongest attack" in d.value.columns)
     assert worst["Rule"].tolist() == ["FedAvg", "FedMedian", "Krum", "Trimmed mean",

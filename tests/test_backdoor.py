@@ -40,7 +40,6 @@ from engine.clients.backdoor import add_trigger, backdoored_slices, target_regio
 from engine.clients.behaviour import training_sets
 from engine.clients.dp import planned_accounting
 from engine.core.config import ConfigError
-from engine.core.run_folder import write_json_atomic
 from engine.data.cohort import load_cohort
 from engine.data.types import SliceSet
 from engine.federation.aggregators import clip_to_median_norm, dp_mean, flame, fltrust
@@ -49,7 +48,6 @@ from engine.orchestration.experiment import execute
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import create_run
 from engine.orchestration.sweep_catalogue import sweep_cells
-from engine.orchestration.sweeps import sweep_folder, write_table
 
 # ----------------------------------------------------------------------------- pure parts
 
@@ -472,22 +470,17 @@ def test_a_backdoor_is_followed_after_its_attacker_stops(trained: tuple) -> None
     assert report["verdict"] == "attack_too_weak"
 
 
-def test_the_page_draws_a_finished_backdoor_study(runs_dir: Path) -> None:
+def test_the_page_draws_a_finished_backdoor_study(finished_study) -> None:
     """A finished study's folder (rows written as a sweep writes them): its table, the
     scatter of every run and what secure aggregation leaves of the defenses."""
     cells = sweep_cells("backdoor-paper")
-    folder = sweep_folder("backdoor-paper")
-    folder.mkdir(parents=True)
     rows = [SweepRow(cell=c.label, backdoor_attack="data", aggregator="fedavg",
                      update_clip="none", flame="flame=true" in c.label,
                      malicious="center-0", backdoor_success_hu=300.0 - 50 * k,
                      backdoor_patients=14, backdoor_patients_backdoored=14 - k,
                      backdoor_clean_mae_ratio=1.0, backdoor_verdict="implanted")
             for k, c in enumerate(cells[:3])]
-    write_json_atomic(folder / "sweep.json", {"state": "done", "cells_done": len(cells),
-                                              "cells": [{"label": c.label} for c in cells]})
-    write_table(folder, rows)
-    at = _poisoning_page()
+    at = finished_study("backdoor-paper", rows, "poisoning.py")
     table = at.dataframe[-1].value
     assert table["Seeds"].tolist() == [3] and table["Mean shift (HU)"].tolist() == [250.0]
     assert len([c for c in at.get("plotly_chart") if "under the trigger" in c.proto.spec]) == 1

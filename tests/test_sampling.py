@@ -6,7 +6,6 @@ accountant, which is tight, from below)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import dp_accounting
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 from absl import logging as absl_logging
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
-from streamlit.testing.v1 import AppTest
 
 from app.views.frontier import CAPTION
 from engine.analyses.frontier import frontier, smallest_useful_epsilon
@@ -22,13 +20,10 @@ from engine.analyses.sweep_table import SweepRow
 from engine.clients.behaviour import sampled_centers
 from engine.clients.dp import planned_accounting
 from engine.core.config import ConfigError
-from engine.core.run_folder import write_json_atomic
 from engine.data.cohort import load_cohort
 from engine.federation.aggregators import dp_mean
 from engine.federation.inprocess import run_federation
 from engine.orchestration.presets import build_config
-from engine.orchestration.sweep_catalogue import sweep_cells
-from engine.orchestration.sweeps import sweep_folder, write_table
 
 # dp_accounting logs each fractional RDP order it skips; the ε does not depend on them.
 absl_logging.set_verbosity(absl_logging.ERROR)
@@ -151,18 +146,8 @@ def test_the_frontier_names_the_smallest_useful_epsilon() -> None:
     assert frontier([r for r in _frontier_rows() if r.dp_enabled])[0].ratio is None
 
 
-def test_the_membership_page_draws_a_finished_frontier(runs_dir: Path) -> None:
-    cells = sweep_cells("dp-frontier")
-    folder = sweep_folder("dp-frontier")
-    folder.mkdir(parents=True)
-    write_json_atomic(folder / "sweep.json", {"state": "done", "cells_done": len(cells),
-                                              "cells": [{"label": c.label} for c in cells]})
-    write_table(folder, _frontier_rows())
-    at = AppTest.from_file(str(Path(__file__).parents[1] / "app" / "main.py"),
-                           default_timeout=60)
-    at.run()
-    at.switch_page("../pages/membership.py").run()
-    assert not at.exception, at.exception
+def test_the_membership_page_draws_a_finished_frontier(finished_study) -> None:
+    at = finished_study("dp-frontier", _frontier_rows(), "membership.py")
     assert any(CAPTION == c.value for c in at.caption)
     assert any("the smallest ε that keeps the model within 1.5× of its error without DP is "
                "**4** (δ 1e-5): error ×1.40" in m.value for m in at.markdown)
