@@ -1,4 +1,4 @@
-"""Adaptive attackers (Min-Max, Min-Sum, ALIE and IPM tuned to the rule): their constraints,
+"""Adaptive attackers (Min-Max, Min-Sum, ALIE and IPM tuned to the rule, Fang's): their constraints,
 their damage against the fixed attacks of the same strength on cases where the answer is
 known, the rules they are refused against, and a federation that runs them.
 
@@ -16,9 +16,11 @@ import pytest
 from app.views.breakdown import CAPTION, VERDICT_WORDS
 from engine.analyses.breakdown import breakdown, worst_cases
 from engine.analyses.sweep_table import SweepRow
+from engine.clients import malicious
 from engine.clients.adaptive import (
     _adaptive_update,
     adaptive_update,
+    fang_krum_bound,
     line_maximize,
     min_max_gamma,
     min_sum_gamma,
@@ -76,7 +78,7 @@ def test_optimised_alie_finds_the_known_worst_case_of_the_median() -> None:
     median: any malicious value ≤ −1 makes the median of the seven −1, the most damage there
     is (1). ALIE's fixed z = 0.5 sends −0.71 (damage 0.71); the optimised z reaches 1."""
     honest = np.array([[-2.0], [-1.0], [0.0], [1.0], [2.0]])
-    rule = update_rule(FedMedian(), "none")
+    rule = update_rule(FedMedian(), "none", "none", 0)
     fixed = rule_damage(rule, honest, honest.mean(0) - 0.5 * honest.std(0), 2)
     assert fixed == pytest.approx(0.5 * math.sqrt(2), rel=1e-9)
     update, z = adaptive_update("alie_opt", honest, rule, 2, start=0.5)
@@ -92,7 +94,7 @@ def test_an_optimised_attack_does_at_least_the_fixed_attacks_damage(rule_name: s
     searched do at least the fixed factor's damage to every rule (in the measure the search
     maximises). Each rule gets its own update, not one cached for another rule."""
     honest = _honest()
-    rule = update_rule(RULES[rule_name], "none")
+    rule = update_rule(RULES[rule_name], "none", "none", 0)
     mean, std = honest.mean(0), honest.std(0)
     fixed = mean - start * std if kind == "alie_opt" else -start * mean
     update, _ = adaptive_update(kind, honest, rule, 2, start=start)
@@ -105,14 +107,67 @@ def test_the_search_beats_the_fixed_factor_where_it_can() -> None:
     """Against FedAvg the damage grows with IPM's ε, so the search goes to its top; against
     Krum a large ALIE shift is thrown out, so the best z is smaller than a large fixed one."""
     honest = _honest()
-    fedavg = update_rule(FedAvg(), "none")
+    fedavg = update_rule(FedAvg(), "none", "none", 0)
     _, eps = adaptive_update("ipm_opt", honest, fedavg, 2, start=4.0)
     assert eps == pytest.approx(100.0, rel=1e-9)
-    krum = update_rule(Krum(num_malicious=2), "none")
+    krum = update_rule(Krum(num_malicious=2), "none", "none", 0)
     update, z = adaptive_update("alie_opt", honest, krum, 2, start=5.0)
     mean, std = honest.mean(0), honest.std(0)
     assert z < 5.0
     assert rule_damage(krum, honest, update, 2) > rule_damage(krum, honest, mean - 5 * std, 2)
+
+
+def test_fangs_krum_attack_is_the_update_krum_keeps() -> None:
+    """Nine honest updates, two attackers sending −λ·sign(mean): the λ found is one at
+    which Krum (told f = 2) picks the attackers' update, so the aggregate is that update
+    and its damage is at least that of every larger λ of the halving sequence (the bound's
+    own λ included) and of the fixed sign flip (−4 × mean)."""
+    honest = _honest()
+    krum = update_rule(Krum(num_malicious=2), "none", "none", 0)
+    update, lam = adaptive_update("fang_krum", honest, krum, 2)
+    np.testing.assert_allclose(krum([*honest, update, update]), update, rtol=1e-12)
+    direction = -np.sign(honest.mean(0))
+    assert update == pytest.approx(lam * direction, rel=1e-12)
+    bound = fang_krum_bound(honest, 2)
+    damage = rule_damage(krum, honest, update, 2)
+    for larger in bound / 2.0 ** np.arange(0, 64):
+        if larger <= lam:
+            break
+        assert damage >= rule_damage(krum, honest, larger * direction, 2) - 1e-12
+    assert damage > rule_damage(krum, honest, -4.0 * honest.mean(0), 2)
+
+
+def test_fangs_trimmed_mean_attack_on_a_case_with_a_known_answer() -> None:
+    """One coordinate, honest updates 1…5 (mean 3, moving up), two attackers, the trimmed
+    mean cutting two of the seven per side: the most any attackers can do is leave the
+    three lowest honest values, mean 2 (damage 1), which every value ≤ 1 does. Fang's
+    values lie in [min/2, min] = [0.5, 1]: damage 1; ALIE (z 1, a = 3 − √2 ≈ 1.59) leaves
+    (1.59 + 2 + 3)/3, damage 0.80."""
+    honest = np.array([[1.0], [2.0], [3.0], [4.0], [5.0]])
+    rule = update_rule(TrimmedMean(beta=0.3), "none", "none", 0)
+    update, b = adaptive_update("fang_trim", honest, rule, 2)
+    assert b == 2.0 and 0.5 <= update[0] <= 1.0
+    assert rule_damage(rule, honest, update, 2) == pytest.approx(1.0, rel=1e-12)
+    alie = honest.mean(0) - honest.std(0)
+    assert rule_damage(rule, honest, alie, 2) == pytest.approx(
+        3.0 - (3.0 - math.sqrt(2.0) + 5.0) / 3.0, rel=1e-12)
+
+
+def test_fangs_trimmed_mean_attack_goes_beyond_the_honest_extremes() -> None:
+    """Every coordinate of the update lies beyond the honest extreme opposite to the honest
+    mean's sign, by at most the factor b = 2 (the paper's ranges), and the draws repeat for
+    the same honest updates."""
+    honest = _honest()
+    rule = update_rule(TrimmedMean(beta=0.2), "none", "none", 0)
+    update, _ = adaptive_update("fang_trim", honest, rule, 2)
+    mean, top, low = honest.mean(0), honest.max(0), honest.min(0)
+    up, down = mean < 0, mean > 0
+    assert np.all(update[up] >= top[up]) and np.all(update[down] <= low[down])
+    far_top = np.where(top > 0, 2 * top, top / 2)
+    far_low = np.where(low > 0, low / 2, 2 * low)
+    assert np.all(update[up] <= far_top[up]) and np.all(update[down] >= far_low[down])
+    again = _adaptive_update("fang_trim", honest, rule, 2, "std", 1.0)[0]
+    np.testing.assert_array_equal(update, again)
 
 
 def test_line_maximize_finds_a_peak_between_its_grid_points() -> None:
@@ -134,7 +189,15 @@ def test_line_maximize_finds_a_peak_between_its_grid_points() -> None:
     (["defenses.dp.enabled=true"], "defenses.dp.level = 'client' is not one it models"),
     (["data.centers=8", "federation.aggregator=krum", "federation.num_malicious=1",
       "attacks.poisoning.malicious_centers=[0,1]"],
-     "2 attackers against federation.aggregator = 'krum' told federation.num_malicious = 1"),
+     "2 attackers against a server told federation.num_malicious = 1 \\(krum\\)"),
+    (["data.centers=8", "federation.aggregator=dnc", "federation.num_malicious=3",
+      "attacks.poisoning.malicious_centers=[0,1,2,3]"],
+     "4 attackers are beyond what federation.aggregator = 'dnc' withstands with "
+     "data.centers = 8 \\(f < n/2: at most 3\\)"),
+    (["data.centers=8", "federation.aggregator=trimmed_mean", "federation.pre_aggregator=nnm",
+      "federation.num_malicious=1", "attacks.poisoning.malicious_centers=[0,1]"],
+     "2 attackers against a server told federation.num_malicious = 1 \\(trimmed_mean "
+     "after nnm\\)"),
     (["federation.runtime=flower-sim"], "only federation.runtime = 'inprocess'"),
 ])
 def test_an_adaptive_attack_beyond_the_rules_limit_is_refused(sets: list[str],
@@ -144,18 +207,28 @@ def test_an_adaptive_attack_beyond_the_rules_limit_is_refused(sets: list[str],
         build_config("poison-base", sets=[*base, *sets])
 
 
-@pytest.mark.parametrize("kind", ["min_max", "alie_opt"])
-def test_a_federation_trains_with_an_adaptive_attacker(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["min_max", "alie_opt", "fang_trim"])
+def test_a_federation_trains_with_an_adaptive_attacker(kind: str, monkeypatch) -> None:
     """Through the in-process runtime (3 rounds of poison-base under FedMedian): every
-    round the attacker's upload is its tuned update, not the model it trained, and the
-    run finishes with a finite error."""
+    round the attacker's upload, as the server sees it, is the update the attack tuned
+    that round (its norm, up to the float32 upload's rounding), not the model it trained,
+    and the run finishes with a finite error."""
+    tuned: list[float] = []
+
+    def spy(*args, **kwargs):
+        update, factor = adaptive_update(*args, **kwargs)
+        tuned.append(float(np.linalg.norm(update)))
+        return update, factor
+
+    monkeypatch.setattr(malicious, "adaptive_update", spy)
     cfg = build_config("poison-base", sets=[
         "attacks.poisoning.enabled=true", f"attacks.poisoning.kind={kind}",
         "federation.aggregator=fedmedian", "federation.rounds=3"])
     result = run_federation(cfg, load_cohort(cfg.data, cfg.seed))
     assert math.isfinite(result.history[-1]["mae_hu"])
     norms = [r["clients"]["center-0"]["update_norm"] for r in result.detection]
-    assert len(norms) == 3 and all(math.isfinite(v) and v > 0 for v in norms)
+    assert len(tuned) == 3
+    np.testing.assert_allclose(norms, tuned, rtol=1e-4)
 
 
 def _row(rule: str, f: int, kind: str, ratio: float, seed: int = 0) -> SweepRow:

@@ -61,7 +61,7 @@ def test_every_cell_of_every_scale_is_a_valid_experiment(scale: str) -> None:
     parts = [p for p, _ in cells]
     assert parts[:6] == ["quality", "membership", "membership-secagg", "membership-evidence",
                          "dlg", "strongest-inversion"]
-    beyond = {"breakdown": (6, 198), "backdoor": (3, 60), "frontier": (2, 27)}
+    beyond = {"breakdown": (6, 480), "backdoor": (3, 60), "frontier": (2, 27)}
     for part, (demo, other) in beyond.items():
         assert parts.count(part) == (demo if scale == "demo" else other)
     assert parts.count("poisoning") == 140
@@ -154,7 +154,7 @@ def test_a_small_study_reports_its_runs_numbers_and_resumes(
     row = rows[ANALYSES["breakdown"]]
     median = summaries["aggregator=fedmedian, enabled=true, kind=min_max, "
                        "malicious_centers=[0]"].poisoning
-    assert f"fedmedian: ×{median.cells[0].mae_ratio:.2f} with 1 attacker (min_max)" in row
+    assert f"FedMedian: ×{median.cells[0].mae_ratio:.2f} with 1 attacker (min_max)" in row
     assert "8 hospitals" in row
     row = rows[ANALYSES["frontier"]]
     eps = summaries["target_epsilon=8.0"].federation.dp.epsilon

@@ -23,6 +23,7 @@ from engine.analyses.results import BackdoorEffect, BackdoorSummary, RunSummary
 from engine.analyses.sweep_table import SweepRow
 from engine.clients.dp import epsilon_text
 from engine.core.config import ExperimentConfig
+from engine.federation.aggregators import rule_key
 
 INTRO = (
     "A **backdoor** is the attack the average error does not show. A dishonest hospital "
@@ -85,7 +86,8 @@ def config_defense(cfg: ExperimentConfig | None, aggregator: str | None) -> str:
     if cfg is None:
         return defense_name(aggregator, None)
     d = cfg.defenses
-    return defense_name(cfg.federation.aggregator, d.update_clip, d.flame, fltrust=d.fltrust,
+    return defense_name(rule_key(cfg.federation.aggregator, cfg.federation.pre_aggregator),
+                        d.update_clip, d.flame, fltrust=d.fltrust,
                         dp_level=d.dp.level if d.dp.enabled else None)
 
 
@@ -251,7 +253,8 @@ def cell_words(label: str | None) -> str:
     """A backdoor study cell label (``attack=data, malicious_centers=[0], …``) in words."""
     parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
     attackers = parts.get("malicious_centers", "[0]").strip("[]").split(",")
-    defense = defense_name(parts.get("aggregator"), parts.get("update_clip"),
+    defense = defense_name(rule_key(parts.get("aggregator", "fedavg"),
+                                    parts.get("pre_aggregator")), parts.get("update_clip"),
                            parts.get("flame") == "true", fltrust=parts.get("fltrust") == "true",
                            dp_level=parts.get("level"))
     trigger = TRIGGER_NAMES.get(parts.get("trigger", ""))
@@ -297,7 +300,8 @@ def attack_name(row: SweepRow) -> str:
 
 def row_defense(row: SweepRow) -> str:
     """A study row's defense in words (:func:`defense_name`), with server-side DP's ε."""
-    name = defense_name(row.aggregator, row.update_clip, row.flame, fltrust=row.fltrust,
+    name = defense_name(rule_key(row.aggregator or "fedavg", row.pre_aggregator),
+                        row.update_clip, row.flame, fltrust=row.fltrust,
                         dp_level=row.dp_level if row.dp_enabled else None)
     if row.dp_enabled and row.dp_level == "server":
         name += f" ({epsilon_text(row.epsilon)})"

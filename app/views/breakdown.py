@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from engine.analyses.breakdown import BreakdownCell, worst_cases
 from engine.analyses.poisoning import BROKEN, PROTECTED
-from engine.federation.aggregators import RULE_NAMES
+from engine.federation.aggregators import rule_words
 
 STUDY = "poison-breakdown"
 TITLE = "Strongest attacker: each rule up to its breakdown point"
@@ -19,7 +19,8 @@ INTRO = ("A rule that survives a fixed attack may still fall to an attacker who 
          "Here the attacking hospitals see the other hospitals' updates every round (the "
          "standard worst case of this research) and tune theirs to the rule. ")
 KIND_NAMES = {"alie": "ALIE (z 1, fixed)", "alie_opt": "ALIE tuned to the rule",
-              "ipm_opt": "IPM tuned to the rule", "min_max": "Min-Max", "min_sum": "Min-Sum"}
+              "ipm_opt": "IPM tuned to the rule", "min_max": "Min-Max", "min_sum": "Min-Sum",
+              "fang_krum": "Fang (Krum)", "fang_trim": "Fang (trimmed mean)"}
 VERDICT_WORDS = {"broken": "broken (error doubled)", "damaged": "damaged (> 25 % worse)",
                  "holds": "holds (an attack it stopped hurt FedAvg)",
                  "attack_too_weak": "attack too weak to judge",
@@ -32,7 +33,7 @@ CAPTION = ("Each point: the strongest attack against the rule with that many att
 
 
 def _rule(name: str) -> str:
-    return RULE_NAMES.get(name, name)
+    return rule_words(name)
 
 
 def breakdown_figure(cells: list[BreakdownCell]) -> go.Figure:

@@ -117,6 +117,11 @@ AGGREGATOR_HELP = {
     "multikrum": "Averages the few updates most similar to the others, ignoring outliers.",
     "bulyan": "Combines Krum with trimming for the strongest protection against attackers "
               "(needs the most hospitals).",
+    "centered_clipping": "Starts from the current shared model and shortens every update "
+                         "that reaches farther than a typical one, so no hospital can pull "
+                         "far; repeated three times.",
+    "dnc": "Finds the direction in which the updates differ most and drops the hospitals "
+           "farthest along it (as many as it is told attackers may be), then averages.",
 }
 
 STATE_TEXT = {"queued": "waiting to start", "running": "running", "done": "finished",

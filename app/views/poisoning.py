@@ -30,6 +30,7 @@ from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
 from engine.core.config import ROBUST_AGGREGATORS, ConfigError, ExperimentConfig
+from engine.federation.aggregators import rule_aggregator, rule_key, rule_words
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex
 from engine.orchestration.sweep_catalogue import POISON_AGGREGATORS, POISON_LEVELS
@@ -49,6 +50,8 @@ KIND_NAMES = {
     "min_sum": "Min-Sum (adapts to the honest updates)",
     "alie_opt": "A Little Is Enough, tuned to the rule",
     "ipm_opt": "reversed average, tuned to the rule (IPM)",
+    "fang_krum": "Fang's attack on Krum",
+    "fang_trim": "Fang's attack on the trimmed mean",
 }
 KIND_HELP = {
     "data_noise": "The hospital trains on images spoilt with random noise (a broken scanner "
@@ -69,11 +72,18 @@ KIND_HELP = {
                 "own rule, to pull the result farthest from the honest average.",
     "ipm_opt": "The attackers send the honest average reversed, scaled each round by trying "
                "the server's own rule for the most damage (Xie et al., 2020).",
+    "fang_krum": "The attackers send a step against the direction the honest hospitals are "
+                 "moving, as large as the server's rule still picks it: built to be the one "
+                 "update Krum keeps (Fang et al., 2020).",
+    "fang_trim": "For every number in the model, the attackers send a value just beyond the "
+                 "most extreme honest one, on the side opposite to where the honest "
+                 "hospitals are moving: built to pull the trimmed mean and the median "
+                 "(Fang et al., 2020).",
 }
 NOISE_KINDS = tuple(POISON_LEVELS)
 RULE_COLOURS = {"fedavg": "#c0392b", "fedprox": "#e67e22", "fedmedian": "#2471a3",
                 "trimmed_mean": "#17a589", "krum": "#7d3c98", "multikrum": "#a04000",
-                "bulyan": "#2e4053"}
+                "bulyan": "#2e4053", "centered_clipping": "#b7950b", "dnc": "#1e8449"}
 METRICS = {"mae_hu": "Average error, MAE (HU) — lower is better",
            "psnr_db": "Image quality, PSNR (dB) — higher is better",
            "ssim": "Structural similarity, SSIM (0–1) — higher is better"}
@@ -94,7 +104,7 @@ EMPTY = "No poisoning results yet. Choose an attack above and press Run, or star
 
 
 def rule_name(rule: str) -> str:
-    return RULE_NAMES.get(rule, rule)
+    return rule_words(rule)
 
 
 def kind_name(kind: str) -> str:
@@ -160,7 +170,8 @@ def attack_time_text(configs: list[ExperimentConfig]) -> str:
 
 
 # Settings that pick the rule; runs that differ only in these attacked the same federation.
-RULE_KEYS = ("aggregator", "fedprox_mu", "trim_beta", "num_malicious", "multikrum_m")
+RULE_KEYS = ("aggregator", "fedprox_mu", "trim_beta", "num_malicious", "multikrum_m",
+             "pre_aggregator", "cc_tau")
 
 
 class PoisonRun(RunRow):
@@ -173,7 +184,9 @@ class PoisonRun(RunRow):
 
     @property
     def rule(self) -> str:
-        return self.aggregator or "fedavg"
+        """The server's rule with its pre-aggregator (:func:`rule_key`)."""
+        return rule_key(self.aggregator or "fedavg",
+                        self.cfg.federation.pre_aggregator if self.cfg else None)
 
     @property
     def attack(self) -> str:
@@ -213,7 +226,7 @@ def poisoning_runs(rows: list[RunRow]) -> tuple[list[PoisonRun], list[Path]]:
     runs = []
     for row in rows_ok:
         run = PoisonRun(**vars(row))
-        if run.poison.cells and run.rule in run.poison.baseline:
+        if run.poison.cells and (run.aggregator or "fedavg") in run.poison.baseline:
             runs.append(run)
         else:
             damaged.append(run.path / "summary.json")
@@ -257,14 +270,15 @@ def _ratios(seeds: list[Any], mean: float, ci: list[float] | None) -> str:
             f"{mean:.2f}×{interval})")
 
 
-def verdict(poison: PoisoningSummary, aggregator: str) -> Verdict:
-    """How much the attack hurt, from the final MAE against the same federation without
-    attackers (the ratio, over seeds), and whether the same attack hurt FedAvg (the control
-    without which "protected" means nothing)."""
+def verdict(poison: PoisoningSummary, key: str) -> Verdict:
+    """How much the attack hurt the rule ``key`` (:func:`rule_key`), from the final MAE
+    against the same federation without attackers (the ratio, over seeds), and whether the
+    same attack hurt FedAvg (the control without which "protected" means nothing)."""
     cell = poison.cells[0]
+    aggregator = rule_aggregator(key)
     base = poison.baseline[aggregator]
-    rule = rule_name(aggregator)
-    robust = aggregator in ROBUST_AGGREGATORS
+    rule = rule_name(key)
+    robust = aggregator in ROBUST_AGGREGATORS or key != aggregator
     ratio = poison.mae_ratio_mean if poison.mae_ratio_mean is not None else cell.mae_ratio
     names = poison.malicious_names
     who = (f"{len(names)} malicious hospital{'s' if len(names) != 1 else ''} "

@@ -29,7 +29,6 @@ from app.views import membership as membership_ui
 from app.views import poisoning as poi_ui
 from app.views import whatif as whatif_ui
 from app.views.common import (
-    RULE_NAMES,
     UNSEEN_LABEL,
     Verdict,
     computed_with,
@@ -49,6 +48,7 @@ from engine.analyses.results import (
 )
 from engine.core.config import ConfigError, ExperimentConfig, validate_config
 from engine.core.run_folder import RunFolder, RunStatus
+from engine.federation.aggregators import rule_key, rule_words
 from engine.orchestration.presets import preset_title
 
 # plotly.js names its map-data server as a default setting; the report draws no maps, so the
@@ -506,7 +506,8 @@ def _control_words(s: RunSummary) -> str:
     control = s.poisoning.fedavg_control if s.poisoning else None
     if control is None or control.self_ or not control.seeds:
         return ""
-    rule = RULE_NAMES.get(s.federation.aggregator, s.federation.aggregator)
+    rule = rule_words(rule_key(s.federation.aggregator,
+                               s.config.get("federation", {}).get("pre_aggregator")))
     n = len(control.seeds)
     return (f" This run used {rule}; the same attack against FedAvg gave "
             f"{control.mae_ratio_mean:.2f}× over {n} seed{'' if n == 1 else 's'}.")

@@ -46,7 +46,7 @@ from engine.core.config import AttacksConfig, DPConfig, ExperimentConfig
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, save_png, to_gray, to_heat
 from engine.core.types import NDArrays
 from engine.data.types import Cohort, SliceSet
-from engine.federation.aggregators import RULE_NAMES
+from engine.federation.aggregators import rule_words
 from engine.federation.protocol import FederationResult
 from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, set_parameters
@@ -67,6 +67,7 @@ def defended(cfg: ExperimentConfig) -> bool:
     # FedProx aggregates as FedAvg does (its μ acts in local training): not a defense.
     d = cfg.defenses
     return (cfg.federation.aggregator not in ("fedavg", "fedprox")
+            or cfg.federation.pre_aggregator != "none"
             or d.update_clip != "none" or d.flame or d.fltrust or server_dp(cfg))
 
 
@@ -76,11 +77,12 @@ def server_dp(cfg: ExperimentConfig) -> bool:
 
 
 def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The same attack against plain FedAvg without server clipping, FLAME, FLTrust or
-    server-side DP: the control a defended run is held against."""
+    """The same attack against plain FedAvg without a pre-aggregator, server clipping,
+    FLAME, FLTrust or server-side DP: the control a defended run is held against."""
     dp = DPConfig() if server_dp(cfg) else None  # (its settings, not just off: one config)
     return cfg.model_copy(update={
-        "federation": cfg.federation.model_copy(update={"aggregator": "fedavg"}),
+        "federation": cfg.federation.model_copy(update={"aggregator": "fedavg",
+                                                         "pre_aggregator": "none"}),
         "defenses": cfg.defenses.model_copy(update={"update_clip": "none", "flame": False,
                                                     "fltrust": False,
                                                     **({"dp": dp} if dp else {})})})
@@ -90,14 +92,15 @@ def defense_name(aggregator: str | None, update_clip: str | None,
                  flame: bool | None = None, *, fltrust: bool | None = None,
                  dp_level: str | None = None) -> str:
     """The server's defense in words: FLAME, FLTrust, server-side DP, or the rule with
-    update clipping if any (``dp_level``: the DP level when DP is on)."""
+    update clipping if any (``aggregator``: a :func:`rule_key`, with its pre-aggregator;
+    ``dp_level``: the DP level when DP is on)."""
     if flame:
         return "FLAME"
     if fltrust:
         return "FLTrust"
     if dp_level == "server":
         return "Server-side DP"
-    words = [RULE_NAMES.get(aggregator or "fedavg", aggregator or "FedAvg")]
+    words = [rule_words(aggregator or "fedavg")]
     if update_clip and update_clip != "none":
         words.append("update clipping")
     return " + ".join(words)

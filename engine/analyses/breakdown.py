@@ -31,6 +31,7 @@ import numpy as np
 
 from engine.analyses.poisoning import BROKEN, PROTECTED, mean_interval
 from engine.analyses.sweep_table import SweepRow
+from engine.federation.aggregators import rule_key
 
 VERDICTS = ("broken", "damaged", "holds", "attack_too_weak", "inconclusive")
 
@@ -55,7 +56,7 @@ class AttackCell:
 class BreakdownCell:
     """A rule with f attackers: every attack tried, the strongest, the verdict."""
 
-    rule: str
+    rule: str  # its rule_key: the aggregator, with its pre-aggregator (``nnm+fedmedian``)
     attackers: int
     attacks: tuple[AttackCell, ...]
     strongest: AttackCell
@@ -76,7 +77,8 @@ def _cells(rows: list[SweepRow]) -> dict[tuple[str, int], dict[str, list[float]]
     for r in rows:
         if r.poison_kind is None or r.mae_ratio is None or r.aggregator is None:
             continue
-        out.setdefault((r.aggregator, attackers_of(r)), {}).setdefault(
+        out.setdefault((rule_key(r.aggregator, r.pre_aggregator), attackers_of(r)),
+                       {}).setdefault(
             r.poison_kind, []).append(float(r.mae_ratio))
     return out
 

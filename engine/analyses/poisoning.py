@@ -98,12 +98,17 @@ def poisoning_report(cfg: ExperimentConfig, cohort: Cohort, result: FederationRe
     }
 
 
+def plain_fedavg(cfg: ExperimentConfig) -> bool:
+    """Whether the server averages without a pre-aggregator: its own FedAvg control."""
+    return cfg.federation.aggregator == "fedavg" and cfg.federation.pre_aggregator == "none"
+
+
 def verdict_block(cfg: ExperimentConfig, seeds: list[dict[str, Any]],
                   fedavg_seeds: list[dict[str, Any]] | None) -> dict[str, Any]:
     """``verdict``, ``seeds``, ``mae_ratio_mean``, ``ratio_ci`` and ``fedavg_control``
     (``aggregator``, ``seeds``, ``mae_ratio_mean``, ``ratio_ci``, ``hurt``: FedAvg's ratio
     above :data:`PROTECTED` at every seed; ``self``: the run is FedAvg, its own control)."""
-    own = cfg.federation.aggregator == "fedavg"
+    own = plain_fedavg(cfg)
     control = seeds if own else (fedavg_seeds or [])
     ratios = [r["mae_ratio"] for r in seeds]
     control_ratios = [r["mae_ratio"] for r in control]

@@ -30,6 +30,7 @@ from engine.analyses.results import (
 )
 from engine.analyses.sweep_table import SweepRow
 from engine.clients.dp import MEANINGFUL_EPSILON
+from engine.federation.aggregators import rule_key, rule_words
 
 # What the study published (abstract of the FedSynthCT-Brain security analysis; sCT quality
 # from FedSynthCT-Brain itself, on real brain MRI/CT).
@@ -228,7 +229,9 @@ def _backdoor(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
             continue
         d = s.config.get("defenses", {})
         dp = d.get("dp", {})
-        defense = defense_name(s.federation.aggregator, d.get("update_clip"), d.get("flame"),
+        rule = rule_key(s.federation.aggregator,
+                        s.config.get("federation", {}).get("pre_aggregator"))
+        defense = defense_name(rule, d.get("update_clip"), d.get("flame"),
                                fltrust=d.get("fltrust"),
                                dp_level=dp.get("level") if dp.get("enabled") else None)
         groups.setdefault((bd.attack, len(bd.malicious)), {}).setdefault(
@@ -264,6 +267,7 @@ def _backdoor(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
 def _breakdown(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
     """Each rule against its worst attack over the attackers tried (ratio over seeds)."""
     rows = [SweepRow(aggregator=s.federation.aggregator, poison_kind=s.poisoning.kind,
+                     pre_aggregator=s.config.get("federation", {}).get("pre_aggregator"),
                      malicious=" ".join(s.poisoning.malicious_names),
                      mae_ratio=s.poisoning.cells[0].mae_ratio)
             for _, s in cells if s.poisoning is not None and s.poisoning.cells]
@@ -274,7 +278,7 @@ def _breakdown(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
     seeds = max(len(c.strongest.ratios) for c in found)
     hospitals = max(len(s.federation.per_center) for _, s in cells) or "?"
     ours = "; ".join(
-        f"{rule}: ×{c.strongest.mean:.2f}"
+        f"{rule_words(rule)}: ×{c.strongest.mean:.2f}"
         + (f" [{c.strongest.interval[0]:.2f}, {c.strongest.interval[1]:.2f}]"
            if c.strongest.interval else "")
         + f" with {c.attackers} attacker{'s' if c.attackers > 1 else ''} ({c.strongest.kind}):"

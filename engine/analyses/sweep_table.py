@@ -33,6 +33,7 @@ class SweepRow(_Block):
     clip_norm: float | None = None
     secure_aggregation: bool = False
     aggregator: str | None = None
+    pre_aggregator: str | None = None  # None: none, or a table from before the column
     prune_fraction: float | None = None
     loss: str | None = None
     norm: str | None = None

@@ -18,6 +18,10 @@ a pure function of arrays (updates as flat float vectors, ``(n, d)`` for n hospi
   and IPM (−ε·mean, Xie et al. 2020) with their factor chosen to do the most damage to the
   rule at hand (as ByzFL's ``Optimal_ALIE`` / ``Optimal_IPM`` with ``LineMaximize``): damage
   is the distance between the rule's aggregate and the honest mean.
+* :func:`fang_krum`, :func:`fang_trim` — Fang et al. (USENIX Security 2020), full
+  knowledge: against Krum, −λ·sign(mean Δ) with λ halved from the paper's upper bound;
+  against the trimmed mean and the median, each coordinate pushed just beyond the honest
+  extreme on the side opposite to the honest direction.
 
 :func:`adaptive_update` puts them together for one round; the hospital's upload is
 :mod:`engine.clients.behaviour`'s.
@@ -30,33 +34,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.core.types import NDArrays, is_float
+from engine.core.types import pairwise_sq
 
 # The server's rule on a round's updates (each ``(d,)``), equal weights: its aggregate update.
 Rule = Callable[[list[np.ndarray]], np.ndarray]
-ADAPTIVE_KINDS = ("min_max", "min_sum", "alie_opt", "ipm_opt")
+ADAPTIVE_KINDS = ("min_max", "min_sum", "alie_opt", "ipm_opt", "fang_krum", "fang_trim")
 FACTOR_MAX = 100.0  # the largest z (ALIE) or ε (IPM) the line search tries
 BISECTION_STEPS = 60
-
-
-def flat_update(params: NDArrays, global_params: NDArrays) -> np.ndarray:
-    """The float parameters' update ``params − global`` as one ``(d,)`` float64 vector."""
-    return np.concatenate([(np.asarray(a, np.float64) - g).ravel()
-                           for a, g in zip(params, global_params, strict=True) if is_float(g)])
-
-
-def as_params(update: np.ndarray, global_params: NDArrays, template: NDArrays) -> NDArrays:
-    """``global + update`` in the global model's shapes and dtypes (other buffers from
-    ``template``): the inverse of :func:`flat_update`."""
-    out, start = [], 0
-    for g, t in zip(global_params, template, strict=True):
-        if not is_float(g):
-            out.append(t)
-            continue
-        part = update[start:start + g.size].reshape(g.shape)
-        out.append((g + part).astype(g.dtype))
-        start += g.size
-    return out
 
 
 def perturbation(deltas: np.ndarray, kind: str) -> np.ndarray:
@@ -88,14 +72,9 @@ def _largest(ok: Callable[[float], bool]) -> float:
     return lo
 
 
-def _pairwise_sq(points: np.ndarray) -> np.ndarray:
-    sq = (points * points).sum(axis=1)
-    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * points @ points.T, 0.0)
-
-
 def min_max_gamma(deltas: np.ndarray, p: np.ndarray) -> float:
     """Min-Max's γ: the largest with max_i ‖mean + γp − Δᵢ‖ ≤ max_{i,j} ‖Δᵢ − Δⱼ‖."""
-    bound = float(np.sqrt(_pairwise_sq(deltas).max()))
+    bound = float(np.sqrt(pairwise_sq(deltas).max()))
     mean = deltas.mean(axis=0)
     return _largest(lambda g: float(np.linalg.norm(mean + g * p - deltas, axis=1).max())
                     <= bound)
@@ -103,7 +82,7 @@ def min_max_gamma(deltas: np.ndarray, p: np.ndarray) -> float:
 
 def min_sum_gamma(deltas: np.ndarray, p: np.ndarray) -> float:
     """Min-Sum's γ: the largest with Σ_i ‖mean + γp − Δᵢ‖² ≤ max_i Σ_j ‖Δᵢ − Δⱼ‖²."""
-    bound = float(_pairwise_sq(deltas).sum(axis=1).max())
+    bound = float(pairwise_sq(deltas).sum(axis=1).max())
     mean = deltas.mean(axis=0)
     return _largest(lambda g: float(((mean + g * p - deltas) ** 2).sum()) <= bound)
 
@@ -138,6 +117,52 @@ def line_maximize(damage: Callable[[float], float], start: float,
     return float(x)
 
 
+# Fang et al.'s constants: λ is halved until under this (their threshold), and the
+# trimmed-mean attack's values reach b times beyond the honest extreme.
+FANG_THRESHOLD, FANG_B = 1e-5, 2.0
+
+
+def fang_krum_bound(honest: np.ndarray, attackers: int) -> float:
+    """Fang et al.'s upper bound on λ for Krum with the honest updates ``(n, d)`` (updates
+    are measured from the global model, so its distance to one is that update's norm)."""
+    n, d = honest.shape
+    # Each honest update's distances to its m − c − 2 = n − 2 nearest honest ones (m
+    # uploads of which c attackers), over m − 2c − 1.
+    near = np.sort(np.sqrt(pairwise_sq(honest)), axis=1)[:, 1:max(n - 2, 1) + 1]
+    first = near.sum(axis=1).min() / (max(n - attackers - 1, 1) * np.sqrt(d))
+    return float(first + np.linalg.norm(honest, axis=1).max() / np.sqrt(d))
+
+
+def fang_krum(honest: np.ndarray, rule: Rule, attackers: int) -> tuple[np.ndarray, float]:
+    """Fang et al.'s attack on Krum: −λ·sign(mean Δ), λ from :func:`fang_krum_bound`
+    halved down to :data:`FANG_THRESHOLD`; of those λ, the one that moves ``rule`` most from
+    the honest mean (against Krum: the largest λ at which Krum picks the attackers', as the
+    paper stops; against other rules the same search still finds their worst λ)."""
+    direction = -np.sign(honest.mean(axis=0))
+    lam, tried = fang_krum_bound(honest, attackers), []
+    while lam >= FANG_THRESHOLD and len(tried) < 64:
+        tried.append(lam)
+        lam /= 2.0
+    tried = tried or [FANG_THRESHOLD]
+    damage = [rule_damage(rule, honest, x * direction, attackers) for x in tried]
+    best = tried[int(np.argmax(damage))]
+    return best * direction, best
+
+
+def fang_trim(honest: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Fang et al.'s attack on the trimmed mean (and the median), full knowledge: where the
+    honest mean of a coordinate is negative, a value drawn in [max, b·max] (max > 0) or
+    [max, max/b]; where it is positive, in [min/b, min] (min > 0) or [b·min, min]; b =
+    :data:`FANG_B`, max and min over the honest updates ``(n, d)``."""
+    mean = honest.mean(axis=0)
+    top, low = honest.max(axis=0), honest.min(axis=0)
+    top_far = np.where(top > 0, top * FANG_B, top / FANG_B)
+    low_far = np.where(low > 0, low / FANG_B, low * FANG_B)
+    u = rng.uniform(0.0, 1.0, mean.shape)
+    up, down = top + u * (top_far - top), low_far + u * (low - low_far)
+    return np.where(mean < 0, up, np.where(mean > 0, down, mean))
+
+
 # The round's update, for every attacker: its inputs (the rule itself, held so that it is
 # compared by identity, not by an id a freed rule could pass on) and the result.
 _LAST: list[tuple[tuple, Rule, np.ndarray, float]] = []
@@ -146,7 +171,8 @@ _LAST: list[tuple[tuple, Rule, np.ndarray, float]] = []
 def adaptive_update(kind: str, honest: np.ndarray, rule: Rule, attackers: int,
                     perturb: str = "std", start: float = 1.0) -> tuple[np.ndarray, float]:
     """The malicious update ``(d,)`` of ``kind`` against ``rule`` from the honest updates
-    ``(n, d)``, and its factor (γ for Min-Max/Min-Sum, z for ALIE, ε for IPM). ``start``:
+    ``(n, d)``, and its factor (γ for Min-Max/Min-Sum, z for ALIE, ε for IPM, λ for
+    Fang's Krum attack, b for his trimmed-mean attack). ``start``:
     the fixed attack's factor, which the line search always tries. The attackers of a round
     send the same update: the last one computed is kept for the next with the same inputs
     (keyed by a digest of the honest updates), so the search runs once a round."""
@@ -162,6 +188,11 @@ def adaptive_update(kind: str, honest: np.ndarray, rule: Rule, attackers: int,
 def _adaptive_update(kind: str, honest: np.ndarray, rule: Rule, attackers: int,
                      perturb: str, start: float) -> tuple[np.ndarray, float]:
     mean = honest.mean(axis=0)
+    if kind == "fang_krum":
+        return fang_krum(honest, rule, attackers)
+    if kind == "fang_trim":  # its draws seeded by the honest updates: a rerun repeats them
+        digest = hashlib.sha256(np.ascontiguousarray(honest).tobytes()).digest()
+        return fang_trim(honest, np.random.default_rng(list(digest[:16]))), FANG_B
     if kind in ("min_max", "min_sum"):
         p = perturbation(honest, perturb)
         gamma = (min_max_gamma if kind == "min_max" else min_sum_gamma)(honest, p)

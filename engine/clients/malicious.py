@@ -14,8 +14,8 @@ function of arrays, so it can be tested with hand-made inputs:
 * :func:`alie_upload` — ``alie`` ("A Little Is Enough", Baruch et al. 2019): per coordinate,
   the honest updates' mean minus ``z`` standard deviations; it stays inside the spread of
   honest updates, which is what lets it pass median- and distance-based rules.
-* ``min_max``, ``min_sum``, ``alie_opt``, ``ipm_opt`` — adaptive attackers tuned to the
-  server's rule each round (:mod:`engine.clients.adaptive`).
+* ``min_max``, ``min_sum``, ``alie_opt``, ``ipm_opt``, ``fang_krum``, ``fang_trim`` —
+  adaptive attackers tuned to the server's rule each round (:mod:`engine.clients.adaptive`).
 
 A malicious center deviates from the protocol, so client-side defenses (pruning, DP) are not
 applied to its upload.
@@ -29,11 +29,9 @@ from engine.clients.adaptive import (
     ADAPTIVE_KINDS,
     Rule,
     adaptive_update,
-    as_params,
-    flat_update,
 )
 from engine.core.config import PoisoningConfig
-from engine.core.types import NDArrays, is_float
+from engine.core.types import NDArrays, as_params, flat_update, is_float
 from engine.core.units import hu_to_unit, unit_to_hu
 from engine.data.types import SliceSet
 

@@ -13,3 +13,29 @@ def is_float(array: np.ndarray) -> bool:
     """Whether ``array`` holds floats (integer buffers, e.g. BatchNorm's counter, are never
     noised, pruned or scaled)."""
     return bool(np.issubdtype(array.dtype, np.floating))
+
+
+def flat_update(params: NDArrays, global_params: NDArrays) -> np.ndarray:
+    """The float parameters' update ``params − global`` as one ``(d,)`` float64 vector."""
+    return np.concatenate([(np.asarray(a, np.float64) - g).ravel()
+                           for a, g in zip(params, global_params, strict=True) if is_float(g)])
+
+
+def as_params(update: np.ndarray, global_params: NDArrays, template: NDArrays) -> NDArrays:
+    """``global + update`` in the global model's shapes and dtypes (other buffers from
+    ``template``): the inverse of :func:`flat_update`."""
+    out, start = [], 0
+    for g, t in zip(global_params, template, strict=True):
+        if not is_float(g):
+            out.append(t)
+            continue
+        part = update[start:start + g.size].reshape(g.shape)
+        out.append((g + part).astype(g.dtype))
+        start += g.size
+    return out
+
+
+def pairwise_sq(points: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``(n, n)`` between the rows of ``points`` ``(n, d)``."""
+    sq = (points * points).sum(axis=1)
+    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * points @ points.T, 0.0)

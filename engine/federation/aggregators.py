@@ -2,11 +2,17 @@
 
 Every rule maps ``[(client_parameters, num_examples), …]`` to the new global parameters.
 Median-type rules work coordinate-wise on the models; since all clients start from the same
-global model this equals global + the rule applied to the updates.
+global model this equals global + the rule applied to the updates. Centred clipping also
+needs that global model (its centre), which every rule is given as ``origin``.
+
+The pre-aggregators (:func:`nnm`, :func:`arc`) and the other server steps on individual
+updates (:func:`clip_to_median_norm`, FLAME, DP-FedAvg, FLTrust) are pure functions of the
+uploads and the global model; :func:`server_updates` applies those that go before a rule.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +26,7 @@ from flwr.server.strategy.aggregate import (
 )
 
 from engine.core.config import FederationConfig
-from engine.core.types import NDArrays, is_float
+from engine.core.types import NDArrays, as_params, flat_update, is_float, pairwise_sq
 
 Results = list[tuple[NDArrays, int]]
 
@@ -37,20 +43,24 @@ def _restore_dtypes(out: NDArrays, like: NDArrays) -> NDArrays:
 
 @dataclass(frozen=True)
 class Aggregator:
-    """Base class: ``__call__`` checks the number of clients and applies :meth:`rule`."""
+    """Base class: ``__call__`` checks the number of clients and applies :meth:`rule`.
+
+    ``origin``: the round's global model, which every upload started from (the rules other
+    than centred clipping are translation-equivariant and do not need it)."""
 
     name: str = "fedavg"
     min_clients: int = 1
 
-    def __call__(self, results: Results) -> NDArrays:
+    def __call__(self, results: Results, origin: NDArrays | None = None) -> NDArrays:
         if len(results) < self.min_clients:
             raise ValueError(
                 f"aggregator {self.name!r} needs at least {self.min_clients} client results, "
                 f"got {len(results)}"
             )
-        return _restore_dtypes(self.rule(_as_float(results)), results[0][0])
+        start = None if origin is None else [np.asarray(a, np.float64) for a in origin]
+        return _restore_dtypes(self.rule(_as_float(results), start), results[0][0])
 
-    def rule(self, results: Results) -> NDArrays:
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
         raise NotImplementedError
 
 
@@ -58,7 +68,7 @@ class Aggregator:
 class FedAvg(Aggregator):
     """Weighted mean by number of examples (McMahan et al. 2017). FedProx aggregates alike."""
 
-    def rule(self, results: Results) -> NDArrays:
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
         return aggregate(results)
 
 
@@ -69,7 +79,7 @@ class FedMedian(Aggregator):
     name: str = "fedmedian"
     min_clients: int = 3
 
-    def rule(self, results: Results) -> NDArrays:
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
         return aggregate_median(results)
 
 
@@ -80,7 +90,7 @@ class TrimmedMean(Aggregator):
     name: str = "trimmed_mean"
     beta: float = 0.25
 
-    def rule(self, results: Results) -> NDArrays:
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
         return aggregate_trimmed_avg(results, self.beta)
 
 
@@ -95,15 +105,15 @@ class Krum(Aggregator):
     num_malicious: int = 1
     to_keep: int = 0
 
-    def __call__(self, results: Results) -> NDArrays:
+    def __call__(self, results: Results, origin: NDArrays | None = None) -> NDArrays:
         n, f = len(results), self.num_malicious
         if not n > 2 * f + 2:
             raise ValueError(
                 f"{self.name} with f = {f} needs more than {2 * f + 2} clients, got {n}"
             )
-        return super().__call__(results)
+        return super().__call__(results, origin)
 
-    def rule(self, results: Results) -> NDArrays:
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
         return aggregate_krum(results, self.num_malicious, self.to_keep)
 
 
@@ -114,20 +124,162 @@ class Bulyan(Aggregator):
     name: str = "bulyan"
     num_malicious: int = 1
 
-    def __call__(self, results: Results) -> NDArrays:
+    def __call__(self, results: Results, origin: NDArrays | None = None) -> NDArrays:
         n, f = len(results), self.num_malicious
         if not n >= 4 * f + 3:
             raise ValueError(f"bulyan with f = {f} needs at least {4 * f + 3} clients, got {n}")
-        return super().__call__(results)
+        return super().__call__(results, origin)
 
-    def rule(self, results: Results) -> NDArrays:
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
         return aggregate_bulyan(results, self.num_malicious, aggregate_krum, to_keep=0)
+
+
+def _stack(arrays: list[NDArrays]) -> np.ndarray:
+    """Models (or updates) as rows ``(n, D)``: every array of each, flattened, in order."""
+    return np.stack([np.concatenate([np.ravel(a) for a in arr]) for arr in arrays])
+
+
+def _unstack(row: np.ndarray, like: NDArrays) -> NDArrays:
+    out, start = [], 0
+    for a in like:
+        out.append(row[start:start + a.size].reshape(a.shape))
+        start += a.size
+    return out
+
+
+# Centred clipping's iterations: Karimireddy et al. show one suffices from a good centre
+# (their previous aggregate momentum); ours starts from the global model, farther from the
+# honest updates' centre, and each iteration moves at most τ towards it.
+CC_ITERATIONS = 3
+
+
+def centred_clipping(points: np.ndarray, centre: np.ndarray, tau: float,
+                     iterations: int = CC_ITERATIONS) -> np.ndarray:
+    """Centred clipping (Karimireddy et al., ICML 2021) of ``points`` ``(n, d)``:
+    ``iterations`` times v ← v + mean_i clip_τ(xᵢ − v) from v = ``centre``, where clip_τ
+    scales a vector longer than ``tau`` down to that length. Returns v ``(d,)``."""
+    v = np.asarray(centre, np.float64).copy()
+    for _ in range(iterations):
+        diff = points - v
+        norms = np.linalg.norm(diff, axis=1, keepdims=True)
+        scale = np.minimum(1.0, tau / np.maximum(norms, 1e-300))
+        v = v + (diff * scale).mean(axis=0)
+    return v
+
+
+@dataclass(frozen=True)
+class CenteredClipping(Aggregator):
+    """Centred clipping: the round's models clipped around the global model (``origin``),
+    τ = ``tau`` × the median distance of the uploads from it (a radius in the updates' own
+    scale, which changes from round to round), :data:`CC_ITERATIONS` iterations. The paper
+    centres on the previous round's aggregate momentum; hospitals here keep no momentum
+    and the server keeps no state between rounds (a resumed run repeats it exactly), so
+    the centre is the model every upload started from."""
+
+    name: str = "centered_clipping"
+    tau: float = 1.0
+
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
+        if origin is None:
+            raise ValueError("centered_clipping needs the round's global model (origin)")
+        points, centre = _stack([r[0] for r in results]), _stack([origin])[0]
+        radius = self.tau * float(np.median(np.linalg.norm(points - centre, axis=1)))
+        return _unstack(centred_clipping(points, centre, radius), origin)
+
+
+# DnC's defaults, as in the paper's evaluation: one random subset of 10,000 coordinates,
+# remove c·f = f updates.
+DNC_DIMS, DNC_ITERATIONS, DNC_FILTER = 10_000, 1, 1.0
+
+
+def dnc_keep(points: np.ndarray, f: int, rng: np.random.Generator, dims: int = DNC_DIMS,
+             iterations: int = DNC_ITERATIONS, filter_frac: float = DNC_FILTER) -> list[int]:
+    """Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021) on ``points`` ``(n, d)``:
+    ``iterations`` times, on ``dims`` random coordinates, score each point by its squared
+    projection on the top singular vector of the centred points and drop the
+    ⌊``filter_frac``·f⌋ highest; returns the indices kept every time, ascending."""
+    n, d = points.shape
+    keep = set(range(n))
+    for _ in range(iterations):
+        cols = np.sort(rng.choice(d, size=min(dims, d), replace=False))
+        centred = points[:, cols] - points[:, cols].mean(axis=0)
+        top = np.linalg.svd(centred, full_matrices=False)[2][0]
+        scores = (centred @ top) ** 2
+        keep &= set(np.argsort(scores, kind="stable")[:n - int(filter_frac * f)].tolist())
+    return sorted(keep)
+
+
+@dataclass(frozen=True)
+class DnC(Aggregator):
+    """DnC: the unweighted mean of the models :func:`dnc_keep` keeps with f =
+    ``num_malicious``. Its random coordinates are drawn from a digest of the round's
+    uploads: the same uploads, the same choice (a resumed run repeats it exactly)."""
+
+    name: str = "dnc"
+    num_malicious: int = 1
+
+    def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
+        models = [r[0] for r in results]
+        points = _stack(models)
+        digest = hashlib.sha256(np.ascontiguousarray(points).tobytes()).digest()
+        kept = dnc_keep(points, self.num_malicious, np.random.default_rng(list(digest[:16])))
+        return _unstack(points[kept].mean(axis=0), models[0])
+
+
+def nnm(updates: np.ndarray, f: int) -> np.ndarray:
+    """Nearest-neighbour mixing (Allouah et al., AISTATS 2023): each update of ``updates``
+    ``(n, d)`` replaced by the mean of the n − f updates nearest to it, itself included
+    (Euclidean; ties by position)."""
+    n = len(updates)
+    if not 0 <= f < n:
+        raise ValueError(f"nnm with f = {f} needs more than f updates, got {n}")
+    order = np.argsort(pairwise_sq(updates), axis=1, kind="stable")
+    return np.stack([updates[row[:n - f]].mean(axis=0) for row in order])
+
+
+def arc(updates: np.ndarray, f: int) -> np.ndarray:
+    """Adaptive robust clipping (Allouah et al., NeurIPS 2024): the k = ⌊2f·(n − f)/n⌋
+    longest updates of ``updates`` ``(n, d)`` scaled down to the norm of the longest of the
+    others; the rest unchanged."""
+    n = len(updates)
+    k = (2 * f * (n - f)) // n
+    if k <= 0:
+        return updates.copy()
+    norms = np.linalg.norm(updates, axis=1)
+    order = np.argsort(norms, kind="stable")
+    bound = norms[order[n - k - 1]]
+    out = updates.copy()
+    for i in order[n - k:]:
+        if norms[i] > bound:
+            out[i] *= bound / norms[i]
+    return out
+
+
+PRE_AGGREGATION = {"nnm": nnm, "arc": arc}
 
 
 # Each rule's name in words, as pages and reports show it.
 RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
               "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
-              "bulyan": "Bulyan"}
+              "bulyan": "Bulyan", "centered_clipping": "Centred clipping", "dnc": "DnC",
+              "nnm": "NNM", "arc": "ARC"}
+
+
+def rule_key(aggregator: str, pre_aggregator: str | None = None) -> str:
+    """One name for the server's rule with its pre-aggregator: ``nnm+fedmedian``, or the
+    aggregator alone (``pre_aggregator`` none or unknown)."""
+    return (aggregator if pre_aggregator in (None, "none")
+            else f"{pre_aggregator}+{aggregator}")
+
+
+def rule_aggregator(key: str) -> str:
+    """The aggregator of a :func:`rule_key` (``fedmedian`` of ``nnm+fedmedian``)."""
+    return key.rsplit("+", 1)[-1]
+
+
+def rule_words(key: str) -> str:
+    """A :func:`rule_key` in words: ``NNM + FedMedian``."""
+    return " + ".join(RULE_NAMES.get(k, k) for k in key.split("+"))
 
 
 def make_aggregator(fed: FederationConfig) -> Aggregator:
@@ -145,21 +297,42 @@ def make_aggregator(fed: FederationConfig) -> Aggregator:
             return Krum(name="multikrum", num_malicious=fed.num_malicious, to_keep=fed.multikrum_m)
         case "bulyan":
             return Bulyan(num_malicious=fed.num_malicious)
+        case "centered_clipping":
+            return CenteredClipping(tau=fed.cc_tau)
+        case "dnc":
+            return DnC(num_malicious=fed.num_malicious)
     raise ValueError(f"federation.aggregator = {fed.aggregator!r} is unknown")
 
 
-def update_rule(aggregator: Aggregator, update_clip: str) -> Callable[[list[np.ndarray]],
-                                                                       np.ndarray]:
+def update_rule(aggregator: Aggregator, update_clip: str, pre_aggregator: str,
+                f: int) -> Callable[[list[np.ndarray]], np.ndarray]:
     """The server's rule on one round's flat updates (each ``(d,)``, equal weights): the
-    server's update clipping (``update_clip``), then ``aggregator``. What an adaptive
-    attacker optimises against (:mod:`engine.clients.adaptive`)."""
+    server's update clipping (``update_clip``) and pre-aggregator (built for ``f``
+    attackers), then ``aggregator`` (:func:`server_updates`). What an adaptive attacker
+    optimises against (:mod:`engine.clients.adaptive`)."""
     def rule(updates: list[np.ndarray]) -> np.ndarray:
         zero = [np.zeros_like(updates[0])]
-        ups = {str(k): [u] for k, u in enumerate(updates)}
-        if update_clip == "median":
-            ups = clip_to_median_norm(ups, zero)
-        return np.asarray(aggregator([(u, 1) for u in ups.values()])[0])
+        ups = server_updates({str(k): [u] for k, u in enumerate(updates)}, zero, update_clip,
+                             pre_aggregator, f)
+        return np.asarray(aggregator([(u, 1) for u in ups.values()], zero)[0])
     return rule
+
+
+def server_updates(uploads: dict[str, NDArrays], global_params: NDArrays, update_clip: str,
+                   pre_aggregator: str, f: int) -> dict[str, NDArrays]:
+    """What the rule aggregates: ``uploads`` after the server's update clipping
+    (``update_clip`` = ``median``: :func:`clip_to_median_norm`), then the pre-aggregator
+    (``nnm`` or ``arc`` with ``f`` attackers, on the float parameters' updates; other
+    buffers as uploaded). ``none`` and ``none``: the uploads themselves."""
+    if update_clip == "median":
+        uploads = clip_to_median_norm(uploads, global_params)
+    if pre_aggregator == "none":
+        return uploads
+    names = list(uploads)
+    updates = np.stack([flat_update(uploads[c], global_params) for c in names])
+    mixed = PRE_AGGREGATION[pre_aggregator](updates, f)
+    return {c: as_params(m, global_params, uploads[c])
+            for c, m in zip(names, mixed, strict=True)}
 
 
 def clip_to_median_norm(uploads: dict[str, NDArrays], global_params: NDArrays,

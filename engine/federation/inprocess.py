@@ -263,7 +263,8 @@ def run_federation(
     global_params, first, result, recorder = _starting_point(cfg, cohort, model, on_round,
                                                              start)
     every, root = fed.checkpoint_every, server_root(cfg)
-    rule = update_rule(aggregator, cfg.defenses.update_clip)
+    rule = update_rule(aggregator, cfg.defenses.update_clip, fed.pre_aggregator,
+                       fed.num_malicious)
     for rnd in range(first, fed.rounds + 1):
         t0 = time.perf_counter()
         sets = train_sets if attacking(cfg, rnd) else own_sets

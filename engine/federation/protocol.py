@@ -30,7 +30,7 @@ from engine.core.types import NDArrays
 from engine.data.cohort import root_slices
 from engine.data.types import Cohort, SliceSet
 from engine.federation import server_view
-from engine.federation.aggregators import clip_to_median_norm, dp_mean, flame, fltrust
+from engine.federation.aggregators import dp_mean, flame, fltrust, server_updates
 from engine.federation.detection import update_statistics
 from engine.federation.secagg import secure_round
 from engine.learning.local import LocalTraining, evaluate_patients, train_local
@@ -92,22 +92,22 @@ class RoundOutcome:
 
 def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
                  weights: dict[str, int], global_params: NDArrays,
-                 aggregator: Callable[[list[tuple[NDArrays, int]]], NDArrays],
+                 aggregator: Callable[[list[tuple[NDArrays, int]], NDArrays], NDArrays],
                  malicious: set[str], root: SliceSet | None = None) -> RoundOutcome:
     """The server's step for ``uploads`` (client → parameters) weighted by ``weights``:
     SecAgg+ in process (the server receives masked uploads and unmasks only their weighted
     mean), else FLAME (``defenses.flame``), FLTrust (``defenses.fltrust``, with the
     server's ``root`` set, :func:`engine.data.cohort.root_slices`), server-side DP
     (``defenses.dp.level = server``) or the aggregation rule on the uploads as the server's
-    update clipping left them, plus the detection view when attackers are present (with
-    whether FLAME admitted each upload, or FLTrust's trust score in it)."""
+    update clipping and pre-aggregator left them, plus the detection view when attackers
+    are present (with whether FLAME admitted each upload, or FLTrust's trust score in it)."""
     if cfg.defenses.secure_aggregation:
         sent, new_params, encoding = secure_round(
             uploads, weights, cfg.defenses.secagg_clipping_range,
             seed=client_seed(cfg.seed, rnd, 10_000))
         return RoundOutcome(sent, new_params, encoding)
-    # The rule aggregates what the server's clipping left; the server still saw (and the
-    # detection view shows) the uploads as sent.
+    # The rule aggregates what the server's clipping and pre-aggregator left; the server
+    # still saw (and the detection view shows) the uploads as sent.
     dp = cfg.defenses.dp
     detection = update_statistics(uploads, global_params) if malicious else None
     if cfg.defenses.flame:
@@ -130,9 +130,10 @@ def server_round(cfg: ExperimentConfig, rnd: int, uploads: dict[str, NDArrays],
     elif not uploads:  # nobody was sampled this round: the model stays
         new_params = global_params
     else:
-        clipped = (clip_to_median_norm(uploads, global_params)
-                   if cfg.defenses.update_clip == "median" else uploads)
-        new_params = aggregator([(clipped[c], weights[c]) for c in clipped])
+        fed = cfg.federation
+        kept = server_updates(uploads, global_params, cfg.defenses.update_clip,
+                              fed.pre_aggregator, fed.num_malicious)
+        new_params = aggregator([(kept[c], weights[c]) for c in kept], global_params)
     return RoundOutcome(uploads, new_params, {"kind": "plain"}, detection)
 
 

@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from engine.analyses.backdoor import backdoor_report, clean_config, control_config, defended
-from engine.analyses.poisoning import baseline_config, poisoning_report, seed_rows
+from engine.analyses.poisoning import (
+    baseline_config,
+    plain_fedavg,
+    poisoning_report,
+    seed_rows,
+)
 from engine.analyses.results import parse_summary
 from engine.analyses.summary import build_summary, volumetric_summary
 from engine.analyses.whatif import run_whatif
@@ -125,9 +130,9 @@ def _poisoning(ctx: RunContext) -> dict[str, Any]:
     baseline, baseline_run = history(baseline_config(cfg), "baseline")
     attacked, clean = curves(cfg, cfg.federation.aggregator)
     fedavg = None
-    if cfg.federation.aggregator != "fedavg":
+    if not plain_fedavg(cfg):
         fedavg_cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
-            update={"aggregator": "fedavg"})})
+            update={"aggregator": "fedavg", "pre_aggregator": "none"})})
         fedavg = seed_rows(*curves(fedavg_cfg, "FedAvg (the control)"))
     return poisoning_report(cfg, ctx.cohort, ctx.result, baseline, baseline_run,
                             seed_rows(attacked, clean), fedavg)

@@ -120,13 +120,22 @@ def _backdoor_defense_cells() -> list[list[str]]:
     return [[*plan, f"seed={seed}"] for plan in plans for seed in (0, 1, 2)]
 
 
-# The breakdown study: each rule with f attackers of 8 up to its limit (Krum n ≥ 2f+3,
-# Bulyan n ≥ 4f+3, median f < n/2, the trimmed mean f ≤ βn; FedAvg, the control, to 3), the
-# fixed ALIE beside the four adaptive attackers; Krum and Bulyan told f.
-BREAKDOWN_RULES = {"fedavg": ([], 3), "fedmedian": ([], 3),
-                   "trimmed_mean": (["federation.trim_beta=0.25"], 2),
-                   "krum": ([], 2), "bulyan": ([], 1)}
-BREAKDOWN_KINDS = ("alie", "alie_opt", "ipm_opt", "min_max", "min_sum")
+# The breakdown study: each rule (by its rule_key) with f attackers of 8 up to its limit
+# (engine.core.config.robust.breakdown_limit: Krum n ≥ 2f+3, Bulyan n ≥ 4f+3, the median,
+# centred clipping, DnC and NNM f < n/2, the trimmed mean f ≤ βn; FedAvg, the control, to 3),
+# the fixed ALIE beside the six adaptive attackers; the server told f.
+BREAKDOWN_RULES = {
+    "fedavg": (["federation.aggregator=fedavg"], 3),
+    "fedmedian": (["federation.aggregator=fedmedian"], 3),
+    "trimmed_mean": (["federation.aggregator=trimmed_mean", "federation.trim_beta=0.25"], 2),
+    "krum": (["federation.aggregator=krum"], 2),
+    "bulyan": (["federation.aggregator=bulyan"], 1),
+    "centered_clipping": (["federation.aggregator=centered_clipping"], 3),
+    "dnc": (["federation.aggregator=dnc"], 3),
+    "nnm+fedmedian": (["federation.aggregator=fedmedian", "federation.pre_aggregator=nnm"], 3),
+}
+BREAKDOWN_KINDS = ("alie", "alie_opt", "ipm_opt", "min_max", "min_sum", "fang_krum",
+                   "fang_trim")
 
 
 def _breakdown_cells() -> list[list[str]]:
@@ -134,8 +143,7 @@ def _breakdown_cells() -> list[list[str]]:
     then FedAvg under attack (the control every other rule reuses), then the other rules;
     seeds 0–2 as cells."""
     def rule(name: str, f: int) -> list[str]:
-        return [f"federation.aggregator={name}", *BREAKDOWN_RULES[name][0],
-                f"federation.num_malicious={f}"]
+        return [*BREAKDOWN_RULES[name][0], f"federation.num_malicious={f}"]
 
     pairs = [(name, f) for name, (_, top) in BREAKDOWN_RULES.items()
              for f in range(1, top + 1)]
@@ -320,14 +328,16 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "cells": _backdoor_cells(),
     },
     "poison-breakdown": {
-        "minutes": 23,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 56,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The strongest attacker against each rule as the attackers grow: 8 hospitals; "
-            "FedAvg, FedMedian, the trimmed mean (β 0.25), Krum and Bulyan with 1 attacker up "
-            "to each rule's limit (Krum n ≥ 2f+3, Bulyan n ≥ 4f+3, the median f < n/2); ALIE "
-            "(z 1) and the adaptive attackers that see the round's honest updates (ALIE and "
-            "IPM with their factor tuned to the rule, Min-Max, Min-Sum); seeds 0–2, each "
-            "against its clean federation (about 23 min)."
+            "FedAvg, FedMedian, the trimmed mean (β 0.25), Krum, Bulyan, centred clipping, DnC "
+            "and NNM before FedMedian with 1 attacker up to each rule's limit (Krum n ≥ 2f+3, "
+            "Bulyan n ≥ 4f+3, the others f < n/2 or f ≤ βn), the server told f; ALIE (z 1) "
+            "and the adaptive attackers that see the round's honest updates (ALIE and IPM "
+            "with their factor tuned to the rule, Min-Max, Min-Sum, Fang's attacks on Krum "
+            "and on the trimmed mean); seeds 0–2, each against its clean federation (about "
+            "56 min)."
         ),
         "base": "hospitals-8",
         "cells": _breakdown_cells(),

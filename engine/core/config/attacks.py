@@ -107,10 +107,11 @@ class PoisoningConfig(_Section):
 
     enabled: bool = False
     kind: Literal["data_noise", "update_noise", "sign_flip", "scaling", "alie", "min_max",
-                  "min_sum", "alie_opt", "ipm_opt"] = Field(
+                  "min_sum", "alie_opt", "ipm_opt", "fang_krum", "fang_trim"] = Field(
         "update_noise", description="noise on data or on the upload, or model poisoning; "
-        "min_max, min_sum, alie_opt, ipm_opt: adaptive attackers that see the round's honest "
-        "updates and tune their update to the server's rule (in-process runtime only)"
+        "min_max, min_sum, alie_opt, ipm_opt, fang_krum, fang_trim: adaptive attackers that "
+        "see the round's honest updates and tune their update to the server's rule "
+        "(in-process runtime only)"
     )
     perturbation: Literal["std", "unit", "sign"] = Field(
         "std", description="min_max / min_sum: the direction added to the honest mean "

@@ -15,6 +15,7 @@ from engine.core.config.echo import (
     _has_control_chars,
     _show,
 )
+from engine.core.config.robust import check_adaptive_rules, check_robust_rules
 from engine.core.config.section import _Section
 
 # Allowed values stated once, as types: the config's fields use them, and the code that takes
@@ -22,7 +23,9 @@ from engine.core.config.section import _Section
 # (typing.get_args). The attacks' own are in engine/core/config/attacks.py.
 Norm = Literal["instance", "batch", "none"]
 
-ROBUST_AGGREGATORS = ("fedmedian", "trimmed_mean", "krum", "multikrum", "bulyan")
+ROBUST_AGGREGATORS = ("fedmedian", "trimmed_mean", "krum", "multikrum", "bulyan",
+                      "centered_clipping", "dnc")
+PRE_AGGREGATORS = ("none", "nnm", "arc")
 AGGREGATORS = ("fedavg", "fedprox", *ROBUST_AGGREGATORS)
 
 
@@ -110,7 +113,16 @@ class FederationConfig(_Section):
     aggregator: Literal[AGGREGATORS] = "fedavg"  # type: ignore[valid-type]
     fedprox_mu: float = Field(0.0, ge=0.0, le=10.0, description="FedProx proximal weight μ")
     trim_beta: float = Field(0.25, gt=0.0, lt=0.5, description="trimmed_mean: cut per side")
-    num_malicious: int = Field(1, ge=0, le=64, description="krum/multikrum/bulyan: f")
+    num_malicious: int = Field(
+        1, ge=0, le=64, description="f, the attackers the server's rule is built for: "
+        "krum/multikrum/bulyan/dnc and the pre-aggregators nnm/arc")
+    cc_tau: float = Field(
+        1.0, gt=0.0, le=100.0, description="centered_clipping: the clipping radius τ as a "
+        "multiple of the round's median update norm")
+    pre_aggregator: Literal[PRE_AGGREGATORS] = Field(  # type: ignore[valid-type]
+        "none", description="before the rule, on the individual updates: nnm (each "
+        "replaced by the mean of its n − f nearest) or arc (the ⌊2f(n − f)/n⌋ longest "
+        "clipped to the next one's norm), f = federation.num_malicious")
     multikrum_m: int = Field(2, ge=1, le=64, description="multikrum: models averaged")
     eval_every: int = Field(1, ge=1, le=1000, description="evaluate every k rounds (and last)")
     checkpoint_every: int = Field(
@@ -233,7 +245,7 @@ class ExperimentConfig(_Section):
         self._check_name()
         self._check_data_rules()
         self._check_secure_aggregation_rules()
-        self._check_robust_aggregator_rules()
+        check_robust_rules(self)
         self._check_federation_rules()
         self._check_defense_rules()
         self._check_server_rules()
@@ -301,35 +313,6 @@ class ExperimentConfig(_Section):
                 "Use fedavg/fedprox with secure aggregation, or turn it off."
             )
 
-    def _check_robust_aggregator_rules(self) -> None:
-        """Each robust aggregator's minimum number of centers for ``num_malicious`` = f."""
-        fed, n = self.federation, self.data.centers
-        f = fed.num_malicious
-        if fed.aggregator in ("krum", "multikrum") and not n > 2 * f + 2:
-            raise ValueError(
-                f"federation.aggregator = {fed.aggregator!r} with federation.num_malicious = {f} "
-                f"needs data.centers > 2f+2 = {2 * f + 2}, got {n}"
-            )
-        if fed.aggregator == "multikrum" and fed.multikrum_m > n - f:
-            raise ValueError(
-                f"federation.multikrum_m = {fed.multikrum_m} must be ≤ centers − f = {n - f}"
-            )
-        if fed.aggregator == "bulyan" and not n >= 4 * f + 3:
-            raise ValueError(
-                f"federation.aggregator = 'bulyan' with federation.num_malicious = {f} needs "
-                f"data.centers ≥ 4f+3 = {4 * f + 3}, got {n}"
-            )
-        if fed.aggregator == "fedmedian" and n < 3:
-            raise ValueError(
-                f"federation.aggregator = 'fedmedian' needs data.centers ≥ 3 to outvote one "
-                f"center, got {n}"
-            )
-        if fed.aggregator == "trimmed_mean" and int(fed.trim_beta * n) < 1:
-            raise ValueError(
-                f"federation.trim_beta = {fed.trim_beta} trims nothing with {n} centers "
-                f"(β·n < 1); use β ≥ {1 / n:.2f} or more centers"
-            )
-
     def _check_federation_rules(self) -> None:
         """``min_centers`` fits the federation; Flower's SecAgg+ runtime needs ≥ 3 centers;
         hospital sampling runs in process, on averaging, without attacks."""
@@ -355,6 +338,8 @@ class ExperimentConfig(_Section):
         clashes = [(f"federation.runtime = {fed.runtime!r}", fed.runtime != "inprocess"),
                    (f"federation.aggregator = {fed.aggregator!r}",
                     fed.aggregator not in ("fedavg", "fedprox")),
+                   (f"federation.pre_aggregator = {fed.pre_aggregator!r}",
+                    fed.pre_aggregator != "none"),
                    ("defenses.secure_aggregation = true", d.secure_aggregation),
                    ("defenses.flame = true", d.flame), ("defenses.fltrust = true", d.fltrust),
                    ("attacks.membership.enabled = true", a.membership.enabled),
@@ -391,50 +376,23 @@ class ExperimentConfig(_Section):
         if poison.enabled:
             _check_attackers("attacks.poisoning.malicious_centers", poison.malicious_centers, n)
         if poison.enabled and poison.kind in OMNISCIENT_KINDS[1:]:
-            self._check_adaptive_rules(len(poison.malicious_centers))
-
-    def _check_adaptive_rules(self, f: int) -> None:
-        """An adaptive attacker tunes its update to the aggregation rule: one of the rules
-        it models, with no more attackers than the rule is built to withstand (its
-        breakdown point); beyond it the rule promises nothing and the cell would measure
-        nothing about it."""
-        d, fed, n = self.defenses, self.federation, self.data.centers
-        kind = self.attacks.poisoning.kind
-        for setting, on in (("defenses.flame = true", d.flame),
-                            ("defenses.fltrust = true", d.fltrust),
-                            (f"defenses.dp.level = {d.dp.level!r}", d.dp.enabled),
-                            (f"defenses.prune_fraction = {d.prune_fraction:g}",
-                             d.prune_fraction > 0),
-                            ("defenses.secure_aggregation = true", d.secure_aggregation)):
-            if on:
-                raise ValueError(f"attacks.poisoning.kind = {kind!r} tunes its update to the "
-                                 f"honest updates and the aggregation rule, and {setting} is "
-                                 "not one it models; use federation.aggregator and "
-                                 "defenses.update_clip instead")
-        limit = {"krum": ((n - 3) // 2, "n ≥ 2f+3"), "multikrum": ((n - 3) // 2, "n ≥ 2f+3"),
-                 "bulyan": ((n - 3) // 4, "n ≥ 4f+3"), "fedmedian": ((n - 1) // 2, "f < n/2"),
-                 "trimmed_mean": (int(fed.trim_beta * n), "f ≤ β·n")}.get(fed.aggregator)
-        if limit is not None and f > limit[0]:
-            raise ValueError(
-                f"{f} attackers are beyond what federation.aggregator = {fed.aggregator!r} "
-                f"withstands with data.centers = {n} ({limit[1]}: at most {limit[0]}); use "
-                "fewer attacks.poisoning.malicious_centers or more centers")
-        if fed.aggregator in ("krum", "multikrum", "bulyan") and f > fed.num_malicious:
-            raise ValueError(
-                f"{f} attackers against federation.aggregator = {fed.aggregator!r} told "
-                f"federation.num_malicious = {fed.num_malicious}: the rule is built for that "
-                "many; set federation.num_malicious to the number of attackers")
+            check_adaptive_rules(self, len(poison.malicious_centers))
 
     def _check_server_rules(self) -> None:
         """FLAME, server-side DP and FLTrust each replace the aggregation with their own
         treatment of the individual updates: one of them at a time, on FedAvg, without secure
-        aggregation or the server's update clipping; update clipping needs individual
-        uploads too."""
+        aggregation, the server's update clipping or a pre-aggregator; update clipping and
+        the pre-aggregators need individual uploads too."""
         d, agg = self.defenses, self.federation.aggregator
+        pre = self.federation.pre_aggregator
         if d.update_clip != "none" and d.secure_aggregation:
             raise ValueError("defenses.update_clip = 'median' clips each hospital's update, "
                              "which the server never sees under secure aggregation; turn one "
                              "of them off")
+        if pre != "none" and d.secure_aggregation:
+            raise ValueError(f"federation.pre_aggregator = {pre!r} works on each hospital's "
+                             "update, which the server never sees under secure aggregation; "
+                             "use federation.pre_aggregator = none or turn it off")
         own = [name for name, on in (
             ("defenses.flame = true", d.flame),
             ("defenses.dp.level = 'server'", d.dp.enabled and d.dp.level == "server"),
@@ -446,12 +404,13 @@ class ExperimentConfig(_Section):
                    *([f"federation.aggregator = {agg!r}"]
                      if agg not in ("fedavg", "fedprox") else []),
                    *([f"defenses.update_clip = {d.update_clip!r}"]
-                     if d.update_clip != "none" else [])]
+                     if d.update_clip != "none" else []),
+                   *([f"federation.pre_aggregator = {pre!r}"] if pre != "none" else [])]
         if clashes:
             raise ValueError(f"{own[0]} aggregates the individual updates itself, so it cannot "
                              f"be combined with {clashes[0]}; use it with federation.aggregator"
-                             " = fedavg and without secure aggregation, update clipping or "
-                             "another of FLAME, server-side DP and FLTrust")
+                             " = fedavg and without secure aggregation, update clipping, a "
+                             "pre-aggregator or another of FLAME, server-side DP and FLTrust")
         if d.flame and self.data.centers < 3:
             raise ValueError(f"defenses.flame = true looks for the majority of the updates: it "
                              f"needs data.centers ≥ 3, got {self.data.centers}")
@@ -546,7 +505,8 @@ class ExperimentConfig(_Section):
 
 # Poisoning kinds whose attacker is given every center's update of the round (ALIE, then the
 # adaptive attackers of engine.clients.adaptive).
-OMNISCIENT_KINDS = ("alie", "min_max", "min_sum", "alie_opt", "ipm_opt")
+OMNISCIENT_KINDS = ("alie", "min_max", "min_sum", "alie_opt", "ipm_opt", "fang_krum",
+                    "fang_trim")
 
 
 def _check_attackers(key: str, centers: list[int], n: int) -> None:
