@@ -207,16 +207,14 @@ def other_studies() -> None:
 def breakdown_study() -> None:
     """The strongest attacker against each rule: breakdown curves, the worst-case table and
     every cell."""
-    sweep = study_section(bd_views.STUDY, bd_views.TITLE, bd_views.cell_words,
-                          intro=bd_views.INTRO)
-    if sweep is None:
-        return
-    cells = breakdown(sweep.rows)
-    if not cells:
-        return
-    st.plotly_chart(bd_views.breakdown_figure(cells), key="poi_breakdown")
-    st.caption(bd_views.CAPTION)
-    st.markdown("**Each rule against its worst attack**")
-    st.dataframe(bd_views.worst_table(cells), hide_index=True)
-    with st.expander("Every rule, number of attackers and attack (mean error ratio)"):
-        st.dataframe(bd_views.cell_table(cells), hide_index=True)
+    for name, title in bd_views.STUDIES:
+        sweep = study_section(name, title, bd_views.cell_words, intro=bd_views.INTRO)
+        cells = breakdown(sweep.rows) if sweep is not None else []
+        if not cells:
+            continue
+        st.plotly_chart(bd_views.breakdown_figure(cells), key=f"poi_{name}")
+        st.caption(bd_views.CAPTION)
+        st.markdown("**Each rule against its worst attack**")
+        st.dataframe(bd_views.worst_table(cells), hide_index=True)
+        with st.expander("Every rule, number of attackers and attack (mean error ratio)"):
+            st.dataframe(bd_views.cell_table(cells), hide_index=True)

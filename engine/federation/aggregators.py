@@ -233,7 +233,9 @@ def nnm(updates: np.ndarray, f: int) -> np.ndarray:
     n = len(updates)
     if not 0 <= f < n:
         raise ValueError(f"nnm with f = {f} needs more than f updates, got {n}")
-    order = np.argsort(pairwise_sq(updates), axis=1, kind="stable")
+    dist = pairwise_sq(updates)
+    np.fill_diagonal(dist, -1.0)  # itself first, whatever the rounding of the others
+    order = np.argsort(dist, axis=1, kind="stable")
     return np.stack([updates[row[:n - f]].mean(axis=0) for row in order])
 
 

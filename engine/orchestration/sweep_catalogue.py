@@ -336,7 +336,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "cells": _backdoor_cells(),
     },
     "poison-breakdown": {
-        "minutes": 56,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 59,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The strongest attacker against each rule as the attackers grow: 8 hospitals; "
             "FedAvg, FedMedian, the trimmed mean (β 0.25), Krum, Bulyan, centred clipping, DnC "
@@ -345,18 +345,18 @@ SWEEPS: dict[str, dict[str, Any]] = {
             "and the adaptive attackers that see the round's honest updates (ALIE and IPM "
             "with their factor tuned to the rule, Min-Max, Min-Sum, Fang's attacks on Krum "
             "and on the trimmed mean); seeds 0–2, each against its clean federation (about "
-            "56 min)."
+            "59 min)."
         ),
         "base": "hospitals-8",
         "cells": _breakdown_cells(BREAKDOWN_RULES, BREAKDOWN_KINDS),
     },
     "poison-breakdown-16": {
-        "minutes": 25,  # wall time on 2 CPU cores, benchmarks/README.md
+        "minutes": 22,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
             "The strongest attacker with 16 hospitals: FedAvg, FedMedian, Krum, centred "
             "clipping and NNM before FedMedian with 3 and 6 attackers (the server told f), "
             "against ALIE and IPM tuned to the rule and Fang's attack on Krum; seeds 0–2, "
-            "each against its clean federation (about 25 min)."
+            "each against its clean federation (about 22 min)."
         ),
         "base": "hospitals-16",
         "cells": _breakdown_cells(BREAKDOWN_RULES_16, BREAKDOWN_KINDS_16),
