@@ -3,7 +3,8 @@ worked out by hand, the same arrays through ByzFL 0.0.11 (an independent impleme
 its outputs are written here as reference numbers), the server's step and the config's
 refusals, and federations that train with them.
 
-Every figure is exact up to float rounding: compared with tolerances of 1e-9 relative."""
+Figures worked out here are exact up to float rounding (compared to 1e-9 relative, or
+1e-12); ByzFL's are compared to the digits it printed (1e-7 or 1e-8 relative)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine.core.config import ConfigError
+from engine.core.config.robust import breakdown_limit
 from engine.core.types import flat_update
 from engine.data.cohort import load_cohort
 from engine.federation.aggregators import (
@@ -28,6 +30,11 @@ from engine.federation.aggregators import (
 )
 from engine.federation.inprocess import run_federation
 from engine.orchestration.presets import build_config
+from engine.orchestration.sweep_catalogue import (
+    BREAKDOWN_RULES,
+    BREAKDOWN_RULES_16,
+    sweep_spec,
+)
 
 # Five updates in 3-D, the last an outlier.
 X = np.array([[1., 2., 0.], [2., 1., 1.], [0., 0., 3.], [3., 3., 3.], [40., -20., 10.]])
@@ -98,19 +105,46 @@ def test_the_centred_clipping_rule_clips_around_the_global_model() -> None:
         CenteredClipping()(results)
 
 
+def test_the_breakdown_studies_stay_within_each_rules_limit() -> None:
+    """Every attacked cell of both breakdown studies is within its rule's breakdown limit
+    (the config refuses more), and the first study reaches each robust rule's limit."""
+    for name, n in (("poison-breakdown", 8), ("poison-breakdown-16", 16)):
+        spec = sweep_spec(name)
+        rules = BREAKDOWN_RULES if n == 8 else BREAKDOWN_RULES_16
+        for key, (sets, fs) in rules.items():
+            limit = breakdown_limit(build_config(spec["base"], sets=sets).federation, n)
+            if limit is not None:
+                assert max(fs) <= limit[0], (name, key)
+                assert n == 16 or max(fs) == limit[0], key
+
+
 def test_dnc_drops_the_update_that_stands_out() -> None:
     """Eight updates spread in every direction and one far along a line: DnC (f 1) drops
-    exactly that one; f 0 keeps everyone (the mean); the same uploads draw the same
-    coordinates, so the rule repeats."""
+    exactly that one, on all 40 coordinates and on 10 drawn at random; f 0 keeps everyone
+    (the mean). The rule on models from a global model: that model plus the honest mean."""
     rng = np.random.default_rng(3)
     honest = rng.normal(0.0, 1.0, (8, 40))
     points = np.vstack([honest, honest.mean(0) + 30.0 * np.ones(40) / math.sqrt(40)])
     assert dnc_keep(points, 1, np.random.default_rng(0)) == list(range(8))
+    assert dnc_keep(points, 1, np.random.default_rng(0), dims=10) == list(range(8))
     assert dnc_keep(points, 0, np.random.default_rng(0)) == list(range(9))
-    results = [([p], 1) for p in points]
-    got = DnC(num_malicious=1)(results)[0]
-    np.testing.assert_allclose(got, honest.mean(0), rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(got, DnC(num_malicious=1)(results)[0])
+    origin = [np.full(40, 2.0)]
+    got = DnC(num_malicious=1)([([origin[0] + p], 1) for p in points], origin)[0]
+    np.testing.assert_allclose(got, origin[0] + honest.mean(0), rtol=1e-9)
+    with pytest.raises(ValueError, match="dnc needs the round's global model"):
+        DnC()([([p], 1) for p in points])
+
+
+def test_centred_clipping_and_dnc_measure_float_parameters_only() -> None:
+    """An integer buffer (BatchNorm's step counter) that differs by thousands between
+    uploads changes neither rule's float result; the buffer itself becomes the uploads'
+    median."""
+    origin = [np.zeros(3), np.array(0, dtype=np.int64)]
+    plain = [([x, np.array(5, dtype=np.int64)], 1) for x in X]
+    counted = [([x, np.array(5 + 1000 * i, dtype=np.int64)], 1) for i, x in enumerate(X)]
+    for rule in (CenteredClipping(), DnC(num_malicious=1)):
+        np.testing.assert_array_equal(rule(counted, origin)[0], rule(plain, origin)[0])
+        assert rule(counted, origin)[1] == 2005
 
 
 def test_the_server_mixes_float_updates_and_keeps_other_buffers() -> None:

@@ -20,9 +20,11 @@ from engine.analyses.sweep_table import SweepRow
 from engine.clients.behaviour import sampled_centers
 from engine.clients.dp import planned_accounting
 from engine.core.config import ConfigError
+from engine.core.types import flat_update
 from engine.data.cohort import load_cohort
 from engine.federation.aggregators import dp_mean
 from engine.federation.inprocess import run_federation
+from engine.federation.server_view import ServerView
 from engine.orchestration.presets import build_config
 
 # dp_accounting logs each fractional RDP order it skips; the ε does not depend on them.
@@ -112,6 +114,29 @@ def test_a_sampled_federation_with_server_dp_trains_the_sampled_hospitals_only()
         assert entry["dp_epsilon"] == pytest.approx(acc.epsilon(rnd), rel=1e-12)
     assert {len(e["clients"]) for e in records[1:]} != {8}  # somebody sat a round out
     assert math.isfinite(result.history[-1]["mae_hu"])
+
+
+def test_a_sampled_server_dp_round_divides_by_the_expected_count(tmp_path) -> None:
+    """End to end without noise (σ 0, so the step is exact): 8 hospitals at q = ½, clip 4,
+    3 rounds, which sample 4, 1 and 7 hospitals. In every round's server view the new model
+    is the global model plus the sampled hospitals' updates, each clipped to norm 4, summed
+    and divided by qn = 4, not by the number that took part (float32 storage: 1e-5)."""
+    cfg = build_config("hospitals-8", sets=[
+        *SERVER_DP, "defenses.dp.target_epsilon=null", "defenses.dp.noise_multiplier=0",
+        "federation.sample_rate=0.5", "federation.rounds=3",
+        "federation.server_view_rounds=all"])
+    run_federation(cfg, load_cohort(cfg.data, cfg.seed), run_dir=tmp_path)
+    view = ServerView(tmp_path)
+    counts = []
+    for rnd in view.rounds:
+        r = view[rnd]
+        counts.append(len(r.clients))
+        updates = [flat_update(r.client_params(c), r.global_params) for c in r.clients]
+        total = sum((u * min(1.0, 4.0 / np.linalg.norm(u)) for u in updates),
+                    np.zeros_like(updates[0]))
+        step = flat_update(r.aggregate, r.global_params)
+        np.testing.assert_allclose(step, total / 4.0, rtol=1e-5, atol=1e-6)
+    assert counts == [4, 1, 7]
 
 
 def _frontier_rows() -> list[SweepRow]:

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from engine.analyses.breakdown import BreakdownCell, worst_cases
 from engine.analyses.poisoning import BROKEN, PROTECTED
-from engine.federation.aggregators import rule_words
+from engine.federation.aggregators import rule_key, rule_words
 
 STUDIES = (("poison-breakdown", "Strongest attacker: each rule up to its breakdown point"),
            ("poison-breakdown-16", "The same with 16 hospitals, 3 and 6 of them attacking"))
@@ -95,7 +95,7 @@ def cell_table(cells: list[BreakdownCell]) -> pd.DataFrame:
 def cell_words(label: str | None) -> str:
     """A breakdown study cell label in words."""
     parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
-    rule = _rule(parts.get("aggregator", "fedavg"))
+    rule = _rule(rule_key(parts.get("aggregator", "fedavg"), parts.get("pre_aggregator")))
     seed = parts.get("seed", "0")
     if parts.get("enabled") != "true":
         return f"{rule} without attackers, seed {seed}"

@@ -19,7 +19,7 @@ from engine.analyses.results import RunSummary
 from engine.clients.dp import LEVEL_WORDS, epsilon_text, planned_epsilon
 from engine.core.config import ExperimentConfig
 from engine.core.run_folder import RunStatus
-from engine.federation.aggregators import RULE_NAMES
+from engine.federation.aggregators import RULE_NAMES, rule_key, rule_words
 from engine.orchestration.timings import Expected
 
 
@@ -197,7 +197,8 @@ def describe_config(cfg: ExperimentConfig) -> str:
     secagg = f"secure aggregation {'on' if cfg.defenses.secure_aggregation else 'off'}"
     where = "" if fed.runtime == "inprocess" else f" · on {fed.runtime}"
     return (f"{cfg.data.centers} hospitals{unseen} · {fed.rounds} rounds · "
-            f"{RULE_NAMES.get(fed.aggregator, fed.aggregator)} · {secagg} · {privacy} · "
+            f"{rule_words(rule_key(fed.aggregator, fed.pre_aggregator))} · {secagg} · "
+            f"{privacy} · "
             f"{cfg.data.image_size} px images{where}")
 
 

@@ -30,7 +30,7 @@ from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
 from engine.core.config import ROBUST_AGGREGATORS, ConfigError, ExperimentConfig
-from engine.federation.aggregators import rule_aggregator, rule_key, rule_words
+from engine.federation.aggregators import rule_aggregator, rule_words
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex
 from engine.orchestration.sweep_catalogue import POISON_AGGREGATORS, POISON_LEVELS
@@ -181,12 +181,6 @@ class PoisonRun(RunRow):
     def poison(self) -> PoisoningSummary:
         assert self.summary is not None and self.summary.poisoning is not None
         return self.summary.poisoning
-
-    @property
-    def rule(self) -> str:
-        """The server's rule with its pre-aggregator (:func:`rule_key`)."""
-        return rule_key(self.aggregator or "fedavg",
-                        self.cfg.federation.pre_aggregator if self.cfg else None)
 
     @property
     def attack(self) -> str:

@@ -48,7 +48,7 @@ from engine.analyses.results import (
 )
 from engine.core.config import ConfigError, ExperimentConfig, validate_config
 from engine.core.run_folder import RunFolder, RunStatus
-from engine.federation.aggregators import rule_key, rule_words
+from engine.federation.aggregators import rule_words
 from engine.orchestration.presets import preset_title
 
 # plotly.js names its map-data server as a default setting; the report draws no maps, so the
@@ -491,7 +491,7 @@ def scorecards(summary: RunSummary | None) -> list[Scorecard]:
                                "page.", page="poisoning.py"))
     else:
         cards.append(_card("Poisoning robustness",
-                           poi_ui.verdict(s.poisoning, s.federation.aggregator),
+                           poi_ui.verdict(s.poisoning, s.rule),
                            f"Final MAE under attack ÷ MAE without attackers. Green up to "
                            f"{poi_ui.PROTECTED}× where the same attack hurt FedAvg beyond "
                            f"that, grey where it did not (too weak to judge), orange below "
@@ -506,8 +506,7 @@ def _control_words(s: RunSummary) -> str:
     control = s.poisoning.fedavg_control if s.poisoning else None
     if control is None or control.self_ or not control.seeds:
         return ""
-    rule = rule_words(rule_key(s.federation.aggregator,
-                               s.config.get("federation", {}).get("pre_aggregator")))
+    rule = rule_words(s.rule)
     n = len(control.seeds)
     return (f" This run used {rule}; the same attack against FedAvg gave "
             f"{control.mae_ratio_mean:.2f}× over {n} seed{'' if n == 1 else 's'}.")

@@ -27,6 +27,7 @@ from engine.clients.dp import LEVEL_WORDS
 from engine.core.config import ConfigError, ExperimentConfig
 from engine.core.processes import pid_alive, read_job_pid
 from engine.core.run_folder import ACTIVE, RunFolder
+from engine.federation.aggregators import rule_key
 from engine.orchestration.store import RunIndex
 from engine.orchestration.sweep_catalogue import sweep_spec
 from engine.orchestration.sweeps import SweepProgress, read_sweep_progress, sweep_folder
@@ -95,6 +96,12 @@ class RunRow:
     def aggregator(self) -> str | None:
         return (self.federation.aggregator if self.federation else
                 self.cfg.federation.aggregator if self.cfg else None)
+
+    @property
+    def rule(self) -> str:
+        """The server's rule with its pre-aggregator (:func:`rule_key`)."""
+        return rule_key(self.aggregator or "fedavg",
+                        self.cfg.federation.pre_aggregator if self.cfg else None)
 
     @property
     def rounds(self) -> int | None:

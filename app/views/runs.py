@@ -13,8 +13,9 @@ from app.params import FEDERATION_RUN, INVERSION_RUN, MEMBERSHIP_RUN, POISONING_
 from app.views import inversion as inv_ui
 from app.views import membership as membership_ui
 from app.views import poisoning as poi_ui
-from app.views.common import PAGES_DIR, RULE_NAMES, STATE_TEXT, computed_with
+from app.views.common import PAGES_DIR, STATE_TEXT, computed_with
 from app.views.results import RunRow
+from engine.federation.aggregators import rule_words
 
 # Summary key → (page, URL parameter that page reads the run id from, link label).
 DETAIL_PAGES = {
@@ -46,8 +47,7 @@ def runs_frame(rows: list[RunRow]) -> pd.DataFrame:
                     for r in rows],
         "Name": [r.name or "run" for r in rows],
         "State": [STATE_TEXT.get(r.state, r.state) for r in rows],
-        "Aggregation rule": [RULE_NAMES.get(r.aggregator or "", r.aggregator or "–")
-                             for r in rows],
+        "Aggregation rule": [rule_words(r.rule) for r in rows],
         "Defenses": [r.defenses for r in rows],
         "Final MAE (HU)": [r.final.mae_hu if r.final else None for r in rows],
         "Attacks": [", ".join(ATTACK_WORDS[a] for a in r.attacks) for r in rows],
@@ -74,7 +74,7 @@ def security_results(row: RunRow) -> dict[str, str]:
             ("mia", "Membership inference", lambda: membership_ui.verdict(s.mia)),
             ("inversion", "Gradient inversion", lambda: inv_ui.verdict(s.inversion)),
             ("poisoning", "Poisoning",
-             lambda: poi_ui.verdict(s.poisoning, s.federation.aggregator))):
+             lambda: poi_ui.verdict(s.poisoning, s.rule))):
         if getattr(s, key) is None:
             out[label] = "not run"
             continue
@@ -101,8 +101,8 @@ def compare_frame(a: RunRow, b: RunRow) -> pd.DataFrame:
     rows = [{"Measure": label, "First run": fa, "Second run": fb,
              "Change (second − first)": "same" if fa == fb else "different"}
             for label, fa, fb in (("Design", a.design, b.design),
-                                  ("Aggregation rule", RULE_NAMES.get(a.aggregator or "", "?"),
-                                   RULE_NAMES.get(b.aggregator or "", "?")),
+                                  ("Aggregation rule", rule_words(a.rule),
+                                   rule_words(b.rule)),
                                   ("Defenses", a.defenses or "none", b.defenses or "none"))]
     for key, label, digits in METRICS:
         va = getattr(a.final, key) if a.final else None

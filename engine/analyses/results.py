@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.federation.aggregators import rule_key
+
 Interval = tuple[float, float]
 
 
@@ -485,6 +487,13 @@ class RunSummary(_Block):
     @property
     def name(self) -> str:
         return str(self.config.get("name") or "run")
+
+    @property
+    def rule(self) -> str:
+        """The server's rule with its pre-aggregator (:func:`rule_key`: ``nnm+fedmedian``)."""
+        fed = self.config.get("federation")
+        pre = fed.get("pre_aggregator") if isinstance(fed, dict) else None
+        return rule_key(self.federation.aggregator, pre)
 
 
 class SummaryError(ValueError):

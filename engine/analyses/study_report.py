@@ -30,7 +30,7 @@ from engine.analyses.results import (
 )
 from engine.analyses.sweep_table import SweepRow
 from engine.clients.dp import MEANINGFUL_EPSILON
-from engine.federation.aggregators import rule_key, rule_words
+from engine.federation.aggregators import rule_words
 
 # What the study published (abstract of the FedSynthCT-Brain security analysis; sCT quality
 # from FedSynthCT-Brain itself, on real brain MRI/CT).
@@ -197,8 +197,7 @@ def _poisoning(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
         if poison is None or not poison.cells:
             continue
         level = "high" if poison.noise_std == max(stds[poison.kind]) else "low"
-        rule = s.federation.aggregator
-        by_level[level].setdefault(rule, []).append((poison.cells[0].mae_ratio, run_id))
+        by_level[level].setdefault(s.rule, []).append((poison.cells[0].mae_ratio, run_id))
     rows = []
     for level, rules in by_level.items():
         if not rules:
@@ -229,9 +228,7 @@ def _backdoor(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
             continue
         d = s.config.get("defenses", {})
         dp = d.get("dp", {})
-        rule = rule_key(s.federation.aggregator,
-                        s.config.get("federation", {}).get("pre_aggregator"))
-        defense = defense_name(rule, d.get("update_clip"), d.get("flame"),
+        defense = defense_name(s.rule, d.get("update_clip"), d.get("flame"),
                                fltrust=d.get("fltrust"),
                                dp_level=dp.get("level") if dp.get("enabled") else None)
         groups.setdefault((bd.attack, len(bd.malicious)), {}).setdefault(

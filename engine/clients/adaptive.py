@@ -136,8 +136,9 @@ def fang_krum_bound(honest: np.ndarray, attackers: int) -> float:
 def fang_krum(honest: np.ndarray, rule: Rule, attackers: int) -> tuple[np.ndarray, float]:
     """Fang et al.'s attack on Krum: −λ·sign(mean Δ), λ from :func:`fang_krum_bound`
     halved down to :data:`FANG_THRESHOLD`; of those λ, the one that moves ``rule`` most from
-    the honest mean (against Krum: the largest λ at which Krum picks the attackers', as the
-    paper stops; against other rules the same search still finds their worst λ)."""
+    the honest mean. The paper stops at the largest λ Krum picks; the λ kept here does at
+    least that one's damage in the round's measure (it is among those tried), and the same
+    search finds the worst λ of rules that never pick one upload."""
     direction = -np.sign(honest.mean(axis=0))
     lam, tried = fang_krum_bound(honest, attackers), []
     while lam >= FANG_THRESHOLD and len(tried) < 64:
@@ -153,7 +154,9 @@ def fang_trim(honest: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Fang et al.'s attack on the trimmed mean (and the median), full knowledge: where the
     honest mean of a coordinate is negative, a value drawn in [max, b·max] (max > 0) or
     [max, max/b]; where it is positive, in [min/b, min] (min > 0) or [b·min, min]; b =
-    :data:`FANG_B`, max and min over the honest updates ``(n, d)``."""
+    :data:`FANG_B`, max and min over the honest updates ``(n, d)``. The paper's ranges are
+    on the model parameters and each attacker draws its own value; here they are on the
+    updates (the models' common origin removed) and one draw serves every attacker."""
     mean = honest.mean(axis=0)
     top, low = honest.max(axis=0), honest.min(axis=0)
     top_far = np.where(top > 0, top * FANG_B, top / FANG_B)

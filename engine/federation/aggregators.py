@@ -45,8 +45,9 @@ def _restore_dtypes(out: NDArrays, like: NDArrays) -> NDArrays:
 class Aggregator:
     """Base class: ``__call__`` checks the number of clients and applies :meth:`rule`.
 
-    ``origin``: the round's global model, which every upload started from (the rules other
-    than centred clipping are translation-equivariant and do not need it)."""
+    ``origin``: the round's global model, which every upload started from, in its own dtypes
+    (centred clipping's centre; centred clipping and DnC measure the float parameters'
+    updates from it; the other rules are translation-equivariant and do not need it)."""
 
     name: str = "fedavg"
     min_clients: int = 1
@@ -57,8 +58,7 @@ class Aggregator:
                 f"aggregator {self.name!r} needs at least {self.min_clients} client results, "
                 f"got {len(results)}"
             )
-        start = None if origin is None else [np.asarray(a, np.float64) for a in origin]
-        return _restore_dtypes(self.rule(_as_float(results), start), results[0][0])
+        return _restore_dtypes(self.rule(_as_float(results), origin), results[0][0])
 
     def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
         raise NotImplementedError
@@ -134,17 +134,19 @@ class Bulyan(Aggregator):
         return aggregate_bulyan(results, self.num_malicious, aggregate_krum, to_keep=0)
 
 
-def _stack(arrays: list[NDArrays]) -> np.ndarray:
-    """Models (or updates) as rows ``(n, D)``: every array of each, flattened, in order."""
-    return np.stack([np.concatenate([np.ravel(a) for a in arr]) for arr in arrays])
+def _float_updates(results: Results, origin: NDArrays | None, rule: str) -> np.ndarray:
+    """The uploads' float-parameter updates from ``origin`` as rows ``(n, d)`` (integer
+    buffers, e.g. BatchNorm's step counter, would swamp the distances)."""
+    if origin is None:
+        raise ValueError(f"{rule} needs the round's global model (origin)")
+    return np.stack([flat_update(r[0], origin) for r in results])
 
 
-def _unstack(row: np.ndarray, like: NDArrays) -> NDArrays:
-    out, start = [], 0
-    for a in like:
-        out.append(row[start:start + a.size].reshape(a.shape))
-        start += a.size
-    return out
+def _model(update: np.ndarray, origin: NDArrays, results: Results) -> NDArrays:
+    """``origin`` + ``update`` ``(d,)`` as a model; each integer buffer the uploads' median."""
+    buffers = [g if is_float(g) else np.median([r[0][i] for r in results], axis=0)
+               for i, g in enumerate(origin)]
+    return as_params(update, origin, buffers)
 
 
 # Centred clipping's iterations: Karimireddy et al. show one suffices from a good centre
@@ -169,8 +171,8 @@ def centred_clipping(points: np.ndarray, centre: np.ndarray, tau: float,
 
 @dataclass(frozen=True)
 class CenteredClipping(Aggregator):
-    """Centred clipping: the round's models clipped around the global model (``origin``),
-    τ = ``tau`` × the median distance of the uploads from it (a radius in the updates' own
+    """Centred clipping: the round's float-parameter updates clipped around the global
+    model (``origin``), τ = ``tau`` × the median update norm (a radius in the updates' own
     scale, which changes from round to round), :data:`CC_ITERATIONS` iterations. The paper
     centres on the previous round's aggregate momentum; hospitals here keep no momentum
     and the server keeps no state between rounds (a resumed run repeats it exactly), so
@@ -180,11 +182,10 @@ class CenteredClipping(Aggregator):
     tau: float = 1.0
 
     def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
-        if origin is None:
-            raise ValueError("centered_clipping needs the round's global model (origin)")
-        points, centre = _stack([r[0] for r in results]), _stack([origin])[0]
-        radius = self.tau * float(np.median(np.linalg.norm(points - centre, axis=1)))
-        return _unstack(centred_clipping(points, centre, radius), origin)
+        updates = _float_updates(results, origin, self.name)
+        radius = self.tau * float(np.median(np.linalg.norm(updates, axis=1)))
+        centre = centred_clipping(updates, np.zeros(updates.shape[1]), radius)
+        return _model(centre, origin, results)
 
 
 # DnC's defaults, as in the paper's evaluation: one random subset of 10,000 coordinates,
@@ -212,18 +213,18 @@ def dnc_keep(points: np.ndarray, f: int, rng: np.random.Generator, dims: int = D
 @dataclass(frozen=True)
 class DnC(Aggregator):
     """DnC: the unweighted mean of the models :func:`dnc_keep` keeps with f =
-    ``num_malicious``. Its random coordinates are drawn from a digest of the round's
-    uploads: the same uploads, the same choice (a resumed run repeats it exactly)."""
+    ``num_malicious``, on the float parameters' updates from the global model (``origin``).
+    Its random coordinates are drawn from a digest of the round's updates: the same
+    uploads, the same choice (a resumed run repeats it exactly)."""
 
     name: str = "dnc"
     num_malicious: int = 1
 
     def rule(self, results: Results, origin: NDArrays | None) -> NDArrays:
-        models = [r[0] for r in results]
-        points = _stack(models)
-        digest = hashlib.sha256(np.ascontiguousarray(points).tobytes()).digest()
-        kept = dnc_keep(points, self.num_malicious, np.random.default_rng(list(digest[:16])))
-        return _unstack(points[kept].mean(axis=0), models[0])
+        updates = _float_updates(results, origin, self.name)
+        digest = hashlib.sha256(np.ascontiguousarray(updates).tobytes()).digest()
+        kept = dnc_keep(updates, self.num_malicious, np.random.default_rng(list(digest[:16])))
+        return _model(updates[kept].mean(axis=0), origin, results)
 
 
 def nnm(updates: np.ndarray, f: int) -> np.ndarray:
@@ -240,7 +241,7 @@ def nnm(updates: np.ndarray, f: int) -> np.ndarray:
 
 
 def arc(updates: np.ndarray, f: int) -> np.ndarray:
-    """Adaptive robust clipping (Allouah et al., NeurIPS 2024): the k = ⌊2f·(n − f)/n⌋
+    """Adaptive robust clipping (Allouah et al., 2024, arXiv:2405.14432): the k = ⌊2f·(n − f)/n⌋
     longest updates of ``updates`` ``(n, d)`` scaled down to the norm of the longest of the
     others; the rest unchanged."""
     n = len(updates)

@@ -138,9 +138,9 @@ BREAKDOWN_RULES: dict[str, tuple[list[str], tuple[int, ...]]] = {
 }
 BREAKDOWN_KINDS = ("alie", "alie_opt", "ipm_opt", "min_max", "min_sum", "fang_krum",
                    "fang_trim")
-# With 16 hospitals: 3 and 6 attackers (up to Krum's limit, n ≥ 2f+3) against the rules
-# whose verdicts at 8 hospitals were not settled, and the three attacks that were strongest
-# there (in every cell but one).
+# With 16 hospitals: 3 and 6 attackers (up to Krum's limit, n ≥ 2f+3) against FedAvg (the
+# control) and four of the robust rules, and the three attacks that were strongest at 8
+# hospitals (in every cell but one).
 BREAKDOWN_RULES_16 = {name: (BREAKDOWN_RULES[name][0], (3, 6)) for name in
                       ("fedavg", "fedmedian", "krum", "centered_clipping", "nnm+fedmedian")}
 BREAKDOWN_KINDS_16 = ("alie_opt", "ipm_opt", "fang_krum")

@@ -2,8 +2,8 @@
 needs for that many, and which attackers a rule can be measured against.
 
 Plain functions of an :class:`~engine.core.config.schema.ExperimentConfig` (the schema's
-cross-checks call them); :func:`breakdown_limit` is also what the breakdown study's cells
-stop at.
+cross-checks call them); the breakdown studies' cells stay within :func:`breakdown_limit`
+(tests/test_preaggregation.py checks).
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ def breakdown_limit(fed: FederationConfig, n: int) -> tuple[int, str] | None:
     """The most attackers ``fed``'s rule (and pre-aggregator) withstands with ``n``
     hospitals, with the condition in words (Krum n ≥ 2f+3, Bulyan n ≥ 4f+3, the median,
     centred clipping, DnC, NNM and ARC f < n/2, the trimmed mean f ≤ β·n); None for plain
-    averaging without a pre-aggregator, which withstands none."""
+    averaging, which withstands none (a pre-aggregator in front of a mean does not make it
+    robust)."""
     half = ((n - 1) // 2, "f < n/2")
     rule = {"krum": ((n - 3) // 2, "n ≥ 2f+3"), "multikrum": ((n - 3) // 2, "n ≥ 2f+3"),
             "bulyan": ((n - 3) // 4, "n ≥ 4f+3"), "fedmedian": half,
             "centered_clipping": half, "dnc": half,
             "trimmed_mean": (int(fed.trim_beta * n), "f ≤ β·n")}.get(fed.aggregator)
-    pre = half if fed.pre_aggregator != "none" else None
-    limits = [x for x in (rule, pre) if x is not None]
-    return min(limits, key=lambda x: x[0]) if limits else None
+    if rule is None:
+        return None
+    return min(rule, half, key=lambda x: x[0]) if fed.pre_aggregator != "none" else rule
 
 
 # The settings that tell the server how many attackers to expect (it keeps or mixes

@@ -192,14 +192,16 @@ class DefensesConfig(_Section):
         False, description="FLAME (Nguyen et al. 2022) instead of the aggregation rule: "
         "HDBSCAN on the updates' cosine distances admits the majority, each is clipped to the "
         "round's median update norm, they are averaged and Gaussian noise (flame_noise × that "
-        "median) is added; needs individual uploads and federation.aggregator = fedavg")
+        "median) is added; needs individual uploads, federation.aggregator = fedavg and "
+        "federation.pre_aggregator = none")
     flame_noise: float = Field(0.001, ge=0.0, le=1.0,
                                description="FLAME's noise, as a multiple of the median norm")
     fltrust: bool = Field(
         False, description="FLTrust (Cao et al. 2021) instead of the aggregation rule: the "
         "server trains the global model on its own small root set each round, weighs every "
         "update by its cosine with that update (negative: 0), rescales it to that update's "
-        "norm and averages; needs individual uploads and federation.aggregator = fedavg")
+        "norm and averages; needs individual uploads, federation.aggregator = fedavg and "
+        "federation.pre_aggregator = none")
     fltrust_root_patients: int = Field(
         2, ge=1, le=64, description="patients in FLTrust's root set (phantom: drawn across "
         "the hospitals' scanner profiles; folders: patient folders no hospital uses)")
