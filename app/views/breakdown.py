@@ -28,8 +28,8 @@ VERDICT_WORDS = {"broken": "broken (error doubled)", "damaged": "damaged (> 25 %
 CAPTION = ("Each point: the strongest attack against the rule with that many attackers, "
            "its error ÷ the same federation's without attackers, mean over 3 seeds with its "
            "95 % interval. Above the dotted line (1.25) the rule let the attack through; at "
-           "2 the federation is useless. A line stops at the most attackers the rule is "
-           "built to withstand.")
+           "2 the federation is useless. A line stops at the most attackers the study tried: "
+           "with 8 hospitals, the most the rule is built to withstand.")
 
 
 def _rule(name: str) -> str:
