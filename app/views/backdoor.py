@@ -8,7 +8,6 @@ same attack against FedAvg was implanted), gray where nothing can be said.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from app.views.results import RunRow, finished_with
 from engine.analyses.backdoor import defense_name
 from engine.analyses.poisoning import mean_interval
 from engine.analyses.results import BackdoorEffect, BackdoorSummary, RunSummary
-from engine.analyses.sweep_table import SweepRow
+from engine.analyses.sweep_table import SweepRow, cell_parts
 from engine.clients.dp import epsilon_text
 from engine.core.config import ExperimentConfig
 from engine.federation.aggregators import rule_key
@@ -251,7 +250,7 @@ TRIGGER_NAMES = {"texture": "texture trigger", "artefact": "artefact trigger"}
 
 def cell_words(label: str | None) -> str:
     """A backdoor study cell label (``attack=data, malicious_centers=[0], …``) in words."""
-    parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
+    parts = cell_parts(label)
     attackers = parts.get("malicious_centers", "[0]").strip("[]").split(",")
     defense = defense_name(rule_key(parts.get("aggregator", "fedavg"),
                                     parts.get("pre_aggregator")), parts.get("update_clip"),

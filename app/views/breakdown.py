@@ -4,13 +4,12 @@ figures are :mod:`engine.analyses.breakdown`'s; nothing here recomputes them."""
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 import plotly.graph_objects as go
 
 from engine.analyses.breakdown import BreakdownCell, worst_cases
 from engine.analyses.poisoning import BROKEN, PROTECTED
+from engine.analyses.sweep_table import cell_parts
 from engine.federation.aggregators import rule_key, rule_words
 
 STUDIES = (("poison-breakdown", "Strongest attacker: each rule up to its breakdown point"),
@@ -94,7 +93,7 @@ def cell_table(cells: list[BreakdownCell]) -> pd.DataFrame:
 
 def cell_words(label: str | None) -> str:
     """A breakdown study cell label in words."""
-    parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
+    parts = cell_parts(label)
     rule = _rule(rule_key(parts.get("aggregator", "fedavg"), parts.get("pre_aggregator")))
     seed = parts.get("seed", "0")
     if parts.get("enabled") != "true":

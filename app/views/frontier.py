@@ -4,12 +4,11 @@ frontiers of the ``dp-frontier`` studies in words and one figure each. The figur
 
 from __future__ import annotations
 
-import re
-
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.analyses.frontier import USEFUL, FrontierPoint, smallest_useful_epsilon
+from engine.analyses.sweep_table import cell_parts
 from engine.clients.dp import MEANINGFUL_EPSILON
 from engine.orchestration.presets import build_config
 from engine.orchestration.sweep_catalogue import sweep_spec
@@ -114,7 +113,7 @@ def hospitals(study: str) -> int:
 
 def cell_words(label: str | None) -> str:
     """A frontier study cell label in words."""
-    parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
+    parts = cell_parts(label)
     seed = parts.get("seed", "0")
     if parts.get("enabled") != "true":
         return f"without DP, seed {seed}"

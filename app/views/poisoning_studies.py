@@ -6,7 +6,6 @@ words. Only formats the sweep folders found with
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import plotly.graph_objects as go
@@ -27,7 +26,7 @@ from app.views.poisoning import (
     rule_name,
 )
 from engine.analyses.results import HistoryPoint
-from engine.analyses.sweep_table import SweepRow
+from engine.analyses.sweep_table import SweepRow, cell_parts
 
 
 def ratio_heatmap(row_labels: list[str], col_labels: list[str],
@@ -224,7 +223,7 @@ def cell_words(label: str | None) -> str:
     """A sweep cell label (``aggregator=fedmedian, kind=update_noise, …``) in plain words."""
     if not label or label == "baseline":
         return "clean FedAvg federation"
-    parts = dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label) if "=" in p)
+    parts = cell_parts(label)
     words = [rule_name(parts.get("aggregator", "fedavg"))]
     if parts.get("enabled") == "true" or "kind" in parts:
         kind = parts.get("kind", "update_noise")

@@ -11,13 +11,12 @@ none at this scale. Pure functions of
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.analyses.poisoning import mean_interval
-from engine.analyses.sweep_table import SweepRow
+from engine.analyses.sweep_table import SweepRow, cell_parts
 
 USEFUL = 1.5  # the error a private model may cost and still count as useful
 
@@ -41,8 +40,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 def seed_of(row: SweepRow) -> str | None:
     """The seed a sweep row's cell names (``seed=2``), or None."""
-    found = re.search(r"(?:^|, )seed=(\d+)", row.cell or "")
-    return found.group(1) if found else None
+    return cell_parts(row.cell).get("seed")
 
 
 def frontier(rows: list[SweepRow]) -> list[FrontierPoint]:

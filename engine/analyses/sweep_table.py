@@ -4,11 +4,18 @@ that read it."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
 
 from engine.analyses.results import Interval, SummaryError, _Block, _first_problem
+
+
+def cell_parts(label: str | None) -> dict[str, str]:
+    """A sweep cell's label (``aggregator=fedmedian, kind=min_max, seed=2``) as its settings,
+    by the last part of each key (a value may itself hold ", ", as a list does)."""
+    return dict(p.split("=", 1) for p in re.split(r", (?=\w+=)", label or "") if "=" in p)
 
 
 class SweepRow(_Block):

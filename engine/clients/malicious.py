@@ -31,7 +31,7 @@ from engine.clients.adaptive import (
     adaptive_update,
 )
 from engine.core.config import PoisoningConfig
-from engine.core.types import NDArrays, as_params, flat_update, is_float
+from engine.core.types import NDArrays, as_params, flat_updates, is_float
 from engine.core.units import hu_to_unit, unit_to_hu
 from engine.data.types import SliceSet
 
@@ -103,7 +103,7 @@ def malicious_upload(kind: str, own: NDArrays, honest: list[NDArrays],
     if kind in ADAPTIVE_KINDS:
         if rule is None:
             raise ValueError(f"attacks.poisoning.kind = {kind!r} needs the server's rule")
-        deltas = np.stack([flat_update(h, global_params) for h in honest])
+        deltas = flat_updates(honest, global_params)
         start = poisoning.z if kind == "alie_opt" else poisoning.scale
         update, _ = adaptive_update(kind, deltas, rule, len(poisoning.malicious_centers),
                                     poisoning.perturbation, start)

@@ -21,6 +21,11 @@ def flat_update(params: NDArrays, global_params: NDArrays) -> np.ndarray:
                            for a, g in zip(params, global_params, strict=True) if is_float(g)])
 
 
+def flat_updates(models: list[NDArrays], global_params: NDArrays) -> np.ndarray:
+    """Each model's :func:`flat_update` as the rows of one ``(n, d)`` array."""
+    return np.stack([flat_update(m, global_params) for m in models])
+
+
 def as_params(update: np.ndarray, global_params: NDArrays, template: NDArrays) -> NDArrays:
     """``global + update`` in the global model's shapes and dtypes (other buffers from
     ``template``): the inverse of :func:`flat_update`."""

@@ -26,7 +26,14 @@ from flwr.server.strategy.aggregate import (
 )
 
 from engine.core.config import FederationConfig
-from engine.core.types import NDArrays, as_params, flat_update, is_float, pairwise_sq
+from engine.core.types import (
+    NDArrays,
+    as_params,
+    flat_update,
+    flat_updates,
+    is_float,
+    pairwise_sq,
+)
 
 Results = list[tuple[NDArrays, int]]
 
@@ -139,7 +146,7 @@ def _float_updates(results: Results, origin: NDArrays | None, rule: str) -> np.n
     buffers, e.g. BatchNorm's step counter, would swamp the distances)."""
     if origin is None:
         raise ValueError(f"{rule} needs the round's global model (origin)")
-    return np.stack([flat_update(r[0], origin) for r in results])
+    return flat_updates([r[0] for r in results], origin)
 
 
 def _model(update: np.ndarray, origin: NDArrays, results: Results) -> NDArrays:
@@ -332,8 +339,8 @@ def server_updates(uploads: dict[str, NDArrays], global_params: NDArrays, update
     if pre_aggregator == "none":
         return uploads
     names = list(uploads)
-    updates = np.stack([flat_update(uploads[c], global_params) for c in names])
-    mixed = PRE_AGGREGATION[pre_aggregator](updates, f)
+    mixed = PRE_AGGREGATION[pre_aggregator](
+        flat_updates([uploads[c] for c in names], global_params), f)
     return {c: as_params(m, global_params, uploads[c])
             for c, m in zip(names, mixed, strict=True)}
 
@@ -373,10 +380,7 @@ def flame(uploads: dict[str, NDArrays], global_params: NDArrays, noise_lambda: f
     origin). Returns the new global model and the admitted names."""
     names = list(uploads)
     floats = [is_float(g) for g in global_params]
-    flat = np.stack([np.concatenate([(np.asarray(a, np.float64) - g).ravel()
-                                     for a, g, f in zip(uploads[c], global_params, floats,
-                                                        strict=True) if f])
-                     for c in names])
+    flat = flat_updates([uploads[c] for c in names], global_params)
     unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     distance = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
     np.fill_diagonal(distance, 0.0)
@@ -440,17 +444,11 @@ def fltrust(uploads: dict[str, NDArrays], global_params: NDArrays,
     every float parameter; other buffers are the server's. Returns the new model and each
     upload's trust score."""
     floats = [is_float(g) for g in global_params]
-
-    def flat(params: NDArrays) -> np.ndarray:
-        return np.concatenate([(np.asarray(a, np.float64) - g).ravel()
-                               for a, g, f in zip(params, global_params, floats, strict=True)
-                               if f])
-
-    ref = flat(server_params)
+    ref = flat_update(server_params, global_params)
     ref_norm = float(np.linalg.norm(ref))
     trust, scale = {}, {}
     for c, params in uploads.items():
-        g = flat(params)
+        g = flat_update(params, global_params)
         norm = float(np.linalg.norm(g))
         cos = float(g @ ref) / (norm * ref_norm) if norm > 0 and ref_norm > 0 else 0.0
         trust[c], scale[c] = max(cos, 0.0), (ref_norm / norm if norm > 0 else 0.0)
