@@ -312,6 +312,7 @@ def _frontier(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
     ours = "; ".join(
         ("no DP" if p.epsilon is None else f"ε {p.epsilon:.3g}")
         + (f": error ×{p.ratio:.2f}" if p.ratio is not None else "")
+        + (f" [{p.ratio_ci[0]:.2f}, {p.ratio_ci[1]:.2f}]" if p.ratio_ci else "")
         + (f", AUC on released models {p.global_auc:.2f}" if p.global_auc is not None else "")
         for p in points)
     ours += (f". Smallest ε within {USEFUL:g}× the error without DP: "
@@ -322,8 +323,8 @@ def _frontier(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
     return [StudyRow(
         "frontier", ours, "",
         f"{hospitals} hospitals; {seeds} seed{'s' if seeds > 1 else ''} per ε; each run's "
-        "error ÷ the same seed's without DP, mean over seeds; patient-level AUCs pooled over "
-        "hospitals",
+        "error ÷ the same seed's without DP, mean over seeds with its 95 % t-interval (the "
+        "smallest useful ε judged on the mean); patient-level AUCs pooled over hospitals",
         "DP-FedAvg at the server (clip, average, Gaussian noise; RDP accountant, δ 1e-5); "
         "FedMIA on the uploads and the loss attack on the released global models",
         [rid for rid, _ in cells])]
