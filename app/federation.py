@@ -16,7 +16,6 @@ from app.views.common import (
     METRIC_HELP,
     PAGES_DIR,
     POLL_S,
-    RULE_NAMES,
     describe_config,
     history_figure,
     history_from_metrics,
@@ -33,6 +32,7 @@ from app.widgets import (
     sample_images,
 )
 from engine.core.config import AGGREGATORS, ExperimentConfig
+from engine.core.config.robust import RULE_NAMES
 from engine.core.run_folder import RunFolder, RunStatus
 from engine.orchestration.jobs import cancel_job
 

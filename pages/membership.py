@@ -92,14 +92,14 @@ def _dp_tradeoff() -> None:
 
 
 def _dp_frontier() -> None:
-    for name, title in frontier.STUDIES:
-        sweep = study_section(name, title, frontier.cell_words, intro=frontier.INTRO)
+    for study in frontier.STUDIES:
+        sweep = study_section(study.name, study.title, frontier.cell_words, intro=study.intro)
         if sweep is not None:
             points = frontier_points(sweep.rows)
-            st.plotly_chart(frontier.frontier_figure(points), key=f"mia_{name}")
-            st.caption(frontier.CAPTION)
-            st.markdown(frontier.frontier_sentence(points, frontier.hospitals(name)))
-            st.markdown(frontier.attack_sentence(points))
+            st.plotly_chart(frontier.frontier_figure(points), key=f"mia_{study.name}")
+            st.caption(frontier.caption(study.level))
+            st.markdown(frontier.frontier_sentence(points, frontier.scale_words(study.name)))
+            st.markdown(frontier.attack_sentence(points, study.level))
 
 
 def _dp_audit(rows: list[RunRow]) -> None:

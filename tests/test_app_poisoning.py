@@ -131,7 +131,8 @@ def test_empty_runs_folder_gives_empty_states(runs_dir: Path) -> None:
     assert any("`fedsct sweep --preset poison-paper`" in i.value for i in at.info)
     # The other studies read as on every page: not run yet, how long, the command on Start.
     studies = ("poison-paper", "poison-model", "poison-data-factors", "poison-breakdown",
-               "poison-breakdown-16", "backdoor-paper", "backdoor-defenses")
+               "poison-breakdown-16", "poison-breakdown-64", "backdoor-paper",
+               "backdoor-defenses")
     assert sum(c.value.startswith("Not run yet: ") for c in at.caption) == len(studies)
     for name in studies:
         assert not at.button(key=f"sweep_start_{name}").disabled

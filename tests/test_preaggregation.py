@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.core.config import ConfigError
-from engine.core.config.robust import breakdown_limit
+from engine.core.config.robust import breakdown_limit, rule_key, rule_words
 from engine.core.types import flat_update
 from engine.data.cohort import load_cohort
 from engine.federation.aggregators import (
@@ -24,8 +24,6 @@ from engine.federation.aggregators import (
     centred_clipping,
     dnc_keep,
     nnm,
-    rule_key,
-    rule_words,
     server_updates,
 )
 from engine.federation.inprocess import run_federation
@@ -33,6 +31,7 @@ from engine.orchestration.presets import build_config
 from engine.orchestration.sweep_catalogue import (
     BREAKDOWN_RULES,
     BREAKDOWN_RULES_16,
+    BREAKDOWN_RULES_64,
     sweep_spec,
 )
 
@@ -106,16 +105,18 @@ def test_the_centred_clipping_rule_clips_around_the_global_model() -> None:
 
 
 def test_the_breakdown_studies_stay_within_each_rules_limit() -> None:
-    """Every attacked cell of both breakdown studies is within its rule's breakdown limit
+    """Every attacked cell of the breakdown studies is within its rule's breakdown limit
     (the config refuses more), and the first study reaches each robust rule's limit."""
-    for name, n in (("poison-breakdown", 8), ("poison-breakdown-16", 16)):
+    for name, n, rules in (("poison-breakdown", 8, BREAKDOWN_RULES),
+                           ("poison-breakdown-16", 16, BREAKDOWN_RULES_16),
+                           ("poison-breakdown-64", 64, BREAKDOWN_RULES_64)):
         spec = sweep_spec(name)
-        rules = BREAKDOWN_RULES if n == 8 else BREAKDOWN_RULES_16
+        assert build_config(spec["base"]).data.centers == n
         for key, (sets, fs) in rules.items():
             limit = breakdown_limit(build_config(spec["base"], sets=sets).federation, n)
             if limit is not None:
                 assert max(fs) <= limit[0], (name, key)
-                assert n == 16 or max(fs) == limit[0], key
+                assert n > 8 or max(fs) == limit[0], key
 
 
 def test_dnc_drops_the_update_that_stands_out() -> None:

@@ -383,3 +383,15 @@ def test_a_summary_that_would_not_read_fails_its_run_instead_of_being_written(
     assert status.error.startswith("SummaryError: the summary this run built: "
                                       "poisoning.cells: ")
     assert not (run.path / "summary.json").exists()
+
+
+def test_the_index_names_the_rule_with_its_pre_aggregator(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    for pre in ("none", "nnm"):
+        create_run(build_config("hospitals-8", sets=["federation.aggregator=fedmedian",
+                                                     f"federation.pre_aggregator={pre}"]),
+                   tmp_path)
+    assert sorted(r["aggregator"] for r in RunIndex(tmp_path).list()) == [
+        "fedmedian", "nnm+fedmedian"]
+    assert cli_main(["runs", "--out", str(tmp_path)]) == 0
+    assert " nnm+fedmedian " in capsys.readouterr().out

@@ -52,6 +52,11 @@ TINY = [
     *[("frontier", Cell("dp-frontier", own, [*own, "federation.rounds=2",
                                              "federation.server_view_rounds=all"]))
       for own in (["defenses.dp.enabled=false"], ["defenses.dp.target_epsilon=8.0"])],
+    *[("frontier-patients", Cell("dp-frontier-patients", own, [
+        *own, "federation.rounds=2", "data.centers=2", "data.heldout_per_center=2",
+        "federation.batch_size=4", "federation.server_view_rounds=all"]))
+      for own in (["data.patients_per_center=8", "defenses.dp.enabled=false"],
+                  ["data.patients_per_center=8", "defenses.dp.target_epsilon=8.0"])],
 ]
 
 
@@ -61,7 +66,8 @@ def test_every_cell_of_every_scale_is_a_valid_experiment(scale: str) -> None:
     parts = [p for p, _ in cells]
     assert parts[:6] == ["quality", "membership", "membership-secagg", "membership-evidence",
                          "dlg", "strongest-inversion"]
-    beyond = {"breakdown": (6, 480), "backdoor": (3, 60), "frontier": (2, 27)}
+    beyond = {"breakdown": (6, 480), "backdoor": (3, 60), "frontier": (2, 27),
+              "frontier-patients": (2, 21)}
     for part, (demo, other) in beyond.items():
         assert parts.count(part) == (demo if scale == "demo" else other)
     assert parts.count("poisoning") == 140
@@ -75,6 +81,8 @@ def test_every_cell_of_every_scale_is_a_valid_experiment(scale: str) -> None:
                if p == "breakdown")
     assert all(c.data.centers == 16 and c.defenses.dp.level == "server"
                for c, p in zip(configs, parts, strict=True) if p == "frontier")
+    assert all(c.data.centers == 8 and c.defenses.dp.level == "sample"
+               for c, p in zip(configs, parts, strict=True) if p == "frontier-patients")
     if scale == "full":  # the parts beyond the study keep their sweeps' own size
         assert {c.data.image_size for c, p in zip(configs, parts, strict=True)
                 if p not in beyond} == {256}
@@ -160,6 +168,10 @@ def test_a_small_study_reports_its_runs_numbers_and_resumes(
     eps = summaries["target_epsilon=8.0"].federation.dp.epsilon
     assert f"ε {eps:.3g}: error ×" in row and "16 hospitals" in row
     assert "Smallest ε within 1.5× the error without DP: " in row
+    row = rows[ANALYSES["frontier-patients"]]
+    eps = summaries["patients_per_center=8, target_epsilon=8.0"].federation.dp.epsilon
+    assert f"ε {eps:.3g}: error ×" in row and "2 hospitals of 8 patients" in row
+    assert "DP-SGD in each hospital" in row and "AUC on the uploads" in row
     assert (folder / "report.html").read_text().count("<tr>") == len(rows) + 1
 
     # Run again: nothing is trained, the same runs are used.

@@ -22,7 +22,7 @@ from engine.analyses.results import BackdoorEffect, BackdoorSummary, RunSummary
 from engine.analyses.sweep_table import SweepRow, cell_parts
 from engine.clients.dp import epsilon_text
 from engine.core.config import ExperimentConfig
-from engine.federation.aggregators import rule_key
+from engine.core.config.robust import rule_key
 
 INTRO = (
     "A **backdoor** is the attack the average error does not show. A dishonest hospital "

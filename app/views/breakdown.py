@@ -1,5 +1,5 @@
 """The Poisoning page's "Strongest attacker" section: breakdown curves and the worst-case
-table of the ``poison-breakdown`` studies (8 and 16 hospitals), in words and figures. The
+table of the ``poison-breakdown`` studies (8, 16 and 64 hospitals), in words and figures. The
 figures are :mod:`engine.analyses.breakdown`'s; nothing here recomputes them."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import plotly.graph_objects as go
 from engine.analyses.breakdown import BreakdownCell, worst_cases
 from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.sweep_table import cell_parts
-from engine.federation.aggregators import rule_key, rule_words
+from engine.core.config.robust import rule_key, rule_words
 
 STUDIES = (("poison-breakdown", "Strongest attacker: each rule up to its breakdown point"),
-           ("poison-breakdown-16", "The same with 16 hospitals, 3 and 6 of them attacking"))
+           ("poison-breakdown-16", "The same with 16 hospitals, 3 and 6 of them attacking"),
+           ("poison-breakdown-64", "The same with 64 hospitals, 16 of them attacking"))
 INTRO = ("A rule that survives a fixed attack may still fall to an attacker who adapts. "
          "Here the attacking hospitals see the other hospitals' updates every round (the "
          "standard worst case of this research) and tune theirs to the rule. ")

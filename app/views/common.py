@@ -18,8 +18,8 @@ from plotly.subplots import make_subplots
 from engine.analyses.results import RunSummary
 from engine.clients.dp import LEVEL_WORDS, epsilon_text, planned_epsilon
 from engine.core.config import ExperimentConfig
+from engine.core.config.robust import rule_key, rule_words
 from engine.core.run_folder import RunStatus
-from engine.federation.aggregators import RULE_NAMES, rule_key, rule_words
 from engine.orchestration.timings import Expected
 
 
@@ -208,7 +208,7 @@ def runs_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                     for r in records],
         "Name": [r["name"] or "run" for r in records],
         "State": [STATE_TEXT.get(r["state"], r["state"]) for r in records],
-        "Aggregation rule": [RULE_NAMES.get(r["aggregator"], r["aggregator"] or "–")
+        "Aggregation rule": [rule_words(r["aggregator"]) if r["aggregator"] else "–"
                              for r in records],
         "Rounds": [r["rounds"] for r in records],
         "Secure aggregation": [bool(r["secure_aggregation"]) for r in records],

@@ -4,10 +4,17 @@ frontiers of the ``dp-frontier`` studies in words and one figure each. The figur
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.analyses.frontier import USEFUL, FrontierPoint, smallest_useful_epsilon
+from engine.analyses.frontier import (
+    USEFUL,
+    FrontierPoint,
+    epsilon_label,
+    smallest_useful_epsilon,
+)
 from engine.analyses.sweep_table import cell_parts
 from engine.clients.dp import MEANINGFUL_EPSILON
 from engine.orchestration.presets import build_config
@@ -15,22 +22,51 @@ from engine.orchestration.sweep_catalogue import sweep_spec
 
 CHANCE_BAND = 0.6  # an AUC below this without DP leaves nothing for DP to take away
 
-STUDIES = (("dp-frontier", "Differential privacy that keeps the model useful? 16 hospitals "
-                            "share the noise"),
-           ("dp-frontier-64", "The same with 64 hospitals, a quarter of them each round"))
-INTRO = ("With 4 hospitals, noise strong enough for a meaningful ε ruins the model. Added by "
-         "the server to the average of many hospitals' clipped updates (DP-FedAvg), the same "
-         "guarantee costs far less, because the noise is shared. The guarantee covers the "
-         "models the federation releases, not the uploads the server itself receives. ")
-CAPTION = ("Left axis: the model's error ÷ the same federation's without DP (mean over seeds, "
-           "95 % interval); the dotted line is 1.5×. Right axis (where the study attacks): "
-           "patient-level membership AUC of the attack on the released global models, which "
-           "the noise bounds, and of FedMIA on the uploads, which the server sees before it "
-           "adds noise (0.5 = guessing).")
+
+@dataclass(frozen=True)
+class FrontierStudy:
+    """A frontier sweep as the page shows it; ``level`` is its DP level (``server`` or
+    ``sample``), which decides what the noise covers."""
+
+    name: str
+    title: str
+    intro: str
+    level: str
+
+
+_SERVER_INTRO = (
+    "With 4 hospitals, noise strong enough for a meaningful ε ruins the model. Added by the "
+    "server to the average of many hospitals' clipped updates (DP-FedAvg), the same guarantee "
+    "costs far less, because the noise is shared. The guarantee covers the models the "
+    "federation releases, not the uploads the server itself receives. ")
+STUDIES = (
+    FrontierStudy("dp-frontier", "Differential privacy that keeps the model useful? 16 "
+                  "hospitals share the noise", _SERVER_INTRO, "server"),
+    FrontierStudy("dp-frontier-64", "The same with 64 hospitals, a quarter of them each round",
+                  _SERVER_INTRO, "server"),
+    FrontierStudy(
+        "dp-frontier-patients", "Patient-level DP inside each hospital, many patients each",
+        "Each hospital trains with DP-SGD whose unit is one patient, so even the server "
+        "receives noised updates. The noise is added once to the sum of the patients drawn "
+        "in a step: the more patients each step holds, the less it weighs on each of them. "
+        "ε ∞ is the same training with its clipping and sampling but no noise. ", "sample"),
+)
+_CAPTION = ("Left axis: the model's error ÷ the same federation's without DP (mean over seeds, "
+            "95 % interval); the dotted line is 1.5×. Right axis (where the study attacks): "
+            "patient-level membership AUC of the attack on the released global models and of "
+            "FedMIA on the uploads (0.5 = guessing). ")
+_COVERS = {"server": "The noise bounds the first; the server sees the uploads before it adds "
+                     "noise.",
+           "sample": "The noise bounds both: each hospital adds it before its update leaves."}
+
+
+def caption(level: str) -> str:
+    """The frontier figure's caption for a study at DP level ``level``."""
+    return _CAPTION + _COVERS[level]
 
 
 def _label(p: FrontierPoint) -> str:
-    return "no DP" if p.epsilon is None else f"ε {p.epsilon:.3g}"
+    return epsilon_label(p.epsilon)
 
 
 def frontier_figure(points: list[FrontierPoint]) -> go.Figure:
@@ -65,21 +101,22 @@ def frontier_figure(points: list[FrontierPoint]) -> go.Figure:
     return fig
 
 
-def frontier_sentence(points: list[FrontierPoint], hospitals: int) -> str:
+def frontier_sentence(points: list[FrontierPoint], scale: str) -> str:
     """The frontier's verdict: the smallest ε whose model stays within 1.5× of the
-    non-private error, with what it rests on, or that none does at this scale."""
+    non-private error, with what it rests on, or that none does at this scale; ``scale`` is
+    :func:`scale_words`'s."""
     if not any(p.epsilon is None for p in points):
         return "The run without DP has not finished yet: the ratios appear once it has."
     seeds = max(len(p.mae_hu) for p in points)
     best = smallest_useful_epsilon(points)
     tried = ", ".join(_label(p) for p in points if p.epsilon is not None)
     if best is None:
-        return (f"With {hospitals} hospitals, no ε tried ({tried}) keeps the model within "
-                f"{USEFUL:g}× of its error without DP ({seeds} seeds each).")
+        return (f"With {scale}, no ε tried ({tried}) keeps the model within {USEFUL:g}× of "
+                f"its error without DP ({seeds} seeds each).")
     ci = best.ratio_ci
-    words = (f"With {hospitals} hospitals, the smallest ε that keeps the model within "
-             f"{USEFUL:g}× of its error without DP is **{best.epsilon:.3g}** (δ 1e-5): error "
-             f"×{best.ratio:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    words = (f"With {scale}, the smallest ε that keeps the model within {USEFUL:g}× of its "
+             f"error without DP is **{best.epsilon:.3g}** (δ 1e-5): error ×{best.ratio:.2f}"
+             + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
              + f" over {len(best.mae_hu)} seeds; tried {tried}.")
     if best.epsilon > MEANINGFUL_EPSILON:
         words += (f" Above ε {MEANINGFUL_EPSILON:g} the guarantee means little: no "
@@ -87,12 +124,27 @@ def frontier_sentence(points: list[FrontierPoint], hospitals: int) -> str:
     return words
 
 
-def attack_sentence(points: list[FrontierPoint]) -> str:
-    """What the membership AUCs beside the frontier can and cannot show ("" without them)."""
+def _aucs(points: list[FrontierPoint], attr: str) -> str:
+    return ", ".join(f"{getattr(p, attr):.2f} at {_label(p)}" for p in points
+                     if getattr(p, attr) is not None)
+
+
+def attack_sentence(points: list[FrontierPoint], level: str) -> str:
+    """What the membership AUCs beside the frontier can and cannot show at DP level
+    ``level`` (``server``: the uploads carry no noise; ``sample``: they do); "" without
+    them."""
     base = next((p for p in points if p.epsilon is None), None)
     noised = [p for p in points if p.epsilon is not None and p.server_auc is not None]
-    if base is None or base.global_auc is None or not noised:
+    if base is None or base.global_auc is None or base.server_auc is None or not noised:
         return ""
+    if level == "sample":
+        if max(base.server_auc, base.global_auc) < CHANCE_BAND:
+            return (f"Both attacks are near guessing even without DP (AUC "
+                    f"{base.server_auc:.2f} on the uploads, {base.global_auc:.2f} on the "
+                    "released models), so this study cannot show what the noise protects.")
+        return (f"FedMIA on the uploads: AUC {base.server_auc:.2f} without DP, "
+                f"{_aucs(noised, 'server_auc')}. The attack on the released models: AUC "
+                f"{base.global_auc:.2f} without DP, {_aucs(noised, 'global_auc')}.")
     uploads = (f"FedMIA on the uploads, which the server receives before it adds noise, stays "
                f"at AUC {min(p.server_auc for p in noised):.2f}–"
                f"{max(p.server_auc for p in noised):.2f} at every ε: server-side DP does not "
@@ -102,19 +154,23 @@ def attack_sentence(points: list[FrontierPoint]) -> str:
                 f"{base.global_auc:.2f}), so this study cannot show what the noise protects "
                 f"there. {uploads}")
     return (f"The attack on the released models: AUC {base.global_auc:.2f} without DP, "
-            + ", ".join(f"{p.global_auc:.2f} at ε {p.epsilon:.3g}" for p in noised
-                        if p.global_auc is not None) + f". {uploads}")
+            f"{_aucs(noised, 'global_auc')}. {uploads}")
 
 
-def hospitals(study: str) -> int:
-    """A frontier study's number of hospitals (its base preset's)."""
-    return build_config(sweep_spec(study)["base"]).data.centers
+def scale_words(study: str) -> str:
+    """A frontier study's federation in words (its base preset's), e.g. "16 hospitals of 3
+    patients"."""
+    data = build_config(sweep_spec(study)["base"]).data
+    return f"{data.centers} hospitals of {data.patients_per_center} patients"
 
 
 def cell_words(label: str | None) -> str:
     """A frontier study cell label in words."""
     parts = cell_parts(label)
     seed = parts.get("seed", "0")
-    if parts.get("enabled") != "true":
+    if parts.get("enabled") == "false":
         return f"without DP, seed {seed}"
-    return f"server-side DP at ε {parts.get('target_epsilon', '?')}, seed {seed}"
+    level = "patient-level DP-SGD" if parts.get("level") == "sample" else "server-side DP"
+    if parts.get("noise_multiplier") == "0":
+        return f"{level} without noise (ε ∞), seed {seed}"
+    return f"{level} at ε {parts.get('target_epsilon', '?')}, seed {seed}"

@@ -18,7 +18,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.views.common import (
-    RULE_NAMES,
     Verdict,
     expected_words,
     hospital_name,
@@ -30,7 +29,7 @@ from app.views.results import RunRow, finished_with
 from engine.analyses.poisoning import BROKEN, PROTECTED
 from engine.analyses.results import Detection, HistoryPoint, PoisoningSummary
 from engine.core.config import ROBUST_AGGREGATORS, ConfigError, ExperimentConfig
-from engine.federation.aggregators import rule_aggregator, rule_words
+from engine.core.config.robust import RULE_NAMES, rule_aggregator, rule_words
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex
 from engine.orchestration.sweep_catalogue import POISON_AGGREGATORS, POISON_LEVELS

@@ -13,7 +13,6 @@ from plotly.subplots import make_subplots
 from pydantic import ValidationError
 
 from app.views.common import (
-    RULE_NAMES,
     hospital_name,
 )
 from app.views.poisoning import (
@@ -27,6 +26,7 @@ from app.views.poisoning import (
 )
 from engine.analyses.results import HistoryPoint
 from engine.analyses.sweep_table import SweepRow, cell_parts
+from engine.core.config.robust import RULE_NAMES
 
 
 def ratio_heatmap(row_labels: list[str], col_labels: list[str],

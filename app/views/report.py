@@ -47,8 +47,8 @@ from engine.analyses.results import (
     read_summary,
 )
 from engine.core.config import ConfigError, ExperimentConfig, validate_config
+from engine.core.config.robust import rule_words
 from engine.core.run_folder import RunFolder, RunStatus
-from engine.federation.aggregators import rule_words
 from engine.orchestration.presets import preset_title
 
 # plotly.js names its map-data server as a default setting; the report draws no maps, so the
@@ -529,6 +529,6 @@ def study_cell_words(label: str | None) -> str:
         return bd_ui.cell_words(label)
     if "num_malicious=" in label:
         return breakdown_ui.cell_words(label)
-    if label.startswith("enabled="):
+    if label.startswith(("enabled=", "level=")):
         return frontier_ui.cell_words(label)
     return poi_ui.cell_words(label)

@@ -25,9 +25,9 @@ from engine.analyses.results import (
 from engine.analyses.sweep_table import SweepRow, parse_sweep_rows
 from engine.clients.dp import LEVEL_WORDS
 from engine.core.config import ConfigError, ExperimentConfig
+from engine.core.config.robust import rule_key
 from engine.core.processes import pid_alive, read_job_pid
 from engine.core.run_folder import ACTIVE, RunFolder
-from engine.federation.aggregators import rule_key
 from engine.orchestration.store import RunIndex
 from engine.orchestration.sweep_catalogue import sweep_spec
 from engine.orchestration.sweeps import SweepProgress, read_sweep_progress, sweep_folder

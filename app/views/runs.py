@@ -15,7 +15,7 @@ from app.views import membership as membership_ui
 from app.views import poisoning as poi_ui
 from app.views.common import PAGES_DIR, STATE_TEXT, computed_with
 from app.views.results import RunRow
-from engine.federation.aggregators import rule_words
+from engine.core.config.robust import rule_words
 
 # Summary key → (page, URL parameter that page reads the run id from, link label).
 DETAIL_PAGES = {

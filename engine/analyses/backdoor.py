@@ -43,10 +43,10 @@ from scipy.stats import binom, binomtest
 
 from engine.clients.backdoor import add_trigger, region_shifts, target_region, trigger_box
 from engine.core.config import AttacksConfig, DPConfig, ExperimentConfig
+from engine.core.config.robust import rule_words
 from engine.core.render import CT_WINDOW_HU, ERROR_MAX_HU, save_png, to_gray, to_heat
 from engine.core.types import NDArrays
 from engine.data.types import Cohort, SliceSet
-from engine.federation.aggregators import rule_words
 from engine.federation.protocol import FederationResult
 from engine.learning.local import predict_sct_hu
 from engine.learning.model import build_model, set_parameters

@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.analyses.poisoning import BROKEN, PROTECTED, mean_interval
 from engine.analyses.sweep_table import SweepRow
-from engine.federation.aggregators import rule_key
+from engine.core.config.robust import rule_key
 
 VERDICTS = ("broken", "damaged", "holds", "attack_too_weak", "inconclusive")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.federation.aggregators import rule_key
+from engine.core.config.robust import rule_key
 
 Interval = tuple[float, float]
 

@@ -19,7 +19,12 @@ import numpy as np
 
 from engine.analyses.backdoor import defense_name
 from engine.analyses.breakdown import breakdown, worst_cases
-from engine.analyses.frontier import USEFUL, frontier, smallest_useful_epsilon
+from engine.analyses.frontier import (
+    USEFUL,
+    epsilon_label,
+    frontier,
+    smallest_useful_epsilon,
+)
 from engine.analyses.poisoning import mean_interval
 from engine.analyses.results import (
     BackdoorSummary,
@@ -30,7 +35,7 @@ from engine.analyses.results import (
 )
 from engine.analyses.sweep_table import SweepRow
 from engine.clients.dp import MEANINGFUL_EPSILON
-from engine.federation.aggregators import rule_words
+from engine.core.config.robust import rule_words
 
 # What the study published (abstract of the FedSynthCT-Brain security analysis; sCT quality
 # from FedSynthCT-Brain itself, on real brain MRI/CT).
@@ -64,6 +69,8 @@ ANALYSES = {
                  "breakdown point",
     "frontier": "Server-side differential privacy with many hospitals: error and membership "
                 "against ε",
+    "frontier-patients": "Patient-level DP-SGD with many patients per hospital: error and "
+                         "membership against ε",
     **{f"backdoor-{a}-{n}": f"Backdoor (a trigger that shifts the sCT), {words}, {n} "
                             f"attacker{'s' if n > 1 else ''} of 4"
        for a, words in BACKDOOR_ATTACKS.items() for n in (1, 2)},
@@ -291,8 +298,17 @@ def _breakdown(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
         [rid for rid, _ in cells])]
 
 
-def _frontier(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
-    """The error ratio and membership AUCs per ε, and the smallest useful ε."""
+# What each DP level's frontier runs, as the report's "attack and budget" says it.
+_FRONTIER_DP = {
+    "server": "DP-FedAvg at the server (clip, average, Gaussian noise)",
+    "sample": "DP-SGD in each hospital (each patient's gradient clipped, a share of the "
+              "patients each step, Gaussian noise; ε ∞: the same without noise)",
+}
+
+
+def _frontier(part: str, cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
+    """The error ratio and membership AUCs per ε, and the smallest useful ε, of the frontier
+    study ``part`` (``frontier``: server-side DP; ``frontier-patients``: DP-SGD)."""
     rows = []
     for _, s in cells:
         dp, mia = s.federation.dp, s.mia
@@ -309,10 +325,15 @@ def _frontier(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
         return []
     best = smallest_useful_epsilon(points)
     hospitals = max(len(s.federation.per_center) for _, s in cells) or "?"
+    patients = max(s.config.get("data", {}).get("patients_per_center", 0) for _, s in cells)
+    level = next((s.federation.dp.level for _, s in cells if s.federation.dp.enabled),
+                 "server")
     ours = "; ".join(
-        ("no DP" if p.epsilon is None else f"ε {p.epsilon:.3g}")
+        epsilon_label(p.epsilon)
         + (f": error ×{p.ratio:.2f}" if p.ratio is not None else "")
         + (f" [{p.ratio_ci[0]:.2f}, {p.ratio_ci[1]:.2f}]" if p.ratio_ci else "")
+        + (f", AUC on the uploads {p.server_auc:.2f}"
+           if level == "sample" and p.server_auc is not None else "")
         + (f", AUC on released models {p.global_auc:.2f}" if p.global_auc is not None else "")
         for p in points)
     ours += (f". Smallest ε within {USEFUL:g}× the error without DP: "
@@ -321,12 +342,13 @@ def _frontier(cells: list[tuple[str, RunSummary]]) -> list[StudyRow]:
                 if best and best.epsilon > MEANINGFUL_EPSILON else ""))
     seeds = max(len(p.mae_hu) for p in points)
     return [StudyRow(
-        "frontier", ours, "",
-        f"{hospitals} hospitals; {seeds} seed{'s' if seeds > 1 else ''} per ε; each run's "
-        "error ÷ the same seed's without DP, mean over seeds with its 95 % t-interval (the "
-        "smallest useful ε judged on the mean); patient-level AUCs pooled over hospitals",
-        "DP-FedAvg at the server (clip, average, Gaussian noise; RDP accountant, δ 1e-5); "
-        "FedMIA on the uploads and the loss attack on the released global models",
+        part, ours, "",
+        f"{hospitals} hospitals of {patients} patients; {seeds} seed{'s' if seeds > 1 else ''}"
+        " per ε; each run's error ÷ the same seed's without DP, mean over seeds with its 95 % "
+        "t-interval (the smallest useful ε judged on the mean); patient-level AUCs pooled over "
+        "hospitals",
+        f"{_FRONTIER_DP[level]}; RDP accountant, δ 1e-5; FedMIA on the uploads and the loss "
+        "attack on the released global models",
         [rid for rid, _ in cells])]
 
 
@@ -335,7 +357,8 @@ def study_rows(summaries: list[tuple[str, list[str], str, dict[str, Any]]]) -> l
     rows: list[StudyRow] = []
     poisoning: list[tuple[str, RunSummary]] = []
     backdoor: list[tuple[str, RunSummary]] = []
-    beyond: dict[str, list[tuple[str, RunSummary]]] = {"breakdown": [], "frontier": []}
+    beyond: dict[str, list[tuple[str, RunSummary]]] = {"breakdown": [], "frontier": [],
+                                                       "frontier-patients": []}
     for part, _own, run_id, raw in summaries:
         s = parse_summary(raw, f"run {run_id}")
         if part == "quality":
@@ -351,7 +374,8 @@ def study_rows(summaries: list[tuple[str, list[str], str, dict[str, Any]]]) -> l
         elif part in beyond:
             beyond[part].append((run_id, s))
     return (rows + _poisoning(poisoning) + _breakdown(beyond["breakdown"])
-            + _backdoor(backdoor) + _frontier(beyond["frontier"]))
+            + _backdoor(backdoor) + _frontier("frontier", beyond["frontier"])
+            + _frontier("frontier-patients", beyond["frontier-patients"]))
 
 
 HEADER = ("Analysis", "This study run", "FedSynthCT-Brain study", "Sample and interval",

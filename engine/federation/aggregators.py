@@ -268,30 +268,6 @@ def arc(updates: np.ndarray, f: int) -> np.ndarray:
 PRE_AGGREGATION = {"nnm": nnm, "arc": arc}
 
 
-# Each rule's name in words, as pages and reports show it.
-RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
-              "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
-              "bulyan": "Bulyan", "centered_clipping": "Centred clipping", "dnc": "DnC",
-              "nnm": "NNM", "arc": "ARC"}
-
-
-def rule_key(aggregator: str, pre_aggregator: str | None = None) -> str:
-    """One name for the server's rule with its pre-aggregator: ``nnm+fedmedian``, or the
-    aggregator alone (``pre_aggregator`` none or unknown)."""
-    return (aggregator if pre_aggregator in (None, "none")
-            else f"{pre_aggregator}+{aggregator}")
-
-
-def rule_aggregator(key: str) -> str:
-    """The aggregator of a :func:`rule_key` (``fedmedian`` of ``nnm+fedmedian``)."""
-    return key.rsplit("+", 1)[-1]
-
-
-def rule_words(key: str) -> str:
-    """A :func:`rule_key` in words: ``NNM + FedMedian``."""
-    return " + ".join(RULE_NAMES.get(k, k) for k in key.split("+"))
-
-
 def make_aggregator(fed: FederationConfig) -> Aggregator:
     """The aggregation rule named by ``federation.aggregator``."""
     match fed.aggregator:

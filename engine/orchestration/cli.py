@@ -374,11 +374,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet; start one with `fedsct run --preset demo`")
         return 0
-    print(f"{'run id':<44} {'state':<10} {'aggregator':<12} {'rounds':>6} {'MAE HU':>8}  created")
+    print(f"{'run id':<44} {'state':<10} {'rule':<21} {'rounds':>6} {'MAE HU':>8}  created")
     for r in rows:
         mae = f"{r['final_mae_hu']:.1f}" if r["final_mae_hu"] is not None else "-"
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"] or 0))
-        print(f"{r['run_id']:<44} {r['state'] or '?':<10} {r['aggregator'] or '?':<12} "
+        print(f"{r['run_id']:<44} {r['state'] or '?':<10} {r['aggregator'] or '?':<21} "
               f"{r['rounds'] or 0:>6} {mae:>8}  {created}")
     return 0
 

@@ -1,7 +1,7 @@
 """What a run will need, estimated before it starts, against what the machine has.
 
 Every config key can be valid on its own while the whole asks for more than any machine has
-(every key at its maximum: ≈ 148 GiB of data in memory, ≈ 6.2 TB of server view). A run is
+(every data key at its maximum: ≈ 2.8 TiB of slices in memory; ≈ 6.2 TB of server view). A run is
 refused before its folder is made when its estimate exceeds the free disk of the runs folder
 or the memory available now, with the estimate in the message.
 

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from engine.core.config import ExperimentConfig, config_hash
+from engine.core.config.robust import rule_key
 from engine.core.environment import numeric_environment, same_numbers
 from engine.core.run_folder import (
     ACTIVE,
@@ -147,6 +148,13 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _rule(fed: dict[str, Any]) -> str | None:
+    """The index's ``aggregator``: the server's rule with its pre-aggregator
+    (:func:`~engine.federation.aggregators.rule_key`, ``nnm+fedmedian``)."""
+    aggregator = text_or_none(fed.get("aggregator"))
+    return aggregator and rule_key(aggregator, text_or_none(fed.get("pre_aggregator")))
+
+
 class RunIndex:
     """SQLite index of the runs under a root (a cache; folders are the truth).
 
@@ -207,7 +215,7 @@ class RunIndex:
         final = _mapping(_mapping(summary.get("federation")).get("final"))
         return (run.run_id, status.created, text_or_none(cfg.get("name")) or "",
                 status.preset, status.state,
-                text_or_none(fed.get("aggregator")), number_or_none(fed.get("rounds"), int),
+                _rule(fed), number_or_none(fed.get("rounds"), int),
                 int(_mapping(cfg.get("defenses")).get("secure_aggregation") is True),
                 number_or_none(final.get("mae_hu")),
                 number_or_none(_mapping(summary.get("timing")).get("wall_s")), mtime,

@@ -11,7 +11,7 @@ from engine.orchestration.sweep_catalogue import SWEEPS, Cell
 STUDY_SCALES = ("demo", "paper", "full")
 # Wall time from empty on 2 CPU cores (benchmarks/README.md): demo measured as a whole; paper
 # the sum of its parts' measured times; full is meant for a GPU and was not measured on a CPU.
-STUDY_MINUTES = {"demo": 13, "paper": 134, "full": 600}
+STUDY_MINUTES = {"demo": 14, "paper": 176, "full": 600}
 
 # Each part of the study: its key (the report's row), the preset it runs.
 PARTS: dict[str, str] = {
@@ -25,6 +25,7 @@ PARTS: dict[str, str] = {
     "breakdown": "hospitals-8",
     "backdoor": "backdoor-demo",
     "frontier": "dp-frontier",
+    "frontier-patients": "dp-frontier-patients",
 }
 
 # Overrides per scale and part (every cell of the part gets them).
@@ -41,13 +42,17 @@ _DEMO: dict[str, list[str]] = {
     "breakdown": [],
     "backdoor": [],
     "frontier": [],
+    # A quarter of the patients, and of the batch: the same q (a quarter of them each step).
+    "frontier-patients": ["data.patients_per_center=64", "federation.batch_size=32"],
 }
 # Parts that run a sweep's cells, at the sweep's own size at every scale (the backdoor's
 # trigger is sized for 32 px images; the many-hospitals parts are about the count, not the
 # image): the whole sweep, or at the demo scale a few of its cells, one seed. Beyond the
-# published study: the strongest attacker per rule, the backdoor, DP with many hospitals.
+# published study: the strongest attacker per rule, the backdoor, DP with many hospitals and
+# with many patients per hospital.
 SWEPT = {"poisoning": "poison-paper", "breakdown": "poison-breakdown",
-         "backdoor": "backdoor-paper", "frontier": "dp-frontier"}
+         "backdoor": "backdoor-paper", "frontier": "dp-frontier",
+         "frontier-patients": "dp-frontier-patients"}
 _ATTACK = ["attacks.poisoning.enabled=true", "attacks.poisoning.malicious_centers=[0]"]
 _DEMO_CELLS = {
     "breakdown": [[f"federation.aggregator={rule}", "federation.num_malicious=1", *attack,
@@ -61,6 +66,9 @@ _DEMO_CELLS = {
                                  ["defenses.flame=true"])],
     "frontier": [["defenses.dp.enabled=false", "seed=0"],
                  ["defenses.dp.enabled=true", "defenses.dp.target_epsilon=8.0", "seed=0"]],
+    "frontier-patients": [["defenses.dp.enabled=false", "seed=0"],
+                          ["defenses.dp.level=sample", "defenses.dp.target_epsilon=8.0",
+                           "seed=0"]],
 }
 _FULL_DATA = ["data.image_size=256", "data.patients_per_center=20",
               "data.heldout_per_center=5", "data.slices_per_patient=32"]
@@ -75,6 +83,7 @@ _FULL: dict[str, list[str]] = {
     "breakdown": [],
     "backdoor": [],
     "frontier": [],
+    "frontier-patients": [],
 }
 SCALE_SETS: dict[str, dict[str, list[str]]] = {
     "demo": _DEMO, "paper": {part: [] for part in PARTS}, "full": _FULL}

@@ -144,6 +144,15 @@ BREAKDOWN_KINDS = ("alie", "alie_opt", "ipm_opt", "min_max", "min_sum", "fang_kr
 BREAKDOWN_RULES_16 = {name: (BREAKDOWN_RULES[name][0], (3, 6)) for name in
                       ("fedavg", "fedmedian", "krum", "centered_clipping", "nnm+fedmedian")}
 BREAKDOWN_KINDS_16 = ("alie_opt", "ipm_opt", "fang_krum")
+# With 64 hospitals: 16 attackers (a quarter) against FedAvg, FedMedian, centred clipping and
+# ARC before FedMedian, the same three attacks. Not Krum: with 64 uploads the attackers' search
+# (about 65 Krum evaluations a round) makes one run about 15 min on a core.
+BREAKDOWN_RULES_64 = {
+    **{name: (BREAKDOWN_RULES[name][0], (16,)) for name in
+       ("fedavg", "fedmedian", "centered_clipping")},
+    "arc+fedmedian": (["federation.aggregator=fedmedian", "federation.pre_aggregator=arc"],
+                      (16,)),
+}
 
 
 def _breakdown_cells(rules: dict[str, tuple[list[str], tuple[int, ...]]],
@@ -177,6 +186,10 @@ def _frontier_cells(server_dp: list[str]) -> list[list[str]]:
                          *([*server_dp, "defenses.dp.enabled=true",
                             f"defenses.dp.target_epsilon={e}"] for e in FRONTIER_EPSILONS))
             for seed in (0, 1, 2)]
+
+
+# Patient-level DP-SGD's grid: the issue's ε, no higher (each run costs about 2 min).
+PATIENT_EPSILONS = (16.0, 8.0, 4.0, 2.0, 1.0)
 
 
 # The privacy audit's ε grid; ∞ is DP's clip without noise.
@@ -361,6 +374,17 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "base": "hospitals-16",
         "cells": _breakdown_cells(BREAKDOWN_RULES_16, BREAKDOWN_KINDS_16),
     },
+    "poison-breakdown-64": {
+        "minutes": 60,  # estimated on 2 CPU cores (one worker), benchmarks/README.md
+        "description": (
+            "The strongest attacker with 64 hospitals: FedAvg, FedMedian, centred clipping and "
+            "ARC before FedMedian with 16 attackers (the server told f), against ALIE and IPM "
+            "tuned to the rule and Fang's attack on Krum; seeds 0–2, each against its clean "
+            "federation (about 60 min; about 32 with --workers 2)."
+        ),
+        "base": "hospitals-64",
+        "cells": _breakdown_cells(BREAKDOWN_RULES_64, BREAKDOWN_KINDS_16),
+    },
     "dp-frontier": {
         "minutes": 10,  # wall time on 2 CPU cores, benchmarks/README.md
         "description": (
@@ -383,6 +407,25 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "base": "hospitals-64",
         "cells": _frontier_cells(["federation.sample_rate=0.25", "defenses.dp.level=server",
                                   "defenses.dp.clip_norm=4"]),
+    },
+    "dp-frontier-patients": {
+        "minutes": 42,  # wall time on 2 CPU cores (one worker), benchmarks/README.md
+        "description": (
+            "The frontier of patient-level DP-SGD: 8 hospitals of 256 patients, each patient's "
+            "gradient clipped to norm 1, a quarter of the patients sampled each step; without "
+            "DP, DP-SGD without noise (ε ∞: the cost of clipping and sampling alone) and at ε "
+            "16, 8, 4, 2 and 1 (δ 1e-5), seeds 0–2; the model's error beside the membership "
+            "attacks' patient-level AUC (about 42 min; 23 with --workers 2)."
+        ),
+        "base": "dp-frontier-patients",
+        # The level is the base's; it is named so that each label says what it runs.
+        "cells": [[*cell, f"seed={seed}"]
+                  for cell in (["defenses.dp.enabled=false"],
+                               ["defenses.dp.level=sample", "defenses.dp.target_epsilon=null",
+                                "defenses.dp.noise_multiplier=0"],
+                               *(["defenses.dp.level=sample", f"defenses.dp.target_epsilon={e}"]
+                                 for e in PATIENT_EPSILONS))
+                  for seed in (0, 1, 2)],
     },
     "backdoor-defenses": {
         "minutes": 12,  # wall time on 2 CPU cores, benchmarks/README.md

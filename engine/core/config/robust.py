@@ -1,5 +1,6 @@
 """The robust rules' own limits: how many attackers each is built for, what a federation
-needs for that many, and which attackers a rule can be measured against.
+needs for that many, and which attackers a rule can be measured against; and the one name of
+a rule with its pre-aggregator (:func:`rule_key`) that tables, pages and reports use.
 
 Plain functions of an :class:`~engine.core.config.schema.ExperimentConfig` (the schema's
 cross-checks call them); the breakdown studies' cells stay within :func:`breakdown_limit`
@@ -103,3 +104,27 @@ def check_adaptive_rules(cfg: ExperimentConfig, f: int) -> None:
             + (f" after {fed.pre_aggregator}" if fed.pre_aggregator != "none" else "")
             + "): the rule is built for that many; set federation.num_malicious to the "
             "number of attackers")
+
+
+# Each rule's name in words, as pages and reports show it.
+RULE_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedmedian": "FedMedian",
+              "trimmed_mean": "Trimmed mean", "krum": "Krum", "multikrum": "Multi-Krum",
+              "bulyan": "Bulyan", "centered_clipping": "Centred clipping", "dnc": "DnC",
+              "nnm": "NNM", "arc": "ARC"}
+
+
+def rule_key(aggregator: str, pre_aggregator: str | None = None) -> str:
+    """One name for the server's rule with its pre-aggregator: ``nnm+fedmedian``, or the
+    aggregator alone (``pre_aggregator`` none or unknown)."""
+    return (aggregator if pre_aggregator in (None, "none")
+            else f"{pre_aggregator}+{aggregator}")
+
+
+def rule_aggregator(key: str) -> str:
+    """The aggregator of a :func:`rule_key` (``fedmedian`` of ``nnm+fedmedian``)."""
+    return key.rsplit("+", 1)[-1]
+
+
+def rule_words(key: str) -> str:
+    """A :func:`rule_key` in words: ``NNM + FedMedian``."""
+    return " + ".join(RULE_NAMES.get(k, k) for k in key.split("+"))

@@ -34,7 +34,7 @@ class DataConfig(_Section):
 
     source: Literal["phantom", "synthrad", "nifti"] = "phantom"
     centers: int = Field(4, ge=1, le=64, description="training centers (hospitals)")
-    patients_per_center: int = Field(3, ge=1, le=64, description="training patients per center")
+    patients_per_center: int = Field(3, ge=1, le=256, description="training patients per center")
     heldout_per_center: int = Field(
         1, ge=1, le=64, description="held-out patients per center, never trained on"
     )
