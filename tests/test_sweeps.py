@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from engine.core.config import ConfigError, config_hash
+from engine.core.run_folder import RunFolder
 from engine.orchestration import sweep_catalogue, sweeps
 from engine.orchestration.presets import build_config
 from engine.orchestration.store import RunIndex
@@ -117,3 +125,52 @@ def test_inversion_results_become_columns(runs_dir, monkeypatch):
     assert row["inversion_ssim_body"] == summary["ssim_body"]
     assert row["inversion_floor_ssim_body"] == summary["floor_ssim_body"]
     assert row["inversion_ssim_body[center-2]"] == summary["per_client"]["center-2"]["ssim_body"]
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The parent pid is the second field after the command's closing parenthesis.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def test_sigterm_stops_the_workers_cells_before_the_sweep_ends(tmp_path: Path) -> None:
+    """``fedsct sweep --workers 2`` ended by SIGTERM (a service manager, ``kill``) stops the
+    cells its workers are training and leaves no worker process behind."""
+    cmd = [sys.executable, "-m", "engine", "sweep", "--preset", "poison-breakdown",
+           "--set", "federation.rounds=400", "--workers", "2", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # both workers past their first round
+            metrics = list(tmp_path.glob("2*/metrics.jsonl"))
+            if len(metrics) == 2 and all(m.stat().st_size for m in metrics):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep's two cells did not start within 180 s")
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+        states = {RunFolder(m.parent).status().state for m in metrics}
+        assert states == {"cancelled"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

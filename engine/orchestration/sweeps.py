@@ -10,12 +10,15 @@ where it stopped and overlapping sweeps share runs. The sweep folder
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -216,6 +219,26 @@ def run_sweep(name: str, *, root: str | Path | None = None, sets: list[str] | tu
                      progress=progress, workers=workers)
 
 
+def _sigterm_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm(active: bool) -> Iterator[None]:
+    """While ``active``, SIGTERM ends this process through Python (``SystemExit``), so that
+    the sweep stops its workers' cells and its pool before it ends: by default SIGTERM ends
+    the process at once, and its worker processes would go on training alone. Only the main
+    thread can set a signal handler; elsewhere nothing changes."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _one_thread() -> None:
     """A worker process's start: one torch thread, so that workers share the cores instead of
     oversubscribing them."""
@@ -290,10 +313,15 @@ def run_cells(folder: Path, cells: list[Cell], configs: list[ExperimentConfig], 
 
     pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                 initializer=_one_thread) if workers > 1 else None)
+    running: dict[Future[str], tuple[int, RunFolder]] = {}
     try:
-        ended = _run_waves(folder, cells, configs, _waves(configs, workers), base, state,
-                           record, progress, pool or _InProcess(), workers,
-                           1 if workers > 1 else torch.get_num_threads())
+        with _exit_on_sigterm(pool is not None):
+            ended = _run_waves(folder, cells, configs, _waves(configs, workers), base, state,
+                               record, progress, pool or _InProcess(), workers,
+                               1 if workers > 1 else torch.get_num_threads(), running)
+    except BaseException:  # a stop signal or an error: no worker may go on training alone
+        _cancel(running)
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -306,13 +334,15 @@ def _run_waves(folder: Path, cells: list[Cell], configs: list[ExperimentConfig],
                waves: list[list[int]], base: Path, state: dict[str, Any],
                record: Callable[[int, RunFolder, bool], None],
                progress: Callable[[str], None], pool: ProcessPoolExecutor | _InProcess,
-               workers: int, threads: int) -> str:
+               workers: int, threads: int,
+               running: dict[Future[str], tuple[int, RunFolder]]) -> str:
     """Start the cells wave by wave, at most ``workers`` at a time, each on ``threads`` torch
-    threads; returns the sweep's end state (``done`` or ``cancelled``), or raises
+    threads, keeping the cells in progress in ``running`` (the caller's, so that it can stop
+    them); returns the sweep's end state (``done`` or ``cancelled``), or raises
     ``RuntimeError`` naming a failed cell."""
     n = len(cells)
     for wave in waves:
-        todo, running = list(wave), {}
+        todo = list(wave)
         while todo or running:
             if (folder / CANCEL_FILE).exists():
                 _cancel(running)
