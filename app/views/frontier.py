@@ -65,14 +65,10 @@ def caption(level: str) -> str:
     return _CAPTION + _COVERS[level]
 
 
-def _label(p: FrontierPoint) -> str:
-    return epsilon_label(p.epsilon)
-
-
 def frontier_figure(points: list[FrontierPoint]) -> go.Figure:
     """Error ratio and membership AUCs against ε (no DP first, then ε falling)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    x = [_label(p) for p in points]
+    x = [epsilon_label(p.epsilon) for p in points]
     fig.add_trace(go.Scatter(
         x=x, y=[p.ratio for p in points], mode="lines+markers", name="error ÷ without DP",
         line={"color": "#2471a3", "width": 3},
@@ -109,7 +105,7 @@ def frontier_sentence(points: list[FrontierPoint], scale: str) -> str:
         return "The run without DP has not finished yet: the ratios appear once it has."
     seeds = max(len(p.mae_hu) for p in points)
     best = smallest_useful_epsilon(points)
-    tried = ", ".join(_label(p) for p in points if p.epsilon is not None)
+    tried = ", ".join(epsilon_label(p.epsilon) for p in points if p.epsilon is not None)
     if best is None:
         return (f"With {scale}, no ε tried ({tried}) keeps the model within {USEFUL:g}× of "
                 f"its error without DP ({seeds} seeds each).")
@@ -125,7 +121,7 @@ def frontier_sentence(points: list[FrontierPoint], scale: str) -> str:
 
 
 def _aucs(points: list[FrontierPoint], attr: str) -> str:
-    return ", ".join(f"{getattr(p, attr):.2f} at {_label(p)}" for p in points
+    return ", ".join(f"{getattr(p, attr):.2f} at {epsilon_label(p.epsilon)}" for p in points
                      if getattr(p, attr) is not None)
 
 

@@ -74,13 +74,11 @@ BACKDOOR_DEMO: dict[str, Any] = {
                              "malicious_centers": [0], "boost": 2.0}},
 }
 
-# Membership inference with a patient-level sample that can carry a verdict: many held-out
-# patients (cheap: nobody trains on them), all kept (no balancing), few slices each.
 # Patient-level DP-SGD adds noise of σC to the sum of the sampled patients' clipped
 # gradients, so the noise each step carries shrinks with the patients sampled per step (qP),
 # and averaging the hospitals' updates shrinks it by √n: for the same patients in all, fewer
-# and larger hospitals train better. 8 hospitals × 256 patients, q ¼ (64 patients a step),
-# 4 steps a round; membership on the last 3 rounds (the attack's cost grows with patients).
+# and larger hospitals put less noise in the average. 8 hospitals × 256 patients, q ¼ (64 patients
+# a step), 4 steps a round; membership on the last 3 rounds (its cost grows with patients).
 _DP_SGD_FRONTIER: dict[str, Any] = {
     **POISON_BASE, "name": "dp-frontier-patients",
     "data": {**POISON_BASE["data"], "centers": 8, "patients_per_center": 256,
@@ -92,6 +90,8 @@ _DP_SGD_FRONTIER: dict[str, Any] = {
     "attacks": {"membership": {"enabled": True, "rounds": "all", "balance": False}},
 }
 
+# Membership inference with a patient-level sample that can carry a verdict: many held-out
+# patients (cheap: nobody trains on them), all kept (no balancing), few slices each.
 _MIA_EVIDENCE: dict[str, Any] = {
     "name": "mia-evidence",
     "data": {"centers": 4, "patients_per_center": 5, "heldout_per_center": 10,

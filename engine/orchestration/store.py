@@ -150,7 +150,7 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 def _rule(fed: dict[str, Any]) -> str | None:
     """The index's ``aggregator``: the server's rule with its pre-aggregator
-    (:func:`~engine.federation.aggregators.rule_key`, ``nnm+fedmedian``)."""
+    (:func:`~engine.core.config.robust.rule_key`, ``nnm+fedmedian``)."""
     aggregator = text_or_none(fed.get("aggregator"))
     return aggregator and rule_key(aggregator, text_or_none(fed.get("pre_aggregator")))
 

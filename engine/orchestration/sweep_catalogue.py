@@ -146,7 +146,7 @@ BREAKDOWN_RULES_16 = {name: (BREAKDOWN_RULES[name][0], (3, 6)) for name in
 BREAKDOWN_KINDS_16 = ("alie_opt", "ipm_opt", "fang_krum")
 # With 64 hospitals: 16 attackers (a quarter) against FedAvg, FedMedian, centred clipping and
 # ARC before FedMedian, the same three attacks. Not Krum: with 64 uploads the attackers' search
-# (about 65 Krum evaluations a round) makes one run about 15 min on a core.
+# (about 65 Krum evaluations a round) makes one run about 23 min on a core.
 BREAKDOWN_RULES_64 = {
     **{name: (BREAKDOWN_RULES[name][0], (16,)) for name in
        ("fedavg", "fedmedian", "centered_clipping")},
