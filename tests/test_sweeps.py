@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.core.config import ConfigError, config_hash
+from engine.core.processes import descendants, pid_alive
 from engine.core.run_folder import RunFolder
 from engine.orchestration import sweep_catalogue, sweeps
 from engine.orchestration.presets import build_config
@@ -127,23 +128,6 @@ def test_inversion_results_become_columns(runs_dir, monkeypatch):
     assert row["inversion_ssim_body[center-2]"] == summary["per_client"]["center-2"]["ssim_body"]
 
 
-def _children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            # The parent pid is the second field after the command's closing parenthesis.
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
-
-
 def test_sigterm_stops_the_workers_cells_before_the_sweep_ends(tmp_path: Path) -> None:
     """``fedsct sweep --workers 2`` ended by SIGTERM (a service manager, ``kill``) stops the
     cells its workers are training and leaves no worker process behind."""
@@ -161,14 +145,14 @@ def test_sigterm_stops_the_workers_cells_before_the_sweep_ends(tmp_path: Path) -
             time.sleep(0.5)
         else:
             pytest.fail("the sweep's two cells did not start within 180 s")
-        workers = _children(proc.pid)
+        workers = descendants(proc.pid)
         assert len(workers) >= 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 30
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(pid_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(w) for w in workers)
+        assert not any(pid_alive(w) for w in workers)
         states = {RunFolder(m.parent).status().state for m in metrics}
         assert states == {"cancelled"}
     finally:
