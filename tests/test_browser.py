@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -360,6 +361,20 @@ def test_every_page_after_the_three_demos(server, page, demos, name):
     page.screenshot(path=str(OUT / "pages" / f"{name}.png"), full_page=True)
 
 
+def _banner_round(page, banner, after: int, timeout_s: float = 180.0) -> int:
+    """The round the job banner shows once it is past ``after`` (the banner refreshes itself
+    every few seconds); fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    shown = None
+    while time.monotonic() < deadline:
+        shown = re.search(r"Round (\d+) of 200", banner.inner_text())
+        if shown and int(shown[1]) > after:
+            return int(shown[1])
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the banner shows no round past {after} in {timeout_s:.0f} s: "
+                         f"{banner.inner_text()!r}")
+
+
 def test_a_job_started_in_one_browser_is_seen_and_queued_in_another(server, browser):
     first, second = (browser.new_context(viewport={"width": 1400, "height": 1000})
                      for _ in range(2))
@@ -369,10 +384,16 @@ def test_a_job_started_in_one_browser_is_seen_and_queued_in_another(server, brow
         mine.goto(f"{server}/federation")
         mine.get_by_role("button", name="Start training").wait_for(timeout=60_000)
         mine.get_by_text("Experiment").first.wait_for(timeout=10_000)
-        # The demo federation (4 hospitals, 64 px) lasts long enough to be watched.
         mine.locator("[data-testid='stSelectbox']").filter(has_text="Experiment").click()
         mine.get_by_role("option", name="Demo federation").click()
         mine.get_by_text("4 hospitals + an unseen one learn").wait_for(timeout=30_000)
+        # 200 rounds (~10 min) outlast the test on any machine, so the job still runs when the
+        # second browser looks and queues (the preset's 15 rounds can end first on a fast one).
+        mine.get_by_text("Customise these settings").click()
+        rounds = mine.get_by_role("spinbutton", name="Training rounds")
+        rounds.fill("200")
+        rounds.press("Enter")
+        mine.get_by_text("200 rounds").first.wait_for(timeout=30_000)
         mine.get_by_role("button", name="Start training").click()
         mine.get_by_role("button", name="Stop this run").wait_for(timeout=60_000)
         started += [r["run_id"] for r in RunIndex(RUNS["root"]).list() if r["name"] == "demo"]
@@ -382,7 +403,10 @@ def test_a_job_started_in_one_browser_is_seen_and_queued_in_another(server, brow
         banner = theirs.locator("[data-testid='stProgress']").filter(has_text="Running:")
         banner.wait_for(timeout=60_000)
         assert "demo" in banner.inner_text()
-        theirs.get_by_text("Round 1 of").first.wait_for(timeout=180_000)  # it moves on its own
+        # It moves on its own: the round it shows goes up without a click (a fixed round's
+        # text can pass between two refreshes of the banner).
+        seen = _banner_round(theirs, banner, after=-1)
+        _banner_round(theirs, banner, after=seen)
         theirs.goto(f"{server}/federation")
         queue_button = theirs.get_by_role("button", name="Queue training")
         queue_button.wait_for(timeout=60_000)
