@@ -37,13 +37,16 @@ NUMERIC_TESTS := tests/test_golden.py tests/test_batched.py tests/test_federatio
 	tests/test_membership.py tests/test_metrics.py
 OTHER_CPU := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
+# The suite runs on two workers (pytest-xdist), a test module at a time each, in the order
+# tests/conftest.py gives (longest first): much of it waits on browsers, Flower's polling and
+# timeouts, which the other worker's compute fills. Every test gets one torch thread.
 test: install browser
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 	@mkdir -p test-output
 	@$(OTHER_CPU) nice -n 19 $(PY) -m pytest $(NUMERIC_TESTS) -p no:cacheprovider \
 	    --basetemp=test-output/other-cpu-tmp > test-output/other-cpu.log 2>&1 & other=$$!; \
-	$(PY) -m pytest; main=$$?; \
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder; main=$$?; \
 	wait $$other; leg=$$?; \
 	echo "=== numeric tests as on another CPU ($(OTHER_CPU)): test-output/other-cpu.log ==="; \
 	tail -n 40 test-output/other-cpu.log; \

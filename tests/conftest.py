@@ -27,11 +27,20 @@ SLOW_MODULES = {"test_browser", "test_flower", "test_resume", "test_study", "tes
 SLOW_FIXTURES = {"runs_dir", "trained", "runs"}
 
 
+# `make test` runs the suite on two workers, a module at a time each (pytest-xdist's
+# loadfile, in collection order): the longest modules start first so no worker is left with
+# one at the end (test_flower alone is ~9 min beside the other worker, most of it waiting on
+# Flower's polling and timeouts).
+LONGEST_FIRST = ("test_flower", "test_study", "test_browser", "test_backdoor")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.path.stem
         if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {module: k for k, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,10 @@ from engine.orchestration.store import create_run
 pytestmark = pytest.mark.slow
 # The in-process reference runs take the sequential path the Flower runtimes use: batched
 # training agrees only up to rounding, which Adam with InstanceNorm amplifies (test_batched).
-SMALL = ["federation.rounds=2", "federation.round_timeout_s=60", "federation.batched_clients=off"]
+# No node fails in these runs, so a generous timeout costs nothing (a healthy deployed round
+# takes up to ~40 s beside the suite's other worker).
+SMALL = ["federation.rounds=2", "federation.round_timeout_s=120",
+         "federation.batched_clients=off"]
 
 
 def _run(root: Path, *sets: str) -> tuple[RunFolder, dict | None]:
@@ -115,22 +118,24 @@ def _kill_supernode(folder: Path, partition: int) -> None:
             pass
 
 
-def _deploy_with_fault(root: Path, *sets: str, kill_after_round: int = 1) -> tuple[RunFolder,
-                                                                                  dict | None]:
-    """A deployed 2-round run whose SuperNode 1 is killed once round ``kill_after_round`` is
-    recorded; returns the run and its summary (None when it failed).
+def _deploy_with_fault(root: Path, *sets: str) -> tuple[RunFolder, dict | None]:
+    """A deployed 1-round run whose SuperNode 1 is killed as soon as the untrained model is
+    measured (round 0 recorded), so round 1 lacks it; returns the run and its summary (None
+    when it failed).
 
-    Each round without the killed node waits out ``round_timeout_s`` (45 s: a healthy round
-    takes 20–25 s here), so one such round is enough."""
+    The round stage that waits for the killed node ends once the SuperLink finds it gone
+    (about 45 s here) or at ``round_timeout_s``. 75 s is twice a healthy round here while the
+    suite's other worker trains beside it (37 s measured; 20–25 s alone): a slow healthy node
+    must not read as a dropped one."""
     run = create_run(build_config("smoke", sets=["federation.runtime=flower-deploy",
-                                                 "federation.round_timeout_s=45",
-                                                 "federation.rounds=2", *sets]),
+                                                 "federation.round_timeout_s=75",
+                                                 "federation.rounds=1", *sets]),
                      root)
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(summary=execute(run)))
     worker.start()
     deadline = time.time() + 300
-    while not any(r["round"] >= kill_after_round for r in run.metrics()):
+    while not run.metrics():
         assert worker.is_alive() and time.time() < deadline, run.status()
         time.sleep(0.2)
     _kill_supernode(run.path / "flower", 1)
@@ -147,6 +152,8 @@ def test_flower_deploy_fedmedian_matches_inprocess(tmp_path):
     assert summary, (run.status(), (run.path / "log.txt").read_text()[-3000:])
     assert [r["round"] for r in run.metrics()] == [0, 1, 2]
     assert ServerView(run.path).rounds == [1, 2]
+    assert [sorted(r["clients"]) for r in run.metrics() if r["round"]] == [
+        ["center-0", "center-1", "center-2"]] * 2
     a, b = summary["federation"]["final"], s_ref["federation"]["final"]
     # SuperNodes train with torch's default threads, this test with one: the float order of
     # the reductions differs, nothing else.
@@ -159,14 +166,14 @@ def test_flower_deploy_fedmedian_matches_inprocess(tmp_path):
 def test_killed_supernode_round_goes_on_with_the_others(tmp_path):
     run, summary = _deploy_with_fault(tmp_path, "federation.min_centers=2")
     assert summary, run.status()
-    clients = {r["round"]: sorted(r["clients"]) for r in run.metrics()}
-    assert clients[1] == ["center-0", "center-1", "center-2"]
-    assert clients[2] == ["center-0", "center-2"]
+    # Every center takes part in a healthy deployed round (test above); this one goes on
+    # without the killed one.
+    assert [sorted(r["clients"]) for r in run.metrics() if r["round"] == 1] == [
+        ["center-0", "center-2"]]
 
 
 def test_killed_supernode_fails_the_run_with_a_clear_message(tmp_path):
-    # Killed as soon as the untrained model is measured: round 1 already lacks the center.
-    run, summary = _deploy_with_fault(tmp_path, kill_after_round=0)
+    run, summary = _deploy_with_fault(tmp_path)
     assert summary is None
     error = run.status().error
     assert "centers replied (missing center-1)" in error and "min_centers = 3" in error
@@ -177,7 +184,7 @@ def test_secaggplus_survives_one_dropout_below_its_threshold(tmp_path):
                                       "federation.server_view_rounds=all",
                                       "defenses.secure_aggregation=true")
     assert summary, run.status()
-    last = ServerView(run.path)[2]
+    last = ServerView(run.path)[1]
     assert last.encoding["kind"] == "secaggplus" and sorted(last.clients) == ["center-0",
                                                                               "center-2"]
     assert np.isfinite(summary["federation"]["final"]["mae_hu"])
