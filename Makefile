@@ -38,8 +38,8 @@ NUMERIC_TESTS := tests/test_golden.py tests/test_batched.py tests/test_federatio
 OTHER_CPU := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
 # The suite runs on two workers (pytest-xdist), a test module at a time each, in the order
-# tests/conftest.py gives (longest first): much of it waits on browsers, Flower's polling and
-# timeouts, which the other worker's compute fills. Every test gets one torch thread.
+# tests/conftest.py gives (longest first): while one waits on a browser, Flower's polling and
+# timeouts or a job process, the other computes. Every test gets one torch thread.
 test: install browser
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports

@@ -29,8 +29,8 @@ SLOW_FIXTURES = {"runs_dir", "trained", "runs"}
 
 # `make test` runs the suite on two workers, a module at a time each (pytest-xdist's
 # loadfile, in collection order): the longest modules start first so no worker is left with
-# one at the end (test_flower alone is ~9 min beside the other worker, most of it waiting on
-# Flower's polling and timeouts).
+# one at the end (test_flower alone takes about 8 min beside the other worker, most of it
+# waiting on Flower's polling and timeouts).
 LONGEST_FIRST = ("test_flower", "test_study", "test_browser", "test_backdoor")
 
 

@@ -365,7 +365,6 @@ def _banner_round(page, banner, after: int, timeout_s: float = 180.0) -> int:
     """The round the job banner shows once it is past ``after`` (the banner refreshes itself
     every few seconds); fails after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    shown = None
     while time.monotonic() < deadline:
         shown = re.search(r"Round (\d+) of 200", banner.inner_text())
         if shown and int(shown[1]) > after:
