@@ -90,6 +90,12 @@ def test_the_sentences_say_the_noise_covers_the_uploads_at_patient_level() -> No
     assert frontier_sentence(points, "8 hospitals of 256 patients").startswith(
         "With 8 hospitals of 256 patients, the smallest ε that keeps the model within 1.5× of "
         "its error without DP is **16**")
+    # ε ∞ within 1.5× and no finite ε: it is not an ε tried, and its cost is said apart.
+    only_free = frontier([r for r in _rows() if r.epsilon != 16.0])
+    assert frontier_sentence(only_free, "8 hospitals of 256 patients") == (
+        "With 8 hospitals of 256 patients, no ε tried (ε 1) keeps the model within 1.5× of its "
+        "error without DP (3 seeds each). Without noise (ε ∞: the clipping and sampling alone) "
+        "the error is ×1.20.")
 
 
 def test_the_membership_page_draws_the_patient_level_frontier(finished_study) -> None:

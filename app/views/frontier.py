@@ -4,6 +4,7 @@ frontiers of the ``dp-frontier`` studies in words and one figure each. The figur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -105,15 +106,22 @@ def frontier_sentence(points: list[FrontierPoint], scale: str) -> str:
         return "The run without DP has not finished yet: the ratios appear once it has."
     seeds = max(len(p.mae_hu) for p in points)
     best = smallest_useful_epsilon(points)
-    tried = ", ".join(epsilon_label(p.epsilon) for p in points if p.epsilon is not None)
+    # ε ∞ (no noise) guarantees nothing, so it is never among the ε tried; its cost is said
+    # apart: it can be within 1.5× when no ε is.
+    tried = ", ".join(epsilon_label(p.epsilon) for p in points
+                      if p.epsilon is not None and math.isfinite(p.epsilon))
+    free = next((p for p in points if p.epsilon is not None and math.isinf(p.epsilon)
+                 and p.ratio is not None), None)
+    no_noise = (f" Without noise (ε ∞: the clipping and sampling alone) the error is "
+                f"×{free.ratio:.2f}." if free else "")
     if best is None:
         return (f"With {scale}, no ε tried ({tried}) keeps the model within {USEFUL:g}× of "
-                f"its error without DP ({seeds} seeds each).")
+                f"its error without DP ({seeds} seeds each).{no_noise}")
     ci = best.ratio_ci
     words = (f"With {scale}, the smallest ε that keeps the model within {USEFUL:g}× of its "
              f"error without DP is **{best.epsilon:.3g}** (δ 1e-5): error ×{best.ratio:.2f}"
              + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-             + f" over {len(best.mae_hu)} seeds; tried {tried}.")
+             + f" over {len(best.mae_hu)} seeds; tried {tried}.{no_noise}")
     if best.epsilon > MEANINGFUL_EPSILON:
         words += (f" Above ε {MEANINGFUL_EPSILON:g} the guarantee means little: no "
                   "meaningful ε keeps the model useful at this scale.")
